@@ -1,0 +1,154 @@
+"""The ``soundtrack`` command: one sub-command per stage.
+
+    soundtrack data synth --n N --out DIR --seed S [--difficulty easy|medium|hard]
+    soundtrack data ingest SRC --out DIR [--clip-s 10.24] [--pad-short] [--metadata CSV]
+    soundtrack data featurize --data DIR [--config YAML] [--set featurize.size=64]
+    soundtrack demo [--config experiments/demo.yaml]
+
+Every command prints where its outputs went. Errors in configs or inputs end the
+command with exit status 2 and one message naming the problem and the fix.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import time
+from pathlib import Path
+
+from soundtrack.config import ConfigError, load_config
+
+DEFAULT_DEMO = Path(__file__).resolve().parents[2] / "experiments" / "demo.yaml"
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="experiment YAML (deltas over the defaults)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set featurize.size=64 (repeatable)")
+    p.add_argument("--storage", help="storage root for runs (default: the config's, ./runs)")
+
+
+def _cfg(args):
+    cfg = load_config(args.config, args.overrides)
+    if getattr(args, "storage", None):
+        cfg = dataclasses.replace(cfg, storage=args.storage)
+    return cfg
+
+
+def cmd_synth(args) -> int:
+    from soundtrack.config import build, SynthSection
+    from soundtrack.stages import stage_synth
+
+    cfg = _cfg(args)
+    delta = {k: v for k, v in {"n": args.n, "seed": args.seed, "difficulty": args.difficulty,
+                                "duration_s": args.duration, "size": args.size}.items() if v is not None}
+    synth = build(SynthSection, delta, src="command line", prefix="synth.", base=cfg.synth)
+    out = stage_synth(synth, out=args.out, storage=cfg.storage, workers=args.workers, force=args.force)
+    print(f"synthetic data set: {out}\n  manifest: {out / 'manifest.parquet'}\n  videos:   {out / 'videos'}")
+    return 0
+
+
+def cmd_ingest(args) -> int:
+    from soundtrack.stages import stage_ingest
+
+    kw = {"clip_s": args.clip_s, "pad_short": args.pad_short, "seed": args.seed}
+    if args.metadata:
+        kw["metadata_csv"] = args.metadata
+    out = stage_ingest(args.src, args.out, force=args.force, **kw)
+    print(f"ingested: {out}\n  manifest:   {out / 'manifest.parquet'}\n  quarantine: {out / 'quarantine.parquet'}")
+    return 0
+
+
+def cmd_featurize(args) -> int:
+    from soundtrack.stages import stage_featurize
+
+    cfg = _cfg(args)
+    out = stage_featurize(args.data, cfg.featurize, out=args.out, storage=cfg.storage, force=args.force,
+                          use_ray=not args.no_ray, limit=args.limit)
+    print(f"features: {out}\n  shards: {out / 'shards'}\n  card:   {out / 'run.json'}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from soundtrack.stages import stage_demo
+
+    path = args.config or (DEFAULT_DEMO if DEFAULT_DEMO.exists() else None)
+    cfg = load_config(path, args.overrides)
+    if args.storage:
+        cfg = dataclasses.replace(cfg, storage=args.storage)
+    t = time.time()
+    arts = stage_demo(cfg)
+    print(f"\ndemo finished in {time.time() - t:.0f} s. Artifacts:")
+    for k, v in arts.items():
+        print(f"  {k:36s} {v}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="soundtrack", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    data = sub.add_parser("data", help="data stages: synth, ingest, featurize")
+    dsub = data.add_subparsers(dest="data_cmd", required=True)
+
+    s = dsub.add_parser("synth", help="generate the embedded synthetic data set (mp4 + stems + manifest)")
+    _add_config_args(s)
+    s.add_argument("--n", type=int, help="number of clips")
+    s.add_argument("--out", help="output directory (default: <storage>/data/synth-...)")
+    s.add_argument("--seed", type=int)
+    s.add_argument("--difficulty", help="easy, medium (default) or hard")
+    s.add_argument("--duration", type=float, help="clip length in seconds (default 10.24)")
+    s.add_argument("--size", type=int, help="frame size in pixels (default 128)")
+    s.add_argument("--workers", type=int, help="processes (default: all cores)")
+    s.add_argument("--force", action="store_true", help="regenerate from scratch")
+    s.set_defaults(fn=cmd_synth)
+
+    g = dsub.add_parser("ingest", help="scan a folder of real videos into a manifest")
+    g.add_argument("src", help="folder of videos (mp4, mkv, webm, mov)")
+    g.add_argument("--out", required=True, help="output directory")
+    g.add_argument("--clip-s", type=float, default=10.24, help="clip length in seconds")
+    g.add_argument("--pad-short", action="store_true", help="keep videos shorter than a clip, zero-padded")
+    g.add_argument("--metadata", help="CSV with a 'file' column plus caption / label columns")
+    g.add_argument("--seed", type=int, default=0, help="split seed")
+    g.add_argument("--force", action="store_true")
+    g.set_defaults(fn=cmd_ingest)
+
+    f = dsub.add_parser("featurize", help="Ray Data: decode clips and write feature shards")
+    _add_config_args(f)
+    f.add_argument("--data", required=True, help="a finished synth/ingest output directory")
+    f.add_argument("--out", help="run directory (default: <storage>/features/<name>)")
+    f.add_argument("--force", action="store_true", help="start over")
+    f.add_argument("--no-ray", action="store_true", help="plain sequential loop (debugging, baseline)")
+    f.add_argument("--limit", type=int, help="only the first N clips")
+    f.set_defaults(fn=cmd_featurize)
+
+    d = sub.add_parser("demo", help="run the stages that exist on the embedded default")
+    _add_config_args(d)
+    d.set_defaults(fn=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from soundtrack.raycluster import set_ray_env
+
+    set_ray_env()
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.fn(args) or 0)
+    except (ConfigError, FileNotFoundError) as exc:
+        print(f"soundtrack: error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:
+        from soundtrack.data.manifest import ManifestError
+        from soundtrack.data.media import MediaError
+        from soundtrack.runs import UpstreamError
+
+        if isinstance(exc, (ManifestError, MediaError, UpstreamError)):
+            print(f"soundtrack: error: {exc}", file=sys.stderr)
+            return 2
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

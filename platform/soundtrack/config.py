@@ -1,0 +1,290 @@
+"""Typed experiment configs: frozen dataclass defaults plus YAML deltas.
+
+An experiment YAML only states what differs from the defaults below (and from the
+profile it names). Loading checks every key and value: an unknown key, a wrong type or
+a value outside a ``Literal`` raises :class:`ConfigError` naming the key, the file and
+the allowed keys or values.
+
+A run's name comes from its config (``name`` plus a short hash of the resolved
+section), never from the clock, so launching the same config again finds the same run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config key or value that is not allowed (the message names it and the choices)."""
+
+
+Profile = Literal["tiny", "paper"]
+Difficulty = Literal["easy", "medium", "hard"]
+
+
+@dataclass(frozen=True)
+class SynthSection:
+    """The embedded synthetic data set (``soundtrack data synth``).
+
+    Args:
+        n: number of clips.
+        seed: generator seed (clip i depends only on (seed, i, difficulty)).
+        difficulty: preset of distractors, unmatched accents, off-screen sound effects,
+            noise and cuts.
+        duration_s: clip length (s).
+        size: frame height and width (pixels).
+    """
+
+    n: int = 64
+    seed: int = 0
+    difficulty: Difficulty = "medium"
+    duration_s: float = 10.24
+    size: int = 128
+
+
+@dataclass(frozen=True)
+class FeaturizeSection:
+    """The Ray Data featurize pipeline (``soundtrack data featurize``).
+
+    Args:
+        size: frames are resized to size x size pixels.
+        fps: frame rate of the decoded frames (frames/s).
+        sr: audio sample rate (Hz).
+        clip_s: clip length (s); 10.24 s gives exactly 1024 mel frames at hop 160.
+        rows_per_shard: clips per parquet shard (a shard is the unit of resume).
+        num_cpus: CPUs per featurize task (fractional values let decode overlap I/O).
+        concurrency: featurize tasks at once (``None``: one per available CPU).
+        features_from: which waveform the musical features (chroma, melody, dynamics,
+            onsets, beats) are computed from: the music stem or the mix.
+    """
+
+    size: int = 112
+    fps: float = 10.0
+    sr: int = 16000
+    clip_s: float = 10.24
+    rows_per_shard: int = 16
+    num_cpus: float = 1.0
+    concurrency: int | None = None
+    features_from: Literal["music", "mix"] = "music"
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """One experiment: a profile, a storage root and one section per stage.
+
+    Args:
+        name: the experiment's name; run directories are ``<stage>/<name>-<hash>``.
+        profile: model sizes (``tiny`` for 2-core machines, ``paper`` for GPU clusters).
+        storage: root of all run directories (a shared path on a cluster).
+        seed: global seed for stages that do not set their own.
+        synth: the synthetic data set.
+        featurize: the featurize pipeline.
+    """
+
+    name: str = "demo"
+    profile: Profile = "tiny"
+    storage: str = "runs"
+    seed: int = 0
+    synth: SynthSection = field(default_factory=SynthSection)
+    featurize: FeaturizeSection = field(default_factory=FeaturizeSection)
+
+
+#: Per-profile deltas applied before the YAML's own values.
+PROFILE_DELTAS: dict[str, dict[str, Any]] = {
+    "tiny": {},
+    "paper": {"featurize": {"size": 224, "rows_per_shard": 64}},
+}
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if tp is type(None):
+        return "null"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str, src: str) -> Any:
+    """Check ``value`` against the annotation ``tp`` and convert where lossless."""
+    origin = typing.get_origin(tp)
+    bad = ConfigError(f"{src}: key '{key}' has value {value!r}; expected {_type_name(tp)}.")
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            raise ConfigError(
+                f"{src}: key '{key}' has value {value!r}; allowed values: "
+                + ", ".join(repr(a) for a in typing.get_args(tp))
+                + "."
+            )
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, key, src)
+            except ConfigError:
+                continue
+        raise bad
+    if origin in (tuple, list):
+        if not isinstance(value, (list, tuple)):
+            raise bad
+        args = typing.get_args(tp)
+        if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(v, args[0], f"{key}[{i}]", src) for i, v in enumerate(value))
+        if origin is tuple and args:
+            if len(args) != len(value):
+                raise ConfigError(f"{src}: key '{key}' needs {len(args)} values, got {len(value)}.")
+            return tuple(_coerce(v, a, f"{key}[{i}]", src) for i, (v, a) in enumerate(zip(args, value)))
+        inner = args[0] if args else Any
+        return origin(_coerce(v, inner, f"{key}[{i}]", src) for i, v in enumerate(value))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise bad
+        return dict(value)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{src}: key '{key}' must be a mapping of {tp.__name__} fields.")
+        return build(tp, value, src=src, prefix=key + ".")
+    if tp is Any:
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise bad
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise bad
+        return value
+    return value
+
+
+def build(cls: type, data: dict[str, Any] | None, src: str = "<config>", prefix: str = "", base: Any = None):
+    """Build a frozen config dataclass from a (partial) mapping over defaults.
+
+    Args:
+        cls: the dataclass type.
+        data: the keys to change; nested mappings update nested sections.
+        src: where the data came from (for error messages).
+        prefix: dotted path of this section (for error messages).
+        base: an instance to start from instead of ``cls()``.
+
+    Raises:
+        ConfigError: unknown key (listing the allowed keys) or bad value.
+    """
+    data = dict(data or {})
+    base = base if base is not None else cls()
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = [k for k in data if k not in names]
+    if unknown:
+        raise ConfigError(
+            f"{src}: unknown key '{prefix}{unknown[0]}'; allowed keys in "
+            f"{prefix.rstrip('.') or 'the top level'}: {', '.join(names)}."
+        )
+    kw = {}
+    for k, v in data.items():
+        tp = hints[k]
+        cur = getattr(base, k)
+        if dataclasses.is_dataclass(tp) and isinstance(v, dict):
+            kw[k] = build(tp, v, src=src, prefix=f"{prefix}{k}.", base=cur)
+        else:
+            kw[k] = _coerce(v, tp, f"{prefix}{k}", src)
+    return dataclasses.replace(base, **kw)
+
+
+def _deep_merge(a: dict, b: dict) -> dict:
+    out = dict(a)
+    for k, v in b.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _deep_merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def parse_override(s: str) -> dict:
+    """Turn ``a.b=value`` (value parsed as YAML) into ``{"a": {"b": value}}``."""
+    if "=" not in s:
+        raise ConfigError(f"override {s!r} must look like section.key=value")
+    key, val = s.split("=", 1)
+    out: dict = {}
+    cur = out
+    parts = key.strip().split(".")
+    for p in parts[:-1]:
+        cur = cur.setdefault(p, {})
+    cur[parts[-1]] = yaml.safe_load(val)
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> ExperimentConfig:
+    """Load an experiment: defaults, then the profile's deltas, then the YAML, then overrides.
+
+    Args:
+        path: YAML file (``None``: defaults only).
+        overrides: ``section.key=value`` strings (from ``--set``).
+
+    Raises:
+        ConfigError: a bad key or value, naming it and what is allowed.
+        FileNotFoundError: the YAML file does not exist.
+    """
+    data: dict = {}
+    src = "<defaults>"
+    if path is not None:
+        p = Path(path)
+        if not p.exists():
+            raise FileNotFoundError(f"config file {p} does not exist; see experiments/ for examples.")
+        src = str(p)
+        loaded = yaml.safe_load(p.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{src}: the top level must be a mapping of sections, got {type(loaded).__name__}.")
+        data = loaded
+    for o in overrides:
+        data = _deep_merge(data, parse_override(o))
+    profile = data.get("profile", ExperimentConfig.profile)
+    allowed = typing.get_args(Profile)
+    if profile not in allowed:
+        raise ConfigError(f"{src}: key 'profile' has value {profile!r}; allowed values: {', '.join(map(repr, allowed))}.")
+    merged = _deep_merge(PROFILE_DELTAS[profile], data)
+    return build(ExperimentConfig, merged, src=src)
+
+
+def to_dict(cfg: Any) -> dict:
+    """A config dataclass as plain JSON-able data."""
+    return json.loads(json.dumps(dataclasses.asdict(cfg), default=str))
+
+
+def config_hash(obj: Any, n: int = 8) -> str:
+    """Short stable hash of a config (dataclass or JSON-able data)."""
+    d = to_dict(obj) if dataclasses.is_dataclass(obj) else obj
+    return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:n]
+
+
+def run_name(name: str, *sections: Any) -> str:
+    """``<name>-<hash of the sections that define the run>``: stable across launches."""
+    return f"{name}-{config_hash([to_dict(s) if dataclasses.is_dataclass(s) else s for s in sections])}"

@@ -1,0 +1,821 @@
+"""Ingest a folder of real videos into a clip manifest (``soundtrack data ingest``).
+
+The folder is scanned recursively for video containers (mp4, mkv, webm, mov, ...; the
+extension is matched case-insensitively). Every file is probed and checked; a file that
+cannot be used goes to the quarantine table with a reason code and a message saying what
+to do, and never stops the run. Usable videos are cut into consecutive, non-overlapping
+clips of ``clip_s`` seconds and assigned to train/val/test **by source video** (a hash of
+the source id, itself derived from the path relative to the source folder, so the split
+never leaks a source and does not change when other files are added).
+
+Outputs in ``out``:
+
+- ``manifest.parquet``: one row per clip (contract in ``docs/data-contracts.md``), with
+  absolute ``video_path`` and, besides the contract's columns, the source's media facts as
+  ``src_*`` columns (container, size, fps, vfr, duration, audio rate and channels) recorded
+  as found: down-mixing and resampling happen at decode time in ``media.read_audio``.
+- ``quarantine.parquet``: ``path, reason, message`` for every rejected file
+  (reason codes in :data:`QUARANTINE_REASONS`).
+- ``ingest.json``: the parameters and a summary (counts per split and per quarantine
+  reason, short videos, media statistics, warnings).
+
+Re-running on the same folder with the same arguments writes the same manifest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import re
+import sys
+import unicodedata
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from soundtrack.data import manifest as manifest_mod
+from soundtrack.data import media
+
+#: Quarantine reason codes and what each means (the first five come from ``media.probe``).
+QUARANTINE_REASONS: dict[str, str] = {
+    "empty": "the file has 0 bytes",
+    "not_video": "the file is not a video container (text, audio-only format, ...)",
+    "no_video_stream": "a media container without a video stream",
+    "truncated": "the file ends before its header says it does, or its data cannot be decoded",
+    "unreadable": "the file or one of its streams cannot be opened or decoded",
+    "missing": "the file disappeared while ingesting",
+    "no_audio": "the video has no audio track (required for training data)",
+    "bad_resolution": "frame size outside the limits",
+    "too_long": "duration above limits.max_duration_s",
+    "too_short": "duration below min_clip_s",
+    "bad_sidecar": "a sidecar stem (<name>.music.wav / <name>.sfx.wav) cannot be read",
+    "duplicate_file": "byte-identical copy of another file (would leak between splits)",
+    "duplicate_clip_id": "its clip ids collide with another source's",
+}
+
+MANIFEST_NAME = manifest_mod.MANIFEST_NAME
+QUARANTINE_NAME = "quarantine.parquet"
+SUMMARY_NAME = "ingest.json"
+
+#: Sidecar stem kinds, looked up as ``<video stem>.<kind>.wav`` next to the video.
+STEM_KINDS = ("music", "sfx")
+
+# Containers libavformat reports for real video files; an audio-only format (wav, mp3,
+# flac, ogg) that merely carries a video extension is "not_video", not "no_video_stream".
+_VIDEO_FORMAT_NAMES = ("mov", "mp4", "m4a", "3gp", "3g2", "mj2", "matroska", "webm", "avi")
+
+# Slack (s) when counting whole clips: container durations are rounded to the time base
+# (e.g. 20.479999 s for 2 x 10.24 s), which must not lose a clip.
+_CLIP_COUNT_SLACK_S = 1e-3
+
+
+@dataclass(frozen=True)
+class IngestLimits:
+    """Bounds outside which a video is quarantined rather than ingested.
+
+    Args:
+        max_duration_s: longest accepted video (s); default 4 h.
+        min_side_px: smallest accepted frame width or height (px).
+        max_side_px: largest accepted frame width or height (px).
+        max_missing_s: a file whose decodable data ends more than this many seconds before
+            the duration in its header is ``truncated``.
+        tail_check_s: how far before the claimed end (s) the truncation check seeks to.
+    """
+
+    max_duration_s: float = 4 * 3600.0
+    min_side_px: int = 16
+    max_side_px: int = 8192
+    max_missing_s: float = 2.0
+    tail_check_s: float = 3.0
+
+
+@dataclass
+class IngestResult:
+    """What :func:`ingest` wrote.
+
+    Args:
+        out_dir: the output folder.
+        manifest_path: ``out/manifest.parquet``.
+        quarantine_path: ``out/quarantine.parquet``.
+        summary_path: ``out/ingest.json``.
+        manifest: the manifest rows (one per clip).
+        quarantine: the quarantined files (``path, reason, message``).
+        summary: the content of ``ingest.json``.
+    """
+
+    out_dir: Path
+    manifest_path: Path
+    quarantine_path: Path
+    summary_path: Path
+    manifest: pd.DataFrame
+    quarantine: pd.DataFrame
+    summary: dict = field(default_factory=dict)
+
+    @property
+    def n_clips(self) -> int:
+        """Number of clips in the manifest."""
+        return len(self.manifest)
+
+
+# --------------------------------------------------------------------------- naming
+
+
+def _nfc(text: str) -> str:
+    # macOS stores names decomposed (NFD); normalise so ids do not depend on the filesystem.
+    return unicodedata.normalize("NFC", text)
+
+
+def source_id_for(rel_path: str) -> str:
+    """Filesystem-safe, unique id of a source video from its path relative to SRC.
+
+    The readable part is an ASCII slug of the path (accents folded, other characters
+    turned into ``-``, at most 48 characters); a 10-hex-digit hash of the full
+    (NFC-normalised) relative path keeps ids unique when slugs coincide. The slug never
+    contains ``__``, the separator of clip ids.
+
+    Args:
+        rel_path: POSIX path of the video relative to the source folder.
+
+    Returns:
+        For example ``"sub-clip-a-1-mp4-3f9c2a1b0e"`` for ``"sub/clip ä 1.mp4"``.
+    """
+    rel = _nfc(rel_path)
+    ascii_text = unicodedata.normalize("NFKD", rel).encode("ascii", "ignore").decode("ascii")
+    slug = re.sub(r"[^a-z0-9]+", "-", ascii_text.lower()).strip("-")[:48].strip("-") or "video"
+    digest = hashlib.sha1(rel.encode("utf-8")).hexdigest()[:10]
+    return f"{slug}-{digest}"
+
+
+def clip_id_for(source_id: str, k: int) -> str:
+    """Clip id ``<source_id>__<k:04d>`` (the contract's form).
+
+    Args:
+        source_id: from :func:`source_id_for`.
+        k: clip index within the source, from 0.
+    """
+    return f"{source_id}__{k:04d}"
+
+
+def _label_column(name: str) -> str:
+    col = re.sub(r"\W+", "_", str(name).strip()).strip("_") or "unnamed"
+    return col if col.startswith("label_") else f"label_{col}"
+
+
+# --------------------------------------------------------------------------- scanning
+
+
+def _scan(src: Path, skip: Path | None, extensions: tuple[str, ...]) -> list[tuple[Path, str]]:
+    """Video files under ``src`` as ``(path, relative POSIX path)``, sorted by the latter."""
+    exts = tuple(e.lower() for e in extensions)
+    if src.is_file():
+        return [(src, _nfc(src.name))] if src.suffix.lower() in exts else []
+    found = []
+    skip_abs = os.path.abspath(skip) if skip is not None else None
+    # followlinks=False: a symlinked directory loop must not make the scan endless.
+    for dirpath, dirnames, filenames in os.walk(src, followlinks=False):
+        if skip_abs is not None:
+            # Never ingest our own output folder when it lives inside SRC.
+            dirnames[:] = [d for d in dirnames if os.path.abspath(os.path.join(dirpath, d)) != skip_abs]
+        dirnames.sort()
+        for name in filenames:
+            if os.path.splitext(name)[1].lower() in exts:
+                p = Path(dirpath) / name
+                found.append((p, _nfc(p.relative_to(src).as_posix())))
+    found.sort(key=lambda t: t[1])
+    return found
+
+
+def _file_sha1(path: Path) -> str:
+    h = hashlib.sha1()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):  # 1 MiB reads
+            h.update(block)
+    return h.hexdigest()
+
+
+def _find_duplicate_files(files: list[tuple[Path, str]]) -> dict[str, str]:
+    """Map the relative path of each byte-identical copy to the first copy's (sorted order).
+
+    Only files whose size equals another file's size are hashed, so a folder of distinct
+    videos costs one ``stat`` per file. Empty files are left to the ``empty`` check.
+    """
+    by_size: dict[int, list[tuple[Path, str]]] = {}
+    for p, rel in files:
+        try:
+            size = p.stat().st_size
+        except OSError:
+            continue
+        if size > 0:
+            by_size.setdefault(size, []).append((p, rel))
+    dup_of: dict[str, str] = {}
+    for group in by_size.values():
+        if len(group) < 2:
+            continue
+        first_by_hash: dict[str, str] = {}
+        for p, rel in group:  # group keeps the sorted order, so the kept copy is stable
+            try:
+                digest = _file_sha1(p)
+            except OSError:
+                continue
+            if digest in first_by_hash:
+                dup_of[rel] = first_by_hash[digest]
+            else:
+                first_by_hash[digest] = rel
+    return dup_of
+
+
+# --------------------------------------------------------------------------- metadata
+
+
+def _is_missing(v) -> bool:
+    return v is None or (isinstance(v, float) and math.isnan(v))
+
+
+def _load_metadata(
+    csv_path: str | os.PathLike | None, src: Path, rels: list[str]
+) -> tuple[dict[str, dict], list[str], dict]:
+    """Read the optional metadata CSV and match its rows to the scanned videos.
+
+    Args:
+        csv_path: CSV with a ``file`` column (path relative to SRC, or a basename), an
+            optional ``caption`` column and any other columns (become ``label_<col>``).
+        src: the source folder (to relativise absolute ``file`` values).
+        rels: relative paths of the scanned videos.
+
+    Returns:
+        ``(rows by relative path, label column names in CSV order, report for ingest.json)``.
+
+    Raises:
+        ValueError: the CSV has no ``file`` column (a configuration error, not a file problem).
+    """
+    if csv_path is None:
+        return {}, [], {"csv": None}
+    # Types are inferred per column (numbers stay numbers); only ``file`` is forced to text.
+    df = pd.read_csv(csv_path, dtype={"file": str}, keep_default_na=False, na_values=[""])
+    df.columns = [str(c).strip() for c in df.columns]
+    if "file" not in df.columns:
+        raise ValueError(
+            f"metadata CSV {csv_path} has no 'file' column (columns: {list(df.columns)}); add one "
+            "holding each video's path relative to SRC or its file name."
+        )
+    other = [c for c in df.columns if c not in ("file", "caption")]
+    labels = [_label_column(c) for c in other]
+    rel_set = set(rels)
+    by_base: dict[str, list[str]] = {}
+    for r in rels:
+        by_base.setdefault(r.rsplit("/", 1)[-1], []).append(r)
+    src_abs = os.path.abspath(src)
+    out: dict[str, dict] = {}
+    unmatched, ambiguous, repeated = [], [], []
+    for row in df.to_dict("records"):  # python values per column dtype (iterrows would upcast ints)
+        raw = row["file"]
+        if _is_missing(raw):
+            continue
+        key = _nfc(str(raw).strip().replace("\\", "/"))
+        if os.path.isabs(key) and os.path.abspath(key).startswith(src_abs + os.sep):
+            key = _nfc(Path(os.path.abspath(key)).relative_to(src_abs).as_posix())
+        while key.startswith("./"):
+            key = key[2:]
+        if key in rel_set:
+            rel = key
+        elif "/" not in key and len(by_base.get(key, [])) == 1:
+            rel = by_base[key][0]
+        elif "/" not in key and len(by_base.get(key, [])) > 1:
+            ambiguous.append(str(raw))
+            continue
+        else:
+            unmatched.append(str(raw))
+            continue
+        if rel in out:
+            repeated.append(str(raw))  # the first row for a video wins
+            continue
+        values = {lab: (None if _is_missing(row[c]) else row[c]) for c, lab in zip(other, labels)}
+        caption = row.get("caption")
+        out[rel] = {"caption": "" if _is_missing(caption) else str(caption), "labels": values}
+    report = {
+        "csv": os.path.abspath(csv_path),
+        "rows": int(len(df)),
+        "matched": len(out),
+        "label_columns": labels,
+        "unmatched_rows": unmatched,
+        "ambiguous_basenames": ambiguous,
+        "repeated_rows": repeated,
+    }
+    return out, labels, report
+
+
+# --------------------------------------------------------------------------- checks
+
+
+class _Reject(Exception):
+    """A quarantine decision (reason code + human message) raised by the checks below."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+def _sniff(path: Path) -> str | None:
+    """Name the real container from the first bytes, or ``None`` if unrecognised."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(16)
+    except OSError:
+        return None
+    if len(head) >= 8 and head[4:8] in (b"ftyp", b"moov", b"mdat", b"wide", b"free", b"skip"):
+        return "MP4/MOV"
+    if head[:4] == b"\x1a\x45\xdf\xa3":
+        return "MKV/WebM"
+    if head[:4] == b"RIFF" and head[8:12] == b"AVI ":
+        return "AVI"
+    return None
+
+
+def _describe_non_video(path: Path) -> str:
+    try:
+        with open(path, "rb") as f:
+            head = f.read(512)
+    except OSError:
+        return "unreadable bytes"
+    if head[:4] == b"RIFF" and head[8:12] == b"WAVE":
+        return "a WAV audio file"
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        return "binary data of an unknown format"
+    if all(ch.isprintable() or ch in "\r\n\t" for ch in text):
+        return "a text file"
+    return "data of an unknown format"
+
+
+def _probe(path: Path) -> media.MediaInfo:
+    """``media.probe`` with a sharper reason for files libav cannot open.
+
+    An mp4 cut short loses its index (the ``moov`` box is written last), so libavformat
+    refuses it like any non-media file; its first bytes still say "mp4", which is how a
+    truncated video is told apart from a text file named ``.mp4``.
+    """
+    try:
+        return media.probe(path)
+    except media.MediaError as exc:
+        if exc.reason == "not_video":
+            kind = _sniff(path)
+            if kind is not None:
+                raise _Reject(
+                    "truncated",
+                    f"{path} starts like an {kind} file but cannot be opened (its index is missing, "
+                    "typically a copy or download cut short); re-copy or re-download it.",
+                ) from exc
+            raise _Reject(
+                "not_video",
+                f"{path} is {_describe_non_video(path)}, not a video; remove it or give it its real extension.",
+            ) from exc
+        raise _Reject(exc.reason, exc.message) from exc
+    except Exception as exc:  # probe must never stop the run: anything else is unreadable
+        raise _Reject("unreadable", f"{path} could not be probed ({type(exc).__name__}: {exc}); check the file.") from exc
+
+
+def _is_attached_picture(stream) -> bool:
+    # Audio files with cover art expose the picture as a one-frame "video" stream.
+    from av.stream import Disposition
+
+    try:
+        return bool(stream.disposition & Disposition.attached_pic)
+    except (AttributeError, TypeError):
+        return False
+
+
+def _tail_end(container, streams: list, video, start_s: float, decode: bool) -> tuple[float, int, str | None]:
+    """Read from ``start_s`` (s) to the end; return (end time s, decode errors, first error).
+
+    With ``decode`` every packet is decoded and the end is that of the last decoded frame
+    (video: its time plus its duration; audio: plus samples / rate). Without it packets
+    are only demuxed (cheap; used to measure a file whose header has no duration).
+    """
+    import av
+
+    try:
+        container.seek(int(start_s * av.time_base), backward=True)  # container seek: AV_TIME_BASE units (us)
+    except Exception:
+        container.seek(0)  # some damaged files cannot seek (no index): read from the start
+    end, errors, first_error = 0.0, 0, None
+    try:
+        for pkt in container.demux(*streams):
+            if not decode:
+                t = pkt.pts if pkt.pts is not None else pkt.dts
+                if pkt.size and t is not None and pkt.time_base is not None:
+                    end = max(end, float((t + (pkt.duration or 0)) * pkt.time_base))
+                continue
+            try:
+                frames = pkt.decode()  # the final empty packet flushes frames still held back
+            except Exception as exc:  # corrupt data: count it and carry on to find the real end
+                errors += 1
+                first_error = first_error or f"{type(exc).__name__}: {exc}"
+                continue
+            for fr in frames:
+                if fr.time is None:
+                    continue
+                if pkt.stream is video:
+                    dur = float(fr.duration * fr.time_base) if fr.duration and fr.time_base else 0.0
+                else:
+                    dur = fr.samples / float(fr.sample_rate)
+                end = max(end, float(fr.time) + dur)
+    except Exception as exc:  # a read error (data missing): the end is where reading stopped
+        errors += 1
+        first_error = first_error or f"{type(exc).__name__}: {exc}"
+    return end, errors, first_error
+
+
+def _verify_decodable(path: Path, claim_s: float, limits: IngestLimits) -> tuple[float, str | None]:
+    """Check that a video decodes at its start and all the way to the end its header claims.
+
+    In one open of the container:
+
+    1. the first video frame and the first audio frame must decode;
+    2. everything from ``limits.tail_check_s`` before the claimed end (in practice from the
+       key frame before that point) is decoded; the last decoded frame must end within
+       ``limits.max_missing_s`` of the claimed duration.
+
+    When the header has no duration (``claim_s <= 0``, e.g. a live-recorded webm) the whole
+    file is first demuxed, without decoding, to measure it.
+
+    Args:
+        path: the video.
+        claim_s: duration from the header (s), ``<= 0`` when unknown.
+        limits: the tail window and the tolerated shortfall.
+
+    Returns:
+        ``(duration s, warning or None)``: the claimed duration (or the measured one when
+        the header had none) and a note when a few tail packets failed to decode although
+        the data reaches the end.
+
+    Raises:
+        _Reject: ``no_video_stream``, ``truncated`` or ``unreadable``.
+    """
+    import av
+
+    try:
+        container = av.open(str(path))
+    except Exception as exc:
+        raise _Reject("unreadable", f"{path} cannot be opened ({exc}); re-copy or re-encode it.") from exc
+    with container as c:
+        videos = [s for s in c.streams.video if not _is_attached_picture(s)]
+        if not videos:
+            raise _Reject("no_video_stream", f"{path} has only a still picture (cover art), no video stream; remove it.")
+        v = videos[0]
+        # One decoder thread: the machine's cores are shared and the tail is short.
+        v.codec_context.thread_count = 1
+        a = c.streams.audio[0] if c.streams.audio else None
+        streams = [v] + ([a] if a is not None else [])
+        for st in streams:
+            what = "video" if st is v else "audio"
+            try:
+                c.seek(0)
+                next(iter(c.decode(st)))
+            except StopIteration:
+                raise _Reject("truncated", f"{path}: its {what} stream holds no decodable frame; re-export the file.") from None
+            except Exception as exc:
+                raise _Reject(
+                    "unreadable", f"{path}: the first {what} frame cannot be decoded ({exc}); re-encode the file."
+                ) from exc
+        if claim_s <= 0:
+            claim_s, _, _ = _tail_end(c, streams, v, 0.0, decode=False)
+            if claim_s <= 0:
+                raise _Reject("truncated", f"{path}: no timed packet could be read; re-export the file.")
+        start = max(0.0, claim_s - limits.tail_check_s)
+        end, errors, first_error = _tail_end(c, streams, v, start, decode=True)
+    missing = claim_s - end
+    if missing > limits.max_missing_s:
+        detail = f" ({errors} read/decode error(s), first: {first_error})" if errors else ""
+        raise _Reject(
+            "truncated",
+            f"{path}: the header says {claim_s:.2f} s but decodable data ends at {end:.2f} s{detail}; "
+            "the file was cut short or damaged at the end: re-copy or re-download it.",
+        )
+    warning = None
+    if errors:
+        warning = f"{errors} packet(s) near the end failed to decode (first: {first_error}) but data reaches {end:.2f} s"
+    return claim_s, warning
+
+
+def _check_duration(path: Path, duration: float, min_clip_s: float, limits: IngestLimits) -> None:
+    """Reject absurd durations (s): ``too_long`` above the limit, ``too_short`` below ``min_clip_s``."""
+    if duration > limits.max_duration_s:
+        raise _Reject(
+            "too_long",
+            f"{path} lasts {duration:.0f} s, above the {limits.max_duration_s:.0f} s limit; "
+            "split it into parts or raise limits.max_duration_s.",
+        )
+    if duration < min_clip_s:
+        raise _Reject(
+            "too_short",
+            f"{path} lasts {duration:.2f} s, below min_clip_s={min_clip_s} s; remove it or lower min_clip_s.",
+        )
+
+
+def _stem_lookup(directory: Path, cache: dict[Path, dict[str, str]]) -> dict[str, str]:
+    if directory not in cache:
+        try:
+            cache[directory] = {_nfc(n).lower(): n for n in os.listdir(directory)}
+        except OSError:
+            cache[directory] = {}
+    return cache[directory]
+
+
+def _check_stem(path: Path) -> float:
+    """Open a sidecar WAV and read its last block; return its duration (s).
+
+    Raises:
+        _Reject: ``bad_sidecar`` naming the stem.
+    """
+    import soundfile as sf
+
+    try:
+        with sf.SoundFile(str(path)) as f:
+            if f.frames <= 0 or f.samplerate <= 0:
+                raise ValueError("no audio frames")
+            # Reading the last 1024 frames catches a header that promises more than the file has.
+            f.seek(max(0, f.frames - 1024))
+            f.read(1024, dtype="float32")
+            return f.frames / f.samplerate
+    except Exception as exc:
+        raise _Reject("bad_sidecar", f"sidecar stem {path} cannot be read ({exc}); fix or remove it.") from exc
+
+
+# --------------------------------------------------------------------------- main
+
+
+def _progress(i: int, n: int, n_bad: int, n_clips: int) -> None:
+    step = max(1, math.ceil(n / 10))  # about one line per 10 %
+    if (i + 1) % step == 0 or i + 1 == n:
+        print(
+            f"ingest: {i + 1}/{n} files ({100 * (i + 1) // n}%), {n_clips} clips, {n_bad} quarantined",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
+def _write_parquet(df: pd.DataFrame, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    df.to_parquet(tmp, index=False)
+    os.replace(tmp, path)  # atomic: readers never see half a file
+
+
+def ingest(
+    src: str | os.PathLike,
+    out: str | os.PathLike,
+    clip_s: float = 10.24,
+    pad_short: bool = False,
+    min_clip_s: float = 1.0,
+    splits: tuple[float, float, float] = (0.8, 0.1, 0.1),
+    seed: int = 0,
+    metadata_csv: str | os.PathLike | None = None,
+    limits: IngestLimits = IngestLimits(),
+    require_audio: bool = True,
+    extensions: tuple[str, ...] = media.VIDEO_EXTENSIONS,
+) -> IngestResult:
+    """Scan ``src`` for videos, quarantine bad files, cut clips and write the manifest.
+
+    Each video of duration ``D`` gives ``floor(D / clip_s)`` consecutive clips starting at
+    ``k * clip_s``; the remainder shorter than a clip is dropped. A video shorter than one
+    clip (but at least ``min_clip_s``) is listed under ``short`` in ``ingest.json`` and
+    skipped, or, with ``pad_short``, becomes one clip with ``duration_s = D`` and
+    ``pad_s = clip_s - D`` (so ``duration_s + pad_s == clip_s``).
+
+    Args:
+        src: folder scanned recursively (or a single video file).
+        out: output folder (created); if inside ``src`` it is not scanned.
+        clip_s: clip length (s).
+        pad_short: include videos shorter than one clip as one zero-padded clip.
+        min_clip_s: videos shorter than this (s) are quarantined as ``too_short``.
+        splits: train, val, test fractions of *source videos* (sum to 1).
+        seed: changes the split assignment (deterministic for a given seed).
+        metadata_csv: optional CSV with a ``file`` column (path relative to ``src`` or a
+            basename), an optional ``caption`` column and other columns copied to
+            ``label_<col>``.
+        limits: resolution, duration and truncation bounds.
+        require_audio: quarantine videos without an audio track (``no_audio``).
+        extensions: file extensions taken as videos (case-insensitive).
+
+    Returns:
+        An :class:`IngestResult` (paths, manifest and quarantine frames, summary).
+
+    Raises:
+        FileNotFoundError: ``src`` does not exist.
+        ValueError: bad parameters or a metadata CSV without a ``file`` column.
+    """
+    src_p = Path(src).absolute()
+    out_p = Path(out).absolute()
+    if not src_p.exists():
+        raise FileNotFoundError(f"source folder {src_p} does not exist")
+    if not clip_s > 0:
+        raise ValueError(f"clip_s must be > 0 s, got {clip_s}")
+    if not 0 < min_clip_s <= clip_s:
+        raise ValueError(f"min_clip_s must be in (0, clip_s={clip_s}] s, got {min_clip_s}")
+    splits = tuple(float(x) for x in splits)
+    manifest_mod.split_for_source("check", splits, seed)  # raises ValueError on bad fractions early
+
+    files = _scan(src_p, out_p, extensions)
+    rels = [rel for _, rel in files]
+    meta, label_cols, meta_report = _load_metadata(metadata_csv, src_p, rels)
+    dup_of = _find_duplicate_files(files)
+    print(f"ingest: {len(files)} video file(s) under {src_p}", file=sys.stderr, flush=True)
+
+    rows: list[dict] = []
+    quarantine: list[dict] = []
+    short: list[dict] = []
+    warnings: list[str] = []
+    stem_cache: dict[Path, dict[str, str]] = {}
+    seen_clip_ids: dict[str, str] = {}
+    stats = {"containers": Counter(), "audio_sr": Counter(), "audio_channels": Counter(), "vfr": 0}
+
+    for i, (path, rel) in enumerate(files):
+        try:
+            if rel in dup_of:
+                raise _Reject(
+                    "duplicate_file",
+                    f"{path} is byte-identical to {dup_of[rel]}; remove the copy (it would leak between splits).",
+                )
+            info = _probe(path)
+            if not info.has_video:
+                fmt = info.container.split(",")
+                if not any(f in _VIDEO_FORMAT_NAMES for f in fmt):
+                    raise _Reject(
+                        "not_video",
+                        f"{path} is a '{info.container}' audio file, not a video; remove it or give it its real extension.",
+                    )
+                raise _Reject(
+                    "no_video_stream",
+                    f"{path} ({info.container}) has no video stream"
+                    + (", only audio" if info.has_audio else "")
+                    + "; remove it or replace it with the video.",
+                )
+            w, h = info.width, info.height
+            if not (limits.min_side_px <= w <= limits.max_side_px and limits.min_side_px <= h <= limits.max_side_px):
+                raise _Reject(
+                    "bad_resolution",
+                    f"{path} is {w}x{h} px; accepted sides are {limits.min_side_px}-{limits.max_side_px} px: "
+                    "re-encode it at a usual size or remove it.",
+                )
+            if require_audio and (not info.has_audio or info.audio_sr <= 0 or info.audio_channels <= 0):
+                raise _Reject(
+                    "no_audio",
+                    f"{path} has no audio track; training needs the soundtrack: use a version with audio, "
+                    "or ingest with require_audio=False for video-only use.",
+                )
+            claim = float(info.duration_s) if info.duration_s and math.isfinite(info.duration_s) else 0.0
+            if claim > 0:  # cheap checks before decoding anything
+                _check_duration(path, claim, min_clip_s, limits)
+            duration, tail_warning = _verify_decodable(path, claim, limits)
+            if tail_warning:
+                warnings.append(f"{rel}: {tail_warning}")
+            if claim <= 0:  # the header had no duration: check the measured one
+                _check_duration(path, duration, min_clip_s, limits)
+
+            stems: dict[str, str | None] = {}
+            names = _stem_lookup(path.parent, stem_cache)
+            for kind in STEM_KINDS:
+                found = names.get(_nfc(f"{path.stem}.{kind}.wav").lower())
+                if found is None:
+                    stems[kind] = None
+                    continue
+                stem_path = path.parent / found
+                stem_s = _check_stem(stem_path)
+                if stem_s < duration - limits.max_missing_s:
+                    warnings.append(f"{rel}: {kind} stem lasts {stem_s:.2f} s, video {duration:.2f} s")
+                stems[kind] = str(stem_path.absolute())
+
+            n_clips = int(math.floor((duration + _CLIP_COUNT_SLACK_S) / clip_s))
+            if n_clips == 0:
+                short.append({"path": rel, "duration_s": round(duration, 3), "included": bool(pad_short)})
+                if not pad_short:  # reported in ingest.json, neither quarantined nor clipped
+                    _progress(i, len(files), len(quarantine), len(rows))
+                    continue
+                spans = [(0.0, duration, clip_s - duration)]
+            else:
+                spans = [(k * clip_s, clip_s, 0.0) for k in range(n_clips)]
+
+            source_id = source_id_for(rel)
+            ids = [clip_id_for(source_id, k) for k in range(len(spans))]
+            clash = next((cid for cid in ids if cid in seen_clip_ids), None)
+            if clash is not None:
+                raise _Reject(
+                    "duplicate_clip_id",
+                    f"{path}: clip id {clash} is already used by {seen_clip_ids[clash]}; rename one of the files.",
+                )
+        except _Reject as rej:
+            quarantine.append({"path": str(path.absolute()), "reason": rej.reason, "message": rej.message})
+            _progress(i, len(files), len(quarantine), len(rows))
+            continue
+        except Exception as exc:  # one odd file must never stop the run
+            quarantine.append(
+                {
+                    "path": str(path.absolute()),
+                    "reason": "unreadable",
+                    "message": f"{path} failed an ingest check ({type(exc).__name__}: {exc}); inspect or re-encode it.",
+                }
+            )
+            _progress(i, len(files), len(quarantine), len(rows))
+            continue
+
+        split = manifest_mod.split_for_source(source_id, splits, seed)
+        m = meta.get(rel, {"caption": "", "labels": {}})
+        for cid, (start, dur, pad) in zip(ids, spans):
+            seen_clip_ids[cid] = rel
+            row = {
+                "clip_id": cid,
+                "source_id": source_id,
+                "split": split,
+                "video_path": str(path.absolute()),
+                "start_s": round(float(start), 6),
+                "duration_s": round(float(dur), 6),
+                "pad_s": round(float(pad), 6),
+                "music_path": stems["music"],
+                "sfx_path": stems["sfx"],
+                "caption": m["caption"],
+                "src_container": info.container,
+                "src_width": int(w),
+                "src_height": int(h),
+                "src_fps": float(info.fps),
+                "src_vfr": bool(info.vfr),
+                "src_duration_s": round(float(duration), 6),
+                "src_audio_sr": int(info.audio_sr),
+                "src_audio_channels": int(info.audio_channels),
+            }
+            for lab in label_cols:
+                row[lab] = m["labels"].get(lab)
+            rows.append(row)
+        stats["containers"][info.container] += 1
+        stats["audio_sr"][str(info.audio_sr)] += 1
+        stats["audio_channels"][str(info.audio_channels)] += 1
+        stats["vfr"] += int(info.vfr)
+        _progress(i, len(files), len(quarantine), len(rows))
+
+    columns = list(manifest_mod.REQUIRED_COLUMNS) + [
+        "src_container", "src_width", "src_height", "src_fps", "src_vfr",
+        "src_duration_s", "src_audio_sr", "src_audio_channels",
+    ] + label_cols  # fmt: skip
+    mdf = pd.DataFrame(rows, columns=columns)
+    qdf = pd.DataFrame(quarantine, columns=["path", "reason", "message"])
+
+    out_p.mkdir(parents=True, exist_ok=True)
+    manifest_path = manifest_mod.write_manifest(mdf, out_p / MANIFEST_NAME)
+    quarantine_path = out_p / QUARANTINE_NAME
+    _write_parquet(qdf, quarantine_path)
+
+    per_split = {}
+    for s in manifest_mod.SPLITS:
+        part = mdf[mdf["split"] == s]
+        per_split[s] = {
+            "sources": int(part["source_id"].nunique()),
+            "clips": int(len(part)),
+            "hours": round(float((part["duration_s"]).sum()) / 3600.0, 4),
+        }
+    summary = {
+        "src": str(src_p),
+        "out": str(out_p),
+        "params": {
+            "clip_s": clip_s,
+            "pad_short": pad_short,
+            "min_clip_s": min_clip_s,
+            "splits": list(splits),
+            "seed": seed,
+            "require_audio": require_audio,
+            "extensions": list(extensions),
+            "limits": asdict(limits),
+        },
+        "n_files": len(files),
+        "n_sources": int(mdf["source_id"].nunique()),
+        "n_clips": int(len(mdf)),
+        "splits": per_split,
+        "quarantined": {"total": len(qdf), "by_reason": dict(sorted(Counter(qdf["reason"]).items()))},
+        "short": short,
+        "media": {
+            "containers": dict(sorted(stats["containers"].items())),
+            "audio_sr": dict(sorted(stats["audio_sr"].items())),
+            "audio_channels": dict(sorted(stats["audio_channels"].items())),
+            "vfr_sources": stats["vfr"],
+        },
+        "metadata": meta_report,
+        "warnings": warnings,
+    }
+    summary_path = out_p / SUMMARY_NAME
+    tmp = summary_path.with_name(summary_path.name + ".tmp")
+    tmp.write_text(json.dumps(summary, indent=2, ensure_ascii=False), encoding="utf-8")
+    os.replace(tmp, summary_path)
+
+    print(
+        f"ingest: {len(mdf)} clips from {summary['n_sources']} videos "
+        f"(train {per_split['train']['clips']}, val {per_split['val']['clips']}, test {per_split['test']['clips']}), "
+        f"{len(short)} short, {len(qdf)} quarantined -> {out_p}",
+        file=sys.stderr,
+        flush=True,
+    )
+    if len(mdf) == 0:
+        print(f"ingest: WARNING: no usable clip; see {quarantine_path}", file=sys.stderr, flush=True)
+    return IngestResult(out_p, manifest_path, quarantine_path, summary_path, mdf, qdf, summary)

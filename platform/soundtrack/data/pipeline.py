@@ -1,0 +1,422 @@
+"""``soundtrack data featurize``: the Ray Data pipeline from a manifest to feature shards.
+
+Shape of the pipeline::
+
+    manifest rows ─(sorted by clip_id, chunked)─> shard specs ──Ray Data map──> shard files
+                                                  (skip finished)   (decode + features,
+                                                                     write parquet atomically)
+
+* The manifest is sorted by ``clip_id`` and cut into shards of ``rows_per_shard`` clips,
+  so shard *k* always holds the same clips for a given manifest and config.
+* Each shard is one row of a Ray Data dataset; a ``map`` over an actor pool (the actors
+  import librosa once and keep numba's compiled code warm) decodes every clip with
+  decord / PyAV, computes its features (``soundtrack.data.features``), writes
+  ``shards/shard-XXXXX.parquet`` through a temporary name and ``os.replace`` and then a
+  ``done/shard-XXXXX.json`` marker. Only the small per-shard summary returns to the driver.
+* A re-run skips shards whose marker exists, so a run killed at any point resumes with
+  every clip written exactly once. A clip that fails to decode is recorded in the marker
+  and in ``errors.jsonl``; it never stops the run.
+* The storage path must be visible to every node (shared storage on a cluster; the
+  local disk on one machine or a ``ray.cluster_utils.Cluster``).
+
+Array columns are stored as raw bytes plus a shape (``<name>`` and ``<name>__shape``);
+:func:`decode_row` turns a shard row back into numpy arrays.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import pandas as pd
+
+from soundtrack.config import FeaturizeSection, config_hash
+from soundtrack.data import media
+from soundtrack.data.manifest import read_manifest
+
+#: Storage dtype of each array column (why: 16-bit audio and float16 mels halve the
+#: shard size with no loss that matters for training; frames stay uint8).
+ARRAY_DTYPES: dict[str, str] = {
+    "frames": "uint8",
+    "wav_mix": "int16",
+    "wav_music": "int16",
+    "wav_sfx": "int16",
+    "mel_mix": "float16",
+    "mel_music": "float16",
+    "mel_sfx": "float16",
+    "chroma": "float16",
+    "melody": "int8",
+    "dynamics_db": "float32",
+    "onset_env": "float32",
+    "beat_times": "float32",
+    "motion": "float32",
+    "shots": "int32",
+}
+ID_COLUMNS = ("clip_id", "source_id", "split", "caption", "start_s", "duration_s", "pad_s", "stems_source")
+
+
+# ----------------------------------------------------------------------------- one clip
+
+
+def feature_config(section: FeaturizeSection):
+    """The :class:`soundtrack.data.features.FeatureConfig` matching a featurize section."""
+    from soundtrack.data.features import FeatureConfig
+
+    names = {f.name for f in dataclasses.fields(FeatureConfig)}
+    kw = {k: v for k, v in dataclasses.asdict(section).items() if k in names}
+    if "control_source" in names:  # which waveform HPM's controls (chroma, dynamics, beats) come from
+        kw["control_source"] = section.features_from
+    return FeatureConfig(**kw)
+
+
+def _fit(x: np.ndarray, n: int) -> np.ndarray:
+    """Trim or zero-pad a waveform to exactly ``n`` samples."""
+    if len(x) >= n:
+        return x[:n]
+    return np.concatenate([x, np.zeros(n - len(x), np.float32)])
+
+
+def decode_clip(row: dict, section: FeaturizeSection) -> dict[str, np.ndarray]:
+    """Decode one manifest row: frames at ``fps``, mix and stems at ``sr``, fitted to the clip.
+
+    Args:
+        row: a manifest row (absolute paths).
+        section: featurize settings.
+
+    Returns:
+        ``frames`` uint8 (T, size, size, 3), ``mix`` and optionally ``music``/``sfx`` float32 (N,).
+    """
+    dur = float(row["duration_s"])
+    pad = float(row.get("pad_s") or 0.0)
+    n = int(round(section.clip_s * section.sr))
+    t_frames = int(np.ceil(round(section.clip_s * section.fps, 6)))
+    frames = media.read_frames(
+        row["video_path"], fps=section.fps, start_s=float(row["start_s"]), duration_s=dur,
+        size=(section.size, section.size),
+    )
+    if len(frames) < t_frames:  # short (padded) video: hold the last frame
+        frames = np.concatenate([frames, np.repeat(frames[-1:], t_frames - len(frames), axis=0)])
+    frames = frames[:t_frames]
+    out = {"frames": frames}
+    out["mix"] = _fit(media.read_audio(row["video_path"], sr=section.sr, start_s=float(row["start_s"]), duration_s=dur), n)
+    for stem in ("music", "sfx"):
+        p = row.get(f"{stem}_path")
+        if p:
+            w = media.load_wav(p, sr=section.sr)
+            s0 = int(round(float(row["start_s"]) * section.sr))
+            out[stem] = _fit(w[s0 : s0 + int(round(dur * section.sr))], n)
+    del pad  # padding is implicit: _fit pads audio with zeros, frames hold the last image
+    return out
+
+
+def featurize_row(row: dict, section: FeaturizeSection, fcfg=None) -> dict[str, Any]:
+    """Decode and featurize one manifest row into one shard row (arrays packed as bytes)."""
+    from soundtrack.data.features import featurize_clip
+
+    fcfg = fcfg or feature_config(section)
+    dec = decode_clip(row, section)
+    feats = featurize_clip(dec["frames"], dec["mix"], dec.get("music"), dec.get("sfx"), fcfg)
+    arrays = {
+        "frames": dec["frames"],
+        "wav_mix": dec["mix"],
+        "wav_music": dec.get("music") if dec.get("music") is not None else feats.get("wav_music"),
+        "wav_sfx": dec.get("sfx") if dec.get("sfx") is not None else feats.get("wav_sfx"),
+    }
+    for k in ARRAY_DTYPES:
+        if k not in arrays and k in feats:
+            arrays[k] = feats[k]
+    out: dict[str, Any] = {c: row.get(c) for c in ID_COLUMNS if c in row}
+    out["stems_source"] = feats.get("stems_source", "given" if "music" in dec else "separated")
+    for k, a in arrays.items():
+        if a is None:
+            continue
+        a = np.asarray(a)
+        dt = ARRAY_DTYPES[k]
+        if dt == "int16":  # float waveform in [-1, 1] -> 16-bit PCM
+            a = np.round(np.clip(a, -1, 1) * 32767.0)
+        a = np.ascontiguousarray(a.astype(dt))
+        out[k] = a.tobytes()
+        out[k + "__shape"] = list(a.shape)
+    for c, v in row.items():
+        if c.startswith("label_"):
+            out[c] = v.tolist() if isinstance(v, np.ndarray) else v
+    return out
+
+
+def decode_row(row: dict, keys: Iterable[str] | None = None) -> dict[str, Any]:
+    """Turn a shard row back into numpy arrays (waveforms as float32 in [-1, 1]).
+
+    Args:
+        row: one row read from a shard (dict-like).
+        keys: array columns to decode (default: all present).
+    """
+    out = {k: v for k, v in row.items() if not (k in ARRAY_DTYPES or k.endswith("__shape"))}
+    for k in keys or ARRAY_DTYPES:
+        if k not in row or row[k] is None:
+            continue
+        a = np.frombuffer(row[k], dtype=ARRAY_DTYPES[k]).reshape([int(s) for s in row[k + "__shape"]])
+        if ARRAY_DTYPES[k] == "int16":
+            a = a.astype(np.float32) / 32767.0
+        out[k] = a
+    return out
+
+
+# ----------------------------------------------------------------------------- shards
+
+
+def plan_shards(manifest: pd.DataFrame, rows_per_shard: int) -> list[dict]:
+    """Cut a manifest (sorted by clip_id) into shard specs ``{shard, clip_ids, rows}``."""
+    df = manifest.sort_values("clip_id").reset_index(drop=True)
+    recs = df.to_dict("records")
+    out = []
+    for k in range(0, len(recs), rows_per_shard):
+        rows = recs[k : k + rows_per_shard]
+        out.append({"shard": k // rows_per_shard, "clip_ids": [r["clip_id"] for r in rows], "rows": json.dumps(rows, default=_json_default)})
+    return out
+
+
+def _json_default(o):
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, (np.floating, np.integer)):
+        return o.item()
+    return str(o)
+
+
+def shard_paths(out_dir: Path, shard: int) -> tuple[Path, Path]:
+    return out_dir / "shards" / f"shard-{shard:05d}.parquet", out_dir / "done" / f"shard-{shard:05d}.json"
+
+
+def write_shard(out_dir: str | os.PathLike, spec: dict, section: FeaturizeSection, fcfg=None) -> dict:
+    """Featurize and write one shard atomically; return its summary (what the driver sees).
+
+    Args:
+        out_dir: the featurize run directory.
+        spec: one item of :func:`plan_shards`.
+        section: featurize settings.
+        fcfg: feature config (built from ``section`` when ``None``).
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    out_dir = Path(out_dir)
+    t0 = time.time()
+    rows, errors = [], []
+    for r in json.loads(spec["rows"]):
+        try:
+            rows.append(featurize_row(r, section, fcfg))
+        except Exception as exc:  # one bad clip never stops the run: record it and go on
+            reason = getattr(exc, "reason", type(exc).__name__)
+            errors.append({"clip_id": r["clip_id"], "video_path": r["video_path"], "reason": reason, "message": str(exc)})
+    pq_path, done_path = shard_paths(out_dir, int(spec["shard"]))
+    if rows:
+        table = pa.Table.from_pylist(rows)
+        tmp = pq_path.with_name(pq_path.name + f".tmp{os.getpid()}")
+        pq.write_table(table, tmp)
+        os.replace(tmp, pq_path)
+    summary = {
+        "shard": int(spec["shard"]),
+        "n_in": len(spec["clip_ids"]),
+        "n_out": len(rows),
+        "n_failed": len(errors),
+        "clip_ids": [r["clip_id"] for r in rows],
+        "errors": errors,
+        "seconds": round(time.time() - t0, 3),
+        "host": os.uname().nodename,
+        "node_id": _node_id(),
+        "pid": os.getpid(),
+    }
+    tmp = done_path.with_name(done_path.name + f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(summary))
+    os.replace(tmp, done_path)  # the marker goes last: its presence means the shard is complete
+    return summary
+
+
+def _node_id() -> str:
+    """The Ray node this runs on ("" outside Ray): shows how shards spread over a cluster."""
+    try:
+        import ray
+
+        return ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
+    except Exception:
+        return ""
+
+
+class ShardWriter:
+    """Ray Data actor UDF: warms librosa once per process, then writes shards."""
+
+    def __init__(self, out_dir: str, section: dict):
+        self.out_dir = out_dir
+        self.section = FeaturizeSection(**section)
+        self.fcfg = feature_config(self.section)
+        warm_up(self.fcfg)
+
+    def __call__(self, spec: dict) -> dict:
+        s = write_shard(self.out_dir, spec, self.section, self.fcfg)
+        return {k: (json.dumps(v) if isinstance(v, list) else v) for k, v in s.items()}
+
+
+def warm_up(fcfg=None) -> float:
+    """Run the feature code once on noise so numba compiles before timing starts (s spent)."""
+    from soundtrack.data.features import FeatureConfig, featurize_clip
+
+    fcfg = fcfg or FeatureConfig()
+    t = time.time()
+    rng = np.random.default_rng(0)
+    n = int(fcfg.sr * 2.0)
+    featurize_clip(rng.integers(0, 255, (4, 16, 16, 3), dtype=np.uint8), (rng.standard_normal(n) * 0.1).astype(np.float32), None, None, fcfg)
+    return time.time() - t
+
+
+def completed_shards(out_dir: str | os.PathLike) -> dict[int, dict]:
+    """Summaries of the shards whose ``done`` marker exists."""
+    out = {}
+    d = Path(out_dir) / "done"
+    if d.exists():
+        for p in sorted(d.glob("shard-*.json")):
+            try:
+                s = json.loads(p.read_text())
+            except json.JSONDecodeError:  # a torn marker counts as not done
+                continue
+            out[int(s["shard"])] = s
+    return out
+
+
+def featurize_id(manifest_path: Path, section: FeaturizeSection) -> str:
+    """Identity of a featurize run: the manifest's content hash plus the section's hash."""
+    h = hashlib.sha1(Path(manifest_path).read_bytes()).hexdigest()[:8]
+    return f"{h}-{config_hash(section)}"
+
+
+def run_featurize(
+    data_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    section: FeaturizeSection = FeaturizeSection(),
+    progress: bool = True,
+    use_ray: bool = True,
+    limit: int | None = None,
+) -> dict:
+    """Featurize every clip of a manifest into parquet shards, skipping finished shards.
+
+    Args:
+        data_dir: folder with ``manifest.parquet`` (from ``synth`` or ``ingest``).
+        out_dir: the featurize run directory (``shards/``, ``done/``, ``errors.jsonl``).
+        section: featurize settings.
+        progress: print a progress line per finished shard (stderr).
+        use_ray: ``False`` runs the same shard function in a plain loop in this process
+            (the sequential baseline of ``benchmarks/data_throughput.py``).
+        limit: only the first ``limit`` clips (by clip_id), for quick runs.
+
+    Returns:
+        A summary: clips in / out / failed, shards written now and skipped, seconds, rate.
+    """
+    out_dir = Path(out_dir)
+    manifest = read_manifest(data_dir)
+    if limit is not None:
+        manifest = manifest.sort_values("clip_id").head(limit)
+    for sub in ("shards", "done"):
+        (out_dir / sub).mkdir(parents=True, exist_ok=True)
+    for tmp in (out_dir / "shards").glob("*.tmp*"):  # leftovers of a killed run
+        tmp.unlink(missing_ok=True)
+    specs = plan_shards(manifest, section.rows_per_shard)
+    done = completed_shards(out_dir)
+    todo = [s for s in specs if s["shard"] not in done]
+    n_clips = len(manifest)
+    n_todo = sum(len(s["clip_ids"]) for s in todo)
+    _say(progress, f"featurize: {n_clips} clips in {len(specs)} shards; {len(specs) - len(todo)} shards already done, {len(todo)} to do")
+    t0 = time.time()
+    results: list[dict] = []
+    clips_done = 0
+
+    def _report(s: dict):
+        nonlocal clips_done
+        results.append(s)
+        clips_done += int(s["n_in"])
+        el = time.time() - t0
+        rate = clips_done / el if el > 0 else 0.0
+        eta = (n_todo - clips_done) / rate if rate > 0 else float("nan")
+        _say(progress, f"featurize: shard {s['shard']:5d} done ({s['n_out']} ok, {s['n_failed']} failed) "
+                       f"{clips_done}/{n_todo} clips, {rate:.2f} clips/s, eta {eta:.0f} s")
+
+    if todo and not use_ray:
+        fcfg = feature_config(section)
+        for spec in todo:
+            _report(write_shard(out_dir, spec, section, fcfg))
+    elif todo:
+        from soundtrack.raycluster import init_ray
+
+        ray = init_ray()
+        cpus = float(ray.available_resources().get("CPU", 1.0))
+        size = section.concurrency or max(1, int(cpus // section.num_cpus))
+        size = min(size, len(todo))
+        ds = ray.data.from_items(todo, override_num_blocks=len(todo))
+        ds = ds.map(
+            ShardWriter,
+            fn_constructor_kwargs={"out_dir": str(out_dir), "section": dataclasses.asdict(section)},
+            compute=ray.data.ActorPoolStrategy(size=size),
+            num_cpus=section.num_cpus,
+        )
+        for s in ds.iter_rows():
+            s = dict(s)
+            s["errors"] = json.loads(s["errors"]) if isinstance(s["errors"], str) else s["errors"]
+            _report(s)
+    seconds = time.time() - t0
+    done = completed_shards(out_dir)
+    errs = [e for s in done.values() for e in s.get("errors", [])]
+    with open(out_dir / "errors.jsonl", "w") as f:
+        for e in errs:
+            f.write(json.dumps(e) + "\n")
+    written = [c for s in done.values() for c in s.get("clip_ids", [])]
+    summary = {
+        "clips_in": n_clips,
+        "clips_out": len(written),
+        "clips_failed": len(errs),
+        "shards": len(specs),
+        "shards_skipped": len(specs) - len(todo),
+        "shards_written_now": len(results),
+        "seconds": round(seconds, 3),
+        "clips_per_s": round(n_todo / seconds, 3) if seconds > 0 and n_todo else None,
+    }
+    _say(progress, f"featurize: done: {summary['clips_out']} clips written, {summary['clips_failed']} failed "
+                   f"(see {out_dir / 'errors.jsonl'}), {summary['seconds']} s")
+    return summary
+
+
+def _say(on: bool, msg: str) -> None:
+    if on:
+        print(msg, file=sys.stderr, flush=True)
+
+
+def read_shards(run_dir: str | os.PathLike, split: str | None = None, columns: list[str] | None = None) -> pd.DataFrame:
+    """Read a featurize run's shards into pandas (small runs, tests, evaluation).
+
+    Args:
+        run_dir: featurize run directory.
+        split: keep only this split.
+        columns: columns to read (array columns bring their ``__shape`` column along).
+    """
+    import pyarrow.parquet as pq
+
+    files = sorted((Path(run_dir) / "shards").glob("shard-*.parquet"))
+    if not files:
+        raise FileNotFoundError(f"no shards in {run_dir}/shards; run `soundtrack data featurize` first.")
+    cols = None
+    if columns is not None:
+        cols = list(columns) + [c + "__shape" for c in columns if c in ARRAY_DTYPES]
+        cols = list(dict.fromkeys(["clip_id", "split", *cols]))
+    df = pd.concat([pq.read_table(f, columns=cols).to_pandas() for f in files], ignore_index=True)
+    if split is not None:
+        df = df[df["split"] == split].reset_index(drop=True)
+    return df
+
+
+def shard_files(run_dir: str | os.PathLike) -> list[str]:
+    """Paths of a featurize run's shard files (for ``ray.data.read_parquet``)."""
+    return [str(p) for p in sorted((Path(run_dir) / "shards").glob("shard-*.parquet"))]

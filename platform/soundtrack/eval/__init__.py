@@ -1,0 +1,1 @@
+"""Evaluation: the papers' metrics as plain numpy functions (``metrics``) and the benchmark runner."""

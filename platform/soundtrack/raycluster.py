@@ -1,0 +1,74 @@
+"""Starting or joining Ray the same way in every stage.
+
+On a laptop or CI machine ``init_ray()`` starts a private local Ray bound to loopback
+only (no dashboard, no usage stats, no token auth prompts); on a cluster it joins the
+running one (``address="auto"`` or ``RAY_ADDRESS``). The environment variables that
+Ray reads at start-up are set here, before Ray is imported by the caller's stage.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+#: Settings that keep a local Ray on 127.0.0.1 and quiet (see MACHINE-NOTES).
+RAY_ENV_DEFAULTS = {
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_AUTH_MODE": "disabled",
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+    "RAY_DEDUP_LOGS": "1",
+    "RAY_TRAIN_V2_ENABLED": "1",
+}
+
+
+def set_ray_env() -> None:
+    """Apply :data:`RAY_ENV_DEFAULTS` where the user has not set them, plus a numba cache.
+
+    numba compiles librosa's onset/beat code in every new process (6-14 s); a shared
+    cache directory makes that a one-off.
+    """
+    for k, v in RAY_ENV_DEFAULTS.items():
+        os.environ.setdefault(k, v)
+    os.environ.setdefault("NUMBA_CACHE_DIR", str(Path.home() / ".cache" / "soundtrack-numba"))
+
+
+def worker_env() -> dict[str, str]:
+    """Environment variables every Ray worker process gets (runtime_env)."""
+    set_ray_env()
+    keys = list(RAY_ENV_DEFAULTS) + ["NUMBA_CACHE_DIR", "OMP_NUM_THREADS"]
+    return {k: os.environ[k] for k in keys if k in os.environ}
+
+
+def init_ray(address: str | None = None, num_cpus: float | None = None, quiet: bool = True):
+    """Start a local Ray (or join ``address``) unless one is already up in this process.
+
+    Args:
+        address: ``None`` for a new local Ray (or ``RAY_ADDRESS`` when set), ``"auto"`` to
+            join a running cluster, or a ``host:port``.
+        num_cpus: CPUs of the local Ray (``None``: all cores). Ignored when joining.
+        quiet: keep Ray Data's per-operator progress bars off (stages print their own).
+
+    Returns:
+        The ``ray`` module.
+    """
+    set_ray_env()
+    import ray
+
+    if not ray.is_initialized():
+        address = address or os.environ.get("RAY_ADDRESS")
+        kw = dict(include_dashboard=False, log_to_driver=True, runtime_env={"env_vars": worker_env()})
+        if address:
+            ray.init(address=address, **kw)
+        else:
+            ray.init(num_cpus=num_cpus, **kw)
+    if quiet:
+        from ray.data import DataContext
+
+        ctx = DataContext.get_current()
+        ctx.enable_progress_bars = False
+        ctx.enable_operator_progress_bars = False
+        ctx.verbose_stats_logs = False
+    return ray

@@ -1,0 +1,279 @@
+"""Run directories and their cards (``run.json``) and metric logs (``metrics.jsonl``).
+
+Every stage writes under ``<storage>/<stage>/<run name>/``:
+
+- ``run.json``: the resolved config, the upstream runs it read (path, name, status),
+  the code commit, the seed, the status (``running``, ``finished``, ``failed``) and
+  timings (seconds per part of the stage), the number of attempts;
+- ``metrics.jsonl``: one JSON object per line (step, metric values, wall time);
+- ``losses.png``: a plot of the loss curves where the stage trains.
+
+A later stage calls :func:`require_finished` on its inputs and refuses, with a clear
+message, a run that did not finish.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform as _platform
+import socket
+import subprocess
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Iterator
+
+RUN_CARD = "run.json"
+METRICS = "metrics.jsonl"
+
+
+class UpstreamError(RuntimeError):
+    """An input run that is missing or did not finish."""
+
+
+def git_commit() -> str:
+    """The commit of the source tree this package runs from (``+dirty`` when modified)."""
+    here = Path(__file__).resolve().parent
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5
+        ).stdout.strip()
+        if not sha:
+            return "unknown"
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=here, capture_output=True, text=True, timeout=5
+        ).stdout.strip()
+        return sha + ("+dirty" if dirty else "")
+    except Exception:
+        return "unknown"
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+def _atomic_write_json(path: Path, data: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=str))
+    os.replace(tmp, path)
+
+
+def read_card(run_dir: str | os.PathLike) -> dict:
+    """Read a run's ``run.json`` (``{}`` when there is none)."""
+    p = Path(run_dir) / RUN_CARD
+    if not p.exists():
+        return {}
+    return json.loads(p.read_text())
+
+
+def require_finished(run_dir: str | os.PathLike, what: str = "upstream run") -> dict:
+    """Return the card of a finished run, or raise naming the problem and the fix.
+
+    Args:
+        run_dir: the upstream run directory.
+        what: how to call it in the message (e.g. ``"featurize run"``).
+
+    Raises:
+        UpstreamError: no card there, or its status is not ``finished``.
+    """
+    card = read_card(run_dir)
+    if not card:
+        raise UpstreamError(f"{what} {run_dir} has no {RUN_CARD}; run that stage first.")
+    status = card.get("status")
+    if status != "finished":
+        cmd = card.get("command") or f"the {card.get('stage', '?')} stage"
+        raise UpstreamError(
+            f"{what} {run_dir} has status '{status}', not 'finished'; finish it first "
+            f"(re-run `{cmd}` to resume it) before using it here."
+        )
+    return card
+
+
+class Run:
+    """A run directory with its card; use as a context manager around the stage's work.
+
+    Entering sets the status to ``running`` (counting attempts, so a resumed run shows
+    how often it was launched); leaving sets ``finished``, or ``failed`` with the error.
+
+    Args:
+        root: storage root.
+        stage: stage name (``data``, ``featurize``, ``pretrain``, ...).
+        name: run name (from the config, see :func:`soundtrack.config.run_name`).
+        config: the resolved config (JSON-able).
+        upstream: input runs, ``{role: run_dir}``; each must be finished.
+        seed: the run's seed.
+        command: the command line that (re)starts this run, recorded for messages.
+        run_dir: an explicit directory instead of ``<root>/<stage>/<name>``.
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        stage: str,
+        name: str,
+        config: dict | None = None,
+        upstream: dict[str, str | os.PathLike] | None = None,
+        seed: int | None = None,
+        command: str | None = None,
+        run_dir: str | os.PathLike | None = None,
+    ):
+        self.dir = Path(run_dir) if run_dir is not None else Path(root) / stage / name
+        self.stage = stage
+        self.name = name
+        self.config = config or {}
+        self.upstream = {k: str(v) for k, v in (upstream or {}).items()}
+        self.seed = seed
+        self.command = command
+        self._t0: float | None = None
+        self.timings: dict[str, float] = {}
+
+    # -- card -------------------------------------------------------------------------
+    @property
+    def card_path(self) -> Path:
+        return self.dir / RUN_CARD
+
+    @property
+    def card(self) -> dict:
+        return read_card(self.dir)
+
+    @property
+    def status(self) -> str | None:
+        return self.card.get("status")
+
+    def _update(self, **kw) -> dict:
+        card = self.card
+        card.update(kw)
+        _atomic_write_json(self.card_path, card)
+        return card
+
+    def start(self) -> "Run":
+        """Create the directory, check upstream runs, and mark the run ``running``."""
+        ups = {}
+        for role, path in self.upstream.items():
+            up = require_finished(path, what=f"{role} run")
+            ups[role] = {"path": str(path), "name": up.get("name"), "stage": up.get("stage"), "status": up.get("status"),
+                         "commit": up.get("commit")}
+        self.dir.mkdir(parents=True, exist_ok=True)
+        old = self.card
+        if old.get("config") and self.config and old["config"] != self.config:
+            raise UpstreamError(
+                f"{self.dir} holds a run with a different config; use --force to start over or change the name."
+            )
+        self.timings = dict(old.get("timings", {}))
+        self._t0 = time.time()
+        self._update(
+            stage=self.stage,
+            name=self.name,
+            status="running",
+            config=self.config,
+            upstream=ups,
+            commit=git_commit(),
+            seed=self.seed,
+            command=self.command,
+            host=socket.gethostname(),
+            python=_platform.python_version(),
+            created_at=old.get("created_at", _now()),
+            started_at=_now(),
+            attempts=int(old.get("attempts", 0)) + 1,
+            timings=self.timings,
+            error=None,
+        )
+        return self
+
+    @contextlib.contextmanager
+    def timer(self, part: str) -> Iterator[None]:
+        """Time a part of the stage (seconds accumulate across resumed attempts)."""
+        t = time.time()
+        try:
+            yield
+        finally:
+            self.timings[part] = round(self.timings.get(part, 0.0) + time.time() - t, 3)
+            self._update(timings=self.timings)
+
+    def finish(self, **summary: Any) -> dict:
+        """Mark the run ``finished`` and store a summary (counts, final metrics, outputs)."""
+        total = time.time() - (self._t0 or time.time())
+        self.timings["total_last_attempt"] = round(total, 3)
+        return self._update(status="finished", finished_at=_now(), timings=self.timings, summary=summary)
+
+    def fail(self, exc: BaseException) -> None:
+        self._update(
+            status="failed",
+            failed_at=_now(),
+            timings=self.timings,
+            error=f"{type(exc).__name__}: {exc}",
+            traceback=traceback.format_exc(limit=20),
+        )
+
+    def __enter__(self) -> "Run":
+        return self.start()
+
+    def __exit__(self, et, ev, tb) -> bool:
+        if ev is not None:
+            self.fail(ev)
+        elif self.status == "running":
+            self.finish()
+        return False
+
+    # -- metrics ----------------------------------------------------------------------
+    def log(self, step: int | None = None, **metrics: Any) -> None:
+        """Append one line of metrics (with wall time, s since the epoch) to metrics.jsonl."""
+        rec = {"step": step, "time": round(time.time(), 3), **metrics}
+        with open(self.dir / METRICS, "a") as f:
+            f.write(json.dumps(rec, default=float) + "\n")
+
+
+def read_metrics(run_dir: str | os.PathLike) -> list[dict]:
+    """All metric lines of a run (a torn last line from a killed run is skipped)."""
+    p = Path(run_dir) / METRICS
+    out = []
+    if p.exists():
+        for line in p.read_text().splitlines():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return out
+
+
+def plot_losses(run_dir: str | os.PathLike, keys: list[str] | None = None, out: str = "losses.png") -> Path | None:
+    """Plot metric curves (every key containing ``loss`` by default) against step.
+
+    Args:
+        run_dir: run directory with a metrics.jsonl.
+        keys: which metrics to plot.
+        out: file name of the PNG inside the run directory.
+
+    Returns:
+        The PNG path, or ``None`` when there is nothing to plot.
+    """
+    recs = [r for r in read_metrics(run_dir) if r.get("step") is not None]
+    if not recs:
+        return None
+    if keys is None:
+        keys = sorted({k for r in recs for k in r if "loss" in k})
+    if not keys:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=120)
+    for k in keys:
+        pts = [(r["step"], r[k]) for r in recs if isinstance(r.get(k), (int, float))]
+        if pts:
+            xs, ys = zip(*pts)
+            ax.plot(xs, ys, label=k)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_title(Path(run_dir).name)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    p = Path(run_dir) / out
+    fig.savefig(p)
+    plt.close(fig)
+    return p

@@ -1,0 +1,381 @@
+"""Tests of ``soundtrack.data.ingest`` on real (tiny) media files written with PyAV.
+
+One folder of odd-but-valid and broken videos is built once per module (64x64 px,
+10 fps, a few seconds each) and ingested once; smaller runs cover options. Nothing is
+mocked: files are encoded with libx264/AAC, VP9/Opus, VP8/Vorbis, MPEG-4/PCM, then some
+are cut, emptied or replaced by text so that the quarantine sees real damage.
+"""
+
+from __future__ import annotations
+
+import fractions
+import json
+import shutil
+from pathlib import Path
+
+import av
+import numpy as np
+import pandas as pd
+import pytest
+import soundfile as sf
+
+from soundtrack.data import manifest as manifest_mod
+from soundtrack.data import media
+from soundtrack.data.ingest import IngestLimits, QUARANTINE_REASONS, ingest, source_id_for
+
+CLIP_S = 10.24
+FPS = 10  # test videos' frame rate (frames/s)
+
+
+def _encoder_available(name: str) -> bool:
+    try:
+        av.codec.Codec(name, "w")
+        return True
+    except Exception:
+        return False
+
+
+def _make_video(
+    path: Path,
+    seconds: float,
+    size: tuple[int, int] = (64, 64),
+    vcodec: str = "libx264",
+    acodec: str | None = "aac",
+    sr: int = 16000,
+    layout: str = "mono",
+    vfr: bool = False,
+    container_options: dict | None = None,
+    video: bool = True,
+    video_options: dict | None = None,
+    audio_options: dict | None = None,
+) -> Path:
+    """Encode a moving gradient with a 440 Hz tone (amplitude 0.3) on every channel.
+
+    Args:
+        path: output file; the extension picks the container.
+        seconds: length (s).
+        size: (height, width) in px.
+        vcodec: video encoder name.
+        acodec: audio encoder name, ``None`` for no audio track.
+        sr: audio sample rate (Hz).
+        layout: audio channel layout (``mono``, ``stereo``, ``5.1``).
+        vfr: alternate 50 ms and 150 ms frame intervals (mean 10 fps) on a 1 ms time base.
+        container_options: muxer options (e.g. ``movflags=faststart``).
+        video: write a video stream.
+        video_options: video encoder options.
+        audio_options: audio encoder options.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    h, w = size
+    with av.open(str(path), mode="w", options=container_options or {}) as c:
+        vs = None
+        if video:
+            vs = c.add_stream(vcodec, rate=FPS)
+            vs.width, vs.height = w, h
+            vs.pix_fmt = "yuv420p"
+            vs.codec_context.thread_count = 1
+            if video_options:
+                vs.options = video_options
+            if vfr:
+                vs.codec_context.time_base = fractions.Fraction(1, 1000)
+        ast = None
+        if acodec is not None:
+            ast = c.add_stream(acodec, rate=sr, layout=layout)
+            if audio_options:
+                ast.options = audio_options
+        if vs is not None:
+            yy, xx = np.mgrid[0:h, 0:w]
+            t_ms = 0
+            for i in range(int(round(seconds * FPS))):
+                img = np.empty((h, w, 3), np.uint8)
+                img[..., 0] = (xx * 4 + i * 7) % 256
+                img[..., 1] = (yy * 4) % 256
+                img[..., 2] = (i * 13) % 256
+                frame = av.VideoFrame.from_ndarray(img, format="rgb24")
+                if vfr:
+                    frame.pts, frame.time_base = t_ms, fractions.Fraction(1, 1000)
+                    t_ms += 50 if i % 2 == 0 else 150
+                else:
+                    frame.pts = i
+                for pkt in vs.encode(frame):
+                    c.mux(pkt)
+            for pkt in vs.encode():
+                c.mux(pkt)
+        if ast is not None:
+            n_ch = ast.codec_context.layout.nb_channels
+            n = int(round(seconds * sr))
+            tone = (0.3 * np.sin(2 * np.pi * 440.0 * np.arange(n) / sr)).astype(np.float32)
+            step = 1024  # samples per frame handed to the encoder (PyAV re-frames as needed)
+            for k in range(0, n, step):
+                block = np.ascontiguousarray(np.repeat(tone[None, k : k + step], n_ch, axis=0))
+                af = av.AudioFrame.from_ndarray(block, format="fltp", layout=layout)
+                af.sample_rate, af.pts = sr, k
+                for pkt in ast.encode(af):
+                    c.mux(pkt)
+            for pkt in ast.encode():
+                c.mux(pkt)
+    return path
+
+
+def _cut_in_half(src: Path, dst: Path) -> Path:
+    data = src.read_bytes()
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    dst.write_bytes(data[: len(data) // 2])
+    return dst
+
+
+WEBM_CODECS = {"vp9.webm": ("libvpx-vp9", "libopus", 48000), "vp8.webm": ("libvpx", "vorbis", 44100)}
+VPX_OPTS = {"deadline": "realtime", "cpu-used": "8"}  # fastest libvpx settings: 64 px frames need no quality
+
+# Expected outcome of the main run. Good files: relative path -> clip count.
+GOOD = {
+    "main.mp4": 2,  # 25 s -> 2 x 10.24 s, remainder dropped
+    "sub/stereo 44k.mkv": 2,  # 21 s
+    "sub/surround.mp4": 1,  # 11 s, 5.1 at 48 kHz
+    "apple.MOV": 1,  # upper-case extension, MPEG-4 + PCM at 8 kHz
+    "vfr.mp4": 1,  # 12 s, irregular timestamps
+    "names/clip ä 1.mp4": 1,  # spaces and non-ASCII
+}
+# Bad files: relative path -> quarantine reason.
+BAD = {
+    "bad/truncated.mp4": "truncated",  # moov box at the end, lost by the cut
+    "bad/truncated faststart.mp4": "truncated",  # index intact, data missing
+    "bad/truncated.mkv": "truncated",
+    "bad/no audio.mp4": "no_audio",
+    "bad/notes.mp4": "not_video",  # a text file
+    "bad/sound.mp4": "not_video",  # a WAV file
+    "bad/audio only.mp4": "no_video_stream",  # real mp4 holding only AAC
+    "bad/empty.mp4": "empty",
+    "bad/tiny.mp4": "bad_resolution",  # 8x8 px
+    "bad/blip.mp4": "too_short",  # 0.5 s < min_clip_s
+    "bad/stem.mp4": "bad_sidecar",  # its music stem is garbage
+    "dup/short copy.mp4": "duplicate_file",  # byte copy of short.mp4
+}
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory) -> Path:
+    """The source folder of the main run (about 1.5 s to encode)."""
+    src = tmp_path_factory.mktemp("ingest_src")
+    _make_video(src / "main.mp4", 25.0)
+    sf.write(str(src / "main.music.wav"), np.zeros(25 * 16000, np.float32), 16000)
+    sf.write(str(src / "main.sfx.wav"), np.zeros(25 * 16000, np.float32), 16000)
+    _make_video(src / "sub/stereo 44k.mkv", 21.0, sr=44100, layout="stereo")
+    _make_video(src / "sub/surround.mp4", 11.0, sr=48000, layout="5.1")
+    _make_video(src / "apple.MOV", 11.0, vcodec="mpeg4", acodec="pcm_s16le", sr=8000)
+    _make_video(src / "vfr.mp4", 12.0, vfr=True)
+    _make_video(src / "names/clip ä 1.mp4", 11.0)
+    _make_video(src / "short.mp4", 4.0)
+    for name, (vc, ac, sr) in WEBM_CODECS.items():
+        if _encoder_available(vc) and _encoder_available(ac):
+            _make_video(
+                src / "web" / name, 11.0, vcodec=vc, acodec=ac, sr=sr, layout="stereo",
+                video_options=VPX_OPTS, audio_options={"strict": "experimental"},
+            )  # fmt: skip
+    # Broken files.
+    _cut_in_half(src / "main.mp4", src / "bad/truncated.mp4")
+    fast = _make_video(src / "faststart.tmp.mp4", 25.0, container_options={"movflags": "faststart"})
+    _cut_in_half(fast, src / "bad/truncated faststart.mp4")
+    fast.unlink()
+    _cut_in_half(src / "sub/stereo 44k.mkv", src / "bad/truncated.mkv")
+    _make_video(src / "bad/no audio.mp4", 11.0, acodec=None)
+    (src / "bad/notes.mp4").write_text("this is a shopping list, not a video\n")
+    sf.write(str(src / "bad/sound.mp4"), np.zeros(16000, np.float32), 16000, format="WAV")
+    _make_video(src / "bad/audio only.mp4", 3.0, video=False)
+    (src / "bad/empty.mp4").write_bytes(b"")
+    _make_video(src / "bad/tiny.mp4", 11.0, size=(8, 8))
+    _make_video(src / "bad/blip.mp4", 0.5)
+    _make_video(src / "bad/stem.mp4", 11.0)
+    (src / "bad/stem.music.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEgarbage")
+    (src / "dup").mkdir()
+    shutil.copyfile(src / "short.mp4", src / "dup/short copy.mp4")
+    # Not videos by extension: ignored by the scan, never quarantined.
+    (src / "readme.txt").write_text("notes")
+    return src
+
+
+@pytest.fixture(scope="module")
+def meta_csv(tree, tmp_path_factory) -> Path:
+    p = tmp_path_factory.mktemp("ingest_meta") / "meta.csv"
+    pd.DataFrame(
+        {
+            "file": ["main.mp4", "sub/stereo 44k.mkv", "clip ä 1.mp4", "gone.mp4"],
+            "caption": ["a drum solo", "rain on a roof", "", "missing video"],
+            "genre": ["jazz", "ambient", "pop", "rock"],
+            "bpm": [120, 60, 100, 90],
+        }
+    ).to_csv(p, index=False)
+    return p
+
+
+@pytest.fixture(scope="module")
+def run(tree, meta_csv, tmp_path_factory):
+    """The main ingest run."""
+    return ingest(tree, tmp_path_factory.mktemp("ingest_out"), metadata_csv=meta_csv)
+
+
+def _good_expected(tree: Path) -> dict[str, int]:
+    exp = dict(GOOD)
+    for name in WEBM_CODECS:
+        if (tree / "web" / name).exists():
+            exp[f"web/{name}"] = 1
+    return exp
+
+
+def _rel(tree: Path, video_path: str) -> str:
+    return Path(video_path).relative_to(tree).as_posix()
+
+
+def test_good_videos_become_consecutive_clips(run, tree):
+    m = run.manifest
+    manifest_mod.validate_manifest(m)
+    counts = m.groupby(m["video_path"].map(lambda p: _rel(tree, p))).size().to_dict()
+    assert counts == _good_expected(tree)
+    main = m[m["video_path"] == str(tree / "main.mp4")].sort_values("start_s")
+    assert main["start_s"].tolist() == [0.0, CLIP_S]
+    assert (m["duration_s"] == CLIP_S).all() and (m["pad_s"] == 0.0).all()
+    for _, row in m.iterrows():
+        assert Path(row["video_path"]).is_absolute() and Path(row["video_path"]).exists()
+        assert row["clip_id"] == f"{row['source_id']}__{int(round(row['start_s'] / CLIP_S)):04d}"
+    # Written file equals the returned frame.
+    pd.testing.assert_frame_equal(pd.read_parquet(run.manifest_path), m)
+
+
+def test_odd_media_recorded_as_is(run, tree):
+    m = run.manifest.set_index(run.manifest["video_path"].map(lambda p: _rel(tree, p)))
+    assert m.loc["sub/stereo 44k.mkv", "src_audio_sr"].tolist() == [44100, 44100]
+    assert m.loc["sub/stereo 44k.mkv", "src_audio_channels"].tolist() == [2, 2]
+    assert (m.loc["sub/surround.mp4", "src_audio_sr"], m.loc["sub/surround.mp4", "src_audio_channels"]) == (48000, 6)
+    assert (m.loc["apple.MOV", "src_audio_sr"], m.loc["apple.MOV", "src_container"]) == (8000, "mov,mp4,m4a,3gp,3g2,mj2")
+    assert bool(m.loc["vfr.mp4", "src_vfr"]) and not bool(m.loc["main.mp4", "src_vfr"].iloc[0])
+    assert m.loc["sub/stereo 44k.mkv", "src_container"].iloc[0] == "matroska,webm"
+
+
+@pytest.mark.parametrize("name", sorted(WEBM_CODECS))
+def test_webm(run, tree, name):
+    vc, ac, _ = WEBM_CODECS[name]
+    if not (_encoder_available(vc) and _encoder_available(ac)):
+        pytest.skip(f"this PyAV build has no {vc}/{ac} encoder, so no {name} test file can be made")
+    rows = run.manifest[run.manifest["video_path"] == str(tree / "web" / name)]
+    assert len(rows) == 1 and rows["src_container"].iloc[0] == "matroska,webm"
+
+
+@pytest.mark.parametrize("rel,reason", sorted(BAD.items()))
+def test_bad_files_quarantined(run, tree, rel, reason):
+    q = run.quarantine
+    hit = q[q["path"] == str(tree / rel)]
+    assert len(hit) == 1, f"{rel} not quarantined; quarantine:\n{q[['path', 'reason']]}"
+    assert hit["reason"].iloc[0] == reason, hit["message"].iloc[0]
+    assert hit["reason"].iloc[0] in QUARANTINE_REASONS
+    assert str(tree / rel) in hit["message"].iloc[0]  # the message names the file
+    assert not run.manifest["video_path"].eq(str(tree / rel)).any()
+
+
+def test_quarantine_and_summary_files(run, tree):
+    q = pd.read_parquet(run.quarantine_path)
+    assert list(q.columns) == ["path", "reason", "message"] and len(q) == len(BAD)
+    summary = json.loads(run.summary_path.read_text(encoding="utf-8"))
+    assert summary == run.summary
+    assert summary["quarantined"]["total"] == len(BAD)
+    expected = {}
+    for reason in BAD.values():
+        expected[reason] = expected.get(reason, 0) + 1
+    assert summary["quarantined"]["by_reason"] == expected
+    assert sum(s["clips"] for s in summary["splits"].values()) == summary["n_clips"] == len(run.manifest)
+    assert summary["n_sources"] == len(_good_expected(tree))
+    assert summary["media"]["vfr_sources"] == 1
+
+
+def test_short_video_reported_not_quarantined(run):
+    assert run.summary["short"] == [{"path": "short.mp4", "duration_s": 4.0, "included": False}]
+    assert not run.quarantine["path"].str.endswith("/short.mp4").any()
+    assert not run.manifest["video_path"].str.endswith("/short.mp4").any()
+
+
+def test_pad_short_includes_one_padded_clip(tree, tmp_path, capsys):
+    src = tmp_path / "src"
+    src.mkdir()
+    shutil.copyfile(tree / "short.mp4", src / "short.mp4")
+    res = ingest(src, tmp_path / "out", pad_short=True)
+    assert len(res.manifest) == 1
+    row = res.manifest.iloc[0]
+    assert row["start_s"] == 0.0 and row["duration_s"] == pytest.approx(4.0)
+    assert row["pad_s"] == pytest.approx(CLIP_S - 4.0)
+    assert res.summary["short"] == [{"path": "short.mp4", "duration_s": 4.0, "included": True}]
+    assert "ingest: 1/1 files (100%)" in capsys.readouterr().err  # progress goes to stderr
+
+
+def test_sidecar_stems_and_metadata(run, tree):
+    m = run.manifest
+    main = m[m["video_path"] == str(tree / "main.mp4")]
+    assert (main["music_path"] == str(tree / "main.music.wav")).all()
+    assert (main["sfx_path"] == str(tree / "main.sfx.wav")).all()
+    assert main["caption"].tolist() == ["a drum solo"] * 2
+    assert main["label_genre"].tolist() == ["jazz"] * 2 and main["label_bpm"].tolist() == [120, 120]
+    uni = m[m["video_path"] == str(tree / "names/clip ä 1.mp4")]  # matched by basename
+    assert uni["label_genre"].tolist() == ["pop"] and uni["caption"].tolist() == [""]
+    other = m[m["video_path"] == str(tree / "vfr.mp4")]
+    assert other["caption"].tolist() == [""] and other["music_path"].isna().all()
+    assert other["label_genre"].isna().all()
+    assert run.summary["metadata"]["unmatched_rows"] == ["gone.mp4"]
+    assert run.summary["metadata"]["matched"] == 3
+
+
+def test_too_long_by_limit(tree, tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    shutil.copyfile(tree / "main.mp4", src / "long.mp4")
+    res = ingest(src, tmp_path / "out", limits=IngestLimits(max_duration_s=20.0))
+    assert res.quarantine["reason"].tolist() == ["too_long"] and len(res.manifest) == 0
+
+
+def test_require_audio_false_keeps_silent_video(tree, tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    shutil.copyfile(tree / "bad/no audio.mp4", src / "silent.mp4")
+    res = ingest(src, tmp_path / "out", require_audio=False)
+    assert len(res.manifest) == 1 and len(res.quarantine) == 0
+    assert res.manifest["src_audio_channels"].tolist() == [0]
+
+
+def test_splits_by_source_and_deterministic(tree, tmp_path):
+    fractions_ = (0.34, 0.33, 0.33)
+    a = ingest(tree, tmp_path / "a", splits=fractions_, seed=3)
+    b = ingest(tree, tmp_path / "b", splits=fractions_, seed=3)
+    pd.testing.assert_frame_equal(a.manifest, b.manifest)
+    assert (tmp_path / "a/manifest.parquet").read_bytes() == (tmp_path / "b/manifest.parquet").read_bytes()
+    m = a.manifest
+    assert m.groupby("source_id")["split"].nunique().max() == 1  # every source in one split
+    by_split = {s: set(m.loc[m["split"] == s, "source_id"]) for s in manifest_mod.SPLITS}
+    assert not (by_split["train"] & by_split["val"] or by_split["train"] & by_split["test"] or by_split["val"] & by_split["test"])
+    # The split is a function of the source alone: adding or removing other files changes nothing.
+    for sid, split in m.groupby("source_id")["split"].first().items():
+        assert split == manifest_mod.split_for_source(sid, fractions_, 3)
+
+
+def test_source_ids_are_safe_and_unique():
+    names = ["a b.mp4", "a-b.mp4", "A B.mp4", "sub/a b.mp4", "clip ä 1.mp4", "clip a 1.mp4", "x__y.mkv"]
+    ids = [source_id_for(n) for n in names]
+    assert len(set(ids)) == len(ids)
+    for sid in ids:
+        assert "__" not in sid and all(ch.isascii() and (ch.isalnum() or ch == "-") for ch in sid)
+    # NFC and NFD spellings of the same name (macOS) give the same id.
+    assert source_id_for("clip \u00e4.mp4") == source_id_for("clip a\u0308.mp4")
+
+
+@pytest.mark.parametrize(
+    "rel,sr,duration_s",
+    [("sub/stereo 44k.mkv", 44100, 21.0), ("sub/surround.mp4", 48000, 11.0), ("apple.MOV", 8000, 11.0)],
+)
+def test_read_audio_downmixes_and_resamples(tree, rel, sr, duration_s):
+    clip = media.read_audio(tree / rel, sr=16000, start_s=0.0, duration_s=CLIP_S)
+    assert clip.dtype == np.float32 and clip.ndim == 1 and len(clip) == int(CLIP_S * 16000)
+    # Every channel holds the 0.3-amplitude tone, so the mono mix keeps an RMS near 0.21.
+    assert 0.15 < float(np.sqrt(np.mean(clip[1600:] ** 2))) < 0.25
+    whole = media.read_audio(tree / rel, sr=16000)
+    assert abs(len(whole) - duration_s * 16000) < 0.05 * 16000  # within 50 ms (codec priming/padding)
+
+
+def test_vfr_frames_sampled_by_time(tree):
+    frames = media.read_frames(tree / "vfr.mp4", fps=10.0, start_s=0.0, duration_s=CLIP_S)
+    assert frames.shape == (103, 64, 64, 3)

@@ -1,0 +1,62 @@
+"""Run cards: run.json status, upstream checks, metrics lines, loss plots."""
+
+import json
+
+import pytest
+
+from soundtrack.runs import Run, UpstreamError, plot_losses, read_card, read_metrics, require_finished
+
+
+def test_card_lifecycle_and_metrics(tmp_path):
+    run = Run(tmp_path, "train", "r1", config={"a": 1}, seed=3, command="soundtrack x")
+    with run:
+        assert read_card(run.dir)["status"] == "running"
+        with run.timer("part"):
+            pass
+        for i in range(5):
+            run.log(step=i, loss=1.0 / (i + 1))
+    card = read_card(run.dir)
+    assert card["status"] == "finished" and card["seed"] == 3 and card["config"] == {"a": 1}
+    assert "part" in card["timings"] and card["commit"]
+    assert [m["loss"] for m in read_metrics(run.dir)] == [1.0, 0.5, 1 / 3, 0.25, 0.2]
+    png = plot_losses(run.dir)
+    assert png is not None and png.stat().st_size > 1000
+
+
+def test_failed_run_is_refused_downstream(tmp_path):
+    up = Run(tmp_path, "data", "up")
+    with pytest.raises(RuntimeError):
+        with up:
+            raise RuntimeError("boom")
+    card = read_card(up.dir)
+    assert card["status"] == "failed" and "boom" in card["error"]
+    with pytest.raises(UpstreamError, match="failed"):
+        require_finished(up.dir)
+    down = Run(tmp_path, "features", "down", upstream={"data": up.dir})
+    with pytest.raises(UpstreamError, match="not 'finished'"):
+        down.start()
+    with pytest.raises(UpstreamError, match="no run.json"):
+        require_finished(tmp_path / "nowhere")
+
+
+def test_upstream_recorded_and_attempts_count(tmp_path):
+    up = Run(tmp_path, "data", "up")
+    with up:
+        pass
+    down = Run(tmp_path, "features", "down", config={"k": 1}, upstream={"data": up.dir})
+    with down:
+        pass
+    with down:  # a second launch of the same run
+        pass
+    card = read_card(down.dir)
+    assert card["upstream"]["data"]["status"] == "finished"
+    assert card["attempts"] == 2
+
+
+def test_torn_metrics_line_is_skipped(tmp_path):
+    run = Run(tmp_path, "x", "y").start()
+    run.log(step=0, loss=1.0)
+    with open(run.dir / "metrics.jsonl", "a") as f:
+        f.write('{"step": 1, "lo')  # a kill mid-write
+    assert len(read_metrics(run.dir)) == 1
+    json.loads((run.dir / "run.json").read_text())
