@@ -32,8 +32,14 @@ def test_ray_pipeline_matches_sequential_loop(synth_small, tmp_path):
     assert s_ray["clips_out"] == s_seq["clips_out"] == len(read_manifest(synth_small))
     a = pipeline.read_shards(tmp_path / "ray").sort_values("clip_id").reset_index(drop=True)
     b = pipeline.read_shards(tmp_path / "seq").sort_values("clip_id").reset_index(drop=True)
-    for col in ("clip_id", "frames", "wav_mix", "mel_music", "chroma", "beat_times"):
-        assert list(a[col]) == list(b[col]), col
+    assert list(a["clip_id"]) == list(b["clip_id"])
+    for i in range(len(a)):
+        ra, rb = pipeline.decode_row(a.iloc[i].to_dict()), pipeline.decode_row(b.iloc[i].to_dict())
+        for col in ("frames", "wav_mix", "wav_music"):  # decoding is exact
+            np.testing.assert_array_equal(ra[col], rb[col], err_msg=col)
+        # Ray workers run BLAS/FFT with their own thread count: float sums may differ in the last bits
+        for col in ("mel_music", "chroma", "onset_env", "dynamics_db"):
+            np.testing.assert_allclose(ra[col].astype(np.float32), rb[col].astype(np.float32), atol=1e-2, rtol=1e-3, err_msg=col)
     # both actors did work
     pids = {s["pid"] for s in pipeline.completed_shards(tmp_path / "ray").values()}
     assert len(pids) == 2

@@ -124,7 +124,13 @@ def _cut_in_half(src: Path, dst: Path) -> Path:
     return dst
 
 
-WEBM_CODECS = {"vp9.webm": ("libvpx-vp9", "libopus", 48000), "vp8.webm": ("libvpx", "vorbis", 44100)}
+# name -> (video encoder, audio encoder, rate Hz, muxer options). "live" drops the duration
+# from the header (as browser recordings do), so ingest must measure it.
+WEBM_CODECS = {
+    "vp9.webm": ("libvpx-vp9", "libopus", 48000, {}),
+    "vp8.webm": ("libvpx", "vorbis", 44100, {}),
+    "live.webm": ("libvpx-vp9", "libopus", 48000, {"live": "1"}),
+}
 VPX_OPTS = {"deadline": "realtime", "cpu-used": "8"}  # fastest libvpx settings: 64 px frames need no quality
 
 # Expected outcome of the main run. Good files: relative path -> clip count.
@@ -149,7 +155,7 @@ BAD = {
     "bad/tiny.mp4": "bad_resolution",  # 8x8 px
     "bad/blip.mp4": "too_short",  # 0.5 s < min_clip_s
     "bad/stem.mp4": "bad_sidecar",  # its music stem is garbage
-    "dup/short copy.mp4": "duplicate_file",  # byte copy of short.mp4
+    "versions/short copy.mp4": "duplicate_file",  # byte copy of short.mp4 (sorted after it, so the copy goes)
 }
 
 
@@ -166,11 +172,11 @@ def tree(tmp_path_factory) -> Path:
     _make_video(src / "vfr.mp4", 12.0, vfr=True)
     _make_video(src / "names/clip ä 1.mp4", 11.0)
     _make_video(src / "short.mp4", 4.0)
-    for name, (vc, ac, sr) in WEBM_CODECS.items():
+    for name, (vc, ac, sr, mux) in WEBM_CODECS.items():
         if _encoder_available(vc) and _encoder_available(ac):
             _make_video(
                 src / "web" / name, 11.0, vcodec=vc, acodec=ac, sr=sr, layout="stereo",
-                video_options=VPX_OPTS, audio_options={"strict": "experimental"},
+                video_options=VPX_OPTS, audio_options={"strict": "experimental"}, container_options=mux,
             )  # fmt: skip
     # Broken files.
     _cut_in_half(src / "main.mp4", src / "bad/truncated.mp4")
@@ -187,8 +193,8 @@ def tree(tmp_path_factory) -> Path:
     _make_video(src / "bad/blip.mp4", 0.5)
     _make_video(src / "bad/stem.mp4", 11.0)
     (src / "bad/stem.music.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEgarbage")
-    (src / "dup").mkdir()
-    shutil.copyfile(src / "short.mp4", src / "dup/short copy.mp4")
+    (src / "versions").mkdir()
+    shutil.copyfile(src / "short.mp4", src / "versions/short copy.mp4")
     # Not videos by extension: ignored by the scan, never quarantined.
     (src / "readme.txt").write_text("notes")
     return src
@@ -246,18 +252,21 @@ def test_odd_media_recorded_as_is(run, tree):
     assert m.loc["sub/stereo 44k.mkv", "src_audio_sr"].tolist() == [44100, 44100]
     assert m.loc["sub/stereo 44k.mkv", "src_audio_channels"].tolist() == [2, 2]
     assert (m.loc["sub/surround.mp4", "src_audio_sr"], m.loc["sub/surround.mp4", "src_audio_channels"]) == (48000, 6)
-    assert (m.loc["apple.MOV", "src_audio_sr"], m.loc["apple.MOV", "src_container"]) == (8000, "mov,mp4,m4a,3gp,3g2,mj2")
+    assert m.loc["apple.MOV", "src_audio_sr"] == 8000
+    assert m.loc["apple.MOV", "src_container"] == "mov,mp4,m4a,3gp,3g2,mj2"
     assert bool(m.loc["vfr.mp4", "src_vfr"]) and not bool(m.loc["main.mp4", "src_vfr"].iloc[0])
     assert m.loc["sub/stereo 44k.mkv", "src_container"].iloc[0] == "matroska,webm"
 
 
 @pytest.mark.parametrize("name", sorted(WEBM_CODECS))
 def test_webm(run, tree, name):
-    vc, ac, _ = WEBM_CODECS[name]
+    vc, ac, _, _ = WEBM_CODECS[name]
     if not (_encoder_available(vc) and _encoder_available(ac)):
         pytest.skip(f"this PyAV build has no {vc}/{ac} encoder, so no {name} test file can be made")
     rows = run.manifest[run.manifest["video_path"] == str(tree / "web" / name)]
     assert len(rows) == 1 and rows["src_container"].iloc[0] == "matroska,webm"
+    # Measured from the packets when the header has none (live.webm).
+    assert rows["src_duration_s"].iloc[0] == pytest.approx(11.0, abs=0.05)
 
 
 @pytest.mark.parametrize("rel,reason", sorted(BAD.items()))
@@ -284,6 +293,7 @@ def test_quarantine_and_summary_files(run, tree):
     assert sum(s["clips"] for s in summary["splits"].values()) == summary["n_clips"] == len(run.manifest)
     assert summary["n_sources"] == len(_good_expected(tree))
     assert summary["media"]["vfr_sources"] == 1
+    assert summary["warnings"] == []
 
 
 def test_short_video_reported_not_quarantined(run):
@@ -321,6 +331,13 @@ def test_sidecar_stems_and_metadata(run, tree):
     assert run.summary["metadata"]["matched"] == 3
 
 
+def test_metadata_without_file_column_is_an_error(tmp_path):
+    (tmp_path / "src").mkdir()
+    (tmp_path / "meta.csv").write_text("name,caption\na.mp4,hello\n")
+    with pytest.raises(ValueError, match="'file' column"):
+        ingest(tmp_path / "src", tmp_path / "out", metadata_csv=tmp_path / "meta.csv")
+
+
 def test_too_long_by_limit(tree, tmp_path):
     src = tmp_path / "src"
     src.mkdir()
@@ -347,7 +364,8 @@ def test_splits_by_source_and_deterministic(tree, tmp_path):
     m = a.manifest
     assert m.groupby("source_id")["split"].nunique().max() == 1  # every source in one split
     by_split = {s: set(m.loc[m["split"] == s, "source_id"]) for s in manifest_mod.SPLITS}
-    assert not (by_split["train"] & by_split["val"] or by_split["train"] & by_split["test"] or by_split["val"] & by_split["test"])
+    assert not by_split["train"] & by_split["val"]
+    assert not by_split["train"] & by_split["test"] and not by_split["val"] & by_split["test"]
     # The split is a function of the source alone: adding or removing other files changes nothing.
     for sid, split in m.groupby("source_id")["split"].first().items():
         assert split == manifest_mod.split_for_source(sid, fractions_, 3)
@@ -358,7 +376,7 @@ def test_source_ids_are_safe_and_unique():
     ids = [source_id_for(n) for n in names]
     assert len(set(ids)) == len(ids)
     for sid in ids:
-        assert "__" not in sid and all(ch.isascii() and (ch.isalnum() or ch == "-") for ch in sid)
+        assert "__" not in sid and all(ch.isascii() and (ch.isalnum() or ch == "-") for ch in sid), sid
     # NFC and NFD spellings of the same name (macOS) give the same id.
     assert source_id_for("clip \u00e4.mp4") == source_id_for("clip a\u0308.mp4")
 

@@ -83,15 +83,11 @@ def stage_ingest(src: str | Path, out: str | Path, force: bool = False, **kw) ->
 
 
 def _as_summary(res) -> dict:
-    import dataclasses
-
-    if dataclasses.is_dataclass(res):
-        d = dataclasses.asdict(res)
-    elif isinstance(res, dict):
-        d = dict(res)
-    else:
-        d = {"result": str(res)}
-    return {k: (str(v) if isinstance(v, Path) else v) for k, v in d.items() if not hasattr(v, "to_parquet")}
+    """The JSON-able summary of an ingest result (its tables stay on disk)."""
+    d = dict(getattr(res, "summary", None) or {})
+    d["manifest"] = str(getattr(res, "manifest_path", ""))
+    d["quarantine"] = str(getattr(res, "quarantine_path", ""))
+    return d
 
 
 def featurize_run_dir(storage: str | Path, data_dir: str | Path, section: FeaturizeSection) -> Path:

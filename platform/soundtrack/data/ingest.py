@@ -40,7 +40,8 @@ import pandas as pd
 from soundtrack.data import manifest as manifest_mod
 from soundtrack.data import media
 
-#: Quarantine reason codes and what each means (the first five come from ``media.probe``).
+#: Quarantine reason codes and what each means (``media.probe`` raises ``missing``,
+#: ``empty`` and ``not_video``; the others are ingest's own checks).
 QUARANTINE_REASONS: dict[str, str] = {
     "empty": "the file has 0 bytes",
     "not_video": "the file is not a video container (text, audio-only format, ...)",
@@ -169,7 +170,13 @@ def _label_column(name: str) -> str:
 
 
 def _scan(src: Path, skip: Path | None, extensions: tuple[str, ...]) -> list[tuple[Path, str]]:
-    """Video files under ``src`` as ``(path, relative POSIX path)``, sorted by the latter."""
+    """Video files under ``src`` as ``(path, relative POSIX path)``, sorted by the latter.
+
+    Args:
+        src: folder walked recursively (symlinked folders are not followed), or one file.
+        skip: a folder not to walk (the output folder when it lies inside ``src``).
+        extensions: lower-case extensions taken as videos, matched case-insensitively.
+    """
     exts = tuple(e.lower() for e in extensions)
     if src.is_file():
         return [(src, _nfc(src.name))] if src.suffix.lower() in exts else []
@@ -202,6 +209,9 @@ def _find_duplicate_files(files: list[tuple[Path, str]]) -> dict[str, str]:
 
     Only files whose size equals another file's size are hashed, so a folder of distinct
     videos costs one ``stat`` per file. Empty files are left to the ``empty`` check.
+
+    Args:
+        files: ``(path, relative path)`` pairs in sorted order, from :func:`_scan`.
     """
     by_size: dict[int, list[tuple[Path, str]]] = {}
     for p, rel in files:
@@ -359,6 +369,12 @@ def _probe(path: Path) -> media.MediaInfo:
     An mp4 cut short loses its index (the ``moov`` box is written last), so libavformat
     refuses it like any non-media file; its first bytes still say "mp4", which is how a
     truncated video is told apart from a text file named ``.mp4``.
+
+    Args:
+        path: the video file.
+
+    Raises:
+        _Reject: the reason and message for the quarantine table.
     """
     try:
         return media.probe(path)
@@ -377,7 +393,9 @@ def _probe(path: Path) -> media.MediaInfo:
             ) from exc
         raise _Reject(exc.reason, exc.message) from exc
     except Exception as exc:  # probe must never stop the run: anything else is unreadable
-        raise _Reject("unreadable", f"{path} could not be probed ({type(exc).__name__}: {exc}); check the file.") from exc
+        raise _Reject(
+            "unreadable", f"{path} could not be probed ({type(exc).__name__}: {exc}); check the file."
+        ) from exc
 
 
 def _is_attached_picture(stream) -> bool:
@@ -396,6 +414,13 @@ def _tail_end(container, streams: list, video, start_s: float, decode: bool) -> 
     With ``decode`` every packet is decoded and the end is that of the last decoded frame
     (video: its time plus its duration; audio: plus samples / rate). Without it packets
     are only demuxed (cheap; used to measure a file whose header has no duration).
+
+    Args:
+        container: an open PyAV input container.
+        streams: the streams to read (the video stream first, then optionally audio).
+        video: the video stream (to tell video frames from audio frames).
+        start_s: where to seek to (s); the demuxer lands on the key frame before it.
+        decode: decode the packets (True) or only demux them (False).
     """
     import av
 
@@ -431,12 +456,14 @@ def _tail_end(container, streams: list, video, start_s: float, decode: bool) -> 
     return end, errors, first_error
 
 
-def _verify_decodable(path: Path, claim_s: float, limits: IngestLimits) -> tuple[float, str | None]:
+def _verify_decodable(
+    path: Path, claim_s: float, limits: IngestLimits, check_audio: bool = True
+) -> tuple[float, str | None]:
     """Check that a video decodes at its start and all the way to the end its header claims.
 
     In one open of the container:
 
-    1. the first video frame and the first audio frame must decode;
+    1. the first video frame and (with ``check_audio``) the first audio frame must decode;
     2. everything from ``limits.tail_check_s`` before the claimed end (in practice from the
        key frame before that point) is decoded; the last decoded frame must end within
        ``limits.max_missing_s`` of the claimed duration.
@@ -448,6 +475,8 @@ def _verify_decodable(path: Path, claim_s: float, limits: IngestLimits) -> tuple
         path: the video.
         claim_s: duration from the header (s), ``<= 0`` when unknown.
         limits: the tail window and the tolerated shortfall.
+        check_audio: also decode the audio track (off when audio is not required, so an
+            undecodable audio codec does not reject a video used without its sound).
 
     Returns:
         ``(duration s, warning or None)``: the claimed duration (or the measured one when
@@ -466,11 +495,13 @@ def _verify_decodable(path: Path, claim_s: float, limits: IngestLimits) -> tuple
     with container as c:
         videos = [s for s in c.streams.video if not _is_attached_picture(s)]
         if not videos:
-            raise _Reject("no_video_stream", f"{path} has only a still picture (cover art), no video stream; remove it.")
+            raise _Reject(
+                "no_video_stream", f"{path} has only a still picture (cover art), no video stream; remove it."
+            )
         v = videos[0]
         # One decoder thread: the machine's cores are shared and the tail is short.
         v.codec_context.thread_count = 1
-        a = c.streams.audio[0] if c.streams.audio else None
+        a = c.streams.audio[0] if c.streams.audio and check_audio else None
         streams = [v] + ([a] if a is not None else [])
         for st in streams:
             what = "video" if st is v else "audio"
@@ -478,7 +509,9 @@ def _verify_decodable(path: Path, claim_s: float, limits: IngestLimits) -> tuple
                 c.seek(0)
                 next(iter(c.decode(st)))
             except StopIteration:
-                raise _Reject("truncated", f"{path}: its {what} stream holds no decodable frame; re-export the file.") from None
+                raise _Reject(
+                    "truncated", f"{path}: its {what} stream holds no decodable frame; re-export the file."
+                ) from None
             except Exception as exc:
                 raise _Reject(
                     "unreadable", f"{path}: the first {what} frame cannot be decoded ({exc}); re-encode the file."
@@ -499,12 +532,22 @@ def _verify_decodable(path: Path, claim_s: float, limits: IngestLimits) -> tuple
         )
     warning = None
     if errors:
-        warning = f"{errors} packet(s) near the end failed to decode (first: {first_error}) but data reaches {end:.2f} s"
+        warning = (
+            f"{errors} packet(s) near the end failed to decode (first: {first_error}) "
+            f"but data reaches {end:.2f} s"
+        )
     return claim_s, warning
 
 
 def _check_duration(path: Path, duration: float, min_clip_s: float, limits: IngestLimits) -> None:
-    """Reject absurd durations (s): ``too_long`` above the limit, ``too_short`` below ``min_clip_s``."""
+    """Reject absurd durations: ``too_long`` above the limit, ``too_short`` below ``min_clip_s``.
+
+    Args:
+        path: the video (named in the message).
+        duration: its duration (s).
+        min_clip_s: shortest usable video (s).
+        limits: holds ``max_duration_s``.
+    """
     if duration > limits.max_duration_s:
         raise _Reject(
             "too_long",
@@ -527,8 +570,12 @@ def _stem_lookup(directory: Path, cache: dict[Path, dict[str, str]]) -> dict[str
     return cache[directory]
 
 
-def _check_stem(path: Path) -> float:
+def _check_stem(path: Path, video: Path) -> float:
     """Open a sidecar WAV and read its last block; return its duration (s).
+
+    Args:
+        path: the stem file.
+        video: the video it belongs to (named in the message).
 
     Raises:
         _Reject: ``bad_sidecar`` naming the stem.
@@ -544,7 +591,10 @@ def _check_stem(path: Path) -> float:
             f.read(1024, dtype="float32")
             return f.frames / f.samplerate
     except Exception as exc:
-        raise _Reject("bad_sidecar", f"sidecar stem {path} cannot be read ({exc}); fix or remove it.") from exc
+        raise _Reject(
+            "bad_sidecar",
+            f"{video} skipped: its sidecar stem {path} cannot be read ({exc}); fix or remove the stem.",
+        ) from exc
 
 
 # --------------------------------------------------------------------------- main
@@ -647,7 +697,8 @@ def ingest(
                 if not any(f in _VIDEO_FORMAT_NAMES for f in fmt):
                     raise _Reject(
                         "not_video",
-                        f"{path} is a '{info.container}' audio file, not a video; remove it or give it its real extension.",
+                        f"{path} is a '{info.container}' audio file, not a video; "
+                        "remove it or give it its real extension.",
                     )
                 raise _Reject(
                     "no_video_stream",
@@ -671,7 +722,7 @@ def ingest(
             claim = float(info.duration_s) if info.duration_s and math.isfinite(info.duration_s) else 0.0
             if claim > 0:  # cheap checks before decoding anything
                 _check_duration(path, claim, min_clip_s, limits)
-            duration, tail_warning = _verify_decodable(path, claim, limits)
+            duration, tail_warning = _verify_decodable(path, claim, limits, check_audio=require_audio)
             if tail_warning:
                 warnings.append(f"{rel}: {tail_warning}")
             if claim <= 0:  # the header had no duration: check the measured one
@@ -685,7 +736,7 @@ def ingest(
                     stems[kind] = None
                     continue
                 stem_path = path.parent / found
-                stem_s = _check_stem(stem_path)
+                stem_s = _check_stem(stem_path, path)
                 if stem_s < duration - limits.max_missing_s:
                     warnings.append(f"{rel}: {kind} stem lasts {stem_s:.2f} s, video {duration:.2f} s")
                 stems[kind] = str(stem_path.absolute())
@@ -797,8 +848,8 @@ def ingest(
         "short": short,
         "media": {
             "containers": dict(sorted(stats["containers"].items())),
-            "audio_sr": dict(sorted(stats["audio_sr"].items())),
-            "audio_channels": dict(sorted(stats["audio_channels"].items())),
+            "audio_sr": dict(sorted(stats["audio_sr"].items(), key=lambda kv: int(kv[0]))),
+            "audio_channels": dict(sorted(stats["audio_channels"].items(), key=lambda kv: int(kv[0]))),
             "vfr_sources": stats["vfr"],
         },
         "metadata": meta_report,

@@ -690,6 +690,9 @@ def _chord_midis(key_pc: int, mode: str, degree: int, base: int) -> list[int]:
     return out
 
 
+_LEVELS = {"kick": 1.0, "snare": 0.55, "crash": 0.45, "drums": 0.85, "tonal": 0.7, "chord": 0.25}
+
+
 def render_music(p: ClipPlan, sr: int = 16000, rng: np.random.Generator | None = None) -> np.ndarray:
     """Synthesise the music stem of a plan.
 
@@ -728,14 +731,14 @@ def render_music(p: ClipPlan, sr: int = 16000, rng: np.random.Generator | None =
     # kept quiet so the eighth-note pulse never outweighs the beat.
     hat_gain = 0.12 if p.tempo >= 100 else 0.07
     for k, tb in enumerate(beats):
-        _add(drums, kit["kick"], tb, sr, 1.0 if k % 4 == 0 else 0.9)
+        _add(drums, kit["kick"], tb, sr, _LEVELS["kick"])
         if k % 2 == 1:
-            _add(drums, kit["snare"], tb, sr, 0.55)
+            _add(drums, kit["snare"], tb, sr, _LEVELS["snare"])
         _add(drums, kit["hat"], tb, sr, hat_gain)
         if k + 1 < len(beats):
             _add(drums, kit["hat"], round((tb + beats[k + 1]) / 2, 3), sr, hat_gain * 0.7)
     for tc in np.concatenate([p.flash_times, p.cut_times, p.accent_times]):
-        _add(drums, kit["crash"], tc, sr, 0.45)
+        _add(drums, kit["crash"], tc, sr, _LEVELS["crash"])
 
     # Bass: chord root on every beat (octave 2).
     bass_kind = {"electronic": "fmbass", "chiptune": "tri"}.get(p.style, "bass")
@@ -751,9 +754,8 @@ def render_music(p: ClipPlan, sr: int = 16000, rng: np.random.Generator | None =
         nxt = beats[k + 1] if k + 1 < len(beats) else tb + period
         half = round((tb + nxt) / 2, 3)
         if p.style == "piano":
-            if k % 2 == 0:  # block chords on beats 1 and 3, two beats long
-                for m in chord:
-                    note("piano", m, tb, period * 2, 0.28)
+            for m in chord:  # block chord on every beat (pulsing), a little louder on 1 and 3
+                note("piano", m, tb, period, _LEVELS["chord"] * (1.0 if k % 2 == 0 else 0.85))
         elif p.style == "guitar":
             arp = chord + [chord[1] + 12] if (k // 4) % 2 == 0 else [chord[0] + 12] + chord[::-1]
             note("pluck", arp[(2 * k) % 4], tb, period * 1.5, 0.35)
@@ -776,8 +778,10 @@ def render_music(p: ClipPlan, sr: int = 16000, rng: np.random.Generator | None =
         for m in _chord_midis(p.key_pc, p.mode, deg, 60):
             note(lead, m, ta, period, 0.45)
 
-    if mood.echo > 0:  # feedback echo (3 taps) on tonal layers only: keeps drum onsets crisp
-        d = int(round(0.75 * period * sr))
+    if mood.echo > 0:
+        # Feedback echo (3 taps) on the tonal layers only, keeping drum onsets crisp. The
+        # delay is one beat, so echoes reinforce the beat instead of adding off-beat onsets.
+        d = int(round(period * sr))
         wet = tonal.copy()
         g = mood.echo
         for tap in range(1, 4):
@@ -787,7 +791,7 @@ def render_music(p: ClipPlan, sr: int = 16000, rng: np.random.Generator | None =
             wet[s:] += (g ** tap) * tonal[: n - s]
         tonal = wet
 
-    music = 0.85 * drums / (np.max(np.abs(drums)) or 1.0) + 0.7 * tonal / (np.max(np.abs(tonal)) or 1.0)
+    music = _LEVELS["drums"] * drums / (np.max(np.abs(drums)) or 1.0) + _LEVELS["tonal"] * tonal / (np.max(np.abs(tonal)) or 1.0)
     music *= 0.5 / (np.max(np.abs(music)) or 1.0)  # peak 0.5: room for sfx and noise in the mix
     return music.astype(np.float32)
 
