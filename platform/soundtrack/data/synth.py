@@ -7,10 +7,15 @@ correspondence and metrics can measure it:
 
 * **Rhythm.** The music has a fixed tempo (80-160 bpm); the object hits the floor/wall
   exactly on a beat, once per beat or once every 2 beats, so a faster tempo means faster
-  motion. A kick drum plays on every beat, so a beat tracker finds the beats.
-* **Events.** Bounces, full-frame flashes and camera cuts land exactly on beats. Flashes
-  and cuts also get a crash cymbal in the music. Ground truth is stored to 1 ms and the
-  audio onsets are placed on the very samples of those (rounded) times.
+  motion. A kick drum plays on every beat, so a beat tracker finds the beats; the last
+  beat is at least 150 ms before the clip end. Measured: ``librosa.beat.beat_track``
+  (sr 16 kHz, hop 160, no tempo hint) on the decoded mp4 audio of 256 medium clips reaches
+  a mean mir_eval beat F-measure of 0.97 (70 ms window, beats before 5 s trimmed).
+* **Events.** Bounces, full-frame flashes and camera cuts land exactly on beats (flashes
+  and cuts on downbeats, with a crash cymbal in the music). At a bounce the object
+  squashes and glows, the struck floor/wall lights up in the object's colour and a ring
+  spreads from the contact point. Ground truth is stored to 1 ms and the audio onsets
+  are placed on the very samples of those (rounded) times.
 * **Mood.** The palette (warm/bright, pale/cool, dark/cold, dark/red, pastel) picks the
   mode (major/minor) and the timbre (bright or soft harmonics, echo).
 * **Style.** Instrument and pattern set: ``piano`` (block chords), ``guitar`` (plucked
@@ -27,7 +32,8 @@ background noise at a given SNR, and camera cuts.
 Determinism: clip ``i`` depends only on ``(seed, i, difficulty)``. The scene and the music
 (tempo, key, mood, style, object, melody) come from ``np.random.default_rng([seed, i])``
 and do not depend on the difficulty, so the same clip index at ``easy`` and ``hard`` has
-the same song and motion; the difficulty extras come from ``default_rng([seed, i, 1])``
+the same song and scene (only the bounce rate may differ: ``easy`` bounces on every beat);
+the difficulty extras come from ``default_rng([seed, i, 1])``
 and the noises of the drums, sound effects and background from ``default_rng([seed, i, k])``
 for k = 2, 3, 4.
 
@@ -409,18 +415,27 @@ def _caption(p: ClipPlan) -> str:
     speed = "slowly" if rate < 0.9 else ("steadily" if rate < 1.6 else "quickly")
     verb = "bounces on the floor" if p.motion == "floor" else "bounces between the walls"
     art = "an" if p.palette[0] in "aeiou" else "a"
-    parts = [f"a {p.colour} {p.shape} {verb} {speed} in {art} {p.palette} room"]
+    art_obj = "an" if p.colour[0] in "aeiou" else "a"
+    parts = [f"{art_obj} {p.colour} {p.shape} {verb} {speed} in {art} {p.palette} room"]
     if p.distractors:
         d = p.distractors[0]
-        more = f" and {len(p.distractors) - 1} more" if len(p.distractors) > 1 else ""
-        parts.append(f" while a small {d.colour} {'circle' if d.shape == 'ball' else 'square'}{more} drifts")
+        what = f"a small {d.colour} {'circle' if d.shape == 'ball' else 'square'}"
+        n_more = len(p.distractors) - 1
+        more = "" if not n_more else (" and another shape" if n_more == 1 else f" and {n_more} other shapes")
+        parts.append(f" while {what}{more} {'drift' if n_more else 'drifts'}")
+    extras = []
     if len(p.flash_times):
-        parts.append(", with flashes of light")
+        extras.append("a flash of light" if len(p.flash_times) == 1 else "flashes of light")
     if len(p.cut_times):
-        parts.append(", with a camera cut" if len(p.cut_times) == 1 else ", with camera cuts")
+        extras.append("a camera cut" if len(p.cut_times) == 1 else "camera cuts")
+    if extras:
+        parts.append(", with " + " and ".join(extras))
     mood = MOODS[p.mood]
     music = f"{mood.adjective} {p.mode} {_STYLE_WORDS[p.style]} music in {p.key} at {int(round(p.tempo))} bpm"
     return "".join(parts) + "; " + music
+
+
+_END_GAP_S = 0.15  # minimum time from the last beat to the clip end (s)
 
 
 def plan_clip(seed: int, index: int, difficulty: str | SynthConfig = "medium", duration_s: float = 10.24) -> ClipPlan:
@@ -445,10 +460,14 @@ def plan_clip(seed: int, index: int, difficulty: str | SynthConfig = "medium", d
     lo, hi = cfg.tempo_range
     tempo = float(lo + min(int(u_tempo * (hi - lo + 1)), hi - lo))
     period = 60.0 / tempo
-    t0 = round(0.05 + u_phase * (period - 0.05), 3)  # first beat (s) in [0.05, period)
-    n_beats = int(math.floor((dur - 1e-6 - t0) / period)) + 1
-    beats = _ms(t0 + period * np.arange(n_beats))
-    beats = beats[beats < dur]
+    # The beat grid's phase is drawn through the gap after the last beat: the clip ends
+    # _END_GAP_S to one beat after its last beat, so every labelled beat is fully audible
+    # (a kick cut off after a few ms is not heard as a beat, and trackers drop it).
+    tail = _END_GAP_S + u_phase * (period - _END_GAP_S)
+    last = dur - tail
+    t0 = last - math.floor(last / period) * period  # first beat (s), in [0, period)
+    beats = _ms(t0 + period * np.arange(int(math.floor((last - t0) / period + 1e-9)) + 1))
+    beats = beats[(beats >= 0) & (beats <= dur - _END_GAP_S + 1e-9)]
     key_pc = int(rng.integers(12))
     mood = list(MOODS)[int(rng.integers(len(MOODS)))]
     style = STYLES[int(rng.integers(len(STYLES)))]
@@ -461,7 +480,7 @@ def plan_clip(seed: int, index: int, difficulty: str | SynthConfig = "medium", d
     # ---- melody: one note per beat (sometimes two eighths), chord tones on strong beats.
     scale = _SCALES[mode]
     melody: list[tuple[float, float, int, float]] = []
-    deg = int(rng.integers(0, 5))  # scale degree index above the root, octave 5
+    deg = int(rng.integers(0, 5))  # scale-degree index (0..11: two octaves above the root)
     rests = rng.random(len(beats))
     split = rng.random(len(beats))
     steps = rng.integers(-2, 3, size=(len(beats), 2))
@@ -473,10 +492,10 @@ def plan_clip(seed: int, index: int, difficulty: str | SynthConfig = "medium", d
             continue
         else:
             deg = int(np.clip(deg + steps[k, 0], 0, 11))
-        midi = 72 + key_pc + 12 * (deg // 7) + scale[deg % 7] - 12  # C5 region
+        midi = 60 + key_pc + 12 * (deg // 7) + scale[deg % 7]  # from middle C (MIDI 60) up
         if split[k] < 0.3 and k % 4 != 3:
             d2 = int(np.clip(deg + steps[k, 1], 0, 11))
-            midi2 = 72 + key_pc + 12 * (d2 // 7) + scale[d2 % 7] - 12
+            midi2 = 60 + key_pc + 12 * (d2 // 7) + scale[d2 % 7]
             melody.append((float(tb), period * 0.5, midi, 0.8))
             melody.append((round(float(tb) + period / 2, 3), period * 0.5, midi2, 0.55))
         else:
@@ -532,7 +551,7 @@ def plan_clip(seed: int, index: int, difficulty: str | SynthConfig = "medium", d
         r = float(drng.uniform(4.0, 7.0))
         # Distractors drift inside the room without touching the floor or walls (no collisions).
         cx, cy = float(drng.uniform(44, 84)), float(drng.uniform(35, 70))
-        ax, ay = float(drng.uniform(8, 30)), float(drng.uniform(5, 25))
+        ax, ay = float(drng.uniform(8, 28)), float(drng.uniform(5, 25))  # 84 + 28 + 7 < 120 (right wall)
         fmax = max(cfg.distractor_speed_hz, 0.05)
         distractors.append(_Distractor(
             shape="ball" if drng.random() < 0.5 else "box", colour=dname, rgb=drgb, radius=r,
@@ -690,7 +709,10 @@ def _chord_midis(key_pc: int, mode: str, degree: int, base: int) -> list[int]:
     return out
 
 
-_LEVELS = {"kick": 1.0, "snare": 0.55, "crash": 0.45, "drums": 0.85, "tonal": 0.7, "chord": 0.25}
+# Linear gains of the music layers. Tuned so that every beat has nearly the same onset
+# strength: librosa's beat tracker drops leading/trailing beats weaker than the RMS beat
+# strength, so strongly accented beats (or a loud backbeat) cost the weaker ones.
+_LEVELS = {"kick": 1.0, "snare": 0.35, "crash": 0.25, "drums": 0.85, "tonal": 0.45, "chord": 0.25, "melody": 0.35}
 
 
 def render_music(p: ClipPlan, sr: int = 16000, rng: np.random.Generator | None = None) -> np.ndarray:
@@ -769,7 +791,7 @@ def render_music(p: ClipPlan, sr: int = 16000, rng: np.random.Generator | None =
 
     lead = {"piano": "piano", "guitar": "pluck", "electronic": "fm", "chiptune": "pulse"}[p.style]
     for t, ln, m, v in p.melody:
-        note(lead, m, t, ln, 0.5 * v)
+        note(lead, m, t, ln, _LEVELS["melody"] * v)
 
     # Musical accents with no visual event: a loud chord stab (plus the crash above).
     for ta in p.accent_times:
@@ -779,8 +801,8 @@ def render_music(p: ClipPlan, sr: int = 16000, rng: np.random.Generator | None =
             note(lead, m, ta, period, 0.45)
 
     if mood.echo > 0:
-        # Feedback echo (3 taps) on the tonal layers only, keeping drum onsets crisp. The
-        # delay is one beat, so echoes reinforce the beat instead of adding off-beat onsets.
+        # A 3-tap echo (gains g, g^2, g^3) on the tonal layers only, keeping drum onsets crisp.
+        # The delay is one beat, so echoes reinforce the beat instead of adding off-beat onsets.
         d = int(round(period * sr))
         wet = tonal.copy()
         g = mood.echo
@@ -791,7 +813,8 @@ def render_music(p: ClipPlan, sr: int = 16000, rng: np.random.Generator | None =
             wet[s:] += (g ** tap) * tonal[: n - s]
         tonal = wet
 
-    music = _LEVELS["drums"] * drums / (np.max(np.abs(drums)) or 1.0) + _LEVELS["tonal"] * tonal / (np.max(np.abs(tonal)) or 1.0)
+    music = (_LEVELS["drums"] * drums / (np.max(np.abs(drums)) or 1.0)
+             + _LEVELS["tonal"] * tonal / (np.max(np.abs(tonal)) or 1.0))
     music *= 0.5 / (np.max(np.abs(music)) or 1.0)  # peak 0.5: room for sfx and noise in the mix
     return music.astype(np.float32)
 
@@ -896,6 +919,10 @@ def _ring(img: np.ndarray, cx: float, cy: float, radius: float, width: float, rg
     patch += (np.asarray(rgb, dtype=np.float32) - patch) * cov[..., None]
 
 
+_WALL = 8.0  # side wall thickness (px at 128)
+_FLOOR_Y = 114.0  # floor top (px at 128)
+
+
 def _room(size: int, bg, mirror: bool) -> np.ndarray:
     """Background: vertical gradient, darker side walls and floor; ``mirror`` shades the walls differently."""
     s = size / 128.0
@@ -912,12 +939,8 @@ def _room(size: int, bg, mirror: bool) -> np.ndarray:
     return img
 
 
-_WALL = 8.0  # side wall thickness (px at 128)
-_FLOOR_Y = 114.0  # floor top (px at 128)
-
-
 def _object_pos(p: ClipPlan, t: np.ndarray):
-    """Main object centre (x, y) and contact-squash factors at times ``t`` (s), in 128-px coordinates."""
+    """Main object centre ``(x, y)`` at times ``t`` (s), in pixels of the 128-px world (before mirroring)."""
     period = 60.0 / p.tempo
     T = period * p.hit_every  # seconds between bounces
     first = p.beat_times[p.hit_phase] if len(p.beat_times) > p.hit_phase else p.beat_times[0]
@@ -941,8 +964,9 @@ def _object_pos(p: ClipPlan, t: np.ndarray):
 def render_video(p: ClipPlan, size: int = 128, fps: float = 10.0) -> np.ndarray:
     """Draw the frames of a plan with numpy.
 
-    Frame ``i`` shows time ``i / fps``. At each bounce the object squashes, glows and
-    emits an impact ring; a flash brightens the whole frame; a cut switches to another
+    Frame ``i`` shows time ``i / fps``. At each bounce the object squashes and glows, the
+    struck floor/wall lights up in the object's colour for 150 ms and an impact ring
+    spreads for 300 ms; a flash brightens the whole frame; a cut switches to another
     background colour and mirrors the view; distractors drift and flash silently.
 
     Args:
@@ -996,11 +1020,17 @@ def render_video(p: ClipPlan, size: int = 128, fps: float = 10.0) -> np.ndarray:
             glow = 0.75 * (1.0 - a / 0.2) if a < 0.2 else 0.0
             hb = float(ti - a)  # that contact's time: ring at the contact point
             hx, hy = _object_pos(p, np.array([hb]))
+            # The struck floor / wall lights up for 150 ms (a large, unmistakable change).
             if p.motion == "floor":
                 px, py = float(hx[0]), _FLOOR_Y
+                lx, ly, sx, sy = 64.0, (_FLOOR_Y + 128.0) / 2, 64.0, (128.0 - _FLOOR_Y) / 2
             else:
                 px, py = (_WALL if float(hx[0]) < 64 else 128.0 - _WALL), float(hy[0])
-            _ring(img, X(px), py * s, (r * (1.0 + 3.5 * a / 0.3)) * s, 2.0 * s, white, 0.9 * (1.0 - a / 0.3))
+                lx, ly, sx, sy = (_WALL / 2 if px < 64 else 128.0 - _WALL / 2), _FLOOR_Y / 2, _WALL / 2, _FLOOR_Y / 2
+            # Drawn in the object's colour, which contrasts with the background by construction.
+            if a < 0.15:
+                _draw(img, X(lx), ly * s, sx * s, sy * s, "box", p.rgb, 0.9 * (1.0 - a / 0.15))
+            _ring(img, X(px), py * s, (r * (1.2 + 3.5 * a / 0.3)) * s, 2.5 * s, p.rgb, 0.9 * (1.0 - a / 0.3))
         rgb = np.asarray(p.rgb, dtype=np.float32)
         rgb = rgb + (255.0 - rgb) * glow
         _draw(img, X(cx), cy * s, rx * s, ry * s, p.shape, rgb)

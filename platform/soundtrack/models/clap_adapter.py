@@ -168,8 +168,8 @@ def create_htsat(model_name: str = "tiny") -> torch.nn.Module:
     """Builds LAION-CLAP's HTSAT audio branch with random weights (CPU, offline).
 
     Args:
-        model_name: ``"tiny"`` (31 M parameters, LAION-CLAP's music checkpoints),
-            ``"base"`` or ``"large"``.
+        model_name: ``"tiny"`` (31 M parameters, LAION-CLAP's 630k-* checkpoints),
+            ``"base"`` (its music checkpoints) or ``"large"``.
 
     Returns:
         An ``HTSAT_Swin_Transformer`` module (non-fusion variant).

@@ -69,8 +69,11 @@ class ContrastiveConfig:
         video_input_size: frames are resized (area interpolation) to this square size
             (pixels) before the CNN; ``None`` keeps the input size. The tiny preset uses
             56 (112 / 2) to keep a training step cheap on 2 cores.
-        video_channels: output channels of the CNN stages; each stage is a 3x3
-            convolution with stride 2 (so the patch grid is input / 2 ** len).
+        video_channels: output channels of the stem and of each further CNN stage (a
+            3x3 convolution with stride 2).
+        video_stem_stride: stride of the first layer: 2 (3x3 convolution) or 4 (4x4
+            patchify convolution, the tiny preset: skips the costly half-resolution level;
+            56 px -> 14 x 14 patches of 4 x 4 px).
         video_motion: ``"diff"`` adds the difference to the previous frame as extra
             input (first frame: zero difference) so that a per-frame CNN sees motion;
             ``"none"`` is the static ablation.
@@ -94,7 +97,8 @@ class ContrastiveConfig:
         music_backbone: ``"conv"`` (:class:`AudioEncoder` on log-mels) or ``"htsat"``
             (:class:`HTSATAudioEncoder` on 16 kHz waveforms).
         sfx_backbone: the same choice for the sound-effect stream.
-        htsat_model: HTSAT size (``"tiny"`` for LAION-CLAP's music checkpoints).
+        htsat_model: HTSAT size: ``"tiny"`` (LAION-CLAP's 630k-* checkpoints) or
+            ``"base"`` (its music / music_speech checkpoints).
         htsat_checkpoint: local LAION-CLAP checkpoint to initialise HTSAT from (``None``:
             random weights).
         htsat_trainable: fine-tune HTSAT (False: frozen, as MuVi App. B trains only the
@@ -116,7 +120,8 @@ class ContrastiveConfig:
     hop: int = 160
     n_mels: int = 128
     video_input_size: int | None = 56
-    video_channels: tuple[int, ...] = (16, 32, 48)
+    video_channels: tuple[int, ...] = (24, 48)
+    video_stem_stride: int = 4
     video_motion: Literal["diff", "none"] = "diff"
     video_dim: int = 64
     video_adaptor: Adaptor = "softmax_gated"
@@ -152,6 +157,8 @@ class ContrastiveConfig:
         for name in ("music_backbone", "sfx_backbone"):
             if getattr(self, name) not in ("conv", "htsat"):
                 raise ValueError(f"{name} must be 'conv' or 'htsat', got {getattr(self, name)!r}")
+        if self.video_stem_stride not in (2, 4):
+            raise ValueError(f"video_stem_stride must be 2 or 4, got {self.video_stem_stride}")
         if self.head_layers not in (1, 2):
             raise ValueError(f"head_layers must be 1 or 2, got {self.head_layers}")
         if self.video_dim % self.adaptor_groups or self.video_dim % self.temporal_heads:
@@ -220,6 +227,7 @@ class ContrastiveConfig:
             embed_dim=512,
             video_input_size=112,
             video_channels=(64, 128, 256, 384),
+            video_stem_stride=2,
             video_dim=512,
             temporal="transformer",
             temporal_layers=4,
@@ -427,26 +435,36 @@ class VideoEncoder(nn.Module):
         c0 = chans[0]
         self.motion = cfg.video_motion == "diff"
         # Stem on the frame (A) and on its difference to the previous frame (B).
-        self.stem_frame = nn.Conv2d(3, c0, 3, stride=2, padding=1)
-        self.stem_diff = nn.Conv2d(3, c0, 3, stride=2, padding=1, bias=False) if self.motion else None
+        st = cfg.video_stem_stride
+        k, pad = (3, 1) if st == 2 else (4, 0)
+        self.stem_frame = nn.Conv2d(3, c0, k, stride=st, padding=pad)
+        self.stem_diff = nn.Conv2d(3, c0, k, stride=st, padding=pad, bias=False) if self.motion else None
         self.stem_norm = nn.GroupNorm(_groups(c0), c0)
         self.stages = nn.Sequential(*(ConvBlock2d(a, b) for a, b in zip(chans[:-1], chans[1:])))
         self.adaptor = VisualAdaptor(chans[-1], cfg.video_dim, cfg.video_adaptor, cfg.adaptor_groups)
         self.temporal = TemporalModel(cfg.video_dim, cfg)
 
     def _prepare(self, frames: torch.Tensor) -> torch.Tensor:
-        """uint8 (B, T, H, W, 3) -> float (B, T, 3, S, S) in [-1, 1] (no gradient needed)."""
+        """uint8 (B, T, H, W, 3) -> float (B * T, 3, S, S) in [-1, 1] (no gradient needed).
+
+        Shrinking by an integer factor averages k x k pixel blocks (``avg_pool2d``, the
+        fastest path measured); other sizes use area (shrink) or bilinear (enlarge)
+        interpolation. Normalisation happens after shrinking, on the smaller tensor.
+        """
         if frames.ndim != 5 or frames.shape[-1] != 3:
             raise ValueError(f"frames must be (B, T, H, W, 3), got {tuple(frames.shape)}")
         b, t, h, w, _ = frames.shape
-        x = frames.permute(0, 1, 4, 2, 3).reshape(b * t, 3, h, w)
-        if frames.dtype == torch.uint8:
-            x = x.to(torch.get_default_dtype()) / 127.5 - 1.0
+        x = frames.reshape(b * t, h, w, 3).permute(0, 3, 1, 2)
+        x = x.to(torch.get_default_dtype()) if frames.dtype == torch.uint8 else x
         size = self.cfg.video_input_size
         if size is not None and (h, w) != (size, size):
-            # Area interpolation averages whole pixel blocks when shrinking (no aliasing).
-            x = F.interpolate(x, size=(size, size), mode="area" if h >= size else "bilinear")
-        return x.reshape(b, t, 3, x.shape[-2], x.shape[-1])
+            if h % size == 0 and w % size == 0:
+                x = F.avg_pool2d(x, (h // size, w // size))
+            else:
+                x = F.interpolate(x, size=(size, size), mode="area" if h >= size else "bilinear")
+        if frames.dtype == torch.uint8:
+            x = x / 127.5 - 1.0
+        return x.contiguous()
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
         """Encodes frames.
@@ -457,10 +475,9 @@ class VideoEncoder(nn.Module):
         Returns:
             (B, T, video_dim) per-frame vectors.
         """
+        b, t = frames.shape[:2]
         with torch.no_grad():
-            x = self._prepare(frames)
-        b, t = x.shape[:2]
-        flat = x.reshape(b * t, *x.shape[2:])
+            flat = self._prepare(frames)
         h = self.stem_frame(flat)
         if self.stem_diff is not None:
             # B (x_t - x_{t-1}) = B x_t - B x_{t-1}: the conv is linear and bias-free, so
