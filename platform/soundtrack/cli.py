@@ -3,6 +3,7 @@
     soundtrack data synth --n N --out DIR --seed S [--difficulty easy|medium|hard]
     soundtrack data ingest SRC --out DIR [--clip-s 10.24] [--pad-short] [--metadata CSV]
     soundtrack data featurize --data DIR [--config YAML] [--set featurize.size=64]
+    soundtrack pretrain experiments/pretrain_tiny.yaml [--resume] [--force]
     soundtrack demo [--config experiments/demo.yaml]
 
 Every command prints where its outputs went. Errors in configs or inputs end the
@@ -30,7 +31,7 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
 
 
 def _cfg(args):
-    cfg = load_config(args.config, args.overrides)
+    cfg = load_config(getattr(args, "config", None), args.overrides)
     if getattr(args, "storage", None):
         cfg = dataclasses.replace(cfg, storage=args.storage)
     return cfg
@@ -67,6 +68,16 @@ def cmd_featurize(args) -> int:
     out = stage_featurize(args.data, cfg.featurize, out=args.out, storage=cfg.storage, force=args.force,
                           use_ray=not args.no_ray, limit=args.limit)
     print(f"features: {out}\n  shards: {out / 'shards'}\n  card:   {out / 'run.json'}")
+    return 0
+
+
+def cmd_pretrain(args) -> int:
+    from soundtrack.stages import stage_pretrain
+
+    cfg = _cfg(args)
+    out = stage_pretrain(cfg, resume=args.resume, force=args.force)
+    print(f"pretrain: {out}\n  encoders:   {out / 'model'}\n  evaluation: {out / 'eval.json'}\n"
+          f"  losses:     {out / 'losses.png'}")
     return 0
 
 
@@ -122,6 +133,14 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--no-ray", action="store_true", help="plain sequential loop (debugging, baseline)")
     f.add_argument("--limit", type=int, help="only the first N clips")
     f.set_defaults(fn=cmd_featurize)
+
+    pt = sub.add_parser("pretrain", help="contrastive video-sound-music pretraining (Ray Train)")
+    pt.add_argument("config", help="experiment YAML, e.g. experiments/pretrain_tiny.yaml")
+    pt.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    pt.add_argument("--storage")
+    pt.add_argument("--resume", action="store_true", help="continue an interrupted run from its last checkpoint")
+    pt.add_argument("--force", action="store_true", help="start over")
+    pt.set_defaults(fn=cmd_pretrain)
 
     d = sub.add_parser("demo", help="run the stages that exist on the embedded default")
     _add_config_args(d)

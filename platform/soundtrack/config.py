@@ -78,6 +78,58 @@ class FeaturizeSection:
 
 
 @dataclass(frozen=True)
+class PretrainSection:
+    """Contrastive video-sound-music pretraining on Ray Train (``soundtrack pretrain``).
+
+    Args:
+        features: a finished featurize run directory; ``None`` uses (and if needed
+            makes) the experiment's own synth -> featurize chain.
+        model: overrides of :class:`soundtrack.models.encoders.ContrastiveConfig` (its
+            preset is the experiment's profile).
+        objective: overrides of :class:`soundtrack.models.contrastive.ObjectiveConfig`.
+        evaluation: overrides of :class:`soundtrack.eval.retrieval.RetrievalConfig`.
+        batch_size: clips per step per worker (CCCG: 256 in total).
+        steps: optimiser steps.
+        warmup_steps: linear warm-up steps before the cosine decay.
+        lr: base learning rate (CCCG: 1e-4).
+        betas: Adam betas as written in the CCCG supplement (beta1 0.99, beta2 0.9).
+        weight_decay: Adam weight decay.
+        min_lr_ratio: floor of the cosine decay (fraction of ``lr``).
+        num_workers: Ray Train workers (0: in-process local mode).
+        cpus_per_worker: CPUs per worker (0.5 lets 2 workers share 2 cores with Ray Data).
+        torch_threads: torch threads per worker (``None``: Ray's default, CPUs per worker).
+        checkpoint_every: steps between checkpoints (safetensors, with optimiser state).
+        log_every: steps between metric lines.
+        max_failures: worker-group restarts after a worker dies.
+        seed: seed of initialisation, crops and negatives.
+        eval_split: split used by the evaluation after training.
+        fail_at_step: fault injection for tests: a worker hard-exits at this step on the
+            run's first attempt.
+    """
+
+    features: str | None = None
+    model: dict[str, Any] = field(default_factory=dict)
+    objective: dict[str, Any] = field(default_factory=dict)
+    evaluation: dict[str, Any] = field(default_factory=dict)
+    batch_size: int = 32
+    steps: int = 300
+    warmup_steps: int = 30
+    lr: float = 1e-4
+    betas: tuple[float, float] = (0.99, 0.9)
+    weight_decay: float = 0.0
+    min_lr_ratio: float = 0.0
+    num_workers: int = 1
+    cpus_per_worker: float = 1.0
+    torch_threads: int | None = None
+    checkpoint_every: int = 50
+    log_every: int = 10
+    max_failures: int = 2
+    seed: int = 0
+    eval_split: Literal["train", "val", "test"] = "val"
+    fail_at_step: int | None = None
+
+
+@dataclass(frozen=True)
 class ExperimentConfig:
     """One experiment: a profile, a storage root and one section per stage.
 
@@ -88,6 +140,7 @@ class ExperimentConfig:
         seed: global seed for stages that do not set their own.
         synth: the synthetic data set.
         featurize: the featurize pipeline.
+        pretrain: contrastive pretraining.
     """
 
     name: str = "demo"
@@ -96,12 +149,16 @@ class ExperimentConfig:
     seed: int = 0
     synth: SynthSection = field(default_factory=SynthSection)
     featurize: FeaturizeSection = field(default_factory=FeaturizeSection)
+    pretrain: PretrainSection = field(default_factory=PretrainSection)
 
 
 #: Per-profile deltas applied before the YAML's own values.
 PROFILE_DELTAS: dict[str, dict[str, Any]] = {
     "tiny": {},
-    "paper": {"featurize": {"size": 224, "rows_per_shard": 64}},
+    "paper": {
+        "featurize": {"size": 224, "rows_per_shard": 64},
+        "pretrain": {"batch_size": 256, "steps": 20000, "warmup_steps": 1000, "checkpoint_every": 1000, "log_every": 50},
+    },
 }
 
 

@@ -42,6 +42,19 @@ def worker_env() -> dict[str, str]:
     return {k: os.environ[k] for k in keys if k in os.environ}
 
 
+#: Ray loggers that repeat harmless warnings every few seconds on a dashboard-less Ray
+#: (Train V2's placement-group cleaner polls the state API, which needs the dashboard).
+NOISY_LOGGERS = ("ray.train.v2._internal.execution.controller.placement_group_cleaner",)
+
+
+def quiet_worker_logs() -> None:
+    """Runtime-env setup hook run in every Ray worker process: silence :data:`NOISY_LOGGERS`."""
+    import logging
+
+    for name in NOISY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
 def init_ray(address: str | None = None, num_cpus: float | None = None, quiet: bool = True):
     """Start a local Ray (or join ``address``) unless one is already up in this process.
 
@@ -59,7 +72,8 @@ def init_ray(address: str | None = None, num_cpus: float | None = None, quiet: b
 
     if not ray.is_initialized():
         address = address or os.environ.get("RAY_ADDRESS")
-        kw = dict(include_dashboard=False, log_to_driver=True, runtime_env={"env_vars": worker_env()})
+        kw = dict(include_dashboard=False, log_to_driver=True,
+                  runtime_env={"env_vars": worker_env(), "worker_process_setup_hook": "soundtrack.raycluster.quiet_worker_logs"})
         if address:
             ray.init(address=address, **kw)
         else:

@@ -133,6 +133,64 @@ def stage_featurize(data_dir: str | Path, section: FeaturizeSection = FeaturizeS
     return out
 
 
+def features_for(cfg: ExperimentConfig, features: str | None) -> Path:
+    """A finished featurize run: the given one, or the experiment's own synth -> featurize chain."""
+    if features:
+        require_finished(features, what="featurize run")
+        return Path(features)
+    data = stage_synth(cfg.synth, storage=cfg.storage)
+    return stage_featurize(data, cfg.featurize, storage=cfg.storage)
+
+
+def _prepare_run_dir(out: Path, stage: str, force: bool, resume: bool) -> bool:
+    """Apply --force / --resume to a run directory; True when the run is already finished."""
+    if force and out.exists():
+        shutil.rmtree(out)
+    card = read_card(out)
+    if card.get("status") == "finished":
+        print(f"{stage}: {out} is already finished; reusing it (--force to redo)", file=sys.stderr)
+        return True
+    if card and not resume:
+        from soundtrack.runs import UpstreamError
+
+        raise UpstreamError(
+            f"{stage} run {out} exists with status '{card.get('status')}' (an earlier launch stopped); "
+            f"pass --resume to continue from its last checkpoint, or --force to start over."
+        )
+    return False
+
+
+def pretrain_run_dir(cfg: ExperimentConfig, features: Path) -> Path:
+    """``<storage>/pretrain/<name>-<hash>``: the hash covers the profile, the section and the data."""
+    return Path(cfg.storage) / "pretrain" / run_name(cfg.name, cfg.profile, cfg.pretrain, Path(features).name)
+
+
+def stage_pretrain(cfg: ExperimentConfig, resume: bool = False, force: bool = False) -> Path:
+    """Contrastive pretraining on Ray Train, then evaluation on the held-out split.
+
+    Args:
+        cfg: the experiment (its ``pretrain`` section and profile).
+        resume: continue an interrupted run from its last checkpoint.
+        force: delete the run and start over.
+    """
+    from soundtrack.train.pretrain import run_pretrain
+
+    features = features_for(cfg, cfg.pretrain.features)
+    out = pretrain_run_dir(cfg, features)
+    if _prepare_run_dir(out, "pretrain", force, resume):
+        return out
+    run = Run(cfg.storage, "pretrain", out.name, config={"profile": cfg.profile, "pretrain": to_dict(cfg.pretrain)},
+              upstream={"features": features}, seed=cfg.pretrain.seed, command=_command(), run_dir=out)
+    with run:
+        with run.timer("train+eval"):
+            summary = run_pretrain(cfg.profile, cfg.pretrain, features, out)
+        from soundtrack.runs import plot_losses
+
+        plot_losses(out)
+        run.finish(**summary)
+    return out
+
+
 def stage_demo(cfg: ExperimentConfig) -> dict[str, Path]:
     """The demo chain on the embedded default: synth -> featurize (later stages append).
 
@@ -147,4 +205,10 @@ def stage_demo(cfg: ExperimentConfig) -> dict[str, Path]:
     arts["data set (mp4 + stems + manifest)"] = data
     feats = stage_featurize(data, cfg.featurize, storage=cfg.storage)
     arts["feature shards (parquet)"] = feats / "shards"
+    import dataclasses
+
+    pcfg = dataclasses.replace(cfg, pretrain=dataclasses.replace(cfg.pretrain, features=str(feats)))
+    pre = stage_pretrain(pcfg, resume=True)
+    arts["contrastive encoders (safetensors)"] = pre / "model"
+    arts["pretrain evaluation (json, png)"] = pre / "eval.json"
     return arts

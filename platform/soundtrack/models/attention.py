@@ -237,7 +237,7 @@ class SoundtrackAttnProcessor:
         encoder_hidden_states: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         temb: torch.Tensor | None = None,
-        token_times: torch.Tensor | None = None,
+        token_times: np.ndarray | torch.Tensor | None = None,
         token_keep: torch.Tensor | None = None,
         shots: Sequence[Sequence[float] | None] | None = None,
         latent_hw: tuple[int, int] | None = None,
@@ -322,7 +322,8 @@ class SoundtrackAttnProcessor:
         mask = None
         if keep is not None:
             empty = ~keep.any(dim=-1)  # (B, N)
-            if bool(empty.any()):
+            # (meta tensors have no values to test; shapes are all that matters there)
+            if empty.device.type != "meta" and bool(empty.any()):
                 keep = keep | empty[..., None]
             else:
                 empty = None

@@ -52,6 +52,7 @@ import math
 import os
 import sys
 import types
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -175,7 +176,11 @@ def create_htsat(model_name: str = "tiny") -> torch.nn.Module:
         An ``HTSAT_Swin_Transformer`` module (non-fusion variant).
     """
     htsat = import_htsat()
-    return htsat.create_htsat_model(HTSATAudioCfg(model_name=model_name), enable_fusion=False)
+    with warnings.catch_warnings():
+        # HTSAT's window attention calls torch.meshgrid without `indexing=` (a torch
+        # deprecation warning about laion_clap's code, not ours; behaviour is "ij").
+        warnings.filterwarnings("ignore", message="torch.meshgrid", category=UserWarning)
+        return htsat.create_htsat_model(HTSATAudioCfg(model_name=model_name), enable_fusion=False)
 
 
 # ----------------------------------------------------------------------------- checkpoints

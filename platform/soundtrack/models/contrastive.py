@@ -166,6 +166,27 @@ class ObjectiveConfig:
         if abs(self.features.sr / self.fps - round(self.features.sr / self.fps)) > 1e-9:
             raise ValueError("sr / fps must be a whole number of samples per frame")
 
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict (the nested feature config as a dict)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "ObjectiveConfig":
+        """Inverse of :meth:`to_dict` (lists become tuples; unknown keys are an error).
+
+        Args:
+            d: field values; ``features`` may be a dict of ``FeatureConfig`` fields.
+        """
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ValueError(f"unknown ObjectiveConfig keys: {sorted(unknown)}")
+        kw = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+        if isinstance(kw.get("features"), Mapping):
+            feats = {k: tuple(v) if isinstance(v, list) else v for k, v in kw["features"].items()}
+            kw["features"] = FeatureConfig(**feats)
+        return cls(**kw)
+
     @property
     def sr(self) -> int:
         """Audio sample rate (Hz)."""

@@ -11,10 +11,12 @@ Profiles (see :func:`vae_config`):
   MusicLDM ship): channels (128, 256, 512), 2 residual layers per block, 2 down-samplings
   (4x in time and frequency), **8 latent channels** (AudioLDM's ``z_channels: 8``), self-
   attention in the mid block. 128 x 1024 mel -> 8 x 32 x 256 latent.
-* ``tiny``: channels (32, 64, 64), 1 layer per block, 2 down-samplings (4x), 4 latent
+* ``tiny``: channels (16, 32, 64), 1 layer per block, 2 down-samplings (4x), 4 latent
   channels, no mid-block attention (its 1024 tokens cost more than the rest of the
   encoder on 2 cores). 64 x 256 pooled mel (:meth:`MelFormat.tiny`) -> 4 x 16 x 64 latent:
-  160 ms per latent column, 4x fewer numbers than the mel.
+  160 ms per latent column, 4x fewer numbers than the mel. 0.65 M parameters; a training
+  step at batch 8 took 0.5 s here against 1.2 s with (32, 64, 64): the full-resolution
+  level (64 x 256) dominates the cost, so it gets the fewest channels.
 
 Normalisation (stored in the model's config, so a saved VAE carries it): the natural-log
 mel is mapped affinely to roughly [-1, 1] by a fixed min-max,
@@ -147,7 +149,7 @@ def vae_config(profile: Profile | str = "tiny", **overrides: Any) -> dict[str, A
     elif profile == "tiny":
         fmt = MelFormat.tiny()
         cfg = dict(
-            block_out_channels=(32, 64, 64),
+            block_out_channels=(16, 32, 64),
             layers_per_block=1,
             latent_channels=4,
             norm_num_groups=8,

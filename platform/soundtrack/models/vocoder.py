@@ -270,6 +270,11 @@ class HiFiGANVocoder:
         param = next(self.model.parameters())
         x = self.convert(mel).to(device=param.device, dtype=param.dtype)
         wav = self.model(x).float()
+        # HiFi-GANs whose transposed convolutions have odd (kernel - stride) return a few
+        # samples more than frames x hop (AudioLDM's: 5 L + 1 at the first stage); trim or
+        # pad to exactly frames x hop, as the AudioLDM pipelines trim to the audio length.
+        n = x.shape[1] * self.vmel.hop
+        wav = wav[..., :n] if wav.shape[-1] >= n else F.pad(wav, (0, n - wav.shape[-1]))
         return wav[0] if single else wav
 
 

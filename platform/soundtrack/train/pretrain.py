@@ -1,0 +1,360 @@
+"""``soundtrack pretrain``: contrastive video-sound-music pretraining on Ray Train.
+
+Fixed stages, Ray only at the edges:
+
+1. the driver resolves the model / objective configs, reads the featurize run's shards
+   as a Ray Data dataset (train split, the columns the loss needs) and launches
+   :func:`train_loop` on ``num_workers`` Ray Train workers (``TorchTrainer``);
+2. every worker builds the model (DDP when there are several workers), restores the
+   last checkpoint if Ray Train hands it one (worker restart or ``--resume``), and
+   iterates its dataset shard: decode rows -> crops and negatives
+   (:func:`soundtrack.models.contrastive.make_batch`) -> loss -> Adam step with warm-up +
+   cosine learning rate;
+3. rank 0 writes ``metrics.jsonl`` and, every ``checkpoint_every`` steps, a checkpoint
+   (safetensors weights + optimiser state + step) that it reports to Ray Train;
+4. the driver loads the final checkpoint, exports it to ``<run>/model/`` and evaluates
+   it on the held-out split (P@K, SIM, synchronisation accuracy, the audio-only
+   control) into ``<run>/eval.json`` and ``<run>/sync_accuracy.png``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from soundtrack.config import ConfigError, PretrainSection, build, to_dict
+from soundtrack.train.common import (
+    MetricsWriter,
+    load_optimizer,
+    load_trainer_state,
+    save_optimizer,
+    save_trainer_state,
+    torch_threads,
+    warmup_cosine,
+)
+
+#: Shard columns the contrastive loss reads (the rest of a shard row stays on disk).
+TRAIN_COLUMNS = ["clip_id", "source_id", "split", "caption", "frames", "wav_music", "wav_sfx", "beat_times"]
+
+
+def model_config(profile: str, overrides: dict[str, Any]):
+    """The :class:`ContrastiveConfig` of a profile with the experiment's overrides.
+
+    Raises:
+        ConfigError: an unknown model key or bad value (named ``pretrain.model.<key>``).
+    """
+    from soundtrack.models.encoders import ContrastiveConfig
+
+    return build(ContrastiveConfig, overrides, src="pretrain.model", prefix="pretrain.model.",
+                 base=ContrastiveConfig.preset(profile))
+
+
+def objective_config(overrides: dict[str, Any]):
+    """The :class:`ObjectiveConfig` with the experiment's overrides."""
+    from soundtrack.models.contrastive import ObjectiveConfig
+
+    return build(ObjectiveConfig, overrides, src="pretrain.objective", prefix="pretrain.objective.")
+
+
+def retrieval_config(overrides: dict[str, Any]):
+    """The :class:`RetrievalConfig` with the experiment's overrides."""
+    from soundtrack.eval.retrieval import RetrievalConfig
+
+    return build(RetrievalConfig, overrides, src="pretrain.evaluation", prefix="pretrain.evaluation.")
+
+
+def _rows_from_batch(batch) -> list[dict]:
+    from soundtrack.data.pipeline import decode_row
+
+    recs = batch.to_dict("records") if hasattr(batch, "to_dict") else batch
+    return [decode_row(r, keys=("frames", "wav_music", "wav_sfx", "beat_times")) for r in recs]
+
+
+def _save_checkpoint(directory: str, model, opt, step: int, epoch: int, seed: int) -> None:
+    inner = model.module if hasattr(model, "module") else model
+    inner.save(directory)
+    save_optimizer(opt, os.path.join(directory, "optimizer.safetensors"))
+    save_trainer_state(directory, step=step, epoch=epoch, seed=seed, saved_at=time.time())
+
+
+def train_loop(config: dict) -> None:
+    """The per-worker training loop (runs inside Ray Train; plain PyTorch otherwise).
+
+    Args:
+        config: ``{"section": PretrainSection as dict, "model": ContrastiveConfig as dict,
+            "objective": ObjectiveConfig overrides, "run_dir": str}``.
+    """
+    import ray.train
+    from ray.train import Checkpoint
+
+    from soundtrack.models.contrastive import contrastive_loss, make_batch
+    from soundtrack.models.encoders import ContrastiveConfig, ContrastiveModel, build_contrastive
+
+    sec = PretrainSection(**{**config["section"], "betas": tuple(config["section"]["betas"])})
+    ocfg = objective_config(config["objective"])
+    run_dir = Path(config["run_dir"])
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    torch_threads(sec.torch_threads)
+    torch.manual_seed(sec.seed)
+
+    ckpt = ray.train.get_checkpoint()
+    step, epoch = 0, 0
+    if ckpt is not None:
+        with ckpt.as_directory() as d:
+            model = ContrastiveModel.load(d)
+            state = load_trainer_state(d)
+            step, epoch = int(state["step"]), int(state.get("epoch", 0))
+            opt_path = os.path.join(d, "optimizer.safetensors")
+            opt = _make_optimizer(model, sec)
+            load_optimizer(opt, opt_path)
+    else:
+        model = build_contrastive(ContrastiveConfig.from_dict(config["model"]))
+        opt = _make_optimizer(model, sec)
+    if world > 1:
+        model = ray.train.torch.prepare_model(model)
+    model.train()
+    writer = MetricsWriter(run_dir, resume_step=step, enabled=rank == 0)
+    if rank == 0:
+        print(f"pretrain: worker 0/{world} starting at step {step} of {sec.steps}", flush=True)
+
+    first_attempt_marker = run_dir / ".fault_injected"
+    shard = ray.train.get_dataset_shard("train")
+    rng = np.random.default_rng([sec.seed, rank, step])
+    t_last, n_since = time.time(), 0
+    while step < sec.steps:
+        for batch in shard.iter_batches(batch_size=sec.batch_size, batch_format="pandas", drop_last=True,
+                                        local_shuffle_buffer_size=2 * sec.batch_size,
+                                        local_shuffle_seed=sec.seed * 1000 + epoch):
+            if step >= sec.steps:
+                break
+            if sec.fail_at_step is not None and step == sec.fail_at_step and not first_attempt_marker.exists():
+                first_attempt_marker.write_text(str(step))
+                print(f"pretrain: fault injection: worker {rank} exits hard at step {step}", flush=True)
+                os._exit(1)
+            lr = sec.lr * warmup_cosine(step, sec.steps, sec.warmup_steps, sec.min_lr_ratio)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            b = make_batch(_rows_from_batch(batch), ocfg, rng)
+            loss, logs = contrastive_loss(model, b, ocfg)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+            n_since += 1
+            metrics = {"loss": float(loss.detach()), "lr": lr, "epoch": epoch,
+                       **{k: float(v) for k, v in logs.items() if isinstance(v, (int, float))}}
+            if step % sec.log_every == 0 or step == sec.steps:
+                el = time.time() - t_last
+                metrics["steps_per_s"] = round(n_since / el, 4) if el > 0 else None
+                t_last, n_since = time.time(), 0
+                writer.log(step, **metrics)
+                if rank == 0:
+                    print(f"pretrain: step {step}/{sec.steps} loss {metrics['loss']:.4f} lr {lr:.2e} "
+                          f"({metrics['steps_per_s']} steps/s)", flush=True)
+            if step % sec.checkpoint_every == 0 or step == sec.steps:
+                with tempfile.TemporaryDirectory() as d:
+                    if rank == 0:
+                        _save_checkpoint(d, model, opt, step, epoch, sec.seed)
+                    ray.train.report({"step": step, "loss": metrics["loss"]},
+                                     checkpoint=Checkpoint.from_directory(d) if rank == 0 else None)
+        epoch += 1
+
+
+def _make_optimizer(model, sec: PretrainSection) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    return torch.optim.Adam(params, lr=sec.lr, betas=tuple(sec.betas), weight_decay=sec.weight_decay)
+
+
+def train_dataset(features_dir: str | os.PathLike, split: str = "train"):
+    """The featurize run's shards as a Ray Data dataset of one split (the loss's columns)."""
+    import ray
+    from ray.data.expressions import col
+
+    from soundtrack.data.pipeline import shard_files
+
+    files = shard_files(features_dir)
+    if not files:
+        raise FileNotFoundError(f"no shards in {features_dir}; run `soundtrack data featurize` first.")
+    cols = TRAIN_COLUMNS + [c + "__shape" for c in ("frames", "wav_music", "wav_sfx", "beat_times")]
+    # The predicate runs as a native Arrow filter (pushed into the read where Ray can).
+    return ray.data.read_parquet(files, columns=cols).filter(expr=col("split") == split)
+
+
+def run_pretrain(profile: str, sec: PretrainSection, features_dir: str | os.PathLike, run_dir: str | os.PathLike,
+                 progress: bool = True) -> dict:
+    """Train the contrastive encoders and evaluate them; returns the summary.
+
+    Args:
+        profile: ``tiny`` or ``paper`` (the model preset).
+        sec: pretraining settings.
+        features_dir: a finished featurize run.
+        run_dir: this run's directory.
+        progress: print progress.
+    """
+    from soundtrack.raycluster import init_ray
+    from soundtrack.train.common import launch
+
+    mcfg = model_config(profile, sec.model)
+    objective_config(sec.objective)  # validate before paying for Ray
+    retrieval_config(sec.evaluation)
+    run_dir = Path(run_dir).resolve()
+    init_ray()
+    ds = train_dataset(features_dir, "train").materialize()
+    n_train = ds.count()
+    if n_train < sec.batch_size * max(sec.num_workers, 1):
+        raise ConfigError(
+            f"pretrain.batch_size={sec.batch_size} x {max(sec.num_workers, 1)} worker(s) exceeds the {n_train} "
+            "training clips; lower the batch size or featurize more clips."
+        )
+    t0 = time.time()
+    result = launch(
+        train_loop,
+        {"section": to_dict(sec), "model": mcfg.to_dict(), "objective": sec.objective, "run_dir": str(run_dir)},
+        run_dir,
+        datasets={"train": ds},
+        num_workers=sec.num_workers,
+        cpus_per_worker=sec.cpus_per_worker,
+        max_failures=sec.max_failures,
+    )
+    train_s = time.time() - t0
+    if result.error is not None:
+        raise RuntimeError(f"pretraining failed: {result.error}")
+    model_dir = export_final(result.checkpoint, run_dir / "model")
+    ev = evaluate_run(model_dir, features_dir, run_dir, split=sec.eval_split, overrides=sec.evaluation)
+    return {"train_clips": n_train, "train_seconds": round(train_s, 1), "model": str(model_dir), "eval": ev["summary"]}
+
+
+def export_final(checkpoint, out: Path) -> Path:
+    """Copy the final checkpoint's weights and config to ``out`` (what later stages load)."""
+    import shutil
+
+    out.mkdir(parents=True, exist_ok=True)
+    with checkpoint.as_directory() as d:
+        for name in ("model.safetensors", "config.json", "trainer_state.json"):
+            if os.path.exists(os.path.join(d, name)):
+                shutil.copy2(os.path.join(d, name), out / name)
+    return out
+
+
+def load_rows(features_dir: str | os.PathLike, split: str, limit: int | None = None) -> list[dict]:
+    """Decoded shard rows of one split (for evaluation)."""
+    from soundtrack.data.pipeline import decode_row, read_shards
+
+    cols = ["clip_id", "source_id", "caption", "frames", "wav_music", "wav_sfx", "mel_music", "mel_sfx", "beat_times"]
+    df = read_shards(features_dir, split=split, columns=cols).sort_values("clip_id")
+    if limit:
+        df = df.head(limit)
+    return [decode_row(r) for r in df.to_dict("records")]
+
+
+def evaluate_run(model_dir: str | os.PathLike, features_dir: str | os.PathLike, run_dir: str | os.PathLike,
+                 split: str = "val", overrides: dict | None = None, name: str = "eval") -> dict:
+    """Evaluate saved encoders on a split; writes ``<name>.json`` and a sync-accuracy plot.
+
+    Args:
+        model_dir: a saved ContrastiveModel.
+        features_dir: featurize run to take the split from.
+        run_dir: where to write the results.
+        split: ``val`` or ``test``.
+        overrides: RetrievalConfig overrides.
+        name: file stem of the outputs.
+
+    Returns:
+        ``{"summary": {...}, "full": {...}}``.
+    """
+    from soundtrack.eval.retrieval import evaluate_retrieval
+    from soundtrack.models.encoders import ContrastiveModel
+
+    rcfg = retrieval_config(overrides or {})
+    model = ContrastiveModel.load(model_dir).eval()
+    rows = load_rows(features_dir, split)
+    if not rows:
+        raise ValueError(f"the {split} split of {features_dir} is empty; featurize more clips.")
+    with torch.no_grad():
+        full = evaluate_retrieval(model, rows, rcfg)
+    summary = summarize_eval(full)
+    out = {"split": split, "features": str(features_dir), "summary": summary, "full": full}
+    Path(run_dir, f"{name}.json").write_text(json.dumps(out, indent=2, default=_jsonable))
+    plot_sync(full, Path(run_dir, f"{name}_sync_accuracy.png"), title=f"{Path(run_dir).name} ({split})")
+    return out
+
+
+def _jsonable(o):
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, (np.floating, np.integer)):
+        return o.item()
+    return str(o)
+
+
+def _strip(d: Any) -> Any:
+    """Drop per-item arrays (ranks, per-clip tables) from a result, keeping the numbers."""
+    if isinstance(d, dict):
+        return {k: _strip(v) for k, v in d.items() if k not in ("ranks", "per_clip", "hits")}
+    return d
+
+
+def summarize_eval(full: dict) -> dict:
+    """The headline numbers of :func:`evaluate_retrieval`: P@K, SIM, sync per shift, control."""
+    return json.loads(json.dumps(_strip(full), default=_jsonable))
+
+
+def _shift_curve(s: dict) -> tuple[list[int], list[float], list[float], list[float]]:
+    keys = sorted((int(k.split("_")[1]), k) for k in s if k.startswith("shift_"))
+    xs, m, lo, hi = [], [], [], []
+    for x, k in keys:
+        v = s[k]
+        if v.get("n", 0) == 0:
+            continue
+        xs.append(x)
+        m.append(v["value"])
+        lo.append(v.get("ci_low", v["value"]))
+        hi.append(v.get("ci_high", v["value"]))
+    return xs, m, lo, hi
+
+
+def plot_sync(full: dict, path: Path, title: str = "") -> Path | None:
+    """Synchronisation accuracy against shift (frames), with 95 % intervals, per stream."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.5), dpi=120)
+    drawn = False
+    for stream, res in full.items():
+        if not isinstance(res, dict):
+            continue
+        for key, style in (("sync", "-o"), ("sync_control", "--x")):
+            s = res.get(key)
+            if not isinstance(s, dict):
+                continue
+            xs, m, lo, hi = _shift_curve(s)
+            if not xs:
+                continue
+            ax.errorbar(xs, m, yerr=[np.subtract(m, lo), np.subtract(hi, m)], fmt=style, capsize=3,
+                        label=f"{stream}{' (audio-only control)' if key == 'sync_control' else ''}")
+            drawn = True
+    if not drawn:
+        plt.close(fig)
+        return None
+    ax.axhline(0.5, color="grey", lw=0.8, ls=":")
+    ax.set_xlabel("shift (frames at 10 fps)")
+    ax.set_ylabel("sync accuracy")
+    ax.set_ylim(0, 1.05)
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
