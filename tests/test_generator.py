@@ -41,6 +41,9 @@ from soundtrack.models.unet import CONDITIONS, Conditions, DenoiserConfig, Sound
 from soundtrack.models.vae import build_vae, decode_mel, encode_latents, load_vae, save_vae, vae_loss
 from soundtrack.models.vocoder import GriffinLimVocoder, HiFiGANVocoder, load_vocoder
 
+# diffusers' DPM-Solver calls np.array on a tensor (numpy 2 deprecation inside diffusers).
+pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
+
 FPS = 10.0
 D = 10.24
 
@@ -390,6 +393,45 @@ def test_vae_tiny_shapes_and_roundtrip(tmp_path):
     assert type(again).__name__ == "MelVAE" and again.mel == fmt
     with torch.no_grad():
         torch.testing.assert_close(decode_mel(again, z), decode_mel(vae, z))
+
+
+def test_external_audioldm_layout_vae_and_scaling():
+    """A plain AutoencoderKL (AudioLDM/MusicLDM layout: time as height) round-trips to
+    (B, C, F_l, T_l) latents; fit_scaling_factor gives unit-std latents."""
+    from diffusers import AutoencoderKL
+
+    from soundtrack.models.vae import fit_scaling_factor
+
+    torch.manual_seed(0)
+    ext = AutoencoderKL(in_channels=1, out_channels=1, down_block_types=("DownEncoderBlock2D",) * 2,
+                        up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 16),
+                        latent_channels=8, norm_num_groups=4).eval()
+    mel = torch.randn(2, 64, 128) - 5.0
+    with torch.no_grad():
+        z = encode_latents(ext, mel)
+        assert z.shape == (2, 8, 32, 64)  # (C, F/2, T/2): time back on the last axis
+        assert decode_mel(ext, z).shape == (2, 64, 128)
+    vae = build_vae("tiny").eval()
+    factor = fit_scaling_factor(vae, mel)
+    assert vae.config.scaling_factor == factor
+    with torch.no_grad():
+        assert encode_latents(vae, mel).std().item() == pytest.approx(1.0, rel=1e-4)
+
+
+def test_generate_video_windows_and_length():
+    from soundtrack.generate.sampler import generate_video
+
+    torch.manual_seed(0)
+    vae = build_vae("tiny").eval()
+    model = SoundtrackDenoiser(DenoiserConfig.tiny()).eval()  # latent 4 x 16 x 64 = the tiny VAE's
+    gen = torch.Generator().manual_seed(0)
+    conds = Conditions(video=torch.randn(1, 121, 64, generator=gen))  # 12.1 s of frames
+    voc = GriffinLimVocoder(vae.mel, n_iter=2)
+    cfg = SamplerConfig(num_steps=2)
+    wav = generate_video(model, vae, voc, conds, 12.0, "vid", seed=3, cfg=cfg)
+    assert wav.shape == (192_000,) and np.isfinite(wav).all()  # 2 windows, trimmed to 12 s
+    again = generate_video(model, vae, voc, conds, 12.0, "vid", seed=3, cfg=cfg)
+    np.testing.assert_array_equal(wav, again)
 
 
 def test_paper_vae_and_unet_build_on_meta():

@@ -366,7 +366,10 @@ def build_unet(cfg: DenoiserConfig) -> UNet2DConditionModel:
 
 class _FusionContext:
     """Per-forward state shared by the fusion hooks: the fused frames and their
-    interpolations to each level width (cleared after every forward)."""
+    interpolations to each level width (cleared after every forward).
+
+    Not re-entrant: one forward at a time per denoiser instance (use one instance per
+    thread; Ray actors and processes each have their own)."""
 
     def __init__(self) -> None:
         self.frames: torch.Tensor | None = None  # (B, Tv, fusion_dim)

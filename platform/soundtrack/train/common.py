@@ -204,3 +204,38 @@ def torch_threads(n: int | None) -> None:
     """Set torch's intra-op threads (Ray sets OMP_NUM_THREADS=CPUs per worker; match it)."""
     if n:
         torch.set_num_threads(max(1, int(n)))
+
+
+def broadcast_parameters(model: torch.nn.Module) -> None:
+    """Copy rank 0's parameters and buffers to every worker (no-op without a process group)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        for t in list(model.parameters()) + list(model.buffers()):
+            dist.broadcast(t.data, src=0)
+
+
+def average_gradients(model: torch.nn.Module) -> None:
+    """All-reduce and average gradients across workers (data parallelism).
+
+    Used instead of wrapping in ``DistributedDataParallel`` because the losses call the
+    models' own methods (``encode_video``, ...), which DDP's ``forward`` hook would not see.
+    One flattened all-reduce per step keeps the gloo traffic to a single message.
+    """
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    world = dist.get_world_size()
+    if world == 1:
+        return
+    params = [p for p in model.parameters() if p.requires_grad]
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= world
+    off = 0
+    for p, g in zip(params, grads):
+        n = g.numel()
+        p.grad = flat[off : off + n].view_as(p).clone()
+        off += n

@@ -33,6 +33,8 @@ import torch
 from soundtrack.config import ConfigError, PretrainSection, build, to_dict
 from soundtrack.train.common import (
     MetricsWriter,
+    average_gradients,
+    broadcast_parameters,
     load_optimizer,
     load_trainer_state,
     save_optimizer,
@@ -79,8 +81,7 @@ def _rows_from_batch(batch) -> list[dict]:
 
 
 def _save_checkpoint(directory: str, model, opt, step: int, epoch: int, seed: int) -> None:
-    inner = model.module if hasattr(model, "module") else model
-    inner.save(directory)
+    model.save(directory)
     save_optimizer(opt, os.path.join(directory, "optimizer.safetensors"))
     save_trainer_state(directory, step=step, epoch=epoch, seed=seed, saved_at=time.time())
 
@@ -119,8 +120,7 @@ def train_loop(config: dict) -> None:
     else:
         model = build_contrastive(ContrastiveConfig.from_dict(config["model"]))
         opt = _make_optimizer(model, sec)
-    if world > 1:
-        model = ray.train.torch.prepare_model(model)
+    broadcast_parameters(model)  # every worker starts from rank 0's weights
     model.train()
     writer = MetricsWriter(run_dir, resume_step=step, enabled=rank == 0)
     if rank == 0:
@@ -147,6 +147,7 @@ def train_loop(config: dict) -> None:
             loss, logs = contrastive_loss(model, b, ocfg)
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            average_gradients(model)
             opt.step()
             step += 1
             n_since += 1
@@ -229,8 +230,16 @@ def run_pretrain(profile: str, sec: PretrainSection, features_dir: str | os.Path
     if result.error is not None:
         raise RuntimeError(f"pretraining failed: {result.error}")
     model_dir = export_final(result.checkpoint, run_dir / "model")
-    ev = evaluate_run(model_dir, features_dir, run_dir, split=sec.eval_split, overrides=sec.evaluation)
-    return {"train_clips": n_train, "train_seconds": round(train_s, 1), "model": str(model_dir), "eval": ev["summary"]}
+    try:
+        ev = evaluate_run(model_dir, features_dir, run_dir, split=sec.eval_split, overrides=sec.evaluation)["summary"]
+    except TooFewClips as exc:  # the trained model is kept; only the evaluation is skipped
+        print(f"pretrain: evaluation skipped: {exc}", flush=True)
+        ev = {"skipped": str(exc)}
+    return {"train_clips": n_train, "train_seconds": round(train_s, 1), "model": str(model_dir), "eval": ev}
+
+
+class TooFewClips(ValueError):
+    """A split too small to evaluate retrieval on."""
 
 
 def export_final(checkpoint, out: Path) -> Path:
@@ -277,8 +286,9 @@ def evaluate_run(model_dir: str | os.PathLike, features_dir: str | os.PathLike, 
     rcfg = retrieval_config(overrides or {})
     model = ContrastiveModel.load(model_dir).eval()
     rows = load_rows(features_dir, split)
-    if not rows:
-        raise ValueError(f"the {split} split of {features_dir} is empty; featurize more clips.")
+    if len(rows) < 2:
+        raise TooFewClips(f"the {split} split of {features_dir} has {len(rows)} clip(s); retrieval needs at least 2 "
+                          "(featurize more clips or set pretrain.eval_split).")
     with torch.no_grad():
         full = evaluate_retrieval(model, rows, rcfg)
     summary = summarize_eval(full)

@@ -1,0 +1,97 @@
+"""Pretraining on a real local Ray: 2 workers with a worker killed mid-run, and a driver
+hard-killed then resumed with --resume (the step counter continues)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from soundtrack.config import FeaturizeSection, PretrainSection
+from soundtrack.runs import read_metrics
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+TINY_MODEL = {"video_input_size": 32, "video_channels": [8, 16], "video_dim": 16, "audio_channels": 16,
+              "audio_dim": 16, "embed_dim": 32, "use_text": False}
+
+
+@pytest.fixture(scope="module")
+def features(synth_small, tmp_path_factory):
+    from soundtrack.data.pipeline import run_featurize
+    from soundtrack.runs import Run
+
+    out = tmp_path_factory.mktemp("pt") / "features"
+    with Run(out.parent, "features", "f", run_dir=out) as run:
+        run_featurize(synth_small, out, FeaturizeSection(size=32, rows_per_shard=4), use_ray=False, progress=False)
+        run.finish()
+    return out
+
+
+def test_two_workers_recover_from_a_dead_worker(features, tmp_path):
+    from soundtrack.raycluster import init_ray
+    from soundtrack.train.pretrain import run_pretrain
+
+    ray = init_ray(num_cpus=2)
+    try:
+        sec = PretrainSection(model=TINY_MODEL, batch_size=2, steps=6, warmup_steps=1, checkpoint_every=2,
+                              log_every=1, num_workers=2, cpus_per_worker=0.5, fail_at_step=3, eval_split="train",
+                              evaluation={"n_boot": 50, "crop_s": 8.0})
+        summary = run_pretrain("tiny", sec, features, tmp_path / "run")
+    finally:
+        ray.shutdown()
+    assert (tmp_path / "run" / ".fault_injected").read_text() == "3"  # a worker really died at step 3
+    steps = [m["step"] for m in read_metrics(tmp_path / "run")]
+    assert steps == [1, 2, 3, 4, 5, 6]  # resumed from the step-2 checkpoint, every step logged once
+    state = json.loads((tmp_path / "run" / "model" / "trainer_state.json").read_text())
+    assert state["step"] == 6
+    ev = json.loads((tmp_path / "run" / "eval.json").read_text())
+    assert ev["summary"]["music"]["retrieval"]["p_at_1"]["n"] == summary["eval"]["n_clips"] > 0
+
+
+def test_hard_killed_driver_resumes_with_step_counter_continuing(features, tmp_path):
+    cfg = tmp_path / "exp.yaml"
+    cfg.write_text(
+        "name: killtest\nprofile: tiny\n"
+        f"pretrain:\n  features: {features}\n  batch_size: 2\n  steps: 40\n  warmup_steps: 2\n"
+        f"  checkpoint_every: 4\n  log_every: 1\n  model: {json.dumps(TINY_MODEL)}\n"
+        "  evaluation: {n_boot: 50}\n  eval_split: train\n"
+    )
+    env = dict(os.environ, RAY_TMPDIR=tempfile.mkdtemp(prefix="rp", dir="/tmp"))
+    cmd = [sys.executable, "-m", "soundtrack.cli", "pretrain", str(cfg), "--storage", str(tmp_path / "runs")]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    run_dir = None
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
+        dirs = list((tmp_path / "runs" / "pretrain").glob("killtest-*"))
+        if dirs and any((p / "trainer_state.json").exists() for p in dirs[0].glob("ray/checkpoint_*")):
+            run_dir = dirs[0]
+            break
+        time.sleep(0.3)
+    assert run_dir is not None, "no checkpoint appeared"
+    time.sleep(1.0)
+    os.killpg(proc.pid, signal.SIGKILL)  # driver, Ray and workers: nothing gets to clean up
+    proc.wait(timeout=30)
+    killed_at = max(m["step"] for m in read_metrics(run_dir))
+    assert 4 <= killed_at < 40
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "running"
+
+    again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 2 and "--resume" in again.stderr  # refuses to silently restart
+
+    res = subprocess.run(cmd + ["--resume"], env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-4000:]
+    card = json.loads((run_dir / "run.json").read_text())
+    assert card["status"] == "finished" and card["attempts"] == 2
+    steps = [m["step"] for m in read_metrics(run_dir)]
+    assert steps == list(range(1, 41))  # continued from the checkpoint: no step lost, none twice
+    log = res.stdout + res.stderr
+    start = int(log.split("starting at step ")[1].split()[0])
+    assert 4 <= start <= killed_at and start % 4 == 0  # resumed from a checkpoint, not from 0
+    assert json.loads((run_dir / "model" / "trainer_state.json").read_text())["step"] == 40
