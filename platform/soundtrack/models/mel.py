@@ -20,6 +20,11 @@ and not a new front end (64 mels at hop 640):
   (:meth:`MelFormat.to_linear_frames`);
 * 40 ms frames still resolve onsets of 10 fps video events (100 ms apart).
 
+Cost of the tiny format: frequency resolution. Below 1 kHz the 128 Slaney bands are 23 Hz
+apart, the pooled ones 47 Hz; a 440 Hz tone inverted from the tiny mel by Griffin-Lim comes
+back with its peak at ~462 Hz (at 441 Hz from the 128-band mel). Pitch-sensitive metrics
+(melody accuracy) should be read with that in mind.
+
 The floor ``ln(1e-5)`` is preserved (a mean of values >= 1e-5 is >= 1e-5); a block that mixes
 floored and non-floored bins differs from "pool, then clamp" only below the floor's order
 of magnitude.

@@ -16,10 +16,11 @@ What those HiFi-GANs expect (read from diffusers' AudioLDM2 pipeline,
 ``(B, T, n_mels)`` and passed to the vocoder unchanged. That mel is AudioLDM's
 ``TacotronSTFT`` output: ``ln(clamp(M @ |STFT|, 1e-5))`` (natural log of the magnitude mel,
 librosa Slaney bank, n_fft 1024, hop 160 = prod(upsample_rates), fmin 0, fmax 8000),
-i.e. the same definition as our ``features.log_mel``; ``SpeechT5HifiGan`` itself applies
-``(x - mean) / scale`` only when its config says ``normalize_before`` (the AudioLDM
-vocoders say false; the SpeechT5 TTS vocoder says true and carries its own statistics).
-So the conversion is: transpose ``(B, n_mels, T) -> (B, T, n_mels)``, and, when the
+i.e. the same definition as our ``features.log_mel`` (AudioLDM's frames sit half a hop
+later, see ``features.log_mel``). ``SpeechT5HifiGan`` applies ``(x - mean) / scale`` itself
+when its config sets ``normalize_before`` (the SpeechT5 TTS vocoder does, with its stored
+statistics), so nothing is normalised here: the pipeline feeds the raw log-mel and so do
+we. So the conversion is: transpose ``(B, n_mels, T) -> (B, T, n_mels)``, and, when the
 vocoder's bank differs from ours (e.g. AudioLDM's 64 bands vs our 128, or our pooled tiny
 mel), re-map through the linear spectrogram: pseudo-inverse of our bank, the vocoder's bank,
 log with the vocoder's base and floor. The vocoder's mel definition defaults to the
