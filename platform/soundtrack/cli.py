@@ -4,6 +4,8 @@
     soundtrack data ingest SRC --out DIR [--clip-s 10.24] [--pad-short] [--metadata CSV]
     soundtrack data featurize --data DIR [--config YAML] [--set featurize.size=64]
     soundtrack pretrain experiments/pretrain_tiny.yaml [--resume] [--force]
+    soundtrack generate --video IN.mp4 --model URI --out OUT.wav|OUT.mp4 [--seed S] [--steps N]
+                        [--cfg-scale S] [--prompt TEXT] [--storage DIR]
     soundtrack demo [--config experiments/demo.yaml]
 
 Every command prints where its outputs went. Errors in configs or inputs end the
@@ -81,6 +83,35 @@ def cmd_pretrain(args) -> int:
     return 0
 
 
+def cmd_generate(args) -> int:
+    """A soundtrack for one video with a saved generator (``--model``: a model URI)."""
+    from soundtrack.generate.uri import resolve_model_uri
+
+    # Cheap checks before any weights are read: the URI, the output type, the input file.
+    model_dir = resolve_model_uri(args.model, args.storage)
+    out = Path(args.out)
+    if out.suffix.lower() not in (".wav", ".mp4"):
+        raise ConfigError(f"--out {out} must end with .wav (the soundtrack) or .mp4 (the video with it)")
+    from soundtrack.data.media import MediaError, probe
+
+    info = probe(args.video, check_vfr=False)
+    if not info.has_video:
+        raise MediaError("no_video_stream", f"{args.video} has no video stream (an audio-only file?); "
+                         "--video needs a file with video frames.")
+    from soundtrack.models.generator import SoundtrackGenerator
+
+    t = time.time()
+    gen = SoundtrackGenerator.load(model_dir)
+    load_s = time.time() - t
+    res = gen.generate_file(args.video, out, seed=args.seed, caption=args.prompt or None,
+                            num_steps=args.steps, guidance_scale=args.cfg_scale)
+    print(f"soundtrack: {res.out_path}\n  model:  {model_dir} (loaded in {load_s:.1f} s)\n"
+          f"  audio:  {res.duration_s:.2f} s, {res.n_samples} samples at {res.sr} Hz\n"
+          f"  time:   {res.seconds:.1f} s, real-time factor {res.real_time_factor:.2f} "
+          "(generation time / soundtrack length; below 1 is faster than real time)")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from soundtrack.stages import stage_demo
 
@@ -142,6 +173,18 @@ def build_parser() -> argparse.ArgumentParser:
     pt.add_argument("--force", action="store_true", help="start over")
     pt.set_defaults(fn=cmd_pretrain)
 
+    ge = sub.add_parser("generate", help="generate a soundtrack for a video with a saved generator")
+    ge.add_argument("--video", required=True, help="input video (mp4, mkv, webm, mov; an audio track is not needed)")
+    ge.add_argument("--model", required=True,
+                    help="model URI: train:<run name or prefix>, registry:<name>, file:<dir> or a model directory")
+    ge.add_argument("--out", required=True, help="OUT.wav (16-bit, 16 kHz) or OUT.mp4 (the video with the soundtrack)")
+    ge.add_argument("--seed", type=int, default=0, help="seed (same seed, same soundtrack)")
+    ge.add_argument("--steps", type=int, help="denoising steps (default: the model's)")
+    ge.add_argument("--cfg-scale", type=float, help="classifier-free guidance scale (default: the model's)")
+    ge.add_argument("--prompt", help="text prompt (models trained with text only)")
+    ge.add_argument("--storage", default="runs", help="storage root for train:/registry: URIs (default ./runs)")
+    ge.set_defaults(fn=cmd_generate)
+
     d = sub.add_parser("demo", help="run the stages that exist on the embedded default")
     _add_config_args(d)
     d.set_defaults(fn=cmd_demo)
@@ -163,7 +206,14 @@ def main(argv: list[str] | None = None) -> int:
         from soundtrack.data.media import MediaError
         from soundtrack.runs import UpstreamError
 
-        if isinstance(exc, (ManifestError, MediaError, UpstreamError)):
+        errors = [ManifestError, MediaError, UpstreamError]
+        # Model errors: their modules import torch and diffusers (~8 s), so they are not
+        # imported here; a module whose error was raised is already loaded.
+        for module, name in (("soundtrack.generate.uri", "ModelURIError"),
+                             ("soundtrack.models.generator", "GeneratorError")):
+            if module in sys.modules:
+                errors.append(getattr(sys.modules[module], name))
+        if isinstance(exc, tuple(errors)):
             print(f"soundtrack: error: {exc}", file=sys.stderr)
             return 2
         raise

@@ -65,6 +65,8 @@ class FeaturizeSection:
         concurrency: featurize tasks at once (``None``: one per available CPU).
         features_from: which waveform the musical features (chroma, melody, dynamics,
             onsets, beats) are computed from: the music stem or the mix.
+        splits: featurize only these splits (``None``: all), e.g. ``["test"]`` for an
+            evaluation-only set.
     """
 
     size: int = 112
@@ -75,6 +77,7 @@ class FeaturizeSection:
     num_cpus: float = 1.0
     concurrency: int | None = None
     features_from: Literal["music", "mix"] = "music"
+    splits: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -98,6 +101,9 @@ class PretrainSection:
         num_workers: Ray Train workers (0: in-process local mode).
         cpus_per_worker: CPUs per worker (0.5 lets 2 workers share 2 cores with Ray Data).
         torch_threads: torch threads per worker (``None``: Ray's default, CPUs per worker).
+        prep_workers: Ray Data actors that build training batches (crops, negatives, mels)
+            beside the trainer.
+        prep_cpus: CPUs per batch-building actor.
         checkpoint_every: steps between checkpoints (safetensors, with optimiser state).
         log_every: steps between metric lines.
         max_failures: worker-group restarts after a worker dies.
@@ -121,6 +127,8 @@ class PretrainSection:
     num_workers: int = 1
     cpus_per_worker: float = 1.0
     torch_threads: int | None = None
+    prep_workers: int = 1
+    prep_cpus: float = 1.0
     checkpoint_every: int = 50
     log_every: int = 10
     max_failures: int = 2

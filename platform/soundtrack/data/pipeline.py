@@ -319,6 +319,8 @@ def run_featurize(
     """
     out_dir = Path(out_dir)
     manifest = read_manifest(data_dir)
+    if section.splits is not None:
+        manifest = manifest[manifest["split"].isin(list(section.splits))]
     if limit is not None:
         manifest = manifest.sort_values("clip_id").head(limit)
     for sub in ("shards", "done"):

@@ -80,6 +80,59 @@ def _rows_from_batch(batch) -> list[dict]:
     return [decode_row(r, keys=("frames", "wav_music", "wav_sfx", "beat_times")) for r in recs]
 
 
+#: make_batch outputs that are lists of strings (kept as numpy string arrays in Ray Data).
+_STR_KEYS = ("caption", "shift_kind", "replace_kind")
+
+
+def _group_id(source: str) -> int:
+    """Stable 62-bit id of a source video: clips of one source are not each other's negatives."""
+    import hashlib
+
+    return int.from_bytes(hashlib.sha1(source.encode()).digest()[:8], "big") >> 2
+
+
+class BatchPrep:
+    """Ray Data UDF: shard rows -> one training batch (crops, negatives, mels) as numpy.
+
+    Runs in Ray Data workers beside the trainer, so building crops and negatives (about
+    as costly as the training step itself on CPU) overlaps the optimiser step.
+    """
+
+    def __init__(self, objective: dict, seed: int):
+        self.ocfg = objective_config(objective)
+        # Crops and negatives are augmentation: fresh OS entropy per actor, so every epoch
+        # (a new actor pool) draws new crops. Model init and shard order follow ``seed``.
+        del seed
+        self.rng = np.random.default_rng()
+
+    def __call__(self, batch) -> dict[str, np.ndarray]:
+        from soundtrack.models.contrastive import make_batch
+
+        rows = _rows_from_batch(batch)
+        b = make_batch(rows, self.ocfg, self.rng)
+        out = {}
+        for k, v in b.items():
+            if k in _STR_KEYS or (isinstance(v, list) and v and isinstance(v[0], str)):
+                out[k] = np.asarray([str(x) for x in v])
+            elif torch.is_tensor(v):
+                out[k] = v.numpy()
+            else:
+                out[k] = np.asarray(v)
+        # group ids from the source ids themselves, so they stay valid across batches
+        out["group"] = np.asarray([_group_id(str(r.get("source_id", r.get("clip_id")))) for r in rows], np.int64)
+        return out
+
+
+def _to_torch_batch(nb: dict) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in nb.items():
+        if k in _STR_KEYS or (isinstance(v, np.ndarray) and v.dtype.kind in "USO"):
+            out[k] = [str(x) for x in v]
+        else:
+            out[k] = torch.from_numpy(np.ascontiguousarray(v))
+    return out
+
+
 def _save_checkpoint(directory: str, model, opt, step: int, epoch: int, seed: int) -> None:
     model.save(directory)
     save_optimizer(opt, os.path.join(directory, "optimizer.safetensors"))
@@ -96,7 +149,7 @@ def train_loop(config: dict) -> None:
     import ray.train
     from ray.train import Checkpoint
 
-    from soundtrack.models.contrastive import contrastive_loss, make_batch
+    from soundtrack.models.contrastive import contrastive_loss
     from soundtrack.models.encoders import ContrastiveConfig, ContrastiveModel, build_contrastive
 
     sec = PretrainSection(**{**config["section"], "betas": tuple(config["section"]["betas"])})
@@ -128,12 +181,11 @@ def train_loop(config: dict) -> None:
 
     first_attempt_marker = run_dir / ".fault_injected"
     shard = ray.train.get_dataset_shard("train")
-    rng = np.random.default_rng([sec.seed, rank, step])
     t_last, n_since = time.time(), 0
-    while step < sec.steps:
-        for batch in shard.iter_batches(batch_size=sec.batch_size, batch_format="pandas", drop_last=True,
-                                        local_shuffle_buffer_size=2 * sec.batch_size,
-                                        local_shuffle_seed=sec.seed * 1000 + epoch):
+    n_train = int(config.get("n_train", 1))
+    while step < sec.steps:  # the stream holds every epoch; the outer loop only guards against a short one
+        for nb in shard.iter_batches(batch_size=sec.batch_size, batch_format="numpy", drop_last=True):
+            epoch = step * sec.batch_size * world // max(n_train, 1)
             if step >= sec.steps:
                 break
             if sec.fail_at_step is not None and step == sec.fail_at_step and not first_attempt_marker.exists():
@@ -143,8 +195,7 @@ def train_loop(config: dict) -> None:
             lr = sec.lr * warmup_cosine(step, sec.steps, sec.warmup_steps, sec.min_lr_ratio)
             for g in opt.param_groups:
                 g["lr"] = lr
-            b = make_batch(_rows_from_batch(batch), ocfg, rng)
-            loss, logs = contrastive_loss(model, b, ocfg)
+            loss, logs = contrastive_loss(model, _to_torch_batch(nb), ocfg)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             average_gradients(model)
@@ -167,12 +218,34 @@ def train_loop(config: dict) -> None:
                         _save_checkpoint(d, model, opt, step, epoch, sec.seed)
                     ray.train.report({"step": step, "loss": metrics["loss"]},
                                      checkpoint=Checkpoint.from_directory(d) if rank == 0 else None)
-        epoch += 1
 
 
 def _make_optimizer(model, sec: PretrainSection) -> torch.optim.Optimizer:
     params = [p for p in model.parameters() if p.requires_grad]
     return torch.optim.Adam(params, lr=sec.lr, betas=tuple(sec.betas), weight_decay=sec.weight_decay)
+
+
+def prepared_dataset(raw, sec: PretrainSection, n_rows: int):
+    """All epochs as one stream: the rows repeated, block order shuffled, batches built in
+    Ray Data workers (:class:`BatchPrep`).
+
+    One long stream rather than one iteration per epoch: every new iteration starts a new
+    actor pool (seconds each), which on a small data set costs more than the epoch itself.
+    """
+    import math
+
+    import ray
+
+    epochs = math.ceil(sec.steps * sec.batch_size * max(sec.num_workers, 1) / max(n_rows, 1)) + 1
+    stream = raw.union(*([raw] * (epochs - 1))) if epochs > 1 else raw
+    return stream.randomize_block_order(seed=sec.seed).map_batches(
+        BatchPrep,
+        batch_size=sec.batch_size,
+        batch_format="pandas",
+        fn_constructor_kwargs={"objective": sec.objective, "seed": sec.seed},
+        compute=ray.data.ActorPoolStrategy(size=sec.prep_workers),
+        num_cpus=sec.prep_cpus,
+    )
 
 
 def train_dataset(features_dir: str | os.PathLike, split: str = "train"):
@@ -209,8 +282,8 @@ def run_pretrain(profile: str, sec: PretrainSection, features_dir: str | os.Path
     retrieval_config(sec.evaluation)
     run_dir = Path(run_dir).resolve()
     init_ray()
-    ds = train_dataset(features_dir, "train").materialize()
-    n_train = ds.count()
+    raw = train_dataset(features_dir, "train").materialize()
+    n_train = raw.count()
     if n_train < sec.batch_size * max(sec.num_workers, 1):
         raise ConfigError(
             f"pretrain.batch_size={sec.batch_size} x {max(sec.num_workers, 1)} worker(s) exceeds the {n_train} "
@@ -219,9 +292,10 @@ def run_pretrain(profile: str, sec: PretrainSection, features_dir: str | os.Path
     t0 = time.time()
     result = launch(
         train_loop,
-        {"section": to_dict(sec), "model": mcfg.to_dict(), "objective": sec.objective, "run_dir": str(run_dir)},
+        {"section": to_dict(sec), "model": mcfg.to_dict(), "objective": sec.objective, "run_dir": str(run_dir),
+         "n_train": n_train},
         run_dir,
-        datasets={"train": ds},
+        datasets={"train": prepared_dataset(raw, sec, n_train)},
         num_workers=sec.num_workers,
         cpus_per_worker=sec.cpus_per_worker,
         max_failures=sec.max_failures,

@@ -1,0 +1,720 @@
+"""The soundtrack generator as one object: conditioning encoders, VAE, denoiser, vocoder.
+
+:class:`SoundtrackGenerator` is the model container every consumer uses (the generate
+command, the benchmark, the serving layer); in the manner of audiocraft's ``MusicGen`` it
+holds the parts and the inference defaults and exposes one public :meth:`~SoundtrackGenerator.generate`.
+
+Pipeline of a call (plain PyTorch, no Ray):
+
+1. frames (uint8, 10 fps) are resized to ``frame_size`` (the size the training frames had);
+2. conditions (:meth:`~SoundtrackGenerator.conditions_from_frames`, through
+   :func:`soundtrack.models.conditioning.video_conditions`, the training stage's
+   function): the contrastive video encoder's per-frame features (``video`` tokens, 10 per second) and the video's
+   per-frame projections into the music and sound-effect spaces (``music`` / ``sfx``),
+   the caption's text embedding when the model uses text, and the shot boundaries for
+   the shot-based ("dynamic") attention;
+3. :func:`soundtrack.generate.sampler.generate_video`: 10.24 s windows, each denoised in
+   latent space, decoded to a mel by the VAE and vocoded, joined with 1 s crossfades.
+
+Output length: a video of ``T`` frames at ``fps`` (10) lasts ``T / fps`` seconds by the
+platform's frame convention (frame ``i`` is on screen over ``[i / fps, (i + 1) / fps)``),
+and the soundtrack has exactly ``round(T / fps * sr)`` samples. For a file,
+``media.read_frames`` gives ``T = ceil(duration * fps)``, so the soundtrack covers the
+video's duration rounded up to the next 0.1 s (a 13.7 s video: 137 frames, 219 200
+samples; a 13.72 s one: 138 frames, 220 800 samples).
+
+Model directory (written by :meth:`~SoundtrackGenerator.save`, read by
+:meth:`~SoundtrackGenerator.load`; the training stage writes it, the registry copies it)::
+
+    <model dir>/
+      generator.json   format, profile, fps, sr, clip_s, frame_size, mel_format, sampler,
+                       vocoder, vocoder_options, conditions, card (free-form metadata)
+      encoders/        ContrastiveModel.save  (config.json, model.safetensors)
+      vae/             save_vae               (config.json, diffusion_pytorch_model.safetensors)
+      denoiser/        SoundtrackDenoiser.save (denoiser_config.json, denoiser.safetensors)
+      vocoder/         only for a HiFi-GAN vocoder: a copy of its folder ("vocoder": "vocoder")
+
+``generator.json`` is written last: a directory without it is an unfinished save.
+Nothing is pickled; loading never runs code from the directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import shutil
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from soundtrack.generate.sampler import SamplerConfig, generate_video
+from soundtrack.generate.schedulers import SCHEDULER_KINDS
+from soundtrack.models.attention import METHODS
+from soundtrack.models.mel import MelFormat
+from soundtrack.models.unet import CONDITIONS, Conditions, SoundtrackDenoiser
+
+GENERATOR_FORMAT = "soundtrack-generator/1"
+GENERATOR_FILE = "generator.json"
+
+#: Part folder -> files that must be in it (what each part's own ``save`` writes).
+PART_FILES: dict[str, tuple[str, ...]] = {
+    "encoders": ("config.json", "model.safetensors"),
+    "vae": ("config.json", "diffusion_pytorch_model.safetensors"),
+    "denoiser": ("denoiser_config.json", "denoiser.safetensors"),
+}
+REQUIRED_KEYS = ("format", "profile", "fps", "sr", "clip_s", "frame_size", "mel_format", "sampler", "vocoder",
+                 "conditions")
+
+#: Sampler settings a caller may change per call (``generate(..., **overrides)``).
+OVERRIDES = ("guidance_scale", "weights", "num_steps", "scheduler", "attention", "window_k")
+
+#: Output file types of :meth:`SoundtrackGenerator.generate_file`.
+OUTPUT_SUFFIXES = (".wav", ".mp4")
+
+#: Video frames encoded per pass of the video encoder (one training clip, 10.24 s at
+#: 10 fps) and the context frames added on each side so that the frames kept see the
+#: same neighbours as inside one long pass (see :meth:`SoundtrackGenerator.encode_video`).
+ENCODE_CHUNK_FRAMES = 103
+ENCODE_CONTEXT_FRAMES = 8
+
+
+class GeneratorError(ValueError):
+    """A model directory, an input or an option the generator cannot use (the message
+    names the problem and what to do)."""
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _layout_hint() -> str:
+    parts = ", ".join(f"{p}/" for p in PART_FILES)
+    return f"a model directory holds {GENERATOR_FILE} and {parts} (written by SoundtrackGenerator.save)"
+
+
+def check_model_dir(path: str | os.PathLike) -> dict[str, Any]:
+    """Checks that a directory is a complete generator model directory and reads its JSON.
+
+    Only file existence and the JSON document are checked (cheap: no weights are read).
+
+    Args:
+        path: the directory.
+
+    Returns:
+        the parsed ``generator.json``.
+
+    Raises:
+        GeneratorError: not a directory, no or bad ``generator.json``, wrong format, a
+            missing key or a missing part (each message names which).
+    """
+    root = Path(path)
+    if not root.is_dir():
+        raise GeneratorError(f"{root} is not a directory; {_layout_hint()}.")
+    doc_path = root / GENERATOR_FILE
+    if not doc_path.is_file():
+        raise GeneratorError(f"{root} is not a generator model directory: it has no {GENERATOR_FILE}; "
+                             f"{_layout_hint()}.")
+    try:
+        doc = json.loads(doc_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise GeneratorError(f"{doc_path} is not readable JSON ({exc}); re-save the model.") from exc
+    if not isinstance(doc, dict) or doc.get("format") != GENERATOR_FORMAT:
+        found = doc.get("format") if isinstance(doc, dict) else type(doc).__name__
+        raise GeneratorError(f"{doc_path} has format {found!r}, expected {GENERATOR_FORMAT!r}; "
+                             "it was written by another program or version.")
+    missing = [k for k in REQUIRED_KEYS if k not in doc]
+    if missing:
+        raise GeneratorError(f"{doc_path} lacks the keys {missing}; re-save the model with SoundtrackGenerator.save.")
+    for part, files in PART_FILES.items():
+        folder = root / part
+        if not folder.is_dir():
+            raise GeneratorError(f"{root}: the {part}/ part is missing; {_layout_hint()}.")
+        absent = [f for f in files if not (folder / f).is_file()]
+        if absent:
+            raise GeneratorError(f"{root}: the {part}/ part lacks {absent}; the save was interrupted or the "
+                                 "copy is incomplete: copy or save the model again.")
+    return doc
+
+
+def _sampler_from_dict(d: Mapping[str, Any]) -> SamplerConfig:
+    names = {f.name for f in dataclasses.fields(SamplerConfig)}
+    unknown = set(d) - names
+    if unknown:
+        raise GeneratorError(f"unknown sampler keys {sorted(unknown)} in {GENERATOR_FILE} (allowed: {sorted(names)})")
+    return SamplerConfig(**dict(d))
+
+
+def _sampler_to_dict(cfg: SamplerConfig) -> dict[str, Any]:
+    d = dataclasses.asdict(cfg)
+    d["weights"] = None if cfg.weights is None else {k: float(v) for k, v in cfg.weights.items()}
+    return d
+
+
+def apply_overrides(cfg: SamplerConfig, overrides: Mapping[str, Any]) -> SamplerConfig:
+    """The sampler settings with per-call overrides applied (``None`` values are ignored).
+
+    Args:
+        cfg: the model's defaults.
+        overrides: any of :data:`OVERRIDES`.
+
+    Returns:
+        a new :class:`SamplerConfig`.
+
+    Raises:
+        GeneratorError: an unknown name or a bad value (the message lists the allowed ones).
+    """
+    unknown = sorted(set(overrides) - set(OVERRIDES))
+    if unknown:
+        raise GeneratorError(f"unknown generation option(s) {unknown}; allowed: {', '.join(OVERRIDES)}")
+    changes: dict[str, Any] = {}
+    for name, value in overrides.items():
+        if value is None:
+            continue
+        if name == "num_steps":
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise GeneratorError(f"num_steps must be an integer >= 1, got {value!r}")
+            value = int(value)
+        elif name == "guidance_scale":
+            try:
+                value = float(value)
+            except (TypeError, ValueError):
+                raise GeneratorError(f"guidance_scale must be a number, got {value!r}") from None
+            if not math.isfinite(value) or value < 0:
+                raise GeneratorError(f"guidance_scale must be finite and >= 0 (1 = no extrapolation), got {value}")
+        elif name == "scheduler":
+            if value not in SCHEDULER_KINDS:
+                raise GeneratorError(f"scheduler must be one of {', '.join(SCHEDULER_KINDS)}, got {value!r}")
+        elif name == "attention":
+            if value not in METHODS:
+                raise GeneratorError(f"attention must be one of {', '.join(METHODS)}, got {value!r}")
+        elif name == "window_k":
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise GeneratorError(f"window_k must be an integer >= 1 (video frames), got {value!r}")
+            value = int(value)
+        elif name == "weights":
+            if not isinstance(value, Mapping):
+                raise GeneratorError(f"weights must be a dict condition -> weight, got {type(value).__name__}")
+            bad = sorted(set(value) - set(CONDITIONS))
+            if bad:
+                raise GeneratorError(f"weights name unknown conditions {bad}; conditions: {', '.join(CONDITIONS)}")
+            try:
+                value = {str(k): float(v) for k, v in value.items()}
+            except (TypeError, ValueError):
+                raise GeneratorError(f"weights must be numbers, got {dict(value)!r}") from None
+            if any(not math.isfinite(v) or v < 0 for v in value.values()) or sum(value.values()) <= 0:
+                raise GeneratorError(f"weights must be finite, >= 0 and not all 0, got {value}")
+        changes[name] = value
+    return dataclasses.replace(cfg, **changes)
+
+
+def _resize_frames(frames: np.ndarray, size: int) -> np.ndarray:
+    """uint8 (T, H, W, 3) -> uint8 (T, size, size, 3): area averaging when shrinking,
+    bilinear when enlarging (frames read by ``generate_file`` already have the size)."""
+    t, h, w, _ = frames.shape
+    if (h, w) == (size, size):
+        return frames
+    mode = "area" if h >= size and w >= size else "bilinear"
+    kw = {} if mode == "area" else {"align_corners": False}
+    out = np.empty((t, size, size, 3), np.uint8)
+    # 32 frames at a time: float copies of full-HD frames are 25 MB each.
+    for i in range(0, t, 32):
+        x = torch.from_numpy(np.ascontiguousarray(frames[i : i + 32])).permute(0, 3, 1, 2).float()
+        x = F.interpolate(x, size=(size, size), mode=mode, **kw)
+        out[i : i + 32] = x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    return out
+
+
+# ----------------------------------------------------------------------------- container
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    """What :meth:`SoundtrackGenerator.generate_file` wrote.
+
+    Attributes:
+        out_path: the ``.wav`` or ``.mp4`` written.
+        n_samples: soundtrack length (samples at ``sr``).
+        sr: sample rate (Hz).
+        duration_s: soundtrack length (s).
+        seconds: wall time of decoding + generation + writing (s).
+        real_time_factor: ``seconds / duration_s`` (below 1: faster than real time).
+    """
+
+    out_path: Path
+    n_samples: int
+    sr: int
+    duration_s: float
+    seconds: float
+    real_time_factor: float
+
+
+class SoundtrackGenerator:
+    """Conditioning encoders + mel VAE + latent denoiser + vocoder + inference defaults.
+
+    Calls are serialised by a lock: the denoiser keeps per-forward state (its fusion
+    hooks), so one instance runs one generation at a time; use one instance per worker.
+
+    Args:
+        encoders: the contrastive model (:class:`~soundtrack.models.encoders.ContrastiveModel`).
+        vae: the mel VAE (``MelVAE`` or an AudioLDM-layout ``AutoencoderKL``).
+        denoiser: the latent denoiser.
+        vocoder: ``"griffinlim"`` or the folder of a saved ``SpeechT5HifiGan``.
+        profile: ``"tiny"`` or ``"paper"`` (informational).
+        frame_size: frames are resized to ``frame_size x frame_size`` pixels before the
+            video encoder (the size of the training frames: ``featurize.size``).
+        sampler: inference defaults (steps, guidance, ...); per-call overrides in :meth:`generate`.
+        mel_format: the mel the VAE decodes (None: the VAE's own).
+        conditions: the conditions the generator feeds the denoiser (None: the video-derived
+            ones the denoiser takes, plus ``"text"`` when both the encoders and the
+            denoiser have text).
+        card: free-form metadata (training run, data, metrics), saved as it is.
+        vocoder_options: extra vocoder arguments (``{"n_iter": 16}`` for Griffin-Lim).
+        device: where the models run.
+    """
+
+    def __init__(
+        self,
+        encoders,
+        vae,
+        denoiser: SoundtrackDenoiser,
+        vocoder: str | os.PathLike = "griffinlim",
+        *,
+        profile: str = "tiny",
+        frame_size: int = 112,
+        sampler: SamplerConfig | None = None,
+        mel_format: MelFormat | None = None,
+        conditions: Sequence[str] | None = None,
+        card: Mapping[str, Any] | None = None,
+        vocoder_options: Mapping[str, Any] | None = None,
+        device: str | torch.device = "cpu",
+    ):
+        from soundtrack.models.vocoder import load_vocoder
+
+        self.device = torch.device(device)
+        self.encoders = encoders.to(self.device).eval()
+        self.vae = vae.to(self.device).eval()
+        self.denoiser = denoiser.to(self.device).eval()
+        self.profile = str(profile)
+        self.frame_size = int(frame_size)
+        self.sampler = sampler or SamplerConfig()
+        self.mel_format = mel_format or getattr(vae, "mel", None) or MelFormat()
+        self.card = dict(card or {})
+        self.vocoder_spec = str(vocoder)
+        self.vocoder_options = dict(vocoder_options or {})
+        dcfg = denoiser.config
+        self.fps = float(dcfg.fps)
+        self.clip_s = float(dcfg.clip_seconds)
+        self.sr = int(self.mel_format.sr)
+        if conditions is None:
+            sources = set(dcfg.token_sources) | set(dcfg.fusion_sources if dcfg.fusion != "none" else ())
+            conditions = [c for c in ("video", "music", "sfx") if c in sources]
+            if encoders.text is not None and "text" in dcfg.token_sources:
+                conditions.append("text")
+        self.conditions = tuple(conditions)
+        self._check()
+        self.vocoder = load_vocoder(self.vocoder_spec, self.mel_format, **self.vocoder_options)
+        if int(getattr(self.vocoder, "sample_rate", self.sr)) != self.sr:
+            raise GeneratorError(f"vocoder {self.vocoder_spec!r} outputs {self.vocoder.sample_rate} Hz, "
+                                 f"the mel format is {self.sr} Hz; use a vocoder of the same rate")
+        self._lock = threading.Lock()
+        #: The model directory this generator was loaded from or saved to (None: in memory).
+        self.directory: Path | None = None
+
+    # -- consistency ------------------------------------------------------------------
+
+    def _check(self) -> None:
+        """Every part must agree on sizes and time grids (the message names the mismatch)."""
+        dcfg, ecfg = self.denoiser.config, self.encoders.cfg
+        bad = [c for c in self.conditions if c not in CONDITIONS]
+        if bad or len(set(self.conditions)) != len(self.conditions) or not self.conditions:
+            raise GeneratorError(f"conditions must be distinct names among {CONDITIONS}, got {list(self.conditions)}")
+        if self.frame_size < 8:
+            raise GeneratorError(f"frame_size must be >= 8 pixels, got {self.frame_size}")
+        if abs(ecfg.fps - self.fps) > 1e-9:
+            raise GeneratorError(f"encoders run at {ecfg.fps} fps, the denoiser at {self.fps} fps; they must match")
+        widths = {"video": ecfg.video_dim, "music": ecfg.embed_dim, "sfx": ecfg.embed_dim, "text": ecfg.embed_dim}
+        for c in self.conditions:
+            if c == "text" and self.encoders.text is None:
+                raise GeneratorError("conditions include 'text' but the encoders were built with use_text=False")
+            if dcfg.cond_dim(c) != widths[c]:
+                raise GeneratorError(f"the encoders give {c} vectors of width {widths[c]}, the denoiser expects "
+                                     f"{dcfg.cond_dim(c)} ({c}_dim); build the denoiser with {c}_dim={widths[c]}")
+        vae_mel = getattr(self.vae, "mel", None)
+        if vae_mel is not None and vae_mel != self.mel_format:
+            raise GeneratorError(f"mel format {self.mel_format.to_dict()} differs from the VAE's {vae_mel.to_dict()}")
+        if abs(self.mel_format.features.clip_s - self.clip_s) > 1e-9:
+            raise GeneratorError(f"the mel format spans {self.mel_format.features.clip_s} s, the denoiser "
+                                 f"{self.clip_s} s per clip; they must match")
+        from soundtrack.models.vae import latent_shape
+
+        lat = latent_shape(self.vae, self.mel_format.n_mels, self.mel_format.n_frames)
+        want = (dcfg.latent_channels, *dcfg.latent_hw)
+        if tuple(lat) != tuple(want):
+            raise GeneratorError(f"the VAE makes latents {tuple(lat)} from a {self.mel_format.n_mels} x "
+                                 f"{self.mel_format.n_frames} mel, the denoiser expects {want}")
+        # The stored defaults must pass the same checks as per-call overrides.
+        apply_overrides(SamplerConfig(), {k: getattr(self.sampler, k) for k in OVERRIDES})
+        if self.sampler.max_seconds <= 0 or not 0 <= self.sampler.crossfade_s < self.clip_s:
+            raise GeneratorError(f"sampler needs max_seconds > 0 and 0 <= crossfade_s < {self.clip_s} s, got "
+                                 f"{self.sampler.max_seconds}, {self.sampler.crossfade_s}")
+
+    # -- conditions -------------------------------------------------------------------
+
+    @staticmethod
+    def _check_frames(frames) -> np.ndarray:
+        arr = np.asarray(frames)
+        if arr.dtype != np.uint8 or arr.ndim != 4 or arr.shape[-1] != 3:
+            raise GeneratorError(f"frames must be a uint8 array (T, H, W, 3) of RGB frames at 10 fps, got "
+                                 f"{arr.dtype} {arr.shape}")
+        if arr.shape[0] < 1 or arr.shape[1] < 1 or arr.shape[2] < 1:
+            raise GeneratorError(f"the video has no frames (shape {arr.shape}); supply at least one frame")
+        return arr
+
+    def _check_caption(self, caption: str | None) -> None:
+        if caption and "text" not in self.conditions:
+            raise GeneratorError("this model was trained without text conditioning; drop the prompt/caption "
+                                 f"(its conditions: {', '.join(self.conditions)})")
+
+    @torch.no_grad()
+    def encode_video(self, frames: np.ndarray, caption: str | None = None) -> Conditions:
+        """Per-frame video features, their music / sound-effect projections, and the text.
+
+        Computed by :func:`soundtrack.models.conditioning.video_conditions`, the function
+        the training stage caches its conditions with, so training and inference see the
+        same tokens. Long videos are encoded in chunks of :data:`ENCODE_CHUNK_FRAMES`
+        frames (one training clip) with :data:`ENCODE_CONTEXT_FRAMES` extra frames on each
+        side that are encoded but not kept. Why: memory stays bounded for a 10-minute
+        video, and each kept frame sees at least 0.8 s of context on both sides, more than
+        the conv temporal model's reach (the frame difference looks 1 frame back, each
+        temporal block ``kernel // 2`` frames), so chunks give the vectors of one long pass
+        up to float rounding; a transformer temporal model sees at most a training clip
+        plus context, as in training, instead of positions it never saw.
+
+        Args:
+            frames: uint8 (T, frame_size, frame_size, 3) at ``fps``.
+            caption: text for the text tokens (None: no text).
+
+        Returns:
+            :class:`~soundtrack.models.unet.Conditions` (batch 1) with ``video`` (1, T,
+            video_dim), ``music`` and ``sfx`` (1, T, E), ``text`` (1, 1, E) or None; no shots.
+        """
+        from soundtrack.models.conditioning import video_conditions
+
+        x = torch.from_numpy(np.ascontiguousarray(frames)).to(self.device)[None]
+        t = x.shape[1]
+        ecfg = self.encoders.cfg
+        reach = 1 + (ecfg.temporal_layers * (ecfg.temporal_kernel // 2) if ecfg.temporal == "conv" else 0)
+        ctx = max(ENCODE_CONTEXT_FRAMES, reach)
+        parts: dict[str, list[torch.Tensor]] = {"video": [], "music": [], "sfx": []}
+        text = None
+        for start in range(0, t, ENCODE_CHUNK_FRAMES):
+            stop = min(start + ENCODE_CHUNK_FRAMES, t)
+            lo, hi = max(0, start - ctx), min(t, stop + ctx)
+            first = start == 0
+            c = video_conditions(self.encoders, x[:, lo:hi], captions=[caption] if caption and first else None,
+                                 use_text=bool(caption) and first, shots=[[]])
+            for name in parts:
+                parts[name].append(getattr(c, name)[:, start - lo : stop - lo])
+            text = c.text if first else text
+        return Conditions(text=text, **{name: torch.cat(v, dim=1) for name, v in parts.items()})
+
+    @torch.no_grad()
+    def conditions_from_frames(self, frames: np.ndarray, caption: str | None = None) -> Conditions:
+        """The denoiser's conditions for a whole video (batch 1).
+
+        Args:
+            frames: uint8 (T, H, W, 3) RGB frames at ``fps`` (10) frames per second; any
+                size (resized to ``frame_size``).
+            caption: a text prompt for models that use text (None or "": no text).
+
+        Returns:
+            :class:`~soundtrack.models.unet.Conditions` with per-frame ``video``,
+            ``music``, ``sfx`` (those in :attr:`conditions`), ``text`` (1, 1, E) when a
+            caption is given, and ``shots`` (shot-start frame indices of the whole video,
+            ``features.shot_boundaries``; the sampler shifts them into each window).
+
+        Raises:
+            GeneratorError: bad frames, or a caption for a model without text.
+        """
+        from soundtrack.data.features import shot_boundaries
+
+        self._check_caption(caption)
+        arr = _resize_frames(self._check_frames(frames), self.frame_size)
+        enc = self.encode_video(arr, caption or None)
+        kw = {c: getattr(enc, c) for c in ("video", "music", "sfx") if c in self.conditions}
+        shots = [float(s) for s in shot_boundaries(arr)]
+        return Conditions(text=enc.text, shots=[shots], **kw)
+
+    # -- generation -------------------------------------------------------------------
+
+    def sampler_config(self, **overrides: Any) -> SamplerConfig:
+        """The model's sampler defaults with per-call overrides (see :data:`OVERRIDES`).
+
+        Args:
+            **overrides: guidance_scale, weights, num_steps, scheduler, attention, window_k.
+        """
+        return apply_overrides(self.sampler, overrides)
+
+    def n_samples(self, n_frames: int) -> int:
+        """Soundtrack length (samples) of a video of ``n_frames`` frames: ``round(T / fps * sr)``.
+
+        Args:
+            n_frames: T.
+        """
+        return int(round(n_frames / self.fps * self.sr))
+
+    def generate(self, frames: np.ndarray, seed: int = 0, clip_id: str = "clip", caption: str | None = None,
+                 **overrides: Any) -> np.ndarray:
+        """A soundtrack for a video of any length up to ``sampler.max_seconds``.
+
+        Deterministic: the output depends only on (model, frames, caption, seed, clip_id,
+        settings). Windows of ``clip_s`` seconds with crossfades, see
+        :func:`~soundtrack.generate.sampler.generate_video`.
+
+        Args:
+            frames: uint8 (T, H, W, 3) RGB frames at ``fps`` (10) frames per second.
+            seed: run seed.
+            clip_id: the video's id (with the seed, it seeds the noise of each window).
+            caption: a text prompt (models with text conditioning only).
+            **overrides: sampler settings for this call: guidance_scale, weights
+                (per-condition dict), num_steps, scheduler, attention, window_k.
+
+        Returns:
+            float32 (round(T / fps * sr),) mono waveform at ``sr`` (16 kHz), in [-1, 1].
+
+        Raises:
+            GeneratorError: bad frames or options, or a video longer than ``max_seconds``.
+        """
+        cfg = self.sampler_config(**overrides)
+        arr = self._check_frames(frames)
+        self._check_caption(caption)
+        duration = arr.shape[0] / self.fps
+        if duration > cfg.max_seconds:
+            raise GeneratorError(f"the video lasts {duration:.1f} s, longer than this model's limit of "
+                                 f"{cfg.max_seconds:.0f} s (sampler.max_seconds); cut it into parts")
+        with self._lock, torch.inference_mode():
+            conds = self.conditions_from_frames(arr, caption)
+            wav = generate_video(self.denoiser, self.vae, self.vocoder, conds, duration, str(clip_id), int(seed), cfg)
+        n = self.n_samples(arr.shape[0])
+        wav = np.asarray(wav, dtype=np.float32).reshape(-1)[:n]
+        if wav.shape[0] < n:  # generate_video already trims to round(duration * sr); defensive
+            wav = np.pad(wav, (0, n - wav.shape[0]))
+        # The platform's audio contract is [-1, 1]; a trained model stays inside, an
+        # untrained one (tests) may not.
+        return np.clip(np.nan_to_num(wav), -1.0, 1.0)
+
+    def generate_file(self, video_path: str | os.PathLike, out_path: str | os.PathLike, seed: int = 0,
+                      caption: str | None = None, clip_id: str = "clip", **overrides: Any) -> GenerationResult:
+        """Decodes a video, generates its soundtrack and writes a ``.wav`` or a new ``.mp4``.
+
+        The video needs no audio track (a silent video is the normal input; an existing
+        track is ignored and, for ``.mp4`` output, replaced).
+
+        Args:
+            video_path: the input video (mp4, mkv, webm, mov, ...).
+            out_path: ``.wav`` (16-bit PCM, ``sr``) or ``.mp4`` (the input's frames
+                re-encoded as H.264 with the soundtrack as AAC).
+            seed: run seed.
+            caption: a text prompt (models with text conditioning only).
+            clip_id: seeds the noise with ``seed`` (the default matches :meth:`generate`'s).
+            **overrides: sampler settings (see :meth:`generate`).
+
+        Returns:
+            a :class:`GenerationResult`.
+
+        Raises:
+            GeneratorError: an unsupported output type or a bad option.
+            soundtrack.data.media.MediaError: the input is missing, empty, not a video,
+                has no video frames or is truncated.
+        """
+        from soundtrack.data import media
+
+        t0 = time.perf_counter()
+        out = Path(out_path)
+        if out.suffix.lower() not in OUTPUT_SUFFIXES:
+            raise GeneratorError(f"output {out} must end with {' or '.join(OUTPUT_SUFFIXES)}")
+        self.sampler_config(**overrides)  # reject bad options before the decoding work
+        self._check_caption(caption)
+        info = media.probe(video_path, check_vfr=False)
+        if not info.has_video:
+            raise media.MediaError("no_video_stream", f"{video_path} has no video stream (an audio-only file?); "
+                                   "supply a video with frames.")
+        frames = media.read_frames(video_path, fps=self.fps, size=(self.frame_size, self.frame_size))
+        wav = self.generate(frames, seed=seed, clip_id=clip_id, caption=caption, **overrides)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if out.suffix.lower() == ".wav":
+            media.write_wav(out, wav, self.sr)
+        else:
+            media.mux_audio(video_path, wav, self.sr, out)
+        seconds = time.perf_counter() - t0
+        dur = wav.shape[0] / self.sr
+        return GenerationResult(out, int(wav.shape[0]), self.sr, dur, seconds, seconds / max(dur, 1e-9))
+
+    # -- persistence ------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``generator.json`` document (vocoder as given to the constructor)."""
+        return {
+            "format": GENERATOR_FORMAT,
+            "profile": self.profile,
+            "fps": self.fps,
+            "sr": self.sr,
+            "clip_s": self.clip_s,
+            "frame_size": self.frame_size,
+            "mel_format": self.mel_format.to_dict(),
+            "sampler": _sampler_to_dict(self.sampler),
+            "vocoder": self.vocoder_spec,
+            "vocoder_options": self.vocoder_options,
+            "conditions": list(self.conditions),
+            "card": self.card,
+        }
+
+    def save(self, directory: str | os.PathLike) -> Path:
+        """Writes the model directory (layout in the module docstring); ``generator.json`` last.
+
+        A HiFi-GAN vocoder folder is copied into ``vocoder/`` so the directory is
+        self-contained (the registry copies it elsewhere).
+
+        Args:
+            directory: output directory (created; existing parts are overwritten).
+
+        Returns:
+            the directory.
+        """
+        from soundtrack.models.vae import save_vae
+
+        root = Path(directory)
+        root.mkdir(parents=True, exist_ok=True)
+        done = root / GENERATOR_FILE
+        if done.exists():
+            done.unlink()  # the directory is incomplete until the new document is written
+        self.encoders.save(root / "encoders")
+        save_vae(self.vae, root / "vae")
+        self.denoiser.save(root / "denoiser")
+        doc = self.to_dict()
+        if self.vocoder_spec.lower() not in ("griffinlim", "griffin-lim", "gl"):
+            src = Path(self.vocoder_spec).resolve()
+            dst = (root / "vocoder").resolve()
+            if src != dst:
+                if dst.exists():
+                    shutil.rmtree(dst)
+                shutil.copytree(src, dst)
+            doc["vocoder"] = "vocoder"
+        tmp = root / (GENERATOR_FILE + ".tmp")
+        tmp.write_text(json.dumps(doc, indent=2))
+        os.replace(tmp, done)
+        return root
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike, device: str | torch.device = "cpu") -> "SoundtrackGenerator":
+        """Loads a model directory written by :meth:`save` (validated first).
+
+        Args:
+            directory: the model directory.
+            device: where the models run.
+
+        Raises:
+            GeneratorError: not a model directory, a missing part (named), a wrong format
+                or parts that do not fit together.
+        """
+        from soundtrack.models.encoders import ContrastiveModel
+        from soundtrack.models.vae import load_vae
+
+        root = Path(directory)
+        doc = check_model_dir(root)
+        try:
+            mel_format = MelFormat.from_dict(doc["mel_format"])
+            sampler = _sampler_from_dict(doc["sampler"])
+        except (TypeError, ValueError) as exc:
+            raise GeneratorError(f"{root / GENERATOR_FILE}: bad mel_format or sampler ({exc})") from exc
+        parts = {}
+        for part, loader in (("encoders", lambda p: ContrastiveModel.load(p, map_location=device)),
+                             ("vae", load_vae),
+                             ("denoiser", lambda p: SoundtrackDenoiser.load(p, device=device))):
+            try:
+                parts[part] = loader(root / part)
+            except Exception as exc:  # corrupt weights, mismatched shapes, bad configs
+                raise GeneratorError(f"{root}: the {part}/ part does not load ({type(exc).__name__}: {exc}); "
+                                     "save or copy the model again.") from exc
+        vocoder = str(doc["vocoder"])
+        if vocoder.lower() not in ("griffinlim", "griffin-lim", "gl"):
+            vpath = Path(vocoder)
+            vocoder = str(vpath if vpath.is_absolute() else root / vpath)
+            if not Path(vocoder).is_dir():
+                raise GeneratorError(f"{root}: the vocoder folder {vocoder} is missing; copy it with the model.")
+        gen = cls(parts["encoders"], parts["vae"], parts["denoiser"], vocoder, profile=doc["profile"],
+                  frame_size=int(doc["frame_size"]), sampler=sampler, mel_format=mel_format,
+                  conditions=doc["conditions"], card=doc.get("card") or {},
+                  vocoder_options=doc.get("vocoder_options") or {}, device=device)
+        gen.vocoder_spec = str(doc["vocoder"])  # keep the relative name for a re-save
+        for key, have in (("fps", gen.fps), ("sr", gen.sr), ("clip_s", gen.clip_s)):
+            if abs(float(doc[key]) - float(have)) > 1e-9:
+                raise GeneratorError(f"{root / GENERATOR_FILE}: {key} = {doc[key]} but the parts say {have}")
+        gen.directory = root
+        return gen
+
+
+# ----------------------------------------------------------------------------- tiny model
+
+
+def build_tiny_generator(directory: str | os.PathLike | None = None, seed: int = 0, use_text: bool = False,
+                         num_steps: int = 4, gl_iterations: int = 8) -> SoundtrackGenerator:
+    """An **untrained** tiny generator (random weights) for tests and serving tests.
+
+    Its output is noise-like and means nothing; it exercises the real code paths (the
+    tiny mel format, 64 x 256 per 10.24 s; a 4 x 16 x 64 latent; windows, crossfades,
+    guidance) at a cost of about 1 s per 10 s window on one core. Sizes: frames of
+    32 px, a 32-d shared space, 16-d video features, a UNet with channels (16, 32, 32);
+    ``num_steps`` DPM-Solver++ steps and ``gl_iterations`` Griffin-Lim iterations by
+    default (both stored as inference defaults in the model directory).
+
+    Args:
+        directory: where to save it (None: not saved).
+        seed: seed of the random weights (the global torch RNG is left untouched).
+        use_text: build the text branch (loads the packaged sentence encoder, ~8 s, on
+            the first caption).
+        num_steps: default sampling steps.
+        gl_iterations: Griffin-Lim iterations of the vocoder.
+
+    Returns:
+        the generator (saved to ``directory`` when given).
+    """
+    from soundtrack.models.encoders import ContrastiveConfig, build_contrastive
+    from soundtrack.models.unet import DenoiserConfig
+    from soundtrack.models.vae import build_vae
+
+    frame_size = 32
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(seed))
+        ecfg = ContrastiveConfig.tiny(
+            embed_dim=32, video_input_size=None, video_channels=(8, 16), video_dim=16, adaptor_groups=4,
+            temporal_heads=4, audio_channels=16, audio_dim=16, use_text=use_text,
+        )
+        encoders = build_contrastive(ecfg)
+        vae = build_vae("tiny", block_out_channels=(8, 16, 16))
+        conds = ("video", "music", "sfx", "text") if use_text else ("video", "music", "sfx")
+        dcfg = DenoiserConfig.tiny(
+            latent_channels=int(vae.config.latent_channels), latent_hw=(16, 64),
+            block_out_channels=(16, 32, 32), cross_attention_dim=32, fusion_dim=16,
+            token_sources=conds, video_dim=ecfg.video_dim, music_dim=ecfg.embed_dim,
+            sfx_dim=ecfg.embed_dim, text_dim=ecfg.embed_dim,
+        )
+        denoiser = SoundtrackDenoiser(dcfg)
+    gen = SoundtrackGenerator(
+        encoders, vae, denoiser, "griffinlim", profile="tiny", frame_size=frame_size,
+        sampler=SamplerConfig(num_steps=int(num_steps)), conditions=conds,
+        card={"name": "tiny-untrained", "trained": False, "seed": int(seed),
+              "note": "random weights: for tests of the code paths only"},
+        vocoder_options={"n_iter": int(gl_iterations)},
+    )
+    if directory is not None:
+        gen.save(directory)
+        gen.directory = Path(directory)
+    return gen
