@@ -6,6 +6,7 @@
     soundtrack pretrain experiments/pretrain_tiny.yaml [--resume] [--force]
     soundtrack generate --video IN.mp4 --model URI --out OUT.wav|OUT.mp4 [--seed S] [--steps N]
                         [--cfg-scale S] [--prompt TEXT] [--storage DIR]
+    soundtrack serve [--config serve/config.yaml] [--model URI] [--storage DIR] [--host H] [--port P]
     soundtrack demo [--config experiments/demo.yaml]
 
 Every command prints where its outputs went. Errors in configs or inputs end the
@@ -112,6 +113,28 @@ def cmd_generate(args) -> int:
     return 0
 
 
+def cmd_train(args) -> int:
+    from soundtrack.stages import stage_train
+
+    cfg = _cfg(args)
+    out = stage_train(cfg, resume=args.resume, force=args.force)
+    print(f"train: {out}\n  generator: {out / 'model'}  (model URI: train:{out.name})\n"
+          f"  losses:    {out / 'losses.png'}, {out / 'vae_losses.png'}")
+    return 0
+
+
+def cmd_serve(args) -> int:
+    """Ray Serve: the generator behind an HTTP endpoint, until Ctrl-C (see soundtrack.serving.app)."""
+    from soundtrack.serving.app import DEFAULT_CONFIG, run_local
+
+    config = args.config or (DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None)
+    try:
+        run_local(args.model, args.storage, args.host, args.port, config=config, address=args.address)
+    except ValueError as exc:  # bad config file, argument or model URI: one message, exit 2
+        raise ConfigError(str(exc)) from None
+    return 0
+
+
 def cmd_demo(args) -> int:
     from soundtrack.stages import stage_demo
 
@@ -184,6 +207,24 @@ def build_parser() -> argparse.ArgumentParser:
     ge.add_argument("--prompt", help="text prompt (models trained with text only)")
     ge.add_argument("--storage", default="runs", help="storage root for train:/registry: URIs (default ./runs)")
     ge.set_defaults(fn=cmd_generate)
+
+    tr = sub.add_parser("train", help="train the soundtrack generator: VAE then latent diffusion (Ray Train)")
+    tr.add_argument("config", help="experiment YAML, e.g. experiments/train_tiny.yaml")
+    tr.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    tr.add_argument("--storage")
+    tr.add_argument("--resume", action="store_true", help="continue an interrupted run from its last checkpoints")
+    tr.add_argument("--force", action="store_true", help="start over")
+    tr.set_defaults(fn=cmd_train)
+
+    sv = sub.add_parser("serve", help="serve a generator over HTTP with Ray Serve (autoscaled; Ctrl-C stops)")
+    sv.add_argument("--config", help="Serve config file (default: serve/config.yaml of the repository)")
+    sv.add_argument("--model", help="model URI: registry:<name> (config default registry:best), train:<run>, "
+                    "file:<dir>")
+    sv.add_argument("--storage", help="storage root the model URI is resolved against (config default ./runs)")
+    sv.add_argument("--host", help="HTTP bind address (default 127.0.0.1)")
+    sv.add_argument("--port", type=int, help="HTTP port (default 8000)")
+    sv.add_argument("--address", help="join this Ray cluster (e.g. auto) instead of starting a local Ray")
+    sv.set_defaults(fn=cmd_serve)
 
     d = sub.add_parser("demo", help="run the stages that exist on the embedded default")
     _add_config_args(d)

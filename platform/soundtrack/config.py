@@ -138,6 +138,79 @@ class PretrainSection:
 
 
 @dataclass(frozen=True)
+class TrainSection:
+    """The soundtrack generator: mel VAE, then latent diffusion, on Ray Train (``soundtrack train``).
+
+    Args:
+        features: a finished featurize run (``None``: the experiment's own chain).
+        pretrain: a finished pretrain run whose encoders condition the generator
+            (``None``: the experiment's own pretrain run).
+        target: which audio the generator learns: the mix (what one hears) or the music stem.
+        vae: overrides of the VAE's constructor arguments (``soundtrack.models.vae.vae_config``).
+        vae_steps: VAE optimiser steps.
+        vae_batch_size: VAE clips per step per worker.
+        vae_lr: VAE learning rate (AdamW).
+        kl_weight: KL weight of the VAE loss (per mel element).
+        denoiser: overrides of :class:`soundtrack.models.unet.DenoiserConfig` (attention
+            method, window k, fusion, prediction type, sizes).
+        sampler: inference defaults stored with the model (:class:`SamplerConfig` fields).
+        vocoder: ``griffinlim`` or a local HiFi-GAN directory.
+        use_text: condition on the caption as well (text tokens).
+        unet_steps: UNet optimiser steps.
+        batch_size: UNet clips per step per worker (CCCG: 32).
+        lr: UNet learning rate (AdamW; CCCG 3e-5 at batch 32 on GPUs).
+        betas: AdamW betas.
+        weight_decay: AdamW weight decay.
+        warmup_steps: linear warm-up before the cosine decay.
+        min_lr_ratio: floor of the cosine (fraction of ``lr``).
+        grad_clip: gradient-norm clip.
+        p_drop_all: probability that an example drops every condition (CFG: unconditional).
+        p_keep_one: per condition, probability that an example keeps exactly that one.
+        p_drop_each: otherwise, probability that each condition is dropped on its own.
+        num_workers: Ray Train workers (0: in-process local mode).
+        cpus_per_worker: CPUs per worker.
+        torch_threads: torch threads per worker (``None``: Ray's default).
+        checkpoint_every: steps between checkpoints.
+        log_every: steps between metric lines.
+        max_failures: worker-group restarts after a worker dies.
+        seed: seed of initialisation, noise and dropout.
+        fail_at_step: fault injection for tests (UNet phase).
+    """
+
+    features: str | None = None
+    pretrain: str | None = None
+    target: Literal["mix", "music"] = "mix"
+    vae: dict[str, Any] = field(default_factory=dict)
+    vae_steps: int = 300
+    vae_batch_size: int = 8
+    vae_lr: float = 1e-3
+    kl_weight: float = 1e-4
+    denoiser: dict[str, Any] = field(default_factory=dict)
+    sampler: dict[str, Any] = field(default_factory=dict)
+    vocoder: str = "griffinlim"
+    use_text: bool = False
+    unet_steps: int = 800
+    batch_size: int = 8
+    lr: float = 1e-3
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 1e-2
+    warmup_steps: int = 50
+    min_lr_ratio: float = 0.05
+    grad_clip: float = 1.0
+    p_drop_all: float = 0.10
+    p_keep_one: float = 0.05
+    p_drop_each: float = 0.10
+    num_workers: int = 1
+    cpus_per_worker: float = 1.0
+    torch_threads: int | None = 1
+    checkpoint_every: int = 100
+    log_every: int = 20
+    max_failures: int = 2
+    seed: int = 0
+    fail_at_step: int | None = None
+
+
+@dataclass(frozen=True)
 class ExperimentConfig:
     """One experiment: a profile, a storage root and one section per stage.
 
@@ -149,6 +222,7 @@ class ExperimentConfig:
         synth: the synthetic data set.
         featurize: the featurize pipeline.
         pretrain: contrastive pretraining.
+        train: the generator (VAE + latent diffusion).
     """
 
     name: str = "demo"
@@ -158,14 +232,25 @@ class ExperimentConfig:
     synth: SynthSection = field(default_factory=SynthSection)
     featurize: FeaturizeSection = field(default_factory=FeaturizeSection)
     pretrain: PretrainSection = field(default_factory=PretrainSection)
+    train: TrainSection = field(default_factory=TrainSection)
 
 
 #: Per-profile deltas applied before the YAML's own values.
 PROFILE_DELTAS: dict[str, dict[str, Any]] = {
-    "tiny": {},
+    # 2-core settings: pretrain_tiny <= 5 min, train_tiny <= 15 min (README, benchmarks/results).
+    "tiny": {
+        "synth": {"n": 320},
+        "featurize": {"rows_per_shard": 8},
+        "pretrain": {"batch_size": 16, "steps": 160, "warmup_steps": 16, "checkpoint_every": 40},
+        "train": {"vae_steps": 300, "vae_batch_size": 8, "unet_steps": 700, "batch_size": 8, "lr": 1e-3,
+                  "checkpoint_every": 100},
+    },
     "paper": {
         "featurize": {"size": 224, "rows_per_shard": 64},
         "pretrain": {"batch_size": 256, "steps": 20000, "warmup_steps": 1000, "checkpoint_every": 1000, "log_every": 50},
+        # CCCG: batch 32, AdamW 3e-5; MusicLDM's VAE/HiFi-GAN are reused there (give a local vocoder path).
+        "train": {"batch_size": 32, "lr": 3e-5, "unet_steps": 200000, "vae_steps": 100000, "vae_lr": 4.5e-6,
+                  "warmup_steps": 1000, "checkpoint_every": 2000, "log_every": 100, "torch_threads": None},
     },
 }
 

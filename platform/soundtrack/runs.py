@@ -225,9 +225,9 @@ class Run:
             f.write(json.dumps(rec, default=float) + "\n")
 
 
-def read_metrics(run_dir: str | os.PathLike) -> list[dict]:
+def read_metrics(run_dir: str | os.PathLike, name: str = METRICS) -> list[dict]:
     """All metric lines of a run (a torn last line from a killed run is skipped)."""
-    p = Path(run_dir) / METRICS
+    p = Path(run_dir) / name
     out = []
     if p.exists():
         for line in p.read_text().splitlines():
@@ -238,18 +238,20 @@ def read_metrics(run_dir: str | os.PathLike) -> list[dict]:
     return out
 
 
-def plot_losses(run_dir: str | os.PathLike, keys: list[str] | None = None, out: str = "losses.png") -> Path | None:
+def plot_losses(run_dir: str | os.PathLike, keys: list[str] | None = None, out: str = "losses.png",
+                metrics_name: str = METRICS) -> Path | None:
     """Plot metric curves (every key containing ``loss`` by default) against step.
 
     Args:
         run_dir: run directory with a metrics.jsonl.
         keys: which metrics to plot.
         out: file name of the PNG inside the run directory.
+        metrics_name: the metrics file to read.
 
     Returns:
         The PNG path, or ``None`` when there is nothing to plot.
     """
-    recs = [r for r in read_metrics(run_dir) if r.get("step") is not None]
+    recs = [r for r in read_metrics(run_dir, metrics_name) if r.get("step") is not None]
     if not recs:
         return None
     if keys is None:

@@ -161,8 +161,9 @@ def _prepare_run_dir(out: Path, stage: str, force: bool, resume: bool) -> bool:
 
 
 def pretrain_run_dir(cfg: ExperimentConfig, features: Path) -> Path:
-    """``<storage>/pretrain/<name>-<hash>``: the hash covers the profile, the section and the data."""
-    return Path(cfg.storage) / "pretrain" / run_name(cfg.name, cfg.profile, cfg.pretrain, Path(features).name)
+    """``<storage>/pretrain/<profile>-<hash>``: named by the profile, the section and the data only
+    (not the experiment's name), so every experiment with the same settings shares the encoders."""
+    return Path(cfg.storage) / "pretrain" / run_name(cfg.profile, cfg.profile, cfg.pretrain, Path(features).name)
 
 
 def stage_pretrain(cfg: ExperimentConfig, resume: bool = False, force: bool = False) -> Path:
@@ -187,6 +188,48 @@ def stage_pretrain(cfg: ExperimentConfig, resume: bool = False, force: bool = Fa
         from soundtrack.runs import plot_losses
 
         plot_losses(out)
+        run.finish(**summary)
+    return out
+
+
+def train_run_dir(cfg: ExperimentConfig, features: Path, pretrain: Path) -> Path:
+    """``<storage>/train/<name>-<hash>``: the hash covers profile, section, data and encoders."""
+    return Path(cfg.storage) / "train" / run_name(cfg.name, cfg.profile, cfg.train, Path(features).name,
+                                                   Path(pretrain).name)
+
+
+def stage_train(cfg: ExperimentConfig, resume: bool = False, force: bool = False) -> Path:
+    """Train the generator (VAE, cache, UNet) on Ray Train and export ``<run>/model``.
+
+    Args:
+        cfg: the experiment (``train`` section; ``pretrain`` section when no pretrain run is given).
+        resume: continue an interrupted run (each phase resumes from its last checkpoint).
+        force: delete the run and start over.
+    """
+    import dataclasses
+
+    from soundtrack.train.diffusion import run_train
+
+    features = features_for(cfg, cfg.train.features)
+    if cfg.train.pretrain:
+        pretrain = Path(cfg.train.pretrain)
+        require_finished(pretrain, what="pretrain run")
+    else:
+        pcfg = dataclasses.replace(cfg, pretrain=dataclasses.replace(cfg.pretrain, features=str(features)))
+        pretrain = stage_pretrain(pcfg, resume=True)
+    out = train_run_dir(cfg, features, pretrain)
+    if _prepare_run_dir(out, "train", force, resume):
+        return out
+    run = Run(cfg.storage, "train", out.name, config={"profile": cfg.profile, "train": to_dict(cfg.train)},
+              upstream={"features": features, "pretrain": pretrain}, seed=cfg.train.seed, command=_command(),
+              run_dir=out)
+    with run:
+        with run.timer("train"):
+            summary = run_train(cfg.profile, cfg.train, features, pretrain / "model", out)
+        from soundtrack.runs import plot_losses
+
+        plot_losses(out)
+        plot_losses(out, keys=["vae_loss", "vae_recon", "vae_kl"], out="vae_losses.png", metrics_name="vae_metrics.jsonl")
         run.finish(**summary)
     return out
 

@@ -185,7 +185,7 @@ def read_frames(
     total = float(ts[-1] + (ts[-1] - ts[-2] if n > 1 else 1.0 / fps))
     if duration_s is None:
         duration_s = max(total - start_s, 0.0)
-    t_out = int(np.ceil(round(duration_s * fps, 6)))
+    t_out = int(np.ceil(round(duration_s * fps, 3)))  # decord timestamps are float32: ~1e-6 s error
     if t_out <= 0:
         raise MediaError("too_short", f"{p}: requested {duration_s:.3f} s gives no frame at {fps} fps.")
     times = start_s + np.arange(t_out) / fps

@@ -75,7 +75,6 @@ _IMAGE_CONTAINERS = ("image2", "png_pipe", "jpeg_pipe", "bmp_pipe", "webp_pipe",
 # them). Sized for a 2-core machine: fractional CPUs so that two generator replicas and the
 # ingress fit; torch runs one thread per generator replica.
 INGRESS_DEFAULTS: dict[str, Any] = {
-    "num_replicas": 1,
     "max_ongoing_requests": 32,
     "max_queued_requests": 64,
     "backpressure_config": {"status_code": 503, "retry_after_s": 2},
@@ -353,18 +352,22 @@ class GeneratorDeployment:
         max_batch_size: most jobs per ``@serve.batch`` call.
         batch_wait_timeout_s: how long a batch waits to fill (s).
         torch_threads: torch intra-op threads in this replica.
+        device: ``auto`` (CUDA when the replica has a GPU, else CPU), ``cpu`` or ``cuda[:n]``.
     """
 
     def __init__(self, model_uri: str, storage: str, max_batch_size: int = 4, batch_wait_timeout_s: float = 0.05,
-                 torch_threads: int = 1):
+                 torch_threads: int = 1, device: str = "auto"):
         import torch
 
         from soundtrack.generate.uri import load_generator, resolve_model_uri
 
         torch.set_num_threads(int(torch_threads))
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = device
         self.model_uri = model_uri
         self.model_dir = resolve_model_uri(model_uri, storage)
-        self.gen = load_generator(model_uri, storage)
+        self.gen = load_generator(model_uri, storage, device=device)
         self.generate.set_max_batch_size(int(max_batch_size))
         self.generate.set_batch_wait_timeout_s(float(batch_wait_timeout_s))
         self.max_batch_size = int(max_batch_size)
@@ -377,6 +380,7 @@ class GeneratorDeployment:
         return {
             "uri": self.model_uri,
             "directory": str(self.model_dir),
+            "device": self.device,
             "profile": g.profile,
             "fps": g.fps,
             "sr": g.sr,
@@ -698,6 +702,7 @@ class BuildArgs(BaseModel):
     max_batch_size: int = Field(4, ge=1, le=256)
     batch_wait_timeout_s: float = Field(0.05, ge=0, le=60)
     torch_threads: int = Field(1, ge=1, le=256)
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
     deployment_options: dict[str, dict[str, Any]] = Field(default_factory=dict)
     check_model: bool = True
 
@@ -730,7 +735,8 @@ def build_app(args: dict | None = None):
     Args:
         args: the config's ``args``: ``model_uri`` (default ``registry:best``), ``storage``
             (default ``runs``, made absolute here), ``limits`` (:class:`ServeLimits` fields),
-            ``max_batch_size``, ``batch_wait_timeout_s``, ``torch_threads``,
+            ``max_batch_size``, ``batch_wait_timeout_s``, ``torch_threads``, ``device``
+            (``auto``: CUDA where the replica has a GPU),
             ``deployment_options`` (``{"SoundtrackIngress" | "SoundtrackGenerator": options}``,
             the keys of a config file's ``deployments`` entries; :func:`run_local` fills it
             from the config file), ``check_model`` (resolve the URI now, default true, so a
@@ -768,7 +774,7 @@ def build_app(args: dict | None = None):
                          f"({a.max_batch_size}): batches could never fill; raise it or lower max_batch_size")
     try:
         gen = GeneratorDeployment.options(**gen_opts).bind(uri, storage, a.max_batch_size, a.batch_wait_timeout_s,
-                                                           a.torch_threads)
+                                                           a.torch_threads, a.device)
         return IngressDeployment.options(**ing_opts).bind(gen, uri, limits.to_dict())
     except (TypeError, ValueError) as exc:
         raise ValueError(f"bad deployment options: {exc}") from None
@@ -816,6 +822,7 @@ def load_serve_config(path: str | os.PathLike) -> dict[str, Any]:
         "env_vars": dict((app.get("runtime_env") or {}).get("env_vars") or {}),
         "name": app.get("name", APP_NAME),
         "route_prefix": app.get("route_prefix", "/"),
+        "proxy_location": raw.get("proxy_location"),
     }
 
 
@@ -884,7 +891,7 @@ def run_local(
     from soundtrack.raycluster import init_ray
 
     init_ray(address=address)
-    serve.start(http_options=http)
+    serve.start(http_options=http, proxy_location=cfg.get("proxy_location"))
     serve.run(app, name=cfg["name"], route_prefix=cfg["route_prefix"])
     url = f"http://{http['host']}:{http['port']}{cfg['route_prefix'].rstrip('/')}"
     print(f"soundtrack serve: {url}/v1/soundtrack  (model {build.get('model_uri', DEFAULT_MODEL_URI)})\n"

@@ -103,8 +103,8 @@ class MetricsWriter:
     first, so the log shows every step once, in order.
     """
 
-    def __init__(self, run_dir: str | os.PathLike, resume_step: int, enabled: bool = True):
-        self.path = Path(run_dir) / "metrics.jsonl"
+    def __init__(self, run_dir: str | os.PathLike, resume_step: int, enabled: bool = True, name: str = "metrics.jsonl"):
+        self.path = Path(run_dir) / name
         self.enabled = enabled
         if enabled and self.path.exists():
             keep = []
