@@ -811,10 +811,26 @@ def load_serve_config(path: str | os.PathLike) -> dict[str, Any]:
     if len(apps) != 1:
         raise ValueError(f"serve config {p}: expected one application, found {len(apps)}")
     app = apps[0]
+    # Serve's schema leaves deployment entries loose (unknown keys, autoscaling values);
+    # check them with Serve's own models so a typo fails here, naming the key.
+    from ray.serve.config import AutoscalingConfig, BackpressureConfig
+    from ray.serve.schema import DeploymentSchema
+
     deployments = {}
     for d in app.get("deployments") or []:
-        opts = {k: v for k, v in d.items() if k != "name"}
-        deployments[d["name"]] = opts
+        name = d.get("name")
+        unknown = sorted(set(d) - set(DeploymentSchema.model_fields))
+        if unknown:
+            raise ValueError(f"serve config {p}: deployment {name!r} has unknown keys {unknown}; allowed: "
+                             f"{', '.join(sorted(DeploymentSchema.model_fields))}")
+        for key, model in (("autoscaling_config", AutoscalingConfig), ("backpressure_config", BackpressureConfig)):
+            if d.get(key) is not None:
+                try:
+                    model.model_validate(d[key])
+                except Exception as exc:
+                    raise ValueError(f"serve config {p}: deployment {name!r} {key} does not match Ray Serve's "
+                                     f"schema: {exc}") from exc
+        deployments[name] = {k: v for k, v in d.items() if k != "name"}
     return {
         "http_options": dict(raw.get("http_options") or {}),
         "args": dict(app.get("args") or {}),

@@ -260,7 +260,7 @@ def unet_loop(config: dict) -> None:
         opt = _adamw(model, sec)
     broadcast_parameters(model)
     model.train()
-    sched = training_scheduler(model.cfg.prediction_type)
+    sched = training_scheduler(model.config.prediction_type)
     writer = MetricsWriter(run_dir, resume_step=step, enabled=rank == 0)
     shard = ray.train.get_dataset_shard("train")
     gen = torch.Generator().manual_seed(sec.seed * 1000 + rank * 7 + step)
@@ -349,7 +349,8 @@ def run_train(profile: str, sec: TrainSection, features_dir: Path, encoders_dir:
     from soundtrack.raycluster import init_ray
 
     run_dir = Path(run_dir).resolve()
-    enc_cfg = ContrastiveConfig.from_dict(json.loads((Path(encoders_dir) / "config.json").read_text()))
+    enc_json = json.loads((Path(encoders_dir) / "config.json").read_text())
+    enc_cfg = ContrastiveConfig.from_dict(enc_json.get("config", enc_json))
     dcfg = denoiser_config(profile, sec.denoiser, enc_cfg, sec.use_text)
     scfg = sampler_config(sec.sampler)
     vae_kw = vae_config(profile, **sec.vae)  # validates the overrides before Ray starts
@@ -373,7 +374,7 @@ def run_train(profile: str, sec: TrainSection, features_dir: Path, encoders_dir:
         tmp = _final(res, "vae", run_dir / "vae" / "final.tmp")
         # Latent scale: unit variance over training latents (as Stable Diffusion / AudioLDM do).
         vae = load_vae(tmp)
-        sample = next(ds.iter_batches(batch_size=min(n, 64), batch_format="numpy"))
+        sample = ds.take_batch(batch_size=min(n, 64), batch_format="numpy")
         fit_scaling_factor(vae, _mels_from_batch(sample, key, vae.mel))
         save_vae(vae, tmp)
         shutil.rmtree(vae_final, ignore_errors=True)

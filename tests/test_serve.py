@@ -1,0 +1,460 @@
+"""The Ray Serve application for real: one local Ray, ``serve.run`` on 127.0.0.1, real HTTP.
+
+The served model is an untrained tiny generator built and saved by the test (its sound is
+noise; the plumbing is what is tested). The deployment is configured small on purpose
+(upload limit 4 MiB, 6 s videos, one generator replica with a queue of one) so that every
+refusal can be provoked cheaply. After each refusal the service must go on answering.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import select
+import socket
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytestmark = [pytest.mark.slow, pytest.mark.integration]
+
+APP_LIMIT = 4 * 2**20  # the ingress' max_upload_bytes
+PROXY_LIMIT = 2 * APP_LIMIT  # the proxy middleware's limit (larger, so both layers can be seen)
+MAX_STEPS = 50
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _moving_square(n: int, size: int = 64) -> np.ndarray:
+    frames = np.zeros((n, size, size, 3), np.uint8)
+    frames[:] = (20, 30, 60)
+    for i in range(n):
+        x = int((size - 12) * abs(np.sin(i / 6.0)))
+        frames[i, 20:32, x : x + 12] = (250, 200, 40)
+    return frames
+
+
+def _mpegts_without_video_frames(path: Path) -> None:
+    """An MPEG-TS whose program declares a video stream that never gets a frame (audio only)."""
+    import av
+
+    with av.open(str(path), "w", format="mpegts") as c:
+        v = c.add_stream("libx264", rate=10)
+        v.width, v.height, v.pix_fmt = 64, 64, "yuv420p"
+        a = c.add_stream("mp2", rate=16000)
+        a.layout = "mono"
+        for k in range(0, 32000, 1152):
+            f = av.AudioFrame.from_ndarray(np.zeros((1, 1152), np.int16), format="s16", layout="mono")
+            f.sample_rate, f.pts = 16000, k
+            for p in a.encode(f):
+                c.mux(p)
+        for p in a.encode():
+            c.mux(p)
+
+
+def _serve_processes() -> dict[str, "object"]:
+    """The HTTP proxy and the replicas of this test's Ray (children of this process's raylet)."""
+    import psutil
+
+    found = {}
+    for p in psutil.Process().children(recursive=True):
+        try:
+            title = (p.cmdline() or [""])[0]
+        except psutil.Error:
+            continue
+        if title.startswith("ray::ProxyActor"):
+            found["proxy"] = p
+        elif title.startswith("ray::ServeReplica:soundtrack:SoundtrackIngress"):
+            found["ingress"] = p
+        elif title.startswith("ray::ServeReplica:soundtrack:SoundtrackGenerator"):
+            found["generator"] = p
+    return found
+
+
+def _rss_mib(procs: dict) -> dict[str, float]:
+    return {k: p.memory_info().rss / 2**20 for k, p in procs.items()}
+
+
+@pytest.fixture(scope="module")
+def media_files(tmp_path_factory):
+    """Real inputs: a silent mp4, a long mp4, a stream without frames, an audio file, junk."""
+    import soundfile as sf
+
+    from soundtrack.data import media
+
+    d = tmp_path_factory.mktemp("serve_media")
+    media.write_mp4(d / "clip.mp4", _moving_square(30), fps=10.0)  # 3.0 s, no audio track
+    media.write_mp4(d / "long.mp4", _moving_square(80, 16), fps=10.0)  # 8.0 s > the 6 s limit
+    _mpegts_without_video_frames(d / "noframes.ts")
+    sf.write(d / "tone.wav", 0.1 * np.sin(np.arange(16000) / 5.0).astype(np.float32), 16000)
+    (d / "notes.mp4").write_text("these are not video bytes\n" * 50)
+    from PIL import Image
+
+    Image.new("RGB", (32, 32), (200, 10, 10)).save(d / "still.png")
+    return d
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, media_files):
+    """A real Serve application on a free 127.0.0.1 port; yields (url, port, model_dir)."""
+    import torch
+
+    torch.set_num_threads(1)
+    from soundtrack.models.generator import build_tiny_generator
+    from soundtrack.raycluster import init_ray
+    from soundtrack.serving import proxy
+    from soundtrack.serving.app import GENERATOR_NAME, build_app
+
+    root = tmp_path_factory.mktemp("serve_model")
+    build_tiny_generator(root / "model", seed=0)
+    # The proxy reads its middlewares from the environment of the Ray it runs in.
+    os.environ[proxy.PROXY_CALLBACK_ENV] = proxy.PROXY_CALLBACK
+    os.environ[proxy.MAX_UPLOAD_ENV] = str(PROXY_LIMIT)
+    import ray
+    from ray import serve
+
+    if ray.is_initialized():
+        ray.shutdown()
+    init_ray(num_cpus=2)
+    port = _free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port, "request_timeout_s": 60})
+    app = build_app({
+        "model_uri": f"file:{root / 'model'}",
+        "storage": str(root),
+        "max_batch_size": 2,
+        "batch_wait_timeout_s": 0.3,
+        "limits": {"max_upload_bytes": APP_LIMIT, "max_duration_s": 6, "max_pending": 6, "max_steps": MAX_STEPS,
+                   "retry_after_s": 3},
+        # A tiny queue: one replica, two requests in progress, one waiting.
+        "deployment_options": {GENERATOR_NAME: {"num_replicas": 1, "max_ongoing_requests": 2,
+                                                "max_queued_requests": 1}},
+    })
+    serve.run(app, name="soundtrack", route_prefix="/")
+    try:
+        yield f"http://127.0.0.1:{port}", port, root / "model"
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+        for k in (proxy.PROXY_CALLBACK_ENV, proxy.MAX_UPLOAD_ENV):
+            os.environ.pop(k, None)
+
+
+def _post(url, path: Path | None = None, data: dict | None = None, timeout: float = 120, **kw):
+    import requests
+
+    files = {"video": (path.name, path.read_bytes())} if path is not None else None
+    return requests.post(url + "/v1/soundtrack", files=files, data=data or {}, timeout=timeout, **kw)
+
+
+def _wav(content: bytes):
+    import soundfile as sf
+
+    x, sr = sf.read(io.BytesIO(content), dtype="int16")
+    return x, sr
+
+
+# ----------------------------------------------------------------------------- good requests
+
+
+def test_wav_for_a_silent_mp4(served, media_files, tmp_path):
+    from soundtrack.data import media
+    from soundtrack.models.generator import SoundtrackGenerator
+
+    url, _, model_dir = served
+    clip = media_files / "clip.mp4"
+    assert not media.probe(clip).has_audio  # a video without a soundtrack is the normal input
+    r = _post(url, clip, {"seed": "3", "steps": "2", "cfg_scale": "2.0", "weight_video": "1", "weight_music": "0.5",
+                          "weight_sfx": "0.5"})
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"] == "audio/wav"
+    assert r.headers["x-soundtrack-seed"] == "3" and "clip.soundtrack.wav" in r.headers["content-disposition"]
+    x, sr = _wav(r.content)
+    assert sr == 16000 and x.ndim == 1 and len(x) == 48000  # 30 frames at 10 fps = 3.0 s
+    # The service's answer is exactly what the library writes for the same video, seed and options.
+    gen = SoundtrackGenerator.load(model_dir)
+    gen.generate_file(clip, tmp_path / "local.wav", seed=3, num_steps=2, guidance_scale=2.0,
+                      weights={"video": 1.0, "music": 0.5, "sfx": 0.5})
+    local, _ = _wav((tmp_path / "local.wav").read_bytes())
+    assert np.abs(local.astype(int) - x.astype(int)).max() <= 1
+    # Same request again: same soundtrack.
+    again = _post(url, clip, {"seed": "3", "steps": "2", "cfg_scale": "2.0", "weight_video": "1",
+                              "weight_music": "0.5", "weight_sfx": "0.5"})
+    assert again.status_code == 200 and again.content == r.content
+
+
+def test_mp4_output_carries_the_new_track(served, media_files, tmp_path):
+    from soundtrack.data import media
+
+    url, _, _ = served
+    r = _post(url, media_files / "clip.mp4", {"seed": "1", "steps": "2", "output": "mp4"})
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"] == "video/mp4"
+    out = tmp_path / "out.mp4"
+    out.write_bytes(r.content)
+    info = media.probe(out)
+    assert info.has_video and info.has_audio and (info.width, info.height) == (64, 64)
+    audio = media.read_audio(out)
+    assert abs(len(audio) / 16000 - 3.0) < 0.2 and np.isfinite(audio).all()
+    assert media.read_frames(out).shape[0] == 30
+
+
+def test_concurrent_requests_are_batched_without_changing_outputs(served, media_files):
+    url, _, _ = served
+    clip = media_files / "clip.mp4"
+    alone = {s: _post(url, clip, {"seed": str(s), "steps": "2"}) for s in (5, 6)}
+    with ThreadPoolExecutor(2) as ex:
+        together = dict(zip((5, 6), ex.map(lambda s: _post(url, clip, {"seed": str(s), "steps": "2"}), (5, 6))))
+    for s in (5, 6):
+        assert alone[s].status_code == 200 and together[s].status_code == 200
+        assert alone[s].headers["x-soundtrack-batch-size"] == "1"
+        assert together[s].headers["x-soundtrack-batch-size"] == "2"  # one @serve.batch call
+        assert together[s].content == alone[s].content  # a clip's output depends only on (model, clip, seed)
+    assert alone[5].content != alone[6].content
+
+
+# ----------------------------------------------------------------------------- metadata
+
+
+def test_health_and_model_card(served):
+    import requests
+
+    url, _, model_dir = served
+    h = requests.get(url + "/v1/health", timeout=10).json()
+    assert h["status"] == "ok" and h["model_uri"] == f"file:{model_dir}"
+    card = requests.get(url + "/v1/model", timeout=10).json()
+    assert card["card"]["name"] == "tiny-untrained" and card["card"]["trained"] is False
+    assert card["sr"] == 16000 and card["fps"] == 10.0 and card["conditions"] == ["video", "music", "sfx"]
+    assert card["uri"] == f"file:{model_dir}" and card["batching"]["max_batch_size"] == 2
+
+
+def test_openapi_documents_the_endpoints(served):
+    import requests
+
+    from soundtrack.serving.app import SoundtrackOptions
+
+    url, _, _ = served
+    spec = requests.get(url + "/openapi.json", timeout=10).json()
+    assert {"get"} <= set(spec["paths"]["/v1/health"]) and {"get"} <= set(spec["paths"]["/v1/model"])
+    post = spec["paths"]["/v1/soundtrack"]["post"]
+    form = post["requestBody"]["content"]["multipart/form-data"]["schema"]
+    assert form["required"] == ["video"] and form["properties"]["video"]["format"] == "binary"
+    assert set(form["properties"]) == {"video", *SoundtrackOptions.model_fields}  # documented == accepted
+    assert form["properties"]["steps"]["maximum"] == MAX_STEPS
+    assert form["properties"]["cfg_scale"]["maximum"] == 30 and form["properties"]["output"]["enum"] == ["wav", "mp4"]
+    assert set(post["responses"]["200"]["content"]) == {"audio/wav", "video/mp4"}
+    for code in ("400", "413", "415", "422", "503"):
+        assert "application/json" in post["responses"][code]["content"]
+    assert "Retry-After" in post["responses"]["503"]["headers"]
+
+
+# ----------------------------------------------------------------------------- refusals
+
+
+def _raw_request(port: int, headers: str, body_first: bytes = b"", stream_total: int = 0, chunked: bool = False,
+                 timeout: float = 10.0) -> tuple[bytes, int, float]:
+    """Sends a request by hand; streams up to ``stream_total`` bytes of body (1 MiB chunks)
+    while watching for a reply, and stops sending as soon as one arrives.
+
+    Returns:
+        (the reply's first bytes, body bytes sent, seconds until the reply).
+    """
+    s = socket.create_connection(("127.0.0.1", port))
+    t0 = time.time()
+    sent = 0
+
+    def frame(b: bytes) -> bytes:
+        return f"{len(b):x}\r\n".encode() + b + b"\r\n" if chunked else b
+
+    reply = b""
+    try:
+        s.sendall(headers.encode())
+        if body_first:
+            s.sendall(frame(body_first))
+            sent += len(body_first)
+        chunk = b"\0" * 2**20
+        while sent < stream_total and time.time() - t0 < timeout:
+            r, w, _ = select.select([s], [s], [], 1.0)
+            if r:
+                break
+            if w:
+                s.sendall(frame(chunk))
+                sent += len(chunk)
+        s.settimeout(max(timeout - (time.time() - t0), 1.0))
+        while not _complete(reply):
+            part = s.recv(65536)
+            if not part:
+                break
+            reply += part
+    except (BrokenPipeError, ConnectionResetError):
+        s.settimeout(2.0)
+        try:
+            reply += s.recv(65536)
+        except OSError:
+            pass
+    finally:
+        s.close()
+    return reply, sent, time.time() - t0
+
+
+def _complete(reply: bytes) -> bool:
+    """Whether ``reply`` holds a whole HTTP response (headers and Content-Length bytes of body)."""
+    if b"\r\n\r\n" not in reply:
+        return False
+    head, body = reply.split(b"\r\n\r\n", 1)
+    for line in head.split(b"\r\n")[1:]:
+        k, _, v = line.partition(b":")
+        if k.strip().lower() == b"content-length":
+            return len(body) >= int(v)
+    return True
+
+
+def _json_body(reply: bytes) -> dict:
+    return json.loads(reply.split(b"\r\n\r\n", 1)[1])
+
+
+def _multipart_head(boundary: str = "XbOuNdArY") -> tuple[str, bytes]:
+    part = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"video\"; filename=\"big.mp4\"\r\n"
+            "Content-Type: video/mp4\r\n\r\n").encode()
+    return f"multipart/form-data; boundary={boundary}", part
+
+
+def _status(reply: bytes) -> int:
+    return int(reply.split(b" ", 2)[1]) if reply.startswith(b"HTTP/1.1 ") else -1
+
+
+def test_413_declared_length_is_refused_before_the_body_is_read(served):
+    _, port, _ = served
+    ctype, part = _multipart_head()
+    # 200 MB declared, 64 KiB sent: the reply comes without the server waiting for the body.
+    head = (f"POST /v1/soundtrack HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {ctype}\r\n"
+            f"Content-Length: {200 * 2**20}\r\n\r\n")
+    reply, sent, secs = _raw_request(port, head, part + b"\0" * 65536)
+    assert _status(reply) == 413 and secs < 5
+    assert sent < 100_000
+    body = _json_body(reply)  # refused by the proxy's middleware, before Serve reads the body
+    assert body["error"] == "upload_too_large" and body["limit"] == PROXY_LIMIT
+    # Declared just over the ingress' limit (the proxy's is higher): the ingress refuses on the header.
+    head = (f"POST /v1/soundtrack HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {ctype}\r\n"
+            f"Content-Length: {APP_LIMIT + 2**20}\r\n\r\n")
+    reply, sent, secs = _raw_request(port, head, part)
+    assert _status(reply) == 413 and secs < 5
+    body = _json_body(reply)
+    assert body["error"] == "upload_too_large" and body["limit"] == APP_LIMIT
+    assert f"declares {APP_LIMIT + 2**20} bytes" in body["message"]
+
+
+def test_oversized_uploads_do_not_grow_proxy_or_replica_memory(served, media_files):
+    _, port, _ = served
+    procs = _serve_processes()
+    assert set(procs) == {"proxy", "ingress", "generator"}
+    ctype, part = _multipart_head()
+    before = _rss_mib(procs)
+    # 200 MB declared and streamed as fast as the server takes it.
+    head = (f"POST /v1/soundtrack HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {ctype}\r\n"
+            f"Content-Length: {200 * 2**20}\r\n\r\n")
+    reply, sent, secs = _raw_request(port, head, part, stream_total=200 * 2**20)
+    assert _status(reply) == 413 and sent < 100 * 2**20, (reply[:200], sent)
+    # 200 MB streamed chunked, with no length: cut off at the limit while streaming.
+    head = (f"POST /v1/soundtrack HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {ctype}\r\n"
+            "Transfer-Encoding: chunked\r\n\r\n")
+    reply, sent_chunked, secs = _raw_request(port, head, part, stream_total=200 * 2**20, chunked=True)
+    assert _status(reply) == 413 and sent_chunked < 100 * 2**20, (reply[:200], sent_chunked)
+    time.sleep(1.0)
+    after = _rss_mib(procs)
+    growth = {k: after[k] - before[k] for k in before}
+    print(f"\noversized uploads: sent {sent / 2**20:.1f} MiB (declared) and {sent_chunked / 2**20:.1f} MiB (chunked) "
+          f"of 200 MiB each; RSS growth MiB {growth}")
+    # Bounded by the limits (4 MiB ingress, 8 MiB proxy), far below the 400 MB offered.
+    assert all(g < 40 for g in growth.values()), (growth, before, after)
+    # And the service still answers.
+    r = _post(served[0], media_files / "clip.mp4", {"steps": "2"})
+    assert r.status_code == 200
+
+
+@pytest.mark.parametrize("name, code, error", [
+    ("notes.mp4", 415, "not_a_video"),
+    ("tone.wav", 415, "not_a_video"),
+    ("still.png", 415, "not_a_video"),
+    ("noframes.ts", 422, "no_frames"),
+    ("long.mp4", 422, "video_too_long"),
+])
+def test_bad_files_get_their_status(served, media_files, name, code, error):
+    url = served[0]
+    r = _post(url, media_files / name, {"steps": "2"})
+    assert r.status_code == code, r.text
+    body = r.json()
+    assert body["error"] == error and body["field"] == "video"
+    if error == "video_too_long":
+        assert body["limit"] == 6 and "6 s" in body["message"]
+    assert _post(url, media_files / "clip.mp4", {"steps": "2"}).status_code == 200
+
+
+def test_not_multipart_and_missing_video(served):
+    import requests
+
+    url = served[0]
+    r = requests.post(url + "/v1/soundtrack", json={"seed": 1}, timeout=30)
+    assert r.status_code == 415 and r.json()["error"] == "unsupported_media_type"
+    r = requests.post(url + "/v1/soundtrack", files={"seed": (None, "1")}, timeout=30)
+    assert r.status_code == 422 and r.json()["field"] == "video"
+    r = requests.post(url + "/v1/soundtrack", files={"video": ("empty.mp4", b"")}, timeout=30)
+    assert r.status_code == 415 and "empty" in r.json()["message"]
+
+
+@pytest.mark.parametrize("data, field, words", [
+    ({"guidance": "3"}, "guidance", "unknown form field"),
+    ({"cfg_scale": "99"}, "cfg_scale", "less than or equal to 30"),
+    ({"cfg_scale": "nan"}, "cfg_scale", "finite"),
+    ({"steps": "0"}, "steps", "greater than or equal to 1"),
+    ({"steps": str(MAX_STEPS + 1)}, "steps", f"at most {MAX_STEPS}"),
+    ({"steps": "2.5"}, "steps", "integer"),
+    ({"seed": "-1"}, "seed", "greater than or equal to 0"),
+    ({"weight_music": "11"}, "weight_music", "less than or equal to 10"),
+    ({"weight_video": "0", "weight_sfx": "0"}, "weight_video", "all 0"),
+    ({"weight_text": "1"}, "weight_text", "no 'text' condition"),
+    ({"prompt": "calm piano"}, "prompt", "without text conditioning"),
+    ({"output": "flac"}, "output", "'wav' or 'mp4'"),
+])
+def test_bad_options_get_422_naming_the_field(served, media_files, data, field, words):
+    r = _post(served[0], media_files / "clip.mp4", data)
+    assert r.status_code == 422, r.text
+    body = r.json()
+    assert body["field"] == field and words in body["message"], body
+
+
+def test_full_queue_gets_503_with_retry_after(served, media_files):
+    url = served[0]
+    clip = media_files / "clip.mp4"
+    with ThreadPoolExecutor(10) as ex:
+        replies = list(ex.map(lambda s: _post(url, clip, {"seed": str(s), "steps": "12"}), range(10)))
+    codes = [r.status_code for r in replies]
+    assert set(codes) <= {200, 503} and codes.count(200) >= 1 and codes.count(503) >= 1, codes
+    messages = set()
+    for r in replies:
+        if r.status_code == 503:
+            assert int(r.headers["retry-after"]) >= 1
+            body = r.json()
+            assert body["error"] == "busy"
+            messages.add("generator" if "generator's queue" in body["message"] else "ingress")
+    # Both guards fired: the ingress' in-flight counter and Serve's max_queued_requests.
+    assert messages == {"generator", "ingress"}, messages
+    assert _post(url, clip, {"steps": "2"}).status_code == 200
+
+
+def test_service_still_answers_and_leaves_no_upload_files(served, media_files):
+    import requests
+
+    url = served[0]
+    assert requests.get(url + "/v1/health", timeout=10).json()["pending"] == 0
+    r = _post(url, media_files / "clip.mp4", {"steps": "2", "output": "mp4"})
+    assert r.status_code == 200
+    assert not list(Path(tempfile.gettempdir()).glob("soundtrack-upload-*"))
