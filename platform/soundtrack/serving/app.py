@@ -400,7 +400,8 @@ class GeneratorDeployment:
         for job in jobs:
             t = time.perf_counter()
             try:
-                wav = self.gen.generate(job.frames, seed=job.seed, clip_id=job.clip_id, caption=job.caption,
+                frames = np.array(job.frames)  # a writable copy (Ray hands read-only arrays over)
+                wav = self.gen.generate(frames, seed=job.seed, clip_id=job.clip_id, caption=job.caption,
                                         **job.overrides)
                 outs.append(GenerationOutput(wav, self.gen.sr, None, len(jobs), time.perf_counter() - t))
             except GeneratorError as exc:  # a bad option or input: the caller answers 422
