@@ -163,7 +163,11 @@ def _prepare_run_dir(out: Path, stage: str, force: bool, resume: bool) -> bool:
 def pretrain_run_dir(cfg: ExperimentConfig, features: Path) -> Path:
     """``<storage>/pretrain/<profile>-<hash>``: named by the profile, the section and the data only
     (not the experiment's name), so every experiment with the same settings shares the encoders."""
-    return Path(cfg.storage) / "pretrain" / run_name(cfg.profile, cfg.profile, cfg.pretrain, Path(features).name)
+    import dataclasses
+
+    # the data enters the hash through its resolved run name, not through how it was given
+    sec = dataclasses.replace(cfg.pretrain, features=None)
+    return Path(cfg.storage) / "pretrain" / run_name(cfg.profile, cfg.profile, sec, Path(features).name)
 
 
 def stage_pretrain(cfg: ExperimentConfig, resume: bool = False, force: bool = False) -> Path:
@@ -194,8 +198,10 @@ def stage_pretrain(cfg: ExperimentConfig, resume: bool = False, force: bool = Fa
 
 def train_run_dir(cfg: ExperimentConfig, features: Path, pretrain: Path) -> Path:
     """``<storage>/train/<name>-<hash>``: the hash covers profile, section, data and encoders."""
-    return Path(cfg.storage) / "train" / run_name(cfg.name, cfg.profile, cfg.train, Path(features).name,
-                                                   Path(pretrain).name)
+    import dataclasses
+
+    sec = dataclasses.replace(cfg.train, features=None, pretrain=None)
+    return Path(cfg.storage) / "train" / run_name(cfg.name, cfg.profile, sec, Path(features).name, Path(pretrain).name)
 
 
 def stage_train(cfg: ExperimentConfig, resume: bool = False, force: bool = False) -> Path:
