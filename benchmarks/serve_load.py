@@ -164,12 +164,19 @@ def _plot(samples: list[dict], spans: list[dict], out: Path) -> None:
             label="running replicas")
     ax.step([s["t"] for s in pts], [s["running"] + s["starting"] for s in pts], where="post", color="#c55a11",
             lw=1, ls="--", label="running + starting")
+    auto = [sp for sp in spans if sp["phase"] == "autoscaling"]
+    pinned = [sp for sp in spans if sp["phase"] == "one_replica"]
+    if auto and pinned:  # the switch to the autoscaling config redeploys (a new replica starts)
+        gap = (pinned[-1]["t1"] + auto[0]["t0"]) / 2
+        ax.text(gap, 0.25, "redeploy", ha="center", fontsize=8, rotation=90)
+    if spans:
+        ax.text(spans[-1]["t1"] + 1, 2.35, "cool-down", fontsize=8)
     ax.set_ylim(0, 2.6)
     ax.set_yticks([0, 1, 2])
     ax.set_xlabel("time since start (s); shaded: load (blue: one replica pinned, orange: autoscaling)")
     ax.set_ylabel("generator replicas")
     ax.set_title("Serve autoscaling under load (tiny generator, 2 cores)")
-    ax.legend(loc="upper left", fontsize=8)
+    ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     fig.savefig(out, dpi=120)
     plt.close(fig)
@@ -327,6 +334,7 @@ def main(argv: list[str] | None = None) -> int:
             "back_to_one_replica_at_s": down,
             "scale_down_after_load_end_s": round(down - load_end, 1) if down is not None and load_end else None,
         },
+        "load_spans": spans,
         "replicas_timeline": [s for s in samples if "running" in s],
         "plot": str(png.relative_to(ROOT)) if png.is_relative_to(ROOT) else str(png),
         "notes": "Latency is client side over loopback (upload, decode, generate, encode). Closed-loop clients: "

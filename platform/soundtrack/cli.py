@@ -109,7 +109,7 @@ def cmd_generate(args) -> int:
     print(f"soundtrack: {res.out_path}\n  model:  {model_dir} (loaded in {load_s:.1f} s)\n"
           f"  audio:  {res.duration_s:.2f} s, {res.n_samples} samples at {res.sr} Hz\n"
           f"  time:   {res.seconds:.1f} s, real-time factor {res.real_time_factor:.2f} "
-          "(generation time / soundtrack length; below 1 is faster than real time)")
+          "(seconds of audio per second of compute; above 1 is faster than real time)")
     return 0
 
 

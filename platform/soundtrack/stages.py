@@ -260,4 +260,20 @@ def stage_demo(cfg: ExperimentConfig) -> dict[str, Path]:
     pre = stage_pretrain(pcfg, resume=True)
     arts["contrastive encoders (safetensors)"] = pre / "model"
     arts["pretrain evaluation (json, png)"] = pre / "eval.json"
+    tcfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, features=str(feats), pretrain=str(pre)))
+    tr = stage_train(tcfg, resume=True)
+    arts["generator (model URI train:<run>)"] = tr / "model"
+    arts["training losses (png)"] = tr / "losses.png"
+    # one real generation: a soundtrack for a held-out video, muxed into it
+    from soundtrack.data.manifest import read_manifest
+    from soundtrack.generate.uri import load_generator
+
+    man = read_manifest(data)
+    clip = man[man["split"] == "test"].sort_values("clip_id").iloc[0]
+    out_dir = Path(cfg.storage) / "demo" / cfg.name
+    out_dir.mkdir(parents=True, exist_ok=True)
+    gen = load_generator(f"file:{tr / 'model'}")
+    res = gen.generate_file(clip["video_path"], out_dir / f"{clip['clip_id']}.soundtrack.mp4", seed=0,
+                            clip_id=clip["clip_id"])
+    arts["generated soundtrack for a test video (mp4)"] = Path(getattr(res, "out_path", out_dir))
     return arts

@@ -244,7 +244,8 @@ class GenerationResult:
         sr: sample rate (Hz).
         duration_s: soundtrack length (s).
         seconds: wall time of decoding + generation + writing (s).
-        real_time_factor: ``seconds / duration_s`` (below 1: faster than real time).
+        real_time_factor: seconds of audio per second of compute (above 1: faster than real time),
+            the platform's one definition (:func:`soundtrack.eval.metrics.real_time_factor`).
     """
 
     out_path: Path
@@ -555,7 +556,9 @@ class SoundtrackGenerator:
             media.mux_audio(video_path, wav, self.sr, out)
         seconds = time.perf_counter() - t0
         dur = wav.shape[0] / self.sr
-        return GenerationResult(out, int(wav.shape[0]), self.sr, dur, seconds, seconds / max(dur, 1e-9))
+        from soundtrack.eval.metrics import real_time_factor
+
+        return GenerationResult(out, int(wav.shape[0]), self.sr, dur, seconds, real_time_factor(dur, max(seconds, 1e-9)))
 
     # -- persistence ------------------------------------------------------------------
 

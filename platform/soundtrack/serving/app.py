@@ -900,8 +900,14 @@ def run_local(
     # before the ingress sees them (soundtrack.serving.proxy). Serve reads the proxy's
     # middlewares from its environment: a local Ray started below inherits these; a cluster
     # joined with ``address`` must have them set where `ray start` ran (cluster.yaml does).
+    import ray
+
     from soundtrack.serving.proxy import MAX_UPLOAD_ENV, PROXY_CALLBACK, PROXY_CALLBACK_ENV
 
+    if ray.is_initialized() or address:
+        print("soundtrack serve: joining a running Ray: the proxy's upload limit applies only if that Ray was "
+              f"started with {PROXY_CALLBACK_ENV}={PROXY_CALLBACK} (the ingress checks the limit regardless)",
+              flush=True)
     os.environ.setdefault(PROXY_CALLBACK_ENV, PROXY_CALLBACK)
     os.environ[MAX_UPLOAD_ENV] = str(ServeLimits.from_dict(build.get("limits")).max_upload_bytes)
 
@@ -916,12 +922,100 @@ def run_local(
           f"  try:    curl -F video=@clip.mp4 -F output=wav -o soundtrack.wav {url}/v1/soundtrack", flush=True)
     if not block:
         return url
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        # Ctrl-C (even when the shell started us with SIGINT ignored) and SIGTERM both stop cleanly.
+        def _stop(signum, frame):
+            raise KeyboardInterrupt
+
+        signal.signal(signal.SIGINT, _stop)
+        signal.signal(signal.SIGTERM, _stop)
     try:
         print("serving; press Ctrl-C to stop", flush=True)
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
-        print("stopping", flush=True)
+        print("stopping: shutting Serve down", flush=True)
     finally:
         serve.shutdown()
     return url
+
+
+# ----------------------------------------------------------------------------- client, demo
+
+
+def request_soundtrack(url: str, video: str | os.PathLike, out: str | os.PathLike, timeout: float = 300,
+                       **options: Any) -> dict[str, Any]:
+    """Sends one video to a running service and writes the answer.
+
+    Args:
+        url: the service root, e.g. ``http://127.0.0.1:8000``.
+        video: the video file to upload.
+        out: ``.wav`` (the soundtrack) or ``.mp4`` (the video with it); the suffix sets ``output``.
+        timeout: seconds to wait for the answer.
+        **options: form fields of :class:`SoundtrackOptions` (seed, steps, cfg_scale, ...).
+
+    Returns:
+        ``{"path", "status", "bytes", "seconds", "headers"}``.
+
+    Raises:
+        RuntimeError: the service answered with an error (its JSON message included).
+    """
+    import requests
+
+    out = Path(out)
+    fields = {k: str(v) for k, v in options.items() if v is not None}
+    fields["output"] = "mp4" if out.suffix.lower() == ".mp4" else "wav"
+    t = time.perf_counter()
+    with open(video, "rb") as f:
+        r = requests.post(url.rstrip("/") + "/v1/soundtrack", files={VIDEO_FIELD: (Path(video).name, f)},
+                          data=fields, timeout=timeout)
+    if r.status_code != 200:
+        raise RuntimeError(f"{url}/v1/soundtrack answered {r.status_code}: {r.text[:500]}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(r.content)
+    return {"path": out, "status": r.status_code, "bytes": len(r.content),
+            "seconds": round(time.perf_counter() - t, 3), "headers": dict(r.headers)}
+
+
+def serve_demo(model_uri: str, storage: str, video: str | os.PathLike, out_dir: str | os.PathLike,
+               port: int | None = None, config: str | os.PathLike | None = DEFAULT_CONFIG,
+               **options: Any) -> dict[str, Path]:
+    """Starts the service, sends one real request for a WAV and one for an MP4, stops Serve.
+
+    What ``make demo`` needs from the serve stage: the same application as ``soundtrack
+    serve`` (config file included), real HTTP on 127.0.0.1, then Serve shut down (Ray is
+    left to the caller).
+
+    Args:
+        model_uri: the model to serve.
+        storage: the runs root.
+        video: a video to send (no audio track needed).
+        out_dir: where ``<stem>.soundtrack.wav`` and ``.mp4`` are written.
+        port: HTTP port (``None``: a free one).
+        config: the Serve config file (``None``: code defaults).
+        **options: request options (seed, steps, ...).
+
+    Returns:
+        ``{"url", "wav", "mp4"}`` (paths of the answers).
+    """
+    import socket
+
+    if port is None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+    cfg_path = config if config is not None and Path(config).exists() else None
+    url = run_local(model_uri, storage, "127.0.0.1", port, config=cfg_path, block=False)
+    out_dir = Path(out_dir)
+    stem = Path(video).stem
+    try:
+        wav = request_soundtrack(url, video, out_dir / f"{stem}.soundtrack.wav", **options)
+        mp4 = request_soundtrack(url, video, out_dir / f"{stem}.soundtrack.mp4", **options)
+        print(f"serve demo: {url}/v1/soundtrack answered a WAV ({wav['bytes']} bytes, {wav['seconds']} s) and an "
+              f"MP4 ({mp4['bytes']} bytes, {mp4['seconds']} s)", flush=True)
+    finally:
+        serve.shutdown()
+    return {"url": url, "wav": wav["path"], "mp4": mp4["path"]}

@@ -96,11 +96,18 @@ class BodyLimitMiddleware:
 
         async def tracked_send(msg):
             nonlocal started
+            if over and not started:
+                return  # a response begun after the cut-off (e.g. an error about the disconnect): 413 instead
             if msg.get("type") == "http.response.start":
                 started = True
             await send(msg)
 
-        await self.app(scope, limited_receive, tracked_send)
+        try:
+            await self.app(scope, limited_receive, tracked_send)
+        except Exception:
+            if not over:  # the app's own failure: not ours to answer
+                raise
+            # The app raised on the disconnect we injected (e.g. Starlette's ClientDisconnect).
         if over and not started:
             await _send_json(send, 413, _too_large(limit))
 
