@@ -108,7 +108,7 @@ def main() -> None:
         "benchmark": "data_throughput",
         "command": "python benchmarks/data_throughput.py " + " ".join(sys.argv[1:]),
         "commit": git_commit(),
-        "machine": {"cores": os.cpu_count(), "python": platform.python_version(), "processor": platform.machine()},
+        "machine": {"cores": os.cpu_count(), "load_avg_1_5_15_at_end": list(os.getloadavg()), "python": platform.python_version(), "processor": platform.machine()},
         "clips": len(manifest),
         "clip_s": section.clip_s,
         "frame_size": args.size,

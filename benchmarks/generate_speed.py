@@ -91,7 +91,7 @@ def main() -> None:
         "benchmark": "generate",
         "command": "python benchmarks/generate_speed.py" + (f" --model {args.model}" if args.model else ""),
         "commit": git_commit(),
-        "machine": {"cores": os.cpu_count(), "torch_threads": args.threads},
+        "machine": {"cores": os.cpu_count(), "load_avg_1_5_15_at_end": list(os.getloadavg()), "torch_threads": args.threads},
         "model": uri,
         "audio_seconds_per_run": audio_s,
         "counted": "video frames -> condition encoders -> guided denoising (uncond + each condition) -> VAE decode -> vocoder",

@@ -64,7 +64,7 @@ def main() -> None:
         "command": f"python benchmarks/pretrain_eval.py --config {os.path.relpath(args.config, ROOT)}",
         "pretrain_command": f"soundtrack pretrain {os.path.relpath(args.config, ROOT)}",
         "commit": git_commit(),
-        "machine": {"cores": os.cpu_count()},
+        "machine": {"cores": os.cpu_count(), "load_avg_1_5_15_at_end": list(os.getloadavg())},
         "pretrain_run": str(run),
         "pretrain_wall_s": pretrain_s,
         "trained_on": "medium train split",

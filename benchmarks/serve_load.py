@@ -148,6 +148,46 @@ def _load_level(url: str, video: bytes, concurrency: int, seconds: float, steps:
     }
 
 
+def summarize_scaling(samples: list[dict], spans: list[dict]) -> dict:
+    """When the replica count moved, from the polled timeline and the load spans (times in s
+    since the run's start).
+
+    Args:
+        samples: :class:`ReplicaPoller` samples.
+        spans: load levels ``{"phase", "concurrency", "t0", "t1"}``.
+    """
+    pts = [s for s in samples if "running" in s]
+    auto = [sp for sp in spans if sp["phase"] == "autoscaling"]
+    auto_start = auto[0]["t0"] if auto else None
+    busy = next((sp["t0"] for sp in auto if sp["concurrency"] > 1), None)  # load above one request at a time
+    load_end = spans[-1]["t1"] if spans else None
+
+    def first(pred, after):
+        return next((s["t"] for s in pts if after is not None and s["t"] >= after and pred(s)), None)
+
+    decided = first(lambda s: s["starting"] >= 1 or s["running"] >= 2, auto_start)
+    up = first(lambda s: s["running"] >= 2, auto_start)
+    down = first(lambda s: s["running"] == 1, load_end)
+
+    def since(t, origin):
+        return round(t - origin, 1) if t is not None and origin is not None else None
+
+    return {
+        "max_replicas_seen_pinned": max((s["running"] for s in pts if s["phase"].startswith("one_replica")),
+                                        default=None),
+        "max_replicas_seen": max((s["running"] for s in pts), default=None),
+        "autoscaling_load_start_s": auto_start,
+        "load_above_one_start_s": busy,
+        "upscale_decided_at_s": decided,
+        "upscale_decided_after_load_above_one_s": since(decided, busy),
+        "second_replica_running_at_s": up,
+        "second_replica_running_after_load_above_one_s": since(up, busy),
+        "load_end_s": load_end,
+        "back_to_one_replica_at_s": down,
+        "scale_down_after_load_end_s": since(down, load_end),
+    }
+
+
 def _plot(samples: list[dict], spans: list[dict], out: Path) -> None:
     import matplotlib
 
@@ -196,6 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=str(RESULTS / "serve.json"))
     args = ap.parse_args(argv)
     levels = [int(c) for c in args.concurrency.split(",")]
+    load_at_start = round(os.getloadavg()[0], 2)
     hard_deadline = time.monotonic() + 60 * args.max_minutes
 
     import numpy as np
@@ -296,13 +337,6 @@ def main(argv: list[str] | None = None) -> int:
     serve.shutdown()
 
     samples = poller.samples
-    auto_start = next((sp["t0"] for sp in spans if sp["phase"] == "autoscaling"), None)
-    load_end = spans[-1]["t1"] if spans else None
-    up = next((s["t"] for s in samples if auto_start is not None and s["t"] >= auto_start and s.get("running", 0) >= 2),
-              None)
-    down = next((s["t"] for s in samples if load_end is not None and s["t"] >= load_end and s.get("running") == 1),
-                None)
-    pinned_max = max((s.get("running", 0) for s in samples if s["phase"].startswith("one_replica")), default=None)
     RESULTS.mkdir(parents=True, exist_ok=True)
     png = Path(args.out).with_name("serve_replicas.png")
     _plot(samples, spans, png)
@@ -311,7 +345,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": " ".join(shlex.quote(a) for a in [f"benchmarks/{Path(__file__).name}", *(argv or sys.argv[1:])]),
         "commit": git_commit(),
         "machine": {"cores": os.cpu_count(), "python": platform.python_version(), "processor": platform.machine(),
-                    "load_avg_1m_at_end": round(os.getloadavg()[0], 2)},
+                    "load_avg_1m_at_start": load_at_start, "load_avg_1m_at_end": round(os.getloadavg()[0], 2)},
         "model": uri if args.model else "build_tiny_generator(seed=0), untrained, served as file:<tmp dir>",
         "input": {"video": f"{args.clip_s:g} s, 64x64, 10 fps, H.264, no audio track", "output": "wav",
                   "steps": args.steps, "bytes": len(video)},
@@ -324,16 +358,7 @@ def main(argv: list[str] | None = None) -> int:
         "startup_s": round(startup_s, 1),
         "level_s": args.level_s,
         "phases": result_phases,
-        "autoscaling": {
-            "max_replicas_seen_pinned": pinned_max,
-            "max_replicas_seen": max((s.get("running", 0) for s in samples), default=None),
-            "autoscaling_load_start_s": auto_start,
-            "second_replica_running_at_s": up,
-            "scale_up_after_load_start_s": round(up - auto_start, 1) if up is not None and auto_start is not None else None,
-            "load_end_s": load_end,
-            "back_to_one_replica_at_s": down,
-            "scale_down_after_load_end_s": round(down - load_end, 1) if down is not None and load_end else None,
-        },
+        "autoscaling": summarize_scaling(samples, spans),
         "load_spans": spans,
         "replicas_timeline": [s for s in samples if "running" in s],
         "plot": str(png.relative_to(ROOT)) if png.is_relative_to(ROOT) else str(png),
@@ -343,9 +368,12 @@ def main(argv: list[str] | None = None) -> int:
     }
     Path(args.out).write_text(json.dumps(doc, indent=2))
     print(f"wrote {args.out} and {png}", flush=True)
+    import shutil
+
     import ray
 
     ray.shutdown()
+    shutil.rmtree(tmp, ignore_errors=True)
     return 0
 
 

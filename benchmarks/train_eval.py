@@ -135,7 +135,7 @@ def main() -> None:
                    f"--seeds {' '.join(map(str, args.seeds))}",
         "train_command": f"soundtrack train {os.path.relpath(args.config, ROOT)}",
         "commit": git_commit(),
-        "machine": {"cores": os.cpu_count()},
+        "machine": {"cores": os.cpu_count(), "load_avg_1_5_15_at_end": list(os.getloadavg())},
         "train_run": str(run),
         "train_wall_s": card.get("timings", {}).get("train"),
         "train_phase_s": card.get("summary", {}).get("timings"),

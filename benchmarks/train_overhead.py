@@ -94,7 +94,7 @@ def main() -> None:
         "benchmark": "train_overhead",
         "command": f"python benchmarks/train_overhead.py --steps {args.steps} --batch {args.batch} --threads {args.threads}",
         "commit": git_commit(),
-        "machine": {"cores": os.cpu_count()},
+        "machine": {"cores": os.cpu_count(), "load_avg_1_5_15_at_end": list(os.getloadavg())},
         "torch_threads": args.threads,
         "batch_size": args.batch,
         "steps": args.steps,

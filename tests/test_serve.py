@@ -148,10 +148,11 @@ def served(tmp_path_factory, media_files):
             os.environ.pop(k, None)
 
 
-def _post(url, path: Path | None = None, data: dict | None = None, timeout: float = 120, **kw):
+def _post(url, path: Path | None = None, data: dict | None = None, timeout: float = 120, filename: str | None = None,
+          **kw):
     import requests
 
-    files = {"video": (path.name, path.read_bytes())} if path is not None else None
+    files = {"video": (filename or path.name, path.read_bytes())} if path is not None else None
     return requests.post(url + "/v1/soundtrack", files=files, data=data or {}, timeout=timeout, **kw)
 
 
@@ -195,9 +196,10 @@ def test_mp4_output_carries_the_new_track(served, media_files, tmp_path):
     from soundtrack.data import media
 
     url, _, _ = served
-    r = _post(url, media_files / "clip.mp4", {"seed": "1", "steps": "2", "output": "mp4"})
+    r = _post(url, media_files / "clip.mp4", {"seed": "1", "steps": "2", "output": "mp4"}, filename="été 夏.mp4")
     assert r.status_code == 200, r.text
     assert r.headers["content-type"] == "video/mp4"
+    assert r.headers["content-disposition"] == 'attachment; filename="_t___.soundtrack.mp4"'  # ASCII only
     out = tmp_path / "out.mp4"
     out.write_bytes(r.content)
     info = media.probe(out)

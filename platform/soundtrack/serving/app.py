@@ -234,9 +234,9 @@ def parse_options(fields: Mapping[str, str], limits: ServeLimits, model: Mapping
         name = str(err["loc"][0]) if err.get("loc") else None
         msg = f"form field {name!r}: {err['msg']}" if name else err["msg"]
         if err.get("type") == "extra_forbidden":
-            msg = f"unknown form field {name!r}; allowed: {VIDEO_FIELD}, {', '.join(SoundtrackOptions.model_fields)}"
-        raise UploadError(422, "invalid_option", f"{msg} (got {err.get('input')!r})"
-                          if err.get("type") != "extra_forbidden" else msg, field=name) from None
+            raise UploadError(422, "unknown_field", f"unknown form field {name!r}; allowed: {VIDEO_FIELD}, "
+                              f"{', '.join(SoundtrackOptions.model_fields)}", field=name) from None
+        raise UploadError(422, "invalid_option", f"{msg} (got {err.get('input')!r})", field=name) from None
     if opts.steps is not None and opts.steps > limits.max_steps:
         raise UploadError(422, "invalid_option", f"form field 'steps': at most {limits.max_steps} steps are "
                           f"allowed, got {opts.steps}", field="steps", limit=limits.max_steps)
@@ -556,27 +556,27 @@ class SoundtrackService:
                     info = await self.model_info()
                     opts = parse_options(upload.fields, lim, info)
                     frames = await asyncio.to_thread(_decode, upload.file_path, info, lim, opts.output == "mp4")
+                    job = GenerationJob(frames=frames, seed=opts.seed, caption=opts.prompt,
+                                        overrides=opts.overrides())
+                    out: GenerationOutput = await self.generator.generate.remote(job)
                 except UploadError as exc:
                     return _error(exc.status, exc.code, exc.message, exc.field, exc.limit)
                 except ClientDisconnect:
                     return _error(400, "client_disconnected", "the client closed the connection during the upload")
-                job = GenerationJob(frames=frames, seed=opts.seed, caption=opts.prompt, overrides=opts.overrides())
-                try:
-                    out: GenerationOutput = await self.generator.generate.remote(job)
-                except BackPressureError as exc:
+                except BackPressureError as exc:  # Serve's max_queued_requests of the generator
                     return _error(503, "busy", f"the generator's queue is full ({exc}); retry later",
                                   headers=self.retry_headers(getattr(exc, "retry_after_s", None)))
                 if out.error is not None:
                     return _error(422, "invalid_option", out.error)
                 headers = {
-                    "X-Soundtrack-Model": self.model_uri,
+                    "X-Soundtrack-Model": self.model_uri.encode("ascii", "backslashreplace").decode(),
                     "X-Soundtrack-Seed": str(opts.seed),
                     "X-Soundtrack-Batch-Size": str(out.batch_size),
                     "X-Soundtrack-Generate-Seconds": f"{out.seconds:.3f}",
                     "X-Soundtrack-Seconds": f"{time.perf_counter() - t0:.3f}",
                 }
                 stem = Path(upload.filename or "video").stem or "video"
-                stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in stem)[:64]
+                stem = "".join(c if (c.isascii() and c.isalnum()) or c in "-_." else "_" for c in stem)[:64]
                 if opts.output == "wav":
                     body = await asyncio.to_thread(_wav_bytes, out.wav, out.sr)
                     media_type, name = "audio/wav", f"{stem}.soundtrack.wav"
