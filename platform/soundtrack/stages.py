@@ -276,4 +276,10 @@ def stage_demo(cfg: ExperimentConfig) -> dict[str, Path]:
     res = gen.generate_file(clip["video_path"], out_dir / f"{clip['clip_id']}.soundtrack.mp4", seed=0,
                             clip_id=clip["clip_id"])
     arts["generated soundtrack for a test video (mp4)"] = Path(getattr(res, "out_path", out_dir))
+    # the same model behind Ray Serve on 127.0.0.1: one real HTTP request answered (WAV and MP4)
+    from soundtrack.serving.app import serve_demo
+
+    served = serve_demo(f"file:{tr / 'model'}", cfg.storage, clip["video_path"], out_dir / "served")
+    arts["served over HTTP (wav)"] = Path(served["wav"])
+    arts["served over HTTP (mp4)"] = Path(served["mp4"])
     return arts
