@@ -190,6 +190,24 @@ def launch(
     return trainer.fit()
 
 
+def repeat_stream(ds, rows_needed: int, n_rows: int, seed: int | None = 0):
+    """Enough passes over ``ds`` for ``rows_needed`` rows as ONE stream, block order shuffled.
+
+    One stream rather than one iteration per epoch: every new iteration of a Ray Data
+    pipeline starts new actor pools (seconds each), which on a small data set costs more
+    than the epoch itself. One spare pass covers ``drop_last`` remainders.
+
+    Args:
+        ds: the (materialized) dataset of one epoch.
+        rows_needed: rows the whole run consumes (steps x batch x workers).
+        n_rows: rows in one epoch.
+        seed: seed of the block-order shuffle.
+    """
+    k = math.ceil(rows_needed / max(n_rows, 1)) + 1
+    stream = ds.union(*([ds] * (k - 1))) if k > 1 else ds
+    return stream.randomize_block_order(seed=seed)
+
+
 def latest_checkpoint_dir(run_dir: str | os.PathLike) -> Path | None:
     """The newest complete checkpoint directory under ``run_dir/ray`` (by its step)."""
     best, best_step = None, -1

@@ -41,6 +41,7 @@ from soundtrack.train.common import (
     broadcast_parameters,
     launch,
     load_optimizer,
+    repeat_stream,
     load_trainer_state,
     save_optimizer,
     save_trainer_state,
@@ -369,7 +370,8 @@ def run_train(profile: str, sec: TrainSection, features_dir: Path, encoders_dir:
         if n < sec.vae_batch_size:
             raise ConfigError(f"train.vae_batch_size={sec.vae_batch_size} exceeds the {n} training clips.")
         res = launch(vae_loop, {"section": to_dict(sec), "profile": profile, "vae": sec.vae, "run_dir": str(run_dir)},
-                     run_dir / "vae", datasets={"train": _repeat(ds, sec.vae_steps * sec.vae_batch_size, n)},
+                     run_dir / "vae",
+                     datasets={"train": repeat_stream(ds, sec.vae_steps * sec.vae_batch_size * max(sec.num_workers, 1), n)},
                      num_workers=sec.num_workers, cpus_per_worker=sec.cpus_per_worker, max_failures=sec.max_failures)
         tmp = _final(res, "vae", run_dir / "vae" / "final.tmp")
         # Latent scale: unit variance over training latents (as Stable Diffusion / AudioLDM do).
@@ -394,7 +396,8 @@ def run_train(profile: str, sec: TrainSection, features_dir: Path, encoders_dir:
     if not (unet_final / "trainer_state.json").exists():
         cache = ray.data.read_parquet(str(run_dir / "cache")).materialize()
         res = launch(unet_loop, {"section": to_dict(sec), "denoiser": dataclasses.asdict(dcfg), "run_dir": str(run_dir)},
-                     run_dir / "unet", datasets={"train": _repeat(cache, sec.unet_steps * sec.batch_size, n_cache)},
+                     run_dir / "unet", datasets={"train": repeat_stream(cache, sec.unet_steps * sec.batch_size * max(sec.num_workers, 1),
+                                                     n_cache)},
                      num_workers=sec.num_workers, cpus_per_worker=sec.cpus_per_worker, max_failures=sec.max_failures)
         tmp = _final(res, "denoiser", run_dir / "unet" / "final.tmp")
         shutil.rmtree(unet_final, ignore_errors=True)
@@ -411,15 +414,6 @@ def run_train(profile: str, sec: TrainSection, features_dir: Path, encoders_dir:
     return {"model": str(model_dir), "cached_clips": n_cache, "timings": timings,
             "denoiser": {"prediction_type": dcfg.prediction_type, "attention": dcfg.attention, "window_k": dcfg.window_k,
                          "fusion": dcfg.fusion}}
-
-
-def _repeat(ds, rows_needed: int, n_rows: int):
-    """Enough passes over ``ds`` for ``rows_needed`` rows, as one stream (one Ray Data execution)."""
-    import math
-
-    k = math.ceil(rows_needed / max(n_rows, 1)) + 1
-    stream = ds.union(*([ds] * (k - 1))) if k > 1 else ds
-    return stream.randomize_block_order(seed=0)
 
 
 def export_generator(out: Path, profile: str, encoders_dir: Path, vae_dir: Path, denoiser_dir: Path, scfg, sec,

@@ -226,19 +226,14 @@ def _make_optimizer(model, sec: PretrainSection) -> torch.optim.Optimizer:
 
 
 def prepared_dataset(raw, sec: PretrainSection, n_rows: int):
-    """All epochs as one stream: the rows repeated, block order shuffled, batches built in
-    Ray Data workers (:class:`BatchPrep`).
-
-    One long stream rather than one iteration per epoch: every new iteration starts a new
-    actor pool (seconds each), which on a small data set costs more than the epoch itself.
-    """
-    import math
-
+    """All epochs as one stream (:func:`repeat_stream`), batches built in Ray Data workers
+    (:class:`BatchPrep`)."""
     import ray
 
-    epochs = math.ceil(sec.steps * sec.batch_size * max(sec.num_workers, 1) / max(n_rows, 1)) + 1
-    stream = raw.union(*([raw] * (epochs - 1))) if epochs > 1 else raw
-    return stream.randomize_block_order(seed=sec.seed).map_batches(
+    from soundtrack.train.common import repeat_stream
+
+    stream = repeat_stream(raw, sec.steps * sec.batch_size * max(sec.num_workers, 1), n_rows, seed=sec.seed)
+    return stream.map_batches(
         BatchPrep,
         batch_size=sec.batch_size,
         batch_format="pandas",
