@@ -60,3 +60,14 @@ def test_demo_config_loads():
 
     cfg = load_config(REPO / "experiments" / "demo.yaml")
     assert cfg.profile == "tiny" and cfg.synth.n > 0
+
+
+def test_fixed_length_tuples_are_coerced_element_by_element(tmp_path):
+    from soundtrack.config import load_config
+
+    p = tmp_path / "e.yaml"
+    p.write_text("pretrain:\n  betas: [0.9, 0.98]\n")
+    assert load_config(p).pretrain.betas == (0.9, 0.98)
+    p.write_text("pretrain:\n  betas: [0.9, fast]\n")
+    with pytest.raises(ConfigError, match=r"pretrain.betas\[1\]"):
+        load_config(p)

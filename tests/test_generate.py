@@ -168,7 +168,8 @@ def test_overrides_are_checked_and_applied(model):
     cfg = gen.sampler_config(guidance_scale=1.0, weights={"video": 1}, num_steps=2, scheduler="ddim",
                              attention="dynamic", window_k=4)
     assert (cfg.guidance_scale, cfg.num_steps, cfg.scheduler, cfg.attention, cfg.window_k) == (1.0, 2, "ddim", "dynamic", 4)
-    assert set(OVERRIDES) == {"guidance_scale", "weights", "num_steps", "scheduler", "attention", "window_k"}
+    assert set(OVERRIDES) == {"guidance_scale", "weights", "num_steps", "scheduler", "attention", "window_k",
+                              "selector_tau"}
     frames = _frames(12)
     base = gen.generate(frames, seed=0)
     assert not np.array_equal(base, gen.generate(frames, seed=0, num_steps=2))

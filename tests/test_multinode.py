@@ -1,12 +1,22 @@
-"""A real 3-node local Ray cluster (ray.cluster_utils.Cluster): featurize across nodes."""
+"""A real 3-node local Ray cluster (ray.cluster_utils.Cluster): featurize across nodes, then
+a 2-worker Ray Train pretraining step on those features, one worker per node.
 
+One Ray session for the module: a head with 0 CPUs (it only schedules) and two 1-CPU nodes.
+"""
+
+import json
+
+import numpy as np
 import pytest
 
-from soundtrack.config import FeaturizeSection
+from soundtrack.config import FeaturizeSection, PretrainSection
 from soundtrack.data import pipeline
 from soundtrack.data.manifest import read_manifest
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+TINY_MODEL = {"video_input_size": 32, "video_channels": [8, 16], "video_dim": 16, "audio_channels": 16,
+              "audio_dim": 16, "embed_dim": 32, "use_text": False}
 
 
 @pytest.fixture(scope="module")
@@ -27,13 +37,163 @@ def cluster():
     c.shutdown()
 
 
-def test_featurize_spreads_over_nodes(cluster, synth_small, tmp_path):
+def _cpu_nodes() -> set[str]:
     import ray
 
-    assert len([n for n in ray.nodes() if n["Alive"]]) == 3
+    return {n["NodeID"] for n in ray.nodes() if n["Alive"] and n["Resources"].get("CPU", 0) > 0}
+
+
+@pytest.fixture(scope="module")
+def features(cluster, synth_small, tmp_path_factory):
+    """One featurize run across the two CPU nodes, shared by the tests below."""
+    from ray.data import DataContext
+
+    out = tmp_path_factory.mktemp("mn") / "features"
     sec = FeaturizeSection(size=32, rows_per_shard=2, num_cpus=1.0, concurrency=2)
-    s = pipeline.run_featurize(synth_small, tmp_path / "mn", sec, use_ray=True, progress=False)
-    assert s["clips_out"] == len(read_manifest(synth_small))
-    nodes = {d["node_id"] for d in pipeline.completed_shards(tmp_path / "mn").values()}
-    worker_nodes = {n["NodeID"] for n in ray.nodes() if n["Alive"] and n["Resources"].get("CPU", 0) > 0}
-    assert nodes == worker_nodes and len(nodes) == 2  # both 1-CPU nodes wrote shards
+    # Ray Data hands shards to pool actors as soon as ONE is up; on a loaded 2-core machine
+    # the first actor can finish all 4 shards before the second has imported librosa.
+    # Waiting for the whole pool makes "both nodes featurized" a property, not a race.
+    ctx = DataContext.get_current()
+    old_wait = ctx.wait_for_min_actors_s
+    ctx.wait_for_min_actors_s = 180
+    try:
+        summary = pipeline.run_featurize(synth_small, out, sec, use_ray=True, progress=False)
+    finally:
+        ctx.wait_for_min_actors_s = old_wait
+    return out, summary
+
+
+def test_featurize_spreads_over_nodes(cluster, synth_small, features):
+    import ray
+
+    out, summary = features
+    assert len([n for n in ray.nodes() if n["Alive"]]) == 3
+    assert summary["clips_out"] == len(read_manifest(synth_small))
+    nodes = {d["node_id"] for d in pipeline.completed_shards(out).values()}
+    assert nodes == _cpu_nodes() and len(nodes) == 2  # both 1-CPU nodes wrote shards
+
+
+def _probed_train_loop():
+    """pretrain.train_loop, unchanged, with probes around it in each worker process.
+
+    The probe records where the worker ran and, by wrapping ``average_gradients`` (the
+    loop's only cross-worker step), each step's local gradient before the all-reduce,
+    the gradient after it, the initial weights and the final weights. Returned as a
+    closure so cloudpickle ships it by value (the test module is not importable on workers).
+    """
+
+    def loop(config: dict) -> None:
+        import json
+        import os
+        from pathlib import Path
+
+        import numpy as np
+        import ray
+        import ray.train
+        import torch
+
+        from soundtrack.train import pretrain
+
+        ctx = ray.train.get_context()
+        rank = ctx.get_world_rank()
+        probe_dir = Path(config["run_dir"]) / "probe"
+        probe_dir.mkdir(parents=True, exist_ok=True)
+
+        def flat(ts) -> np.ndarray:
+            return torch.cat([t.detach().reshape(-1) for t in ts]).numpy().copy()
+
+        def grads(model) -> np.ndarray:
+            return flat([p.grad if p.grad is not None else torch.zeros_like(p)
+                         for p in model.parameters() if p.requires_grad])
+
+        real = pretrain.average_gradients
+        rec: dict = {"pre": [], "post": []}
+
+        def spy(model) -> None:
+            rec["model"] = model
+            if "init" not in rec:  # first step, before opt.step: the broadcast start weights
+                rec["init"] = flat(model.parameters())
+            rec["pre"].append(grads(model))
+            real(model)
+            rec["post"].append(grads(model))
+
+        pretrain.average_gradients = spy
+        try:
+            pretrain.train_loop(config)
+        finally:
+            pretrain.average_gradients = real
+        np.savez(probe_dir / f"rank{rank}.npz", pre=np.stack(rec["pre"]), post=np.stack(rec["post"]),
+                 init=rec["init"], final=flat(rec["model"].parameters()))
+        info = {"rank": rank, "world": ctx.get_world_size(), "local_rank": ctx.get_local_rank(),
+                "node_rank": ctx.get_node_rank(), "node_id": ray.get_runtime_context().get_node_id(),
+                "pid": os.getpid(), "steps": len(rec["pre"])}
+        (probe_dir / f"rank{rank}.json").write_text(json.dumps(info))
+
+    return loop
+
+
+def test_two_worker_pretraining_across_nodes(cluster, features, tmp_path):
+    """featurize (across nodes) -> pretrain with 2 Ray Train workers, one per CPU node,
+    gradients all-reduced over gloo between the nodes."""
+    import ray
+
+    from soundtrack.config import to_dict
+    from soundtrack.models.encoders import ContrastiveModel
+    from soundtrack.runs import read_metrics
+    from soundtrack.train import pretrain
+    from soundtrack.train.common import launch
+
+    feats, _ = features
+    steps = 3
+    # 0.5 CPU per worker + a 0.25-CPU batch-building actor: fits 2 x 1 CPU without deadlock.
+    sec = PretrainSection(model=TINY_MODEL, batch_size=2, steps=steps, warmup_steps=1, checkpoint_every=steps,
+                          log_every=1, num_workers=2, cpus_per_worker=0.5, torch_threads=1, prep_workers=1,
+                          prep_cpus=0.25, eval_split="train")
+    mcfg = pretrain.model_config("tiny", sec.model)
+    raw = pretrain.train_dataset(feats, "train").materialize()
+    n_train = raw.count()
+    assert n_train >= sec.batch_size * sec.num_workers
+    run_dir = (tmp_path / "run").resolve()
+    result = launch(
+        _probed_train_loop(),
+        {"section": to_dict(sec), "model": mcfg.to_dict(), "objective": sec.objective, "run_dir": str(run_dir),
+         "n_train": n_train},
+        run_dir,
+        datasets={"train": pretrain.prepared_dataset(raw, sec, n_train)},
+        num_workers=sec.num_workers,
+        cpus_per_worker=sec.cpus_per_worker,
+        max_failures=0,  # a failure must fail the test, not be retried away
+        placement_strategy="SPREAD",
+    )
+    assert result.error is None, result.error
+
+    # both workers ran to the end, each on its own CPU node
+    infos = [json.loads((run_dir / "probe" / f"rank{r}.json").read_text()) for r in range(2)]
+    assert [i["rank"] for i in infos] == [0, 1] and all(i["world"] == 2 for i in infos)
+    assert all(i["steps"] == steps for i in infos)
+    worker_nodes = {i["node_id"] for i in infos}
+    assert len(worker_nodes) == 2 and worker_nodes == _cpu_nodes()
+    assert len({i["pid"] for i in infos}) == 2
+
+    # gradients were averaged across the two nodes: each rank's local gradient differed
+    # (different data), after the all-reduce both hold exactly their mean, and the weights
+    # stay identical on both ranks while training moved them
+    p0, p1 = (np.load(run_dir / "probe" / f"rank{r}.npz") for r in range(2))
+    assert np.array_equal(p0["init"], p1["init"])  # rank 0's weights broadcast to rank 1
+    for s in range(steps):
+        assert not np.allclose(p0["pre"][s], p1["pre"][s]), f"step {s + 1}: identical local gradients"
+        np.testing.assert_allclose(p0["post"][s], (p0["pre"][s] + p1["pre"][s]) / 2, rtol=1e-5, atol=1e-7)
+        assert np.array_equal(p0["post"][s], p1["post"][s])
+    assert np.array_equal(p0["final"], p1["final"])
+    assert not np.allclose(p0["final"], p0["init"])
+
+    # rank 0 logged each step once, and its reported checkpoint holds the workers' final weights
+    ms = read_metrics(run_dir)
+    assert [m["step"] for m in ms] == list(range(1, steps + 1))
+    assert all(np.isfinite(m["loss"]) for m in ms)
+    assert result.metrics["step"] == steps
+    with result.checkpoint.as_directory() as d:
+        ck = ContrastiveModel.load(d)
+    ck_flat = np.concatenate([p.detach().reshape(-1).numpy() for p in ck.parameters()])
+    assert np.array_equal(ck_flat, p0["final"])
+    assert ray.is_initialized() and len(_cpu_nodes()) == 2  # the cluster survived the run

@@ -6,6 +6,7 @@
     soundtrack pretrain experiments/pretrain_tiny.yaml [--resume] [--force]
     soundtrack generate --video IN.mp4 --model URI --out OUT.wav|OUT.mp4 [--seed S] [--steps N]
                         [--cfg-scale S] [--prompt TEXT] [--storage DIR]
+    soundtrack tune experiments/tune_tiny.yaml [--resume] [--force] [--set search.scheduler=fifo]
     soundtrack serve [--config serve/config.yaml] [--model URI] [--storage DIR] [--host H] [--port P]
     soundtrack demo [--config experiments/demo.yaml]
 
@@ -123,6 +124,26 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_tune(args) -> int:
+    """Ray Tune search (Optuna TPE + ASHA), report, best-vs-defaults evaluation, registry entry."""
+    import dataclasses as _dc
+
+    from soundtrack.tune.config import load_tune_config
+    from soundtrack.tune.search import stage_tune, tune_summary
+
+    cfg = load_tune_config(args.config, args.overrides)
+    if args.storage:
+        cfg = _dc.replace(cfg, storage=args.storage)
+    out = stage_tune(cfg, resume=args.resume, force=args.force, src=args.config)
+    s = tune_summary(out)
+    best = s.get("best", {})
+    print(f"tune: {out}\n  trials:   {out / 'trials.csv'} ({s.get('trials')} trials, {s.get('complete_trials')} on all "
+          f"clips, {s.get('stopped_early')} stopped early)\n  best:     {best.get('trial_id')} score "
+          f"{best.get('score')} {best.get('params')}\n  plots:    {out / 'history.png'}, {out / 'importance.png'}\n"
+          f"  compare:  {out / 'comparison.json'}\n  registry: {s.get('registry', {}).get('uri')}")
+    return 0
+
+
 def cmd_serve(args) -> int:
     """Ray Serve: the generator behind an HTTP endpoint, until Ctrl-C (see soundtrack.serving.app)."""
     from soundtrack.serving.app import DEFAULT_CONFIG, run_local
@@ -147,6 +168,22 @@ def cmd_demo(args) -> int:
     print(f"\ndemo finished in {time.time() - t:.0f} s. Artifacts:")
     for k, v in arts.items():
         print(f"  {k:36s} {v}")
+    return 0
+
+
+def cmd_bench(args) -> int:
+    import shlex
+
+    from soundtrack.eval.bench import load_bench_config, run_bench
+
+    cfg, methods = load_bench_config(args.config, args.overrides)
+    command = "soundtrack bench " + " ".join(shlex.quote(a) for a in sys.argv[2:])
+    t = time.time()
+    out = run_bench(cfg, methods, storage=args.storage or "runs", command=command)
+    print(f"bench finished in {time.time() - t:.0f} s:")
+    for f in ("summary.md", "results.parquet", "results.csv", "set_metrics.csv", "summary.json", "bench.png"):
+        print(f"  {out / f}")
+    print((out / "summary.md").read_text())
     return 0
 
 
@@ -216,6 +253,16 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--force", action="store_true", help="start over")
     tr.set_defaults(fn=cmd_train)
 
+    tu = sub.add_parser("tune", help="Ray Tune search over sampling or training settings; registers the best")
+    tu.add_argument("config", help="tune YAML, e.g. experiments/tune_tiny.yaml")
+    tu.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a value, e.g. --set search.scheduler=fifo (repeatable)")
+    tu.add_argument("--storage", help="storage root (default: the config's, ./runs)")
+    tu.add_argument("--resume", action="store_true", help="continue an interrupted search (finished trials and "
+                    "the searcher's history are kept)")
+    tu.add_argument("--force", action="store_true", help="start over")
+    tu.set_defaults(fn=cmd_tune)
+
     sv = sub.add_parser("serve", help="serve a generator over HTTP with Ray Serve (autoscaled; Ctrl-C stops)")
     sv.add_argument("--config", help="Serve config file (default: serve/config.yaml of the repository)")
     sv.add_argument("--model", help="model URI: registry:<name> (config default registry:best), train:<run>, "
@@ -225,6 +272,12 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--port", type=int, help="HTTP port (default 8000)")
     sv.add_argument("--address", help="join this Ray cluster (e.g. auto) instead of starting a local Ray")
     sv.set_defaults(fn=cmd_serve)
+
+    be = sub.add_parser("bench", help="compare methods x seeds x test clips with the papers' metrics (Ray tasks)")
+    be.add_argument("config", help="bench YAML, e.g. experiments/bench_demo.yaml")
+    be.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    be.add_argument("--storage", help="runs root (default ./runs)")
+    be.set_defaults(fn=cmd_bench)
 
     d = sub.add_parser("demo", help="run the stages that exist on the embedded default")
     _add_config_args(d)
@@ -250,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
         errors = [ManifestError, MediaError, UpstreamError]
         # Model errors: their modules import torch and diffusers (~8 s), so they are not
         # imported here; a module whose error was raised is already loaded.
-        for module, name in (("soundtrack.generate.uri", "ModelURIError"),
+        for module, name in (("soundtrack.generate.uri", "ModelURIError"), ("soundtrack.tune.registry", "RegistryError"),
                              ("soundtrack.models.generator", "GeneratorError")):
             if module in sys.modules:
                 errors.append(getattr(sys.modules[module], name))

@@ -175,6 +175,10 @@ class TrainSection:
         max_failures: worker-group restarts after a worker dies.
         seed: seed of initialisation, noise and dropout.
         fail_at_step: fault injection for tests (UNet phase).
+        reuse_vae_from: a finished training run (directory) whose VAE and latent cache are
+            reused, so that variants differing only in the denoiser (attention, window,
+            fusion, learning rate, dropout) train only their UNet. Its target, VAE
+            settings, text switch, data and encoders must equal this run's (checked).
     """
 
     features: str | None = None
@@ -208,6 +212,8 @@ class TrainSection:
     max_failures: int = 2
     seed: int = 0
     fail_at_step: int | None = None
+    # Added after runs existed: unset, it stays out of run names (see hash_dict).
+    reuse_vae_from: str | None = field(default=None, metadata={"hash_if_set": True})
 
 
 @dataclass(frozen=True)
@@ -302,7 +308,7 @@ def _coerce(value: Any, tp: Any, key: str, src: str) -> Any:
         if origin is tuple and args:
             if len(args) != len(value):
                 raise ConfigError(f"{src}: key '{key}' needs {len(args)} values, got {len(value)}.")
-            return tuple(_coerce(v, a, f"{key}[{i}]", src) for i, (v, a) in enumerate(zip(args, value)))
+            return tuple(_coerce(v, a, f"{key}[{i}]", src) for i, (v, a) in enumerate(zip(value, args)))
         inner = args[0] if args else Any
         return origin(_coerce(v, inner, f"{key}[{i}]", src) for i, v in enumerate(value))
     if origin is dict:
@@ -435,6 +441,19 @@ def config_hash(obj: Any, n: int = 8) -> str:
     return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:n]
 
 
+def hash_dict(cfg: Any) -> dict:
+    """:func:`to_dict` minus fields marked ``hash_if_set`` that hold ``None``.
+
+    Fields added to a section after runs were made carry that mark, so that leaving them
+    unset keeps the names (and so the resumability) of every existing run.
+    """
+    d = to_dict(cfg)
+    for f in dataclasses.fields(cfg):
+        if f.metadata.get("hash_if_set") and getattr(cfg, f.name) is None:
+            d.pop(f.name, None)
+    return d
+
+
 def run_name(name: str, *sections: Any) -> str:
     """``<name>-<hash of the sections that define the run>``: stable across launches."""
-    return f"{name}-{config_hash([to_dict(s) if dataclasses.is_dataclass(s) else s for s in sections])}"
+    return f"{name}-{config_hash([hash_dict(s) if dataclasses.is_dataclass(s) else s for s in sections])}"

@@ -223,12 +223,15 @@ def stage_train(cfg: ExperimentConfig, resume: bool = False, force: bool = False
     else:
         pcfg = dataclasses.replace(cfg, pretrain=dataclasses.replace(cfg.pretrain, features=str(features)))
         pretrain = stage_pretrain(pcfg, resume=True)
+    upstream = {"features": features, "pretrain": pretrain}
+    if cfg.train.reuse_vae_from:
+        require_finished(cfg.train.reuse_vae_from, what="training run whose VAE and cache are reused")
+        upstream["vae_from"] = Path(cfg.train.reuse_vae_from)
     out = train_run_dir(cfg, features, pretrain)
     if _prepare_run_dir(out, "train", force, resume):
         return out
     run = Run(cfg.storage, "train", out.name, config={"profile": cfg.profile, "train": to_dict(cfg.train)},
-              upstream={"features": features, "pretrain": pretrain}, seed=cfg.train.seed, command=_command(),
-              run_dir=out)
+              upstream=upstream, seed=cfg.train.seed, command=_command(), run_dir=out)
     with run:
         with run.timer("train"):
             summary = run_train(cfg.profile, cfg.train, features, pretrain / "model", out)

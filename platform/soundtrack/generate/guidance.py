@@ -141,6 +141,7 @@ def guided_prediction(
     weights: Mapping[str, float] | None = None,
     attention: str | None = None,
     window_k: int | None = None,
+    selector_tau: int | None = None,
 ) -> torch.Tensor:
     """Guided model output (in the model's prediction space; module docstring).
 
@@ -153,20 +154,23 @@ def guided_prediction(
         weights: per-condition weights w_c (None: equal over the present conditions).
         attention: attention method override for this call.
         window_k: window size override for this call.
+        selector_tau: feature-selector switch timestep for this call (None: the model's).
 
     Returns:
         (B, C, F_l, T_l) guided output.
     """
     b = latents.shape[0]
+    extra = {} if selector_tau is None else {"selector_tau": int(selector_tau)}
     w = normalized_weights(conds.present(), weights)
     active = tuple(c for c in conds.present() if w[c] > 0)
     if not active:  # nothing to guide with: the unconditional prediction
-        return denoiser(latents, t, conds, torch.ones(b, len(CONDITIONS), dtype=torch.bool), attention, window_k)
+        return denoiser(latents, t, conds, torch.ones(b, len(CONDITIONS), dtype=torch.bool), attention, window_k,
+                        **extra)
     n = 1 + len(active)
     t = torch.as_tensor(t, device=latents.device)
     t = t.expand(b) if t.dim() == 0 else t
     drop = torch.cat(guidance_drop_masks(active, b)).to(latents.device)
-    out = denoiser(latents.repeat(n, 1, 1, 1), t.repeat(n), conds.repeat(n), drop, attention, window_k)
+    out = denoiser(latents.repeat(n, 1, 1, 1), t.repeat(n), conds.repeat(n), drop, attention, window_k, **extra)
     parts = out.chunk(n)
     uncond = parts[0]
     delta = sum(w[c] * (parts[i + 1] - uncond) for i, c in enumerate(active))

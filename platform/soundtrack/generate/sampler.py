@@ -109,6 +109,10 @@ class SamplerConfig:
         eta: DDIM eta (0 = deterministic).
         attention: attention method override (None: the model's).
         window_k: window size override (None: the model's).
+        selector_tau: Diff-BGM's feature-selector switch timestep for this sampling (on the
+            1000-step training scale: text tokens at ``t >= tau``, video tokens below;
+            None: the model's own selector setting). Setting it turns the selector on; it
+            only changes anything for a model with text tokens.
         batch_invariant: denoise each clip on its own (module docstring).
         crossfade_s: crossfade between windows of a long video (s).
         max_seconds: longest video accepted (s).
@@ -121,6 +125,7 @@ class SamplerConfig:
     eta: float = 0.0
     attention: str | None = None
     window_k: int | None = None
+    selector_tau: int | None = None
     batch_invariant: bool = True
     crossfade_s: float = 1.0
     max_seconds: float = 600.0
@@ -181,7 +186,7 @@ def _denoise(denoiser, scheduler, conds: Conditions, keys: Sequence[str], seed: 
         x_in = scheduler.scale_model_input(x, t)
         # 4. guided model output (unconditional + one pass per condition, one batch)
         out = guided_prediction(denoiser, x_in, t, conds, cfg.guidance_scale, cfg.weights,
-                                cfg.attention, cfg.window_k)
+                                cfg.attention, cfg.window_k, selector_tau=cfg.selector_tau)
         # 5. one sampler step; stochastic samplers draw from the clips' generators
         x = scheduler.step(out, t, x, generator=generator, **step_kwargs).prev_sample
     return x

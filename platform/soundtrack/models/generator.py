@@ -74,7 +74,7 @@ REQUIRED_KEYS = ("format", "profile", "fps", "sr", "clip_s", "frame_size", "mel_
                  "conditions")
 
 #: Sampler settings a caller may change per call (``generate(..., **overrides)``).
-OVERRIDES = ("guidance_scale", "weights", "num_steps", "scheduler", "attention", "window_k")
+OVERRIDES = ("guidance_scale", "weights", "num_steps", "scheduler", "attention", "window_k", "selector_tau")
 
 #: Output file types of :meth:`SoundtrackGenerator.generate_file`.
 OUTPUT_SUFFIXES = (".wav", ".mp4")
@@ -197,6 +197,11 @@ def apply_overrides(cfg: SamplerConfig, overrides: Mapping[str, Any]) -> Sampler
         elif name == "window_k":
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
                 raise GeneratorError(f"window_k must be an integer >= 1 (video frames), got {value!r}")
+            value = int(value)
+        elif name == "selector_tau":
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 0 <= value <= 1000:
+                raise GeneratorError(f"selector_tau must be an integer timestep in [0, 1000] (the training scale; "
+                                     f"Diff-BGM switches at 200), got {value!r}")
             value = int(value)
         elif name == "weights":
             if not isinstance(value, Mapping):

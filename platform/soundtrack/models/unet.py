@@ -568,6 +568,7 @@ class SoundtrackDenoiser(nn.Module):
         drop_mask: torch.Tensor | None = None,
         attention: str | None = None,
         window_k: int | None = None,
+        selector_tau: int | None = None,
     ) -> torch.Tensor:
         """Predicts ``config.prediction_type`` (noise, velocity or clean latent).
 
@@ -578,6 +579,8 @@ class SoundtrackDenoiser(nn.Module):
             drop_mask: (B, 4) bool over :data:`CONDITIONS`, True = dropped (None: keep all).
             attention: overrides ``config.attention`` for this call.
             window_k: overrides ``config.window_k`` for this call.
+            selector_tau: turns the feature selector on with this switch timestep for
+                this call (None: ``config.feature_selector`` / ``config.selector_tau``).
 
         Returns:
             the UNet output, shape of ``latents``.
@@ -592,9 +595,10 @@ class SoundtrackDenoiser(nn.Module):
 
         # 1. Condition tokens and the visibility of each token per example.
         tokens, times, kinds, keep = self.tokens(conds, drop)
-        if self.config.feature_selector:
+        if self.config.feature_selector or selector_tau is not None:
+            tau = self.config.selector_tau if selector_tau is None else int(selector_tau)
             has_text = (keep & (kinds.to(keep.device) == KIND_TEXT)[None, :]).any(dim=1)
-            keep = keep & feature_selector_keep(kinds, t, has_text, self.config.selector_tau)
+            keep = keep & feature_selector_keep(kinds, t, has_text, tau)
 
         # 2. Channel-wise fusion stream (read by the hooks during the UNet call).
         fused = self.fused_frames(conds, drop)

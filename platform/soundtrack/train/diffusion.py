@@ -328,6 +328,41 @@ def _final(result, sub: str, out: Path) -> Path:
     return out
 
 
+#: TrainSection fields a reused VAE + cache must share with the run that reuses them.
+_VAE_FIELDS = ("target", "vae", "vae_steps", "vae_batch_size", "vae_lr", "kl_weight", "use_text")
+
+
+def reused_parts(sec: TrainSection, features_dir: Path, encoders_dir: Path) -> dict[str, Path]:
+    """The VAE and latent cache of ``sec.reuse_vae_from``, checked to match this run.
+
+    Raises:
+        ConfigError: the run is missing, unfinished, or was trained on other data, encoders
+            or VAE settings (the message names the field that differs).
+    """
+    from soundtrack.runs import read_card
+
+    src = Path(sec.reuse_vae_from).resolve()
+    vae, cache = src / "vae" / "final", src / "cache"
+    if not (vae / "trainer_state.json").exists() or not (cache / "_done.json").exists():
+        raise ConfigError(f"train.reuse_vae_from={src}: no finished VAE and latent cache there "
+                          f"({vae} or {cache / '_done.json'} is missing); finish that training run first")
+    card = read_card(src)
+    other = card.get("config", {}).get("train", {})
+    mine = to_dict(sec)
+    for k in _VAE_FIELDS:
+        if k in other and other[k] != mine[k]:
+            raise ConfigError(f"train.reuse_vae_from={src}: its train.{k}={other[k]!r} differs from this run's "
+                              f"{mine[k]!r}; a reused VAE/cache must come from the same VAE settings")
+    up = card.get("upstream", {})
+    for key, mine_path in (("features", Path(features_dir)), ("pretrain", Path(encoders_dir).parent)):
+        theirs = up.get(key, {})
+        theirs = theirs.get("path") if isinstance(theirs, dict) else theirs
+        if theirs and Path(theirs).resolve().name != mine_path.resolve().name:
+            raise ConfigError(f"train.reuse_vae_from={src}: trained on {key} {theirs}, this run uses {mine_path}; "
+                              "the latent cache holds that data's encodings, so it cannot be reused")
+    return {"vae": vae, "cache": cache}
+
+
 def run_train(profile: str, sec: TrainSection, features_dir: Path, encoders_dir: Path, run_dir: Path) -> dict:
     """All phases; each skips itself when its output is complete (so a re-launch resumes).
 
@@ -358,9 +393,11 @@ def run_train(profile: str, sec: TrainSection, features_dir: Path, encoders_dir:
     del vae_kw
     init_ray()
     timings: dict[str, float] = {}
+    reused = reused_parts(sec, features_dir, encoders_dir) if sec.reuse_vae_from else None
 
     # 1. VAE
-    vae_final = run_dir / "vae" / "final"
+    vae_final = reused["vae"] if reused else run_dir / "vae" / "final"
+    cache_dir = reused["cache"] if reused else run_dir / "cache"
     t = time.time()
     if not (vae_final / "trainer_state.json").exists():
         key = f"mel_{sec.target}"
@@ -385,7 +422,7 @@ def run_train(profile: str, sec: TrainSection, features_dir: Path, encoders_dir:
 
     # 2. cache
     t = time.time()
-    n_cache = build_cache(features_dir, vae_final, Path(encoders_dir), run_dir / "cache", sec)
+    n_cache = build_cache(features_dir, vae_final, Path(encoders_dir), cache_dir, sec)
     timings["cache_s"] = round(time.time() - t, 1)
     if n_cache < sec.batch_size:
         raise ConfigError(f"train.batch_size={sec.batch_size} exceeds the {n_cache} cached training clips.")
@@ -394,7 +431,7 @@ def run_train(profile: str, sec: TrainSection, features_dir: Path, encoders_dir:
     t = time.time()
     unet_final = run_dir / "unet" / "final"
     if not (unet_final / "trainer_state.json").exists():
-        cache = ray.data.read_parquet(str(run_dir / "cache")).materialize()
+        cache = ray.data.read_parquet(str(cache_dir)).materialize()
         res = launch(unet_loop, {"section": to_dict(sec), "denoiser": dataclasses.asdict(dcfg), "run_dir": str(run_dir)},
                      run_dir / "unet", datasets={"train": repeat_stream(cache, sec.unet_steps * sec.batch_size * max(sec.num_workers, 1),
                                                      n_cache)},

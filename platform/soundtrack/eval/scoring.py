@@ -1,0 +1,376 @@
+"""Scoring generated soundtracks: per-clip metrics, set metrics and the evaluator.
+
+Plain numpy / PyTorch, no Ray: the bench (:mod:`soundtrack.eval.bench`) and the tuner
+call these from their Ray tasks.
+
+**Per clip** (:func:`clip_metrics`, one generated waveform against its clip's shard row):
+
+* sync against the clip's ground-truth *video event* times (``label_event_times``:
+  bounces, flashes, cuts; never the reference audio): ``hit_rate``, ``precision``,
+  ``f1``, ``onset_rate`` (onsets/s) from :func:`~soundtrack.eval.metrics.onset_sync`
+  with a 0.1 s window (one video frame). Hit rate is never reported alone;
+* ``bcs``, ``bhs``, ``beat_f1``: the generated audio's tracked beats against the same
+  video event times (HPM/LORIS definitions, 0.1 s);
+* ``melody_acc``: HPM melody accuracy against the reference music stem's melody;
+* ``dyn_r``: per-clip Pearson r of the dynamics curves (HPM micro dynamics correlation);
+* ``pche``, ``gps``, ``adv``: Diff-BGM's music-quality measures from audio-derived
+  chroma and onsets (we generate audio, not MIDI);
+* ``sim``: MuVi SIM with the evaluation encoders (position-aware cosine, video vs audio);
+* ``kl``: KL(p_ref || p_gen) of the evaluation classifier's mood predictions.
+
+**Per set** (:func:`set_metrics`): ``fad`` (Frechet distance of evaluation-encoder audio
+embeddings, generated vs the real test clips), ``is`` (Inception Score of the mood
+predictions), ``p_at_1`` / ``p_at_5`` (video -> audio retrieval among the set's clips),
+``csd`` / ``hsd`` (stability of BCS / BHS across clips), ``dyn_macro``.
+
+**Evaluator** (:class:`Evaluator`): contrastive encoders trained *apart* from the
+generator's conditioner (another seed on another draw of clips,
+``experiments/eval_encoders.yaml``) plus a linear mood classifier fitted on that
+evaluation set's training split. The generator is thus never graded by its own
+conditioner; the classifier's held-out accuracy is stored with it, read it before
+trusting KL and IS.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from soundtrack.eval import metrics as M
+
+#: Direction of every metric: +1 higher is better, -1 lower is better, 0 descriptive.
+DIRECTION: dict[str, int] = {
+    "f1": 1, "precision": 1, "hit_rate": 1, "onset_rate": 0, "bcs": 1, "bhs": 1, "beat_f1": 1,
+    "melody_acc": 1, "dyn_r": 1, "pche": 0, "gps": 0, "adv": -1, "sim": 1, "kl": -1,
+    "fad": -1, "is": 1, "p_at_1": 1, "p_at_5": 1, "csd": -1, "hsd": -1, "dyn_macro": 1, "rtf": 1,
+}
+#: Per-clip metrics, in table order.
+CLIP_METRICS: tuple[str, ...] = ("f1", "precision", "hit_rate", "onset_rate", "bcs", "bhs", "beat_f1", "melody_acc",
+                                 "dyn_r", "pche", "gps", "adv", "sim", "kl")
+#: Set-level metrics, in table order.
+SET_METRICS: tuple[str, ...] = ("fad", "is", "p_at_1", "p_at_5", "csd", "hsd", "dyn_macro")
+
+
+@dataclass(frozen=True)
+class ScoringConfig:
+    """Settings shared by every scored clip.
+
+    Args:
+        sr: sample rate of the waveforms (Hz).
+        window_s: one-to-one matching tolerance of the sync and beat metrics (s); 0.1 s
+            = one video frame at 10 fps, MuVi Appendix E's beat tolerance.
+        events_key: the shard column with the reference event times (s).
+        fad_window_s: the audio embedding is averaged over windows of this length (s)
+            before FAD, one vector per window (VGGish uses 0.96 s frames).
+        pool_size: retrieval pool for P@K (capped at the number of clips).
+    """
+
+    sr: int = 16000
+    window_s: float = 0.1
+    events_key: str = "label_event_times"
+    fad_window_s: float = 1.0
+    pool_size: int = 32
+
+
+def _times(x: Any) -> np.ndarray:
+    if x is None:
+        return np.zeros(0)
+    if isinstance(x, str):  # stored as text in some shard versions
+        x = [float(v) for v in x.strip("[]").split()] if x.strip("[]").strip() else []
+    return np.asarray(x, dtype=float).reshape(-1)
+
+
+def audio_descriptors(wav: np.ndarray, sr: int = 16000) -> dict[str, np.ndarray]:
+    """Onsets, beats, chroma, melody and dynamics of one waveform (the platform's front end).
+
+    Args:
+        wav: mono float waveform at ``sr``.
+        sr: sample rate (Hz); must be the featurizer's (16 kHz).
+
+    Returns:
+        ``onsets`` (s), ``beats`` (s), ``chroma`` (12, T), ``melody`` (T,), ``dynamics`` (T,) dB.
+    """
+    from soundtrack.data import features as F
+
+    w = np.asarray(wav, dtype=np.float32).reshape(-1)
+    cfg = F.DEFAULT_CONFIG
+    if sr != cfg.sr:
+        raise ValueError(f"scoring expects {cfg.sr} Hz audio, got {sr} Hz; resample first")
+    mag = F.magnitude_spectrogram(w, cfg)
+    ch = F.chroma(w, cfg, mag=mag)
+    env = F.onset_envelope(w, cfg, mag=mag)
+    return {"onsets": M.onset_times(w, sr), "beats": np.asarray(F.beat_times(env, cfg), float), "chroma": ch,
+            "melody": F.melody(ch), "dynamics": F.dynamics_db(w, cfg, mag=mag)}
+
+
+def clip_metrics(wav: np.ndarray, row: Mapping[str, Any], cfg: ScoringConfig = ScoringConfig(),
+                 desc: Mapping[str, np.ndarray] | None = None) -> dict[str, float]:
+    """The reference-based and intrinsic per-clip metrics of one generated waveform.
+
+    Args:
+        wav: generated mono waveform at ``cfg.sr``.
+        row: the clip's decoded shard row (``label_event_times``, ``melody``,
+            ``dynamics_db``).
+        cfg: scoring settings.
+        desc: :func:`audio_descriptors` of ``wav`` when already computed.
+
+    Returns:
+        ``{metric: value}`` for every name in :data:`CLIP_METRICS` except the
+        evaluator's (``sim``, ``kl``); nan where a metric is undefined for this clip.
+    """
+    d = dict(desc) if desc is not None else audio_descriptors(wav, cfg.sr)
+    duration = len(np.asarray(wav).reshape(-1)) / cfg.sr
+    events = _times(row.get(cfg.events_key))
+    sync = M.onset_sync(events, d["onsets"], window=cfg.window_s, duration=duration)
+    b_c = M.bcs(events, d["beats"], tolerance=cfg.window_s)
+    b_h = M.bhs(events, d["beats"], tolerance=cfg.window_s)
+    out = {"f1": sync["f1"], "precision": sync["precision"], "hit_rate": sync["hit_rate"],
+           "onset_rate": sync["onset_rate"], "bcs": b_c, "bhs": b_h, "beat_f1": float(M.beat_f1(b_c, b_h))}
+    out["melody_acc"] = (M.melody_accuracy(np.asarray(row["melody"]).reshape(-1), d["melody"])
+                         if row.get("melody") is not None else math.nan)
+    if row.get("dynamics_db") is not None:
+        out["dyn_r"] = M.dynamics_correlation([np.asarray(row["dynamics_db"], float)], [d["dynamics"]])["micro"]
+    else:
+        out["dyn_r"] = math.nan
+    out["pche"] = M.pche(d["chroma"])
+    beats = d["beats"]
+    if len(beats) >= 2:  # 4/4 bars at the tracked tempo, from the first beat
+        bar = 4.0 * float(np.median(np.diff(beats)))
+        out["gps"] = M.gps(M.grooving_patterns(d["onsets"], bar, duration, offset=float(beats[0])))
+    else:
+        out["gps"] = math.nan
+    n_seg = max(1, int(round(duration)))  # one accent per second-long segment (Diff-BGM eq. 2)
+    out["adv"] = M.adv(M.segment_onset_times(np.asarray(wav, np.float32).reshape(-1), cfg.sr, n_seg))
+    return {k: float(v) for k, v in out.items()}
+
+
+# ----------------------------------------------------------------------------- evaluator
+
+
+class Evaluator:
+    """Evaluation encoders (apart from the generator's) plus a linear mood classifier.
+
+    Args:
+        encoders: a :class:`soundtrack.models.encoders.ContrastiveModel`.
+        weight: (C, E) classifier weights over the pooled music embedding.
+        bias: (C,) classifier bias.
+        classes: class names, in row order.
+        card: provenance (encoder run, label, held-out accuracy).
+    """
+
+    def __init__(self, encoders, weight: torch.Tensor, bias: torch.Tensor, classes: Sequence[str],
+                 card: Mapping[str, Any] | None = None):
+        self.encoders = encoders.eval()
+        self.weight = weight.float()
+        self.bias = bias.float()
+        self.classes = list(classes)
+        self.card = dict(card or {})
+
+    # -- embeddings
+    @torch.no_grad()
+    def audio_frames(self, wavs: Sequence[np.ndarray], batch_size: int = 8) -> np.ndarray:
+        """Per-step (10/s) unit audio embeddings in the music space, (N, T, E)."""
+        from soundtrack.data.features import DEFAULT_CONFIG, log_mel
+
+        enc = self.encoders
+        outs = []
+        for i in range(0, len(wavs), batch_size):
+            chunk = [np.asarray(w, np.float32).reshape(-1) for w in wavs[i:i + batch_size]]
+            if enc.audio_input("music") == "mel":
+                x = torch.from_numpy(np.stack([log_mel(w, DEFAULT_CONFIG) for w in chunk]))
+            else:
+                x = torch.from_numpy(np.stack(chunk))
+            outs.append(enc.encode_music(x).float())
+        return torch.cat(outs).numpy()
+
+    @torch.no_grad()
+    def video_frames(self, frames: Sequence[np.ndarray], batch_size: int = 8) -> np.ndarray:
+        """Per-frame unit video embeddings projected into the music space, (N, T, E)."""
+        outs = []
+        for i in range(0, len(frames), batch_size):
+            x = torch.from_numpy(np.stack([np.asarray(f) for f in frames[i:i + batch_size]]))
+            outs.append(self.encoders.encode_video_both(x)[0].float())
+        return torch.cat(outs).numpy()
+
+    def classify(self, audio_frames: np.ndarray) -> np.ndarray:
+        """Class probabilities (N, C) from per-step audio embeddings (mean-pooled)."""
+        pooled = torch.from_numpy(_pool(audio_frames))
+        return torch.softmax(pooled @ self.weight.T + self.bias, dim=-1).numpy()
+
+    # -- persistence
+    def save(self, directory: str | os.PathLike) -> Path:
+        """Write ``encoders/`` (safetensors), ``classifier.safetensors`` and ``evaluator.json``."""
+        from safetensors.torch import save_file
+
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        self.encoders.save(d / "encoders")
+        save_file({"weight": self.weight.contiguous(), "bias": self.bias.contiguous()}, str(d / "classifier.safetensors"))
+        (d / "evaluator.json").write_text(json.dumps({"classes": self.classes, "card": self.card}, indent=2))
+        return d
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike) -> "Evaluator":
+        """Load what :meth:`save` wrote."""
+        from safetensors.torch import load_file
+
+        from soundtrack.models.encoders import ContrastiveModel
+
+        d = Path(directory)
+        if not (d / "evaluator.json").is_file():
+            raise FileNotFoundError(f"{d} is not an evaluator directory (no evaluator.json); build one with "
+                                    "soundtrack.eval.scoring.build_evaluator (soundtrack bench does it when missing)")
+        doc = json.loads((d / "evaluator.json").read_text())
+        t = load_file(str(d / "classifier.safetensors"))
+        return cls(ContrastiveModel.load(d / "encoders"), t["weight"], t["bias"], doc["classes"], doc.get("card"))
+
+
+def _pool(frames: np.ndarray) -> np.ndarray:
+    v = np.asarray(frames, np.float32).mean(axis=1)
+    return v / np.maximum(np.linalg.norm(v, axis=-1, keepdims=True), 1e-8)
+
+
+def fit_linear_probe(x: np.ndarray, y: np.ndarray, n_classes: int, weight_decay: float = 1e-3,
+                     steps: int = 500, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Multinomial logistic regression (full-batch Adam, L2) on fixed embeddings.
+
+    Args:
+        x: (N, E) features.
+        y: (N,) integer labels in [0, n_classes).
+        n_classes: number of classes.
+        weight_decay: L2 penalty on the weights.
+        steps: optimiser steps.
+        seed: init seed.
+
+    Returns:
+        ``(weight (C, E), bias (C,))``.
+    """
+    g = torch.Generator().manual_seed(seed)
+    xt, yt = torch.from_numpy(np.asarray(x, np.float32)), torch.from_numpy(np.asarray(y, np.int64))
+    w = (0.01 * torch.randn(n_classes, xt.shape[1], generator=g)).requires_grad_()
+    b = torch.zeros(n_classes, requires_grad=True)
+    opt = torch.optim.Adam([w, b], lr=0.05)
+    for _ in range(steps):
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(xt @ w.T + b, yt) + weight_decay * (w ** 2).sum()
+        loss.backward()
+        opt.step()
+    return w.detach(), b.detach()
+
+
+def build_evaluator(encoders_dir: str | os.PathLike, features_dir: str | os.PathLike, out: str | os.PathLike,
+                    label: str = "mood", seed: int = 0) -> Evaluator:
+    """Fit the mood classifier on an evaluation set and save the evaluator.
+
+    The classifier is a linear probe on the evaluation encoders' pooled audio embedding of
+    the real mix, fitted on the ``train`` split of ``features_dir`` and scored on its
+    ``val`` split (accuracy stored in the card).
+
+    Args:
+        encoders_dir: the evaluation encoders (``<pretrain run>/model``).
+        features_dir: the featurize run of the evaluation data set.
+        out: where to save the evaluator.
+        label: the label column (without ``label_``) to classify.
+        seed: init seed of the probe.
+    """
+    from soundtrack.data.pipeline import decode_row, read_shards
+    from soundtrack.models.encoders import ContrastiveModel
+
+    enc = ContrastiveModel.load(encoders_dir).eval()
+    col = f"label_{label}"
+    tmp = Evaluator(enc, torch.zeros(1, 1), torch.zeros(1), ["?"])
+    data = {}
+    for split in ("train", "val"):
+        df = read_shards(features_dir, split=split, columns=["clip_id", "wav_mix", col])
+        rows = [decode_row(r) for r in df.to_dict("records")]
+        data[split] = (_pool(tmp.audio_frames([r["wav_mix"] for r in rows])), [str(r[col]) for r in rows])
+    classes = sorted(set(data["train"][1]))
+    idx = {c: i for i, c in enumerate(classes)}
+    w, b = fit_linear_probe(data["train"][0], np.asarray([idx[c] for c in data["train"][1]]), len(classes), seed=seed)
+    xv, yv = data["val"]
+    known = [i for i, c in enumerate(yv) if c in idx]
+    pred = (torch.from_numpy(xv[known]) @ w.T + b).argmax(-1).numpy()
+    acc = float(np.mean(pred == np.asarray([idx[yv[i]] for i in known]))) if known else math.nan
+    counts = {c: data["train"][1].count(c) for c in classes}
+    card = {"encoders": str(encoders_dir), "features": str(features_dir), "label": label,
+            "train_clips": len(data["train"][1]), "val_clips": len(known), "val_accuracy": acc,
+            "majority_baseline": max(counts.values()) / max(sum(counts.values()), 1),
+            "classifier": "linear probe (multinomial logistic regression) on the pooled music-space embedding"}
+    ev = Evaluator(enc, w, b, classes, card)
+    ev.save(out)
+    return ev
+
+
+def evaluator_metrics(ev: Evaluator, wavs: Sequence[np.ndarray], ref_wavs: Sequence[np.ndarray],
+                      frames: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
+    """Per-clip ``sim`` and ``kl`` plus the embeddings :func:`set_metrics` needs.
+
+    Args:
+        ev: the evaluator.
+        wavs: generated waveforms (N).
+        ref_wavs: the clips' real soundtracks (N), for KL's reference predictions.
+        frames: the clips' video frames (N), for SIM.
+
+    Returns:
+        ``sim`` (N,), ``kl`` (N,), ``audio`` (N, T, E), ``video`` (N, T, E), ``probs`` (N, C).
+    """
+    a = ev.audio_frames(wavs)
+    r = ev.audio_frames(ref_wavs)
+    v = ev.video_frames(frames)
+    t = min(a.shape[1], v.shape[1], r.shape[1])
+    a, r, v = a[:, :t], r[:, :t], v[:, :t]
+    p, q = ev.classify(r), ev.classify(a)
+    return {"sim": np.asarray(M.sim(v, a, reduce=False), float), "kl": np.asarray(M.kl_divergence(p, q, reduce=False)),
+            "audio": a, "video": v, "probs": q, "ref_audio": r}
+
+
+def _windows(frames: np.ndarray, per: int) -> np.ndarray:
+    n, t, e = frames.shape
+    k = t // per
+    return frames[:, : k * per].reshape(n, k, per, e).mean(axis=2).reshape(n * k, e)
+
+
+def set_metrics(clips: Mapping[str, np.ndarray], audio: np.ndarray | None = None, video: np.ndarray | None = None,
+                ref_audio: np.ndarray | None = None, probs: np.ndarray | None = None,
+                dyn_ref: Sequence[np.ndarray] | None = None, dyn_gen: Sequence[np.ndarray] | None = None,
+                cfg: ScoringConfig = ScoringConfig(), steps_per_s: int = 10) -> dict[str, float]:
+    """Metrics defined on a set of clips (one method's generations for the test clips).
+
+    Args:
+        clips: per-clip metric columns (``bcs``, ``bhs``) for CSD / HSD.
+        audio: (N, T, E) evaluation-encoder embeddings of the generated audio.
+        video: (N, T, E) evaluation-encoder video embeddings of the same clips.
+        ref_audio: (N, T, E) embeddings of the real soundtracks (FAD's reference set).
+        probs: (N, C) class probabilities of the generated audio (IS).
+        dyn_ref / dyn_gen: per-clip dynamics curves (macro dynamics correlation).
+        cfg: scoring settings.
+        steps_per_s: embedding steps per second (10).
+
+    Returns:
+        ``{metric: value}`` over :data:`SET_METRICS` (nan where inputs are missing).
+    """
+    out = {k: math.nan for k in SET_METRICS}
+    if "bcs" in clips:
+        out["csd"] = M.csd(np.asarray(clips["bcs"], float))
+        out["hsd"] = M.hsd(np.asarray(clips["bhs"], float))
+    if audio is not None and ref_audio is not None:
+        per = max(1, int(round(cfg.fad_window_s * steps_per_s)))
+        out["fad"] = M.fad(_windows(ref_audio, per), _windows(audio, per))
+    if audio is not None and video is not None:
+        n = len(audio)
+        flat = lambda x: x.reshape(n, -1)  # noqa: E731 - per-frame unit vectors: cosine = position-aware sim
+        for k in (1, 5):
+            out[f"p_at_{k}"] = float(M.precision_at_k(flat(video), flat(audio), k, pool_size=min(cfg.pool_size, n))["p_at_k"])
+    if probs is not None:
+        out["is"] = M.inception_score(probs)[0]
+    if dyn_ref is not None and dyn_gen is not None:
+        out["dyn_macro"] = M.dynamics_correlation(list(dyn_ref), list(dyn_gen))["macro"]
+    return {k: float(v) for k, v in out.items()}

@@ -1,0 +1,121 @@
+"""The Ray Tune trainables: one trial = one setting scored on the validation clips.
+
+Both are function trainables wrapped with ``tune.with_parameters(fn, ctx=...)``; ``ctx``
+holds everything a trial needs to find its inputs (model, features, evaluator, objective)
+as plain JSON-able values. A trial writes its artifacts to ``<run>/trials/<trial id>/``:
+``config.json`` (its parameters and the model settings they mean), ``per_clip.csv``,
+``embeddings.npz`` (evaluator embeddings, for set metrics and bootstrap), ``wavs/`` and,
+last, ``done.json`` (final score, clips evaluated, seconds). A trial restarted after an
+interrupted search rewrites its folder from scratch.
+
+Intermediate results (``tune.report``): ``clips`` (validation clips evaluated so far, the
+ASHA resource), ``score`` (the objective on those clips) and the per-clip metric means.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+
+def _setup(ctx: dict) -> tuple[Path, str]:
+    import torch
+    from ray import tune
+
+    torch.set_num_threads(int(ctx["torch_threads"]))
+    trial_id = tune.get_context().get_trial_id()
+    out = Path(ctx["run_dir"]) / "trials" / trial_id
+    if out.exists():  # a restarted trial starts over
+        import shutil
+
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    return out, trial_id
+
+
+def _load_evaluator(ctx: dict):
+    from soundtrack.eval.scoring import Evaluator
+
+    return Evaluator.load(ctx["evaluator"]) if ctx.get("evaluator") else None
+
+
+def _score(gen, overrides: dict, ctx: dict, out: Path, t0: float, extra: dict | None = None) -> None:
+    """Evaluate the validation clips batch by batch, reporting to Tune, and save artifacts."""
+    from ray import tune
+
+    from soundtrack.tune.evaluate import evaluate_clips, load_rows, save_scores
+
+    rows = load_rows(ctx["features"], "val", int(ctx["val_clips"]))
+    ev = _load_evaluator(ctx)
+    objective = ctx["objective"]
+
+    def report(n: int, score: float, scores) -> None:
+        means = {k: v for k, v in scores.means().items() if k in ctx["report_metrics"]}
+        save_scores(scores, out)  # partial artifacts survive an early stop
+        tune.report({"clips": n, "score": score, **means, **(extra or {})})
+
+    scores = evaluate_clips(gen, rows, overrides, int(ctx["gen_seed"]), ev, objective,
+                            batch_clips=int(ctx["batch_clips"]), on_batch=report,
+                            wav_dir=out / "wavs" if ctx.get("keep_wavs") == "all" else None)
+    from soundtrack.tune.evaluate import objective_value
+
+    (out / "done.json").write_text(json.dumps({"clips": len(scores), "score": objective_value(scores, objective),
+                                               "seconds": round(time.time() - t0, 2)}))
+
+
+def sampling_trial(config: dict[str, Any], ctx: dict) -> None:
+    """One sampling-space trial: the trained model with this trial's guidance / window settings.
+
+    Args:
+        config: the trial's parameters (from the searcher).
+        ctx: the search's context (see the module docstring).
+    """
+    from soundtrack.models.generator import SoundtrackGenerator
+    from soundtrack.tune.space import sampling_overrides
+
+    t0 = time.time()
+    out, trial_id = _setup(ctx)
+    gen = SoundtrackGenerator.load(ctx["model_dir"])
+    overrides = sampling_overrides(config, tuple(gen.conditions))
+    gen.sampler_config(**overrides)  # a bad setting fails here, before any work
+    (out / "config.json").write_text(json.dumps({"trial_id": trial_id, "params": config, "overrides": overrides,
+                                                 "model": ctx["model_dir"]}, indent=2, default=str))
+    _score(gen, overrides, ctx, out, t0)
+
+
+def training_trial(config: dict[str, Any], ctx: dict) -> None:
+    """One training-space trial: a short UNet training (reused VAE + cache), then the evaluation.
+
+    The UNet trains in this process (``num_workers=0``: Ray Train's local mode, no nested
+    worker group), so a trial holds only its own CPU reservation; its latent cache is read
+    with Ray Data, which needs a free CPU beside the trials (the search caps concurrency
+    to leave one).
+
+    Args:
+        config: the trial's parameters.
+        ctx: the search's context.
+    """
+    import dataclasses
+
+    from soundtrack.config import TrainSection, build
+    from soundtrack.models.generator import SoundtrackGenerator
+    from soundtrack.train.diffusion import run_train
+    from soundtrack.tune.space import training_changes
+
+    t0 = time.time()
+    out, trial_id = _setup(ctx)
+    base = build(TrainSection, ctx["base_train"], src="base training run", prefix="train.")
+    sec = build(TrainSection, ctx["train"], src="tune config", prefix="train.", base=base)
+    changes = training_changes(config)
+    den = {**sec.denoiser, **changes.pop("denoiser", {})}
+    sec = dataclasses.replace(sec, **changes, denoiser=den, reuse_vae_from=ctx["base_run"], features=None,
+                              pretrain=None, torch_threads=int(ctx["torch_threads"]))
+    (out / "config.json").write_text(json.dumps({"trial_id": trial_id, "params": config,
+                                                 "train": dataclasses.asdict(sec)}, indent=2, default=str))
+    t = time.time()
+    summary = run_train(ctx["profile"], sec, Path(ctx["features"]), Path(ctx["encoders_dir"]), out / "train")
+    train_s = time.time() - t
+    gen = SoundtrackGenerator.load(summary["model"])
+    _score(gen, {}, ctx, out, t0, extra={"train_s": round(train_s, 1)})

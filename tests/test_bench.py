@@ -1,0 +1,129 @@
+"""The bench runner: config checks (unit) and a real bench on local Ray (integration).
+
+The integration test runs real Ray tasks that generate with an untrained tiny generator
+on real decoded clips, scores them, then re-runs and must take every sample from the cache.
+"""
+
+import json
+
+import numpy as np
+import pytest
+import yaml
+
+from soundtrack.config import ConfigError, FeaturizeSection
+
+
+def _write(tmp_path, data, name="b.yaml"):
+    p = tmp_path / name
+    p.write_text(yaml.safe_dump(data))
+    return p
+
+
+def test_config_errors_name_the_problem(tmp_path):
+    from soundtrack.eval.bench import load_bench_config
+
+    with pytest.raises(ConfigError, match="'methods' is empty"):
+        load_bench_config(_write(tmp_path, {"name": "x"}))
+    with pytest.raises(ConfigError, match="allowed values: 'ground_truth', 'retrieval', 'generator'"):
+        load_bench_config(_write(tmp_path, {"methods": {"a": {"kind": "magic"}}}))
+    with pytest.raises(ConfigError, match="'nope' .* is not a method"):
+        load_bench_config(_write(tmp_path, {"baseline": "nope", "methods": {"a": {"kind": "ground_truth"}}}))
+    with pytest.raises(ConfigError, match="unknown key 'methods.a.smapler'"):
+        load_bench_config(_write(tmp_path, {"methods": {"a": {"smapler": {}}}}))
+    with pytest.raises(ConfigError, match="takes only 'kind' and 'label'"):
+        load_bench_config(_write(tmp_path, {"methods": {"a": {"kind": "ground_truth", "sampler": {"num_steps": 2}}}}))
+    cfg, methods = load_bench_config(REPO_BENCH)
+    assert cfg.clips == 16 and "ground_truth" in methods and methods["global"].train
+
+
+from pathlib import Path  # noqa: E402
+
+REPO_BENCH = Path(__file__).resolve().parents[1] / "experiments" / "bench_demo.yaml"
+
+
+def test_derangement_has_no_fixed_point_and_is_seeded():
+    from soundtrack.eval.bench import derangement
+
+    for n in (2, 3, 16):
+        for seed in range(5):
+            p = derangement(n, seed)
+            assert sorted(p) == list(range(n)) and all(p[i] != i for i in range(n))
+    assert derangement(16, 0) == derangement(16, 0) and derangement(16, 0) != derangement(16, 1)
+
+
+def test_spec_hash_changes_with_settings_not_label(tmp_path):
+    from soundtrack.eval.bench import MethodSpec, spec_hash
+
+    a = spec_hash(MethodSpec(label="x", sampler={"guidance_scale": 2.0}), None)
+    assert a == spec_hash(MethodSpec(label="y", sampler={"guidance_scale": 2.0}), None)
+    assert a != spec_hash(MethodSpec(sampler={"guidance_scale": 3.0}), None)
+    assert a != spec_hash(MethodSpec(sampler={"guidance_scale": 2.0}, video="other"), None)
+
+
+@pytest.mark.integration
+def test_bench_on_local_ray_scores_and_caches(synth_small, tmp_path):
+    import ray
+    import soundfile as sf
+    import torch
+
+    from soundtrack.data.pipeline import decode_row, read_shards, run_featurize
+    from soundtrack.eval.bench import load_bench_config, run_bench
+    from soundtrack.eval.scoring import Evaluator, clip_metrics
+    from soundtrack.models.encoders import ContrastiveConfig, build_contrastive
+    from soundtrack.models.generator import build_tiny_generator
+    from soundtrack.runs import Run
+
+    feats = tmp_path / "features"
+    with Run(tmp_path, "features", "f", run_dir=feats, config={"featurize": {"size": 32}}) as run:
+        run_featurize(synth_small, feats, FeaturizeSection(size=32, rows_per_shard=4), use_ray=False, progress=False)
+        run.finish()
+    build_tiny_generator(tmp_path / "gen", num_steps=2, gl_iterations=4)
+    enc = build_contrastive(ContrastiveConfig.tiny(video_input_size=32, video_channels=(8, 16), video_dim=16,
+                                                   audio_channels=16, audio_dim=16, embed_dim=32, use_text=False))
+    torch.manual_seed(0)
+    Evaluator(enc, torch.randn(3, 32), torch.zeros(3), ["a", "b", "c"], {"val_accuracy": float("nan")}).save(tmp_path / "ev")
+    cfg_path = _write(tmp_path, {
+        "name": "t", "model": f"file:{tmp_path / 'gen'}", "evaluator": str(tmp_path / "ev"), "data": str(feats),
+        "split": "train", "clips": 3, "seeds": [0, 1], "clips_per_task": 2, "cpus_per_task": 0.5, "n_boot": 100,
+        "baseline": "gen", "pairs": [["ground_truth", "random_retrieval"]],
+        "methods": {"ground_truth": {"kind": "ground_truth"}, "random_retrieval": {"kind": "retrieval"},
+                    "gen": {"sampler": {"guidance_scale": 2.0}}, "gen_other": {"video": "other"}}})
+    cfg, methods = load_bench_config(cfg_path)
+    try:
+        out = run_bench(cfg, methods, storage=str(tmp_path / "runs"), progress=False)
+        import pandas as pd
+
+        table = pd.read_parquet(out / "results.parquet")
+        assert len(table) == 4 * 3 * 2  # methods x clips x seeds, each once
+        assert not table.duplicated(["method", "clip_id", "seed"]).any()
+        gens = table[table["method"] == "gen"]
+        assert (gens["gen_s"] > 0).all()
+        # ground truth's scores are those of the real mix, computed directly
+        rows = {r["clip_id"]: decode_row(r) for r in read_shards(feats, split="train").to_dict("records")}
+        gt = table[(table["method"] == "ground_truth") & (table["seed"] == 0)].iloc[0]
+        direct = clip_metrics(np.asarray(rows[gt["clip_id"]]["wav_mix"], np.float32), rows[gt["clip_id"]])
+        assert gt["f1"] == pytest.approx(direct["f1"]) and gt["onset_rate"] == pytest.approx(direct["onset_rate"])
+        # random retrieval uses another clip's real audio, never the clip's own
+        rr = table[table["method"] == "random_retrieval"]
+        assert (rr["source"] != rr["clip_id"]).all()
+        # the generator depends on the seed; the cached waveform is what was scored
+        summ = json.loads((out / "summary.json").read_text())
+        cache = out / summ["cache"]["gen"]
+        w0, _ = sf.read(str(cache / f"{gens.iloc[0]['clip_id']}_s0.wav"))
+        w1, _ = sf.read(str(cache / f"{gens.iloc[0]['clip_id']}_s1.wav"))
+        assert not np.allclose(w0, w1)
+        assert "gen - ground_truth" not in summ["paired_differences"]
+        assert "ground_truth - random_retrieval" in summ["paired_differences"]
+        assert {"f1", "precision", "onset_rate"} <= set(summ["paired_differences"]["ground_truth - gen"])
+        md = (out / "summary.md").read_text()
+        assert "| method | f1 ↑ | precision ↑ |" in md and "| ground_truth - random_retrieval |" in md
+        assert (out / "bench.png").stat().st_size > 10_000
+        # a re-run takes every sample from the cache and gives the same table
+        mtimes = {p: p.stat().st_mtime_ns for p in cache.glob("*.wav")}
+        out2 = run_bench(cfg, methods, storage=str(tmp_path / "runs"), progress=False)
+        t2 = pd.read_parquet(out2 / "results.parquet")
+        assert {p: p.stat().st_mtime_ns for p in cache.glob("*.wav")} == mtimes
+        pd.testing.assert_frame_equal(table.sort_values(["method", "clip_id", "seed"]).reset_index(drop=True),
+                                      t2.sort_values(["method", "clip_id", "seed"]).reset_index(drop=True))
+    finally:
+        ray.shutdown()
