@@ -81,7 +81,7 @@ def test_bench_on_local_ray_scores_and_caches(synth_small, tmp_path):
     enc = build_contrastive(ContrastiveConfig.tiny(video_input_size=32, video_channels=(8, 16), video_dim=16,
                                                    audio_channels=16, audio_dim=16, embed_dim=32, use_text=False))
     torch.manual_seed(0)
-    Evaluator(enc, torch.randn(3, 32), torch.zeros(3), ["a", "b", "c"], {"val_accuracy": float("nan")}).save(tmp_path / "ev")
+    Evaluator(enc, torch.randn(3, 280), torch.zeros(3), ["a", "b", "c"], {"val_accuracy": float("nan")}).save(tmp_path / "ev")
     cfg_path = _write(tmp_path, {
         "name": "t", "model": f"file:{tmp_path / 'gen'}", "evaluator": str(tmp_path / "ev"), "data": str(feats),
         "split": "train", "clips": 3, "seeds": [0, 1], "clips_per_task": 2, "cpus_per_task": 0.5, "n_boot": 100,
@@ -127,3 +127,25 @@ def test_bench_on_local_ray_scores_and_caches(synth_small, tmp_path):
                                       t2.sort_values(["method", "clip_id", "seed"]).reset_index(drop=True))
     finally:
         ray.shutdown()
+
+
+def _clicks(times, sr=16000, dur=10.24):
+    wav = np.zeros(int(sr * dur), np.float32)
+    rng = np.random.default_rng(0)
+    for t in times:
+        i = int(t * sr)
+        n = min(800, len(wav) - i)
+        wav[i:i + n] += (rng.standard_normal(n) * np.exp(-np.arange(n) / 120)).astype(np.float32) * 0.5
+    return wav
+
+
+def test_clip_metrics_reward_clicks_on_the_events_not_beside_them():
+    from soundtrack.eval.scoring import clip_metrics
+
+    events = np.arange(0.5, 10.0, 0.5)
+    row = {"label_event_times": events}
+    on = clip_metrics(_clicks(events), row)
+    off = clip_metrics(_clicks(events + 0.25), row)  # every click between two events
+    assert on["f1"] > 0.9 and on["precision"] > 0.9 and abs(on["onset_rate"] - len(events) / 10.24) < 0.3
+    assert off["f1"] < 0.1 and off["hit_rate"] < 0.1
+    assert np.isnan(on["melody_acc"]) and np.isnan(on["dyn_r"])  # no reference controls in the row

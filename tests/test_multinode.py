@@ -21,20 +21,38 @@ TINY_MODEL = {"video_input_size": 32, "video_channels": [8, 16], "video_dim": 16
 
 @pytest.fixture(scope="module")
 def cluster():
-    from soundtrack.raycluster import set_ray_env
+    import os
+    import shutil
+    import tempfile
+
+    from soundtrack.raycluster import set_ray_env, worker_env
 
     set_ray_env()
     import ray
     from ray.cluster_utils import Cluster
 
+    # A private RAY_TMPDIR (short: Ray puts sockets under it): Cluster() otherwise writes
+    # /tmp/ray/ray_current_cluster, which every address-less ray.init() on the machine then
+    # joins, and its shutdown deletes that file whoever wrote it last.
+    old_tmp = os.environ.get("RAY_TMPDIR")
+    os.environ["RAY_TMPDIR"] = tmp = tempfile.mkdtemp(prefix="rmn", dir="/tmp")
     c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})  # the head only schedules
     c.add_node(num_cpus=1)
     c.add_node(num_cpus=1)
     c.wait_for_nodes()
-    ray.init(address=c.address, include_dashboard=False)
+    # RAY_ADDRESS for every worker: Train V2's PlacementGroupCleaner looks the controller up
+    # through the state API at address "auto", which on a shared machine may pick another
+    # user's Ray, find no such actor there, and remove our training placement group.
+    ray.init(address=c.address, include_dashboard=False,
+             runtime_env={"env_vars": {**worker_env(), "RAY_ADDRESS": c.address}})
     yield c
     ray.shutdown()
     c.shutdown()
+    if old_tmp is None:
+        os.environ.pop("RAY_TMPDIR", None)
+    else:
+        os.environ["RAY_TMPDIR"] = old_tmp
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _cpu_nodes() -> set[str]:

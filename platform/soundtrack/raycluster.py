@@ -59,8 +59,8 @@ def init_ray(address: str | None = None, num_cpus: float | None = None, quiet: b
     """Start a local Ray (or join ``address``) unless one is already up in this process.
 
     Args:
-        address: ``None`` for a new local Ray (or ``RAY_ADDRESS`` when set), ``"auto"`` to
-            join a running cluster, or a ``host:port``.
+        address: ``None`` for a new local Ray (or ``RAY_ADDRESS`` when set; never an
+            unrelated running cluster), ``"auto"`` to join a running cluster, or a ``host:port``.
         num_cpus: CPUs of the local Ray (``None``: all cores). Ignored when joining.
         quiet: keep Ray Data's per-operator progress bars off (stages print their own).
 
@@ -77,7 +77,10 @@ def init_ray(address: str | None = None, num_cpus: float | None = None, quiet: b
         if address:
             ray.init(address=address, **kw)
         else:
-            ray.init(num_cpus=num_cpus, **kw)
+            # "local": always a fresh local Ray. Without it ray.init() joins whatever
+            # cluster `ray start` (or a test's ray.cluster_utils.Cluster) left in
+            # /tmp/ray, and this stage dies when that cluster goes away (seen here).
+            ray.init(address="local", num_cpus=num_cpus, **kw)
     if quiet:
         from ray.data import DataContext
 

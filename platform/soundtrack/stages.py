@@ -243,31 +243,73 @@ def stage_train(cfg: ExperimentConfig, resume: bool = False, force: bool = False
     return out
 
 
-def stage_demo(cfg: ExperimentConfig) -> dict[str, Path]:
-    """The demo chain on the embedded default: synth -> featurize (later stages append).
+#: The experiment files the demo chains (resolved in the repository, not the working directory).
+EXPERIMENTS = Path(__file__).resolve().parents[2] / "experiments"
+
+
+def stage_demo(cfg: ExperimentConfig, experiments: str | Path = EXPERIMENTS) -> dict[str, Path]:
+    """The whole chain on the embedded default, each stage resumable and reused when finished.
+
+    synth -> featurize -> pretrain -> train -> evaluation encoders + classifier (trained
+    apart) -> tune (small sampling search) -> registry entry ``demo`` -> one generation from
+    the registry -> Ray Serve answering one real HTTP request -> bench (small).
 
     Args:
-        cfg: the demo experiment.
+        cfg: the demo experiment (``experiments/demo.yaml``).
+        experiments: the folder with ``eval_encoders_demo.yaml``, ``tune_demo.yaml`` and
+            ``bench_small.yaml``.
 
     Returns:
-        ``{artifact: path}``.
+        ``{artifact: path}``, in the order they were made.
     """
+    import dataclasses
+    import time
+
+    experiments = Path(experiments)
     arts: dict[str, Path] = {}
+    times: dict[str, float] = {}
+
+    def step(name: str):
+        times[name] = time.time()
+        print(f"\n=== demo: {name} ===", file=sys.stderr, flush=True)
+
+    step("synth")
     data = stage_synth(cfg.synth, storage=cfg.storage)
     arts["data set (mp4 + stems + manifest)"] = data
+    step("featurize")
     feats = stage_featurize(data, cfg.featurize, storage=cfg.storage)
     arts["feature shards (parquet)"] = feats / "shards"
-    import dataclasses
-
+    step("pretrain")
     pcfg = dataclasses.replace(cfg, pretrain=dataclasses.replace(cfg.pretrain, features=str(feats)))
     pre = stage_pretrain(pcfg, resume=True)
     arts["contrastive encoders (safetensors)"] = pre / "model"
     arts["pretrain evaluation (json, png)"] = pre / "eval.json"
+    step("train")
     tcfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, features=str(feats), pretrain=str(pre)))
     tr = stage_train(tcfg, resume=True)
     arts["generator (model URI train:<run>)"] = tr / "model"
     arts["training losses (png)"] = tr / "losses.png"
-    # one real generation: a soundtrack for a held-out video, muxed into it
+
+    step("evaluator")
+    from soundtrack.eval.bench import ensure_evaluator
+
+    ev = ensure_evaluator(str(experiments / "eval_encoders_demo.yaml"), cfg.storage)
+    arts["evaluation encoders + style classifier (trained apart)"] = ev
+
+    step("tune")
+    from soundtrack.tune.config import load_tune_config
+    from soundtrack.tune.search import stage_tune
+
+    tune_cfg = load_tune_config(experiments / "tune_demo.yaml",
+                                [f"model=train:{tr.name}", f"evaluator={ev}", f"storage={cfg.storage}"])
+    tune_dir = stage_tune(tune_cfg, resume=True, src=str(experiments / "tune_demo.yaml"))
+    arts["search report (trials.csv, plots)"] = tune_dir
+    registry_uri = f"registry:{tune_cfg.registry_name}"
+    from soundtrack.generate.uri import resolve_model_uri
+
+    arts[f"registry entry ({registry_uri})"] = resolve_model_uri(registry_uri, cfg.storage).parent
+
+    step("generate + serve")
     from soundtrack.data.manifest import read_manifest
     from soundtrack.generate.uri import load_generator
 
@@ -275,14 +317,29 @@ def stage_demo(cfg: ExperimentConfig) -> dict[str, Path]:
     clip = man[man["split"] == "test"].sort_values("clip_id").iloc[0]
     out_dir = Path(cfg.storage) / "demo" / cfg.name
     out_dir.mkdir(parents=True, exist_ok=True)
-    gen = load_generator(f"file:{tr / 'model'}")
+    gen = load_generator(registry_uri, cfg.storage)
     res = gen.generate_file(clip["video_path"], out_dir / f"{clip['clip_id']}.soundtrack.mp4", seed=0,
                             clip_id=clip["clip_id"])
     arts["generated soundtrack for a test video (mp4)"] = Path(getattr(res, "out_path", out_dir))
-    # the same model behind Ray Serve on 127.0.0.1: one real HTTP request answered (WAV and MP4)
+    # the registry model behind Ray Serve on 127.0.0.1: one real HTTP request answered (WAV and MP4)
     from soundtrack.serving.app import serve_demo
 
-    served = serve_demo(f"file:{tr / 'model'}", cfg.storage, clip["video_path"], out_dir / "served")
+    served = serve_demo(registry_uri, cfg.storage, clip["video_path"], out_dir / "served")
     arts["served over HTTP (wav)"] = Path(served["wav"])
     arts["served over HTTP (mp4)"] = Path(served["mp4"])
+
+    step("bench")
+    from soundtrack.eval.bench import load_bench_config, run_bench
+
+    bcfg, methods = load_bench_config(experiments / "bench_small.yaml",
+                                      [f"model={registry_uri}", f"methods.untuned.uri=train:{tr.name}",
+                                       f"evaluator={ev}"])
+    bench = run_bench(bcfg, methods, storage=cfg.storage,
+                      command=f"soundtrack bench experiments/bench_small.yaml --set model={registry_uri} "
+                              f"--set methods.untuned.uri=train:{tr.name} --set evaluator={ev}")
+    arts["bench tables (md, csv, parquet) and plot"] = bench / "summary.md"
+    names = list(times) + ["end"]
+    times["end"] = time.time()
+    print("\ndemo stage times (s): " + ", ".join(f"{a} {times[b] - times[a]:.0f}" for a, b in zip(names, names[1:])),
+          file=sys.stderr)
     return arts

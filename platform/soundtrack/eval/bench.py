@@ -187,7 +187,7 @@ def _experiment_run(yaml_path: str, storage: str):
 
 
 def ensure_evaluator(evaluator: str = "experiments/eval_encoders.yaml", storage: str = "runs") -> Path:
-    """The evaluator directory: encoders trained apart + mood classifier (built when missing).
+    """The evaluator directory: encoders trained apart + style classifier (built when missing).
 
     Args:
         evaluator: an experiment YAML whose ``pretrain`` stage gives the evaluation encoders
@@ -335,7 +335,7 @@ def run_chunk(jobs: Sequence[dict], model_dir: str | None, overrides: Mapping[st
 def _load_rows(features: Path, split: str, n: int) -> list[dict]:
     from soundtrack.data.pipeline import decode_row, read_shards
 
-    cols = ["clip_id", "frames", "wav_mix", "melody", "dynamics_db", "label_event_times", "label_mood"]
+    cols = ["clip_id", "frames", "wav_mix", "melody", "dynamics_db", "label_event_times", "label_style"]
     df = read_shards(features, split=split, columns=cols).sort_values("clip_id").head(n).reset_index(drop=True)
     if len(df) < n:
         print(f"bench: only {len(df)} {split} clips in {features} (asked for {n})", file=sys.stderr)
@@ -569,7 +569,7 @@ def markdown(summary: Mapping[str, Any], methods: Mapping[str, MethodSpec], comm
         lines.append("")
     ev = summary.get("evaluator_card", {})
     if ev:
-        lines += [f"Evaluator: encoders {ev.get('encoders')}; mood classifier held-out accuracy "
+        lines += [f"Evaluator: encoders {ev.get('encoders')}; {ev.get('label')} classifier held-out accuracy "
                   f"{ev.get('val_accuracy', math.nan):.2f} (majority class {ev.get('majority_baseline', math.nan):.2f}, "
                   f"{ev.get('val_clips')} clips): KL and IS are only as informative as that.", ""]
     return "\n".join(lines)

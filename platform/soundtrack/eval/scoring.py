@@ -16,19 +16,24 @@ call these from their Ray tasks.
 * ``pche``, ``gps``, ``adv``: Diff-BGM's music-quality measures from audio-derived
   chroma and onsets (we generate audio, not MIDI);
 * ``sim``: MuVi SIM with the evaluation encoders (position-aware cosine, video vs audio);
-* ``kl``: KL(p_ref || p_gen) of the evaluation classifier's mood predictions.
+* ``kl``: KL(p_ref || p_gen) of the evaluation classifier's style predictions.
 
 **Per set** (:func:`set_metrics`): ``fad`` (Frechet distance of evaluation-encoder audio
-embeddings, generated vs the real test clips), ``is`` (Inception Score of the mood
+embeddings, generated vs the real test clips), ``is`` (Inception Score of the style
 predictions), ``p_at_1`` / ``p_at_5`` (video -> audio retrieval among the set's clips),
 ``csd`` / ``hsd`` (stability of BCS / BHS across clips), ``dyn_macro``.
 
 **Evaluator** (:class:`Evaluator`): contrastive encoders trained *apart* from the
 generator's conditioner (another seed on another draw of clips,
-``experiments/eval_encoders.yaml``) plus a linear mood classifier fitted on that
-evaluation set's training split. The generator is thus never graded by its own
-conditioner; the classifier's held-out accuracy is stored with it, read it before
-trusting KL and IS.
+``experiments/eval_encoders.yaml``) plus a small audio classifier of the music style
+(chiptune / electronic / guitar / piano: the synthetic set's timbre label) fitted on that
+evaluation set's training split: multinomial logistic regression on clip statistics of
+the log-mel (mean and std per band) and chroma (mean and std per pitch class). The
+generator is thus never graded by its own conditioner; the classifier's held-out accuracy
+is stored with it (read it before trusting KL and IS). Why style and these features: a
+probe on the contrastive embedding reached 0.38 held-out accuracy on mood (majority 0.24)
+and the same statistics 0.47 on mood but 0.94 on style (measured on the evaluation set's
+val split); KL and IS need a classifier that is right most of the time.
 """
 
 from __future__ import annotations
@@ -155,24 +160,39 @@ def clip_metrics(wav: np.ndarray, row: Mapping[str, Any], cfg: ScoringConfig = S
 # ----------------------------------------------------------------------------- evaluator
 
 
+def clip_statistics(wav: np.ndarray) -> np.ndarray:
+    """The classifier's input: log-mel mean and std per band, chroma mean and std (280 values)."""
+    from soundtrack.data import features as F
+
+    w = np.asarray(wav, np.float32).reshape(-1)
+    mag = F.magnitude_spectrogram(w, F.DEFAULT_CONFIG)
+    mel, ch = F.log_mel(w, F.DEFAULT_CONFIG, mag=mag), F.chroma(w, F.DEFAULT_CONFIG, mag=mag)
+    return np.concatenate([mel.mean(1), mel.std(1), ch.mean(1), ch.std(1)]).astype(np.float32)
+
+
 class Evaluator:
-    """Evaluation encoders (apart from the generator's) plus a linear mood classifier.
+    """Evaluation encoders (apart from the generator's) plus a small style classifier.
 
     Args:
         encoders: a :class:`soundtrack.models.encoders.ContrastiveModel`.
-        weight: (C, E) classifier weights over the pooled music embedding.
+        weight: (C, F) classifier weights over standardised :func:`clip_statistics`.
         bias: (C,) classifier bias.
         classes: class names, in row order.
         card: provenance (encoder run, label, held-out accuracy).
+        mean / std: (F,) standardisation of the classifier's input (None: identity).
     """
 
     def __init__(self, encoders, weight: torch.Tensor, bias: torch.Tensor, classes: Sequence[str],
-                 card: Mapping[str, Any] | None = None):
+                 card: Mapping[str, Any] | None = None, mean: torch.Tensor | None = None,
+                 std: torch.Tensor | None = None):
         self.encoders = encoders.eval()
         self.weight = weight.float()
         self.bias = bias.float()
         self.classes = list(classes)
         self.card = dict(card or {})
+        n = self.weight.shape[1]
+        self.mean = torch.zeros(n) if mean is None else mean.float()
+        self.std = torch.ones(n) if std is None else std.float()
 
     # -- embeddings
     @torch.no_grad()
@@ -200,10 +220,10 @@ class Evaluator:
             outs.append(self.encoders.encode_video_both(x)[0].float())
         return torch.cat(outs).numpy()
 
-    def classify(self, audio_frames: np.ndarray) -> np.ndarray:
-        """Class probabilities (N, C) from per-step audio embeddings (mean-pooled)."""
-        pooled = torch.from_numpy(_pool(audio_frames))
-        return torch.softmax(pooled @ self.weight.T + self.bias, dim=-1).numpy()
+    def classify(self, wavs: Sequence[np.ndarray]) -> np.ndarray:
+        """Class probabilities (N, C) of waveforms."""
+        x = torch.from_numpy(np.stack([clip_statistics(w) for w in wavs]))
+        return torch.softmax(((x - self.mean) / self.std) @ self.weight.T + self.bias, dim=-1).numpy()
 
     # -- persistence
     def save(self, directory: str | os.PathLike) -> Path:
@@ -213,7 +233,8 @@ class Evaluator:
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
         self.encoders.save(d / "encoders")
-        save_file({"weight": self.weight.contiguous(), "bias": self.bias.contiguous()}, str(d / "classifier.safetensors"))
+        save_file({"weight": self.weight.contiguous(), "bias": self.bias.contiguous(), "mean": self.mean.contiguous(),
+                   "std": self.std.contiguous()}, str(d / "classifier.safetensors"))
         (d / "evaluator.json").write_text(json.dumps({"classes": self.classes, "card": self.card}, indent=2))
         return d
 
@@ -230,7 +251,8 @@ class Evaluator:
                                     "soundtrack.eval.scoring.build_evaluator (soundtrack bench does it when missing)")
         doc = json.loads((d / "evaluator.json").read_text())
         t = load_file(str(d / "classifier.safetensors"))
-        return cls(ContrastiveModel.load(d / "encoders"), t["weight"], t["bias"], doc["classes"], doc.get("card"))
+        return cls(ContrastiveModel.load(d / "encoders"), t["weight"], t["bias"], doc["classes"], doc.get("card"),
+                   t.get("mean"), t.get("std"))
 
 
 def _pool(frames: np.ndarray) -> np.ndarray:
@@ -267,12 +289,12 @@ def fit_linear_probe(x: np.ndarray, y: np.ndarray, n_classes: int, weight_decay:
 
 
 def build_evaluator(encoders_dir: str | os.PathLike, features_dir: str | os.PathLike, out: str | os.PathLike,
-                    label: str = "mood", seed: int = 0) -> Evaluator:
-    """Fit the mood classifier on an evaluation set and save the evaluator.
+                    label: str = "style", seed: int = 0) -> Evaluator:
+    """Fit the style classifier on an evaluation set and save the evaluator.
 
-    The classifier is a linear probe on the evaluation encoders' pooled audio embedding of
-    the real mix, fitted on the ``train`` split of ``features_dir`` and scored on its
-    ``val`` split (accuracy stored in the card).
+    The classifier is multinomial logistic regression on standardised
+    :func:`clip_statistics` of the real mix, fitted on the ``train`` split of
+    ``features_dir`` and scored on its ``val`` split (accuracy stored in the card).
 
     Args:
         encoders_dir: the evaluation encoders (``<pretrain run>/model``).
@@ -286,25 +308,28 @@ def build_evaluator(encoders_dir: str | os.PathLike, features_dir: str | os.Path
 
     enc = ContrastiveModel.load(encoders_dir).eval()
     col = f"label_{label}"
-    tmp = Evaluator(enc, torch.zeros(1, 1), torch.zeros(1), ["?"])
     data = {}
     for split in ("train", "val"):
         df = read_shards(features_dir, split=split, columns=["clip_id", "wav_mix", col])
         rows = [decode_row(r) for r in df.to_dict("records")]
-        data[split] = (_pool(tmp.audio_frames([r["wav_mix"] for r in rows])), [str(r[col]) for r in rows])
+        data[split] = (np.stack([clip_statistics(r["wav_mix"]) for r in rows]), [str(r[col]) for r in rows])
     classes = sorted(set(data["train"][1]))
     idx = {c: i for i, c in enumerate(classes)}
-    w, b = fit_linear_probe(data["train"][0], np.asarray([idx[c] for c in data["train"][1]]), len(classes), seed=seed)
+    mean, std = data["train"][0].mean(0), data["train"][0].std(0) + 1e-6
+    norm = lambda x: ((x - mean) / std).astype(np.float32)  # noqa: E731
+    w, b = fit_linear_probe(norm(data["train"][0]), np.asarray([idx[c] for c in data["train"][1]]), len(classes),
+                            weight_decay=1e-2, seed=seed)
     xv, yv = data["val"]
     known = [i for i, c in enumerate(yv) if c in idx]
-    pred = (torch.from_numpy(xv[known]) @ w.T + b).argmax(-1).numpy()
+    pred = (torch.from_numpy(norm(xv[known])) @ w.T + b).argmax(-1).numpy()
     acc = float(np.mean(pred == np.asarray([idx[yv[i]] for i in known]))) if known else math.nan
     counts = {c: data["train"][1].count(c) for c in classes}
     card = {"encoders": str(encoders_dir), "features": str(features_dir), "label": label,
             "train_clips": len(data["train"][1]), "val_clips": len(known), "val_accuracy": acc,
             "majority_baseline": max(counts.values()) / max(sum(counts.values()), 1),
-            "classifier": "linear probe (multinomial logistic regression) on the pooled music-space embedding"}
-    ev = Evaluator(enc, w, b, classes, card)
+            "classifier": "multinomial logistic regression on log-mel and chroma clip statistics"}
+    ev = Evaluator(enc, w, b, classes, card, torch.from_numpy(mean.astype(np.float32)),
+                   torch.from_numpy(std.astype(np.float32)))
     ev.save(out)
     return ev
 
@@ -327,7 +352,7 @@ def evaluator_metrics(ev: Evaluator, wavs: Sequence[np.ndarray], ref_wavs: Seque
     v = ev.video_frames(frames)
     t = min(a.shape[1], v.shape[1], r.shape[1])
     a, r, v = a[:, :t], r[:, :t], v[:, :t]
-    p, q = ev.classify(r), ev.classify(a)
+    p, q = ev.classify(ref_wavs), ev.classify(wavs)
     return {"sim": np.asarray(M.sim(v, a, reduce=False), float), "kl": np.asarray(M.kl_divergence(p, q, reduce=False)),
             "audio": a, "video": v, "probs": q, "ref_audio": r}
 

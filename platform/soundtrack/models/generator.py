@@ -413,7 +413,9 @@ class SoundtrackGenerator:
         """
         from soundtrack.models.conditioning import video_conditions
 
-        x = torch.from_numpy(np.ascontiguousarray(frames)).to(self.device)[None]
+        # a copy when read-only (frames from Ray's object store are): torch needs writable memory
+        arr = np.ascontiguousarray(frames)
+        x = torch.from_numpy(arr if arr.flags.writeable else arr.copy()).to(self.device)[None]
         t = x.shape[1]
         ecfg = self.encoders.cfg
         reach = 1 + (ecfg.temporal_layers * (ecfg.temporal_kernel // 2) if ecfg.temporal == "conv" else 0)
