@@ -443,3 +443,17 @@ def test_paired_bootstrap_ci():
     assert M.paired_bootstrap_ci(b, b) == (0.0, 0.0, 0.0)
     with pytest.raises(ValueError):
         M.paired_bootstrap_ci([1.0, 2.0], [1.0])
+
+
+def test_fad_in_sample_space_equals_scipy_sqrtm():
+    """method="samples" (SVD of the centred cross-Gram) against the direct scipy formula,
+    both when D < N (full-rank covariances) and when D > N (the bench's case)."""
+    rng = np.random.default_rng(7)
+    for n_a, n_b, d in ((50, 40, 6), (30, 25, 64)):
+        a = rng.standard_normal((n_a, d))
+        b = 0.7 * rng.standard_normal((n_b, d)) @ rng.standard_normal((d, d)) / np.sqrt(d) + 0.3
+        s1, s2 = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+        direct = (np.sum((a.mean(0) - b.mean(0)) ** 2) + np.trace(s1) + np.trace(s2)
+                  - 2 * np.trace(np.real(scipy.linalg.sqrtm(s1 @ s2))))
+        assert M.fad(a, b, method="samples") == pytest.approx(direct, rel=1e-6)
+    assert M.fad(a, a, method="samples") == pytest.approx(0.0, abs=1e-6)

@@ -454,11 +454,12 @@ def score_sets(results: Mapping[str, list[dict]], methods: Mapping[str, MethodSp
                                    [by_id[r["clip_id"]]["frames"] for r in rs])
             for i, r in enumerate(rs):
                 records.append({"method": key, "label": spec.label or key, **{k: v for k, v in r.items() if k != "cached"},
-                                "sim": float(em["sim"][i]), "kl": float(em["kl"][i])})
+                                "sim": float(em["sim"][i]), "kl": float(em["kl"][i]),
+                                "p_at_1": float(em["p_at_1"][i]), "p_at_5": float(em["p_at_5"][i])})
             dyn_gen = [audio_descriptors(w, SR)["dynamics"] for w in wavs]
             dyn_ref = [np.asarray(by_id[r["clip_id"]]["dynamics_db"], float) for r in rs]
             cols = {"bcs": [r["bcs"] for r in rs], "bhs": [r["bhs"] for r in rs]}
-            point = set_metrics(cols, em["audio"], em["video"], em["ref_audio"], em["probs"], dyn_ref, dyn_gen)
+            point = set_metrics(cols, em["audio"], None, em["ref_audio"], em["probs"], dyn_ref, dyn_gen)
             # bootstrap over clips: resample clip indices, recompute each set metric
             rng = np.random.default_rng(0)  # the same resampled clip sets for every method
             boots = {m: [] for m in SET_METRICS}
@@ -467,7 +468,7 @@ def score_sets(results: Mapping[str, list[dict]], methods: Mapping[str, MethodSp
                 idx = rng.integers(0, len(rs), len(rs))
                 if len(set(idx.tolist())) < 2:
                     continue
-                b = set_metrics({k: [v[i] for i in idx] for k, v in cols.items()}, em["audio"][idx], em["video"][idx],
+                b = set_metrics({k: [v[i] for i in idx] for k, v in cols.items()}, em["audio"][idx], None,
                                 em["ref_audio"][idx], em["probs"][idx], [dyn_ref[i] for i in idx],
                                 [dyn_gen[i] for i in idx])
                 for m in SET_METRICS:
@@ -549,8 +550,9 @@ def markdown(summary: Mapping[str, Any], methods: Mapping[str, MethodSpec], comm
               "(f1, precision, hit_rate, onset_rate, bcs, bhs, beat_f1) are measured against the clips' "
               "ground-truth video event times (bounces, flashes, cuts), never against the reference audio; "
               "0.1 s tolerance. SIM, P@1, FAD, KL and IS use the evaluation encoders/classifier, trained apart "
-              "from the generator's conditioner. FAD, IS, P@1, CSD, HSD and dyn_macro are set-level (interval: "
-              "bootstrap over clips).", ""]
+              "from the generator's conditioner; P@1 is video -> generated-audio retrieval in a pool of the "
+              "method's own clips (chance 1/pool). FAD, IS, CSD, HSD and dyn_macro are set-level (interval: "
+              "the set metric recomputed on bootstrap resamples of the clips).", ""]
     per = summary["methods"]
     for cols in (MAIN_TABLE, SECOND_TABLE):
         lines.append("| method | " + " | ".join(f"{c}{arrow[DIRECTION.get(c, 0)]}" for c in cols) + " |")

@@ -518,11 +518,31 @@ def fad(emb_a: np.ndarray, emb_b: np.ndarray, eps: float = 1e-6, method: str = "
         emb_a: reference-set embeddings, shape (N_a, D).
         emb_b: generated-set embeddings, shape (N_b, D).
         eps: diagonal offset of the singular-covariance fallback.
-        method: matrix-root method, see :func:`frechet_distance`.
+        method: matrix-root method, see :func:`frechet_distance`, or ``"samples"``: the
+            same distance computed in sample space, for sets smaller than the embedding
+            width (see below).
 
     Returns:
         FAD (>= 0; 0 for identical sets).
+
+    ``method="samples"``: with centred embeddings ``X_a`` (N_a, D), ``X_b`` (N_b, D) and
+    sample covariances ``S = X^T X / (N - 1)``, the nonzero eigenvalues of ``S_a S_b``
+    are those of ``A A^T`` with ``A = X_a X_b^T / sqrt((N_a - 1)(N_b - 1))``, so
+    ``tr sqrt(S_a S_b)`` is the sum of the singular values of ``A`` (an N_a x N_b
+    matrix). Exact, with no regularisation, and O(N^2 D) instead of O(D^3): at 160
+    samples of 512-d it is ~100x faster than ``sqrtm``, which the bench's bootstrap
+    intervals need.
     """
+    if method == "samples":
+        a = np.asarray(emb_a, dtype=np.float64)
+        b = np.asarray(emb_b, dtype=np.float64)
+        if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1] or len(a) < 2 or len(b) < 2:
+            raise ValueError(f"fad needs two (N >= 2, D) arrays of equal D, got {a.shape} and {b.shape}")
+        xa, xb = a - a.mean(0), b - b.mean(0)
+        na, nb = len(a) - 1, len(b) - 1
+        cross = np.linalg.svd(xa @ xb.T, compute_uv=False).sum() / np.sqrt(na * nb)
+        val = float(np.sum((a.mean(0) - b.mean(0)) ** 2) + np.sum(xa * xa) / na + np.sum(xb * xb) / nb - 2 * cross)
+        return max(val, 0.0)
     mu_a, sig_a = embedding_stats(emb_a)
     mu_b, sig_b = embedding_stats(emb_b)
     return frechet_distance(mu_a, sig_a, mu_b, sig_b, eps=eps, method=method)
@@ -976,7 +996,27 @@ def precision_at_k(
     c = _unit(np.asarray(cand_emb, dtype=np.float64))
     if q.ndim != 2 or q.shape != c.shape:
         raise ValueError(f"need equal (N, D) shapes, got {q.shape} and {c.shape}")
-    n = q.shape[0]
+    return precision_at_k_from_similarity(q @ c.T, k, pool_size=pool_size, seed=seed)
+
+
+def precision_at_k_from_similarity(sim_matrix: np.ndarray, k: int, pool_size: int = 32, seed: int = 0) -> dict[str, object]:
+    """:func:`precision_at_k` from a precomputed (N, N) query x candidate similarity matrix.
+
+    ``sim_matrix[i, j]`` is the similarity of query ``i`` to candidate ``j`` (partner:
+    ``j = i``). Pools, tie rule and outputs are those of :func:`precision_at_k`, which
+    calls this with the cosine matrix; computing the matrix once keeps the cost
+    O(N^2) when the embeddings are wide (per-frame embeddings flattened).
+
+    Args:
+        sim_matrix: (N, N) similarities.
+        k: cut-off rank (>= 1).
+        pool_size: candidates per query, partner included (>= 2).
+        seed: seed of the negative sampling.
+    """
+    sm = np.asarray(sim_matrix, dtype=np.float64)
+    if sm.ndim != 2 or sm.shape[0] != sm.shape[1]:
+        raise ValueError(f"need a square (N, N) similarity matrix, got {sm.shape}")
+    n = sm.shape[0]
     if n < 2 or k < 1 or pool_size < 2:
         raise ValueError("need N >= 2 pairs, k >= 1 and pool_size >= 2")
     pool = min(pool_size, n)
@@ -986,7 +1026,7 @@ def precision_at_k(
         # Sample from the N-1 other indices: draw from 0..N-2 and skip over i.
         neg = rng.choice(n - 1, size=pool - 1, replace=False)
         neg = neg + (neg >= i)
-        sims = c[np.concatenate(([i], neg))] @ q[i]
+        sims = sm[i, np.concatenate(([i], neg))]
         # A negative within 1e-9 (cosine units) of the partner is a tie: equal
         # vectors can differ in the last bits of their computed similarity.
         ranks[i] = 1 + int(np.count_nonzero(sims[1:] >= sims[0] - 1e-9))

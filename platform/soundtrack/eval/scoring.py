@@ -16,12 +16,15 @@ call these from their Ray tasks.
 * ``pche``, ``gps``, ``adv``: Diff-BGM's music-quality measures from audio-derived
   chroma and onsets (we generate audio, not MIDI);
 * ``sim``: MuVi SIM with the evaluation encoders (position-aware cosine, video vs audio);
-* ``kl``: KL(p_ref || p_gen) of the evaluation classifier's style predictions.
+* ``kl``: KL(p_ref || p_gen) of the evaluation classifier's style predictions;
+* ``p_at_1`` / ``p_at_5``: 1 when the clip's video retrieves its generated audio within
+  the top K of a pool drawn from the method's set (position-aware similarity with the
+  evaluation encoders); the mean is Diff-BGM's P@K, and its interval a bootstrap over
+  these hits (resampling clips inside the retrieval would create duplicate candidates).
 
 **Per set** (:func:`set_metrics`): ``fad`` (Frechet distance of evaluation-encoder audio
 embeddings, generated vs the real test clips), ``is`` (Inception Score of the style
-predictions), ``p_at_1`` / ``p_at_5`` (video -> audio retrieval among the set's clips),
-``csd`` / ``hsd`` (stability of BCS / BHS across clips), ``dyn_macro``.
+predictions), ``csd`` / ``hsd`` (stability of BCS / BHS across clips), ``dyn_macro``.
 
 **Evaluator** (:class:`Evaluator`): contrastive encoders trained *apart* from the
 generator's conditioner (another seed on another draw of clips,
@@ -59,9 +62,9 @@ DIRECTION: dict[str, int] = {
 }
 #: Per-clip metrics, in table order.
 CLIP_METRICS: tuple[str, ...] = ("f1", "precision", "hit_rate", "onset_rate", "bcs", "bhs", "beat_f1", "melody_acc",
-                                 "dyn_r", "pche", "gps", "adv", "sim", "kl")
+                                 "dyn_r", "pche", "gps", "adv", "sim", "kl", "p_at_1", "p_at_5")
 #: Set-level metrics, in table order.
-SET_METRICS: tuple[str, ...] = ("fad", "is", "p_at_1", "p_at_5", "csd", "hsd", "dyn_macro")
+SET_METRICS: tuple[str, ...] = ("fad", "is", "csd", "hsd", "dyn_macro")
 
 
 @dataclass(frozen=True)
@@ -335,17 +338,19 @@ def build_evaluator(encoders_dir: str | os.PathLike, features_dir: str | os.Path
 
 
 def evaluator_metrics(ev: Evaluator, wavs: Sequence[np.ndarray], ref_wavs: Sequence[np.ndarray],
-                      frames: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
-    """Per-clip ``sim`` and ``kl`` plus the embeddings :func:`set_metrics` needs.
+                      frames: Sequence[np.ndarray], pool_size: int = 32) -> dict[str, np.ndarray]:
+    """Per-clip ``sim``, ``kl`` and P@K hits plus the embeddings :func:`set_metrics` needs.
 
     Args:
+        pool_size: retrieval pool of P@K (capped at the number of clips).
         ev: the evaluator.
         wavs: generated waveforms (N).
         ref_wavs: the clips' real soundtracks (N), for KL's reference predictions.
         frames: the clips' video frames (N), for SIM.
 
     Returns:
-        ``sim`` (N,), ``kl`` (N,), ``audio`` (N, T, E), ``video`` (N, T, E), ``probs`` (N, C).
+        ``sim`` (N,), ``kl`` (N,), ``p_at_1`` / ``p_at_5`` (N,) hits, ``audio`` (N, T, E),
+        ``video`` (N, T, E), ``ref_audio`` (N, T, E), ``probs`` (N, C).
     """
     a = ev.audio_frames(wavs)
     r = ev.audio_frames(ref_wavs)
@@ -353,8 +358,15 @@ def evaluator_metrics(ev: Evaluator, wavs: Sequence[np.ndarray], ref_wavs: Seque
     t = min(a.shape[1], v.shape[1], r.shape[1])
     a, r, v = a[:, :t], r[:, :t], v[:, :t]
     p, q = ev.classify(ref_wavs), ev.classify(wavs)
-    return {"sim": np.asarray(M.sim(v, a, reduce=False), float), "kl": np.asarray(M.kl_divergence(p, q, reduce=False)),
-            "audio": a, "video": v, "probs": q, "ref_audio": r}
+    n = len(a)
+    # position-aware similarity of every (video, audio) pair: mean over steps of the cosines
+    pair_sim = np.einsum("itd,jtd->ij", v.astype(np.float64), a.astype(np.float64)) / t
+    out = {"sim": np.asarray(M.sim(v, a, reduce=False), float), "kl": np.asarray(M.kl_divergence(p, q, reduce=False)),
+           "audio": a, "video": v, "probs": q, "ref_audio": r}
+    for k in (1, 5):
+        out[f"p_at_{k}"] = (M.precision_at_k_from_similarity(pair_sim, k, pool_size=min(pool_size, n))["hits"].astype(float)
+                            if n >= 2 else np.full(n, math.nan))
+    return out
 
 
 def _windows(frames: np.ndarray, per: int) -> np.ndarray:
@@ -372,7 +384,9 @@ def set_metrics(clips: Mapping[str, np.ndarray], audio: np.ndarray | None = None
     Args:
         clips: per-clip metric columns (``bcs``, ``bhs``) for CSD / HSD.
         audio: (N, T, E) evaluation-encoder embeddings of the generated audio.
-        video: (N, T, E) evaluation-encoder video embeddings of the same clips.
+        video: (N, T, E) evaluation-encoder video embeddings of the same clips; when
+            given, ``p_at_1`` / ``p_at_5`` over this set are added (the bench takes them
+            per clip from :func:`evaluator_metrics` instead).
         ref_audio: (N, T, E) embeddings of the real soundtracks (FAD's reference set).
         probs: (N, C) class probabilities of the generated audio (IS).
         dyn_ref / dyn_gen: per-clip dynamics curves (macro dynamics correlation).
@@ -388,12 +402,12 @@ def set_metrics(clips: Mapping[str, np.ndarray], audio: np.ndarray | None = None
         out["hsd"] = M.hsd(np.asarray(clips["bhs"], float))
     if audio is not None and ref_audio is not None:
         per = max(1, int(round(cfg.fad_window_s * steps_per_s)))
-        out["fad"] = M.fad(_windows(ref_audio, per), _windows(audio, per))
-    if audio is not None and video is not None:
-        n = len(audio)
-        flat = lambda x: x.reshape(n, -1)  # noqa: E731 - per-frame unit vectors: cosine = position-aware sim
+        out["fad"] = M.fad(_windows(ref_audio, per), _windows(audio, per), method="samples")
+    if audio is not None and video is not None and len(audio) >= 2:
+        t = min(audio.shape[1], video.shape[1])
+        pair_sim = np.einsum("itd,jtd->ij", video[:, :t].astype(np.float64), audio[:, :t].astype(np.float64)) / t
         for k in (1, 5):
-            out[f"p_at_{k}"] = float(M.precision_at_k(flat(video), flat(audio), k, pool_size=min(cfg.pool_size, n))["p_at_k"])
+            out[f"p_at_{k}"] = M.precision_at_k_from_similarity(pair_sim, k, pool_size=min(cfg.pool_size, len(audio)))["p_at_k"]
     if probs is not None:
         out["is"] = M.inception_score(probs)[0]
     if dyn_ref is not None and dyn_gen is not None:
