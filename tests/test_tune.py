@@ -137,8 +137,11 @@ def inputs(synth_small, tmp_path_factory):
     enc = build_contrastive(ContrastiveConfig.tiny(video_input_size=32, video_channels=(8, 16), video_dim=16,
                                                    audio_channels=16, audio_dim=16, embed_dim=32, use_text=False),
                             load_pretrained=False)
+    from soundtrack.eval.scoring import clip_statistics
+
+    n_feat = len(clip_statistics(np.zeros(16000, np.float32)))
     g = torch.Generator().manual_seed(0)
-    Evaluator(enc, torch.randn(3, 32, generator=g), torch.zeros(3), ["a", "b", "c"]).save(root / "evaluator")
+    Evaluator(enc, torch.randn(3, n_feat, generator=g), torch.zeros(3), ["a", "b", "c"]).save(root / "evaluator")
     return root
 
 
@@ -156,8 +159,11 @@ def _cfg(root: Path, **search) -> Path:
 
 
 def _env(root: Path) -> dict:
+    import tempfile
+
     env = dict(os.environ)
-    env.update(RAY_TMPDIR=str(root / "raytmp"), PYTHONUNBUFFERED="1")
+    # a private Ray temp dir, short: Ray's socket paths must fit in 107 bytes
+    env.update(RAY_TMPDIR=tempfile.mkdtemp(prefix="rt", dir="/tmp"), PYTHONUNBUFFERED="1")
     env.pop("RAY_ADDRESS", None)  # a private local Ray, never a running cluster
     return env
 
@@ -189,15 +195,18 @@ def test_search_killed_and_resumed_keeps_every_trial_once_and_tpe_history(inputs
             done = sorted((run_dir / "trials").glob("*/done.json"))
             states = list(exp.glob("experiment_state-*.json")) + list(exp.glob("searcher-state-*.pkl"))
             # two trials finished and an experiment checkpoint written after them
-            if len(done) >= 2 and states and min(p.stat().st_mtime for p in states) > max(
-                    p.stat().st_mtime for p in done[:2]):
+            if len(done) >= 2 and states and min(p.stat().st_mtime for p in states) > sorted(
+                    p.stat().st_mtime for p in done)[1]:
                 break
             assert proc.poll() is None, (root / "first.log").read_text()[-3000:]
             time.sleep(0.5)
         else:
             pytest.fail("the search did not finish two trials in time:\n" + (root / "first.log").read_text()[-3000:])
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray it started, hard
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray it started, hard
+        except ProcessLookupError:
+            pass
         proc.wait()
     assert read_card(run_dir)["status"] == "running"
     before = load_searcher(run_dir)

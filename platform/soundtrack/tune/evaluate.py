@@ -89,13 +89,21 @@ class ClipScores:
 
         if not self.clip_ids:
             return {}
+        want = set(names) if names is not None else {"fad", "is", "p_at_1", "p_at_5", "csd", "hsd"}
         have_emb = bool(self.audio)
-        out = set_metrics({k: np.asarray(self.per_clip[k], float) for k in ("bcs", "bhs") if k in self.per_clip},
-                          audio=np.stack(self.audio) if have_emb else None,
-                          video=np.stack(self.video) if have_emb else None,
-                          ref_audio=np.stack(self.ref_audio) if have_emb else None,
-                          probs=np.stack(self.probs) if self.probs else None)
-        return out if names is None else {k: out.get(k, math.nan) for k in names}
+        # Only the inputs the wanted metrics need: P@K needs at least 2 clips, FAD the
+        # reference embeddings, IS the class probabilities.
+        use_video = have_emb and len(self) >= 2 and bool(want & {"p_at_1", "p_at_5"})
+        use_fad = have_emb and "fad" in want
+        try:
+            out = set_metrics({k: np.asarray(self.per_clip[k], float) for k in ("bcs", "bhs") if k in self.per_clip},
+                              audio=np.stack(self.audio) if (use_video or use_fad) else None,
+                              video=np.stack(self.video) if use_video else None,
+                              ref_audio=np.stack(self.ref_audio) if use_fad else None,
+                              probs=np.stack(self.probs) if self.probs and "is" in want else None)
+        except ValueError:  # a set too small for a metric: undefined, not an error of the trial
+            out = {}
+        return {k: out.get(k, math.nan) for k in (names if names is not None else sorted(want))}
 
     def rows(self) -> list[dict[str, Any]]:
         """One dict per clip (clip id, generation seconds, every per-clip metric)."""

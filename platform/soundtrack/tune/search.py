@@ -76,8 +76,10 @@ def resolve_inputs(cfg: TuneConfig) -> dict[str, Any]:
     elif not (Path(evaluator) / "evaluator.json").is_file():
         raise ConfigError(f"tune: evaluator {evaluator} has no evaluator.json; give an evaluator directory "
                           "(soundtrack.eval.scoring.Evaluator.save) or leave 'evaluator' unset.")
-    out: dict[str, Any] = {"model_dir": str(model_dir), "conditions": tuple(doc["conditions"]),
-                           "features": str(features), "evaluator": str(evaluator), "profile": doc.get("profile")}
+    # Absolute paths: Tune runs each trial in its own working directory.
+    out: dict[str, Any] = {"model_dir": str(Path(model_dir).resolve()), "conditions": tuple(doc["conditions"]),
+                           "features": str(Path(features).resolve()), "evaluator": str(Path(evaluator).resolve()),
+                           "profile": doc.get("profile")}
     if cfg.search.space == "training":
         run = model_dir.parent
         rc = read_card(run)
@@ -86,7 +88,7 @@ def resolve_inputs(cfg: TuneConfig) -> dict[str, Any]:
                               f"{rc.get('status')!r}.")
         out["base_run"] = str(run.resolve())
         out["base_train"] = rc["config"]["train"]
-        out["encoders_dir"] = str(Path(rc["upstream"]["pretrain"]["path"]) / "model")
+        out["encoders_dir"] = str((Path(rc["upstream"]["pretrain"]["path"]) / "model").resolve())
     return out
 
 
@@ -173,8 +175,8 @@ def run_search(cfg: TuneConfig, ctx: dict, space: dict, run_dir: Path, resume: b
 
         sampler = optuna.samplers.TPESampler(seed=cfg.search.seed, n_startup_trials=cfg.search.n_startup_trials)
         points = [defaults_point(space)] if cfg.search.include_defaults else None
-        searcher = OptunaSearch(space=optuna_space(space), points_to_evaluate=points, sampler=sampler,
-                                study_name=cfg.name)
+        searcher = OptunaSearch(space=optuna_space(space), metric="score", mode="max", points_to_evaluate=points,
+                                sampler=sampler, study_name=cfg.name)
         if cfg.search.scheduler == "asha":
             scheduler = ASHAScheduler(time_attr="clips", max_t=cfg.val_clips, grace_period=cfg.search.grace_clips,
                                       reduction_factor=cfg.search.reduction_factor)
@@ -189,7 +191,15 @@ def run_search(cfg: TuneConfig, ctx: dict, space: dict, run_dir: Path, resume: b
         )
     _log(f"{cfg.search.num_samples} trials ({cfg.search.space} space, {cfg.search.scheduler}), "
          f"{conc} at a time, {cfg.val_clips} validation clips each, report every {cfg.batch_clips}")
-    return tuner.fit(), conc
+    grid = tuner.fit()
+    # After Ctrl-C Tune saves the experiment and fit() returns early: never report or
+    # register a partial search.
+    trials = grid._experiment_analysis.trials
+    unfinished = [t.trial_id for t in trials if t.status not in ("TERMINATED", "ERROR")]
+    if len(trials) < cfg.search.num_samples or unfinished:
+        raise RuntimeError(f"the search stopped with {len(trials) - len(unfinished)} of {cfg.search.num_samples} trials "
+                           f"finished; continue it with `soundtrack tune CONFIG --resume`")
+    return grid, conc
 
 
 def load_searcher(run_dir: str | Path):
@@ -201,7 +211,9 @@ def load_searcher(run_dir: str | Path):
     from ray.tune.search.optuna import OptunaSearch
 
     exp = Path(run_dir) / EXPERIMENT
-    files = sorted(exp.glob("searcher-state-*.pkl"), key=lambda p: p.stat().st_mtime)
+    # One file per launch, named by the launch's start time: the newest name is the live one
+    # (a resumed search rewrites the older files too, so their mtimes do not tell).
+    files = sorted(exp.glob("searcher-state-*.pkl"), key=lambda p: p.name)
     if not files:
         raise FileNotFoundError(f"no searcher state in {exp}")
     s = OptunaSearch()
@@ -284,25 +296,38 @@ def final_evaluation(cfg: TuneConfig, ctx: dict, best_row, base_row, run_dir: Pa
 
     from soundtrack.tune.evaluate import load_scores
 
+    from soundtrack.tune.evaluate import save_scores
+
     out: dict[str, Any] = {"best_trial": best_row["trial_id"], "defaults_trial": base_row["trial_id"]}
     vb = load_scores(run_dir / "trials" / best_row["trial_id"])
     vd = load_scores(run_dir / "trials" / base_row["trial_id"])
-    out["val"] = compare(vb, vd, cfg.objective)
     arms = {}
     for label, row in (("best", best_row), ("defaults", base_row)):
         model_dir, overrides = arm_model(cfg, ctx, run_dir, row["trial_id"])
         arms[label] = (model_dir, overrides)
-    _log(f"final evaluation: best trial {best_row['trial_id']} vs defaults {base_row['trial_id']} "
-         f"on {cfg.test_clips} test clips")
     task = ray.remote(num_cpus=1)(_eval_arm)
-    refs = {k: task.remote(m, o, ctx["features"], "test", cfg.test_clips, cfg.gen_seed, ctx["evaluator"],
-                           cfg.objective, int(cfg.search.torch_threads)) for k, (m, o) in arms.items()}
+    args = (ctx["evaluator"], cfg.objective, int(cfg.search.torch_threads))
+    refs = {("test", k): task.remote(m, o, ctx["features"], "test", cfg.test_clips, cfg.gen_seed, *args)
+            for k, (m, o) in arms.items()}
+    # ASHA may have stopped trial 0 before it saw every validation clip: score the defaults
+    # on the rest now (same clips, same seed), so the validation comparison is paired.
+    out["defaults_val_source"] = "search trial"
+    if len(vd) < cfg.val_clips:
+        out["defaults_val_source"] = (f"trial 0 was stopped by ASHA after {len(vd)} clips; the defaults were scored "
+                                      f"on all {cfg.val_clips} validation clips after the search (same clips, seed)")
+        m, o = arms["defaults"]
+        refs[("val", "defaults")] = task.remote(m, o, ctx["features"], "val", cfg.val_clips, cfg.gen_seed, *args)
+    _log(f"final evaluation: best trial {best_row['trial_id']} vs defaults {base_row['trial_id']} "
+         f"on {cfg.test_clips} test clips" + (" (+ the defaults on all validation clips)" if ("val", "defaults") in refs
+                                              else ""))
     got = {k: ray.get(r) for k, r in refs.items()}
-    out["test"] = compare(got["best"], got["defaults"], cfg.objective)
-    from soundtrack.tune.evaluate import save_scores
-
-    for k, s in got.items():
-        save_scores(s, run_dir / "final" / f"test_{k}")
+    if ("val", "defaults") in got:
+        vd = got[("val", "defaults")]
+        save_scores(vd, run_dir / "final" / "val_defaults")
+    out["val"] = compare(vb, vd, cfg.objective)
+    out["test"] = compare(got[("test", "best")], got[("test", "defaults")], cfg.objective)
+    for k in ("best", "defaults"):
+        save_scores(got[("test", k)], run_dir / "final" / f"test_{k}")
     return out
 
 

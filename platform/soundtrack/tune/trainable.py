@@ -54,15 +54,13 @@ def _score(gen, overrides: dict, ctx: dict, out: Path, t0: float, extra: dict | 
     def report(n: int, score: float, scores) -> None:
         means = {k: v for k, v in scores.means().items() if k in ctx["report_metrics"]}
         save_scores(scores, out)  # partial artifacts survive an early stop
+        if n == len(rows):  # before the last report: ASHA stops a trial that reaches max_t at once
+            (out / "done.json").write_text(json.dumps({"clips": n, "score": score,
+                                                       "seconds": round(time.time() - t0, 2)}))
         tune.report({"clips": n, "score": score, **means, **(extra or {})})
 
-    scores = evaluate_clips(gen, rows, overrides, int(ctx["gen_seed"]), ev, objective,
-                            batch_clips=int(ctx["batch_clips"]), on_batch=report,
-                            wav_dir=out / "wavs" if ctx.get("keep_wavs") == "all" else None)
-    from soundtrack.tune.evaluate import objective_value
-
-    (out / "done.json").write_text(json.dumps({"clips": len(scores), "score": objective_value(scores, objective),
-                                               "seconds": round(time.time() - t0, 2)}))
+    evaluate_clips(gen, rows, overrides, int(ctx["gen_seed"]), ev, objective, batch_clips=int(ctx["batch_clips"]),
+                   on_batch=report, wav_dir=out / "wavs" if ctx.get("keep_wavs") == "all" else None)
 
 
 def sampling_trial(config: dict[str, Any], ctx: dict) -> None:
