@@ -290,9 +290,11 @@ def load_tune_config(path: str | Path | None, overrides: typing.Sequence[str] = 
 
 
 def tune_run_dir(cfg: TuneConfig) -> Path:
-    """``<storage>/tune/<name>-<hash>``: the hash covers every setting but the storage root."""
+    """``<storage>/tune/<name>-<hash>``: the hash covers every setting but the storage root
+    and the registry name (where the result is published does not change the search)."""
     d = to_dict(cfg)
     d.pop("storage", None)
+    d.pop("registry", None)
     return Path(cfg.storage) / "tune" / f"{cfg.name}-{config_hash(d)}"
 
 
