@@ -70,7 +70,10 @@ def test_hard_killed_driver_resumes_with_step_counter_continuing(features, tmp_p
     while time.time() < deadline:
         assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
         dirs = list((tmp_path / "runs" / "pretrain").glob("*"))
-        if dirs and any((p / "trainer_state.json").exists() for p in dirs[0].glob("ray/checkpoint_*")):
+        # Kill only once Ray Train has *registered* a checkpoint (its manager snapshot names
+        # one): a checkpoint folder on disk is not yet one a restore can find (seen under load).
+        snap = dirs[0] / "ray" / "checkpoint_manager_snapshot.json" if dirs else None
+        if snap is not None and snap.exists() and "checkpoint_" in snap.read_text():
             run_dir = dirs[0]
             break
         time.sleep(0.3)

@@ -86,10 +86,11 @@ def sampling_trial(config: dict[str, Any], ctx: dict) -> None:
 def training_trial(config: dict[str, Any], ctx: dict) -> None:
     """One training-space trial: a short UNet training (reused VAE + cache), then the evaluation.
 
-    The UNet trains in this process (``num_workers=0``: Ray Train's local mode, no nested
-    worker group), so a trial holds only its own CPU reservation; its latent cache is read
-    with Ray Data, which needs a free CPU beside the trials (the search caps concurrency
-    to leave one).
+    The UNet trains with Ray Train launched from the trial (``train.num_workers >= 1``; the
+    worker group needs its own CPUs beside the trial's reservation). Ray Train's local mode
+    (``num_workers=0``) does not work here: inside a Tune trial ``ray.train.get_context``
+    raises (ray-project/ray#49454). The latent cache is read with Ray Data, which needs a
+    free CPU beside the trials (the search caps concurrency to leave one).
 
     Args:
         config: the trial's parameters.
