@@ -118,9 +118,11 @@ def write_report(df, out: str | Path, space: Mapping[str, Any], kind: str) -> di
     num_param, cat_param = ("cfg_scale", "window_k") if kind == "sampling" else ("lr", "train_window_k")
     if f"param_{num_param}" in df:
         fig, ax = plt.subplots(figsize=(5, 3.5), dpi=120)
-        ax.scatter(df[f"param_{num_param}"][full], df["score"][full], color="C0")
+        ax.scatter(df[f"param_{num_param}"][full], df["score"][full], color="C0", label="all validation clips")
         if (~full).any():
-            ax.scatter(df[f"param_{num_param}"][~full], df["score"][~full], facecolors="none", edgecolors="C1")
+            ax.scatter(df[f"param_{num_param}"][~full], df["score"][~full], facecolors="none", edgecolors="C1",
+                       label="stopped early (score on fewer clips)")
+        ax.legend(fontsize=7)
         if num_param == "lr":
             ax.set_xscale("log")
         ax.set_xlabel("CFG scale" if num_param == "cfg_scale" else "learning rate")
@@ -137,9 +139,11 @@ def write_report(df, out: str | Path, space: Mapping[str, Any], kind: str) -> di
         pos = {c: i for i, c in enumerate(cats)}
         xs = np.asarray([pos.get(str(v), math.nan) for v in df[f"param_{cat_param}"]], float)
         jitter = np.random.default_rng(0).uniform(-0.12, 0.12, len(xs))
-        ax.scatter((xs + jitter)[full], df["score"][full], color="C0")
+        ax.scatter((xs + jitter)[full], df["score"][full], color="C0", label="all validation clips")
         if (~full).any():
-            ax.scatter((xs + jitter)[~full], df["score"][~full], facecolors="none", edgecolors="C1")
+            ax.scatter((xs + jitter)[~full], df["score"][~full], facecolors="none", edgecolors="C1",
+                       label="stopped early (score on fewer clips)")
+        ax.legend(fontsize=7)
         ax.set_xticks(range(len(cats)), cats)
         ax.set_xlabel("window size k (video frames)" + (" trained with" if kind == "training" else ""))
         ax.set_ylabel("objective")
