@@ -289,7 +289,7 @@ def run_chunk(jobs: Sequence[dict], model_dir: str | None, overrides: Mapping[st
     import soundfile as sf
     import torch
 
-    from soundtrack.eval.scoring import audio_descriptors, clip_metrics
+    from soundtrack.eval.scoring import clip_metrics
 
     torch.set_num_threads(threads)
     cache = Path(cache_dir)
@@ -320,8 +320,7 @@ def run_chunk(jobs: Sequence[dict], model_dir: str | None, overrides: Mapping[st
             gen_s = time.perf_counter() - t
         if not wav_path.is_file():
             _atomic_write(wav_path, lambda p: sf.write(str(p), wav, SR, subtype="FLOAT", format="WAV"))
-        desc = audio_descriptors(wav, SR)
-        rec = {"clip_id": cid, "seed": seed, "source": src, **clip_metrics(wav, clip_rows[cid], desc=desc),
+        rec = {"clip_id": cid, "seed": seed, "source": src, **clip_metrics(wav, clip_rows[cid]),
                "gen_s": gen_s, "audio_s": len(wav) / SR}
         _atomic_write(met_path, lambda p: p.write_text(json.dumps(rec)))
         rec["cached"] = False
@@ -435,8 +434,8 @@ def score_sets(results: Mapping[str, list[dict]], methods: Mapping[str, MethodSp
     import soundfile as sf
     import torch
 
-    from soundtrack.eval import metrics as M
-    from soundtrack.eval.scoring import Evaluator, audio_descriptors, evaluator_metrics, set_metrics
+    from soundtrack.data.features import DEFAULT_CONFIG, dynamics_db
+    from soundtrack.eval.scoring import Evaluator, evaluator_metrics, set_metrics
 
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
     ev = Evaluator.load(ev_dir)
@@ -456,7 +455,7 @@ def score_sets(results: Mapping[str, list[dict]], methods: Mapping[str, MethodSp
                 records.append({"method": key, "label": spec.label or key, **{k: v for k, v in r.items() if k != "cached"},
                                 "sim": float(em["sim"][i]), "kl": float(em["kl"][i]),
                                 "p_at_1": float(em["p_at_1"][i]), "p_at_5": float(em["p_at_5"][i])})
-            dyn_gen = [audio_descriptors(w, SR)["dynamics"] for w in wavs]
+            dyn_gen = [dynamics_db(w, DEFAULT_CONFIG) for w in wavs]  # only the curve, not the full descriptors
             dyn_ref = [np.asarray(by_id[r["clip_id"]]["dynamics_db"], float) for r in rs]
             cols = {"bcs": [r["bcs"] for r in rs], "bhs": [r["bhs"] for r in rs]}
             point = set_metrics(cols, em["audio"], None, em["ref_audio"], em["probs"], dyn_ref, dyn_gen)

@@ -258,9 +258,11 @@ class Evaluator:
                    t.get("mean"), t.get("std"))
 
 
-def _pool(frames: np.ndarray) -> np.ndarray:
-    v = np.asarray(frames, np.float32).mean(axis=1)
-    return v / np.maximum(np.linalg.norm(v, axis=-1, keepdims=True), 1e-8)
+def pair_similarity(video: np.ndarray, audio: np.ndarray) -> np.ndarray:
+    """(N, N) position-aware similarity of every (video i, audio j) pair: the mean over
+    time steps of the per-step cosines (embeddings are unit vectors per step)."""
+    t = min(video.shape[1], audio.shape[1])
+    return np.einsum("itd,jtd->ij", video[:, :t].astype(np.float64), audio[:, :t].astype(np.float64)) / t
 
 
 def fit_linear_probe(x: np.ndarray, y: np.ndarray, n_classes: int, weight_decay: float = 1e-3,
@@ -359,8 +361,7 @@ def evaluator_metrics(ev: Evaluator, wavs: Sequence[np.ndarray], ref_wavs: Seque
     a, r, v = a[:, :t], r[:, :t], v[:, :t]
     p, q = ev.classify(ref_wavs), ev.classify(wavs)
     n = len(a)
-    # position-aware similarity of every (video, audio) pair: mean over steps of the cosines
-    pair_sim = np.einsum("itd,jtd->ij", v.astype(np.float64), a.astype(np.float64)) / t
+    pair_sim = pair_similarity(v, a)
     out = {"sim": np.asarray(M.sim(v, a, reduce=False), float), "kl": np.asarray(M.kl_divergence(p, q, reduce=False)),
            "audio": a, "video": v, "probs": q, "ref_audio": r}
     for k in (1, 5):
@@ -404,8 +405,7 @@ def set_metrics(clips: Mapping[str, np.ndarray], audio: np.ndarray | None = None
         per = max(1, int(round(cfg.fad_window_s * steps_per_s)))
         out["fad"] = M.fad(_windows(ref_audio, per), _windows(audio, per), method="samples")
     if audio is not None and video is not None and len(audio) >= 2:
-        t = min(audio.shape[1], video.shape[1])
-        pair_sim = np.einsum("itd,jtd->ij", video[:, :t].astype(np.float64), audio[:, :t].astype(np.float64)) / t
+        pair_sim = pair_similarity(video, audio)
         for k in (1, 5):
             out[f"p_at_{k}"] = M.precision_at_k_from_similarity(pair_sim, k, pool_size=min(cfg.pool_size, len(audio)))["p_at_k"]
     if probs is not None:
