@@ -131,7 +131,7 @@ def served(tmp_path_factory, media_files):
         "model_uri": f"file:{root / 'model'}",
         "storage": str(root),
         "max_batch_size": 2,
-        "batch_wait_timeout_s": 0.3,
+        "batch_wait_timeout_s": 1.0,
         "limits": {"max_upload_bytes": APP_LIMIT, "max_duration_s": 6, "max_pending": 6, "max_steps": MAX_STEPS,
                    "retry_after_s": 3},
         # A tiny queue: one replica, two requests in progress, one waiting.
@@ -210,17 +210,32 @@ def test_mp4_output_carries_the_new_track(served, media_files, tmp_path):
 
 
 def test_concurrent_requests_are_batched_without_changing_outputs(served, media_files):
+    """Two requests sent together share one ``@serve.batch`` call and give what they give alone.
+
+    Whether two concurrent requests reach the generator within the batch window
+    (``batch_wait_timeout_s`` = 1 s here) depends on the scheduler: on a loaded 2-core
+    machine the ingress can decode one upload long after the other. So the pair is sent
+    up to four times and at least one pair must be batched; every reply, batched or not,
+    must equal the request's answer alone.
+    """
     url, _, _ = served
     clip = media_files / "clip.mp4"
     alone = {s: _post(url, clip, {"seed": str(s), "steps": "2"}) for s in (5, 6)}
-    with ThreadPoolExecutor(2) as ex:
-        together = dict(zip((5, 6), ex.map(lambda s: _post(url, clip, {"seed": str(s), "steps": "2"}), (5, 6))))
     for s in (5, 6):
-        assert alone[s].status_code == 200 and together[s].status_code == 200
-        assert alone[s].headers["x-soundtrack-batch-size"] == "1"
-        assert together[s].headers["x-soundtrack-batch-size"] == "2"  # one @serve.batch call
-        assert together[s].content == alone[s].content  # a clip's output depends only on (model, clip, seed)
+        assert alone[s].status_code == 200 and alone[s].headers["x-soundtrack-batch-size"] == "1"
     assert alone[5].content != alone[6].content
+    sizes = []
+    for _ in range(4):
+        with ThreadPoolExecutor(2) as ex:
+            together = dict(zip((5, 6), ex.map(lambda s: _post(url, clip, {"seed": str(s), "steps": "2"}), (5, 6))))
+        for s in (5, 6):
+            assert together[s].status_code == 200, together[s].text
+            assert together[s].content == alone[s].content  # a clip's output depends only on (model, clip, seed)
+        sizes.append(tuple(together[s].headers["x-soundtrack-batch-size"] for s in (5, 6)))
+        if sizes[-1] == ("2", "2"):  # one @serve.batch call answered both
+            break
+    assert sizes[-1] == ("2", "2"), f"no concurrent pair was batched; batch sizes per attempt: {sizes}"
+    assert all(set(p) <= {"1", "2"} and p.count("2") in (0, 2) for p in sizes), sizes
 
 
 # ----------------------------------------------------------------------------- metadata

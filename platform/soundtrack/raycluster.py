@@ -21,6 +21,11 @@ RAY_ENV_DEFAULTS = {
     "TOKENIZERS_PARALLELISM": "false",
     "RAY_DEDUP_LOGS": "1",
     "RAY_TRAIN_V2_ENABLED": "1",
+    # Serve's proxy must answer its first ready check within 5 s and its health checks
+    # within 10 s (Ray's defaults); on a loaded 2-core machine its start-up (FastAPI and
+    # uvicorn imports) can take longer and Serve then kills it. Seconds.
+    "RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "30",
+    "RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S": "30",
 }
 
 
