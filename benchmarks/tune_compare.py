@@ -10,6 +10,12 @@ Runs, one after the other (each a ``soundtrack tune`` process; a finished run is
    registry entry), same seed, clips and trial budget;
 3. ``soundtrack tune experiments/tune_tiny_train.yaml`` (short UNet trainings).
 
+With ``--wall-rerun`` it instead runs searches 1. and 2. again, each once and without
+interruption, in a fresh storage root (``--wall-storage``; the finished upstream runs of
+``./runs`` are linked in, the searches start from nothing; a search already finished there is
+reused) and adds them to the existing ``tune.json`` as ``fresh_runs``: the searches above may
+have been interrupted and resumed, so their wall times are not those of one search.
+
 Reads each run's card and writes ``benchmarks/results/tune.json``: the commands, wall
 times, trial-seconds (the sum of every trial's own running time), the best score reached,
 trials stopped early, and for each search the best trial against the defaults (trial 0)
@@ -71,18 +77,80 @@ def _slim(s: dict) -> dict:
     return out
 
 
+UPSTREAM_STAGES = ("data", "features", "pretrain", "eval", "train")  # what a tune run reads
+FIFO = ["search.scheduler=fifo", "registry=tune_tiny_fifo"]  # the same search without early stopping
+
+
+def _fresh_search(config: str, overrides: list[str], storage: Path) -> dict:
+    """One search from nothing in ``storage`` (reused when it already finished there)."""
+    from soundtrack.runs import read_card
+    from soundtrack.tune.config import load_tune_config, tune_run_dir
+
+    run = tune_run_dir(load_tune_config(ROOT / config, [*overrides, f"storage={storage}"]))
+    card = read_card(run)
+    timing = None
+    if card.get("status") != "finished":
+        if card:
+            sys.exit(f"tune_compare: {run} holds an unfinished search; delete it for a clean wall time")
+        extra = [a for o in overrides for a in ("--set", o)]
+        timing = _run(["tune", config, *extra, "--storage", str(storage)])
+        card = read_card(run)
+    if card.get("attempts") != 1:
+        sys.exit(f"tune_compare: {run} took {card.get('attempts')} attempts; its wall time is not one search's")
+    s = card["summary"]
+    return {"run_dir": str(run), "attempts": card["attempts"], **({"process": timing} if timing else {}),
+            "search_wall_s": s.get("search_wall_s"), "trial_seconds": s.get("trial_seconds"),
+            "trials": s.get("trials"), "stopped_early": s.get("stopped_early"), "concurrency": s.get("concurrency"),
+            "best": s.get("best"), "timings_s": card.get("timings"),
+            "within_30_min": bool((s.get("search_wall_s") or 1e9) <= 30 * 60)}
+
+
+def _wall_rerun(args) -> None:
+    """The ASHA and FIFO searches from nothing in their own storage root, into tune.json."""
+    from soundtrack.runs import git_commit
+
+    storage = Path(args.wall_storage)
+    storage.mkdir(parents=True, exist_ok=True)
+    for stage in UPSTREAM_STAGES:  # finished upstream runs, shared read-only through links
+        link = storage / stage
+        if not link.exists():
+            link.symlink_to(ROOT / "runs" / stage, target_is_directory=True)
+    report = json.loads(Path(args.out).read_text()) if Path(args.out).exists() else {"benchmark": "tune"}
+    fresh = {"command": f"python benchmarks/tune_compare.py --wall-rerun --wall-storage {storage}",
+             "commit": git_commit(), "cores": os.cpu_count(),
+             "note": "the searches of runs.asha / runs.no_early_stopping (seed, clips, space, budget), each run "
+                     "once from nothing without interruption, one after the other; see the load averages",
+             "runs": {}}
+    for label, overrides in (("asha", []), ("no_early_stopping", FIFO)):
+        fresh["runs"][label] = _fresh_search(args.config, overrides, storage)
+        report["fresh_runs"] = fresh
+        Path(args.out).write_text(json.dumps(report, indent=2, default=float))  # partial results survive
+    a, f = fresh["runs"]["asha"], fresh["runs"]["no_early_stopping"]
+    fresh["asha_vs_no_early_stopping"] = {
+        k: {"asha": a[k], "no_early_stopping": f[k]} for k in ("search_wall_s", "trial_seconds", "stopped_early")}
+    fresh["asha_vs_no_early_stopping"]["best_score"] = {"asha": a["best"]["score"],
+                                                        "no_early_stopping": f["best"]["score"]}
+    Path(args.out).write_text(json.dumps(report, indent=2, default=float))
+    print(json.dumps(fresh["asha_vs_no_early_stopping"], indent=2, default=float))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", default="experiments/tune_tiny.yaml")
     ap.add_argument("--train-config", default="experiments/tune_tiny_train.yaml")
     ap.add_argument("--skip-train", action="store_true", help="leave out the training-space search")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "tune.json"))
+    ap.add_argument("--wall-rerun", action="store_true", help="time one fresh ASHA search (see above)")
+    ap.add_argument("--wall-storage", default="/tmp/soundtrack-tune-wall",
+                    help="storage root of --wall-rerun (reused if its search already finished)")
     args = ap.parse_args()
+    if args.wall_rerun:
+        _wall_rerun(args)
+        return
 
     from soundtrack.runs import git_commit
 
-    fifo = ["search.scheduler=fifo", "registry=tune_tiny_fifo"]
-    runs = {"asha": (args.config, []), "no_early_stopping": (args.config, fifo)}
+    runs = {"asha": (args.config, []), "no_early_stopping": (args.config, FIFO)}
     if not args.skip_train:
         runs["training_space"] = (args.train_config, [])
     report: dict = {"benchmark": "tune", "command": "python benchmarks/tune_compare.py", "commit": git_commit(),

@@ -166,8 +166,9 @@ def cmd_demo(args) -> int:
     t = time.time()
     arts = stage_demo(cfg)
     print(f"\ndemo finished in {time.time() - t:.0f} s. Artifacts:")
+    width = max((len(k) for k in arts), default=0)
     for k, v in arts.items():
-        print(f"  {k:36s} {v}")
+        print(f"  {k:{width}s}  {v}")
     return 0
 
 

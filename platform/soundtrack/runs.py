@@ -54,7 +54,14 @@ def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
 
-def _atomic_write_json(path: Path, data: Any) -> None:
+def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
+    """Write ``data`` as JSON through a temporary file and a rename (a kill never leaves half a file).
+
+    Args:
+        path: the JSON file.
+        data: anything ``json.dumps`` takes (other objects are written with ``str``).
+    """
+    path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=str))
     os.replace(tmp, path)
@@ -145,7 +152,7 @@ class Run:
     def _update(self, **kw) -> dict:
         card = self.card
         card.update(kw)
-        _atomic_write_json(self.card_path, card)
+        write_json_atomic(self.card_path, card)
         return card
 
     def start(self) -> "Run":

@@ -7,13 +7,14 @@ resumes or reuses it (``force=True`` starts over).
 
 from __future__ import annotations
 
+import os
 import shlex
 import shutil
 import sys
 from pathlib import Path
 
 from soundtrack.config import ExperimentConfig, FeaturizeSection, SynthSection, run_name, to_dict
-from soundtrack.runs import Run, read_card, require_finished
+from soundtrack.runs import Run, read_card, require_finished, write_json_atomic
 
 
 def _command() -> str:
@@ -340,6 +341,13 @@ def stage_demo(cfg: ExperimentConfig, experiments: str | Path = EXPERIMENTS) -> 
     arts["bench tables (md, csv, parquet) and plot"] = bench / "summary.md"
     names = list(times) + ["end"]
     times["end"] = time.time()
-    print("\ndemo stage times (s): " + ", ".join(f"{a} {times[b] - times[a]:.0f}" for a, b in zip(names, names[1:])),
-          file=sys.stderr)
+    steps_s = {a: round(times[b] - times[a], 1) for a, b in zip(names, names[1:])}
+    print("\ndemo stage times (s): " + ", ".join(f"{a} {v:.0f}" for a, v in steps_s.items()), file=sys.stderr)
+    # A record of this pass (a re-run reuses finished stages, so its times are small); the
+    # load averages say how busy the cores were.
+    record = {"total_s": round(times["end"] - times["synth"], 1), "steps_s": steps_s,
+              "load_avg_1_5_15_end": [round(x, 2) for x in os.getloadavg()], "cpus": os.cpu_count(),
+              "artifacts": {k: str(v) for k, v in arts.items()}}
+    arts["stage times (json)"] = out_dir / "demo.json"
+    write_json_atomic(out_dir / "demo.json", record)
     return arts

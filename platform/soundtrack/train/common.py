@@ -224,6 +224,25 @@ def torch_threads(n: int | None) -> None:
         torch.set_num_threads(max(1, int(n)))
 
 
+def worker_start(seed: int, threads: int | None):
+    """The opening of every Ray Train worker loop: threads, seed, rank and the checkpoint.
+
+    Args:
+        seed: torch's global seed (the same on every worker: initial weights agree before
+            :func:`broadcast_parameters` makes them identical anyway).
+        threads: torch intra-op threads (``None`` keeps the default).
+
+    Returns:
+        ``(rank, world_size, checkpoint)``; ``checkpoint`` is ``None`` on a fresh start.
+    """
+    import ray.train
+
+    ctx = ray.train.get_context()
+    torch_threads(threads)
+    torch.manual_seed(seed)
+    return ctx.get_world_rank(), ctx.get_world_size(), ray.train.get_checkpoint()
+
+
 def broadcast_parameters(model: torch.nn.Module) -> None:
     """Copy rank 0's parameters and buffers to every worker (no-op without a process group)."""
     import torch.distributed as dist

@@ -46,6 +46,7 @@ from soundtrack.train.common import (
     save_optimizer,
     save_trainer_state,
     torch_threads,
+    worker_start,
     warmup_cosine,
 )
 
@@ -96,11 +97,7 @@ def vae_loop(config: dict) -> None:
 
     sec = TrainSection(**config["section"])
     run_dir = Path(config["run_dir"])
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    torch_threads(sec.torch_threads)
-    torch.manual_seed(sec.seed)
-    ckpt = ray.train.get_checkpoint()
+    rank, world, ckpt = worker_start(sec.seed, sec.torch_threads)
     step = 0
     if ckpt is not None:
         with ckpt.as_directory() as d:
@@ -137,17 +134,17 @@ def vae_loop(config: dict) -> None:
             if step % sec.log_every == 0 or step == sec.vae_steps:
                 el = time.time() - t_last
                 t_last = time.time()
-                writer.log(step, vae_loss=float(loss), lr=lr, steps_per_s=round(sec.log_every / el, 4),
+                writer.log(step, vae_loss=loss.item(), lr=lr, steps_per_s=round(sec.log_every / el, 4),
                            **{f"vae_{k}": float(v) for k, v in logs.items()})
                 if rank == 0:
-                    print(f"train[vae]: step {step}/{sec.vae_steps} loss {float(loss):.4f}", flush=True)
+                    print(f"train[vae]: step {step}/{sec.vae_steps} loss {loss.item():.4f}", flush=True)
             if step % sec.checkpoint_every == 0 or step == sec.vae_steps:
                 with tempfile.TemporaryDirectory() as d:
                     if rank == 0:
                         save_vae(vae, os.path.join(d, "vae"))
                         save_optimizer(opt, os.path.join(d, "optimizer.safetensors"))
                         save_trainer_state(d, step=step, seed=sec.seed, phase="vae")
-                    ray.train.report({"step": step, "loss": float(loss)},
+                    ray.train.report({"step": step, "loss": loss.item()},
                                      checkpoint=Checkpoint.from_directory(d) if rank == 0 else None)
 
 
@@ -243,11 +240,7 @@ def unet_loop(config: dict) -> None:
 
     sec = TrainSection(**config["section"])
     run_dir = Path(config["run_dir"])
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    torch_threads(sec.torch_threads)
-    torch.manual_seed(sec.seed)
-    ckpt = ray.train.get_checkpoint()
+    rank, world, ckpt = worker_start(sec.seed, sec.torch_threads)
     step = 0
     if ckpt is not None:
         with ckpt.as_directory() as d:
@@ -297,16 +290,16 @@ def unet_loop(config: dict) -> None:
             if step % sec.log_every == 0 or step == sec.unet_steps:
                 el = time.time() - t_last
                 t_last = time.time()
-                writer.log(step, loss=float(loss), lr=lr, steps_per_s=round(sec.log_every / el, 4))
+                writer.log(step, loss=loss.item(), lr=lr, steps_per_s=round(sec.log_every / el, 4))
                 if rank == 0:
-                    print(f"train[unet]: step {step}/{sec.unet_steps} loss {float(loss):.4f} lr {lr:.2e}", flush=True)
+                    print(f"train[unet]: step {step}/{sec.unet_steps} loss {loss.item():.4f} lr {lr:.2e}", flush=True)
             if step % sec.checkpoint_every == 0 or step == sec.unet_steps:
                 with tempfile.TemporaryDirectory() as d:
                     if rank == 0:
                         model.save(os.path.join(d, "denoiser"))
                         save_optimizer(opt, os.path.join(d, "optimizer.safetensors"))
                         save_trainer_state(d, step=step, seed=sec.seed, phase="unet")
-                    ray.train.report({"step": step, "loss": float(loss)},
+                    ray.train.report({"step": step, "loss": loss.item()},
                                      checkpoint=Checkpoint.from_directory(d) if rank == 0 else None)
 
 

@@ -39,7 +39,7 @@ from soundtrack.train.common import (
     load_trainer_state,
     save_optimizer,
     save_trainer_state,
-    torch_threads,
+    worker_start,
     warmup_cosine,
 )
 
@@ -155,12 +155,7 @@ def train_loop(config: dict) -> None:
     sec = PretrainSection(**{**config["section"], "betas": tuple(config["section"]["betas"])})
     ocfg = objective_config(config["objective"])
     run_dir = Path(config["run_dir"])
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    torch_threads(sec.torch_threads)
-    torch.manual_seed(sec.seed)
-
-    ckpt = ray.train.get_checkpoint()
+    rank, world, ckpt = worker_start(sec.seed, sec.torch_threads)
     step, epoch = 0, 0
     if ckpt is not None:
         with ckpt.as_directory() as d:
