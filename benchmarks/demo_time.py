@@ -27,15 +27,9 @@ ROOT = Path(__file__).resolve().parents[1]
 AIM_S = 30 * 60  # the aim for the chain on 2 cores, after set-up (s)
 
 
-def _commit() -> str | None:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
-
-
 def main() -> None:
+    from soundtrack.runs import git_commit
+
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--storage", help="an empty or missing storage root (default: a temporary directory)")
     ap.add_argument("--keep", action="store_true", help="keep the storage root afterwards")
@@ -60,7 +54,7 @@ def main() -> None:
     result = {
         "command": "python benchmarks/demo_time.py",
         "what": "soundtrack demo (make demo's chain) from an empty storage root, .venv already installed",
-        "commit": _commit(),
+        "commit": git_commit(),
         "cpus": os.cpu_count(),
         "wall_s": round(wall, 1),
         "chain_s": demo["total_s"],

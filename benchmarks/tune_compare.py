@@ -83,25 +83,17 @@ FIFO = ["search.scheduler=fifo", "registry=tune_tiny_fifo"]  # the same search w
 
 def _fresh_search(config: str, overrides: list[str], storage: Path) -> dict:
     """One search from nothing in ``storage`` (reused when it already finished there)."""
-    from soundtrack.runs import read_card
-    from soundtrack.tune.config import load_tune_config, tune_run_dir
-
-    run = tune_run_dir(load_tune_config(ROOT / config, [*overrides, f"storage={storage}"]))
-    card = read_card(run)
-    timing = None
-    if card.get("status") != "finished":
-        if card:
-            sys.exit(f"tune_compare: {run} holds an unfinished search; delete it for a clean wall time")
+    where = [*overrides, f"storage={storage}"]
+    s, timing = _summary(config, where), None
+    if s.get("status") != "finished":
+        if s.get("status") is not None:
+            sys.exit(f"tune_compare: {s['run_dir']} holds an unfinished search; delete it for a clean wall time")
         extra = [a for o in overrides for a in ("--set", o)]
         timing = _run(["tune", config, *extra, "--storage", str(storage)])
-        card = read_card(run)
-    if card.get("attempts") != 1:
-        sys.exit(f"tune_compare: {run} took {card.get('attempts')} attempts; its wall time is not one search's")
-    s = card["summary"]
-    return {"run_dir": str(run), "attempts": card["attempts"], **({"process": timing} if timing else {}),
-            "search_wall_s": s.get("search_wall_s"), "trial_seconds": s.get("trial_seconds"),
-            "trials": s.get("trials"), "stopped_early": s.get("stopped_early"), "concurrency": s.get("concurrency"),
-            "best": s.get("best"), "timings_s": card.get("timings"),
+        s = _summary(config, where)
+    if s.get("attempts") != 1:
+        sys.exit(f"tune_compare: {s['run_dir']} took {s.get('attempts')} attempts; its wall time is not one search's")
+    return {**({"process": timing} if timing else {}), "attempts": 1, **_slim(s),
             "within_30_min": bool((s.get("search_wall_s") or 1e9) <= 30 * 60)}
 
 
