@@ -43,14 +43,14 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "data_throughput.json"))
     args = ap.parse_args()
 
-    from soundtrack.raycluster import set_ray_env
+    from soundtrack.distributed.cluster import set_ray_env
 
     set_ray_env()
     from soundtrack.config import FeaturizeSection, SynthSection
     from soundtrack.data import pipeline
     from soundtrack.data.manifest import read_manifest
-    from soundtrack.runs import git_commit
-    from soundtrack.stages import stage_synth
+    from soundtrack.stages.runs import git_commit
+    from soundtrack.stages.core import stage_synth
 
     cache = ROOT / ".cache" / "bench-data"
     data = stage_synth(SynthSection(n=args.clips, seed=123), out=cache / f"synth-{args.clips}", storage=cache, progress=False)
@@ -96,7 +96,7 @@ def main() -> None:
         results["sequential"].append(one("seq", rep, section=section, use_ray=False))
         print("sequential", results["sequential"][-1], file=sys.stderr)
 
-    from soundtrack.raycluster import init_ray
+    from soundtrack.distributed.cluster import init_ray
 
     t = time.time()
     ray = init_ray(num_cpus=2)

@@ -28,7 +28,7 @@ AIM_S = 30 * 60  # the issue's aim for the chain on 2 cores, after set-up (s)
 
 
 def main() -> None:
-    from soundtrack.runs import git_commit
+    from soundtrack.stages.runs import git_commit
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--storage", help="an empty or missing storage root (default: a temporary directory)")

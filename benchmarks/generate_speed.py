@@ -39,13 +39,13 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     from soundtrack.config import load_config
-    from soundtrack.data.pipeline import decode_row, read_shards
-    from soundtrack.eval.metrics import bootstrap_ci, onset_sync, onset_times, paired_bootstrap_ci, real_time_factor
-    from soundtrack.generate.sampler import generate_clips
-    from soundtrack.generate.uri import load_generator, resolve_model_uri
+    from soundtrack.data.shards import decode_row, read_shards
+    from soundtrack.metrics import bootstrap_ci, onset_sync, onset_times, paired_bootstrap_ci, real_time_factor
+    from soundtrack.pipelines.sampler import generate_clips
+    from soundtrack.stages.models import load_generator, resolve_model_uri
     from soundtrack.models.conditioning import video_conditions
-    from soundtrack.runs import git_commit, read_card
-    from soundtrack.stages import stage_train
+    from soundtrack.stages.runs import git_commit, read_card
+    from soundtrack.stages.core import stage_train
 
     if args.model is None:
         run = stage_train(load_config(args.config), resume=True)

@@ -45,10 +45,13 @@ def speed(repeats: int) -> dict:
     import numpy as np
     import torch
 
-    from soundtrack.generate import SamplerConfig, condition_dropout_mask, diffusion_loss, guided_prediction
-    from soundtrack.generate import sample_latents, training_scheduler
+    from soundtrack.losses.diffusion import condition_dropout_mask, diffusion_loss
+    from soundtrack.pipelines.guidance import guided_prediction
+    from soundtrack.pipelines.sampler import SamplerConfig, sample_latents
+    from soundtrack.pipelines.schedulers import training_scheduler
     from soundtrack.models.unet import Conditions, DenoiserConfig, SoundtrackDenoiser, count_parameters
-    from soundtrack.models.vae import build_vae, decode_mel, vae_loss
+    from soundtrack.models.vae import build_vae, decode_mel
+    from soundtrack.losses.vae import vae_loss
     from soundtrack.models.vocoder import GriffinLimVocoder
 
     torch.manual_seed(0)
@@ -109,8 +112,10 @@ def probe(steps: int) -> dict:
     import torch
     import torch.nn.functional as F
 
-    from soundtrack.generate import SamplerConfig, diffusion_loss, sample_latents, training_scheduler, x0_error_gain
-    from soundtrack.generate.schedulers import alphas_cumprod
+    from soundtrack.losses.diffusion import diffusion_loss
+    from soundtrack.pipelines.sampler import SamplerConfig, sample_latents
+    from soundtrack.pipelines.schedulers import training_scheduler, x0_error_gain
+    from soundtrack.pipelines.schedulers import alphas_cumprod
     from soundtrack.models.unet import Conditions, DenoiserConfig, SoundtrackDenoiser
 
     g = torch.Generator().manual_seed(0)
@@ -170,7 +175,7 @@ def main() -> None:
 
     import torch
 
-    from soundtrack.runs import git_commit
+    from soundtrack.stages.runs import git_commit
 
     torch.set_num_threads(args.threads)
     report = {

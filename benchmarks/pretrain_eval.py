@@ -32,15 +32,15 @@ def main() -> None:
     ap.add_argument("--n-boot", type=int, default=1000)
     args = ap.parse_args()
 
-    from soundtrack.raycluster import set_ray_env
+    from soundtrack.distributed.cluster import set_ray_env
 
     set_ray_env()
     import torch
 
     from soundtrack.config import load_config
-    from soundtrack.runs import git_commit, read_card
-    from soundtrack.stages import stage_featurize, stage_pretrain, stage_synth
-    from soundtrack.train.pretrain import evaluate_run
+    from soundtrack.stages.runs import git_commit, read_card
+    from soundtrack.stages.core import stage_featurize, stage_pretrain, stage_synth
+    from soundtrack.distributed.train_pretrain import evaluate_run
 
     cfg = load_config(args.config)
     t0 = time.time()
@@ -97,7 +97,7 @@ def plot(levels: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    from soundtrack.train.pretrain import _shift_curve
+    from soundtrack.distributed.train_pretrain import _shift_curve
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), dpi=120, sharey=True)
     for ax, stream in zip(axes, ("music", "sfx")):

@@ -242,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     import numpy as np
 
     from soundtrack.data.media import write_mp4
-    from soundtrack.runs import git_commit
+    from soundtrack.stages.runs import git_commit
     from soundtrack.serving.app import APP_NAME, GENERATOR_NAME, build_app, load_serve_config, run_local
 
     tmp = Path(tempfile.mkdtemp(prefix="serve-bench-"))
@@ -252,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
         import torch
 
         torch.set_num_threads(1)
-        from soundtrack.models.generator import build_tiny_generator
+        from soundtrack.pipelines.generator import build_tiny_generator
 
         build_tiny_generator(tmp / "model", seed=0)
         uri, storage = f"file:{tmp / 'model'}", str(tmp)

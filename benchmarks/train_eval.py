@@ -11,7 +11,7 @@ clip x seed in three arms that share the initial noise (seeded by clip and seed)
 * ``other_video``: the model given another test clip's video (a fixed derangement);
   the control, which should fall to chance.
 
-Each generated waveform's onsets (``soundtrack.eval.metrics.onset_times``) are matched
+Each generated waveform's onsets (``soundtrack.metrics.onset_times``) are matched
 one-to-one to the clip's ground-truth *video event* times (bounces, flashes, cuts; the
 ``label_event_times`` of the synthetic set, never seen by the model) within +-0.1 s (one
 video frame). Reported per arm: hit rate (recall), precision, F1, onsets per second,
@@ -42,7 +42,7 @@ def _init(model_dir: str) -> None:
     import torch
 
     torch.set_num_threads(1)
-    from soundtrack.models.generator import SoundtrackGenerator
+    from soundtrack.pipelines.generator import SoundtrackGenerator
 
     _GEN = SoundtrackGenerator.load(model_dir)
 
@@ -55,7 +55,7 @@ def _job(args) -> tuple:
 
 
 def score(wav: np.ndarray, events: np.ndarray, duration: float) -> dict:
-    from soundtrack.eval.metrics import onset_sync, onset_times
+    from soundtrack.metrics import onset_sync, onset_times
 
     on = onset_times(np.asarray(wav, np.float32), 16000)
     return onset_sync(np.asarray(events, float), on, window=WINDOW_S, duration=duration)
@@ -71,10 +71,10 @@ def main() -> None:
     args = ap.parse_args()
 
     from soundtrack.config import load_config
-    from soundtrack.data.pipeline import decode_row, read_shards
-    from soundtrack.eval.metrics import bootstrap_ci, paired_bootstrap_ci
-    from soundtrack.runs import git_commit, read_card
-    from soundtrack.stages import stage_train
+    from soundtrack.data.shards import decode_row, read_shards
+    from soundtrack.metrics import bootstrap_ci, paired_bootstrap_ci
+    from soundtrack.stages.runs import git_commit, read_card
+    from soundtrack.stages.core import stage_train
 
     cfg = load_config(args.config)
     t0 = time.time()

@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/train_overhead.py [--steps 60] [--batch 16] [--threads 1]
 
-Both sides run the pretraining step of ``soundtrack.train.pretrain`` (same model, same
+Both sides run the pretraining step of ``soundtrack.distributed.train_pretrain`` (same model, same
 loss, same batch size, same torch thread count) on the featurized demo set:
 
 * ``plain``: a Python loop in this process over batches built beforehand with the same
@@ -44,12 +44,12 @@ def main() -> None:
     import torch
 
     from soundtrack.config import load_config
-    from soundtrack.data.pipeline import read_shards
-    from soundtrack.models.contrastive import contrastive_loss
+    from soundtrack.data.shards import read_shards
+    from soundtrack.losses.contrastive import contrastive_loss
     from soundtrack.models.encoders import ContrastiveConfig, build_contrastive
-    from soundtrack.runs import git_commit, read_metrics
-    from soundtrack.stages import features_for
-    from soundtrack.train.pretrain import BatchPrep, _make_optimizer, _to_torch_batch, model_config, objective_config
+    from soundtrack.stages.runs import git_commit, read_metrics
+    from soundtrack.stages.core import features_for
+    from soundtrack.distributed.train_pretrain import BatchPrep, _make_optimizer, _to_torch_batch, model_config, objective_config
 
     cfg = load_config(args.config)
     sec = dataclasses.replace(cfg.pretrain, steps=args.steps, batch_size=args.batch, log_every=1,
@@ -78,8 +78,8 @@ def main() -> None:
     plain = (args.steps - args.warmup - 1) / (stamps[-1] - stamps[args.warmup])
 
     # Ray Train: the real loop, one worker
-    from soundtrack.raycluster import init_ray
-    from soundtrack.train.pretrain import run_pretrain
+    from soundtrack.distributed.cluster import init_ray
+    from soundtrack.distributed.train_pretrain import run_pretrain
 
     init_ray(num_cpus=os.cpu_count())
     with tempfile.TemporaryDirectory() as d:

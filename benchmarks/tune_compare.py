@@ -48,8 +48,8 @@ def _run(args: list[str]) -> dict:
 
 
 def _summary(config: str, overrides: list[str]) -> dict:
-    from soundtrack.runs import read_card
-    from soundtrack.tune.config import load_tune_config, tune_run_dir
+    from soundtrack.stages.runs import read_card
+    from soundtrack.tuning.config import load_tune_config, tune_run_dir
 
     run = tune_run_dir(load_tune_config(ROOT / config, overrides))
     card = read_card(ROOT / run)
@@ -99,7 +99,7 @@ def _fresh_search(config: str, overrides: list[str], storage: Path) -> dict:
 
 def _wall_rerun(args) -> None:
     """The ASHA and FIFO searches from nothing in their own storage root, into tune.json."""
-    from soundtrack.runs import git_commit
+    from soundtrack.stages.runs import git_commit
 
     storage = Path(args.wall_storage)
     storage.mkdir(parents=True, exist_ok=True)
@@ -140,7 +140,7 @@ def main() -> None:
         _wall_rerun(args)
         return
 
-    from soundtrack.runs import git_commit
+    from soundtrack.stages.runs import git_commit
 
     runs = {"asha": (args.config, []), "no_early_stopping": (args.config, FIFO)}
     if not args.skip_train:

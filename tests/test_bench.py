@@ -20,7 +20,7 @@ def _write(tmp_path, data, name="b.yaml"):
 
 
 def test_config_errors_name_the_problem(tmp_path):
-    from soundtrack.eval.bench import load_bench_config
+    from soundtrack.stages.bench import load_bench_config
 
     with pytest.raises(ConfigError, match="'methods' is empty"):
         load_bench_config(_write(tmp_path, {"name": "x"}))
@@ -42,7 +42,7 @@ REPO_BENCH = Path(__file__).resolve().parents[1] / "experiments" / "bench_demo.y
 
 
 def test_derangement_has_no_fixed_point_and_is_seeded():
-    from soundtrack.eval.bench import derangement
+    from soundtrack.stages.bench import derangement
 
     for n in (2, 3, 16):
         for seed in range(5):
@@ -52,7 +52,7 @@ def test_derangement_has_no_fixed_point_and_is_seeded():
 
 
 def test_spec_hash_changes_with_settings_not_label(tmp_path):
-    from soundtrack.eval.bench import MethodSpec, spec_hash
+    from soundtrack.stages.bench import MethodSpec, spec_hash
 
     a = spec_hash(MethodSpec(label="x", sampler={"guidance_scale": 2.0}), None)
     assert a == spec_hash(MethodSpec(label="y", sampler={"guidance_scale": 2.0}), None)
@@ -66,12 +66,12 @@ def test_bench_on_local_ray_scores_and_caches(synth_small, tmp_path):
     import soundfile as sf
     import torch
 
-    from soundtrack.data.pipeline import decode_row, read_shards, run_featurize
-    from soundtrack.eval.bench import load_bench_config, run_bench
+    from soundtrack.data.shards import decode_row, read_shards, run_featurize
+    from soundtrack.stages.bench import load_bench_config, run_bench
     from soundtrack.eval.scoring import Evaluator, clip_metrics
     from soundtrack.models.encoders import ContrastiveConfig, build_contrastive
-    from soundtrack.models.generator import build_tiny_generator
-    from soundtrack.runs import Run
+    from soundtrack.pipelines.generator import build_tiny_generator
+    from soundtrack.stages.runs import Run
 
     feats = tmp_path / "features"
     with Run(tmp_path, "features", "f", run_dir=feats, config={"featurize": {"size": 32}}) as run:

@@ -17,17 +17,8 @@ import torch
 
 from soundtrack.data.features import log_mel
 from soundtrack.models import clap_adapter
-from soundtrack.models.contrastive import (
-    ObjectiveConfig,
-    aligned_similarity,
-    contrastive_loss,
-    crop_pair,
-    equal_power_gains,
-    make_batch,
-    make_negatives,
-    pooled_similarity,
-    position_similarity,
-)
+from soundtrack.losses.contrastive import aligned_similarity, contrastive_loss, pooled_similarity, position_similarity
+from soundtrack.data.augment import ObjectiveConfig, crop_pair, equal_power_gains, make_batch, make_negatives
 from soundtrack.models.encoders import (
     ContrastiveConfig,
     ContrastiveModel,

@@ -10,7 +10,7 @@ import pytest
 from soundtrack.config import FeaturizeSection
 from soundtrack.data import features, media, pipeline
 from soundtrack.data.manifest import read_manifest, write_manifest
-from soundtrack.runs import UpstreamError, read_card
+from soundtrack.stages.runs import UpstreamError, read_card
 
 SECTION = FeaturizeSection(size=32, rows_per_shard=3)
 
@@ -88,7 +88,7 @@ def test_resume_redoes_only_missing_shards(synth_small, seq_run, tmp_path):
 
 
 def test_stage_refuses_unfinished_data_run(synth_small, tmp_path):
-    from soundtrack.stages import stage_featurize
+    from soundtrack.stages.core import stage_featurize
 
     data = tmp_path / "data"
     shutil.copytree(synth_small, data, ignore=shutil.ignore_patterns("videos"))
@@ -100,7 +100,7 @@ def test_stage_refuses_unfinished_data_run(synth_small, tmp_path):
 
 
 def test_stage_card_records_upstream_and_reuses(synth_small, tmp_path):
-    from soundtrack.stages import stage_featurize
+    from soundtrack.stages.core import stage_featurize
 
     out = stage_featurize(synth_small, SECTION, storage=tmp_path, use_ray=False, progress=False, limit=3)
     card = read_card(out)

@@ -20,7 +20,7 @@ SECTION = FeaturizeSection(size=32, rows_per_shard=3)
 
 
 def test_ray_pipeline_matches_sequential_loop(synth_small, tmp_path):
-    from soundtrack.raycluster import init_ray
+    from soundtrack.distributed.cluster import init_ray
 
     ray = init_ray(num_cpus=2)
     try:

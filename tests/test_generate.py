@@ -4,7 +4,7 @@ Runs on an untrained tiny generator (``build_tiny_generator``): the soundtracks 
 but lengths, determinism, file formats, the model directory, URIs and error messages are
 the real thing. Videos are real H.264 mp4s written with ``media.write_mp4``.
 
-Length rule under test (documented in ``soundtrack.models.generator``): a video decoded at
+Length rule under test (documented in ``soundtrack.pipelines.generator``): a video decoded at
 10 fps into ``T`` frames gets ``round(T / 10 * 16000)`` samples; a 13.7 s video has 137
 frames, so 219 200 samples = round(13.7 * 16000).
 """
@@ -27,15 +27,15 @@ import torch
 
 from soundtrack import cli
 from soundtrack.data import media
-from soundtrack.generate.uri import ModelURIError, load_generator, resolve_model_uri, split_uri
-from soundtrack.models.generator import (
+from soundtrack.stages.models import ModelURIError, load_generator, resolve_model_uri, split_uri
+from soundtrack.pipelines.generator import (
     GENERATOR_FILE,
     OVERRIDES,
     GeneratorError,
     SoundtrackGenerator,
     build_tiny_generator,
 )
-from soundtrack.runs import UpstreamError
+from soundtrack.stages.runs import UpstreamError
 
 # diffusers' DPM-Solver calls np.array on a tensor (numpy 2 deprecation inside diffusers).
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")

@@ -14,18 +14,18 @@ import pytest
 import torch
 
 from soundtrack.data.features import log_mel
-from soundtrack.generate.guidance import condition_dropout_mask, guided_prediction, normalized_weights
-from soundtrack.generate.sampler import (
+from soundtrack.losses.diffusion import condition_dropout_mask, diffusion_loss
+from soundtrack.pipelines.guidance import guided_prediction, normalized_weights
+from soundtrack.pipelines.sampler import (
     SamplerConfig,
-    diffusion_loss,
     equal_power_fades,
     join_windows,
     sample_latents,
     window_conditions,
     window_starts,
 )
-from soundtrack.generate.schedulers import alphas_cumprod, make_scheduler, training_scheduler, x0_error_gain
-from soundtrack.models.attention import (
+from soundtrack.pipelines.schedulers import alphas_cumprod, make_scheduler, training_scheduler, x0_error_gain
+from soundtrack.modules.attention import (
     KIND_MUSIC,
     KIND_NULL,
     KIND_TEXT,
@@ -38,7 +38,8 @@ from soundtrack.models.attention import (
 )
 from soundtrack.models.mel import MelFormat
 from soundtrack.models.unet import CONDITIONS, Conditions, DenoiserConfig, SoundtrackDenoiser, build_unet
-from soundtrack.models.vae import build_vae, decode_mel, encode_latents, load_vae, save_vae, vae_loss
+from soundtrack.models.vae import build_vae, decode_mel, encode_latents, load_vae, save_vae
+from soundtrack.losses.vae import vae_loss
 from soundtrack.models.vocoder import GriffinLimVocoder, HiFiGANVocoder, load_vocoder
 
 # diffusers' DPM-Solver calls np.array on a tensor (numpy 2 deprecation inside diffusers).
@@ -419,7 +420,7 @@ def test_external_audioldm_layout_vae_and_scaling():
 
 
 def test_generate_video_windows_and_length():
-    from soundtrack.generate.sampler import generate_video
+    from soundtrack.pipelines.sampler import generate_video
 
     torch.manual_seed(0)
     vae = build_vae("tiny").eval()

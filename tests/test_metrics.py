@@ -1,4 +1,4 @@
-"""Tests of soundtrack.eval.metrics against independent implementations and hand cases.
+"""Tests of soundtrack.metrics against independent implementations and hand cases.
 
 Independent references: mir_eval (event matching, onset/beat F-measure), scipy
 (sqrtm, pearsonr, entropy, bipartite matching). Each metric also has a tiny case

@@ -25,7 +25,7 @@ def cluster():
     import shutil
     import tempfile
 
-    from soundtrack.raycluster import set_ray_env, worker_env
+    from soundtrack.distributed.cluster import set_ray_env, worker_env
 
     set_ray_env()
     import ray
@@ -157,9 +157,9 @@ def test_two_worker_pretraining_across_nodes(cluster, features, tmp_path):
 
     from soundtrack.config import to_dict
     from soundtrack.models.encoders import ContrastiveModel
-    from soundtrack.runs import read_metrics
+    from soundtrack.stages.runs import read_metrics
     from soundtrack.train import pretrain
-    from soundtrack.train.common import launch
+    from soundtrack.distributed.train import launch
 
     feats, _ = features
     steps = 3

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from soundtrack.config import FeaturizeSection, PretrainSection
-from soundtrack.runs import read_metrics
+from soundtrack.stages.runs import read_metrics
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -23,8 +23,8 @@ TINY_MODEL = {"video_input_size": 32, "video_channels": [8, 16], "video_dim": 16
 
 @pytest.fixture(scope="module")
 def features(synth_small, tmp_path_factory):
-    from soundtrack.data.pipeline import run_featurize
-    from soundtrack.runs import Run
+    from soundtrack.data.shards import run_featurize
+    from soundtrack.stages.runs import Run
 
     out = tmp_path_factory.mktemp("pt") / "features"
     with Run(out.parent, "features", "f", run_dir=out) as run:
@@ -34,8 +34,8 @@ def features(synth_small, tmp_path_factory):
 
 
 def test_two_workers_recover_from_a_dead_worker(features, tmp_path):
-    from soundtrack.raycluster import init_ray
-    from soundtrack.train.pretrain import run_pretrain
+    from soundtrack.distributed.cluster import init_ray
+    from soundtrack.distributed.train_pretrain import run_pretrain
 
     ray = init_ray(num_cpus=2)
     try:

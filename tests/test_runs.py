@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from soundtrack.runs import Run, UpstreamError, plot_losses, read_card, read_metrics, require_finished
+from soundtrack.stages.runs import Run, UpstreamError, plot_losses, read_card, read_metrics, require_finished
 
 
 def test_card_lifecycle_and_metrics(tmp_path):

@@ -109,8 +109,8 @@ def served(tmp_path_factory, media_files):
     import torch
 
     torch.set_num_threads(1)
-    from soundtrack.models.generator import build_tiny_generator
-    from soundtrack.raycluster import init_ray
+    from soundtrack.pipelines.generator import build_tiny_generator
+    from soundtrack.distributed.cluster import init_ray
     from soundtrack.serving import proxy
     from soundtrack.serving.app import GENERATOR_NAME, build_app
 
@@ -168,7 +168,7 @@ def _wav(content: bytes):
 
 def test_wav_for_a_silent_mp4(served, media_files, tmp_path):
     from soundtrack.data import media
-    from soundtrack.models.generator import SoundtrackGenerator
+    from soundtrack.pipelines.generator import SoundtrackGenerator
 
     url, _, model_dir = served
     clip = media_files / "clip.mp4"

@@ -13,7 +13,7 @@ def model_dir(tmp_path_factory):
     import torch
 
     torch.set_num_threads(1)
-    from soundtrack.models.generator import build_tiny_generator
+    from soundtrack.pipelines.generator import build_tiny_generator
 
     d = tmp_path_factory.mktemp("units") / "model"
     build_tiny_generator(d, seed=0)
@@ -21,7 +21,7 @@ def model_dir(tmp_path_factory):
 
 
 def test_build_app_accepts_the_config_and_rejects_bad_arguments(model_dir, tmp_path):
-    from soundtrack.generate.uri import ModelURIError
+    from soundtrack.stages.models import ModelURIError
     from soundtrack.serving.app import DEFAULT_CONFIG, build_app, load_serve_config
 
     cfg = load_serve_config(DEFAULT_CONFIG)

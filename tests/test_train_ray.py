@@ -8,16 +8,16 @@ import numpy as np
 import pytest
 
 from soundtrack.config import FeaturizeSection, TrainSection
-from soundtrack.runs import read_metrics
+from soundtrack.stages.runs import read_metrics
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
 def parts(synth_small, tmp_path_factory):
-    from soundtrack.data.pipeline import run_featurize
+    from soundtrack.data.shards import run_featurize
     from soundtrack.models.encoders import ContrastiveConfig, build_contrastive
-    from soundtrack.runs import Run
+    from soundtrack.stages.runs import Run
 
     root = tmp_path_factory.mktemp("tr")
     feats = root / "features"
@@ -31,8 +31,8 @@ def parts(synth_small, tmp_path_factory):
 
 
 def test_train_recovers_resumes_and_generates(parts, tmp_path):
-    from soundtrack.raycluster import init_ray
-    from soundtrack.train.diffusion import run_train
+    from soundtrack.distributed.cluster import init_ray
+    from soundtrack.distributed.train_generator import run_train
 
     root, feats, enc = parts
     sec = TrainSection(vae_steps=4, vae_batch_size=2, unet_steps=6, batch_size=2, checkpoint_every=2, log_every=1,
@@ -54,7 +54,7 @@ def test_train_recovers_resumes_and_generates(parts, tmp_path):
     assert vae_cfg["scaling_factor"] != 1.0  # fitted on training latents
 
     # the exported generator loads through the one model loader and generates
-    from soundtrack.generate.uri import load_generator
+    from soundtrack.stages.models import load_generator
 
     gen = load_generator(f"file:{run_dir / 'model'}")
     frames = np.random.default_rng(0).integers(0, 255, (37, 32, 32, 3), dtype=np.uint8)  # 3.7 s

@@ -29,7 +29,7 @@ def _write(tmp_path, data, name="t.yaml"):
 
 
 def test_config_errors_name_key_and_choices(tmp_path):
-    from soundtrack.tune.config import load_tune_config
+    from soundtrack.tuning.config import load_tune_config
 
     base = {"name": "t", "model": "file:/x"}
     with pytest.raises(ConfigError, match=r"unknown parameter 'search.params.cfg'.*allowed: cfg_scale"):
@@ -47,7 +47,7 @@ def test_config_errors_name_key_and_choices(tmp_path):
     with pytest.raises(ConfigError, match=r"unknown key 'train.bogus'"):
         load_tune_config(_write(tmp_path, {**base, "train": {"bogus": 1}}))
     cfg = load_tune_config(_write(tmp_path, base))
-    from soundtrack.tune.config import tune_run_dir
+    from soundtrack.tuning.config import tune_run_dir
 
     # named by the config, never the clock; any setting changes the name
     assert tune_run_dir(cfg) == tune_run_dir(load_tune_config(_write(tmp_path, base)))
@@ -55,9 +55,9 @@ def test_config_errors_name_key_and_choices(tmp_path):
 
 
 def test_space_maps_to_generator_settings():
-    from soundtrack.models.generator import GeneratorError, apply_overrides
-    from soundtrack.generate.sampler import SamplerConfig
-    from soundtrack.tune.space import inert_params, sampling_overrides, training_changes
+    from soundtrack.pipelines.generator import GeneratorError, apply_overrides
+    from soundtrack.pipelines.sampler import SamplerConfig
+    from soundtrack.tuning.space import inert_params, sampling_overrides, training_changes
 
     conds = ("video", "music", "sfx")
     o = sampling_overrides({"cfg_scale": 4.0, "window_k": "dynamic", "weight_video": 0.5, "weight_text": 0.9,
@@ -111,11 +111,11 @@ def inputs(synth_small, tmp_path_factory):
     import pyarrow.parquet as pq
     import torch
 
-    from soundtrack.data.pipeline import run_featurize
+    from soundtrack.data.shards import run_featurize
     from soundtrack.eval.scoring import Evaluator
     from soundtrack.models.encoders import ContrastiveConfig, build_contrastive
-    from soundtrack.models.generator import build_tiny_generator
-    from soundtrack.runs import Run
+    from soundtrack.pipelines.generator import build_tiny_generator
+    from soundtrack.stages.runs import Run
 
     root = tmp_path_factory.mktemp("tune")
     feats = root / "features"
@@ -177,9 +177,9 @@ def _soundtrack(*args) -> list[str]:
 def test_search_killed_and_resumed_keeps_every_trial_once_and_tpe_history(inputs):
     from optuna.samplers import TPESampler
 
-    from soundtrack.runs import read_card
-    from soundtrack.tune.config import load_tune_config, tune_run_dir
-    from soundtrack.tune.search import load_searcher
+    from soundtrack.stages.runs import read_card
+    from soundtrack.tuning.config import load_tune_config, tune_run_dir
+    from soundtrack.stages.tune import load_searcher
 
     root = inputs
     cfg_path = _cfg(root)
@@ -259,10 +259,10 @@ def test_search_killed_and_resumed_keeps_every_trial_once_and_tpe_history(inputs
 @pytest.mark.integration
 @pytest.mark.slow
 def test_registry_entry_loads_and_generates_with_tuned_settings(inputs):
-    from soundtrack.generate.uri import load_generator
-    from soundtrack.runs import read_card
-    from soundtrack.tune.config import load_tune_config, tune_run_dir
-    from soundtrack.tune.registry import read_card as registry_card
+    from soundtrack.stages.models import load_generator
+    from soundtrack.stages.runs import read_card
+    from soundtrack.tuning.config import load_tune_config, tune_run_dir
+    from soundtrack.stages.registry import read_card as registry_card
 
     root = inputs
     storage = root / "runs"

@@ -7,7 +7,7 @@ def _ray_env_defaults() -> None:
     # Ray reads some settings when it is imported, so they are set when soundtrack is:
     # a local Ray on loopback only, no token-auth prompts, no usage stats, offline hubs.
     # A user's own environment variables win (setdefault).
-    from soundtrack.raycluster import set_ray_env
+    from soundtrack.distributed.cluster import set_ray_env
 
     set_ray_env()
 

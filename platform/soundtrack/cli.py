@@ -43,7 +43,7 @@ def _cfg(args):
 
 def cmd_synth(args) -> int:
     from soundtrack.config import build, SynthSection
-    from soundtrack.stages import stage_synth
+    from soundtrack.stages.core import stage_synth
 
     cfg = _cfg(args)
     delta = {k: v for k, v in {"n": args.n, "seed": args.seed, "difficulty": args.difficulty,
@@ -55,7 +55,7 @@ def cmd_synth(args) -> int:
 
 
 def cmd_ingest(args) -> int:
-    from soundtrack.stages import stage_ingest
+    from soundtrack.stages.core import stage_ingest
 
     kw = {"clip_s": args.clip_s, "pad_short": args.pad_short, "seed": args.seed}
     if args.metadata:
@@ -66,7 +66,7 @@ def cmd_ingest(args) -> int:
 
 
 def cmd_featurize(args) -> int:
-    from soundtrack.stages import stage_featurize
+    from soundtrack.stages.core import stage_featurize
 
     cfg = _cfg(args)
     out = stage_featurize(args.data, cfg.featurize, out=args.out, storage=cfg.storage, force=args.force,
@@ -76,7 +76,7 @@ def cmd_featurize(args) -> int:
 
 
 def cmd_pretrain(args) -> int:
-    from soundtrack.stages import stage_pretrain
+    from soundtrack.stages.core import stage_pretrain
 
     cfg = _cfg(args)
     out = stage_pretrain(cfg, resume=args.resume, force=args.force)
@@ -87,7 +87,7 @@ def cmd_pretrain(args) -> int:
 
 def cmd_generate(args) -> int:
     """A soundtrack for one video with a saved generator (``--model``: a model URI)."""
-    from soundtrack.generate.uri import resolve_model_uri
+    from soundtrack.stages.models import resolve_model_uri
 
     # Cheap checks before any weights are read: the URI, the output type, the input file.
     model_dir = resolve_model_uri(args.model, args.storage)
@@ -100,7 +100,7 @@ def cmd_generate(args) -> int:
     if not info.has_video:
         raise MediaError("no_video_stream", f"{args.video} has no video stream (an audio-only file?); "
                          "--video needs a file with video frames.")
-    from soundtrack.models.generator import SoundtrackGenerator
+    from soundtrack.pipelines.generator import SoundtrackGenerator
 
     t = time.time()
     gen = SoundtrackGenerator.load(model_dir)
@@ -115,7 +115,7 @@ def cmd_generate(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from soundtrack.stages import stage_train
+    from soundtrack.stages.core import stage_train
 
     cfg = _cfg(args)
     out = stage_train(cfg, resume=args.resume, force=args.force)
@@ -128,8 +128,8 @@ def cmd_tune(args) -> int:
     """Ray Tune search (Optuna TPE + ASHA), report, best-vs-defaults evaluation, registry entry."""
     import dataclasses as _dc
 
-    from soundtrack.tune.config import load_tune_config
-    from soundtrack.tune.search import stage_tune, tune_summary
+    from soundtrack.tuning.config import load_tune_config
+    from soundtrack.stages.tune import stage_tune, tune_summary
 
     cfg = load_tune_config(args.config, args.overrides)
     if args.storage:
@@ -157,7 +157,7 @@ def cmd_serve(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from soundtrack.stages import stage_demo
+    from soundtrack.stages.core import stage_demo
 
     path = args.config or (DEFAULT_DEMO if DEFAULT_DEMO.exists() else None)
     cfg = load_config(path, args.overrides)
@@ -175,7 +175,7 @@ def cmd_demo(args) -> int:
 def cmd_bench(args) -> int:
     import shlex
 
-    from soundtrack.eval.bench import load_bench_config, run_bench
+    from soundtrack.stages.bench import load_bench_config, run_bench
 
     cfg, methods = load_bench_config(args.config, args.overrides)
     command = "soundtrack bench " + " ".join(shlex.quote(a) for a in sys.argv[2:])
@@ -287,7 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from soundtrack.raycluster import set_ray_env
+    from soundtrack.distributed.cluster import set_ray_env
 
     set_ray_env()
     args = build_parser().parse_args(argv)
@@ -299,13 +299,13 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:
         from soundtrack.data.manifest import ManifestError
         from soundtrack.data.media import MediaError
-        from soundtrack.runs import UpstreamError
+        from soundtrack.stages.runs import UpstreamError
 
         errors = [ManifestError, MediaError, UpstreamError]
         # Model errors: their modules import torch and diffusers (~8 s), so they are not
         # imported here; a module whose error was raised is already loaded.
-        for module, name in (("soundtrack.generate.uri", "ModelURIError"), ("soundtrack.tune.registry", "RegistryError"),
-                             ("soundtrack.models.generator", "GeneratorError")):
+        for module, name in (("soundtrack.stages.models", "ModelURIError"), ("soundtrack.stages.registry", "RegistryError"),
+                             ("soundtrack.pipelines.generator", "GeneratorError")):
             if module in sys.modules:
                 errors.append(getattr(sys.modules[module], name))
         if isinstance(exc, tuple(errors)):

@@ -89,7 +89,7 @@ class PretrainSection:
             makes) the experiment's own synth -> featurize chain.
         model: overrides of :class:`soundtrack.models.encoders.ContrastiveConfig` (its
             preset is the experiment's profile).
-        objective: overrides of :class:`soundtrack.models.contrastive.ObjectiveConfig`.
+        objective: overrides of :class:`soundtrack.data.augment.ObjectiveConfig`.
         evaluation: overrides of :class:`soundtrack.eval.retrieval.RetrievalConfig`.
         batch_size: clips per step per worker (CCCG: 256 in total).
         steps: optimiser steps.

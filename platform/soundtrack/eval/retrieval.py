@@ -1,18 +1,18 @@
 """Held-out evaluation of the contrastive encoders: retrieval P@K, SIM, synchronisation.
 
 Plain functions over a trained :class:`soundtrack.models.encoders.ContrastiveModel` and
-decoded shard rows (``soundtrack.data.pipeline.decode_row``); no Ray.
+decoded shard rows (``soundtrack.data.shards.decode_row``); no Ray.
 
 * **P@K** (Diff-BGM): video -> audio retrieval in pools of 32 candidates (the true
   partner + 31 others drawn with a fixed seed), K = 1, 5, 10; computed by
-  :func:`soundtrack.eval.metrics.precision_at_k` on full 10.24 s clips.
+  :func:`soundtrack.metrics.precision_at_k` on full 10.24 s clips.
 * **SIM** (MuVi Sec. 4.1): mean cosine similarity of paired video and audio embeddings
-  (:func:`soundtrack.eval.metrics.sim`; position-aware with per-frame embeddings).
+  (:func:`soundtrack.metrics.sim`; position-aware with per-frame embeddings).
 * **Synchronisation accuracy** (ours, in the spirit of MuVi's use of its pretrained
   encoders as a synchronisation metric): for each test clip, is the aligned
   (video, audio) window scored higher than the same video with the audio window
   shifted by ``s`` frames (s = 1, 2, 3, 5, 10 frames = 0.1-1 s)? Both windows are cut
-  from the same 10.24 s waveform (:func:`soundtrack.models.contrastive.crop_pair`), so
+  from the same 10.24 s waveform (:func:`soundtrack.data.augment.crop_pair`), so
   only the alignment differs. Both directions (+s and -s) are tested; a tie counts
   half. Chance is 0.5.
 * **Audio-only control**: the same test with every query's video replaced by one fixed
@@ -22,7 +22,7 @@ decoded shard rows (``soundtrack.data.pipeline.decode_row``); no Ray.
   real synchronisation accuracy.
 
 Every number comes with a percentile bootstrap 95 % interval over clips
-(:func:`soundtrack.eval.metrics.bootstrap_ci`).
+(:func:`soundtrack.metrics.bootstrap_ci`).
 """
 
 from __future__ import annotations
@@ -35,8 +35,9 @@ import numpy as np
 import torch
 
 from soundtrack.data.features import log_mel
-from soundtrack.eval.metrics import bootstrap_ci, precision_at_k, sim
-from soundtrack.models.contrastive import ObjectiveConfig, aligned_similarity, crop_pair
+from soundtrack.metrics import bootstrap_ci, precision_at_k, sim
+from soundtrack.losses.contrastive import aligned_similarity
+from soundtrack.data.augment import ObjectiveConfig, crop_pair
 
 
 @dataclass(frozen=True)

@@ -1,13 +1,13 @@
 """Scoring generated soundtracks: per-clip metrics, set metrics and the evaluator.
 
-Plain numpy / PyTorch, no Ray: the bench (:mod:`soundtrack.eval.bench`) and the tuner
+Plain numpy / PyTorch, no Ray: the bench (:mod:`soundtrack.stages.bench`) and the tuner
 call these from their Ray tasks.
 
 **Per clip** (:func:`clip_metrics`, one generated waveform against its clip's shard row):
 
 * sync against the clip's ground-truth *video event* times (``label_event_times``:
   bounces, flashes, cuts; never the reference audio): ``hit_rate``, ``precision``,
-  ``f1``, ``onset_rate`` (onsets/s) from :func:`~soundtrack.eval.metrics.onset_sync`
+  ``f1``, ``onset_rate`` (onsets/s) from :func:`~soundtrack.metrics.onset_sync`
   with a 0.1 s window (one video frame). Hit rate is never reported alone;
 * ``bcs``, ``bhs``, ``beat_f1``: the generated audio's tracked beats against the same
   video event times (HPM/LORIS definitions, 0.1 s);
@@ -308,7 +308,7 @@ def build_evaluator(encoders_dir: str | os.PathLike, features_dir: str | os.Path
         label: the label column (without ``label_``) to classify.
         seed: init seed of the probe.
     """
-    from soundtrack.data.pipeline import decode_row, read_shards
+    from soundtrack.data.shards import decode_row, read_shards
     from soundtrack.models.encoders import ContrastiveModel
 
     enc = ContrastiveModel.load(encoders_dir).eval()

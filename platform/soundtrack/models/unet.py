@@ -18,7 +18,7 @@ Two ways into the UNet, both switchable in :class:`DenoiserConfig`:
    kind and time (frame ``j`` at ``j / fps`` s; text and null: NaN). The single learned
    *null* token is always visible, so no query ever has an empty key set (segment masks,
    feature selector). The attention method (global / segment-aware / shot-based) is
-   applied by :class:`soundtrack.models.attention.SoundtrackAttnProcessor`.
+   applied by :class:`soundtrack.modules.attention.SoundtrackAttnProcessor`.
 2. **Channel-wise fusion** (MuVi Sec. 3.3, ``fusion``): per-frame features of
    ``fusion_sources`` are each projected (``LayerNorm + Linear`` to ``fusion_dim``), summed,
    passed through SiLU, and **linearly interpolated from the frame times to the latent
@@ -59,7 +59,7 @@ import torch.nn.functional as F
 from diffusers import UNet2DConditionModel
 from diffusers.models.resnet import ResnetBlock2D
 
-from soundtrack.models.attention import (
+from soundtrack.modules.attention import (
     KIND_MUSIC,
     KIND_NULL,
     KIND_SFX,

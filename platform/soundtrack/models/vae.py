@@ -43,7 +43,6 @@ import os
 from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
 from diffusers import AutoencoderKL
 from diffusers.configuration_utils import register_to_config
 
@@ -254,57 +253,10 @@ def denormalize_mel(vae: AutoencoderKL, x: torch.Tensor) -> torch.Tensor:
     return x * (0.5 * (hi - lo)) + 0.5 * (hi + lo)
 
 
-def _to_vae_input(vae: AutoencoderKL, mel: torch.Tensor) -> torch.Tensor:
+def vae_input(vae: AutoencoderKL, mel: torch.Tensor) -> torch.Tensor:
     x = normalize_mel(vae, _as_image(mel))
     # AudioLDM/MusicLDM VAEs see time as the height: (B, 1, T, F).
     return x if _is_ours(vae) else x.transpose(-1, -2)
-
-
-def vae_loss(
-    vae: MelVAE,
-    mel: torch.Tensor,
-    kl_weight: float = 1e-4,
-    recon: Literal["l1", "l2"] = "l1",
-    generator: torch.Generator | None = None,
-) -> tuple[torch.Tensor, dict[str, float]]:
-    """Training loss of the mel VAE: reconstruction + ``kl_weight`` x KL.
-
-    Definition: with ``x`` the normalised mel and ``x_hat`` the decoding of a sample of
-    ``q(z | x)``, ``loss = mean |x - x_hat|^p + kl_weight * KL(q(z|x) || N(0, I)) / n_x``
-    where the KL is summed over latent elements and divided by the number of mel elements
-    ``n_x`` (so both terms are per mel bin and their ratio does not depend on the clip size).
-    ``p = 1`` (``"l1"``, default: AudioLDM's VAE reconstruction term; sharper spectra than
-    L2) or ``2``. ``kl_weight = 1e-4`` is our choice: latent-diffusion VAEs use 1e-6 with a
-    perceptual and an adversarial term on top; without those (no pretrained perceptual net
-    can be downloaded, and a GAN doubles the cost on 2 cores) a somewhat stronger KL keeps
-    the latent smooth enough for the diffusion model while reconstruction still dominates.
-
-    Args:
-        vae: the model (our :class:`MelVAE`).
-        mel: log-mel batch (B, n_mels, T) or (B, 1, n_mels, T), natural-log units.
-        kl_weight: weight of the KL term (per mel element, see above).
-        recon: ``"l1"`` or ``"l2"``.
-        generator: RNG for the posterior sample (reparameterisation).
-
-    Returns:
-        ``(loss, stats)`` with stats ``{"recon": ..., "kl": ...}`` as floats (KL per latent
-        element).
-    """
-    x = _to_vae_input(vae, mel)
-    posterior = vae.encode(x).latent_dist
-    z = posterior.sample(generator=generator)
-    x_hat = vae.decode(z).sample
-    if recon == "l1":
-        rec = (x_hat - x).abs().mean()
-    elif recon == "l2":
-        rec = F.mse_loss(x_hat, x)
-    else:
-        raise ValueError(f"recon must be 'l1' or 'l2', got {recon!r}")
-    kl_sum = posterior.kl().sum()  # summed over latent dims and batch
-    kl_per_x = kl_sum / x.numel()
-    loss = rec + kl_weight * kl_per_x
-    stats = {"recon": float(rec.detach()), "kl": float(kl_sum.detach() / z.numel())}
-    return loss, stats
 
 
 def encode_latents(
@@ -326,7 +278,7 @@ def encode_latents(
     Returns:
         latents with time as the last axis.
     """
-    dist = vae.encode(_to_vae_input(vae, mel)).latent_dist
+    dist = vae.encode(vae_input(vae, mel)).latent_dist
     z = dist.sample(generator=generator) if sample else dist.mode()
     if not _is_ours(vae):
         z = z.transpose(-1, -2)

@@ -5,7 +5,7 @@ Two deployments:
 * ``SoundtrackIngress`` (FastAPI): HTTP, limits, upload streaming, decoding, encoding.
   It never imports torch; it decodes the upload with :mod:`soundtrack.data.media` at the
   model's frame size and frame rate and sends the small frame array to the generator.
-* ``SoundtrackGenerator``: loads one model URI (:func:`soundtrack.generate.uri.load_generator`)
+* ``SoundtrackGenerator``: loads one model URI (:func:`soundtrack.stages.models.load_generator`)
   and answers batched requests (``@serve.batch``; ``max_batch_size`` and
   ``batch_wait_timeout_s`` come from the application's arguments). The sampler denoises
   each clip on its own (``batch_invariant``), so a clip's soundtrack depends only on
@@ -344,7 +344,7 @@ def _entry_card(model_dir: Path) -> dict | None:
 
 @serve.deployment(name=GENERATOR_NAME)
 class GeneratorDeployment:
-    """Holds one :class:`~soundtrack.models.generator.SoundtrackGenerator` and runs batched requests.
+    """Holds one :class:`~soundtrack.pipelines.generator.SoundtrackGenerator` and runs batched requests.
 
     Args:
         model_uri: ``registry:<name>``, ``train:<run>``, ``file:<dir>`` or a directory.
@@ -359,7 +359,7 @@ class GeneratorDeployment:
                  torch_threads: int = 1, device: str = "auto"):
         import torch
 
-        from soundtrack.generate.uri import load_generator, resolve_model_uri
+        from soundtrack.stages.models import load_generator, resolve_model_uri
 
         torch.set_num_threads(int(torch_threads))
         if device == "auto":
@@ -394,7 +394,7 @@ class GeneratorDeployment:
         }
 
     def _run(self, jobs: list[GenerationJob]) -> list[GenerationOutput]:
-        from soundtrack.models.generator import GeneratorError
+        from soundtrack.pipelines.generator import GeneratorError
 
         outs = []
         for job in jobs:
@@ -721,7 +721,7 @@ def _merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
 
 def _absolute_uri(uri: str) -> str:
     """``file:`` URIs and plain paths made absolute (replicas may run in another directory)."""
-    from soundtrack.generate.uri import split_uri
+    from soundtrack.stages.models import split_uri
 
     scheme, rest = split_uri(uri)
     if scheme == "file":
@@ -764,7 +764,7 @@ def build_app(args: dict | None = None):
     storage = a.storage if "://" in a.storage else str(Path(a.storage).expanduser().resolve())
     uri = _absolute_uri(a.model_uri)
     if a.check_model:
-        from soundtrack.generate.uri import resolve_model_uri
+        from soundtrack.stages.models import resolve_model_uri
 
         resolve_model_uri(uri, storage)  # ModelURIError (a ValueError) names what exists
     gen_opts = _merge(GENERATOR_DEFAULTS, a.deployment_options.get(GENERATOR_NAME, {}))
@@ -911,7 +911,7 @@ def run_local(
     os.environ.setdefault(PROXY_CALLBACK_ENV, PROXY_CALLBACK)
     os.environ[MAX_UPLOAD_ENV] = str(ServeLimits.from_dict(build.get("limits")).max_upload_bytes)
 
-    from soundtrack.raycluster import init_ray
+    from soundtrack.distributed.cluster import init_ray
 
     init_ray(address=address)
     serve.start(http_options=http, proxy_location=cfg.get("proxy_location"))

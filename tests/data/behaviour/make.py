@@ -37,7 +37,7 @@ def generate_hash(model_dir: Path, video: Path, out_wav: Path) -> str:
     """Loads ``model_dir``, writes the soundtrack of ``video`` (seed ``SEED``) and hashes the WAV."""
     # Imported here: the module path of the generator is what a refactor moves.
     try:
-        from soundtrack.models.generator import SoundtrackGenerator
+        from soundtrack.pipelines.generator import SoundtrackGenerator
     except ImportError:  # pragma: no cover - the layout before the move
         raise
     torch.set_num_threads(1)  # torch's CPU kernels are deterministic for a fixed thread count
@@ -48,7 +48,7 @@ def generate_hash(model_dir: Path, video: Path, out_wav: Path) -> str:
 
 def main() -> int:
     from soundtrack.data import media
-    from soundtrack.models.generator import build_tiny_generator
+    from soundtrack.pipelines.generator import build_tiny_generator
 
     model = HERE / "model"
     build_tiny_generator(model, seed=0)

@@ -13,7 +13,7 @@ Pipeline of a call (plain PyTorch, no Ray):
    per-frame projections into the music and sound-effect spaces (``music`` / ``sfx``),
    the caption's text embedding when the model uses text, and the shot boundaries for
    the shot-based ("dynamic") attention;
-3. :func:`soundtrack.generate.sampler.generate_video`: 10.24 s windows, each denoised in
+3. :func:`soundtrack.pipelines.sampler.generate_video`: 10.24 s windows, each denoised in
    latent space, decoded to a mel by the VAE and vocoded, joined with 1 s crossfades.
 
 Output length: a video of ``T`` frames at ``fps`` (10) lasts ``T / fps`` seconds by the
@@ -55,9 +55,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from soundtrack.generate.sampler import SamplerConfig, generate_video
-from soundtrack.generate.schedulers import SCHEDULER_KINDS
-from soundtrack.models.attention import METHODS
+from soundtrack.pipelines.sampler import SamplerConfig, generate_video
+from soundtrack.pipelines.schedulers import SCHEDULER_KINDS
+from soundtrack.modules.attention import METHODS
 from soundtrack.models.mel import MelFormat
 from soundtrack.models.unet import CONDITIONS, Conditions, SoundtrackDenoiser
 
@@ -250,7 +250,7 @@ class GenerationResult:
         duration_s: soundtrack length (s).
         seconds: wall time of decoding + generation + writing (s).
         real_time_factor: seconds of audio per second of compute (above 1: faster than real time),
-            the platform's one definition (:func:`soundtrack.eval.metrics.real_time_factor`).
+            the platform's one definition (:func:`soundtrack.metrics.real_time_factor`).
     """
 
     out_path: Path
@@ -484,7 +484,7 @@ class SoundtrackGenerator:
 
         Deterministic: the output depends only on (model, frames, caption, seed, clip_id,
         settings). Windows of ``clip_s`` seconds with crossfades, see
-        :func:`~soundtrack.generate.sampler.generate_video`.
+        :func:`~soundtrack.pipelines.sampler.generate_video`.
 
         Args:
             frames: uint8 (T, H, W, 3) RGB frames at ``fps`` (10) frames per second.
@@ -563,7 +563,7 @@ class SoundtrackGenerator:
             media.mux_audio(video_path, wav, self.sr, out)
         seconds = time.perf_counter() - t0
         dur = wav.shape[0] / self.sr
-        from soundtrack.eval.metrics import real_time_factor
+        from soundtrack.metrics import real_time_factor
 
         return GenerationResult(out, int(wav.shape[0]), self.sr, dur, seconds, real_time_factor(dur, max(seconds, 1e-9)))
 

@@ -7,10 +7,10 @@
     file:<path>           a model directory anywhere
     <path>                the same, for an existing directory
 
-A model directory is what :meth:`soundtrack.models.generator.SoundtrackGenerator.save`
+A model directory is what :meth:`soundtrack.pipelines.generator.SoundtrackGenerator.save`
 writes. Every failure raises :class:`ModelURIError` (a ``ValueError``) naming the problem and listing what exists, except an unfinished
-training run, which raises :class:`soundtrack.runs.UpstreamError` from
-:func:`soundtrack.runs.require_finished` (the message names the command that resumes it).
+training run, which raises :class:`soundtrack.stages.runs.UpstreamError` from
+:func:`soundtrack.stages.runs.require_finished` (the message names the command that resumes it).
 
 Resolution only looks at files and JSON (no weights are read), so a wrong URI fails fast.
 """
@@ -23,7 +23,7 @@ from pathlib import Path
 
 SCHEMES = ("train", "registry", "file")
 MODEL_SUBDIR = "model"
-_GENERATOR_FILE = "generator.json"  # == soundtrack.models.generator.GENERATOR_FILE
+_GENERATOR_FILE = "generator.json"  # == soundtrack.pipelines.generator.GENERATOR_FILE
 # "name:" at the start of a URI; one letter is not a scheme (a Windows drive "C:").
 _SCHEME_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+):(.*)$", re.S)
 
@@ -88,7 +88,7 @@ def _train_run(storage: Path, name: str) -> Path:
 
 def _check_model_dir(path: Path, uri: str) -> Path:
     """Full check of a model directory (parts present, format), with the URI in the message."""
-    from soundtrack.models.generator import GeneratorError, check_model_dir
+    from soundtrack.pipelines.generator import GeneratorError, check_model_dir
 
     try:
         check_model_dir(path)
@@ -110,9 +110,9 @@ def resolve_model_uri(uri: str | os.PathLike, storage: str | os.PathLike = "runs
     Raises:
         ModelURIError: unknown scheme, missing run or registry entry (the message lists
             what exists), ambiguous run prefix, or not a model directory.
-        soundtrack.runs.UpstreamError: a ``train:`` run whose status is not ``finished``.
+        soundtrack.stages.runs.UpstreamError: a ``train:`` run whose status is not ``finished``.
     """
-    from soundtrack.runs import require_finished
+    from soundtrack.stages.runs import require_finished
 
     text = os.fspath(uri).strip()
     scheme, rest = split_uri(text)
@@ -154,12 +154,12 @@ def load_generator(uri: str | os.PathLike, storage: str | os.PathLike = "runs", 
         device: where the models run.
 
     Returns:
-        a :class:`soundtrack.models.generator.SoundtrackGenerator` (its ``directory`` is set).
+        a :class:`soundtrack.pipelines.generator.SoundtrackGenerator` (its ``directory`` is set).
 
     Raises:
-        ModelURIError, soundtrack.runs.UpstreamError: see :func:`resolve_model_uri`.
-        soundtrack.models.generator.GeneratorError: the directory's parts do not load.
+        ModelURIError, soundtrack.stages.runs.UpstreamError: see :func:`resolve_model_uri`.
+        soundtrack.pipelines.generator.GeneratorError: the directory's parts do not load.
     """
-    from soundtrack.models.generator import SoundtrackGenerator
+    from soundtrack.pipelines.generator import SoundtrackGenerator
 
     return SoundtrackGenerator.load(resolve_model_uri(uri, storage), device=device)

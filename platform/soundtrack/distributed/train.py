@@ -168,7 +168,7 @@ def launch(
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from soundtrack.raycluster import worker_env
+    from soundtrack.distributed.cluster import worker_env
 
     run_dir = Path(run_dir).resolve()
     trainer = TorchTrainer(

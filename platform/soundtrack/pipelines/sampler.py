@@ -1,4 +1,4 @@
-"""Training loss and sampling of the latent soundtrack diffusion model.
+"""Sampling of the latent soundtrack diffusion model (its training loss: :mod:`soundtrack.losses.diffusion`).
 
 Reproducibility contract: a clip's output depends only on (model, clip, seed), never on the
 other clips of a batch.
@@ -31,67 +31,10 @@ from typing import Mapping, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from soundtrack.generate.guidance import guided_prediction
-from soundtrack.generate.schedulers import DEFAULT_STEPS, make_scheduler
+from soundtrack.pipelines.guidance import guided_prediction
+from soundtrack.pipelines.schedulers import DEFAULT_STEPS, make_scheduler
 from soundtrack.models.unet import Conditions
-
-
-# ----------------------------------------------------------------------------- training
-
-
-def diffusion_loss(
-    denoiser,
-    scheduler,
-    latents: torch.Tensor,
-    conds: Conditions,
-    generator: torch.Generator | None = None,
-    drop_mask: torch.Tensor | None = None,
-    timesteps: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Denoising loss: MSE between the model output and its prediction target.
-
-    Steps: (1) timesteps uniform in [0, T) per example; (2) Gaussian noise; (3) noisy
-    latents ``x_t = sqrt(ab_t) x_0 + sqrt(1 - ab_t) noise`` (``scheduler.add_noise``);
-    (4) the target of the model's ``prediction_type``: the noise (epsilon), the velocity
-    ``v = sqrt(ab_t) noise - sqrt(1 - ab_t) x_0`` (``scheduler.get_velocity``) or ``x_0``
-    (sample); (5) mean squared error over all elements.
-
-    Args:
-        denoiser: a :class:`~soundtrack.models.unet.SoundtrackDenoiser`.
-        scheduler: the training scheduler (``training_scheduler(prediction_type)``).
-        latents: clean scaled latents x_0 (B, C, F_l, T_l).
-        conds: the batch's conditions.
-        generator: RNG for timesteps and noise (CPU generator).
-        drop_mask: (B, 4) condition dropout (``condition_dropout_mask``); None keeps all.
-        timesteps: fixed timesteps (B,) instead of random ones.
-
-    Returns:
-        the scalar loss.
-    """
-    pred_type = denoiser.config.prediction_type
-    if scheduler.config.prediction_type != pred_type:
-        raise ValueError(f"scheduler predicts {scheduler.config.prediction_type!r}, model {pred_type!r}")
-    b = latents.shape[0]
-    # 1. timesteps
-    if timesteps is None:
-        timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (b,), generator=generator)
-    timesteps = timesteps.to(latents.device).long()
-    # 2. noise
-    noise = torch.randn(latents.shape, generator=generator, dtype=latents.dtype).to(latents.device)
-    # 3. forward process
-    noisy = scheduler.add_noise(latents, noise, timesteps)
-    # 4. target
-    if pred_type == "epsilon":
-        target = noise
-    elif pred_type == "v_prediction":
-        target = scheduler.get_velocity(latents, noise, timesteps)
-    else:
-        target = latents
-    # 5. loss
-    out = denoiser(noisy, timesteps, conds, drop_mask)
-    return F.mse_loss(out.float(), target.float())
 
 
 # ----------------------------------------------------------------------------- sampling

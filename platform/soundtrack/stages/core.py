@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from soundtrack.config import ExperimentConfig, FeaturizeSection, SynthSection, run_name, to_dict
-from soundtrack.runs import Run, read_card, require_finished, write_json_atomic
+from soundtrack.stages.runs import Run, read_card, require_finished, write_json_atomic
 
 
 def _command() -> str:
@@ -93,7 +93,7 @@ def _as_summary(res) -> dict:
 
 def featurize_run_dir(storage: str | Path, data_dir: str | Path, section: FeaturizeSection) -> Path:
     """Directory of a featurize run: ``<storage>/features/<data name>-<manifest+config hash>``."""
-    from soundtrack.data.pipeline import featurize_id
+    from soundtrack.data.shards import featurize_id
 
     data_dir = Path(data_dir)
     return Path(storage) / "features" / f"{data_dir.name}-{featurize_id(data_dir / 'manifest.parquet', section)}"
@@ -114,7 +114,7 @@ def stage_featurize(data_dir: str | Path, section: FeaturizeSection = FeaturizeS
         use_ray: ``False`` runs the same code in a plain loop (baseline, debugging).
         limit: featurize only the first ``limit`` clips.
     """
-    from soundtrack.data.pipeline import run_featurize
+    from soundtrack.data.shards import run_featurize
 
     data_dir = Path(data_dir)
     require_finished(data_dir, what="data run")
@@ -152,7 +152,7 @@ def _prepare_run_dir(out: Path, stage: str, force: bool, resume: bool) -> bool:
         print(f"{stage}: {out} is already finished; reusing it (--force to redo)", file=sys.stderr)
         return True
     if card and not resume:
-        from soundtrack.runs import UpstreamError
+        from soundtrack.stages.runs import UpstreamError
 
         raise UpstreamError(
             f"{stage} run {out} exists with status '{card.get('status')}' (an earlier launch stopped); "
@@ -179,7 +179,7 @@ def stage_pretrain(cfg: ExperimentConfig, resume: bool = False, force: bool = Fa
         resume: continue an interrupted run from its last checkpoint.
         force: delete the run and start over.
     """
-    from soundtrack.train.pretrain import run_pretrain
+    from soundtrack.distributed.train_pretrain import run_pretrain
 
     features = features_for(cfg, cfg.pretrain.features)
     out = pretrain_run_dir(cfg, features)
@@ -190,7 +190,7 @@ def stage_pretrain(cfg: ExperimentConfig, resume: bool = False, force: bool = Fa
     with run:
         with run.timer("train+eval"):
             summary = run_pretrain(cfg.profile, cfg.pretrain, features, out)
-        from soundtrack.runs import plot_losses
+        from soundtrack.stages.runs import plot_losses
 
         plot_losses(out)
         run.finish(**summary)
@@ -215,7 +215,7 @@ def stage_train(cfg: ExperimentConfig, resume: bool = False, force: bool = False
     """
     import dataclasses
 
-    from soundtrack.train.diffusion import run_train
+    from soundtrack.distributed.train_generator import run_train
 
     features = features_for(cfg, cfg.train.features)
     if cfg.train.pretrain:
@@ -236,7 +236,7 @@ def stage_train(cfg: ExperimentConfig, resume: bool = False, force: bool = False
     with run:
         with run.timer("train"):
             summary = run_train(cfg.profile, cfg.train, features, pretrain / "model", out)
-        from soundtrack.runs import plot_losses
+        from soundtrack.stages.runs import plot_losses
 
         plot_losses(out)
         plot_losses(out, keys=["vae_loss", "vae_recon", "vae_kl"], out="vae_losses.png", metrics_name="vae_metrics.jsonl")
@@ -292,27 +292,27 @@ def stage_demo(cfg: ExperimentConfig, experiments: str | Path = EXPERIMENTS) -> 
     arts["training losses (png)"] = tr / "losses.png"
 
     step("evaluator")
-    from soundtrack.eval.bench import ensure_evaluator
+    from soundtrack.stages.bench import ensure_evaluator
 
     ev = ensure_evaluator(str(experiments / "eval_encoders_demo.yaml"), cfg.storage)
     arts["evaluation encoders + style classifier (trained apart)"] = ev
 
     step("tune")
-    from soundtrack.tune.config import load_tune_config
-    from soundtrack.tune.search import stage_tune
+    from soundtrack.tuning.config import load_tune_config
+    from soundtrack.stages.tune import stage_tune
 
     tune_cfg = load_tune_config(experiments / "tune_demo.yaml",
                                 [f"model=train:{tr.name}", f"evaluator={ev}", f"storage={cfg.storage}"])
     tune_dir = stage_tune(tune_cfg, resume=True, src=str(experiments / "tune_demo.yaml"))
     arts["search report (trials.csv, plots)"] = tune_dir
     registry_uri = f"registry:{tune_cfg.registry_name}"
-    from soundtrack.generate.uri import resolve_model_uri
+    from soundtrack.stages.models import resolve_model_uri
 
     arts[f"registry entry ({registry_uri})"] = resolve_model_uri(registry_uri, cfg.storage).parent
 
     step("generate + serve")
     from soundtrack.data.manifest import read_manifest
-    from soundtrack.generate.uri import load_generator
+    from soundtrack.stages.models import load_generator
 
     man = read_manifest(data)
     clip = man[man["split"] == "test"].sort_values("clip_id").iloc[0]
@@ -330,7 +330,7 @@ def stage_demo(cfg: ExperimentConfig, experiments: str | Path = EXPERIMENTS) -> 
     arts["served over HTTP (mp4)"] = Path(served["mp4"])
 
     step("bench")
-    from soundtrack.eval.bench import load_bench_config, run_bench
+    from soundtrack.stages.bench import load_bench_config, run_bench
 
     bcfg, methods = load_bench_config(experiments / "bench_small.yaml",
                                       [f"model={registry_uri}", f"methods.untuned.uri=train:{tr.name}",

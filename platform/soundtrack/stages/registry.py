@@ -61,10 +61,10 @@ def register(name: str, model_dir: str | os.PathLike, settings: Mapping[str, Any
 
     Raises:
         RegistryError: a bad name.
-        soundtrack.models.generator.GeneratorError: the model does not load or the settings
+        soundtrack.pipelines.generator.GeneratorError: the model does not load or the settings
             are invalid.
     """
-    from soundtrack.models.generator import SoundtrackGenerator
+    from soundtrack.pipelines.generator import SoundtrackGenerator
 
     out = entry_dir(name, storage)
     gen = SoundtrackGenerator.load(model_dir)

@@ -118,7 +118,7 @@ class TuneConfig:
         features: the featurize run whose ``val`` / ``test`` clips are scored
             (``None``: the one the model was trained on, from its card).
         evaluator: evaluator directory for SIM / KL / FAD (``None``:
-            ``soundtrack.eval.bench.ensure_evaluator(storage)``).
+            ``soundtrack.stages.bench.ensure_evaluator(storage)``).
         val_clips: validation clips every trial scores (the first by clip id).
         test_clips: test clips of the final report (best vs defaults).
         batch_clips: clips per intermediate report (ASHA's resource step).

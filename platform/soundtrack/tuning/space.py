@@ -27,7 +27,7 @@ def optuna_space(space: Mapping[str, tuple[dict[str, Any], Any]]) -> dict[str, A
     """``{param: optuna distribution}`` for :class:`ray.tune.search.optuna.OptunaSearch`.
 
     Args:
-        space: :func:`soundtrack.tune.config.resolve_space`'s result.
+        space: :func:`soundtrack.tuning.config.resolve_space`'s result.
     """
     from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 

@@ -78,7 +78,7 @@ def init_ray(address: str | None = None, num_cpus: float | None = None, quiet: b
     if not ray.is_initialized():
         address = address or os.environ.get("RAY_ADDRESS")
         kw = dict(include_dashboard=False, log_to_driver=True,
-                  runtime_env={"env_vars": worker_env(), "worker_process_setup_hook": "soundtrack.raycluster.quiet_worker_logs"})
+                  runtime_env={"env_vars": worker_env(), "worker_process_setup_hook": "soundtrack.distributed.cluster.quiet_worker_logs"})
         if address:
             ray.init(address=address, **kw)
         else:

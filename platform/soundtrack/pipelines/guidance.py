@@ -1,4 +1,4 @@
-"""Classifier-free guidance with per-condition weights, and the training-time dropout.
+"""Classifier-free guidance with per-condition weights.
 
 Guidance (multi-condition CFG; CCCG guides with scale 2.5, HPM 7.5, MuVi 4):
 
@@ -21,70 +21,17 @@ converting back gives the same result.
 All passes go through the model as one batch: ``(1 + C') * B`` rows, with ``C'`` the
 conditions of non-zero weight.
 
-Training dropout (:func:`condition_dropout_mask`): per example, all conditions dropped with
-probability ``p_all`` (10 %, CCCG's CFG dropout), exactly one condition kept with
-probability ``p_one`` for each condition present (5 % each), otherwise each condition
-dropped independently with ``p_each`` (10 %). The "exactly one kept" share is what trains
-the single-condition predictions ``out_c`` that guidance queries.
+The condition dropout that trains these predictions is
+:func:`soundtrack.losses.diffusion.condition_dropout_mask`.
 """
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import Mapping
 
-import numpy as np
 import torch
 
 from soundtrack.models.unet import CONDITIONS, Conditions
-
-
-def condition_dropout_mask(
-    batch_size: int,
-    conds: Conditions | Sequence[str],
-    rng: np.random.Generator,
-    p_all: float = 0.10,
-    p_one: float = 0.05,
-    p_each: float = 0.10,
-) -> torch.Tensor:
-    """Samples the per-example drop mask used in training.
-
-    Args:
-        batch_size: B.
-        conds: the batch's conditions (or the names of the conditions present).
-        rng: numpy random generator (the caller owns the seed).
-        p_all: probability that every condition is dropped.
-        p_one: probability, for each present condition, that only it is kept.
-        p_each: otherwise, independent drop probability of each condition.
-
-    Returns:
-        bool tensor (B, 4) over :data:`CONDITIONS`; True = dropped. Absent conditions are
-        marked dropped (there is nothing to keep).
-    """
-    present = conds.present() if isinstance(conds, Conditions) else tuple(conds)
-    cols = [CONDITIONS.index(c) for c in present]
-    n = len(cols)
-    if p_all < 0 or p_one < 0 or p_all + n * p_one > 1:
-        raise ValueError(f"need p_all + {n} * p_one <= 1, got {p_all} + {n} * {p_one}")
-    mask = np.ones((batch_size, len(CONDITIONS)), dtype=bool)
-    if n == 0:
-        return torch.from_numpy(mask)
-    # One uniform draw picks the regime: [0, p_all) all dropped, then n slots of p_one
-    # (only condition j kept), then the independent regime.
-    u = rng.random(batch_size)
-    indep = rng.random((batch_size, n)) < p_each
-    sub = np.empty((batch_size, n), dtype=bool)
-    for b in range(batch_size):
-        if u[b] < p_all:
-            sub[b] = True
-        elif u[b] < p_all + n * p_one:
-            j = int((u[b] - p_all) // p_one)
-            sub[b] = True
-            sub[b, min(j, n - 1)] = False
-        else:
-            sub[b] = indep[b]
-    mask[:, cols] = sub
-    return torch.from_numpy(mask)
-
 
 
 def normalized_weights(present: tuple[str, ...], weights: Mapping[str, float] | None) -> dict[str, float]:

@@ -8,7 +8,7 @@ Fixed stages, Ray only at the edges:
 2. every worker builds the model (DDP when there are several workers), restores the
    last checkpoint if Ray Train hands it one (worker restart or ``--resume``), and
    iterates its dataset shard: decode rows -> crops and negatives
-   (:func:`soundtrack.models.contrastive.make_batch`) -> loss -> Adam step with warm-up +
+   (:func:`soundtrack.data.augment.make_batch`) -> loss -> Adam step with warm-up +
    cosine learning rate;
 3. rank 0 writes ``metrics.jsonl`` and, every ``checkpoint_every`` steps, a checkpoint
    (safetensors weights + optimiser state + step) that it reports to Ray Train;
@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from soundtrack.config import ConfigError, PretrainSection, build, to_dict
-from soundtrack.train.common import (
+from soundtrack.distributed.train import (
     MetricsWriter,
     average_gradients,
     broadcast_parameters,
@@ -61,7 +61,7 @@ def model_config(profile: str, overrides: dict[str, Any]):
 
 def objective_config(overrides: dict[str, Any]):
     """The :class:`ObjectiveConfig` with the experiment's overrides."""
-    from soundtrack.models.contrastive import ObjectiveConfig
+    from soundtrack.data.augment import ObjectiveConfig
 
     return build(ObjectiveConfig, overrides, src="pretrain.objective", prefix="pretrain.objective.")
 
@@ -74,7 +74,7 @@ def retrieval_config(overrides: dict[str, Any]):
 
 
 def _rows_from_batch(batch) -> list[dict]:
-    from soundtrack.data.pipeline import decode_row
+    from soundtrack.data.shards import decode_row
 
     recs = batch.to_dict("records") if hasattr(batch, "to_dict") else batch
     return [decode_row(r, keys=("frames", "wav_music", "wav_sfx", "beat_times")) for r in recs]
@@ -106,7 +106,7 @@ class BatchPrep:
         self.rng = np.random.default_rng()
 
     def __call__(self, batch) -> dict[str, np.ndarray]:
-        from soundtrack.models.contrastive import make_batch
+        from soundtrack.data.augment import make_batch
 
         rows = _rows_from_batch(batch)
         b = make_batch(rows, self.ocfg, self.rng)
@@ -149,7 +149,7 @@ def train_loop(config: dict) -> None:
     import ray.train
     from ray.train import Checkpoint
 
-    from soundtrack.models.contrastive import contrastive_loss
+    from soundtrack.losses.contrastive import contrastive_loss
     from soundtrack.models.encoders import ContrastiveConfig, ContrastiveModel, build_contrastive
 
     sec = PretrainSection(**{**config["section"], "betas": tuple(config["section"]["betas"])})
@@ -225,7 +225,7 @@ def prepared_dataset(raw, sec: PretrainSection, n_rows: int):
     (:class:`BatchPrep`)."""
     import ray
 
-    from soundtrack.train.common import repeat_stream
+    from soundtrack.distributed.train import repeat_stream
 
     stream = repeat_stream(raw, sec.steps * sec.batch_size * max(sec.num_workers, 1), n_rows, seed=sec.seed)
     return stream.map_batches(
@@ -243,7 +243,7 @@ def train_dataset(features_dir: str | os.PathLike, split: str = "train"):
     import ray
     from ray.data.expressions import col
 
-    from soundtrack.data.pipeline import shard_files
+    from soundtrack.data.shards import shard_files
 
     files = shard_files(features_dir)
     if not files:
@@ -264,8 +264,8 @@ def run_pretrain(profile: str, sec: PretrainSection, features_dir: str | os.Path
         run_dir: this run's directory.
         progress: print progress.
     """
-    from soundtrack.raycluster import init_ray
-    from soundtrack.train.common import launch
+    from soundtrack.distributed.cluster import init_ray
+    from soundtrack.distributed.train import launch
 
     mcfg = model_config(profile, sec.model)
     objective_config(sec.objective)  # validate before paying for Ray
@@ -320,7 +320,7 @@ def export_final(checkpoint, out: Path) -> Path:
 
 def load_rows(features_dir: str | os.PathLike, split: str, limit: int | None = None) -> list[dict]:
     """Decoded shard rows of one split (for evaluation)."""
-    from soundtrack.data.pipeline import decode_row, read_shards
+    from soundtrack.data.shards import decode_row, read_shards
 
     cols = ["clip_id", "source_id", "caption", "frames", "wav_music", "wav_sfx", "mel_music", "mel_sfx", "beat_times"]
     df = read_shards(features_dir, split=split, columns=cols).sort_values("clip_id")

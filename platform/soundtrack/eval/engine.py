@@ -36,7 +36,7 @@ def load_rows(features_dir: str | Path, split: str, n: int) -> list[dict]:
     Raises:
         ValueError: the split has fewer than ``n`` clips.
     """
-    from soundtrack.data.pipeline import decode_row, read_shards
+    from soundtrack.data.shards import decode_row, read_shards
 
     df = read_shards(features_dir, split=split, columns=list(ROW_COLUMNS))
     if len(df) < n:
@@ -119,7 +119,7 @@ def objective_value(scores: ClipScores, objective: Mapping[str, float]) -> float
 
     Args:
         scores: the clips' scores.
-        objective: ``{metric: weight}`` (checked by :func:`soundtrack.tune.config.check_objective`).
+        objective: ``{metric: weight}`` (checked by :func:`soundtrack.tuning.config.check_objective`).
     """
     from soundtrack.eval.scoring import SET_METRICS
 
@@ -154,7 +154,7 @@ def paired_objective_ci(a: ClipScores, b: ClipScores, objective: Mapping[str, fl
                         seed: int = 0, alpha: float = 0.05) -> dict[str, Any]:
     """Paired bootstrap interval of objective(a) - objective(b) over shared clips.
 
-    With only per-clip metrics this is :func:`soundtrack.eval.metrics.paired_bootstrap_ci`
+    With only per-clip metrics this is :func:`soundtrack.metrics.paired_bootstrap_ci`
     of the per-clip objectives; with set metrics the clips are resampled together and the
     objective (set metrics included) recomputed on each resample (fewer resamples: FAD
     costs a matrix square root each).
@@ -170,7 +170,7 @@ def paired_objective_ci(a: ClipScores, b: ClipScores, objective: Mapping[str, fl
     Returns:
         ``{"diff": point, "ci95": [lo, hi], "n": clips, "n_boot": resamples}``.
     """
-    from soundtrack.eval.metrics import paired_bootstrap_ci
+    from soundtrack.metrics import paired_bootstrap_ci
 
     if a.clip_ids != b.clip_ids:
         raise ValueError("paired scores need the same clips in the same order")
@@ -204,7 +204,7 @@ def evaluate_clips(
     """Generate and score every clip, reporting after each batch.
 
     Args:
-        gen: a :class:`~soundtrack.models.generator.SoundtrackGenerator`.
+        gen: a :class:`~soundtrack.pipelines.generator.SoundtrackGenerator`.
         rows: decoded shard rows (:func:`load_rows`).
         overrides: sampler overrides of this setting (``gen.generate(..., **overrides)``).
         seed: generation seed (with the clip id it seeds each clip's noise).

@@ -11,12 +11,12 @@ Steps (:func:`stage_tune`):
    ``<run>/tune`` (Tune saves the searcher, with its Optuna study, and the scheduler
    there), so ``--resume`` continues it with ``Tuner.restore``: finished trials are kept,
    unfinished ones run again, and TPE goes on from its history;
-3. report: ``trials.csv`` and plots (:mod:`soundtrack.tune.report`);
+3. report: ``trials.csv`` and plots (:mod:`soundtrack.tuning.report`);
 4. final evaluation: the best fully evaluated trial against trial 0 (the defaults) on the
    validation clips (their saved per-clip scores) and on the test split (generated now,
    one Ray task per arm), with paired bootstrap intervals -- whatever they show;
 5. registry: the best trial's model with its settings as sampler defaults, plus a card
-   (:mod:`soundtrack.tune.registry`), loadable as ``registry:<name>``.
+   (:mod:`soundtrack.stages.registry`), loadable as ``registry:<name>``.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from soundtrack.config import ConfigError, to_dict
-from soundtrack.tune.config import TuneConfig, resolve_space, tune_run_dir
+from soundtrack.tuning.config import TuneConfig, resolve_space, tune_run_dir
 
 EXPERIMENT = "tune"  # the Tune experiment folder inside the run directory
 
@@ -52,11 +52,11 @@ def resolve_inputs(cfg: TuneConfig) -> dict[str, Any]:
 
     Raises:
         ConfigError: no features or evaluator can be found (the message says what to set).
-        soundtrack.generate.uri.ModelURIError: a bad model URI.
+        soundtrack.stages.models.ModelURIError: a bad model URI.
     """
-    from soundtrack.generate.uri import resolve_model_uri
-    from soundtrack.models.generator import check_model_dir
-    from soundtrack.runs import read_card
+    from soundtrack.stages.models import resolve_model_uri
+    from soundtrack.pipelines.generator import check_model_dir
+    from soundtrack.stages.runs import read_card
 
     model_dir = resolve_model_uri(cfg.model, cfg.storage)
     doc = check_model_dir(model_dir)
@@ -68,10 +68,10 @@ def resolve_inputs(cfg: TuneConfig) -> dict[str, Any]:
     evaluator = cfg.evaluator
     if evaluator is None:
         try:
-            from soundtrack.eval.bench import ensure_evaluator
+            from soundtrack.stages.bench import ensure_evaluator
         except ImportError:
             raise ConfigError("tune: set 'evaluator:' to an evaluator directory (soundtrack.eval.scoring.Evaluator); "
-                              "soundtrack.eval.bench.ensure_evaluator is not available here.") from None
+                              "soundtrack.stages.bench.ensure_evaluator is not available here.") from None
         evaluator = str(ensure_evaluator(storage=cfg.storage))
     elif not (Path(evaluator) / "evaluator.json").is_file():
         raise ConfigError(f"tune: evaluator {evaluator} has no evaluator.json; give an evaluator directory "
@@ -140,7 +140,7 @@ def run_search(cfg: TuneConfig, ctx: dict, space: dict, run_dir: Path, resume: b
 
     Args:
         cfg: the search config.
-        ctx: the trial context (:mod:`soundtrack.tune.trainable`).
+        ctx: the trial context (:mod:`soundtrack.distributed.trainables`).
         space: ``{param: (spec, default)}`` after dropping inert parameters.
         run_dir: the run directory (the experiment is ``run_dir/tune``).
         resume: restore an existing experiment instead of starting one.
@@ -151,8 +151,8 @@ def run_search(cfg: TuneConfig, ctx: dict, space: dict, run_dir: Path, resume: b
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-    from soundtrack.tune import trainable as T
-    from soundtrack.tune.space import defaults_point, optuna_space
+    from soundtrack.distributed import trainables as T
+    from soundtrack.tuning.space import defaults_point, optuna_space
 
     fn = T.sampling_trial if cfg.search.space == "sampling" else T.training_trial
     trainable = tune.with_resources(tune.with_parameters(fn, ctx=ctx), {"cpu": cfg.search.cpus_per_trial})
@@ -256,8 +256,8 @@ def _eval_arm(model_dir: str, overrides: dict, features: str, split: str, n: int
     import torch
 
     from soundtrack.eval.scoring import Evaluator
-    from soundtrack.models.generator import SoundtrackGenerator
-    from soundtrack.tune.evaluate import evaluate_clips, load_rows
+    from soundtrack.pipelines.generator import SoundtrackGenerator
+    from soundtrack.eval.engine import evaluate_clips, load_rows
 
     torch.set_num_threads(threads)
     gen = SoundtrackGenerator.load(model_dir)
@@ -268,8 +268,8 @@ def _eval_arm(model_dir: str, overrides: dict, features: str, split: str, n: int
 
 def compare(best, base, objective: dict) -> dict[str, Any]:
     """Best vs defaults: objective and every per-clip metric, means and paired 95 % intervals."""
-    from soundtrack.eval.metrics import paired_bootstrap_ci
-    from soundtrack.tune.evaluate import objective_value, paired_objective_ci
+    from soundtrack.metrics import paired_bootstrap_ci
+    from soundtrack.eval.engine import objective_value, paired_objective_ci
 
     out: dict[str, Any] = {"clips": len(best), "objective": {
         "best": objective_value(best, objective), "defaults": objective_value(base, objective),
@@ -294,9 +294,9 @@ def final_evaluation(cfg: TuneConfig, ctx: dict, best_row, base_row, run_dir: Pa
     """Best vs defaults on the validation clips (saved scores) and on the test split (now)."""
     import ray
 
-    from soundtrack.tune.evaluate import load_scores
+    from soundtrack.eval.engine import load_scores
 
-    from soundtrack.tune.evaluate import save_scores
+    from soundtrack.eval.engine import save_scores
 
     out: dict[str, Any] = {"best_trial": best_row["trial_id"], "defaults_trial": base_row["trial_id"]}
     vb = load_scores(run_dir / "trials" / best_row["trial_id"])
@@ -346,7 +346,7 @@ def stage_tune(cfg: TuneConfig, resume: bool = False, force: bool = False, src: 
     """Run (or resume) a search, report it, evaluate best vs defaults and register the best.
 
     Args:
-        cfg: the search config (:func:`soundtrack.tune.config.load_tune_config`).
+        cfg: the search config (:func:`soundtrack.tuning.config.load_tune_config`).
         resume: continue an interrupted search (``soundtrack tune CONFIG --resume``).
         force: delete the run directory and start over.
         src: where the config came from (messages).
@@ -355,12 +355,12 @@ def stage_tune(cfg: TuneConfig, resume: bool = False, force: bool = False, src: 
         the run directory ``<storage>/tune/<name>-<hash>``.
 
     Raises:
-        soundtrack.runs.UpstreamError: the run exists unfinished and neither ``resume``
+        soundtrack.stages.runs.UpstreamError: the run exists unfinished and neither ``resume``
             nor ``force`` is given (the message names both).
     """
-    from soundtrack.raycluster import init_ray
-    from soundtrack.runs import Run, UpstreamError, read_card
-    from soundtrack.tune.space import inert_params
+    from soundtrack.distributed.cluster import init_ray
+    from soundtrack.stages.runs import Run, UpstreamError, read_card
+    from soundtrack.tuning.space import inert_params
 
     run_dir = tune_run_dir(cfg)
     if force and run_dir.exists():
@@ -381,7 +381,7 @@ def stage_tune(cfg: TuneConfig, resume: bool = False, force: bool = False, src: 
             space.pop(k)
     if not space:
         raise ConfigError(f"{src}: the search space is empty after dropping inert parameters {sorted(inert)}.")
-    from soundtrack.tune.space import optuna_space
+    from soundtrack.tuning.space import optuna_space
 
     ctx = {**inputs, "run_dir": str(run_dir.resolve()), "val_clips": cfg.val_clips, "batch_clips": cfg.batch_clips,
            "gen_seed": cfg.gen_seed, "objective": dict(cfg.objective), "keep_wavs": cfg.keep_wavs,
@@ -398,14 +398,14 @@ def stage_tune(cfg: TuneConfig, resume: bool = False, force: bool = False, src: 
             grid, conc = run_search(cfg, ctx, space, run_dir, resume)
         search_s = time.time() - t0
         df = trials_table(grid, run_dir, space, cfg.val_clips)
-        from soundtrack.tune.report import write_report
+        from soundtrack.tuning.report import write_report
 
         arts = write_report(df, run_dir, optuna_space(space), cfg.search.space)
         full = df[df["complete"]]
         if full.empty:
             raise RuntimeError(f"no trial evaluated all {cfg.val_clips} validation clips; see {run_dir / 'tune'}")
         best = full.loc[full["score"].idxmax()]
-        from soundtrack.tune.space import defaults_point
+        from soundtrack.tuning.space import defaults_point
 
         base = df.iloc[0] if cfg.search.include_defaults else best
         if cfg.search.include_defaults and not _same_params(base, defaults_point(space), space):
@@ -428,7 +428,7 @@ def stage_tune(cfg: TuneConfig, resume: bool = False, force: bool = False, src: 
                 summary["comparison"] = final_evaluation(cfg, ctx, best, base, run_dir)
             (run_dir / "comparison.json").write_text(json.dumps(summary["comparison"], indent=2, default=float))
         if cfg.registry_name:
-            from soundtrack.tune.registry import register
+            from soundtrack.stages.registry import register
 
             model_dir, overrides = arm_model(cfg, ctx, run_dir, best["trial_id"])
             entry = register(cfg.registry_name, model_dir, overrides, {
@@ -463,7 +463,7 @@ def _same_params(row, point: dict, space: dict) -> bool:
 
 def tune_summary(run_dir: str | Path) -> dict:
     """The summary a finished search stored in its run card."""
-    from soundtrack.runs import read_card
+    from soundtrack.stages.runs import read_card
 
     return read_card(run_dir).get("summary", {})
 

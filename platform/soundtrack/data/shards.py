@@ -352,7 +352,7 @@ def run_featurize(
         for spec in todo:
             _report(write_shard(out_dir, spec, section, fcfg))
     elif todo:
-        from soundtrack.raycluster import init_ray
+        from soundtrack.distributed.cluster import init_ray
 
         ray = init_ray()
         cpus = float(ray.available_resources().get("CPU", 1.0))

@@ -177,10 +177,10 @@ def _experiment_run(yaml_path: str, storage: str):
     """(cfg, features dir, pretrain dir, train dir) of an experiment, training it when missing."""
     cfg = load_config(yaml_path)
     cfg = dataclasses.replace(cfg, storage=storage)
-    from soundtrack.stages import stage_train
+    from soundtrack.stages.core import stage_train
 
     run = stage_train(cfg, resume=True)
-    from soundtrack.runs import read_card
+    from soundtrack.stages.runs import read_card
 
     up = read_card(run)["upstream"]
     return cfg, Path(up["features"]["path"]), Path(up["pretrain"]["path"]), run
@@ -201,8 +201,8 @@ def ensure_evaluator(evaluator: str = "experiments/eval_encoders.yaml", storage:
     if p.is_dir() and (p / "evaluator.json").is_file():
         return p
     from soundtrack.eval.scoring import build_evaluator
-    from soundtrack.runs import read_card
-    from soundtrack.stages import stage_pretrain
+    from soundtrack.stages.runs import read_card
+    from soundtrack.stages.core import stage_pretrain
 
     cfg = dataclasses.replace(load_config(evaluator), storage=storage)
     pre = stage_pretrain(cfg, resume=True)
@@ -218,8 +218,8 @@ def ensure_evaluator(evaluator: str = "experiments/eval_encoders.yaml", storage:
 
 def resolve_models(cfg: BenchConfig, methods: Mapping[str, MethodSpec], storage: str) -> tuple[dict[str, str | None], Path]:
     """Model directory per method (training variants when needed) and the data's features dir."""
-    from soundtrack.generate.uri import resolve_model_uri
-    from soundtrack.runs import read_card
+    from soundtrack.stages.models import resolve_model_uri
+    from soundtrack.stages.runs import read_card
 
     base = None
     if cfg.model.endswith((".yaml", ".yml")):
@@ -231,13 +231,13 @@ def resolve_models(cfg: BenchConfig, methods: Mapping[str, MethodSpec], storage:
         card = json.loads((Path(default_model) / "generator.json").read_text()).get("card", {})
         features = Path(card["features"]) if card.get("features") else None
     if cfg.data and Path(cfg.data).is_dir():
-        from soundtrack.runs import require_finished
+        from soundtrack.stages.runs import require_finished
 
         require_finished(cfg.data, what="featurize run")
         features = Path(cfg.data)
     elif cfg.data:
         dcfg = dataclasses.replace(load_config(cfg.data), storage=storage)
-        from soundtrack.stages import features_for
+        from soundtrack.stages.core import features_for
 
         features = features_for(dcfg, None)
     if features is None:
@@ -253,7 +253,7 @@ def resolve_models(cfg: BenchConfig, methods: Mapping[str, MethodSpec], storage:
                 raise ConfigError(f"bench: method '{key}' trains a variant, which needs 'model' to be an experiment YAML")
             bcfg, bfeat, bpre, brun = base
             from soundtrack.config import TrainSection, _deep_merge, to_dict
-            from soundtrack.stages import stage_train
+            from soundtrack.stages.core import stage_train
 
             tdict = _deep_merge(to_dict(bcfg.train), dict(spec.train))
             tdict.update(features=str(bfeat), pretrain=str(bpre), reuse_vae_from=str(brun))
@@ -312,7 +312,7 @@ def run_chunk(jobs: Sequence[dict], model_dir: str | None, overrides: Mapping[st
             wav = np.asarray(clip_rows[src]["wav_mix"], np.float32)
         else:
             if gen is None:
-                from soundtrack.models.generator import SoundtrackGenerator
+                from soundtrack.pipelines.generator import SoundtrackGenerator
 
                 gen = SoundtrackGenerator.load(model_dir)
             t = time.perf_counter()
@@ -332,7 +332,7 @@ def run_chunk(jobs: Sequence[dict], model_dir: str | None, overrides: Mapping[st
 
 
 def _load_rows(features: Path, split: str, n: int) -> list[dict]:
-    from soundtrack.data.pipeline import decode_row, read_shards
+    from soundtrack.data.shards import decode_row, read_shards
 
     cols = ["clip_id", "frames", "wav_mix", "melody", "dynamics_db", "label_event_times", "label_style"]
     df = read_shards(features, split=split, columns=cols).sort_values("clip_id").head(n).reset_index(drop=True)
@@ -357,7 +357,7 @@ def run_bench(cfg: BenchConfig, methods: Mapping[str, MethodSpec], storage: str 
     """
     import ray
 
-    from soundtrack.raycluster import init_ray
+    from soundtrack.distributed.cluster import init_ray
 
     t0 = time.time()
     out = Path(storage) / "bench" / cfg.name
@@ -487,7 +487,7 @@ def score_sets(results: Mapping[str, list[dict]], methods: Mapping[str, MethodSp
 
 def summarize(table, set_table, methods: Mapping[str, MethodSpec], cfg: BenchConfig) -> dict:
     """Means with bootstrap intervals per method and metric; paired differences."""
-    from soundtrack.eval.metrics import bootstrap_ci, paired_bootstrap_ci
+    from soundtrack.metrics import bootstrap_ci, paired_bootstrap_ci
 
     per: dict[str, dict] = {}
     for key in methods:

@@ -86,7 +86,7 @@ def make_scheduler(
 
 
 def training_scheduler(prediction_type: str = "v_prediction", **kwargs) -> DDPMScheduler:
-    """The DDPM scheduler used by :func:`soundtrack.generate.sampler.diffusion_loss`.
+    """The DDPM scheduler used by :func:`soundtrack.pipelines.sampler.diffusion_loss`.
 
     Args:
         prediction_type: the model's prediction type.

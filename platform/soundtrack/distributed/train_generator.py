@@ -16,7 +16,7 @@ Fixed phases, each resumable on its own, Ray only at the edges:
    condition, otherwise each dropped at 10 %), AdamW, warm-up + cosine. Checkpoints
    under ``<run>/unet/ray``.
 4. **Export**: encoders + VAE + denoiser + inference defaults as one generator
-   directory ``<run>/model`` (:class:`soundtrack.models.generator.SoundtrackGenerator`),
+   directory ``<run>/model`` (:class:`soundtrack.pipelines.generator.SoundtrackGenerator`),
    the target of ``train:<run>`` model URIs.
 """
 
@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from soundtrack.config import ConfigError, TrainSection, build, to_dict
-from soundtrack.train.common import (
+from soundtrack.distributed.train import (
     MetricsWriter,
     average_gradients,
     broadcast_parameters,
@@ -72,7 +72,7 @@ def denoiser_config(profile: str, overrides: dict[str, Any], encoders_cfg, use_t
 
 def sampler_config(overrides: dict[str, Any]):
     """Inference defaults stored with the model (:class:`SamplerConfig` + overrides)."""
-    from soundtrack.generate.sampler import SamplerConfig
+    from soundtrack.pipelines.sampler import SamplerConfig
 
     return build(SamplerConfig, overrides, src="train.sampler", prefix="train.sampler.")
 
@@ -93,7 +93,8 @@ def vae_loop(config: dict) -> None:
     import ray.train
     from ray.train import Checkpoint
 
-    from soundtrack.models.vae import MelVAE, build_vae, load_vae, save_vae, vae_loss
+    from soundtrack.models.vae import MelVAE, build_vae, load_vae, save_vae
+    from soundtrack.losses.vae import vae_loss
 
     sec = TrainSection(**config["section"])
     run_dir = Path(config["run_dir"])
@@ -169,7 +170,7 @@ class CacheEncoder:
 
     @torch.no_grad()
     def __call__(self, batch) -> dict[str, np.ndarray]:
-        from soundtrack.data.pipeline import decode_row
+        from soundtrack.data.shards import decode_row
         from soundtrack.models.conditioning import video_conditions
         from soundtrack.models.vae import encode_latents
 
@@ -196,7 +197,7 @@ def build_cache(features_dir: Path, vae_dir: Path, encoders_dir: Path, out: Path
     import ray
     from ray.data.expressions import col
 
-    from soundtrack.data.pipeline import shard_files
+    from soundtrack.data.shards import shard_files
 
     done = out / "_done.json"
     if done.exists():
@@ -233,9 +234,8 @@ def unet_loop(config: dict) -> None:
     import ray.train
     from ray.train import Checkpoint
 
-    from soundtrack.generate.guidance import condition_dropout_mask
-    from soundtrack.generate.sampler import diffusion_loss
-    from soundtrack.generate.schedulers import training_scheduler
+    from soundtrack.losses.diffusion import condition_dropout_mask, diffusion_loss
+    from soundtrack.pipelines.schedulers import training_scheduler
     from soundtrack.models.unet import Conditions, DenoiserConfig, SoundtrackDenoiser
 
     sec = TrainSection(**config["section"])
@@ -332,7 +332,7 @@ def reused_parts(sec: TrainSection, features_dir: Path, encoders_dir: Path) -> d
         ConfigError: the run is missing, unfinished, or was trained on other data, encoders
             or VAE settings (the message names the field that differs).
     """
-    from soundtrack.runs import read_card
+    from soundtrack.stages.runs import read_card
 
     src = Path(sec.reuse_vae_from).resolve()
     vae, cache = src / "vae" / "final", src / "cache"
@@ -372,10 +372,10 @@ def run_train(profile: str, sec: TrainSection, features_dir: Path, encoders_dir:
     import ray
     from ray.data.expressions import col
 
-    from soundtrack.data.pipeline import shard_files
+    from soundtrack.data.shards import shard_files
     from soundtrack.models.encoders import ContrastiveConfig
     from soundtrack.models.vae import fit_scaling_factor, load_vae, save_vae, vae_config
-    from soundtrack.raycluster import init_ray
+    from soundtrack.distributed.cluster import init_ray
 
     run_dir = Path(run_dir).resolve()
     enc_json = json.loads((Path(encoders_dir) / "config.json").read_text())
@@ -435,7 +435,7 @@ def run_train(profile: str, sec: TrainSection, features_dir: Path, encoders_dir:
     timings["unet_s"] = round(time.time() - t, 1)
 
     # 4. export
-    from soundtrack.runs import read_card
+    from soundtrack.stages.runs import read_card
 
     frame_size = int(read_card(features_dir).get("config", {}).get("featurize", {}).get("size", 112))
     model_dir = export_generator(run_dir / "model", profile, Path(encoders_dir), vae_final, unet_final, scfg, sec,
@@ -450,7 +450,7 @@ def export_generator(out: Path, profile: str, encoders_dir: Path, vae_dir: Path,
                      card: dict, frame_size: int) -> Path:
     """Write the generator directory (the layout :class:`SoundtrackGenerator` loads), atomically."""
     from soundtrack.models.encoders import ContrastiveModel
-    from soundtrack.models.generator import SoundtrackGenerator
+    from soundtrack.pipelines.generator import SoundtrackGenerator
     from soundtrack.models.unet import SoundtrackDenoiser
     from soundtrack.models.vae import load_vae
 

@@ -45,7 +45,7 @@ def _score(gen, overrides: dict, ctx: dict, out: Path, t0: float, extra: dict | 
     """Evaluate the validation clips batch by batch, reporting to Tune, and save artifacts."""
     from ray import tune
 
-    from soundtrack.tune.evaluate import evaluate_clips, load_rows, save_scores
+    from soundtrack.eval.engine import evaluate_clips, load_rows, save_scores
 
     rows = load_rows(ctx["features"], "val", int(ctx["val_clips"]))
     ev = _load_evaluator(ctx)
@@ -70,8 +70,8 @@ def sampling_trial(config: dict[str, Any], ctx: dict) -> None:
         config: the trial's parameters (from the searcher).
         ctx: the search's context (see the module docstring).
     """
-    from soundtrack.models.generator import SoundtrackGenerator
-    from soundtrack.tune.space import sampling_overrides
+    from soundtrack.pipelines.generator import SoundtrackGenerator
+    from soundtrack.tuning.space import sampling_overrides
 
     t0 = time.time()
     out, trial_id = _setup(ctx)
@@ -99,9 +99,9 @@ def training_trial(config: dict[str, Any], ctx: dict) -> None:
     import dataclasses
 
     from soundtrack.config import TrainSection, build
-    from soundtrack.models.generator import SoundtrackGenerator
-    from soundtrack.train.diffusion import run_train
-    from soundtrack.tune.space import training_changes
+    from soundtrack.pipelines.generator import SoundtrackGenerator
+    from soundtrack.distributed.train_generator import run_train
+    from soundtrack.tuning.space import training_changes
 
     t0 = time.time()
     out, trial_id = _setup(ctx)
