@@ -47,7 +47,8 @@ def main() -> None:
 
     set_ray_env()
     from soundtrack.config import FeaturizeSection, SynthSection
-    from soundtrack.data import pipeline
+    from soundtrack.data import shards as pipeline
+    from soundtrack.distributed import featurize
     from soundtrack.data.manifest import read_manifest
     from soundtrack.stages.runs import git_commit
     from soundtrack.stages.core import stage_synth
@@ -76,7 +77,7 @@ def main() -> None:
         out = work / f"{kind}-{rep}"
         shutil.rmtree(out, ignore_errors=True)
         t0 = time.time()
-        summary = pipeline.run_featurize(data, out, **kw, progress=False)
+        summary = featurize.run_featurize(data, out, **kw, progress=False)
         wall = time.time() - t0
         done = pipeline.completed_shards(out)
         rows = len(pipeline.read_shards(out, columns=["clip_id"]))

@@ -66,7 +66,8 @@ def test_bench_on_local_ray_scores_and_caches(synth_small, tmp_path):
     import soundfile as sf
     import torch
 
-    from soundtrack.data.shards import decode_row, read_shards, run_featurize
+    from soundtrack.data.shards import decode_row, read_shards
+    from soundtrack.distributed.featurize import run_featurize
     from soundtrack.stages.bench import load_bench_config, run_bench
     from soundtrack.eval.scoring import Evaluator, clip_metrics
     from soundtrack.models.encoders import ContrastiveConfig, build_contrastive

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from soundtrack.config import FeaturizeSection
-from soundtrack.data import pipeline
+from soundtrack.data import shards as pipeline
+from soundtrack.distributed import featurize
 from soundtrack.data.manifest import read_manifest
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -25,8 +26,8 @@ def test_ray_pipeline_matches_sequential_loop(synth_small, tmp_path):
     ray = init_ray(num_cpus=2)
     try:
         sec = FeaturizeSection(size=32, rows_per_shard=3, num_cpus=0.5, concurrency=2)
-        s_ray = pipeline.run_featurize(synth_small, tmp_path / "ray", sec, use_ray=True, progress=False)
-        s_seq = pipeline.run_featurize(synth_small, tmp_path / "seq", SECTION, use_ray=False, progress=False)
+        s_ray = featurize.run_featurize(synth_small, tmp_path / "ray", sec, use_ray=True, progress=False)
+        s_seq = featurize.run_featurize(synth_small, tmp_path / "seq", SECTION, use_ray=False, progress=False)
     finally:
         ray.shutdown()
     assert s_ray["clips_out"] == s_seq["clips_out"] == len(read_manifest(synth_small))

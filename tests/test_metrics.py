@@ -17,7 +17,7 @@ import scipy.sparse
 import scipy.sparse.csgraph
 import scipy.stats
 
-from soundtrack.eval import metrics as M
+import soundtrack.metrics as M
 
 
 def _random_events(rng: np.random.Generator, n: int, duration: float = 10.0) -> np.ndarray:

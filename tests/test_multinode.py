@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from soundtrack.config import FeaturizeSection, PretrainSection
-from soundtrack.data import pipeline
+from soundtrack.data import shards as pipeline
+from soundtrack.distributed import featurize
 from soundtrack.data.manifest import read_manifest
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -75,7 +76,7 @@ def features(cluster, synth_small, tmp_path_factory):
     old_wait = ctx.wait_for_min_actors_s
     ctx.wait_for_min_actors_s = 180
     try:
-        summary = pipeline.run_featurize(synth_small, out, sec, use_ray=True, progress=False)
+        summary = featurize.run_featurize(synth_small, out, sec, use_ray=True, progress=False)
     finally:
         ctx.wait_for_min_actors_s = old_wait
     return out, summary
@@ -110,7 +111,7 @@ def _probed_train_loop():
         import ray.train
         import torch
 
-        from soundtrack.train import pretrain
+        from soundtrack.distributed import train_pretrain as pretrain
 
         ctx = ray.train.get_context()
         rank = ctx.get_world_rank()
@@ -158,7 +159,7 @@ def test_two_worker_pretraining_across_nodes(cluster, features, tmp_path):
     from soundtrack.config import to_dict
     from soundtrack.models.encoders import ContrastiveModel
     from soundtrack.stages.runs import read_metrics
-    from soundtrack.train import pretrain
+    from soundtrack.distributed import train_pretrain as pretrain
     from soundtrack.distributed.train import launch
 
     feats, _ = features

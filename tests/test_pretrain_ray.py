@@ -23,7 +23,7 @@ TINY_MODEL = {"video_input_size": 32, "video_channels": [8, 16], "video_dim": 16
 
 @pytest.fixture(scope="module")
 def features(synth_small, tmp_path_factory):
-    from soundtrack.data.shards import run_featurize
+    from soundtrack.distributed.featurize import run_featurize
     from soundtrack.stages.runs import Run
 
     out = tmp_path_factory.mktemp("pt") / "features"

@@ -15,7 +15,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 @pytest.fixture(scope="module")
 def parts(synth_small, tmp_path_factory):
-    from soundtrack.data.shards import run_featurize
+    from soundtrack.distributed.featurize import run_featurize
     from soundtrack.models.encoders import ContrastiveConfig, build_contrastive
     from soundtrack.stages.runs import Run
 

@@ -111,7 +111,7 @@ def inputs(synth_small, tmp_path_factory):
     import pyarrow.parquet as pq
     import torch
 
-    from soundtrack.data.shards import run_featurize
+    from soundtrack.distributed.featurize import run_featurize
     from soundtrack.eval.scoring import Evaluator
     from soundtrack.models.encoders import ContrastiveConfig, build_contrastive
     from soundtrack.pipelines.generator import build_tiny_generator

@@ -1,23 +1,21 @@
-"""``soundtrack data featurize``: the Ray Data pipeline from a manifest to feature shards.
+"""The feature-shard codec: one clip -> one shard row, shards on disk, and back.
 
-Shape of the pipeline::
+A featurize run's directory holds ``shards/shard-XXXXX.parquet`` (written through a
+temporary name and ``os.replace``) and ``done/shard-XXXXX.json`` markers written last;
+readers trust only shards with a marker. Shape of a run::
 
-    manifest rows ─(sorted by clip_id, chunked)─> shard specs ──Ray Data map──> shard files
+    manifest rows ─(sorted by clip_id, chunked)─> shard specs ──> shard files
                                                   (skip finished)   (decode + features,
                                                                      write parquet atomically)
 
 * The manifest is sorted by ``clip_id`` and cut into shards of ``rows_per_shard`` clips,
   so shard *k* always holds the same clips for a given manifest and config.
-* Each shard is one row of a Ray Data dataset; a ``map`` over an actor pool (the actors
-  import librosa once and keep numba's compiled code warm) decodes every clip with
-  decord / PyAV, computes its features (``soundtrack.data.features``), writes
-  ``shards/shard-XXXXX.parquet`` through a temporary name and ``os.replace`` and then a
-  ``done/shard-XXXXX.json`` marker. Only the small per-shard summary returns to the driver.
+* :func:`write_shard` decodes every clip with decord / PyAV, computes its features
+  (``soundtrack.data.features``) and writes the shard; only its small summary returns.
+  :mod:`soundtrack.distributed.featurize` runs it over a Ray Data actor pool.
 * A re-run skips shards whose marker exists, so a run killed at any point resumes with
   every clip written exactly once. A clip that fails to decode is recorded in the marker
   and in ``errors.jsonl``; it never stops the run.
-* The storage path must be visible to every node (shared storage on a cluster; the
-  local disk on one machine or a ``ray.cluster_utils.Cluster``).
 
 Array columns are stored as raw bytes plus a shape (``<name>`` and ``<name>__shape``);
 :func:`decode_row` turns a shard row back into numpy arrays.
@@ -29,7 +27,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Any, Iterable
@@ -39,7 +36,6 @@ import pandas as pd
 
 from soundtrack.config import FeaturizeSection, config_hash
 from soundtrack.data import media
-from soundtrack.data.manifest import read_manifest
 
 #: Storage dtype of each array column (why: 16-bit audio and float16 mels halve the
 #: shard size with no loss that matters for training; frames stay uint8).
@@ -194,7 +190,7 @@ def shard_paths(out_dir: Path, shard: int) -> tuple[Path, Path]:
     return out_dir / "shards" / f"shard-{shard:05d}.parquet", out_dir / "done" / f"shard-{shard:05d}.json"
 
 
-def write_shard(out_dir: str | os.PathLike, spec: dict, section: FeaturizeSection, fcfg=None) -> dict:
+def write_shard(out_dir: str | os.PathLike, spec: dict, section: FeaturizeSection, fcfg=None, node_id: str = "") -> dict:
     """Featurize and write one shard atomically; return its summary (what the driver sees).
 
     Args:
@@ -202,6 +198,7 @@ def write_shard(out_dir: str | os.PathLike, spec: dict, section: FeaturizeSectio
         spec: one item of :func:`plan_shards`.
         section: featurize settings.
         fcfg: feature config (built from ``section`` when ``None``).
+        node_id: the cluster node writing it (recorded in the marker; "" outside Ray).
     """
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -230,37 +227,13 @@ def write_shard(out_dir: str | os.PathLike, spec: dict, section: FeaturizeSectio
         "errors": errors,
         "seconds": round(time.time() - t0, 3),
         "host": os.uname().nodename,
-        "node_id": _node_id(),
+        "node_id": node_id,
         "pid": os.getpid(),
     }
     tmp = done_path.with_name(done_path.name + f".tmp{os.getpid()}")
     tmp.write_text(json.dumps(summary))
     os.replace(tmp, done_path)  # the marker goes last: its presence means the shard is complete
     return summary
-
-
-def _node_id() -> str:
-    """The Ray node this runs on ("" outside Ray): shows how shards spread over a cluster."""
-    try:
-        import ray
-
-        return ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
-    except Exception:
-        return ""
-
-
-class ShardWriter:
-    """Ray Data actor UDF: warms librosa once per process, then writes shards."""
-
-    def __init__(self, out_dir: str, section: dict):
-        self.out_dir = out_dir
-        self.section = FeaturizeSection(**section)
-        self.fcfg = feature_config(self.section)
-        warm_up(self.fcfg)
-
-    def __call__(self, spec: dict) -> dict:
-        s = write_shard(self.out_dir, spec, self.section, self.fcfg)
-        return {k: (json.dumps(v) if isinstance(v, list) else v) for k, v in s.items()}
 
 
 def warm_up(fcfg=None) -> float:
@@ -293,107 +266,6 @@ def featurize_id(manifest_path: Path, section: FeaturizeSection) -> str:
     """Identity of a featurize run: the manifest's content hash plus the section's hash."""
     h = hashlib.sha1(Path(manifest_path).read_bytes()).hexdigest()[:8]
     return f"{h}-{config_hash(section)}"
-
-
-def run_featurize(
-    data_dir: str | os.PathLike,
-    out_dir: str | os.PathLike,
-    section: FeaturizeSection = FeaturizeSection(),
-    progress: bool = True,
-    use_ray: bool = True,
-    limit: int | None = None,
-) -> dict:
-    """Featurize every clip of a manifest into parquet shards, skipping finished shards.
-
-    Args:
-        data_dir: folder with ``manifest.parquet`` (from ``synth`` or ``ingest``).
-        out_dir: the featurize run directory (``shards/``, ``done/``, ``errors.jsonl``).
-        section: featurize settings.
-        progress: print a progress line per finished shard (stderr).
-        use_ray: ``False`` runs the same shard function in a plain loop in this process
-            (the sequential baseline of ``benchmarks/data_throughput.py``).
-        limit: only the first ``limit`` clips (by clip_id), for quick runs.
-
-    Returns:
-        A summary: clips in / out / failed, shards written now and skipped, seconds, rate.
-    """
-    out_dir = Path(out_dir)
-    manifest = read_manifest(data_dir)
-    if section.splits is not None:
-        manifest = manifest[manifest["split"].isin(list(section.splits))]
-    if limit is not None:
-        manifest = manifest.sort_values("clip_id").head(limit)
-    for sub in ("shards", "done"):
-        (out_dir / sub).mkdir(parents=True, exist_ok=True)
-    for tmp in (out_dir / "shards").glob("*.tmp*"):  # leftovers of a killed run
-        tmp.unlink(missing_ok=True)
-    specs = plan_shards(manifest, section.rows_per_shard)
-    done = completed_shards(out_dir)
-    todo = [s for s in specs if s["shard"] not in done]
-    n_clips = len(manifest)
-    n_todo = sum(len(s["clip_ids"]) for s in todo)
-    _say(progress, f"featurize: {n_clips} clips in {len(specs)} shards; {len(specs) - len(todo)} shards already done, {len(todo)} to do")
-    t0 = time.time()
-    results: list[dict] = []
-    clips_done = 0
-
-    def _report(s: dict):
-        nonlocal clips_done
-        results.append(s)
-        clips_done += int(s["n_in"])
-        el = time.time() - t0
-        rate = clips_done / el if el > 0 else 0.0
-        eta = (n_todo - clips_done) / rate if rate > 0 else float("nan")
-        _say(progress, f"featurize: shard {s['shard']:5d} done ({s['n_out']} ok, {s['n_failed']} failed) "
-                       f"{clips_done}/{n_todo} clips, {rate:.2f} clips/s, eta {eta:.0f} s")
-
-    if todo and not use_ray:
-        fcfg = feature_config(section)
-        for spec in todo:
-            _report(write_shard(out_dir, spec, section, fcfg))
-    elif todo:
-        from soundtrack.distributed.cluster import init_ray
-
-        ray = init_ray()
-        cpus = float(ray.available_resources().get("CPU", 1.0))
-        size = section.concurrency or max(1, int(cpus // section.num_cpus))
-        size = min(size, len(todo))
-        ds = ray.data.from_items(todo, override_num_blocks=len(todo))
-        ds = ds.map(
-            ShardWriter,
-            fn_constructor_kwargs={"out_dir": str(out_dir), "section": dataclasses.asdict(section)},
-            compute=ray.data.ActorPoolStrategy(size=size),
-            num_cpus=section.num_cpus,
-        )
-        for s in ds.iter_rows():
-            s = dict(s)
-            s["errors"] = json.loads(s["errors"]) if isinstance(s["errors"], str) else s["errors"]
-            _report(s)
-    seconds = time.time() - t0
-    done = completed_shards(out_dir)
-    errs = [e for s in done.values() for e in s.get("errors", [])]
-    with open(out_dir / "errors.jsonl", "w") as f:
-        for e in errs:
-            f.write(json.dumps(e) + "\n")
-    written = [c for s in done.values() for c in s.get("clip_ids", [])]
-    summary = {
-        "clips_in": n_clips,
-        "clips_out": len(written),
-        "clips_failed": len(errs),
-        "shards": len(specs),
-        "shards_skipped": len(specs) - len(todo),
-        "shards_written_now": len(results),
-        "seconds": round(seconds, 3),
-        "clips_per_s": round(n_todo / seconds, 3) if seconds > 0 and n_todo else None,
-    }
-    _say(progress, f"featurize: done: {summary['clips_out']} clips written, {summary['clips_failed']} failed "
-                   f"(see {out_dir / 'errors.jsonl'}), {summary['seconds']} s")
-    return summary
-
-
-def _say(on: bool, msg: str) -> None:
-    if on:
-        print(msg, file=sys.stderr, flush=True)
 
 
 def read_shards(run_dir: str | os.PathLike, split: str | None = None, columns: list[str] | None = None) -> pd.DataFrame:

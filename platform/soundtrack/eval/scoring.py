@@ -52,7 +52,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from soundtrack.eval import metrics as M
+import soundtrack.metrics as M
 
 #: Direction of every metric: +1 higher is better, -1 lower is better, 0 descriptive.
 DIRECTION: dict[str, int] = {

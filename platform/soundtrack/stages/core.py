@@ -114,7 +114,7 @@ def stage_featurize(data_dir: str | Path, section: FeaturizeSection = FeaturizeS
         use_ray: ``False`` runs the same code in a plain loop (baseline, debugging).
         limit: featurize only the first ``limit`` clips.
     """
-    from soundtrack.data.shards import run_featurize
+    from soundtrack.distributed.featurize import run_featurize
 
     data_dir = Path(data_dir)
     require_finished(data_dir, what="data run")

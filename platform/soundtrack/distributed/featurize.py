@@ -1,0 +1,142 @@
+"""``soundtrack data featurize`` on Ray Data: shard specs -> an actor pool -> shard files.
+
+The per-shard work (decode, features, atomic parquet + marker) is plain Python in
+:mod:`soundtrack.data.shards`; this module only spreads it over Ray Data actors, each of
+which imports librosa once and keeps numba's compiled code warm.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+import ray
+
+from soundtrack.config import FeaturizeSection
+from soundtrack.data.manifest import read_manifest
+from soundtrack.data.shards import completed_shards, feature_config, plan_shards, warm_up, write_shard
+from soundtrack.distributed.cluster import init_ray
+
+log = logging.getLogger(__name__)
+
+
+def _node_id() -> str:
+    """The Ray node this runs on ("" outside Ray): shows how shards spread over a cluster."""
+    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
+
+
+class ShardWriter:
+    """Ray Data actor UDF: warms librosa once per process, then writes shards."""
+
+    def __init__(self, out_dir: str, section: dict):
+        self.out_dir = out_dir
+        self.section = FeaturizeSection(**section)
+        self.fcfg = feature_config(self.section)
+        warm_up(self.fcfg)
+
+    def __call__(self, spec: dict) -> dict:
+        s = write_shard(self.out_dir, spec, self.section, self.fcfg, node_id=_node_id())
+        return {k: (json.dumps(v) if isinstance(v, list) else v) for k, v in s.items()}
+
+
+def run_featurize(
+    data_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    section: FeaturizeSection = FeaturizeSection(),
+    progress: bool = True,
+    use_ray: bool = True,
+    limit: int | None = None,
+) -> dict:
+    """Featurize every clip of a manifest into parquet shards, skipping finished shards.
+
+    Args:
+        data_dir: folder with ``manifest.parquet`` (from ``synth`` or ``ingest``).
+        out_dir: the featurize run directory (``shards/``, ``done/``, ``errors.jsonl``).
+        section: featurize settings.
+        progress: print a progress line per finished shard (stderr).
+        use_ray: ``False`` runs the same shard function in a plain loop in this process
+            (the sequential baseline of ``benchmarks/data_throughput.py``).
+        limit: only the first ``limit`` clips (by clip_id), for quick runs.
+
+    Returns:
+        A summary: clips in / out / failed, shards written now and skipped, seconds, rate.
+    """
+    out_dir = Path(out_dir)
+    manifest = read_manifest(data_dir)
+    if section.splits is not None:
+        manifest = manifest[manifest["split"].isin(list(section.splits))]
+    if limit is not None:
+        manifest = manifest.sort_values("clip_id").head(limit)
+    for sub in ("shards", "done"):
+        (out_dir / sub).mkdir(parents=True, exist_ok=True)
+    for tmp in (out_dir / "shards").glob("*.tmp*"):  # leftovers of a killed run
+        tmp.unlink(missing_ok=True)
+    specs = plan_shards(manifest, section.rows_per_shard)
+    done = completed_shards(out_dir)
+    todo = [s for s in specs if s["shard"] not in done]
+    n_clips = len(manifest)
+    n_todo = sum(len(s["clip_ids"]) for s in todo)
+    _say(progress, f"featurize: {n_clips} clips in {len(specs)} shards; {len(specs) - len(todo)} shards already done, {len(todo)} to do")
+    t0 = time.time()
+    results: list[dict] = []
+    clips_done = 0
+
+    def _report(s: dict):
+        nonlocal clips_done
+        results.append(s)
+        clips_done += int(s["n_in"])
+        el = time.time() - t0
+        rate = clips_done / el if el > 0 else 0.0
+        eta = (n_todo - clips_done) / rate if rate > 0 else float("nan")
+        _say(progress, f"featurize: shard {s['shard']:5d} done ({s['n_out']} ok, {s['n_failed']} failed) "
+                       f"{clips_done}/{n_todo} clips, {rate:.2f} clips/s, eta {eta:.0f} s")
+
+    if todo and not use_ray:
+        fcfg = feature_config(section)
+        for spec in todo:
+            _report(write_shard(out_dir, spec, section, fcfg))
+    elif todo:
+        init_ray()
+        cpus = float(ray.available_resources().get("CPU", 1.0))
+        size = section.concurrency or max(1, int(cpus // section.num_cpus))
+        size = min(size, len(todo))
+        ds = ray.data.from_items(todo, override_num_blocks=len(todo))
+        ds = ds.map(
+            ShardWriter,
+            fn_constructor_kwargs={"out_dir": str(out_dir), "section": dataclasses.asdict(section)},
+            compute=ray.data.ActorPoolStrategy(size=size),
+            num_cpus=section.num_cpus,
+        )
+        for s in ds.iter_rows():
+            s = dict(s)
+            s["errors"] = json.loads(s["errors"]) if isinstance(s["errors"], str) else s["errors"]
+            _report(s)
+    seconds = time.time() - t0
+    done = completed_shards(out_dir)
+    errs = [e for s in done.values() for e in s.get("errors", [])]
+    with open(out_dir / "errors.jsonl", "w") as f:
+        for e in errs:
+            f.write(json.dumps(e) + "\n")
+    written = [c for s in done.values() for c in s.get("clip_ids", [])]
+    summary = {
+        "clips_in": n_clips,
+        "clips_out": len(written),
+        "clips_failed": len(errs),
+        "shards": len(specs),
+        "shards_skipped": len(specs) - len(todo),
+        "shards_written_now": len(results),
+        "seconds": round(seconds, 3),
+        "clips_per_s": round(n_todo / seconds, 3) if seconds > 0 and n_todo else None,
+    }
+    _say(progress, f"featurize: done: {summary['clips_out']} clips written, {summary['clips_failed']} failed "
+                   f"(see {out_dir / 'errors.jsonl'}), {summary['seconds']} s")
+    return summary
+
+
+def _say(on: bool, msg: str) -> None:
+    if on:
+        log.info(msg)
