@@ -43,7 +43,7 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "data_throughput.json"))
     args = ap.parse_args()
 
-    from soundtrack.distributed.cluster import set_ray_env
+    from soundtrack.env import set_ray_env
 
     set_ray_env()
     from soundtrack.config import FeaturizeSection, SynthSection
@@ -51,7 +51,7 @@ def main() -> None:
     from soundtrack.distributed import featurize
     from soundtrack.data.manifest import read_manifest
     from soundtrack.stages.runs import git_commit
-    from soundtrack.stages.core import stage_synth
+    from soundtrack.stages.data import stage_synth
 
     cache = ROOT / ".cache" / "bench-data"
     data = stage_synth(SynthSection(n=args.clips, seed=123), out=cache / f"synth-{args.clips}", storage=cache, progress=False)

@@ -44,8 +44,9 @@ def main() -> None:
     from soundtrack.pipelines.sampler import generate_clips
     from soundtrack.stages.models import load_generator, resolve_model_uri
     from soundtrack.models.conditioning import video_conditions
-    from soundtrack.stages.runs import git_commit, read_card
-    from soundtrack.stages.core import stage_train
+    from soundtrack.stages.runs import git_commit
+    from soundtrack.storage import read_card
+    from soundtrack.stages.train import stage_train
 
     if args.model is None:
         run = stage_train(load_config(args.config), resume=True)

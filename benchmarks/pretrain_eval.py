@@ -32,14 +32,16 @@ def main() -> None:
     ap.add_argument("--n-boot", type=int, default=1000)
     args = ap.parse_args()
 
-    from soundtrack.distributed.cluster import set_ray_env
+    from soundtrack.env import set_ray_env
 
     set_ray_env()
     import torch
 
     from soundtrack.config import load_config
-    from soundtrack.stages.runs import git_commit, read_card
-    from soundtrack.stages.core import stage_featurize, stage_pretrain, stage_synth
+    from soundtrack.stages.runs import git_commit
+    from soundtrack.storage import read_card
+    from soundtrack.stages.pretrain import stage_pretrain
+    from soundtrack.stages.data import stage_featurize, stage_synth
     from soundtrack.distributed.train_pretrain import evaluate_run
 
     cfg = load_config(args.config)

@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/serve_load.py [--model URI --storage DIR] [--level-s 20]
         [--concurrency 1,2,4] [--steps 4] [--clip-s 3] [--max-minutes 12]
 
-Serves a generator with ``soundtrack.serving.app.run_local`` and ``serve/config.yaml`` (the
+Serves a generator with ``soundtrack.serving.local.run_local`` and ``serve/config.yaml`` (the
 same application as ``soundtrack serve``) on a free 127.0.0.1 port; by default the model is
 an untrained tiny generator (``build_tiny_generator``) saved to a temporary directory and
 served as ``file:<dir>`` (its sound is noise; the cost of a request is the real code path).
@@ -243,7 +243,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from soundtrack.data.media import write_mp4
     from soundtrack.stages.runs import git_commit
-    from soundtrack.serving.app import APP_NAME, GENERATOR_NAME, build_app, load_serve_config, run_local
+    from soundtrack.serving.app import build_app, load_serve_config
+    from soundtrack.serving.local import run_local
+    from soundtrack.serving.limits import APP_NAME, GENERATOR_NAME
 
     tmp = Path(tempfile.mkdtemp(prefix="serve-bench-"))
     if args.model:

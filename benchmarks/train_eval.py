@@ -73,8 +73,9 @@ def main() -> None:
     from soundtrack.config import load_config
     from soundtrack.data.shards import decode_row, read_shards
     from soundtrack.metrics import bootstrap_ci, paired_bootstrap_ci
-    from soundtrack.stages.runs import git_commit, read_card
-    from soundtrack.stages.core import stage_train
+    from soundtrack.stages.runs import git_commit
+    from soundtrack.storage import read_card
+    from soundtrack.stages.train import stage_train
 
     cfg = load_config(args.config)
     t0 = time.time()

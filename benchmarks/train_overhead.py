@@ -26,7 +26,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -48,7 +47,7 @@ def main() -> None:
     from soundtrack.losses.contrastive import contrastive_loss
     from soundtrack.models.encoders import ContrastiveConfig, build_contrastive
     from soundtrack.stages.runs import git_commit, read_metrics
-    from soundtrack.stages.core import features_for
+    from soundtrack.stages.data import features_for
     from soundtrack.distributed.train_pretrain import BatchPrep, _make_optimizer, _to_torch_batch, model_config, objective_config
 
     cfg = load_config(args.config)

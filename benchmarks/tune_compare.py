@@ -48,7 +48,7 @@ def _run(args: list[str]) -> dict:
 
 
 def _summary(config: str, overrides: list[str]) -> dict:
-    from soundtrack.stages.runs import read_card
+    from soundtrack.storage import read_card
     from soundtrack.tuning.config import load_tune_config, tune_run_dir
 
     run = tune_run_dir(load_tune_config(ROOT / config, overrides))

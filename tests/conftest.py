@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 def synth_small(tmp_path_factory):
     """A small synthetic data set (8 clips of 10.24 s, medium), generated once per session."""
     from soundtrack.config import SynthSection
-    from soundtrack.stages.core import stage_synth
+    from soundtrack.stages.data import stage_synth
 
     root = tmp_path_factory.mktemp("synth")
     return stage_synth(SynthSection(n=8, seed=0, difficulty="medium"), out=root / "data", storage=root, progress=False)

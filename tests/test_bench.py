@@ -20,7 +20,7 @@ def _write(tmp_path, data, name="b.yaml"):
 
 
 def test_config_errors_name_the_problem(tmp_path):
-    from soundtrack.stages.bench import load_bench_config
+    from soundtrack.eval.bench import load_bench_config
 
     with pytest.raises(ConfigError, match="'methods' is empty"):
         load_bench_config(_write(tmp_path, {"name": "x"}))
@@ -42,7 +42,7 @@ REPO_BENCH = Path(__file__).resolve().parents[1] / "experiments" / "bench_demo.y
 
 
 def test_derangement_has_no_fixed_point_and_is_seeded():
-    from soundtrack.stages.bench import derangement
+    from soundtrack.eval.bench import derangement
 
     for n in (2, 3, 16):
         for seed in range(5):
@@ -52,7 +52,7 @@ def test_derangement_has_no_fixed_point_and_is_seeded():
 
 
 def test_spec_hash_changes_with_settings_not_label(tmp_path):
-    from soundtrack.stages.bench import MethodSpec, spec_hash
+    from soundtrack.eval.bench import MethodSpec, spec_hash
 
     a = spec_hash(MethodSpec(label="x", sampler={"guidance_scale": 2.0}), None)
     assert a == spec_hash(MethodSpec(label="y", sampler={"guidance_scale": 2.0}), None)
@@ -68,7 +68,8 @@ def test_bench_on_local_ray_scores_and_caches(synth_small, tmp_path):
 
     from soundtrack.data.shards import decode_row, read_shards
     from soundtrack.distributed.featurize import run_featurize
-    from soundtrack.stages.bench import load_bench_config, run_bench
+    from soundtrack.stages.bench import run_bench
+    from soundtrack.eval.bench import load_bench_config
     from soundtrack.eval.scoring import Evaluator, clip_metrics
     from soundtrack.models.encoders import ContrastiveConfig, build_contrastive
     from soundtrack.pipelines.generator import build_tiny_generator

@@ -108,7 +108,8 @@ def test_broken_cluster_configs_are_rejected_with_rays_message(cluster, edit, ex
 def test_serve_configs_match_serves_schema(name):
     from ray.serve.schema import ServeDeploySchema
 
-    from soundtrack.serving.app import GENERATOR_NAME, INGRESS_NAME, load_serve_config
+    from soundtrack.serving.app import load_serve_config
+    from soundtrack.serving.limits import GENERATOR_NAME, INGRESS_NAME
 
     raw = _load(name)
     ServeDeploySchema.model_validate(raw)
@@ -128,7 +129,8 @@ def test_serve_configs_match_serves_schema(name):
 
 
 def test_local_serve_config_fits_two_cores():
-    from soundtrack.serving.app import GENERATOR_NAME, INGRESS_NAME, load_serve_config
+    from soundtrack.serving.app import load_serve_config
+    from soundtrack.serving.limits import GENERATOR_NAME, INGRESS_NAME
 
     cfg = load_serve_config(REPO / "serve/config.yaml")
     gen = cfg["deployment_options"][GENERATOR_NAME]

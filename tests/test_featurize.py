@@ -8,9 +8,12 @@ import pandas as pd
 import pytest
 
 from soundtrack.config import FeaturizeSection
-from soundtrack.data import features, media, pipeline
+from soundtrack.data import features, media
+from soundtrack.data import shards as pipeline
+from soundtrack.distributed import featurize
 from soundtrack.data.manifest import read_manifest, write_manifest
-from soundtrack.stages.runs import UpstreamError, read_card
+from soundtrack.stages.runs import UpstreamError
+from soundtrack.storage import read_card
 
 SECTION = FeaturizeSection(size=32, rows_per_shard=3)
 
@@ -18,7 +21,7 @@ SECTION = FeaturizeSection(size=32, rows_per_shard=3)
 @pytest.fixture(scope="module")
 def seq_run(synth_small, tmp_path_factory):
     out = tmp_path_factory.mktemp("feat") / "run"
-    summary = pipeline.run_featurize(synth_small, out, SECTION, use_ray=False, progress=False)
+    summary = featurize.run_featurize(synth_small, out, SECTION, use_ray=False, progress=False)
     return out, summary
 
 
@@ -63,7 +66,7 @@ def test_bad_clip_is_recorded_and_run_goes_on(synth_small, tmp_path):
     man.loc[man.index[1], "video_path"] = str(bad)
     write_manifest(man, tmp_path / "data" / "manifest.parquet")
     out = tmp_path / "feat"
-    s = pipeline.run_featurize(tmp_path / "data", out, SECTION, use_ray=False, progress=False)
+    s = featurize.run_featurize(tmp_path / "data", out, SECTION, use_ray=False, progress=False)
     assert s["clips_out"] == 3 and s["clips_failed"] == 1
     errs = [json.loads(line) for line in (out / "errors.jsonl").read_text().splitlines()]
     assert errs[0]["clip_id"] == man.iloc[1]["clip_id"] and errs[0]["reason"] in ("not_video", "no_video_stream")
@@ -77,7 +80,7 @@ def test_resume_redoes_only_missing_shards(synth_small, seq_run, tmp_path):
     (out / "done" / "shard-00001.json").unlink()
     (out / "shards" / "shard-00002.parquet.tmp999").write_bytes(b"half a file")
     before = {p.name: p.stat().st_mtime_ns for p in (out / "shards").glob("*.parquet")}
-    s = pipeline.run_featurize(synth_small, out, SECTION, use_ray=False, progress=False)
+    s = featurize.run_featurize(synth_small, out, SECTION, use_ray=False, progress=False)
     assert s["shards_written_now"] == 1 and s["shards_skipped"] == s["shards"] - 1
     after = {p.name: p.stat().st_mtime_ns for p in (out / "shards").glob("*.parquet")}
     changed = [k for k in after if after[k] != before.get(k)]
@@ -88,7 +91,7 @@ def test_resume_redoes_only_missing_shards(synth_small, seq_run, tmp_path):
 
 
 def test_stage_refuses_unfinished_data_run(synth_small, tmp_path):
-    from soundtrack.stages.core import stage_featurize
+    from soundtrack.stages.data import stage_featurize
 
     data = tmp_path / "data"
     shutil.copytree(synth_small, data, ignore=shutil.ignore_patterns("videos"))
@@ -100,7 +103,7 @@ def test_stage_refuses_unfinished_data_run(synth_small, tmp_path):
 
 
 def test_stage_card_records_upstream_and_reuses(synth_small, tmp_path):
-    from soundtrack.stages.core import stage_featurize
+    from soundtrack.stages.data import stage_featurize
 
     out = stage_featurize(synth_small, SECTION, storage=tmp_path, use_ray=False, progress=False, limit=3)
     card = read_card(out)

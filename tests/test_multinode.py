@@ -26,7 +26,7 @@ def cluster():
     import shutil
     import tempfile
 
-    from soundtrack.distributed.cluster import set_ray_env, worker_env
+    from soundtrack.env import set_ray_env, worker_env
 
     set_ray_env()
     import ray

@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from soundtrack.stages.runs import Run, UpstreamError, plot_losses, read_card, read_metrics, require_finished
+from soundtrack.stages.runs import Run, UpstreamError, plot_losses, read_metrics, require_finished
+from soundtrack.storage import read_card
 
 
 def test_card_lifecycle_and_metrics(tmp_path):

@@ -112,7 +112,8 @@ def served(tmp_path_factory, media_files):
     from soundtrack.pipelines.generator import build_tiny_generator
     from soundtrack.distributed.cluster import init_ray
     from soundtrack.serving import proxy
-    from soundtrack.serving.app import GENERATOR_NAME, build_app
+    from soundtrack.serving.app import build_app
+    from soundtrack.serving.limits import GENERATOR_NAME
 
     root = tmp_path_factory.mktemp("serve_model")
     build_tiny_generator(root / "model", seed=0)
@@ -256,7 +257,7 @@ def test_health_and_model_card(served):
 def test_openapi_documents_the_endpoints(served):
     import requests
 
-    from soundtrack.serving.app import SoundtrackOptions
+    from soundtrack.serving.options import SoundtrackOptions
 
     url, _, _ = served
     spec = requests.get(url + "/openapi.json", timeout=10).json()

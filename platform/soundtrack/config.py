@@ -22,10 +22,7 @@ from typing import Any, Literal
 
 import yaml
 
-
-class ConfigError(ValueError):
-    """A config key or value that is not allowed (the message names it and the choices)."""
-
+from soundtrack.errors import ConfigError
 
 Profile = Literal["tiny", "paper"]
 Difficulty = Literal["easy", "medium", "hard"]

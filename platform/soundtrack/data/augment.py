@@ -66,7 +66,6 @@ import torch
 from soundtrack.data.features import DEFAULT_CONFIG as DEFAULT_FEATURES
 from soundtrack.data.features import FeatureConfig, log_mel
 
-
 #: Order of the audio variants along axis 1 of the batch tensors.
 VARIANTS = ("positive", "shifted", "replaced")
 

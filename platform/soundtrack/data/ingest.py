@@ -35,7 +35,10 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import av
 import pandas as pd
+import soundfile as sf
+from av.stream import Disposition
 
 from soundtrack.data import manifest as manifest_mod
 from soundtrack.data import media
@@ -400,7 +403,6 @@ def _probe(path: Path) -> media.MediaInfo:
 
 def _is_attached_picture(stream) -> bool:
     # Audio files with cover art expose the picture as a one-frame "video" stream.
-    from av.stream import Disposition
 
     try:
         return bool(stream.disposition & Disposition.attached_pic)
@@ -422,8 +424,6 @@ def _tail_end(container, streams: list, video, start_s: float, decode: bool) -> 
         start_s: where to seek to (s); the demuxer lands on the key frame before it.
         decode: decode the packets (True) or only demux them (False).
     """
-    import av
-
     try:
         container.seek(int(start_s * av.time_base), backward=True)  # container seek: AV_TIME_BASE units (us)
     except Exception:
@@ -486,8 +486,6 @@ def _verify_decodable(
     Raises:
         _Reject: ``no_video_stream``, ``truncated`` or ``unreadable``.
     """
-    import av
-
     try:
         container = av.open(str(path))
     except Exception as exc:
@@ -580,8 +578,6 @@ def _check_stem(path: Path, video: Path) -> float:
     Raises:
         _Reject: ``bad_sidecar`` naming the stem.
     """
-    import soundfile as sf
-
     try:
         with sf.SoundFile(str(path)) as f:
             if f.frames <= 0 or f.samplerate <= 0:

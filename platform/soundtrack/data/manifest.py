@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from soundtrack.errors import ManifestError
+
 REQUIRED_COLUMNS: dict[str, str] = {
     "clip_id": "str",
     "source_id": "str",
@@ -26,10 +28,6 @@ REQUIRED_COLUMNS: dict[str, str] = {
 }
 SPLITS = ("train", "val", "test")
 MANIFEST_NAME = "manifest.parquet"
-
-
-class ManifestError(ValueError):
-    """A manifest that does not follow the contract (names the column and the fix)."""
 
 
 def split_for_source(source_id: str, fractions: tuple[float, float, float] = (0.8, 0.1, 0.1), seed: int = 0) -> str:

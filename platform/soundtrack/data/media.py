@@ -17,28 +17,19 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import av
+import decord
 import numpy as np
+import soundfile as sf
+from scipy.signal import resample_poly
+
+from soundtrack.errors import MediaError
 
 #: Platform audio rate (Hz) and video rate (frames/s) used everywhere downstream.
 SAMPLE_RATE = 16000
 FPS = 10.0
 
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".mov", ".m4v", ".avi")
-
-
-class MediaError(Exception):
-    """A media file that cannot be used.
-
-    Attributes:
-        reason: one of ``empty``, ``missing``, ``not_video``, ``no_video_stream``,
-            ``no_audio``, ``truncated``, ``unreadable``, ``too_short``.
-        message: a human sentence naming the problem and what to do.
-    """
-
-    def __init__(self, reason: str, message: str):
-        super().__init__(f"{reason}: {message}")
-        self.reason = reason
-        self.message = message
 
 
 @dataclass(frozen=True)
@@ -63,8 +54,6 @@ class MediaInfo:
 
 
 def _open(path: str | os.PathLike):
-    import av
-
     p = Path(path)
     if not p.exists():
         raise MediaError("missing", f"{p} does not exist; check the path.")
@@ -160,8 +149,6 @@ def read_frames(
     Raises:
         MediaError: no video stream or no decodable frame.
     """
-    import decord
-
     p = str(path)
     if not Path(p).exists():
         raise MediaError("missing", f"{p} does not exist; check the path.")
@@ -201,7 +188,6 @@ def read_frames(
 def _resample(x: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
     if sr_in == sr_out or x.size == 0:
         return x.astype(np.float32, copy=False)
-    from scipy.signal import resample_poly
 
     g = np.gcd(int(sr_in), int(sr_out))
     # Polyphase resampling: exact length ratio, anti-aliased, fast enough for 10 s clips.
@@ -286,8 +272,6 @@ def load_wav(path: str | os.PathLike, sr: int = SAMPLE_RATE) -> np.ndarray:
         path: audio file.
         sr: output sample rate (Hz).
     """
-    import soundfile as sf
-
     try:
         x, in_sr = sf.read(str(path), dtype="float32", always_2d=True)
     except Exception as exc:
@@ -297,8 +281,6 @@ def load_wav(path: str | os.PathLike, sr: int = SAMPLE_RATE) -> np.ndarray:
 
 def write_wav(path: str | os.PathLike, audio: np.ndarray, sr: int = SAMPLE_RATE) -> None:
     """Write mono float audio as 16-bit PCM WAV, atomically (temp file then rename)."""
-    import soundfile as sf
-
     p = Path(path)
     tmp = p.with_name(p.name + ".tmp.wav")
     sf.write(str(tmp), np.clip(np.asarray(audio, np.float32), -1, 1), int(sr), subtype="PCM_16")
@@ -323,8 +305,6 @@ def write_mp4(
         sr: audio sample rate (Hz).
         crf: x264 constant rate factor (lower = better quality).
     """
-    import av
-
     frames = np.asarray(frames, dtype=np.uint8)
     if frames.ndim != 4 or frames.shape[-1] != 3:
         raise ValueError(f"frames must be (T, H, W, 3) uint8, got {frames.shape}")

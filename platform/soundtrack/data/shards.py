@@ -33,9 +33,12 @@ from typing import Any, Iterable
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from soundtrack.config import FeaturizeSection, config_hash
 from soundtrack.data import media
+from soundtrack.data.features import FeatureConfig, featurize_clip
 
 #: Storage dtype of each array column (why: 16-bit audio and float16 mels halve the
 #: shard size with no loss that matters for training; frames stay uint8).
@@ -63,8 +66,6 @@ ID_COLUMNS = ("clip_id", "source_id", "split", "caption", "start_s", "duration_s
 
 def feature_config(section: FeaturizeSection):
     """The :class:`soundtrack.data.features.FeatureConfig` matching a featurize section."""
-    from soundtrack.data.features import FeatureConfig
-
     names = {f.name for f in dataclasses.fields(FeatureConfig)}
     kw = {k: v for k, v in dataclasses.asdict(section).items() if k in names}
     if "control_source" in names:  # which waveform HPM's controls (chroma, dynamics, beats) come from
@@ -114,8 +115,6 @@ def decode_clip(row: dict, section: FeaturizeSection) -> dict[str, np.ndarray]:
 
 def featurize_row(row: dict, section: FeaturizeSection, fcfg=None) -> dict[str, Any]:
     """Decode and featurize one manifest row into one shard row (arrays packed as bytes)."""
-    from soundtrack.data.features import featurize_clip
-
     fcfg = fcfg or feature_config(section)
     dec = decode_clip(row, section)
     feats = featurize_clip(dec["frames"], dec["mix"], dec.get("music"), dec.get("sfx"), fcfg)
@@ -200,9 +199,6 @@ def write_shard(out_dir: str | os.PathLike, spec: dict, section: FeaturizeSectio
         fcfg: feature config (built from ``section`` when ``None``).
         node_id: the cluster node writing it (recorded in the marker; "" outside Ray).
     """
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     out_dir = Path(out_dir)
     t0 = time.time()
     rows, errors = [], []
@@ -238,8 +234,6 @@ def write_shard(out_dir: str | os.PathLike, spec: dict, section: FeaturizeSectio
 
 def warm_up(fcfg=None) -> float:
     """Run the feature code once on noise so numba compiles before timing starts (s spent)."""
-    from soundtrack.data.features import FeatureConfig, featurize_clip
-
     fcfg = fcfg or FeatureConfig()
     t = time.time()
     rng = np.random.default_rng(0)
@@ -276,8 +270,6 @@ def read_shards(run_dir: str | os.PathLike, split: str | None = None, columns: l
         split: keep only this split.
         columns: columns to read (array columns bring their ``__shape`` column along).
     """
-    import pyarrow.parquet as pq
-
     files = sorted((Path(run_dir) / "shards").glob("shard-*.parquet"))
     if not files:
         raise FileNotFoundError(f"no shards in {run_dir}/shards; run `soundtrack data featurize` first.")

@@ -55,14 +55,20 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import multiprocessing
 import os
 import sys
+import threading
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
+
+from soundtrack.data.manifest import write_manifest
+from soundtrack.data.media import write_mp4, write_wav
 
 __all__ = [
     "DIFFICULTIES",
@@ -1085,7 +1091,6 @@ def _clip_done(out_dir: Path, source_id: str) -> bool:
 def _write_clip(job: tuple) -> tuple[int, float]:
     """Worker: plan, render and write one clip. Returns (index, seconds)."""
     out_dir, seed, index, cfg, duration_s, fps, size, sr = job
-    from soundtrack.data.media import write_mp4, write_wav
 
     t_start = time.perf_counter()
     p = plan_clip(seed, index, cfg, duration_s)
@@ -1169,8 +1174,6 @@ def generate_dataset(
     Raises:
         ValueError: bad arguments, an unknown difficulty, or a folder made with other settings.
     """
-    import pandas as pd
-
     cfg = _as_config(difficulty)
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
@@ -1208,9 +1211,6 @@ def generate_dataset(
                 done += 1
                 report(done)
         else:
-            import multiprocessing
-            import threading
-
             # fork is fast and needs no `if __name__ == "__main__"` guard in the caller's
             # script; but forking a process that runs other threads (a Ray driver, a web
             # server) can deadlock a child, so then the workers are spawned instead.
@@ -1252,12 +1252,5 @@ def generate_dataset(
     os.replace(tmp, out / "metadata.parquet")
     manifest = pd.DataFrame(man_rows)
     path = out / "manifest.parquet"
-    try:
-        from soundtrack.data.manifest import write_manifest
-    except ImportError:  # the shared module is optional at this layer
-        tmp = out / "manifest.parquet.tmp"
-        manifest.to_parquet(tmp, index=False)
-        os.replace(tmp, path)
-    else:
-        write_manifest(manifest, path)
+    write_manifest(manifest, path)
     return path

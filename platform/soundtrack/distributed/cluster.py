@@ -3,49 +3,19 @@
 On a laptop or CI machine ``init_ray()`` starts a private local Ray bound to loopback
 only (no dashboard, no usage stats, no token auth prompts); on a cluster it joins the
 running one (``address="auto"`` or ``RAY_ADDRESS``). The environment variables that
-Ray reads at start-up are set here, before Ray is imported by the caller's stage.
+Ray reads at start-up are set by :mod:`soundtrack.env` when the package is imported.
 """
 
 from __future__ import annotations
 
+import logging
 import os
-from pathlib import Path
 
-#: Settings that keep a local Ray on 127.0.0.1 and quiet (see MACHINE-NOTES).
-RAY_ENV_DEFAULTS = {
-    "RAY_USAGE_STATS_ENABLED": "0",
-    "RAY_AUTH_MODE": "disabled",
-    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
-    "HF_HUB_OFFLINE": "1",
-    "TRANSFORMERS_OFFLINE": "1",
-    "TOKENIZERS_PARALLELISM": "false",
-    "RAY_DEDUP_LOGS": "1",
-    "RAY_TRAIN_V2_ENABLED": "1",
-    # Serve's proxy must answer its first ready check within 5 s and its health checks
-    # within 10 s (Ray's defaults); on a loaded 2-core machine its start-up (FastAPI and
-    # uvicorn imports) can take longer and Serve then kills it. Seconds.
-    "RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "30",
-    "RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S": "30",
-}
+import ray
+from ray.data import DataContext
 
-
-def set_ray_env() -> None:
-    """Apply :data:`RAY_ENV_DEFAULTS` where the user has not set them, plus a numba cache.
-
-    numba compiles librosa's onset/beat code in every new process (6-14 s); a shared
-    cache directory makes that a one-off.
-    """
-    for k, v in RAY_ENV_DEFAULTS.items():
-        os.environ.setdefault(k, v)
-    os.environ.setdefault("NUMBA_CACHE_DIR", str(Path.home() / ".cache" / "soundtrack-numba"))
-
-
-def worker_env() -> dict[str, str]:
-    """Environment variables every Ray worker process gets (runtime_env)."""
-    set_ray_env()
-    keys = list(RAY_ENV_DEFAULTS) + ["NUMBA_CACHE_DIR", "OMP_NUM_THREADS"]
-    return {k: os.environ[k] for k in keys if k in os.environ}
-
+from soundtrack.env import set_ray_env, worker_env
+from soundtrack.logs import quiet_ray_worker, route_ray_logs
 
 #: Ray loggers that repeat harmless warnings every few seconds on a dashboard-less Ray
 #: (Train V2's placement-group cleaner polls the state API, which needs the dashboard).
@@ -53,9 +23,9 @@ NOISY_LOGGERS = ("ray.train.v2._internal.execution.controller.placement_group_cl
 
 
 def quiet_worker_logs() -> None:
-    """Runtime-env setup hook run in every Ray worker process: silence :data:`NOISY_LOGGERS`."""
-    import logging
-
+    """Runtime-env setup hook run in every Ray worker process: Ray's chatter off the console,
+    :data:`NOISY_LOGGERS` silenced, soundtrack's own records printed (and forwarded to the driver)."""
+    quiet_ray_worker()
     for name in NOISY_LOGGERS:
         logging.getLogger(name).setLevel(logging.ERROR)
 
@@ -73,8 +43,7 @@ def init_ray(address: str | None = None, num_cpus: float | None = None, quiet: b
         The ``ray`` module.
     """
     set_ray_env()
-    import ray
-
+    route_ray_logs()
     if not ray.is_initialized():
         address = address or os.environ.get("RAY_ADDRESS")
         kw = dict(include_dashboard=False, log_to_driver=True,
@@ -86,9 +55,8 @@ def init_ray(address: str | None = None, num_cpus: float | None = None, quiet: b
             # cluster `ray start` (or a test's ray.cluster_utils.Cluster) left in
             # /tmp/ray, and this stage dies when that cluster goes away (seen here).
             ray.init(address="local", num_cpus=num_cpus, **kw)
+    route_ray_logs()  # ray.init installs its own handlers: route them again
     if quiet:
-        from ray.data import DataContext
-
         ctx = DataContext.get_current()
         ctx.enable_progress_bars = False
         ctx.enable_operator_progress_bars = False

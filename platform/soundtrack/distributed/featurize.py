@@ -18,7 +18,13 @@ import ray
 
 from soundtrack.config import FeaturizeSection
 from soundtrack.data.manifest import read_manifest
-from soundtrack.data.shards import completed_shards, feature_config, plan_shards, warm_up, write_shard
+from soundtrack.data.shards import (
+    completed_shards,
+    feature_config,
+    plan_shards,
+    warm_up,
+    write_shard,
+)
 from soundtrack.distributed.cluster import init_ray
 
 log = logging.getLogger(__name__)

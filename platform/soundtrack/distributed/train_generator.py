@@ -32,23 +32,45 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import ray
+import ray.train
 import torch
+from ray.data.expressions import col
+from ray.train import Checkpoint
 
 from soundtrack.config import ConfigError, TrainSection, build, to_dict
-from soundtrack.distributed.train import (
+from soundtrack.data.shards import decode_row, shard_files
+from soundtrack.distributed.cluster import init_ray
+from soundtrack.distributed.train import launch, repeat_stream, worker_start
+from soundtrack.losses.diffusion import condition_dropout_mask, diffusion_loss
+from soundtrack.losses.vae import vae_loss
+from soundtrack.models.conditioning import video_conditions
+from soundtrack.models.encoders import ContrastiveConfig, ContrastiveModel
+from soundtrack.models.unet import Conditions, DenoiserConfig, SoundtrackDenoiser
+from soundtrack.models.vae import (
+    MelVAE,
+    build_vae,
+    encode_latents,
+    fit_scaling_factor,
+    load_vae,
+    save_vae,
+    vae_config,
+)
+from soundtrack.pipelines.generator import SoundtrackGenerator
+from soundtrack.pipelines.sampler import SamplerConfig
+from soundtrack.pipelines.schedulers import training_scheduler
+from soundtrack.solvers.common import (
     MetricsWriter,
     average_gradients,
     broadcast_parameters,
-    launch,
     load_optimizer,
-    repeat_stream,
     load_trainer_state,
     save_optimizer,
     save_trainer_state,
     torch_threads,
-    worker_start,
     warmup_cosine,
 )
+from soundtrack.storage import read_card
 
 # ----------------------------------------------------------------------------- configs
 
@@ -59,8 +81,6 @@ def denoiser_config(profile: str, overrides: dict[str, Any], encoders_cfg, use_t
     Raises:
         ConfigError: an unknown key or bad value (named ``train.denoiser.<key>``).
     """
-    from soundtrack.models.unet import DenoiserConfig
-
     base = DenoiserConfig.preset(profile)
     dims = {"video_dim": encoders_cfg.video_dim, "music_dim": encoders_cfg.embed_dim,
             "sfx_dim": encoders_cfg.embed_dim, "text_dim": encoders_cfg.embed_dim}
@@ -72,8 +92,6 @@ def denoiser_config(profile: str, overrides: dict[str, Any], encoders_cfg, use_t
 
 def sampler_config(overrides: dict[str, Any]):
     """Inference defaults stored with the model (:class:`SamplerConfig` + overrides)."""
-    from soundtrack.pipelines.sampler import SamplerConfig
-
     return build(SamplerConfig, overrides, src="train.sampler", prefix="train.sampler.")
 
 
@@ -90,11 +108,6 @@ def _mels_from_batch(nb: dict, key: str, fmt) -> torch.Tensor:
 
 def vae_loop(config: dict) -> None:
     """Per-worker VAE training loop (Ray Train)."""
-    import ray.train
-    from ray.train import Checkpoint
-
-    from soundtrack.models.vae import MelVAE, build_vae, load_vae, save_vae
-    from soundtrack.losses.vae import vae_loss
 
     sec = TrainSection(**config["section"])
     run_dir = Path(config["run_dir"])
@@ -159,9 +172,6 @@ class CacheEncoder:
     """Ray Data UDF: shard rows -> latents (frozen VAE) + condition tokens (frozen encoders)."""
 
     def __init__(self, vae_dir: str, encoders_dir: str, target: str, use_text: bool, threads: int | None):
-        from soundtrack.models.encoders import ContrastiveModel
-        from soundtrack.models.vae import load_vae
-
         torch_threads(threads)
         self.vae = load_vae(vae_dir).eval()
         self.encoders = ContrastiveModel.load(encoders_dir).eval()
@@ -170,10 +180,6 @@ class CacheEncoder:
 
     @torch.no_grad()
     def __call__(self, batch) -> dict[str, np.ndarray]:
-        from soundtrack.data.shards import decode_row
-        from soundtrack.models.conditioning import video_conditions
-        from soundtrack.models.vae import encode_latents
-
         rows = [decode_row(r, keys=("frames", self.key)) for r in batch.to_dict("records")]
         fmt = self.vae.mel
         mel = torch.stack([torch.as_tensor(fmt.from_features(r[self.key].astype(np.float32))) for r in rows])
@@ -194,10 +200,6 @@ class CacheEncoder:
 
 def build_cache(features_dir: Path, vae_dir: Path, encoders_dir: Path, out: Path, sec: TrainSection) -> int:
     """Encode the training split once into ``out`` (parquet); returns the number of clips."""
-    import ray
-    from ray.data.expressions import col
-
-    from soundtrack.data.shards import shard_files
 
     done = out / "_done.json"
     if done.exists():
@@ -231,12 +233,6 @@ def _arrays(nb: dict, name: str) -> torch.Tensor | None:
 
 def unet_loop(config: dict) -> None:
     """Per-worker latent-diffusion training loop (Ray Train)."""
-    import ray.train
-    from ray.train import Checkpoint
-
-    from soundtrack.losses.diffusion import condition_dropout_mask, diffusion_loss
-    from soundtrack.pipelines.schedulers import training_scheduler
-    from soundtrack.models.unet import Conditions, DenoiserConfig, SoundtrackDenoiser
 
     sec = TrainSection(**config["section"])
     run_dir = Path(config["run_dir"])
@@ -332,8 +328,6 @@ def reused_parts(sec: TrainSection, features_dir: Path, encoders_dir: Path) -> d
         ConfigError: the run is missing, unfinished, or was trained on other data, encoders
             or VAE settings (the message names the field that differs).
     """
-    from soundtrack.stages.runs import read_card
-
     src = Path(sec.reuse_vae_from).resolve()
     vae, cache = src / "vae" / "final", src / "cache"
     if not (vae / "trainer_state.json").exists() or not (cache / "_done.json").exists():
@@ -369,13 +363,6 @@ def run_train(profile: str, sec: TrainSection, features_dir: Path, encoders_dir:
     Returns:
         A summary (phase timings, sizes, output paths).
     """
-    import ray
-    from ray.data.expressions import col
-
-    from soundtrack.data.shards import shard_files
-    from soundtrack.models.encoders import ContrastiveConfig
-    from soundtrack.models.vae import fit_scaling_factor, load_vae, save_vae, vae_config
-    from soundtrack.distributed.cluster import init_ray
 
     run_dir = Path(run_dir).resolve()
     enc_json = json.loads((Path(encoders_dir) / "config.json").read_text())
@@ -435,7 +422,6 @@ def run_train(profile: str, sec: TrainSection, features_dir: Path, encoders_dir:
     timings["unet_s"] = round(time.time() - t, 1)
 
     # 4. export
-    from soundtrack.stages.runs import read_card
 
     frame_size = int(read_card(features_dir).get("config", {}).get("featurize", {}).get("size", 112))
     model_dir = export_generator(run_dir / "model", profile, Path(encoders_dir), vae_final, unet_final, scfg, sec,
@@ -449,11 +435,6 @@ def run_train(profile: str, sec: TrainSection, features_dir: Path, encoders_dir:
 def export_generator(out: Path, profile: str, encoders_dir: Path, vae_dir: Path, denoiser_dir: Path, scfg, sec,
                      card: dict, frame_size: int) -> Path:
     """Write the generator directory (the layout :class:`SoundtrackGenerator` loads), atomically."""
-    from soundtrack.models.encoders import ContrastiveModel
-    from soundtrack.pipelines.generator import SoundtrackGenerator
-    from soundtrack.models.unet import SoundtrackDenoiser
-    from soundtrack.models.vae import load_vae
-
     conditions = ["video", "music", "sfx"] + (["text"] if sec.use_text else [])
     gen = SoundtrackGenerator(ContrastiveModel.load(encoders_dir), load_vae(vae_dir), SoundtrackDenoiser.load(denoiser_dir),
                               sec.vocoder, profile=profile, frame_size=frame_size, sampler=scfg,

@@ -19,19 +19,38 @@ Fixed stages, Ray only at the edges:
 
 from __future__ import annotations
 
-import dataclasses
+import hashlib
 import json
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+import matplotlib
+import matplotlib.pyplot as plt
 import numpy as np
+import ray
+import ray.train
 import torch
+from ray.data.expressions import col
+from ray.train import Checkpoint
 
 from soundtrack.config import ConfigError, PretrainSection, build, to_dict
-from soundtrack.distributed.train import (
+from soundtrack.data.augment import ObjectiveConfig, make_batch
+from soundtrack.data.shards import decode_row, read_shards, shard_files
+from soundtrack.distributed.cluster import init_ray
+from soundtrack.distributed.train import launch, repeat_stream, worker_start
+from soundtrack.errors import TooFewClips
+from soundtrack.eval.retrieval import RetrievalConfig, evaluate_retrieval
+from soundtrack.losses.contrastive import contrastive_loss
+from soundtrack.models.encoders import (
+    ContrastiveConfig,
+    ContrastiveModel,
+    build_contrastive,
+)
+from soundtrack.solvers.common import (
     MetricsWriter,
     average_gradients,
     broadcast_parameters,
@@ -39,7 +58,6 @@ from soundtrack.distributed.train import (
     load_trainer_state,
     save_optimizer,
     save_trainer_state,
-    worker_start,
     warmup_cosine,
 )
 
@@ -53,29 +71,21 @@ def model_config(profile: str, overrides: dict[str, Any]):
     Raises:
         ConfigError: an unknown model key or bad value (named ``pretrain.model.<key>``).
     """
-    from soundtrack.models.encoders import ContrastiveConfig
-
     return build(ContrastiveConfig, overrides, src="pretrain.model", prefix="pretrain.model.",
                  base=ContrastiveConfig.preset(profile))
 
 
 def objective_config(overrides: dict[str, Any]):
     """The :class:`ObjectiveConfig` with the experiment's overrides."""
-    from soundtrack.data.augment import ObjectiveConfig
-
     return build(ObjectiveConfig, overrides, src="pretrain.objective", prefix="pretrain.objective.")
 
 
 def retrieval_config(overrides: dict[str, Any]):
     """The :class:`RetrievalConfig` with the experiment's overrides."""
-    from soundtrack.eval.retrieval import RetrievalConfig
-
     return build(RetrievalConfig, overrides, src="pretrain.evaluation", prefix="pretrain.evaluation.")
 
 
 def _rows_from_batch(batch) -> list[dict]:
-    from soundtrack.data.shards import decode_row
-
     recs = batch.to_dict("records") if hasattr(batch, "to_dict") else batch
     return [decode_row(r, keys=("frames", "wav_music", "wav_sfx", "beat_times")) for r in recs]
 
@@ -86,8 +96,6 @@ _STR_KEYS = ("caption", "shift_kind", "replace_kind")
 
 def _group_id(source: str) -> int:
     """Stable 62-bit id of a source video: clips of one source are not each other's negatives."""
-    import hashlib
-
     return int.from_bytes(hashlib.sha1(source.encode()).digest()[:8], "big") >> 2
 
 
@@ -106,8 +114,6 @@ class BatchPrep:
         self.rng = np.random.default_rng()
 
     def __call__(self, batch) -> dict[str, np.ndarray]:
-        from soundtrack.data.augment import make_batch
-
         rows = _rows_from_batch(batch)
         b = make_batch(rows, self.ocfg, self.rng)
         out = {}
@@ -146,11 +152,6 @@ def train_loop(config: dict) -> None:
         config: ``{"section": PretrainSection as dict, "model": ContrastiveConfig as dict,
             "objective": ObjectiveConfig overrides, "run_dir": str}``.
     """
-    import ray.train
-    from ray.train import Checkpoint
-
-    from soundtrack.losses.contrastive import contrastive_loss
-    from soundtrack.models.encoders import ContrastiveConfig, ContrastiveModel, build_contrastive
 
     sec = PretrainSection(**{**config["section"], "betas": tuple(config["section"]["betas"])})
     ocfg = objective_config(config["objective"])
@@ -223,9 +224,6 @@ def _make_optimizer(model, sec: PretrainSection) -> torch.optim.Optimizer:
 def prepared_dataset(raw, sec: PretrainSection, n_rows: int):
     """All epochs as one stream (:func:`repeat_stream`), batches built in Ray Data workers
     (:class:`BatchPrep`)."""
-    import ray
-
-    from soundtrack.distributed.train import repeat_stream
 
     stream = repeat_stream(raw, sec.steps * sec.batch_size * max(sec.num_workers, 1), n_rows, seed=sec.seed)
     return stream.map_batches(
@@ -240,10 +238,6 @@ def prepared_dataset(raw, sec: PretrainSection, n_rows: int):
 
 def train_dataset(features_dir: str | os.PathLike, split: str = "train"):
     """The featurize run's shards as a Ray Data dataset of one split (the loss's columns)."""
-    import ray
-    from ray.data.expressions import col
-
-    from soundtrack.data.shards import shard_files
 
     files = shard_files(features_dir)
     if not files:
@@ -264,9 +258,6 @@ def run_pretrain(profile: str, sec: PretrainSection, features_dir: str | os.Path
         run_dir: this run's directory.
         progress: print progress.
     """
-    from soundtrack.distributed.cluster import init_ray
-    from soundtrack.distributed.train import launch
-
     mcfg = model_config(profile, sec.model)
     objective_config(sec.objective)  # validate before paying for Ray
     retrieval_config(sec.evaluation)
@@ -302,14 +293,8 @@ def run_pretrain(profile: str, sec: PretrainSection, features_dir: str | os.Path
     return {"train_clips": n_train, "train_seconds": round(train_s, 1), "model": str(model_dir), "eval": ev}
 
 
-class TooFewClips(ValueError):
-    """A split too small to evaluate retrieval on."""
-
-
 def export_final(checkpoint, out: Path) -> Path:
     """Copy the final checkpoint's weights and config to ``out`` (what later stages load)."""
-    import shutil
-
     out.mkdir(parents=True, exist_ok=True)
     with checkpoint.as_directory() as d:
         for name in ("model.safetensors", "config.json", "trainer_state.json"):
@@ -320,8 +305,6 @@ def export_final(checkpoint, out: Path) -> Path:
 
 def load_rows(features_dir: str | os.PathLike, split: str, limit: int | None = None) -> list[dict]:
     """Decoded shard rows of one split (for evaluation)."""
-    from soundtrack.data.shards import decode_row, read_shards
-
     cols = ["clip_id", "source_id", "caption", "frames", "wav_music", "wav_sfx", "mel_music", "mel_sfx", "beat_times"]
     df = read_shards(features_dir, split=split, columns=cols).sort_values("clip_id")
     if limit:
@@ -344,9 +327,6 @@ def evaluate_run(model_dir: str | os.PathLike, features_dir: str | os.PathLike, 
     Returns:
         ``{"summary": {...}, "full": {...}}``.
     """
-    from soundtrack.eval.retrieval import evaluate_retrieval
-    from soundtrack.models.encoders import ContrastiveModel
-
     rcfg = retrieval_config(overrides or {})
     model = ContrastiveModel.load(model_dir).eval()
     rows = load_rows(features_dir, split)
@@ -398,10 +378,7 @@ def _shift_curve(s: dict) -> tuple[list[int], list[float], list[float], list[flo
 
 def plot_sync(full: dict, path: Path, title: str = "") -> Path | None:
     """Synchronisation accuracy against shift (frames), with 95 % intervals, per stream."""
-    import matplotlib
-
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5.5, 3.5), dpi=120)
     drawn = False

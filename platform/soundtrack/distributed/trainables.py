@@ -14,21 +14,29 @@ ASHA resource), ``score`` (the objective on those clips) and the per-clip metric
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import shutil
 import time
 from pathlib import Path
 from typing import Any
 
+import torch
+from ray import tune
+
+from soundtrack.config import TrainSection, build
+from soundtrack.distributed.train_generator import run_train
+from soundtrack.eval.engine import evaluate_clips, load_rows, save_scores
+from soundtrack.eval.scoring import Evaluator
+from soundtrack.pipelines.generator import SoundtrackGenerator
+from soundtrack.tuning.space import sampling_overrides, training_changes
+
 
 def _setup(ctx: dict) -> tuple[Path, str]:
-    import torch
-    from ray import tune
-
     torch.set_num_threads(int(ctx["torch_threads"]))
     trial_id = tune.get_context().get_trial_id()
     out = Path(ctx["run_dir"]) / "trials" / trial_id
     if out.exists():  # a restarted trial starts over
-        import shutil
 
         shutil.rmtree(out)
     out.mkdir(parents=True)
@@ -36,16 +44,11 @@ def _setup(ctx: dict) -> tuple[Path, str]:
 
 
 def _load_evaluator(ctx: dict):
-    from soundtrack.eval.scoring import Evaluator
-
     return Evaluator.load(ctx["evaluator"]) if ctx.get("evaluator") else None
 
 
 def _score(gen, overrides: dict, ctx: dict, out: Path, t0: float, extra: dict | None = None) -> None:
     """Evaluate the validation clips batch by batch, reporting to Tune, and save artifacts."""
-    from ray import tune
-
-    from soundtrack.eval.engine import evaluate_clips, load_rows, save_scores
 
     rows = load_rows(ctx["features"], "val", int(ctx["val_clips"]))
     ev = _load_evaluator(ctx)
@@ -70,9 +73,6 @@ def sampling_trial(config: dict[str, Any], ctx: dict) -> None:
         config: the trial's parameters (from the searcher).
         ctx: the search's context (see the module docstring).
     """
-    from soundtrack.pipelines.generator import SoundtrackGenerator
-    from soundtrack.tuning.space import sampling_overrides
-
     t0 = time.time()
     out, trial_id = _setup(ctx)
     gen = SoundtrackGenerator.load(ctx["model_dir"])
@@ -96,12 +96,6 @@ def training_trial(config: dict[str, Any], ctx: dict) -> None:
         config: the trial's parameters.
         ctx: the search's context.
     """
-    import dataclasses
-
-    from soundtrack.config import TrainSection, build
-    from soundtrack.pipelines.generator import SoundtrackGenerator
-    from soundtrack.distributed.train_generator import run_train
-    from soundtrack.tuning.space import training_changes
 
     t0 = time.time()
     out, trial_id = _setup(ctx)

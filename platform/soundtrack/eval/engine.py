@@ -20,6 +20,20 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
+import pandas as pd
+import torch
+
+from soundtrack.data.media import write_wav
+from soundtrack.data.shards import decode_row, read_shards
+from soundtrack.eval.scoring import (
+    SET_METRICS,
+    Evaluator,
+    clip_metrics,
+    evaluator_metrics,
+    set_metrics,
+)
+from soundtrack.metrics import paired_bootstrap_ci
+from soundtrack.pipelines.generator import SoundtrackGenerator
 
 #: Shard columns a scored clip needs.
 ROW_COLUMNS = ("clip_id", "frames", "wav_mix", "melody", "dynamics_db", "label_event_times")
@@ -36,8 +50,6 @@ def load_rows(features_dir: str | Path, split: str, n: int) -> list[dict]:
     Raises:
         ValueError: the split has fewer than ``n`` clips.
     """
-    from soundtrack.data.shards import decode_row, read_shards
-
     df = read_shards(features_dir, split=split, columns=list(ROW_COLUMNS))
     if len(df) < n:
         raise ValueError(f"{features_dir} has {len(df)} {split} clips, {n} requested (val_clips / test_clips)")
@@ -85,8 +97,6 @@ class ClipScores:
 
     def set_metrics(self, names: Sequence[str] | None = None) -> dict[str, float]:
         """Set metrics (FAD, IS, P@K, CSD, HSD) on the clips so far."""
-        from soundtrack.eval.scoring import set_metrics
-
         if not self.clip_ids:
             return {}
         want = set(names) if names is not None else {"fad", "is", "p_at_1", "p_at_5", "csd", "hsd"}
@@ -121,8 +131,6 @@ def objective_value(scores: ClipScores, objective: Mapping[str, float]) -> float
         scores: the clips' scores.
         objective: ``{metric: weight}`` (checked by :func:`soundtrack.tuning.config.check_objective`).
     """
-    from soundtrack.eval.scoring import SET_METRICS
-
     means = scores.means()
     set_names = [m for m in objective if m in SET_METRICS]
     sets = scores.set_metrics(set_names) if set_names else {}
@@ -138,8 +146,6 @@ def per_clip_objective(scores: ClipScores, objective: Mapping[str, float]) -> np
 
     Its mean over clips equals :func:`objective_value` when no metric is nan.
     """
-    from soundtrack.eval.scoring import SET_METRICS
-
     if any(m in SET_METRICS for m in objective):
         return None
     n = len(scores)
@@ -170,8 +176,6 @@ def paired_objective_ci(a: ClipScores, b: ClipScores, objective: Mapping[str, fl
     Returns:
         ``{"diff": point, "ci95": [lo, hi], "n": clips, "n_boot": resamples}``.
     """
-    from soundtrack.metrics import paired_bootstrap_ci
-
     if a.clip_ids != b.clip_ids:
         raise ValueError("paired scores need the same clips in the same order")
     pa, pb = per_clip_objective(a, objective), per_clip_objective(b, objective)
@@ -217,8 +221,6 @@ def evaluate_clips(
     Returns:
         the :class:`ClipScores` of all clips.
     """
-    from soundtrack.eval.scoring import clip_metrics, evaluator_metrics
-
     scores = ClipScores()
     if wav_dir is not None:
         Path(wav_dir).mkdir(parents=True, exist_ok=True)
@@ -231,8 +233,6 @@ def evaluate_clips(
             scores.gen_seconds.append(time.perf_counter() - t)
             wavs.append(wav)
             if wav_dir is not None:
-                from soundtrack.data.media import write_wav
-
                 write_wav(Path(wav_dir) / f"{r['clip_id']}.wav", wav, gen.sr)
             m = clip_metrics(wav, r)
             for k, v in m.items():
@@ -253,8 +253,6 @@ def evaluate_clips(
 
 def save_scores(scores: ClipScores, directory: str | Path, embeddings: bool = True) -> None:
     """Write ``per_clip.csv`` (and ``embeddings.npz`` for the set metrics) into ``directory``."""
-    import pandas as pd
-
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     pd.DataFrame(scores.rows()).to_csv(d / "per_clip.csv", index=False)
@@ -266,8 +264,6 @@ def save_scores(scores: ClipScores, directory: str | Path, embeddings: bool = Tr
 
 def load_scores(directory: str | Path) -> ClipScores:
     """Read what :func:`save_scores` wrote."""
-    import pandas as pd
-
     d = Path(directory)
     df = pd.read_csv(d / "per_clip.csv")
     metrics = [c for c in df.columns if c not in ("clip_id", "gen_s")]
@@ -280,3 +276,50 @@ def load_scores(directory: str | Path) -> ClipScores:
         s.video = list(z["video"].astype(np.float32))
         s.probs = list(z["probs"].astype(np.float32))
     return s
+
+
+def evaluate_arm(model_dir: str, overrides: dict, features: str, split: str, n: int, seed: int, evaluator: str | None,
+                 objective: dict, threads: int):
+    """One arm (a model + sampler settings) generated and scored on ``n`` clips of ``split``.
+
+    Args:
+        model_dir: the generator directory.
+        overrides: sampler settings.
+        features: the featurize run.
+        split: ``val`` or ``test``.
+        n: clips (the first ``n`` by clip id).
+        seed: generation seed.
+        evaluator: an evaluator directory (None: no evaluator metrics).
+        objective: the objective weights.
+        threads: torch intra-op threads.
+
+    Returns:
+        the arm's :class:`ClipScores`.
+    """
+
+    torch.set_num_threads(threads)
+    gen = SoundtrackGenerator.load(model_dir)
+    rows = load_rows(features, split, n)
+    ev = Evaluator.load(evaluator) if evaluator else None
+    return evaluate_clips(gen, rows, overrides, seed, ev, objective, batch_clips=len(rows))
+
+
+def compare(best, base, objective: dict) -> dict[str, Any]:
+    """Best vs defaults: objective and every per-clip metric, means and paired 95 % intervals."""
+    out: dict[str, Any] = {"clips": len(best), "objective": {
+        "best": objective_value(best, objective), "defaults": objective_value(base, objective),
+        "best_minus_defaults": paired_objective_ci(best, base, objective)}}
+    mb, md = best.means(), base.means()
+    metrics = {}
+    for k in best.per_clip:
+        a, b = [float(x) for x in best.per_clip[k]], [float(x) for x in base.per_clip[k]]
+        pairs = [(x, y) for x, y in zip(a, b) if math.isfinite(x) and math.isfinite(y)]
+        entry = {"best": mb.get(k), "defaults": md.get(k)}
+        if len(pairs) >= 2:
+            d, lo, hi = paired_bootstrap_ci([p[0] for p in pairs], [p[1] for p in pairs], seed=0)
+            entry["best_minus_defaults"] = {"diff": d, "ci95": [lo, hi], "n": len(pairs)}
+        metrics[k] = entry
+    out["metrics"] = metrics
+    sb, sd = best.set_metrics(), base.set_metrics()
+    out["set_metrics"] = {k: {"best": sb.get(k), "defaults": sd.get(k)} for k in sb}
+    return out

@@ -34,10 +34,10 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from soundtrack.data.features import log_mel
-from soundtrack.metrics import bootstrap_ci, precision_at_k, sim
-from soundtrack.losses.contrastive import aligned_similarity
 from soundtrack.data.augment import ObjectiveConfig, crop_pair
+from soundtrack.data.features import log_mel
+from soundtrack.losses.contrastive import aligned_similarity
+from soundtrack.metrics import bootstrap_ci, precision_at_k, sim
 
 
 @dataclass(frozen=True)

@@ -51,8 +51,13 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors.torch import load_file, save_file
 
 import soundtrack.metrics as M
+from soundtrack.data import features as F
+from soundtrack.data.features import DEFAULT_CONFIG, log_mel
+from soundtrack.data.shards import decode_row, read_shards
+from soundtrack.models.encoders import ContrastiveModel
 
 #: Direction of every metric: +1 higher is better, -1 lower is better, 0 descriptive.
 DIRECTION: dict[str, int] = {
@@ -106,8 +111,6 @@ def audio_descriptors(wav: np.ndarray, sr: int = 16000) -> dict[str, np.ndarray]
     Returns:
         ``onsets`` (s), ``beats`` (s), ``chroma`` (12, T), ``melody`` (T,), ``dynamics`` (T,) dB.
     """
-    from soundtrack.data import features as F
-
     w = np.asarray(wav, dtype=np.float32).reshape(-1)
     cfg = F.DEFAULT_CONFIG
     if sr != cfg.sr:
@@ -165,8 +168,6 @@ def clip_metrics(wav: np.ndarray, row: Mapping[str, Any], cfg: ScoringConfig = S
 
 def clip_statistics(wav: np.ndarray) -> np.ndarray:
     """The classifier's input: log-mel mean and std per band, chroma mean and std (280 values)."""
-    from soundtrack.data import features as F
-
     w = np.asarray(wav, np.float32).reshape(-1)
     mag = F.magnitude_spectrogram(w, F.DEFAULT_CONFIG)
     mel, ch = F.log_mel(w, F.DEFAULT_CONFIG, mag=mag), F.chroma(w, F.DEFAULT_CONFIG, mag=mag)
@@ -201,8 +202,6 @@ class Evaluator:
     @torch.no_grad()
     def audio_frames(self, wavs: Sequence[np.ndarray], batch_size: int = 8) -> np.ndarray:
         """Per-step (10/s) unit audio embeddings in the music space, (N, T, E)."""
-        from soundtrack.data.features import DEFAULT_CONFIG, log_mel
-
         enc = self.encoders
         outs = []
         for i in range(0, len(wavs), batch_size):
@@ -231,8 +230,6 @@ class Evaluator:
     # -- persistence
     def save(self, directory: str | os.PathLike) -> Path:
         """Write ``encoders/`` (safetensors), ``classifier.safetensors`` and ``evaluator.json``."""
-        from safetensors.torch import save_file
-
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
         self.encoders.save(d / "encoders")
@@ -244,9 +241,6 @@ class Evaluator:
     @classmethod
     def load(cls, directory: str | os.PathLike) -> "Evaluator":
         """Load what :meth:`save` wrote."""
-        from safetensors.torch import load_file
-
-        from soundtrack.models.encoders import ContrastiveModel
 
         d = Path(directory)
         if not (d / "evaluator.json").is_file():
@@ -308,9 +302,6 @@ def build_evaluator(encoders_dir: str | os.PathLike, features_dir: str | os.Path
         label: the label column (without ``label_``) to classify.
         seed: init seed of the probe.
     """
-    from soundtrack.data.shards import decode_row, read_shards
-    from soundtrack.models.encoders import ContrastiveModel
-
     enc = ContrastiveModel.load(encoders_dir).eval()
     col = f"label_{label}"
     data = {}

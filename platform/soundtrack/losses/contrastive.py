@@ -63,7 +63,6 @@ import torch.nn.functional as F
 
 from soundtrack.data.augment import VARIANTS, ObjectiveConfig
 
-
 # ----------------------------------------------------------------------------- negatives
 
 

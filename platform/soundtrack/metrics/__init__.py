@@ -26,6 +26,7 @@ import math
 import warnings
 from collections.abc import Callable, Sequence
 
+import librosa
 import numpy as np
 import scipy.linalg
 
@@ -155,8 +156,6 @@ def onset_times(
     Returns:
         Sorted onset times (s), shape (n_onsets,).
     """
-    import librosa  # heavy import (numba); only needed by this helper
-
     y = np.asarray(wav, dtype=np.float32).reshape(-1)
     if y.size < n_fft or not np.any(y):
         return np.zeros(0, dtype=np.float64)

@@ -59,6 +59,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file
 
 #: Name under which the ``laion_clap/clap_module`` directory is imported (private, so the
 #: real ``laion_clap`` package, if someone imports it elsewhere, is not shadowed).
@@ -189,8 +190,6 @@ def create_htsat(model_name: str = "tiny") -> torch.nn.Module:
 def _read_state(path: Path) -> Mapping[str, torch.Tensor]:
     """Reads a checkpoint file into a name -> tensor mapping (safe loaders only)."""
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
         return load_file(str(path), device="cpu")
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)

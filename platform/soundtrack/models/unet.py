@@ -58,6 +58,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from diffusers import UNet2DConditionModel
 from diffusers.models.resnet import ResnetBlock2D
+from safetensors.torch import load_file, save_file
 
 from soundtrack.modules.attention import (
     KIND_MUSIC,
@@ -636,8 +637,6 @@ class SoundtrackDenoiser(nn.Module):
         Returns:
             the folder.
         """
-        from safetensors.torch import save_file
-
         path = Path(directory)
         path.mkdir(parents=True, exist_ok=True)
         (path / CONFIG_FILE).write_text(json.dumps(self.config.to_dict(), indent=2))
@@ -653,8 +652,6 @@ class SoundtrackDenoiser(nn.Module):
             directory: folder written by :meth:`save`.
             device: where to put the weights.
         """
-        from safetensors.torch import load_file
-
         path = Path(directory)
         cfg = DenoiserConfig.from_dict(json.loads((path / CONFIG_FILE).read_text()))
         model = cls(cfg)

@@ -39,6 +39,7 @@ on the way in and the latent transposed back to ``(B, C, F_l, T_l)``.
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any, Literal
 
@@ -193,8 +194,6 @@ def load_vae(directory: str | os.PathLike) -> AutoencoderKL:
     Returns:
         a :class:`MelVAE` when the folder holds one, else a plain ``AutoencoderKL``.
     """
-    import json
-
     with open(os.path.join(directory, "config.json")) as fh:
         cls_name = json.load(fh).get("_class_name")
     cls = MelVAE if cls_name == "MelVAE" else AutoencoderKL

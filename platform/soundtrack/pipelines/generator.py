@@ -55,11 +55,28 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from soundtrack.data import media
+from soundtrack.data.features import shot_boundaries
+from soundtrack.errors import GeneratorError
+from soundtrack.metrics import real_time_factor
+from soundtrack.models.conditioning import video_conditions
+from soundtrack.models.encoders import (
+    ContrastiveConfig,
+    ContrastiveModel,
+    build_contrastive,
+)
+from soundtrack.models.mel import MelFormat
+from soundtrack.models.unet import (
+    CONDITIONS,
+    Conditions,
+    DenoiserConfig,
+    SoundtrackDenoiser,
+)
+from soundtrack.models.vae import build_vae, latent_shape, load_vae, save_vae
+from soundtrack.models.vocoder import load_vocoder
+from soundtrack.modules.attention import METHODS
 from soundtrack.pipelines.sampler import SamplerConfig, generate_video
 from soundtrack.pipelines.schedulers import SCHEDULER_KINDS
-from soundtrack.modules.attention import METHODS
-from soundtrack.models.mel import MelFormat
-from soundtrack.models.unet import CONDITIONS, Conditions, SoundtrackDenoiser
 
 GENERATOR_FORMAT = "soundtrack-generator/1"
 GENERATOR_FILE = "generator.json"
@@ -84,11 +101,6 @@ OUTPUT_SUFFIXES = (".wav", ".mp4")
 #: same neighbours as inside one long pass (see :meth:`SoundtrackGenerator.encode_video`).
 ENCODE_CHUNK_FRAMES = 103
 ENCODE_CONTEXT_FRAMES = 8
-
-
-class GeneratorError(ValueError):
-    """A model directory, an input or an option the generator cannot use (the message
-    names the problem and what to do)."""
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -301,8 +313,6 @@ class SoundtrackGenerator:
         vocoder_options: Mapping[str, Any] | None = None,
         device: str | torch.device = "cpu",
     ):
-        from soundtrack.models.vocoder import load_vocoder
-
         self.device = torch.device(device)
         self.encoders = encoders.to(self.device).eval()
         self.vae = vae.to(self.device).eval()
@@ -358,7 +368,6 @@ class SoundtrackGenerator:
         if abs(self.mel_format.features.clip_s - self.clip_s) > 1e-9:
             raise GeneratorError(f"the mel format spans {self.mel_format.features.clip_s} s, the denoiser "
                                  f"{self.clip_s} s per clip; they must match")
-        from soundtrack.models.vae import latent_shape
 
         lat = latent_shape(self.vae, self.mel_format.n_mels, self.mel_format.n_frames)
         want = (dcfg.latent_channels, *dcfg.latent_hw)
@@ -411,8 +420,6 @@ class SoundtrackGenerator:
             :class:`~soundtrack.models.unet.Conditions` (batch 1) with ``video`` (1, T,
             video_dim), ``music`` and ``sfx`` (1, T, E), ``text`` (1, 1, E) or None; no shots.
         """
-        from soundtrack.models.conditioning import video_conditions
-
         # a copy when read-only (frames from Ray's object store are): torch needs writable memory
         arr = np.ascontiguousarray(frames)
         x = torch.from_numpy(arr if arr.flags.writeable else arr.copy()).to(self.device)[None]
@@ -451,8 +458,6 @@ class SoundtrackGenerator:
         Raises:
             GeneratorError: bad frames, or a caption for a model without text.
         """
-        from soundtrack.data.features import shot_boundaries
-
         self._check_caption(caption)
         arr = _resize_frames(self._check_frames(frames), self.frame_size)
         enc = self.encode_video(arr, caption or None)
@@ -542,8 +547,6 @@ class SoundtrackGenerator:
             soundtrack.data.media.MediaError: the input is missing, empty, not a video,
                 has no video frames or is truncated.
         """
-        from soundtrack.data import media
-
         t0 = time.perf_counter()
         out = Path(out_path)
         if out.suffix.lower() not in OUTPUT_SUFFIXES:
@@ -563,7 +566,6 @@ class SoundtrackGenerator:
             media.mux_audio(video_path, wav, self.sr, out)
         seconds = time.perf_counter() - t0
         dur = wav.shape[0] / self.sr
-        from soundtrack.metrics import real_time_factor
 
         return GenerationResult(out, int(wav.shape[0]), self.sr, dur, seconds, real_time_factor(dur, max(seconds, 1e-9)))
 
@@ -598,8 +600,6 @@ class SoundtrackGenerator:
         Returns:
             the directory.
         """
-        from soundtrack.models.vae import save_vae
-
         root = Path(directory)
         root.mkdir(parents=True, exist_ok=True)
         done = root / GENERATOR_FILE
@@ -634,9 +634,6 @@ class SoundtrackGenerator:
             GeneratorError: not a model directory, a missing part (named), a wrong format
                 or parts that do not fit together.
         """
-        from soundtrack.models.encoders import ContrastiveModel
-        from soundtrack.models.vae import load_vae
-
         root = Path(directory)
         doc = check_model_dir(root)
         try:
@@ -696,10 +693,6 @@ def build_tiny_generator(directory: str | os.PathLike | None = None, seed: int =
     Returns:
         the generator (saved to ``directory`` when given).
     """
-    from soundtrack.models.encoders import ContrastiveConfig, build_contrastive
-    from soundtrack.models.unet import DenoiserConfig
-    from soundtrack.models.vae import build_vae
-
     frame_size = 32
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(seed))

@@ -32,10 +32,10 @@ from typing import Mapping, Sequence
 import numpy as np
 import torch
 
+from soundtrack.models.unet import Conditions
+from soundtrack.models.vae import decode_mel
 from soundtrack.pipelines.guidance import guided_prediction
 from soundtrack.pipelines.schedulers import DEFAULT_STEPS, make_scheduler
-from soundtrack.models.unet import Conditions
-
 
 # ----------------------------------------------------------------------------- sampling
 
@@ -192,8 +192,6 @@ def generate_clips(denoiser, vae, vocoder, conds: Conditions, clip_ids: Sequence
     Returns:
         (B, N) float32 waveforms at the vocoder's sample rate.
     """
-    from soundtrack.models.vae import decode_mel
-
     latents = sample_latents(denoiser, conds, list(clip_ids), seed, cfg)
     mels = torch.cat([decode_mel(vae, latents[i : i + 1]) for i in range(len(latents))])
     return vocoder(mels.float())
@@ -342,8 +340,6 @@ def generate_video(denoiser, vae, vocoder, conds: Conditions, duration_s: float,
     Returns:
         float32 waveform of ``round(duration_s * sr)`` samples.
     """
-    from soundtrack.models.vae import decode_mel
-
     if conds.batch_size != 1:
         raise ValueError("generate_video takes the conditions of one video (batch 1)")
     if not 0 < duration_s <= cfg.max_seconds:

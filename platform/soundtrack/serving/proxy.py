@@ -13,7 +13,7 @@ wraps the proxy's ASGI app, so an oversized upload is refused before the proxy r
   limit the request is cut off (the replica sees a disconnect) and the client gets 413.
   At most ``max_body_bytes`` are ever buffered.
 
-Installation: :func:`soundtrack.serving.app.run_local` passes it in ``http_options``;
+Installation: :func:`soundtrack.serving.local.run_local` passes it in ``http_options``;
 ``serve run serve/config.yaml`` (whose YAML ``http_options`` cannot name middlewares)
 picks it up from the environment of the Ray cluster::
 
@@ -27,6 +27,8 @@ import json
 import os
 
 from starlette.middleware import Middleware
+
+from soundtrack.serving.limits import ServeLimits
 
 #: Environment variable read by :func:`proxy_middlewares` (bytes).
 MAX_UPLOAD_ENV = "SOUNDTRACK_MAX_UPLOAD_BYTES"
@@ -124,8 +126,6 @@ def body_limit(max_body_bytes: int) -> Middleware:
 def proxy_middlewares() -> list[Middleware]:
     """Ray's proxy callback (``RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH``): the body limit,
     ``$SOUNDTRACK_MAX_UPLOAD_BYTES`` or the default ``ServeLimits.max_upload_bytes``."""
-    from soundtrack.serving.app import ServeLimits
-
     raw = os.environ.get(MAX_UPLOAD_ENV)
     limit = int(raw) if raw else ServeLimits().max_upload_bytes
     return [body_limit(limit)]

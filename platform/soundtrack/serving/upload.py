@@ -19,29 +19,7 @@ from typing import AsyncIterator, BinaryIO
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
-
-class UploadError(Exception):
-    """A request body the service refuses.
-
-    Attributes:
-        status: HTTP status code (400 malformed, 413 too large, 415 wrong type, 422 bad field).
-        code: short machine-readable error name.
-        message: a sentence naming the problem and what to do.
-        field: the form field at fault, when there is one.
-        limit: the configured limit that was exceeded, when there is one.
-    """
-
-    def __init__(self, status: int, code: str, message: str, field: str | None = None, limit=None):
-        super().__init__(message)
-        self.status = int(status)
-        self.code = code
-        self.message = message
-        self.field = field
-        self.limit = limit
-
-    def to_dict(self) -> dict:
-        """The JSON body of the error answer."""
-        return {"error": self.code, "message": self.message, "field": self.field, "limit": self.limit}
+from soundtrack.errors import UploadError
 
 
 @dataclass

@@ -1,186 +1,56 @@
-"""``soundtrack bench``: several methods x seeds x test clips, scored with the papers' metrics.
+"""``soundtrack bench`` as a stage: resolve the models and the evaluator, fan out, write tables.
 
-A bench YAML (``experiments/bench_*.yaml``) names the generator experiment that is
-"ours" (``model``: an experiment YAML, trained when missing, or a model URI such as
-``registry:<name>``), the evaluation encoders (``evaluator``), the clips (``split``,
-``clips``), the ``seeds`` and the ``methods``. A method is one of:
-
-* ``ground_truth``: the clip's real soundtrack (the mix);
-* ``retrieval``: random retrieval, the real soundtrack of *another* test clip (a seeded
-  derangement per seed), i.e. real music that ignores the video;
-* ``generator``: a generator, with optional ``sampler`` overrides (guidance scale,
-  weights, steps, attention, window), ``video: other`` (conditioned on another clip's
-  video: the control), ``uri`` (any model URI), or ``train`` (deltas over the base
-  experiment's train section: a variant trained with the same data, encoders, VAE and
-  latent cache, only its UNet differs; run ``<base name>_<method>``).
-
-Generation and per-clip scoring run as Ray tasks (one per method x chunk of clips). Each
-generated waveform is cached at ``<run>/cache/<method>-<spec hash>/<clip>_s<seed>.wav``
-with its per-clip metrics beside it, written atomically, so a killed or re-launched
-bench only computes what is missing, and changing a method's settings changes its hash.
-
-Outputs in ``<storage>/bench/<name>/``: ``results.parquet`` / ``results.csv`` (one row
-per method x clip x seed), ``set_metrics.csv`` (set-level metrics with bootstrap
-intervals), ``summary.md`` (mean with 95 % bootstrap interval per metric and method,
-plus paired intervals of differences), ``summary.json`` and ``bench.png``.
+The bench's definitions (methods, per-chunk generation and scoring, tables, plots) are
+plain Python in :mod:`soundtrack.eval.bench`; the Ray fan-out is
+:func:`soundtrack.distributed.bench.run_chunks`. See :mod:`soundtrack.eval.bench` for
+the bench YAML and the outputs.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
-import math
+import logging
 import os
-import sys
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
 
-import numpy as np
+from soundtrack.config import (
+    ConfigError,
+    TrainSection,
+    _deep_merge,
+    build,
+    load_config,
+    to_dict,
+)
+from soundtrack.distributed.bench import run_chunks
+from soundtrack.eval.bench import (
+    BenchConfig,
+    MethodSpec,
+    derangement,
+    load_rows,
+    score_sets,
+    spec_hash,
+    write_outputs,
+)
+from soundtrack.eval.scoring import build_evaluator
+from soundtrack.stages.data import features_for
+from soundtrack.stages.models import resolve_model_uri
+from soundtrack.stages.pretrain import stage_pretrain
+from soundtrack.stages.runs import require_finished
+from soundtrack.stages.train import stage_train
+from soundtrack.storage import read_card
 
-from soundtrack.config import ConfigError, _coerce, build, load_config
-from soundtrack.eval.scoring import CLIP_METRICS, DIRECTION, SET_METRICS
-
-SR = 16000
-
-
-@dataclass(frozen=True)
-class MethodSpec:
-    """One compared method.
-
-    Args:
-        kind: ``ground_truth``, ``retrieval`` or ``generator``.
-        label: the name printed in tables and plots (default: the method's key).
-        sampler: generation overrides (``guidance_scale``, ``weights``, ``num_steps``,
-            ``scheduler``, ``attention``, ``window_k``).
-        video: ``own`` or ``other`` (another test clip's video, a fixed derangement).
-        uri: a model URI (``registry:<name>``, ``train:<run>``, ``file:<dir>``); ``None``
-            uses the bench's model (or this method's ``train`` variant).
-        train: deltas over the base experiment's ``train`` section; the variant reuses the
-            base run's VAE and latent cache (``train.reuse_vae_from``).
-    """
-
-    kind: Literal["ground_truth", "retrieval", "generator"] = "generator"
-    label: str | None = None
-    sampler: dict[str, Any] = field(default_factory=dict)
-    video: Literal["own", "other"] = "own"
-    uri: str | None = None
-    train: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class BenchConfig:
-    """A comparative bench.
-
-    Args:
-        name: the bench's name; outputs go to ``<storage>/bench/<name>``.
-        model: the generator experiment YAML that is "ours" (trained when missing) or a
-            model URI.
-        evaluator: the experiment YAML of the evaluation encoders (trained apart: another
-            seed, another draw of clips), or an evaluator directory.
-        data: the experiment YAML whose featurized data set holds the clips, or a
-            finished featurize run directory (``None``: the ``model``'s data).
-        split: which split's clips are scored.
-        clips: how many clips (the first ``clips`` by clip id).
-        seeds: generation seeds (each clip x seed is one sample).
-        methods: ``{key: MethodSpec}``.
-        baseline: paired differences are computed against this method...
-        pairs: ...and for these extra ``[a, b]`` pairs (``a - b``).
-        clips_per_task: clips per Ray task (a task loads its model once).
-        cpus_per_task: CPUs per Ray task (torch runs 1 thread per task).
-        n_boot: bootstrap resamples of the intervals.
-    """
-
-    name: str = "bench"
-    model: str = "experiments/train_tiny.yaml"
-    evaluator: str = "experiments/eval_encoders.yaml"
-    data: str | None = None
-    split: Literal["train", "val", "test"] = "test"
-    clips: int = 16
-    seeds: tuple[int, ...] = (0,)
-    methods: dict[str, Any] = field(default_factory=dict)
-    baseline: str | None = None
-    pairs: tuple[tuple[str, str], ...] = ()
-    clips_per_task: int = 4
-    cpus_per_task: float = 1.0
-    n_boot: int = 1000
-
-
-def load_bench_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> tuple[BenchConfig, dict[str, MethodSpec]]:
-    """Read a bench YAML (plus ``key=value`` overrides) and check every method.
-
-    Raises:
-        ConfigError: unknown keys or values (named with the file), no methods, a
-            baseline or pair naming an unknown method.
-    """
-    import yaml
-
-    from soundtrack.config import _deep_merge, parse_override
-
-    src = str(path)
-    try:
-        data = yaml.safe_load(Path(path).read_text()) or {}
-    except FileNotFoundError:
-        raise ConfigError(f"bench config {src} does not exist (see experiments/bench_demo.yaml)") from None
-    for o in overrides:
-        data = _deep_merge(data, parse_override(o))
-    cfg = build(BenchConfig, data, src=src)
-    if not cfg.methods:
-        raise ConfigError(f"{src}: 'methods' is empty; list at least one method (see experiments/bench_demo.yaml)")
-    methods = {}
-    for key, spec in cfg.methods.items():
-        methods[str(key)] = _coerce(spec or {}, MethodSpec, f"methods.{key}", src)
-        if methods[str(key)].kind != "generator" and (spec or {}).keys() - {"kind", "label"}:
-            raise ConfigError(f"{src}: method '{key}' of kind {methods[str(key)].kind} takes only 'kind' and 'label'")
-    for m in [cfg.baseline, *[x for p in cfg.pairs for x in p]]:
-        if m is not None and m not in methods:
-            raise ConfigError(f"{src}: '{m}' (baseline/pairs) is not a method; methods: {', '.join(methods)}")
-    if cfg.clips < 2:
-        raise ConfigError(f"{src}: clips={cfg.clips}; at least 2 clips are needed (retrieval and intervals)")
-    return cfg, methods
-
-
-def spec_hash(spec: MethodSpec, model_dir: str | None) -> str:
-    """8 hex digits over the method's settings and the model it uses (the cache key)."""
-    d = dataclasses.asdict(spec)
-    d.pop("label")
-    d["model"] = None if model_dir is None else _model_identity(model_dir)
-    return hashlib.sha1(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:8]
-
-
-def _model_identity(model_dir: str) -> str:
-    """A model is identified by its generator.json and weight file sizes/times (not its path)."""
-    p = Path(model_dir)
-    h = hashlib.sha1((p / "generator.json").read_bytes())
-    for f in sorted(p.rglob("*.safetensors")):
-        st = f.stat()
-        h.update(f"{f.relative_to(p)}:{st.st_size}:{int(st.st_mtime)}".encode())
-    return h.hexdigest()[:12]
-
-
-def derangement(n: int, seed: int) -> list[int]:
-    """A seeded permutation of range(n) with no fixed point (``n >= 2``)."""
-    rng = np.random.default_rng(10_000 + seed)
-    while True:
-        p = rng.permutation(n)
-        if n < 2 or not np.any(p == np.arange(n)):
-            return [int(x) for x in p]
-
-
-# ----------------------------------------------------------------------------- resolution
+log = logging.getLogger(__name__)
 
 
 def _experiment_run(yaml_path: str, storage: str):
     """(cfg, features dir, pretrain dir, train dir) of an experiment, training it when missing."""
     cfg = load_config(yaml_path)
     cfg = dataclasses.replace(cfg, storage=storage)
-    from soundtrack.stages.core import stage_train
 
     run = stage_train(cfg, resume=True)
-    from soundtrack.stages.runs import read_card
 
     up = read_card(run)["upstream"]
     return cfg, Path(up["features"]["path"]), Path(up["pretrain"]["path"]), run
@@ -200,16 +70,13 @@ def ensure_evaluator(evaluator: str = "experiments/eval_encoders.yaml", storage:
     p = Path(evaluator)
     if p.is_dir() and (p / "evaluator.json").is_file():
         return p
-    from soundtrack.eval.scoring import build_evaluator
-    from soundtrack.stages.runs import read_card
-    from soundtrack.stages.core import stage_pretrain
 
     cfg = dataclasses.replace(load_config(evaluator), storage=storage)
     pre = stage_pretrain(cfg, resume=True)
     out = Path(storage) / "eval" / pre.name
     if not (out / "evaluator.json").is_file():
         features = Path(read_card(pre)["upstream"]["features"]["path"])
-        print(f"bench: fitting the evaluation classifier on {features} ...", file=sys.stderr)
+        log.info("bench: fitting the evaluation classifier on %s ...", features)
         tmp = out.with_name(out.name + ".tmp")
         build_evaluator(pre / "model", features, tmp)
         os.replace(tmp, out)
@@ -218,9 +85,6 @@ def ensure_evaluator(evaluator: str = "experiments/eval_encoders.yaml", storage:
 
 def resolve_models(cfg: BenchConfig, methods: Mapping[str, MethodSpec], storage: str) -> tuple[dict[str, str | None], Path]:
     """Model directory per method (training variants when needed) and the data's features dir."""
-    from soundtrack.stages.models import resolve_model_uri
-    from soundtrack.stages.runs import read_card
-
     base = None
     if cfg.model.endswith((".yaml", ".yml")):
         base = _experiment_run(cfg.model, storage)
@@ -231,13 +95,10 @@ def resolve_models(cfg: BenchConfig, methods: Mapping[str, MethodSpec], storage:
         card = json.loads((Path(default_model) / "generator.json").read_text()).get("card", {})
         features = Path(card["features"]) if card.get("features") else None
     if cfg.data and Path(cfg.data).is_dir():
-        from soundtrack.stages.runs import require_finished
-
         require_finished(cfg.data, what="featurize run")
         features = Path(cfg.data)
     elif cfg.data:
         dcfg = dataclasses.replace(load_config(cfg.data), storage=storage)
-        from soundtrack.stages.core import features_for
 
         features = features_for(dcfg, None)
     if features is None:
@@ -252,93 +113,16 @@ def resolve_models(cfg: BenchConfig, methods: Mapping[str, MethodSpec], storage:
             if base is None:
                 raise ConfigError(f"bench: method '{key}' trains a variant, which needs 'model' to be an experiment YAML")
             bcfg, bfeat, bpre, brun = base
-            from soundtrack.config import TrainSection, _deep_merge, to_dict
-            from soundtrack.stages.core import stage_train
 
             tdict = _deep_merge(to_dict(bcfg.train), dict(spec.train))
             tdict.update(features=str(bfeat), pretrain=str(bpre), reuse_vae_from=str(brun))
             tsec = build(TrainSection, tdict, src=f"bench method {key}")
             vcfg = dataclasses.replace(bcfg, name=f"{bcfg.name}_{key}", train=tsec)
-            print(f"bench: method '{key}' uses the variant training run {vcfg.name} (trained when missing)", file=sys.stderr)
+            log.info("bench: method '%s' uses the variant training run %s (trained when missing)", key, vcfg.name)
             out[key] = str(stage_train(vcfg, resume=True) / "model")
         else:
             out[key] = default_model
     return out, features
-
-
-# ----------------------------------------------------------------------------- Ray task
-
-
-def _atomic_write(path: Path, write) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    write(tmp)
-    os.replace(tmp, path)
-
-
-def run_chunk(jobs: Sequence[dict], model_dir: str | None, overrides: Mapping[str, Any], cache_dir: str,
-              clip_rows: Mapping[str, dict], threads: int = 1) -> list[dict]:
-    """Generate (or read from the cache) and score one chunk of (clip, seed) jobs.
-
-    Each job: ``clip_id`` (scored against this clip), ``source`` (the clip whose video
-    conditions the generator or whose real audio is used), ``seed``, ``kind``.
-
-    Returns:
-        One dict per job: ``clip_id``, ``seed``, per-clip metrics, ``gen_s`` (compute
-        seconds, 0 when cached or real audio), ``audio_s``, ``cached``.
-    """
-    import soundfile as sf
-    import torch
-
-    from soundtrack.eval.scoring import clip_metrics
-
-    torch.set_num_threads(threads)
-    cache = Path(cache_dir)
-    cache.mkdir(parents=True, exist_ok=True)
-    gen = None
-    out = []
-    for job in jobs:
-        cid, src, seed = job["clip_id"], job["source"], int(job["seed"])
-        wav_path = cache / f"{cid}_s{seed}.wav"
-        met_path = cache / f"{cid}_s{seed}.json"
-        if met_path.is_file() and wav_path.is_file():
-            rec = json.loads(met_path.read_text())
-            rec["cached"] = True
-            out.append(rec)
-            continue
-        gen_s = 0.0
-        if wav_path.is_file():
-            wav, _ = sf.read(str(wav_path), dtype="float32")
-        elif job["kind"] in ("ground_truth", "retrieval"):
-            wav = np.asarray(clip_rows[src]["wav_mix"], np.float32)
-        else:
-            if gen is None:
-                from soundtrack.pipelines.generator import SoundtrackGenerator
-
-                gen = SoundtrackGenerator.load(model_dir)
-            t = time.perf_counter()
-            wav = gen.generate(clip_rows[src]["frames"], seed=seed, clip_id=cid, **dict(overrides))
-            gen_s = time.perf_counter() - t
-        if not wav_path.is_file():
-            _atomic_write(wav_path, lambda p: sf.write(str(p), wav, SR, subtype="FLOAT", format="WAV"))
-        rec = {"clip_id": cid, "seed": seed, "source": src, **clip_metrics(wav, clip_rows[cid]),
-               "gen_s": gen_s, "audio_s": len(wav) / SR}
-        _atomic_write(met_path, lambda p: p.write_text(json.dumps(rec)))
-        rec["cached"] = False
-        out.append(rec)
-    return out
-
-
-# ----------------------------------------------------------------------------- the bench
-
-
-def _load_rows(features: Path, split: str, n: int) -> list[dict]:
-    from soundtrack.data.shards import decode_row, read_shards
-
-    cols = ["clip_id", "frames", "wav_mix", "melody", "dynamics_db", "label_event_times", "label_style"]
-    df = read_shards(features, split=split, columns=cols).sort_values("clip_id").head(n).reset_index(drop=True)
-    if len(df) < n:
-        print(f"bench: only {len(df)} {split} clips in {features} (asked for {n})", file=sys.stderr)
-    return [decode_row(r) for r in df.to_dict("records")]
 
 
 def run_bench(cfg: BenchConfig, methods: Mapping[str, MethodSpec], storage: str = "runs",
@@ -355,25 +139,18 @@ def run_bench(cfg: BenchConfig, methods: Mapping[str, MethodSpec], storage: str 
     Returns:
         The bench directory.
     """
-    import ray
-
-    from soundtrack.distributed.cluster import init_ray
 
     t0 = time.time()
     out = Path(storage) / "bench" / cfg.name
     out.mkdir(parents=True, exist_ok=True)
     ev_dir = ensure_evaluator(cfg.evaluator, storage)
     models, features = resolve_models(cfg, methods, storage)
-    rows = _load_rows(features, cfg.split, cfg.clips)
+    rows = load_rows(features, cfg.split, cfg.clips)
     by_id = {r["clip_id"]: r for r in rows}
     ids = [r["clip_id"] for r in rows]
     hashes = {k: spec_hash(s, models[k]) for k, s in methods.items()}
 
-    init_ray()
-    rows_ref = ray.put(by_id)
-    remote = ray.remote(num_cpus=cfg.cpus_per_task)(run_chunk)
-    pending = {}
-    n_jobs = 0
+    tasks = []
     for key, spec in methods.items():
         cache = out / "cache" / f"{key}-{hashes[key]}"
         jobs = []
@@ -382,30 +159,14 @@ def run_bench(cfg: BenchConfig, methods: Mapping[str, MethodSpec], storage: str 
             for i, cid in enumerate(ids):
                 other = spec.kind == "retrieval" or spec.video == "other"
                 jobs.append({"clip_id": cid, "source": ids[perm[i]] if other else cid, "seed": seed, "kind": spec.kind})
-        n_jobs += len(jobs)
         step = max(1, cfg.clips_per_task)
-        for j in range(0, len(jobs), step):
-            ref = remote.remote(jobs[j:j + step], models[key], spec.sampler, str(cache), rows_ref)
-            pending[ref] = (key, len(jobs[j:j + step]))
-    results: dict[str, list[dict]] = {k: [] for k in methods}
-    done = 0
-    if progress:
-        print(f"bench: {n_jobs} (method, clip, seed) samples in {len(pending)} Ray tasks "
-              f"({len(methods)} methods x {len(ids)} clips x {len(cfg.seeds)} seeds)", file=sys.stderr)
-    while pending:
-        ready, _ = ray.wait(list(pending), num_returns=1)
-        key, n = pending.pop(ready[0])
-        recs = ray.get(ready[0])
-        results[key].extend(recs)
-        done += n
-        if progress:
-            el = time.time() - t0
-            cached = sum(r["cached"] for r in recs)
-            print(f"bench: {done}/{n_jobs} samples ({100 * done / n_jobs:.0f} %), {el:.0f} s; "
-                  f"{key}: {n} done ({cached} from cache)", file=sys.stderr, flush=True)
+        tasks += [(key, jobs[j:j + step], models[key], spec.sampler, str(cache)) for j in range(0, len(jobs), step)]
+    results = run_chunks(tasks, by_id, cpus_per_task=cfg.cpus_per_task, progress=progress,
+                         what=f"{len(methods)} methods x {len(ids)} clips x {len(cfg.seeds)} seeds")
+    results = {k: results.get(k, []) for k in methods}
 
     if progress:
-        print(f"bench: scoring with the evaluator {ev_dir} ...", file=sys.stderr, flush=True)
+        log.info("bench: scoring with the evaluator %s ...", ev_dir)
     caches = {k: out / "cache" / f"{k}-{hashes[k]}" for k in methods}
     table, set_table, summary = score_sets(results, methods, rows, ev_dir, cfg, caches)
     summary.update(command=command or "", bench=cfg.name, split=cfg.split, clips=len(ids), seeds=list(cfg.seeds), wall_s=round(time.time() - t0, 1),
@@ -413,211 +174,3 @@ def run_bench(cfg: BenchConfig, methods: Mapping[str, MethodSpec], storage: str 
                    cache={k: f"cache/{k}-{hashes[k]}" for k in methods})
     write_outputs(out, table, set_table, summary, methods, cfg)
     return out
-
-
-def score_sets(results: Mapping[str, list[dict]], methods: Mapping[str, MethodSpec], rows: Sequence[dict],
-               ev_dir: Path, cfg: BenchConfig, caches: Mapping[str, Path]):
-    """Evaluator metrics (SIM, KL per clip; FAD, IS, P@K per set) and the result tables.
-
-    Args:
-        results: per method, the records :func:`run_chunk` returned.
-        methods: the method specs.
-        rows: the scored clips' decoded shard rows.
-        ev_dir: the evaluator directory.
-        cfg: the bench settings.
-        caches: per method, the directory holding its waveforms.
-
-    Returns:
-        ``(per-clip table, set-metric table, summary dict)``.
-    """
-    import pandas as pd
-    import soundfile as sf
-    import torch
-
-    from soundtrack.data.features import DEFAULT_CONFIG, dynamics_db
-    from soundtrack.eval.scoring import Evaluator, evaluator_metrics, set_metrics
-
-    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
-    ev = Evaluator.load(ev_dir)
-    by_id = {r["clip_id"]: r for r in rows}
-    ids = [r["clip_id"] for r in rows]
-    records, set_rows = [], []
-    for key, recs in results.items():
-        spec = methods[key]
-        for seed in cfg.seeds:
-            rs = sorted([r for r in recs if r["seed"] == seed], key=lambda r: ids.index(r["clip_id"]))
-            if not rs:
-                continue
-            wavs = [sf.read(str(Path(caches[key]) / f"{r['clip_id']}_s{seed}.wav"), dtype="float32")[0] for r in rs]
-            em = evaluator_metrics(ev, wavs, [by_id[r["clip_id"]]["wav_mix"] for r in rs],
-                                   [by_id[r["clip_id"]]["frames"] for r in rs])
-            for i, r in enumerate(rs):
-                records.append({"method": key, "label": spec.label or key, **{k: v for k, v in r.items() if k != "cached"},
-                                "sim": float(em["sim"][i]), "kl": float(em["kl"][i]),
-                                "p_at_1": float(em["p_at_1"][i]), "p_at_5": float(em["p_at_5"][i])})
-            dyn_gen = [dynamics_db(w, DEFAULT_CONFIG) for w in wavs]  # only the curve, not the full descriptors
-            dyn_ref = [np.asarray(by_id[r["clip_id"]]["dynamics_db"], float) for r in rs]
-            cols = {"bcs": [r["bcs"] for r in rs], "bhs": [r["bhs"] for r in rs]}
-            point = set_metrics(cols, em["audio"], None, em["ref_audio"], em["probs"], dyn_ref, dyn_gen)
-            # bootstrap over clips: resample clip indices, recompute each set metric
-            rng = np.random.default_rng(0)  # the same resampled clip sets for every method
-            boots = {m: [] for m in SET_METRICS}
-            n_boot = max(50, cfg.n_boot // 5)  # set metrics are costlier (matrix roots)
-            for _ in range(n_boot):
-                idx = rng.integers(0, len(rs), len(rs))
-                if len(set(idx.tolist())) < 2:
-                    continue
-                b = set_metrics({k: [v[i] for i in idx] for k, v in cols.items()}, em["audio"][idx], None,
-                                em["ref_audio"][idx], em["probs"][idx], [dyn_ref[i] for i in idx],
-                                [dyn_gen[i] for i in idx])
-                for m in SET_METRICS:
-                    boots[m].append(b[m])
-            for m in SET_METRICS:
-                v = np.asarray(boots[m], float)
-                v = v[np.isfinite(v)]
-                lo, hi = (np.percentile(v, [2.5, 97.5]) if len(v) else (math.nan, math.nan))
-                set_rows.append({"method": key, "label": spec.label or key, "seed": seed, "metric": m,
-                                 "value": point[m], "ci_low": float(lo), "ci_high": float(hi), "n_clips": len(rs)})
-    table = pd.DataFrame.from_records(records)
-    set_table = pd.DataFrame.from_records(set_rows)
-    summary = summarize(table, set_table, methods, cfg)
-    summary["evaluator_card"] = ev.card
-    return table, set_table, summary
-
-
-def summarize(table, set_table, methods: Mapping[str, MethodSpec], cfg: BenchConfig) -> dict:
-    """Means with bootstrap intervals per method and metric; paired differences."""
-    from soundtrack.metrics import bootstrap_ci, paired_bootstrap_ci
-
-    per: dict[str, dict] = {}
-    for key in methods:
-        sub = table[table["method"] == key]
-        per[key] = {}
-        for m in CLIP_METRICS:
-            v = sub[m].to_numpy(float)
-            v = v[np.isfinite(v)]
-            if len(v) == 0:
-                per[key][m] = {"mean": math.nan, "ci95": [math.nan, math.nan], "n": 0}
-                continue
-            mean, lo, hi = bootstrap_ci(v, n_boot=cfg.n_boot, seed=0)
-            per[key][m] = {"mean": float(mean), "ci95": [float(lo), float(hi)], "n": int(len(v))}
-        s = set_table[set_table["method"] == key]
-        for m in SET_METRICS:
-            r = s[s["metric"] == m]
-            if len(r):
-                per[key][m] = {"mean": float(r["value"].mean()), "ci95": [float(r["ci_low"].mean()), float(r["ci_high"].mean())],
-                               "n": int(r["n_clips"].sum()), "set_level": True}
-    pairs = [(a, cfg.baseline) for a in methods if cfg.baseline and a != cfg.baseline] + [tuple(p) for p in cfg.pairs]
-    diffs: dict[str, dict] = {}
-    for a, b in pairs:
-        ta = table[table["method"] == a].set_index(["clip_id", "seed"])
-        tb = table[table["method"] == b].set_index(["clip_id", "seed"])
-        common = ta.index.intersection(tb.index)
-        d = {}
-        for m in CLIP_METRICS:
-            x, y = ta.loc[common, m].to_numpy(float), tb.loc[common, m].to_numpy(float)
-            ok = np.isfinite(x) & np.isfinite(y)
-            if ok.sum() < 2:
-                continue
-            mean, lo, hi = paired_bootstrap_ci(x[ok], y[ok], n_boot=cfg.n_boot, seed=0)
-            d[m] = {"mean": float(mean), "ci95": [float(lo), float(hi)], "n": int(ok.sum())}
-        diffs[f"{a} - {b}"] = d
-    return {"methods": per, "paired_differences": diffs,
-            "labels": {k: (s.label or k) for k, s in methods.items()}}
-
-
-def _fmt(d: Mapping[str, Any], digits: int = 3) -> str:
-    if not d or not np.isfinite(d.get("mean", math.nan)):
-        return "–"
-    lo, hi = d["ci95"]
-    return f"{d['mean']:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
-
-
-#: Metrics shown in the Markdown tables (all are in the CSV / parquet).
-MAIN_TABLE = ("f1", "precision", "hit_rate", "onset_rate", "beat_f1", "sim", "p_at_1", "fad", "kl", "is")
-SECOND_TABLE = ("bcs", "bhs", "csd", "hsd", "melody_acc", "dyn_r", "dyn_macro", "pche", "gps", "adv")
-
-
-def markdown(summary: Mapping[str, Any], methods: Mapping[str, MethodSpec], command: str = "") -> str:
-    """The Markdown report: two metric tables (mean [95 % CI]) and the paired differences."""
-    arrow = {1: " ↑", -1: " ↓", 0: ""}
-    lines = [f"# Bench `{summary.get('bench')}`", ""]
-    if command:
-        lines += [f"Command: `{command}`  ", ""]
-    lines += [f"{summary.get('clips')} {summary.get('split')} clips x seeds {summary.get('seeds')}; wall time "
-              f"{summary.get('wall_s')} s. Each cell: mean [95 % bootstrap interval over clips]. Sync metrics "
-              "(f1, precision, hit_rate, onset_rate, bcs, bhs, beat_f1) are measured against the clips' "
-              "ground-truth video event times (bounces, flashes, cuts), never against the reference audio; "
-              "0.1 s tolerance. SIM, P@1, FAD, KL and IS use the evaluation encoders/classifier, trained apart "
-              "from the generator's conditioner; P@1 is video -> generated-audio retrieval in a pool of the "
-              "method's own clips (chance 1/pool). FAD, IS, CSD, HSD and dyn_macro are set-level (interval: "
-              "the set metric recomputed on bootstrap resamples of the clips).", ""]
-    per = summary["methods"]
-    for cols in (MAIN_TABLE, SECOND_TABLE):
-        lines.append("| method | " + " | ".join(f"{c}{arrow[DIRECTION.get(c, 0)]}" for c in cols) + " |")
-        lines.append("|---|" + "---|" * len(cols))
-        for key in methods:
-            lab = summary["labels"].get(key, key)
-            lines.append(f"| {lab} | " + " | ".join(_fmt(per[key].get(c, {})) for c in cols) + " |")
-        lines.append("")
-    if summary.get("paired_differences"):
-        lines += ["## Paired differences (a - b, same clips and seeds; 95 % paired bootstrap interval)", ""]
-        cols = ("f1", "precision", "onset_rate", "beat_f1", "melody_acc", "sim", "kl")
-        lines.append("| a - b | " + " | ".join(cols) + " |")
-        lines.append("|---|" + "---|" * len(cols))
-        for name, d in summary["paired_differences"].items():
-            lines.append(f"| {name} | " + " | ".join(_fmt(d.get(c, {})) for c in cols) + " |")
-        lines.append("")
-    ev = summary.get("evaluator_card", {})
-    if ev:
-        lines += [f"Evaluator: encoders {ev.get('encoders')}; {ev.get('label')} classifier held-out accuracy "
-                  f"{ev.get('val_accuracy', math.nan):.2f} (majority class {ev.get('majority_baseline', math.nan):.2f}, "
-                  f"{ev.get('val_clips')} clips): KL and IS are only as informative as that.", ""]
-    return "\n".join(lines)
-
-
-def plot(summary: Mapping[str, Any], methods: Mapping[str, MethodSpec], path: Path,
-         metrics: Sequence[str] = ("f1", "precision", "onset_rate", "beat_f1", "sim", "fad")) -> Path:
-    """A bar chart per metric (mean with 95 % interval), methods in config order."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    keys = list(methods)
-    labels = [summary["labels"].get(k, k) for k in keys]
-    fig, axes = plt.subplots(1, len(metrics), figsize=(3.0 * len(metrics), 0.35 * len(keys) + 1.6), sharey=True)
-    for ax, m in zip(np.atleast_1d(axes), metrics):
-        vals = [summary["methods"][k].get(m, {}) for k in keys]
-        mean = np.array([v.get("mean", np.nan) for v in vals], float)
-        lo = np.array([v.get("ci95", [np.nan, np.nan])[0] for v in vals], float)
-        hi = np.array([v.get("ci95", [np.nan, np.nan])[1] for v in vals], float)
-        y = np.arange(len(keys))
-        colors = ["0.55" if methods[k].kind != "generator" else "tab:blue" for k in keys]
-        ax.barh(y, mean, xerr=np.vstack([np.clip(mean - lo, 0, None), np.clip(hi - mean, 0, None)]),
-                color=colors, capsize=2)
-        ax.set_title(f"{m}{' (higher better)' if DIRECTION.get(m) == 1 else ' (lower better)' if DIRECTION.get(m) == -1 else ''}",
-                     fontsize=9)
-        ax.grid(axis="x", alpha=0.3)
-    np.atleast_1d(axes)[0].set_yticks(np.arange(len(keys)), labels, fontsize=8)
-    np.atleast_1d(axes)[0].invert_yaxis()
-    fig.suptitle(f"bench {summary.get('bench')}: {summary.get('clips')} {summary.get('split')} clips, "
-                 f"seeds {summary.get('seeds')} (grey: real audio)", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
-    return path
-
-
-def write_outputs(out: Path, table, set_table, summary: dict, methods: Mapping[str, MethodSpec], cfg: BenchConfig,
-                  command: str | None = None) -> None:
-    """results.parquet/csv, set_metrics.csv, summary.json, summary.md, bench.png (atomically each)."""
-    if command is None:
-        command = summary.get("command") or ""
-    _atomic_write(out / "results.parquet", lambda p: table.to_parquet(p, index=False))
-    _atomic_write(out / "results.csv", lambda p: table.to_csv(p, index=False))
-    _atomic_write(out / "set_metrics.csv", lambda p: set_table.to_csv(p, index=False))
-    summary = dict(summary, command=command)
-    _atomic_write(out / "summary.json", lambda p: p.write_text(json.dumps(summary, indent=2, default=float)))
-    _atomic_write(out / "summary.md", lambda p: p.write_text(markdown(summary, methods, command)))
-    plot(summary, methods, out / "bench.png")

@@ -21,15 +21,19 @@ import os
 import re
 from pathlib import Path
 
+from soundtrack.errors import ModelURIError
+from soundtrack.pipelines.generator import (
+    GeneratorError,
+    SoundtrackGenerator,
+    check_model_dir,
+)
+from soundtrack.stages.runs import require_finished
+
 SCHEMES = ("train", "registry", "file")
 MODEL_SUBDIR = "model"
 _GENERATOR_FILE = "generator.json"  # == soundtrack.pipelines.generator.GENERATOR_FILE
 # "name:" at the start of a URI; one letter is not a scheme (a Windows drive "C:").
 _SCHEME_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+):(.*)$", re.S)
-
-
-class ModelURIError(ValueError):
-    """A model URI that does not name a usable model directory (message: what exists)."""
 
 
 def _listing(folder: Path, what: str) -> str:
@@ -88,8 +92,6 @@ def _train_run(storage: Path, name: str) -> Path:
 
 def _check_model_dir(path: Path, uri: str) -> Path:
     """Full check of a model directory (parts present, format), with the URI in the message."""
-    from soundtrack.pipelines.generator import GeneratorError, check_model_dir
-
     try:
         check_model_dir(path)
     except GeneratorError as exc:
@@ -112,8 +114,6 @@ def resolve_model_uri(uri: str | os.PathLike, storage: str | os.PathLike = "runs
             what exists), ambiguous run prefix, or not a model directory.
         soundtrack.stages.runs.UpstreamError: a ``train:`` run whose status is not ``finished``.
     """
-    from soundtrack.stages.runs import require_finished
-
     text = os.fspath(uri).strip()
     scheme, rest = split_uri(text)
     root = Path(storage)
@@ -160,6 +160,4 @@ def load_generator(uri: str | os.PathLike, storage: str | os.PathLike = "runs", 
         ModelURIError, soundtrack.stages.runs.UpstreamError: see :func:`resolve_model_uri`.
         soundtrack.pipelines.generator.GeneratorError: the directory's parts do not load.
     """
-    from soundtrack.pipelines.generator import SoundtrackGenerator
-
     return SoundtrackGenerator.load(resolve_model_uri(uri, storage), device=device)

@@ -24,12 +24,11 @@ import time
 from pathlib import Path
 from typing import Any, Mapping
 
+from soundtrack.errors import RegistryError
+from soundtrack.pipelines.generator import SoundtrackGenerator
+
 REGISTRY_FORMAT = "soundtrack-registry/1"
 CARD = "card.json"
-
-
-class RegistryError(ValueError):
-    """A registry entry that is missing or malformed (the message names it)."""
 
 
 def entry_dir(name: str, storage: str | os.PathLike = "runs") -> Path:
@@ -64,8 +63,6 @@ def register(name: str, model_dir: str | os.PathLike, settings: Mapping[str, Any
         soundtrack.pipelines.generator.GeneratorError: the model does not load or the settings
             are invalid.
     """
-    from soundtrack.pipelines.generator import SoundtrackGenerator
-
     out = entry_dir(name, storage)
     gen = SoundtrackGenerator.load(model_dir)
     gen.sampler = gen.sampler_config(**dict(settings))  # validated like per-call overrides

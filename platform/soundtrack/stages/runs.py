@@ -25,12 +25,12 @@ import traceback
 from pathlib import Path
 from typing import Any, Iterator
 
-RUN_CARD = "run.json"
-METRICS = "metrics.jsonl"
+import matplotlib
+import matplotlib.pyplot as plt
 
-
-class UpstreamError(RuntimeError):
-    """An input run that is missing or did not finish."""
+from soundtrack.errors import UpstreamError
+from soundtrack.logs import RAY_LOG_ENV, route_ray_logs
+from soundtrack.storage import METRICS, RUN_CARD, read_card, write_json_atomic
 
 
 def git_commit() -> str:
@@ -54,27 +54,6 @@ def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
 
-def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
-    """Write ``data`` as JSON through a temporary file and a rename (a kill never leaves half a file).
-
-    Args:
-        path: the JSON file.
-        data: anything ``json.dumps`` takes (other objects are written with ``str``).
-    """
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=str))
-    os.replace(tmp, path)
-
-
-def read_card(run_dir: str | os.PathLike) -> dict:
-    """Read a run's ``run.json`` (``{}`` when there is none)."""
-    p = Path(run_dir) / RUN_CARD
-    if not p.exists():
-        return {}
-    return json.loads(p.read_text())
-
-
 def require_finished(run_dir: str | os.PathLike, what: str = "upstream run") -> dict:
     """Return the card of a finished run, or raise naming the problem and the fix.
 
@@ -96,6 +75,10 @@ def require_finished(run_dir: str | os.PathLike, what: str = "upstream run") -> 
             f"(re-run `{cmd}` to resume it) before using it here."
         )
     return card
+
+
+#: The file of a run directory that receives Ray's own log records.
+RAY_LOG = "ray.log"
 
 
 class Run:
@@ -170,6 +153,9 @@ class Run:
             )
         self.timings = dict(old.get("timings", {}))
         self._t0 = time.time()
+        # Ray's own log lines of this run go to <run>/ray.log (the console keeps soundtrack's).
+        os.environ[RAY_LOG_ENV] = str(self.dir / RAY_LOG)
+        route_ray_logs()
         self._update(
             stage=self.stage,
             name=self.name,
@@ -265,10 +251,8 @@ def plot_losses(run_dir: str | os.PathLike, keys: list[str] | None = None, out: 
         keys = sorted({k for r in recs for k in r if "loss" in k})
     if not keys:
         return None
-    import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 3.5), dpi=120)
     for k in keys:

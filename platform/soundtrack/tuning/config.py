@@ -29,7 +29,16 @@ from typing import Any, Literal
 
 import yaml
 
-from soundtrack.config import ConfigError, _deep_merge, build, config_hash, parse_override, to_dict
+from soundtrack.config import (
+    ConfigError,
+    TrainSection,
+    _deep_merge,
+    build,
+    config_hash,
+    parse_override,
+    to_dict,
+)
+from soundtrack.eval.scoring import CLIP_METRICS, DIRECTION, SET_METRICS
 
 #: Parameter specs: ``float`` (low, high, log), ``int`` (low, high, step), ``categorical`` (choices).
 SPEC_TYPES = ("float", "int", "categorical")
@@ -226,8 +235,6 @@ def check_objective(objective: dict[str, Any], src: str = "<config>") -> dict[st
             whose sign contradicts the metric's direction (e.g. ``fad: +1`` would reward a
             worse FAD).
     """
-    from soundtrack.eval.scoring import CLIP_METRICS, DIRECTION, SET_METRICS
-
     if not objective:
         raise ConfigError(f"{src}: 'objective' is empty; give {{metric: weight}}, e.g. {{beat_f1: 1.0, sim: 1.0}}.")
     known = CLIP_METRICS + SET_METRICS
@@ -283,7 +290,6 @@ def load_tune_config(path: str | Path | None, overrides: typing.Sequence[str] = 
         raise ConfigError(f"{src}: key 'search.cpus_per_trial' must be > 0, got {cfg.search.cpus_per_trial}.")
     check_objective(cfg.objective, src)
     resolve_space(cfg, src)
-    from soundtrack.config import TrainSection
 
     tsec = build(TrainSection, {k: v for k, v in cfg.train.items()}, src=src, prefix="train.")
     if cfg.search.space == "training" and tsec.num_workers < 1:

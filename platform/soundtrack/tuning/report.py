@@ -17,7 +17,11 @@ import math
 from pathlib import Path
 from typing import Any, Mapping
 
+import matplotlib
+import matplotlib.pyplot as plt
 import numpy as np
+import optuna
+from optuna.distributions import CategoricalDistribution
 
 
 def importances(df, space: Mapping[str, Any], min_trials: int = 4) -> dict[str, float]:
@@ -28,8 +32,6 @@ def importances(df, space: Mapping[str, Any], min_trials: int = 4) -> dict[str, 
         space: ``{param: optuna distribution}``.
         min_trials: fewest trials worth computing importances on.
     """
-    import optuna
-
     done = df[df["complete"]]
     if len(done) < min_trials:
         return {}
@@ -49,8 +51,6 @@ def importances(df, space: Mapping[str, Any], min_trials: int = 4) -> dict[str, 
 
 def _native(v: Any, dist) -> Any:
     """A table value back to the distribution's type (categoricals may mix int and str)."""
-    from optuna.distributions import CategoricalDistribution
-
     if isinstance(dist, CategoricalDistribution):
         for c in dist.choices:
             if str(c) == str(v):
@@ -75,10 +75,7 @@ def write_report(df, out: str | Path, space: Mapping[str, Any], kind: str) -> di
     Returns:
         ``{artifact: path}``.
     """
-    import matplotlib
-
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     out = Path(out)
     arts = {"trials_csv": str(out / "trials.csv")}

@@ -18,6 +18,12 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
+from optuna.distributions import (
+    CategoricalDistribution,
+    FloatDistribution,
+    IntDistribution,
+)
+
 #: Parameters that act only through the text condition.
 TEXT_PARAMS = ("weight_text", "selector_tau")
 WEIGHT_PREFIX = "weight_"
@@ -29,8 +35,6 @@ def optuna_space(space: Mapping[str, tuple[dict[str, Any], Any]]) -> dict[str, A
     Args:
         space: :func:`soundtrack.tuning.config.resolve_space`'s result.
     """
-    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
-
     out = {}
     for name, (spec, _) in space.items():
         if spec["type"] == "float":

@@ -1,0 +1,82 @@
+"""The one error hierarchy: every error soundtrack raises on purpose is a :class:`SoundtrackError`.
+
+The command line catches :class:`SoundtrackError` (and ``FileNotFoundError``) and prints
+its message with exit status 2; the HTTP service maps :class:`UploadError` and the input
+errors to 4xx answers. Each subclass also derives from the builtin exception that callers
+caught before the hierarchy existed (``ValueError``, ``RuntimeError``), so ``except
+ValueError`` keeps working.
+"""
+
+from __future__ import annotations
+
+
+class SoundtrackError(Exception):
+    """Base class: a problem soundtrack recognised, with a message naming it and what to do."""
+
+
+class ConfigError(SoundtrackError, ValueError):
+    """A config key or value that is not allowed (the message names it and the choices)."""
+
+
+class UpstreamError(SoundtrackError, RuntimeError):
+    """An input run that is missing or did not finish."""
+
+
+class ManifestError(SoundtrackError, ValueError):
+    """A manifest that does not follow the contract (names the column and the fix)."""
+
+
+class MediaError(SoundtrackError):
+    """A media file that cannot be used.
+
+    Attributes:
+        reason: one of ``empty``, ``missing``, ``not_video``, ``no_video_stream``,
+            ``no_audio``, ``truncated``, ``unreadable``, ``too_short``.
+        message: a human sentence naming the problem and what to do.
+    """
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(f"{reason}: {message}")
+        self.reason = reason
+        self.message = message
+
+
+class GeneratorError(SoundtrackError, ValueError):
+    """A model directory, an input or an option the generator cannot use (the message
+    names the problem and what to do)."""
+
+
+class ModelURIError(SoundtrackError, ValueError):
+    """A model URI that does not name a usable model directory (message: what exists)."""
+
+
+class RegistryError(SoundtrackError, ValueError):
+    """A registry entry that is missing or malformed (the message names it)."""
+
+
+class TooFewClips(SoundtrackError, ValueError):
+    """A split too small to evaluate on (the message gives the numbers)."""
+
+
+class UploadError(SoundtrackError):
+    """A request body the service refuses.
+
+    Attributes:
+        status: HTTP status code (400 malformed, 413 too large, 415 wrong type, 422 bad field).
+        code: short machine-readable error name.
+        message: a sentence naming the problem and what to do.
+        field: the form field at fault, when there is one.
+        limit: the configured limit that was exceeded, when there is one.
+    """
+
+    def __init__(self, status: int, code: str, message: str, field: str | None = None, limit=None):
+        super().__init__(message)
+        self.status = int(status)
+        self.code = code
+        self.message = message
+        self.field = field
+        self.limit = limit
+
+    def to_dict(self) -> dict:
+        """The JSON body of the error answer."""
+        return {"error": self.code, "message": self.message, "field": self.field, "limit": self.limit}

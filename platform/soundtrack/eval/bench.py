@@ -1,0 +1,452 @@
+"""``soundtrack bench``: several methods x seeds x test clips, scored with the papers' metrics.
+
+A bench YAML (``experiments/bench_*.yaml``) names the generator experiment that is
+"ours" (``model``: an experiment YAML, trained when missing, or a model URI such as
+``registry:<name>``), the evaluation encoders (``evaluator``), the clips (``split``,
+``clips``), the ``seeds`` and the ``methods``. A method is one of:
+
+* ``ground_truth``: the clip's real soundtrack (the mix);
+* ``retrieval``: random retrieval, the real soundtrack of *another* test clip (a seeded
+  derangement per seed), i.e. real music that ignores the video;
+* ``generator``: a generator, with optional ``sampler`` overrides (guidance scale,
+  weights, steps, attention, window), ``video: other`` (conditioned on another clip's
+  video: the control), ``uri`` (any model URI), or ``train`` (deltas over the base
+  experiment's train section: a variant trained with the same data, encoders, VAE and
+  latent cache, only its UNet differs; run ``<base name>_<method>``).
+
+Generation and per-clip scoring run as Ray tasks (one per method x chunk of clips). Each
+generated waveform is cached at ``<run>/cache/<method>-<spec hash>/<clip>_s<seed>.wav``
+with its per-clip metrics beside it, written atomically, so a killed or re-launched
+bench only computes what is missing, and changing a method's settings changes its hash.
+
+Outputs in ``<storage>/bench/<name>/``: ``results.parquet`` / ``results.csv`` (one row
+per method x clip x seed), ``set_metrics.csv`` (set-level metrics with bootstrap
+intervals), ``summary.md`` (mean with 95 % bootstrap interval per metric and method,
+plus paired intervals of differences), ``summary.json`` and ``bench.png``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import soundfile as sf
+import torch
+import yaml
+
+from soundtrack.config import ConfigError, _coerce, _deep_merge, build, parse_override
+from soundtrack.data.features import DEFAULT_CONFIG, dynamics_db
+from soundtrack.data.shards import decode_row, read_shards
+from soundtrack.eval.scoring import (
+    CLIP_METRICS,
+    DIRECTION,
+    SET_METRICS,
+    Evaluator,
+    clip_metrics,
+    evaluator_metrics,
+    set_metrics,
+)
+from soundtrack.metrics import bootstrap_ci, paired_bootstrap_ci
+from soundtrack.pipelines.generator import SoundtrackGenerator
+
+SR = 16000
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """One compared method.
+
+    Args:
+        kind: ``ground_truth``, ``retrieval`` or ``generator``.
+        label: the name printed in tables and plots (default: the method's key).
+        sampler: generation overrides (``guidance_scale``, ``weights``, ``num_steps``,
+            ``scheduler``, ``attention``, ``window_k``).
+        video: ``own`` or ``other`` (another test clip's video, a fixed derangement).
+        uri: a model URI (``registry:<name>``, ``train:<run>``, ``file:<dir>``); ``None``
+            uses the bench's model (or this method's ``train`` variant).
+        train: deltas over the base experiment's ``train`` section; the variant reuses the
+            base run's VAE and latent cache (``train.reuse_vae_from``).
+    """
+
+    kind: Literal["ground_truth", "retrieval", "generator"] = "generator"
+    label: str | None = None
+    sampler: dict[str, Any] = field(default_factory=dict)
+    video: Literal["own", "other"] = "own"
+    uri: str | None = None
+    train: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """A comparative bench.
+
+    Args:
+        name: the bench's name; outputs go to ``<storage>/bench/<name>``.
+        model: the generator experiment YAML that is "ours" (trained when missing) or a
+            model URI.
+        evaluator: the experiment YAML of the evaluation encoders (trained apart: another
+            seed, another draw of clips), or an evaluator directory.
+        data: the experiment YAML whose featurized data set holds the clips, or a
+            finished featurize run directory (``None``: the ``model``'s data).
+        split: which split's clips are scored.
+        clips: how many clips (the first ``clips`` by clip id).
+        seeds: generation seeds (each clip x seed is one sample).
+        methods: ``{key: MethodSpec}``.
+        baseline: paired differences are computed against this method...
+        pairs: ...and for these extra ``[a, b]`` pairs (``a - b``).
+        clips_per_task: clips per Ray task (a task loads its model once).
+        cpus_per_task: CPUs per Ray task (torch runs 1 thread per task).
+        n_boot: bootstrap resamples of the intervals.
+    """
+
+    name: str = "bench"
+    model: str = "experiments/train_tiny.yaml"
+    evaluator: str = "experiments/eval_encoders.yaml"
+    data: str | None = None
+    split: Literal["train", "val", "test"] = "test"
+    clips: int = 16
+    seeds: tuple[int, ...] = (0,)
+    methods: dict[str, Any] = field(default_factory=dict)
+    baseline: str | None = None
+    pairs: tuple[tuple[str, str], ...] = ()
+    clips_per_task: int = 4
+    cpus_per_task: float = 1.0
+    n_boot: int = 1000
+
+
+def load_bench_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> tuple[BenchConfig, dict[str, MethodSpec]]:
+    """Read a bench YAML (plus ``key=value`` overrides) and check every method.
+
+    Raises:
+        ConfigError: unknown keys or values (named with the file), no methods, a
+            baseline or pair naming an unknown method.
+    """
+
+    src = str(path)
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"bench config {src} does not exist (see experiments/bench_demo.yaml)") from None
+    for o in overrides:
+        data = _deep_merge(data, parse_override(o))
+    cfg = build(BenchConfig, data, src=src)
+    if not cfg.methods:
+        raise ConfigError(f"{src}: 'methods' is empty; list at least one method (see experiments/bench_demo.yaml)")
+    methods = {}
+    for key, spec in cfg.methods.items():
+        methods[str(key)] = _coerce(spec or {}, MethodSpec, f"methods.{key}", src)
+        if methods[str(key)].kind != "generator" and (spec or {}).keys() - {"kind", "label"}:
+            raise ConfigError(f"{src}: method '{key}' of kind {methods[str(key)].kind} takes only 'kind' and 'label'")
+    for m in [cfg.baseline, *[x for p in cfg.pairs for x in p]]:
+        if m is not None and m not in methods:
+            raise ConfigError(f"{src}: '{m}' (baseline/pairs) is not a method; methods: {', '.join(methods)}")
+    if cfg.clips < 2:
+        raise ConfigError(f"{src}: clips={cfg.clips}; at least 2 clips are needed (retrieval and intervals)")
+    return cfg, methods
+
+
+def spec_hash(spec: MethodSpec, model_dir: str | None) -> str:
+    """8 hex digits over the method's settings and the model it uses (the cache key)."""
+    d = dataclasses.asdict(spec)
+    d.pop("label")
+    d["model"] = None if model_dir is None else _model_identity(model_dir)
+    return hashlib.sha1(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:8]
+
+
+def _model_identity(model_dir: str) -> str:
+    """A model is identified by its generator.json and weight file sizes/times (not its path)."""
+    p = Path(model_dir)
+    h = hashlib.sha1((p / "generator.json").read_bytes())
+    for f in sorted(p.rglob("*.safetensors")):
+        st = f.stat()
+        h.update(f"{f.relative_to(p)}:{st.st_size}:{int(st.st_mtime)}".encode())
+    return h.hexdigest()[:12]
+
+
+def derangement(n: int, seed: int) -> list[int]:
+    """A seeded permutation of range(n) with no fixed point (``n >= 2``)."""
+    rng = np.random.default_rng(10_000 + seed)
+    while True:
+        p = rng.permutation(n)
+        if n < 2 or not np.any(p == np.arange(n)):
+            return [int(x) for x in p]
+
+
+# ----------------------------------------------------------------------------- resolution
+
+
+# ----------------------------------------------------------------------------- Ray task
+
+
+def _atomic_write(path: Path, write) -> None:
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def run_chunk(jobs: Sequence[dict], model_dir: str | None, overrides: Mapping[str, Any], cache_dir: str,
+              clip_rows: Mapping[str, dict], threads: int = 1) -> list[dict]:
+    """Generate (or read from the cache) and score one chunk of (clip, seed) jobs.
+
+    Each job: ``clip_id`` (scored against this clip), ``source`` (the clip whose video
+    conditions the generator or whose real audio is used), ``seed``, ``kind``.
+
+    Returns:
+        One dict per job: ``clip_id``, ``seed``, per-clip metrics, ``gen_s`` (compute
+        seconds, 0 when cached or real audio), ``audio_s``, ``cached``.
+    """
+
+    torch.set_num_threads(threads)
+    cache = Path(cache_dir)
+    cache.mkdir(parents=True, exist_ok=True)
+    gen = None
+    out = []
+    for job in jobs:
+        cid, src, seed = job["clip_id"], job["source"], int(job["seed"])
+        wav_path = cache / f"{cid}_s{seed}.wav"
+        met_path = cache / f"{cid}_s{seed}.json"
+        if met_path.is_file() and wav_path.is_file():
+            rec = json.loads(met_path.read_text())
+            rec["cached"] = True
+            out.append(rec)
+            continue
+        gen_s = 0.0
+        if wav_path.is_file():
+            wav, _ = sf.read(str(wav_path), dtype="float32")
+        elif job["kind"] in ("ground_truth", "retrieval"):
+            wav = np.asarray(clip_rows[src]["wav_mix"], np.float32)
+        else:
+            if gen is None:
+                gen = SoundtrackGenerator.load(model_dir)
+            t = time.perf_counter()
+            wav = gen.generate(clip_rows[src]["frames"], seed=seed, clip_id=cid, **dict(overrides))
+            gen_s = time.perf_counter() - t
+        if not wav_path.is_file():
+            _atomic_write(wav_path, lambda p: sf.write(str(p), wav, SR, subtype="FLOAT", format="WAV"))
+        rec = {"clip_id": cid, "seed": seed, "source": src, **clip_metrics(wav, clip_rows[cid]),
+               "gen_s": gen_s, "audio_s": len(wav) / SR}
+        _atomic_write(met_path, lambda p: p.write_text(json.dumps(rec)))
+        rec["cached"] = False
+        out.append(rec)
+    return out
+
+
+# ----------------------------------------------------------------------------- the bench
+
+
+def load_rows(features: Path, split: str, n: int) -> list[dict]:
+    cols = ["clip_id", "frames", "wav_mix", "melody", "dynamics_db", "label_event_times", "label_style"]
+    df = read_shards(features, split=split, columns=cols).sort_values("clip_id").head(n).reset_index(drop=True)
+    if len(df) < n:
+        print(f"bench: only {len(df)} {split} clips in {features} (asked for {n})", file=sys.stderr)
+    return [decode_row(r) for r in df.to_dict("records")]
+
+
+def score_sets(results: Mapping[str, list[dict]], methods: Mapping[str, MethodSpec], rows: Sequence[dict],
+               ev_dir: Path, cfg: BenchConfig, caches: Mapping[str, Path]):
+    """Evaluator metrics (SIM, KL per clip; FAD, IS, P@K per set) and the result tables.
+
+    Args:
+        results: per method, the records :func:`run_chunk` returned.
+        methods: the method specs.
+        rows: the scored clips' decoded shard rows.
+        ev_dir: the evaluator directory.
+        cfg: the bench settings.
+        caches: per method, the directory holding its waveforms.
+
+    Returns:
+        ``(per-clip table, set-metric table, summary dict)``.
+    """
+
+    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    ev = Evaluator.load(ev_dir)
+    by_id = {r["clip_id"]: r for r in rows}
+    ids = [r["clip_id"] for r in rows]
+    records, set_rows = [], []
+    for key, recs in results.items():
+        spec = methods[key]
+        for seed in cfg.seeds:
+            rs = sorted([r for r in recs if r["seed"] == seed], key=lambda r: ids.index(r["clip_id"]))
+            if not rs:
+                continue
+            wavs = [sf.read(str(Path(caches[key]) / f"{r['clip_id']}_s{seed}.wav"), dtype="float32")[0] for r in rs]
+            em = evaluator_metrics(ev, wavs, [by_id[r["clip_id"]]["wav_mix"] for r in rs],
+                                   [by_id[r["clip_id"]]["frames"] for r in rs])
+            for i, r in enumerate(rs):
+                records.append({"method": key, "label": spec.label or key, **{k: v for k, v in r.items() if k != "cached"},
+                                "sim": float(em["sim"][i]), "kl": float(em["kl"][i]),
+                                "p_at_1": float(em["p_at_1"][i]), "p_at_5": float(em["p_at_5"][i])})
+            dyn_gen = [dynamics_db(w, DEFAULT_CONFIG) for w in wavs]  # only the curve, not the full descriptors
+            dyn_ref = [np.asarray(by_id[r["clip_id"]]["dynamics_db"], float) for r in rs]
+            cols = {"bcs": [r["bcs"] for r in rs], "bhs": [r["bhs"] for r in rs]}
+            point = set_metrics(cols, em["audio"], None, em["ref_audio"], em["probs"], dyn_ref, dyn_gen)
+            # bootstrap over clips: resample clip indices, recompute each set metric
+            rng = np.random.default_rng(0)  # the same resampled clip sets for every method
+            boots = {m: [] for m in SET_METRICS}
+            n_boot = max(50, cfg.n_boot // 5)  # set metrics are costlier (matrix roots)
+            for _ in range(n_boot):
+                idx = rng.integers(0, len(rs), len(rs))
+                if len(set(idx.tolist())) < 2:
+                    continue
+                b = set_metrics({k: [v[i] for i in idx] for k, v in cols.items()}, em["audio"][idx], None,
+                                em["ref_audio"][idx], em["probs"][idx], [dyn_ref[i] for i in idx],
+                                [dyn_gen[i] for i in idx])
+                for m in SET_METRICS:
+                    boots[m].append(b[m])
+            for m in SET_METRICS:
+                v = np.asarray(boots[m], float)
+                v = v[np.isfinite(v)]
+                lo, hi = (np.percentile(v, [2.5, 97.5]) if len(v) else (math.nan, math.nan))
+                set_rows.append({"method": key, "label": spec.label or key, "seed": seed, "metric": m,
+                                 "value": point[m], "ci_low": float(lo), "ci_high": float(hi), "n_clips": len(rs)})
+    table = pd.DataFrame.from_records(records)
+    set_table = pd.DataFrame.from_records(set_rows)
+    summary = summarize(table, set_table, methods, cfg)
+    summary["evaluator_card"] = ev.card
+    return table, set_table, summary
+
+
+def summarize(table, set_table, methods: Mapping[str, MethodSpec], cfg: BenchConfig) -> dict:
+    """Means with bootstrap intervals per method and metric; paired differences."""
+    per: dict[str, dict] = {}
+    for key in methods:
+        sub = table[table["method"] == key]
+        per[key] = {}
+        for m in CLIP_METRICS:
+            v = sub[m].to_numpy(float)
+            v = v[np.isfinite(v)]
+            if len(v) == 0:
+                per[key][m] = {"mean": math.nan, "ci95": [math.nan, math.nan], "n": 0}
+                continue
+            mean, lo, hi = bootstrap_ci(v, n_boot=cfg.n_boot, seed=0)
+            per[key][m] = {"mean": float(mean), "ci95": [float(lo), float(hi)], "n": int(len(v))}
+        s = set_table[set_table["method"] == key]
+        for m in SET_METRICS:
+            r = s[s["metric"] == m]
+            if len(r):
+                per[key][m] = {"mean": float(r["value"].mean()), "ci95": [float(r["ci_low"].mean()), float(r["ci_high"].mean())],
+                               "n": int(r["n_clips"].sum()), "set_level": True}
+    pairs = [(a, cfg.baseline) for a in methods if cfg.baseline and a != cfg.baseline] + [tuple(p) for p in cfg.pairs]
+    diffs: dict[str, dict] = {}
+    for a, b in pairs:
+        ta = table[table["method"] == a].set_index(["clip_id", "seed"])
+        tb = table[table["method"] == b].set_index(["clip_id", "seed"])
+        common = ta.index.intersection(tb.index)
+        d = {}
+        for m in CLIP_METRICS:
+            x, y = ta.loc[common, m].to_numpy(float), tb.loc[common, m].to_numpy(float)
+            ok = np.isfinite(x) & np.isfinite(y)
+            if ok.sum() < 2:
+                continue
+            mean, lo, hi = paired_bootstrap_ci(x[ok], y[ok], n_boot=cfg.n_boot, seed=0)
+            d[m] = {"mean": float(mean), "ci95": [float(lo), float(hi)], "n": int(ok.sum())}
+        diffs[f"{a} - {b}"] = d
+    return {"methods": per, "paired_differences": diffs,
+            "labels": {k: (s.label or k) for k, s in methods.items()}}
+
+
+def _fmt(d: Mapping[str, Any], digits: int = 3) -> str:
+    if not d or not np.isfinite(d.get("mean", math.nan)):
+        return "–"
+    lo, hi = d["ci95"]
+    return f"{d['mean']:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
+
+
+#: Metrics shown in the Markdown tables (all are in the CSV / parquet).
+MAIN_TABLE = ("f1", "precision", "hit_rate", "onset_rate", "beat_f1", "sim", "p_at_1", "fad", "kl", "is")
+SECOND_TABLE = ("bcs", "bhs", "csd", "hsd", "melody_acc", "dyn_r", "dyn_macro", "pche", "gps", "adv")
+
+
+def markdown(summary: Mapping[str, Any], methods: Mapping[str, MethodSpec], command: str = "") -> str:
+    """The Markdown report: two metric tables (mean [95 % CI]) and the paired differences."""
+    arrow = {1: " ↑", -1: " ↓", 0: ""}
+    lines = [f"# Bench `{summary.get('bench')}`", ""]
+    if command:
+        lines += [f"Command: `{command}`  ", ""]
+    lines += [f"{summary.get('clips')} {summary.get('split')} clips x seeds {summary.get('seeds')}; wall time "
+              f"{summary.get('wall_s')} s. Each cell: mean [95 % bootstrap interval over clips]. Sync metrics "
+              "(f1, precision, hit_rate, onset_rate, bcs, bhs, beat_f1) are measured against the clips' "
+              "ground-truth video event times (bounces, flashes, cuts), never against the reference audio; "
+              "0.1 s tolerance. SIM, P@1, FAD, KL and IS use the evaluation encoders/classifier, trained apart "
+              "from the generator's conditioner; P@1 is video -> generated-audio retrieval in a pool of the "
+              "method's own clips (chance 1/pool). FAD, IS, CSD, HSD and dyn_macro are set-level (interval: "
+              "the set metric recomputed on bootstrap resamples of the clips).", ""]
+    per = summary["methods"]
+    for cols in (MAIN_TABLE, SECOND_TABLE):
+        lines.append("| method | " + " | ".join(f"{c}{arrow[DIRECTION.get(c, 0)]}" for c in cols) + " |")
+        lines.append("|---|" + "---|" * len(cols))
+        for key in methods:
+            lab = summary["labels"].get(key, key)
+            lines.append(f"| {lab} | " + " | ".join(_fmt(per[key].get(c, {})) for c in cols) + " |")
+        lines.append("")
+    if summary.get("paired_differences"):
+        lines += ["## Paired differences (a - b, same clips and seeds; 95 % paired bootstrap interval)", ""]
+        cols = ("f1", "precision", "onset_rate", "beat_f1", "melody_acc", "sim", "kl")
+        lines.append("| a - b | " + " | ".join(cols) + " |")
+        lines.append("|---|" + "---|" * len(cols))
+        for name, d in summary["paired_differences"].items():
+            lines.append(f"| {name} | " + " | ".join(_fmt(d.get(c, {})) for c in cols) + " |")
+        lines.append("")
+    ev = summary.get("evaluator_card", {})
+    if ev:
+        lines += [f"Evaluator: encoders {ev.get('encoders')}; {ev.get('label')} classifier held-out accuracy "
+                  f"{ev.get('val_accuracy', math.nan):.2f} (majority class {ev.get('majority_baseline', math.nan):.2f}, "
+                  f"{ev.get('val_clips')} clips): KL and IS are only as informative as that.", ""]
+    return "\n".join(lines)
+
+
+def plot(summary: Mapping[str, Any], methods: Mapping[str, MethodSpec], path: Path,
+         metrics: Sequence[str] = ("f1", "precision", "onset_rate", "beat_f1", "sim", "fad")) -> Path:
+    """A bar chart per metric (mean with 95 % interval), methods in config order."""
+    matplotlib.use("Agg")
+
+    keys = list(methods)
+    labels = [summary["labels"].get(k, k) for k in keys]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(3.0 * len(metrics), 0.35 * len(keys) + 1.6), sharey=True)
+    for ax, m in zip(np.atleast_1d(axes), metrics):
+        vals = [summary["methods"][k].get(m, {}) for k in keys]
+        mean = np.array([v.get("mean", np.nan) for v in vals], float)
+        lo = np.array([v.get("ci95", [np.nan, np.nan])[0] for v in vals], float)
+        hi = np.array([v.get("ci95", [np.nan, np.nan])[1] for v in vals], float)
+        y = np.arange(len(keys))
+        colors = ["0.55" if methods[k].kind != "generator" else "tab:blue" for k in keys]
+        ax.barh(y, mean, xerr=np.vstack([np.clip(mean - lo, 0, None), np.clip(hi - mean, 0, None)]),
+                color=colors, capsize=2)
+        ax.set_title(f"{m}{' (higher better)' if DIRECTION.get(m) == 1 else ' (lower better)' if DIRECTION.get(m) == -1 else ''}",
+                     fontsize=9)
+        ax.grid(axis="x", alpha=0.3)
+    np.atleast_1d(axes)[0].set_yticks(np.arange(len(keys)), labels, fontsize=8)
+    np.atleast_1d(axes)[0].invert_yaxis()
+    fig.suptitle(f"bench {summary.get('bench')}: {summary.get('clips')} {summary.get('split')} clips, "
+                 f"seeds {summary.get('seeds')} (grey: real audio)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+    return path
+
+
+def write_outputs(out: Path, table, set_table, summary: dict, methods: Mapping[str, MethodSpec], cfg: BenchConfig,
+                  command: str | None = None) -> None:
+    """results.parquet/csv, set_metrics.csv, summary.json, summary.md, bench.png (atomically each)."""
+    if command is None:
+        command = summary.get("command") or ""
+    _atomic_write(out / "results.parquet", lambda p: table.to_parquet(p, index=False))
+    _atomic_write(out / "results.csv", lambda p: table.to_csv(p, index=False))
+    _atomic_write(out / "set_metrics.csv", lambda p: set_table.to_csv(p, index=False))
+    summary = dict(summary, command=command)
+    _atomic_write(out / "summary.json", lambda p: p.write_text(json.dumps(summary, indent=2, default=float)))
+    _atomic_write(out / "summary.md", lambda p: p.write_text(markdown(summary, methods, command)))
+    plot(summary, methods, out / "bench.png")

@@ -1,0 +1,76 @@
+"""Logging set-up: a console a person can read, and Ray's own lines in a log file.
+
+Every module logs through ``logging.getLogger(__name__)`` (all under the ``soundtrack``
+logger). :func:`setup_console` (called by the command line) prints soundtrack's records
+on stderr as plain lines; :func:`route_ray_logs` (called when a stage starts Ray) sends
+the records of Ray's own loggers to a file instead, keeping only their errors on the
+console. Library code never configures logging: a notebook or another program that
+imports soundtrack keeps its own set-up.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+#: Loggers whose records go to the Ray log file (their children follow them).
+RAY_LOGGERS = ("ray", "ray.data", "ray.train", "ray.tune", "ray.serve", "filelock")
+#: Environment variable naming the Ray log file; :func:`route_ray_logs`'s default.
+RAY_LOG_ENV = "SOUNDTRACK_RAY_LOG"
+
+_console: logging.Handler | None = None
+
+
+def setup_console(verbose: bool = False) -> None:
+    """Print soundtrack's log records on stderr, one plain line each (idempotent).
+
+    Args:
+        verbose: also print DEBUG records.
+    """
+    global _console
+    root = logging.getLogger("soundtrack")
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    if _console is None:
+        _console = logging.StreamHandler(sys.stderr)
+        _console.setFormatter(logging.Formatter("%(message)s"))
+        root.addHandler(_console)
+        root.propagate = False
+
+
+def route_ray_logs(path: str | os.PathLike | None = None) -> Path | None:
+    """Send the records of Ray's loggers in this process to ``path`` (errors stay on the console).
+
+    Args:
+        path: the log file (default: ``$SOUNDTRACK_RAY_LOG``; without either, nothing changes).
+
+    Returns:
+        the log file, or ``None`` when none was given.
+    """
+    path = path or os.environ.get(RAY_LOG_ENV)
+    if not path:
+        return None
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    errors = logging.StreamHandler(sys.stderr)
+    errors.setLevel(logging.ERROR)
+    for name in RAY_LOGGERS:
+        lg = logging.getLogger(name)
+        for h in list(lg.handlers):
+            lg.removeHandler(h)
+        lg.addHandler(handler)
+        if name == "ray":
+            lg.addHandler(errors)
+        lg.propagate = False
+    return path
+
+
+def quiet_ray_worker() -> None:
+    """Runtime-env hook of every Ray worker: Ray's own INFO/WARNING chatter stays in the
+    worker's log file (Ray's session ``logs/`` folder), not on the driver's console."""
+    for name in RAY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
+    setup_console()

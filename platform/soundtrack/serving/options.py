@@ -1,0 +1,168 @@
+"""The request options of ``POST /v1/soundtrack`` and the jobs the ingress sends the generator."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Literal, Mapping
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from soundtrack.serving.limits import VIDEO_FIELD, WEIGHT_FIELDS, ServeLimits
+from soundtrack.serving.upload import UploadError
+
+
+class SoundtrackOptions(BaseModel):
+    """The form fields of ``POST /v1/soundtrack`` besides the ``video`` file.
+
+    Unset fields take the model's defaults. Unknown fields are refused (422 naming them).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    cfg_scale: float | None = Field(None, ge=0, le=30, allow_inf_nan=False,
+                                    description="classifier-free guidance scale (1: no extrapolation; "
+                                                "default: the model's)")
+    weight_video: float | None = Field(None, ge=0, le=10, allow_inf_nan=False,
+                                       description="guidance weight of the video-feature condition")
+    weight_music: float | None = Field(None, ge=0, le=10, allow_inf_nan=False,
+                                       description="guidance weight of the video's music-space condition")
+    weight_sfx: float | None = Field(None, ge=0, le=10, allow_inf_nan=False,
+                                     description="guidance weight of the video's sound-effect-space condition")
+    weight_text: float | None = Field(None, ge=0, le=10, allow_inf_nan=False,
+                                      description="guidance weight of the text prompt (models with text only)")
+    steps: int | None = Field(None, ge=1, description="sampler steps (default: the model's; at most the "
+                                                      "service's max_steps)")
+    seed: int = Field(0, ge=0, le=2**31 - 1, description="noise seed: same video, options and seed give the "
+                                                          "same soundtrack")
+    prompt: str | None = Field(None, description="text prompt (models trained with text only)")
+    output: Literal["wav", "mp4"] = Field("wav", description="'wav': the soundtrack; 'mp4': the video with it")
+
+    def weights(self) -> dict[str, float] | None:
+        """The per-condition guidance weights that were set (``None`` when none was)."""
+        w = {cond: getattr(self, name) for name, cond in WEIGHT_FIELDS.items() if getattr(self, name) is not None}
+        return w or None
+
+    def overrides(self) -> dict[str, Any]:
+        """The generator's per-call overrides (see ``SoundtrackGenerator.generate``)."""
+        out: dict[str, Any] = {}
+        if self.cfg_scale is not None:
+            out["guidance_scale"] = float(self.cfg_scale)
+        if self.steps is not None:
+            out["num_steps"] = int(self.steps)
+        w = self.weights()
+        if w is not None:
+            out["weights"] = w
+        return out
+
+
+def parse_options(fields: Mapping[str, str], limits: ServeLimits, model: Mapping[str, Any]) -> SoundtrackOptions:
+    """Validates the text fields of a request against the schema, the limits and the model.
+
+    Args:
+        fields: form field -> text.
+        limits: the service's limits.
+        model: the generator's description (``conditions``), from :meth:`GeneratorDeployment.info`.
+
+    Returns:
+        the options.
+
+    Raises:
+        UploadError: 422 naming the first field at fault.
+    """
+    data = {k: v for k, v in fields.items() if not (k == "prompt" and v.strip() == "")}
+    try:
+        opts = SoundtrackOptions.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        name = str(err["loc"][0]) if err.get("loc") else None
+        msg = f"form field {name!r}: {err['msg']}" if name else err["msg"]
+        if err.get("type") == "extra_forbidden":
+            raise UploadError(422, "unknown_field", f"unknown form field {name!r}; allowed: {VIDEO_FIELD}, "
+                              f"{', '.join(SoundtrackOptions.model_fields)}", field=name) from None
+        raise UploadError(422, "invalid_option", f"{msg} (got {err.get('input')!r})", field=name) from None
+    if opts.steps is not None and opts.steps > limits.max_steps:
+        raise UploadError(422, "invalid_option", f"form field 'steps': at most {limits.max_steps} steps are "
+                          f"allowed, got {opts.steps}", field="steps", limit=limits.max_steps)
+    if opts.prompt is not None and len(opts.prompt) > limits.max_prompt_chars:
+        raise UploadError(422, "invalid_option", f"form field 'prompt' is longer than {limits.max_prompt_chars} "
+                          "characters", field="prompt", limit=limits.max_prompt_chars)
+    conds = tuple(model.get("conditions", ()))
+    for name, cond in WEIGHT_FIELDS.items():
+        if getattr(opts, name) is not None and cond not in conds:
+            raise UploadError(422, "invalid_option", f"form field {name!r}: this model has no {cond!r} condition "
+                              f"(its conditions: {', '.join(conds)})", field=name)
+    if opts.prompt is not None and "text" not in conds:
+        raise UploadError(422, "invalid_option", "form field 'prompt': this model was trained without text "
+                          f"conditioning (its conditions: {', '.join(conds)}); drop the prompt", field="prompt")
+    w = opts.weights()
+    if w is not None and sum(w.values()) <= 0:
+        name = next(iter(n for n in WEIGHT_FIELDS if getattr(opts, n) is not None))
+        raise UploadError(422, "invalid_option", "the guidance weights that are set are all 0; give at least one "
+                          "a positive weight", field=name)
+    return opts
+
+
+def options_form_schema(limits: ServeLimits) -> dict[str, Any]:
+    """The OpenAPI schema of the ``multipart/form-data`` request body (from :class:`SoundtrackOptions`).
+
+    Args:
+        limits: the service's limits (``steps`` gets ``maximum: max_steps``).
+    """
+    schema = SoundtrackOptions.model_json_schema()
+    props = {VIDEO_FIELD: {"type": "string", "format": "binary",
+                           "description": f"the video (mp4, mkv, webm, mov, ...; at most {limits.max_duration_s:g} s "
+                                          f"and {limits.max_upload_bytes} bytes; no audio track needed)"}}
+    for name, prop in schema["properties"].items():
+        prop = dict(prop)
+        prop.pop("title", None)
+        alts = [p for p in prop.pop("anyOf", []) if p.get("type") != "null"]
+        if len(alts) == 1:  # an optional form field is simply left out: no null alternative
+            prop.update(alts[0])
+        if prop.get("default", 0) is None:
+            prop.pop("default")
+        if name == "steps":
+            prop["maximum"] = limits.max_steps
+        if name == "prompt":
+            prop["maxLength"] = limits.max_prompt_chars
+        props[name] = prop
+    return {"type": "object", "required": [VIDEO_FIELD], "properties": props, "additionalProperties": False}
+
+
+@dataclass(frozen=True)
+class GenerationJob:
+    """One request to the generator deployment.
+
+    Attributes:
+        frames: uint8 (T, H, W, 3) RGB at the model's frame rate.
+        seed: noise seed.
+        caption: text prompt or ``None``.
+        overrides: sampler overrides (guidance_scale, weights, num_steps).
+        clip_id: seeds the noise with ``seed`` (the default equals ``generate_file``'s).
+    """
+
+    frames: np.ndarray
+    seed: int = 0
+    caption: str | None = None
+    overrides: dict = dataclasses.field(default_factory=dict)
+    clip_id: str = "clip"
+
+
+@dataclass(frozen=True)
+class GenerationOutput:
+    """The generator's answer to one :class:`GenerationJob`.
+
+    Attributes:
+        wav: float32 mono soundtrack (``None`` on error).
+        sr: its sample rate (Hz).
+        error: the generator's message when the job's options or frames were refused.
+        batch_size: how many jobs ran in the same ``@serve.batch`` call.
+        seconds: generation time of this job (s).
+    """
+
+    wav: np.ndarray | None
+    sr: int
+    error: str | None = None
+    batch_size: int = 1
+    seconds: float = 0.0

@@ -1,0 +1,50 @@
+"""``soundtrack pretrain``: contrastive encoders on Ray Train, then their held-out evaluation."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+
+from soundtrack.config import (
+    ExperimentConfig,
+    run_name,
+    to_dict,
+)
+from soundtrack.distributed.train_pretrain import run_pretrain
+from soundtrack.stages.base import _command, _prepare_run_dir
+from soundtrack.stages.data import features_for
+from soundtrack.stages.runs import Run, plot_losses
+
+log = logging.getLogger(__name__)
+
+
+def pretrain_run_dir(cfg: ExperimentConfig, features: Path) -> Path:
+    """``<storage>/pretrain/<profile>-<hash>``: named by the profile, the section and the data only
+    (not the experiment's name), so every experiment with the same settings shares the encoders."""
+    # the data enters the hash through its resolved run name, not through how it was given
+    sec = dataclasses.replace(cfg.pretrain, features=None)
+    return Path(cfg.storage) / "pretrain" / run_name(cfg.profile, cfg.profile, sec, Path(features).name)
+
+
+def stage_pretrain(cfg: ExperimentConfig, resume: bool = False, force: bool = False) -> Path:
+    """Contrastive pretraining on Ray Train, then evaluation on the held-out split.
+
+    Args:
+        cfg: the experiment (its ``pretrain`` section and profile).
+        resume: continue an interrupted run from its last checkpoint.
+        force: delete the run and start over.
+    """
+    features = features_for(cfg, cfg.pretrain.features)
+    out = pretrain_run_dir(cfg, features)
+    if _prepare_run_dir(out, "pretrain", force, resume):
+        return out
+    run = Run(cfg.storage, "pretrain", out.name, config={"profile": cfg.profile, "pretrain": to_dict(cfg.pretrain)},
+              upstream={"features": features}, seed=cfg.pretrain.seed, command=_command(), run_dir=out)
+    with run:
+        with run.timer("train+eval"):
+            summary = run_pretrain(cfg.profile, cfg.pretrain, features, out)
+
+        plot_losses(out)
+        run.finish(**summary)
+    return out

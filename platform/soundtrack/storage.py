@@ -1,0 +1,37 @@
+"""File primitives every layer may use: atomic JSON writes and reading a run card.
+
+A run directory's card (``run.json``) and metrics log (``metrics.jsonl``) are written by
+:class:`soundtrack.stages.runs.Run`; lower layers (training loops, the Tune wiring) only
+read cards and write files atomically, through these functions.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+RUN_CARD = "run.json"
+METRICS = "metrics.jsonl"
+
+
+def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
+    """Write ``data`` as JSON through a temporary file and a rename (a kill never leaves half a file).
+
+    Args:
+        path: the JSON file.
+        data: anything ``json.dumps`` takes (other objects are written with ``str``).
+    """
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=str))
+    os.replace(tmp, path)
+
+
+def read_card(run_dir: str | os.PathLike) -> dict:
+    """Read a run's ``run.json`` (``{}`` when there is none)."""
+    p = Path(run_dir) / RUN_CARD
+    if not p.exists():
+        return {}
+    return json.loads(p.read_text())
