@@ -12,7 +12,7 @@ export TOKENIZERS_PARALLELISM := false
 export NUMBA_CACHE_DIR := $(CURDIR)/.cache/numba
 export MPLBACKEND := Agg
 
-.PHONY: venv demo test test-fast bench clean
+.PHONY: venv demo lint test test-fast bench clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -27,7 +27,12 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/soundtrack demo
 
-test: $(STAMP)
+# ruff (style, unused names) and import-linter (the five layers of pyproject.toml).
+lint: $(STAMP)
+	$(BIN)/ruff check platform tests benchmarks
+	$(BIN)/lint-imports
+
+test: $(STAMP) lint
 	$(BIN)/python -m pytest -q tests
 
 test-fast: $(STAMP)

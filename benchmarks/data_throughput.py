@@ -48,10 +48,10 @@ def main() -> None:
     set_ray_env()
     from soundtrack.config import FeaturizeSection, SynthSection
     from soundtrack.data import shards as pipeline
-    from soundtrack.distributed import featurize
     from soundtrack.data.manifest import read_manifest
-    from soundtrack.stages.runs import git_commit
+    from soundtrack.distributed import featurize
     from soundtrack.stages.data import stage_synth
+    from soundtrack.stages.runs import git_commit
 
     cache = ROOT / ".cache" / "bench-data"
     data = stage_synth(SynthSection(n=args.clips, seed=123), out=cache / f"synth-{args.clips}", storage=cache, progress=False)

@@ -41,12 +41,12 @@ def main() -> None:
     from soundtrack.config import load_config
     from soundtrack.data.shards import decode_row, read_shards
     from soundtrack.metrics import bootstrap_ci, onset_sync, onset_times, paired_bootstrap_ci, real_time_factor
+    from soundtrack.models.conditioning import video_conditions
     from soundtrack.pipelines.sampler import generate_clips
     from soundtrack.stages.models import load_generator, resolve_model_uri
-    from soundtrack.models.conditioning import video_conditions
     from soundtrack.stages.runs import git_commit
-    from soundtrack.storage import read_card
     from soundtrack.stages.train import stage_train
+    from soundtrack.storage import read_card
 
     if args.model is None:
         run = stage_train(load_config(args.config), resume=True)

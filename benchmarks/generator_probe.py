@@ -46,13 +46,13 @@ def speed(repeats: int) -> dict:
     import torch
 
     from soundtrack.losses.diffusion import condition_dropout_mask, diffusion_loss
+    from soundtrack.losses.vae import vae_loss
+    from soundtrack.models.unet import Conditions, DenoiserConfig, SoundtrackDenoiser, count_parameters
+    from soundtrack.models.vae import build_vae, decode_mel
+    from soundtrack.models.vocoder import GriffinLimVocoder
     from soundtrack.pipelines.guidance import guided_prediction
     from soundtrack.pipelines.sampler import SamplerConfig, sample_latents
     from soundtrack.pipelines.schedulers import training_scheduler
-    from soundtrack.models.unet import Conditions, DenoiserConfig, SoundtrackDenoiser, count_parameters
-    from soundtrack.models.vae import build_vae, decode_mel
-    from soundtrack.losses.vae import vae_loss
-    from soundtrack.models.vocoder import GriffinLimVocoder
 
     torch.manual_seed(0)
     cfg = DenoiserConfig.tiny()
@@ -113,10 +113,9 @@ def probe(steps: int) -> dict:
     import torch.nn.functional as F
 
     from soundtrack.losses.diffusion import diffusion_loss
-    from soundtrack.pipelines.sampler import SamplerConfig, sample_latents
-    from soundtrack.pipelines.schedulers import training_scheduler, x0_error_gain
-    from soundtrack.pipelines.schedulers import alphas_cumprod
     from soundtrack.models.unet import Conditions, DenoiserConfig, SoundtrackDenoiser
+    from soundtrack.pipelines.sampler import SamplerConfig, sample_latents
+    from soundtrack.pipelines.schedulers import alphas_cumprod, training_scheduler, x0_error_gain
 
     g = torch.Generator().manual_seed(0)
     n = 32

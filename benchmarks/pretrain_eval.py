@@ -38,11 +38,11 @@ def main() -> None:
     import torch
 
     from soundtrack.config import load_config
+    from soundtrack.distributed.train_pretrain import evaluate_run
+    from soundtrack.stages.data import stage_featurize, stage_synth
+    from soundtrack.stages.pretrain import stage_pretrain
     from soundtrack.stages.runs import git_commit
     from soundtrack.storage import read_card
-    from soundtrack.stages.pretrain import stage_pretrain
-    from soundtrack.stages.data import stage_featurize, stage_synth
-    from soundtrack.distributed.train_pretrain import evaluate_run
 
     cfg = load_config(args.config)
     t0 = time.time()

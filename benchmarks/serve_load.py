@@ -242,10 +242,10 @@ def main(argv: list[str] | None = None) -> int:
     import numpy as np
 
     from soundtrack.data.media import write_mp4
-    from soundtrack.stages.runs import git_commit
     from soundtrack.serving.app import build_app, load_serve_config
-    from soundtrack.serving.local import run_local
     from soundtrack.serving.limits import APP_NAME, GENERATOR_NAME
+    from soundtrack.serving.local import run_local
+    from soundtrack.stages.runs import git_commit
 
     tmp = Path(tempfile.mkdtemp(prefix="serve-bench-"))
     if args.model:

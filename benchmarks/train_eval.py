@@ -74,8 +74,8 @@ def main() -> None:
     from soundtrack.data.shards import decode_row, read_shards
     from soundtrack.metrics import bootstrap_ci, paired_bootstrap_ci
     from soundtrack.stages.runs import git_commit
-    from soundtrack.storage import read_card
     from soundtrack.stages.train import stage_train
+    from soundtrack.storage import read_card
 
     cfg = load_config(args.config)
     t0 = time.time()

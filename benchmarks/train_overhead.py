@@ -26,7 +26,6 @@ import tempfile
 import time
 from pathlib import Path
 
-
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -44,11 +43,17 @@ def main() -> None:
 
     from soundtrack.config import load_config
     from soundtrack.data.shards import read_shards
+    from soundtrack.distributed.train_pretrain import (
+        BatchPrep,
+        _make_optimizer,
+        _to_torch_batch,
+        model_config,
+        objective_config,
+    )
     from soundtrack.losses.contrastive import contrastive_loss
     from soundtrack.models.encoders import ContrastiveConfig, build_contrastive
-    from soundtrack.stages.runs import git_commit, read_metrics
     from soundtrack.stages.data import features_for
-    from soundtrack.distributed.train_pretrain import BatchPrep, _make_optimizer, _to_torch_batch, model_config, objective_config
+    from soundtrack.stages.runs import git_commit, read_metrics
 
     cfg = load_config(args.config)
     sec = dataclasses.replace(cfg.pretrain, steps=args.steps, batch_size=args.batch, log_every=1,

@@ -68,11 +68,11 @@ def test_bench_on_local_ray_scores_and_caches(synth_small, tmp_path):
 
     from soundtrack.data.shards import decode_row, read_shards
     from soundtrack.distributed.featurize import run_featurize
-    from soundtrack.stages.bench import run_bench
     from soundtrack.eval.bench import load_bench_config
     from soundtrack.eval.scoring import Evaluator, clip_metrics
     from soundtrack.models.encoders import ContrastiveConfig, build_contrastive
     from soundtrack.pipelines.generator import build_tiny_generator
+    from soundtrack.stages.bench import run_bench
     from soundtrack.stages.runs import Run
 
     feats = tmp_path / "features"

@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 import torch
 
-from soundtrack.data.features import log_mel
-from soundtrack.models import clap_adapter
-from soundtrack.losses.contrastive import aligned_similarity, contrastive_loss, pooled_similarity, position_similarity
 from soundtrack.data.augment import ObjectiveConfig, crop_pair, equal_power_gains, make_batch, make_negatives
+from soundtrack.data.features import log_mel
+from soundtrack.losses.contrastive import aligned_similarity, contrastive_loss, pooled_similarity, position_similarity
+from soundtrack.models import clap_adapter
 from soundtrack.models.encoders import (
     ContrastiveConfig,
     ContrastiveModel,

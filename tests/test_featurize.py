@@ -10,8 +10,8 @@ import pytest
 from soundtrack.config import FeaturizeSection
 from soundtrack.data import features, media
 from soundtrack.data import shards as pipeline
-from soundtrack.distributed import featurize
 from soundtrack.data.manifest import read_manifest, write_manifest
+from soundtrack.distributed import featurize
 from soundtrack.stages.runs import UpstreamError
 from soundtrack.storage import read_card
 

@@ -12,8 +12,8 @@ import pytest
 
 from soundtrack.config import FeaturizeSection
 from soundtrack.data import shards as pipeline
-from soundtrack.distributed import featurize
 from soundtrack.data.manifest import read_manifest
+from soundtrack.distributed import featurize
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 SECTION = FeaturizeSection(size=32, rows_per_shard=3)

@@ -27,7 +27,6 @@ import torch
 
 from soundtrack import cli
 from soundtrack.data import media
-from soundtrack.stages.models import ModelURIError, load_generator, resolve_model_uri, split_uri
 from soundtrack.pipelines.generator import (
     GENERATOR_FILE,
     OVERRIDES,
@@ -35,6 +34,7 @@ from soundtrack.pipelines.generator import (
     SoundtrackGenerator,
     build_tiny_generator,
 )
+from soundtrack.stages.models import ModelURIError, load_generator, resolve_model_uri, split_uri
 from soundtrack.stages.runs import UpstreamError
 
 # diffusers' DPM-Solver calls np.array on a tensor (numpy 2 deprecation inside diffusers).

@@ -15,16 +15,11 @@ import torch
 
 from soundtrack.data.features import log_mel
 from soundtrack.losses.diffusion import condition_dropout_mask, diffusion_loss
-from soundtrack.pipelines.guidance import guided_prediction, normalized_weights
-from soundtrack.pipelines.sampler import (
-    SamplerConfig,
-    equal_power_fades,
-    join_windows,
-    sample_latents,
-    window_conditions,
-    window_starts,
-)
-from soundtrack.pipelines.schedulers import alphas_cumprod, make_scheduler, training_scheduler, x0_error_gain
+from soundtrack.losses.vae import vae_loss
+from soundtrack.models.mel import MelFormat
+from soundtrack.models.unet import CONDITIONS, Conditions, DenoiserConfig, SoundtrackDenoiser, build_unet
+from soundtrack.models.vae import build_vae, decode_mel, encode_latents, load_vae, save_vae
+from soundtrack.models.vocoder import GriffinLimVocoder, HiFiGANVocoder, load_vocoder
 from soundtrack.modules.attention import (
     KIND_MUSIC,
     KIND_NULL,
@@ -36,11 +31,16 @@ from soundtrack.modules.attention import (
     level_shape,
     segment_mask,
 )
-from soundtrack.models.mel import MelFormat
-from soundtrack.models.unet import CONDITIONS, Conditions, DenoiserConfig, SoundtrackDenoiser, build_unet
-from soundtrack.models.vae import build_vae, decode_mel, encode_latents, load_vae, save_vae
-from soundtrack.losses.vae import vae_loss
-from soundtrack.models.vocoder import GriffinLimVocoder, HiFiGANVocoder, load_vocoder
+from soundtrack.pipelines.guidance import guided_prediction, normalized_weights
+from soundtrack.pipelines.sampler import (
+    SamplerConfig,
+    equal_power_fades,
+    join_windows,
+    sample_latents,
+    window_conditions,
+    window_starts,
+)
+from soundtrack.pipelines.schedulers import alphas_cumprod, make_scheduler, training_scheduler, x0_error_gain
 
 # diffusers' DPM-Solver calls np.array on a tensor (numpy 2 deprecation inside diffusers).
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")

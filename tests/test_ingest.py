@@ -21,7 +21,7 @@ import soundfile as sf
 
 from soundtrack.data import manifest as manifest_mod
 from soundtrack.data import media
-from soundtrack.data.ingest import IngestLimits, QUARANTINE_REASONS, ingest, source_id_for
+from soundtrack.data.ingest import QUARANTINE_REASONS, IngestLimits, ingest, source_id_for
 
 CLIP_S = 10.24
 FPS = 10  # test videos' frame rate (frames/s)

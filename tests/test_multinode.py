@@ -11,8 +11,8 @@ import pytest
 
 from soundtrack.config import FeaturizeSection, PretrainSection
 from soundtrack.data import shards as pipeline
-from soundtrack.distributed import featurize
 from soundtrack.data.manifest import read_manifest
+from soundtrack.distributed import featurize
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -157,10 +157,10 @@ def test_two_worker_pretraining_across_nodes(cluster, features, tmp_path):
     import ray
 
     from soundtrack.config import to_dict
-    from soundtrack.models.encoders import ContrastiveModel
-    from soundtrack.stages.runs import read_metrics
     from soundtrack.distributed import train_pretrain as pretrain
     from soundtrack.distributed.train import launch
+    from soundtrack.models.encoders import ContrastiveModel
+    from soundtrack.stages.runs import read_metrics
 
     feats, _ = features
     steps = 3

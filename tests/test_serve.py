@@ -109,8 +109,8 @@ def served(tmp_path_factory, media_files):
     import torch
 
     torch.set_num_threads(1)
-    from soundtrack.pipelines.generator import build_tiny_generator
     from soundtrack.distributed.cluster import init_ray
+    from soundtrack.pipelines.generator import build_tiny_generator
     from soundtrack.serving import proxy
     from soundtrack.serving.app import build_app
     from soundtrack.serving.limits import GENERATOR_NAME

@@ -21,9 +21,9 @@ def model_dir(tmp_path_factory):
 
 
 def test_build_app_accepts_the_config_and_rejects_bad_arguments(model_dir, tmp_path):
-    from soundtrack.stages.models import ModelURIError
     from soundtrack.serving.app import build_app, load_serve_config
     from soundtrack.serving.limits import DEFAULT_CONFIG
+    from soundtrack.stages.models import ModelURIError
 
     cfg = load_serve_config(DEFAULT_CONFIG)
     app = build_app({**cfg["args"], "model_uri": f"file:{model_dir}", "deployment_options": cfg["deployment_options"]})
@@ -47,8 +47,8 @@ def test_build_app_accepts_the_config_and_rejects_bad_arguments(model_dir, tmp_p
 
 
 def test_limits_and_options():
-    from soundtrack.serving.options import SoundtrackOptions, parse_options
     from soundtrack.serving.limits import ServeLimits
+    from soundtrack.serving.options import SoundtrackOptions, parse_options
     from soundtrack.serving.upload import UploadError
 
     lim = ServeLimits.from_dict({"max_steps": 8})

@@ -177,9 +177,9 @@ def _soundtrack(*args) -> list[str]:
 def test_search_killed_and_resumed_keeps_every_trial_once_and_tpe_history(inputs):
     from optuna.samplers import TPESampler
 
+    from soundtrack.distributed.tune import load_searcher
     from soundtrack.storage import read_card
     from soundtrack.tuning.config import load_tune_config, tune_run_dir
-    from soundtrack.distributed.tune import load_searcher
 
     root = inputs
     cfg_path = _cfg(root)
@@ -260,9 +260,9 @@ def test_search_killed_and_resumed_keeps_every_trial_once_and_tpe_history(inputs
 @pytest.mark.slow
 def test_registry_entry_loads_and_generates_with_tuned_settings(inputs):
     from soundtrack.stages.models import load_generator
+    from soundtrack.stages.registry import read_card as registry_card
     from soundtrack.storage import read_card
     from soundtrack.tuning.config import load_tune_config, tune_run_dir
-    from soundtrack.stages.registry import read_card as registry_card
 
     root = inputs
     storage = root / "runs"

@@ -1,0 +1,223 @@
+"""The Python API: one function per command of ``soundtrack``, same arguments, same runs.
+
+    from soundtrack import api
+
+    data = api.synth(n=32, seed=0)
+    feats = api.featurize(data)
+    run = api.train("experiments/train_tiny.yaml", overrides=["train.unet_steps=200"])
+    api.generate("clip.mp4", f"train:{run.name}", "clip.wav", seed=0)
+    api.bench("experiments/bench_demo.yaml")
+    for r in api.runs():
+        print(r.stage, r.name, r.status)
+
+Each function returns the run directory (or the result object) the command prints; every
+stage resumes or reuses a finished run of the same config, exactly as on the command line.
+Errors are :class:`soundtrack.errors.SoundtrackError` subclasses.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shlex
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from soundtrack.config import ExperimentConfig, SynthSection, build, load_config
+from soundtrack.data.media import probe
+from soundtrack.demo import stage_demo
+from soundtrack.errors import ConfigError, MediaError
+from soundtrack.eval.bench import load_bench_config
+from soundtrack.pipelines.generator import GenerationResult, SoundtrackGenerator
+from soundtrack.serving.limits import DEFAULT_CONFIG
+from soundtrack.serving.local import run_local
+from soundtrack.stages import catalog
+from soundtrack.stages.bench import run_bench
+from soundtrack.stages.data import stage_featurize, stage_ingest, stage_synth
+from soundtrack.stages.models import resolve_model_uri
+from soundtrack.stages.pretrain import stage_pretrain
+from soundtrack.stages.train import stage_train
+from soundtrack.stages.tune import stage_tune
+from soundtrack.tuning.config import load_tune_config
+
+#: The demo's experiment file (resolved in the repository, not the working directory).
+DEFAULT_DEMO = Path(__file__).resolve().parents[2] / "experiments" / "demo.yaml"
+Overrides = Sequence[str]
+
+
+def experiment(config: str | os.PathLike | None = None, overrides: Overrides = (),
+               storage: str | os.PathLike | None = None) -> ExperimentConfig:
+    """An experiment config: the frozen defaults, the YAML's deltas, then ``key=value`` overrides.
+
+    Args:
+        config: an experiment YAML (None: the defaults alone).
+        overrides: ``section.key=value`` strings (``--set``).
+        storage: the storage root (None: the config's, ``./runs`` by default).
+    """
+    cfg = load_config(config, list(overrides))
+    return dataclasses.replace(cfg, storage=str(storage)) if storage else cfg
+
+
+def synth(n: int | None = None, seed: int | None = None, difficulty: str | None = None,
+          duration_s: float | None = None, size: int | None = None, out: str | os.PathLike | None = None,
+          config: str | os.PathLike | None = None, overrides: Overrides = (), storage: str | os.PathLike | None = None,
+          workers: int | None = None, force: bool = False, progress: bool = True) -> Path:
+    """``soundtrack data synth``: the embedded synthetic data set (see :func:`stages.data.stage_synth`).
+
+    Args:
+        n: clips; seed, difficulty, duration_s, size: the other :class:`SynthSection` fields
+            (None keeps the config's).
+        out: output directory (default ``<storage>/data/synth-...``).
+        config: experiment YAML whose ``synth`` section is the base.
+        overrides: ``--set`` strings.
+        storage: storage root.
+        workers: processes (default: all cores).
+        force: regenerate from scratch.
+        progress: log progress lines.
+    """
+    cfg = experiment(config, overrides, storage)
+    delta = {k: v for k, v in {"n": n, "seed": seed, "difficulty": difficulty, "duration_s": duration_s,
+                               "size": size}.items() if v is not None}
+    sec = build(SynthSection, delta, src="arguments", prefix="synth.", base=cfg.synth)
+    return stage_synth(sec, out=out, storage=cfg.storage, workers=workers, force=force, progress=progress)
+
+
+def ingest(src: str | os.PathLike, out: str | os.PathLike, clip_s: float = 10.24, pad_short: bool = False,
+           metadata: str | os.PathLike | None = None, seed: int = 0, force: bool = False) -> Path:
+    """``soundtrack data ingest``: a folder of real videos -> manifest + quarantine.
+
+    Args:
+        src: folder of videos.
+        out: output directory.
+        clip_s: clip length (s).
+        pad_short: keep videos shorter than a clip, zero-padded.
+        metadata: CSV with a ``file`` column plus caption / label columns.
+        seed: split seed.
+        force: start over.
+    """
+    kw: dict[str, Any] = {"clip_s": clip_s, "pad_short": pad_short, "seed": seed}
+    if metadata:
+        kw["metadata_csv"] = metadata
+    return stage_ingest(src, out, force=force, **kw)
+
+
+def featurize(data: str | os.PathLike, config: str | os.PathLike | None = None, overrides: Overrides = (),
+              storage: str | os.PathLike | None = None, out: str | os.PathLike | None = None, limit: int | None = None,
+              use_ray: bool = True, force: bool = False) -> Path:
+    """``soundtrack data featurize``: Ray Data feature shards of a finished data run.
+
+    Args:
+        data: a finished synth / ingest directory.
+        config: experiment YAML (its ``featurize`` section).
+        overrides: ``--set`` strings.
+        storage: storage root.
+        out: run directory (default ``<storage>/features/<name>``).
+        limit: only the first ``limit`` clips.
+        use_ray: False runs the same code in a plain loop.
+        force: start over.
+    """
+    cfg = experiment(config, overrides, storage)
+    return stage_featurize(data, cfg.featurize, out=out, storage=cfg.storage, force=force, use_ray=use_ray,
+                           limit=limit)
+
+
+def pretrain(config: str | os.PathLike | None = None, overrides: Overrides = (),
+             storage: str | os.PathLike | None = None, resume: bool = False, force: bool = False) -> Path:
+    """``soundtrack pretrain``: contrastive encoders on Ray Train; returns the run directory."""
+    return stage_pretrain(experiment(config, overrides, storage), resume=resume, force=force)
+
+
+def train(config: str | os.PathLike | None = None, overrides: Overrides = (),
+          storage: str | os.PathLike | None = None, resume: bool = False, force: bool = False) -> Path:
+    """``soundtrack train``: the generator on Ray Train; its model URI is ``train:<run name>``."""
+    return stage_train(experiment(config, overrides, storage), resume=resume, force=force)
+
+
+def tune(config: str | os.PathLike, overrides: Overrides = (), storage: str | os.PathLike | None = None,
+         resume: bool = False, force: bool = False) -> Path:
+    """``soundtrack tune``: Ray Tune + Optuna + ASHA, report, registry entry; returns the run directory."""
+    cfg = load_tune_config(config, list(overrides))
+    if storage:
+        cfg = dataclasses.replace(cfg, storage=str(storage))
+    return stage_tune(cfg, resume=resume, force=force, src=str(config))
+
+
+def generate(video: str | os.PathLike, model: str, out: str | os.PathLike, seed: int = 0,
+             storage: str | os.PathLike = "runs", prompt: str | None = None, steps: int | None = None,
+             cfg_scale: float | None = None) -> GenerationResult:
+    """``soundtrack generate``: a soundtrack (``.wav``) or the video with it (``.mp4``).
+
+    The URI, the output type and the input are checked before any weights are read.
+
+    Args:
+        video: input video (an audio track is not needed).
+        model: model URI (``train:<run>``, ``registry:<name>``, ``file:<dir>`` or a directory).
+        out: ``OUT.wav`` or ``OUT.mp4``.
+        seed: seed (same seed, same soundtrack).
+        storage: the root ``train:`` / ``registry:`` URIs resolve against.
+        prompt: text prompt (models trained with text only).
+        steps: denoising steps (None: the model's).
+        cfg_scale: guidance scale (None: the model's).
+
+    Raises:
+        ConfigError: the output does not end with ``.wav`` or ``.mp4``.
+        MediaError: the input has no video stream.
+    """
+    model_dir = resolve_model_uri(model, storage)
+    out = Path(out)
+    if out.suffix.lower() not in (".wav", ".mp4"):
+        raise ConfigError(f"--out {out} must end with .wav (the soundtrack) or .mp4 (the video with it)")
+    if not probe(video, check_vfr=False).has_video:
+        raise MediaError("no_video_stream", f"{video} has no video stream (an audio-only file?); "
+                         "--video needs a file with video frames.")
+    gen = SoundtrackGenerator.load(model_dir)
+    return gen.generate_file(video, out, seed=seed, caption=prompt or None, num_steps=steps,
+                             guidance_scale=cfg_scale)
+
+
+def bench(config: str | os.PathLike, overrides: Overrides = (), storage: str | os.PathLike = "runs",
+          command: str | None = None) -> Path:
+    """``soundtrack bench``: methods x seeds x clips as Ray tasks; returns the bench directory."""
+    cfg, methods = load_bench_config(config, list(overrides))
+    command = command or "soundtrack bench " + " ".join(shlex.quote(a) for a in [str(config), *sum(
+        (["--set", o] for o in overrides), [])])
+    return run_bench(cfg, methods, storage=str(storage), command=command)
+
+
+def serve(model: str | None = None, storage: str | os.PathLike | None = None, host: str | None = None,
+          port: int | None = None, config: str | os.PathLike | None = None, address: str | None = None) -> None:
+    """``soundtrack serve``: Ray Serve on 127.0.0.1 (by default) until Ctrl-C.
+
+    Raises:
+        ConfigError: a bad Serve config, argument or model URI.
+    """
+    config = config or (DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None)
+    try:
+        run_local(model, None if storage is None else str(storage), host, port, config=config, address=address)
+    except ConfigError:
+        raise
+    except ValueError as exc:  # pydantic / Serve validation of the config: one message
+        raise ConfigError(str(exc)) from None
+
+
+def demo(config: str | os.PathLike | None = None, overrides: Overrides = (),
+         storage: str | os.PathLike | None = None) -> dict[str, Path]:
+    """``soundtrack demo``: the whole chain on the embedded default; returns ``{artifact: path}``."""
+    path = config or (DEFAULT_DEMO if DEFAULT_DEMO.exists() else None)
+    return stage_demo(experiment(path, overrides, storage))
+
+
+def runs(storage: str | os.PathLike = "runs", stage: str | None = None) -> list[catalog.RunInfo]:
+    """``soundtrack runs ls``: every run directory under ``storage`` (one stage's with ``stage``)."""
+    return catalog.list_runs(storage, stage)
+
+
+def remove_run(name: str, storage: str | os.PathLike = "runs", stage: str | None = None,
+               force: bool = False) -> catalog.RunInfo:
+    """``soundtrack runs rm``: delete one run (refused while other runs use it, unless ``force``)."""
+    return catalog.remove_run(name, storage, stage, force=force)
+
+
+__all__ = ["bench", "demo", "experiment", "featurize", "generate", "ingest", "pretrain", "remove_run", "runs",
+           "serve", "synth", "train", "tune"]

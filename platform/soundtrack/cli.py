@@ -9,6 +9,8 @@
     soundtrack tune experiments/tune_tiny.yaml [--resume] [--force] [--set search.scheduler=fifo]
     soundtrack serve [--config serve/config.yaml] [--model URI] [--storage DIR] [--host H] [--port P]
     soundtrack demo [--config experiments/demo.yaml]
+    soundtrack runs ls [--storage DIR] [--stage STAGE]
+    soundtrack runs rm NAME... [--yes] [--force]
 
 Every command prints where its outputs went. Errors in configs or inputs end the
 command with exit status 2 and one message naming the problem and the fix.
@@ -40,6 +42,7 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="soundtrack", description=__doc__.split("\n\n")[0])
+    p.add_argument("-v", "--verbose", action="store_true", help="also print debug lines")
     sub = p.add_subparsers(dest="cmd", required=True)
 
     data = sub.add_parser("data", help="data stages: synth, ingest, featurize")
@@ -133,6 +136,20 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="run the stages that exist on the embedded default")
     _add_config_args(d)
     d.set_defaults(fn="cmd_demo")
+
+    ru = sub.add_parser("runs", help="list or remove the runs under a storage root")
+    rsub = ru.add_subparsers(dest="runs_cmd", required=True)
+    ls = rsub.add_parser("ls", help="list runs: stage, name, status, size, last update")
+    ls.add_argument("--storage", default="runs", help="storage root (default ./runs)")
+    ls.add_argument("--stage", help="only this stage (data, features, pretrain, train, eval, tune, registry, bench)")
+    ls.set_defaults(fn="cmd_runs_ls")
+    rm = rsub.add_parser("rm", help="remove runs (shows what it would remove unless --yes)")
+    rm.add_argument("names", nargs="+", help="run names (or unique prefixes), as `runs ls` shows them")
+    rm.add_argument("--storage", default="runs", help="storage root (default ./runs)")
+    rm.add_argument("--stage", help="only match runs of this stage")
+    rm.add_argument("--yes", action="store_true", help="really remove them")
+    rm.add_argument("--force", action="store_true", help="remove even runs that other runs use as upstream")
+    rm.set_defaults(fn="cmd_runs_rm")
     return p
 
 

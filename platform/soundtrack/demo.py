@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -52,7 +51,7 @@ def stage_demo(cfg: ExperimentConfig, experiments: str | Path = EXPERIMENTS) -> 
 
     def step(name: str):
         times[name] = time.time()
-        print(f"\n=== demo: {name} ===", file=sys.stderr, flush=True)
+        log.info(f"\n=== demo: {name} ===")
 
     step("synth")
     data = stage_synth(cfg.synth, storage=cfg.storage)
@@ -114,7 +113,7 @@ def stage_demo(cfg: ExperimentConfig, experiments: str | Path = EXPERIMENTS) -> 
     names = list(times) + ["end"]
     times["end"] = time.time()
     steps_s = {a: round(times[b] - times[a], 1) for a, b in zip(names, names[1:])}
-    print("\ndemo stage times (s): " + ", ".join(f"{a} {v:.0f}" for a, v in steps_s.items()), file=sys.stderr)
+    log.info("\ndemo stage times (s): " + ", ".join(f"{a} {v:.0f}" for a, v in steps_s.items()))
     # A record of this pass (a re-run reuses finished stages, so its times are small); the
     # load averages say how busy the cores were.
     record = {"total_s": round(times["end"] - times["synth"], 1), "steps_s": steps_s,

@@ -23,6 +23,21 @@ RAY_LOG_ENV = "SOUNDTRACK_RAY_LOG"
 _console: logging.Handler | None = None
 
 
+class _Stderr(logging.StreamHandler):
+    """A handler writing to whatever ``sys.stderr`` is at emit time (pytest swaps it per test)."""
+
+    def __init__(self):
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:  # StreamHandler.__init__ assigns it
+        pass
+
+
 def setup_console(verbose: bool = False) -> None:
     """Print soundtrack's log records on stderr, one plain line each (idempotent).
 
@@ -33,7 +48,7 @@ def setup_console(verbose: bool = False) -> None:
     root = logging.getLogger("soundtrack")
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
     if _console is None:
-        _console = logging.StreamHandler(sys.stderr)
+        _console = _Stderr()
         _console.setFormatter(logging.Formatter("%(message)s"))
         root.addHandler(_console)
         root.propagate = False
@@ -55,7 +70,7 @@ def route_ray_logs(path: str | os.PathLike | None = None) -> Path | None:
     path.parent.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(path)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    errors = logging.StreamHandler(sys.stderr)
+    errors = _Stderr()
     errors.setLevel(logging.ERROR)
     for name in RAY_LOGGERS:
         lg = logging.getLogger(name)
@@ -69,8 +84,8 @@ def route_ray_logs(path: str | os.PathLike | None = None) -> Path | None:
 
 
 def quiet_ray_worker() -> None:
-    """Runtime-env hook of every Ray worker: Ray's own INFO/WARNING chatter stays in the
-    worker's log file (Ray's session ``logs/`` folder), not on the driver's console."""
-    for name in RAY_LOGGERS:
-        logging.getLogger(name).setLevel(logging.ERROR)
+    """Runtime-env hook of every Ray worker: soundtrack's own records printed (Ray forwards a
+    worker's stderr to the driver). Ray's loggers are left as Ray sets them: raising their
+    level in Serve replicas changed how Serve's router counted queued requests (seen in
+    tests/test_serve.py: two concurrent requests then got 503)."""
     setup_console()

@@ -26,10 +26,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import os
 import re
-import sys
 import unicodedata
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -42,6 +42,8 @@ from av.stream import Disposition
 
 from soundtrack.data import manifest as manifest_mod
 from soundtrack.data import media
+
+log = logging.getLogger(__name__)
 
 #: Quarantine reason codes and what each means (``media.probe`` raises ``missing``,
 #: ``empty`` and ``not_video``; the others are ingest's own checks).
@@ -599,11 +601,7 @@ def _check_stem(path: Path, video: Path) -> float:
 def _progress(i: int, n: int, n_bad: int, n_clips: int) -> None:
     step = max(1, math.ceil(n / 10))  # about one line per 10 %
     if (i + 1) % step == 0 or i + 1 == n:
-        print(
-            f"ingest: {i + 1}/{n} files ({100 * (i + 1) // n}%), {n_clips} clips, {n_bad} quarantined",
-            file=sys.stderr,
-            flush=True,
-        )
+        log.info(f"ingest: {i + 1}/{n} files ({100 * (i + 1) // n}%), {n_clips} clips, {n_bad} quarantined")
 
 
 def _write_parquet(df: pd.DataFrame, path: Path) -> None:
@@ -670,7 +668,7 @@ def ingest(
     rels = [rel for _, rel in files]
     meta, label_cols, meta_report = _load_metadata(metadata_csv, src_p, rels)
     dup_of = _find_duplicate_files(files)
-    print(f"ingest: {len(files)} video file(s) under {src_p}", file=sys.stderr, flush=True)
+    log.info(f"ingest: {len(files)} video file(s) under {src_p}")
 
     rows: list[dict] = []
     quarantine: list[dict] = []
@@ -856,13 +854,9 @@ def ingest(
     tmp.write_text(json.dumps(summary, indent=2, ensure_ascii=False), encoding="utf-8")
     os.replace(tmp, summary_path)
 
-    print(
-        f"ingest: {len(mdf)} clips from {summary['n_sources']} videos "
+    log.info(f"ingest: {len(mdf)} clips from {summary['n_sources']} videos "
         f"(train {per_split['train']['clips']}, val {per_split['val']['clips']}, test {per_split['test']['clips']}), "
-        f"{len(short)} short, {len(qdf)} quarantined -> {out_p}",
-        file=sys.stderr,
-        flush=True,
-    )
+        f"{len(short)} short, {len(qdf)} quarantined -> {out_p}")
     if len(mdf) == 0:
-        print(f"ingest: WARNING: no usable clip; see {quarantine_path}", file=sys.stderr, flush=True)
+        log.warning(f"ingest: no usable clip; see {quarantine_path}")
     return IngestResult(out_p, manifest_path, quarantine_path, summary_path, mdf, qdf, summary)

@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import multiprocessing
 import os
@@ -69,6 +70,8 @@ import pandas as pd
 
 from soundtrack.data.manifest import write_manifest
 from soundtrack.data.media import write_mp4, write_wav
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "DIFFICULTIES",
@@ -1199,11 +1202,10 @@ def generate_dataset(
     def report(k):
         # One line each time another tenth of the clips is done (and at the end).
         if progress and (k == n or (10 * k) // n > (10 * (k - 1)) // n):
-            print(f"synth: {k}/{n} clips ({100 * k // n}%), {time.perf_counter() - t0:.1f} s",
-                  file=sys.stderr, flush=True)
+            log.info(f"synth: {k}/{n} clips ({100 * k // n}%), {time.perf_counter() - t0:.1f} s")
 
     if progress and done:
-        print(f"synth: {done}/{n} clips already in {out} (resuming)", file=sys.stderr, flush=True)
+        log.info(f"synth: {done}/{n} clips already in {out} (resuming)")
     if jobs:
         if workers == 1 or len(jobs) == 1:
             for j in jobs:

@@ -20,6 +20,7 @@ from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from soundtrack.env import worker_env
+from soundtrack.logs import setup_console
 from soundtrack.solvers.common import torch_threads
 
 log = logging.getLogger(__name__)
@@ -120,6 +121,7 @@ def worker_start(seed: int, threads: int | None):
     Returns:
         ``(rank, world_size, checkpoint)``; ``checkpoint`` is ``None`` on a fresh start.
     """
+    setup_console()  # this worker's own progress lines reach the driver's console (log_to_driver)
     ctx = ray.train.get_context()
     torch_threads(threads)
     torch.manual_seed(seed)

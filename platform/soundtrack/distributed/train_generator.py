@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -71,6 +72,8 @@ from soundtrack.solvers.common import (
     warmup_cosine,
 )
 from soundtrack.storage import read_card
+
+log = logging.getLogger(__name__)
 
 # ----------------------------------------------------------------------------- configs
 
@@ -151,7 +154,7 @@ def vae_loop(config: dict) -> None:
                 writer.log(step, vae_loss=loss.item(), lr=lr, steps_per_s=round(sec.log_every / el, 4),
                            **{f"vae_{k}": float(v) for k, v in logs.items()})
                 if rank == 0:
-                    print(f"train[vae]: step {step}/{sec.vae_steps} loss {loss.item():.4f}", flush=True)
+                    log.info(f"train[vae]: step {step}/{sec.vae_steps} loss {loss.item():.4f}")
             if step % sec.checkpoint_every == 0 or step == sec.vae_steps:
                 with tempfile.TemporaryDirectory() as d:
                     if rank == 0:
@@ -288,7 +291,7 @@ def unet_loop(config: dict) -> None:
                 t_last = time.time()
                 writer.log(step, loss=loss.item(), lr=lr, steps_per_s=round(sec.log_every / el, 4))
                 if rank == 0:
-                    print(f"train[unet]: step {step}/{sec.unet_steps} loss {loss.item():.4f} lr {lr:.2e}", flush=True)
+                    log.info(f"train[unet]: step {step}/{sec.unet_steps} loss {loss.item():.4f} lr {lr:.2e}")
             if step % sec.checkpoint_every == 0 or step == sec.unet_steps:
                 with tempfile.TemporaryDirectory() as d:
                     if rank == 0:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -60,6 +61,8 @@ from soundtrack.solvers.common import (
     save_trainer_state,
     warmup_cosine,
 )
+
+log = logging.getLogger(__name__)
 
 #: Shard columns the contrastive loss reads (the rest of a shard row stays on disk).
 TRAIN_COLUMNS = ["clip_id", "source_id", "split", "caption", "frames", "wav_music", "wav_sfx", "beat_times"]
@@ -173,7 +176,7 @@ def train_loop(config: dict) -> None:
     model.train()
     writer = MetricsWriter(run_dir, resume_step=step, enabled=rank == 0)
     if rank == 0:
-        print(f"pretrain: worker 0/{world} starting at step {step} of {sec.steps}", flush=True)
+        log.info(f"pretrain: worker 0/{world} starting at step {step} of {sec.steps}")
 
     first_attempt_marker = run_dir / ".fault_injected"
     shard = ray.train.get_dataset_shard("train")
@@ -186,7 +189,7 @@ def train_loop(config: dict) -> None:
                 break
             if sec.fail_at_step is not None and step == sec.fail_at_step and not first_attempt_marker.exists():
                 first_attempt_marker.write_text(str(step))
-                print(f"pretrain: fault injection: worker {rank} exits hard at step {step}", flush=True)
+                log.info(f"pretrain: fault injection: worker {rank} exits hard at step {step}")
                 os._exit(1)
             lr = sec.lr * warmup_cosine(step, sec.steps, sec.warmup_steps, sec.min_lr_ratio)
             for g in opt.param_groups:
@@ -206,8 +209,8 @@ def train_loop(config: dict) -> None:
                 t_last, n_since = time.time(), 0
                 writer.log(step, **metrics)
                 if rank == 0:
-                    print(f"pretrain: step {step}/{sec.steps} loss {metrics['loss']:.4f} lr {lr:.2e} "
-                          f"({metrics['steps_per_s']} steps/s)", flush=True)
+                    log.info(f"pretrain: step {step}/{sec.steps} loss {metrics['loss']:.4f} lr {lr:.2e} "
+                          f"({metrics['steps_per_s']} steps/s)")
             if step % sec.checkpoint_every == 0 or step == sec.steps:
                 with tempfile.TemporaryDirectory() as d:
                     if rank == 0:
@@ -288,7 +291,7 @@ def run_pretrain(profile: str, sec: PretrainSection, features_dir: str | os.Path
     try:
         ev = evaluate_run(model_dir, features_dir, run_dir, split=sec.eval_split, overrides=sec.evaluation)["summary"]
     except TooFewClips as exc:  # the trained model is kept; only the evaluation is skipped
-        print(f"pretrain: evaluation skipped: {exc}", flush=True)
+        log.info(f"pretrain: evaluation skipped: {exc}")
         ev = {"skipped": str(exc)}
     return {"train_clips": n_train, "train_seconds": round(train_s, 1), "model": str(model_dir), "eval": ev}
 

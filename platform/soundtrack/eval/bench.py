@@ -30,9 +30,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import math
 import os
-import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -61,6 +61,8 @@ from soundtrack.eval.scoring import (
 )
 from soundtrack.metrics import bootstrap_ci, paired_bootstrap_ci
 from soundtrack.pipelines.generator import SoundtrackGenerator
+
+log = logging.getLogger(__name__)
 
 SR = 16000
 
@@ -251,7 +253,7 @@ def load_rows(features: Path, split: str, n: int) -> list[dict]:
     cols = ["clip_id", "frames", "wav_mix", "melody", "dynamics_db", "label_event_times", "label_style"]
     df = read_shards(features, split=split, columns=cols).sort_values("clip_id").head(n).reset_index(drop=True)
     if len(df) < n:
-        print(f"bench: only {len(df)} {split} clips in {features} (asked for {n})", file=sys.stderr)
+        log.info(f"bench: only {len(df)} {split} clips in {features} (asked for {n})")
     return [decode_row(r) for r in df.to_dict("records")]
 
 

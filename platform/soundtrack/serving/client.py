@@ -7,6 +7,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import requests
+
 from soundtrack.serving.limits import VIDEO_FIELD
 
 
@@ -27,8 +29,6 @@ def request_soundtrack(url: str, video: str | os.PathLike, out: str | os.PathLik
     Raises:
         RuntimeError: the service answered with an error (its JSON message included).
     """
-    import requests
-
     out = Path(out)
     fields = {k: str(v) for k, v in options.items() if v is not None}
     fields["output"] = "mp4" if out.suffix.lower() == ".mp4" else "wav"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import socket
@@ -27,6 +28,8 @@ from soundtrack.serving.limits import (
     ServeLimits,
 )
 from soundtrack.serving.proxy import MAX_UPLOAD_ENV, PROXY_CALLBACK, PROXY_CALLBACK_ENV
+
+log = logging.getLogger(__name__)
 
 
 def run_local(
@@ -89,9 +92,8 @@ def run_local(
 
 
     if ray.is_initialized() or address:
-        print("soundtrack serve: joining a running Ray: the proxy's upload limit applies only if that Ray was "
-              f"started with {PROXY_CALLBACK_ENV}={PROXY_CALLBACK} (the ingress checks the limit regardless)",
-              flush=True)
+        log.info("soundtrack serve: joining a running Ray: the proxy's upload limit applies only if that Ray was "
+              f"started with {PROXY_CALLBACK_ENV}={PROXY_CALLBACK} (the ingress checks the limit regardless)")
     os.environ.setdefault(PROXY_CALLBACK_ENV, PROXY_CALLBACK)
     os.environ[MAX_UPLOAD_ENV] = str(ServeLimits.from_dict(build.get("limits")).max_upload_bytes)
 
@@ -100,9 +102,9 @@ def run_local(
     serve.start(http_options=http, proxy_location=cfg.get("proxy_location"))
     serve.run(app, name=cfg["name"], route_prefix=cfg["route_prefix"])
     url = f"http://{http['host']}:{http['port']}{cfg['route_prefix'].rstrip('/')}"
-    print(f"soundtrack serve: {url}/v1/soundtrack  (model {build.get('model_uri', DEFAULT_MODEL_URI)})\n"
+    log.info(f"soundtrack serve: {url}/v1/soundtrack  (model {build.get('model_uri', DEFAULT_MODEL_URI)})\n"
           f"  health: {url}/v1/health   model card: {url}/v1/model   API: {url}/docs\n"
-          f"  try:    curl -F video=@clip.mp4 -F output=wav -o soundtrack.wav {url}/v1/soundtrack", flush=True)
+          f"  try:    curl -F video=@clip.mp4 -F output=wav -o soundtrack.wav {url}/v1/soundtrack")
     if not block:
         return url
 
@@ -114,11 +116,11 @@ def run_local(
         signal.signal(signal.SIGINT, _stop)
         signal.signal(signal.SIGTERM, _stop)
     try:
-        print("serving; press Ctrl-C to stop", flush=True)
+        log.info("serving; press Ctrl-C to stop")
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
-        print("stopping: shutting Serve down", flush=True)
+        log.info("stopping: shutting Serve down")
     finally:
         serve.shutdown()
     return url
@@ -156,8 +158,8 @@ def serve_demo(model_uri: str, storage: str, video: str | os.PathLike, out_dir: 
     try:
         wav = request_soundtrack(url, video, out_dir / f"{stem}.soundtrack.wav", **options)
         mp4 = request_soundtrack(url, video, out_dir / f"{stem}.soundtrack.mp4", **options)
-        print(f"serve demo: {url}/v1/soundtrack answered a WAV ({wav['bytes']} bytes, {wav['seconds']} s) and an "
-              f"MP4 ({mp4['bytes']} bytes, {mp4['seconds']} s)", flush=True)
+        log.info(f"serve demo: {url}/v1/soundtrack answered a WAV ({wav['bytes']} bytes, {wav['seconds']} s) and an "
+              f"MP4 ({mp4['bytes']} bytes, {mp4['seconds']} s)")
     finally:
         serve.shutdown()
     return {"url": url, "wav": wav["path"], "mp4": mp4["path"]}

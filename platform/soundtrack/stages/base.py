@@ -14,21 +14,43 @@ from soundtrack.storage import read_card
 log = logging.getLogger(__name__)
 
 
-def _command() -> str:
+def command_line() -> str:
+    """The command that launched this process, as recorded in run cards (``soundtrack ...``)."""
     return " ".join(shlex.quote(a) for a in ["soundtrack", *sys.argv[1:]]) if sys.argv else "soundtrack"
 
 
-def _prepare_run_dir(out: Path, stage: str, force: bool, resume: bool) -> bool:
-    """Apply --force / --resume to a run directory; True when the run is already finished."""
+def prepare_run_dir(out: Path, stage: str, force: bool, resume: bool, needs_resume_flag: bool = True,
+                    what_resumes: str = "from its last checkpoint") -> bool:
+    """The --force / --resume policy of every stage, written once.
+
+    ``force`` deletes the directory; a finished run is reused (True is returned); an
+    unfinished one continues only with ``resume`` when ``needs_resume_flag`` (training and
+    search stages: a silent restart would hide a crash), or always (data stages, whose
+    finished pieces are kept by construction).
+
+    Args:
+        out: the run directory.
+        stage: the stage's name, for messages.
+        force: start over.
+        resume: continue an unfinished run.
+        needs_resume_flag: refuse an unfinished run without ``resume``.
+        what_resumes: how the message describes a resumed run.
+
+    Returns:
+        True when the run is finished and should be reused as it is.
+
+    Raises:
+        UpstreamError: an unfinished run without ``resume`` (the message names both flags).
+    """
     if force and out.exists():
         shutil.rmtree(out)
     card = read_card(out)
     if card.get("status") == "finished":
-        print(f"{stage}: {out} is already finished; reusing it (--force to redo)", file=sys.stderr)
+        log.info("%s: %s is already finished; reusing it (--force to redo)", stage, out)
         return True
-    if card and not resume:
+    if card and needs_resume_flag and not resume:
         raise UpstreamError(
             f"{stage} run {out} exists with status '{card.get('status')}' (an earlier launch stopped); "
-            f"pass --resume to continue from its last checkpoint, or --force to start over."
+            f"pass --resume to continue {what_resumes}, or --force to start over."
         )
     return False

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -20,9 +19,8 @@ from soundtrack.data.ingest import ingest
 from soundtrack.data.shards import featurize_id
 from soundtrack.data.synth import generate_dataset
 from soundtrack.distributed.featurize import run_featurize
-from soundtrack.stages.base import _command
+from soundtrack.stages.base import command_line, prepare_run_dir
 from soundtrack.stages.runs import Run, require_finished
-from soundtrack.storage import read_card
 
 log = logging.getLogger(__name__)
 
@@ -45,13 +43,10 @@ def stage_synth(synth: SynthSection, out: str | Path | None = None, storage: str
         progress: print progress.
     """
     out = Path(out) if out is not None else synth_run_dir(storage, synth)
-    if force and out.exists():
-        shutil.rmtree(out)
-    if read_card(out).get("status") == "finished" and (out / "manifest.parquet").exists():
-        print(f"synth: {out} is already finished; reusing it (--force to regenerate)", file=sys.stderr)
+    if prepare_run_dir(out, "synth", force, resume=True, needs_resume_flag=False) and (out / "manifest.parquet").exists():
         return out
     run = Run(storage, "data", out.name, config={"synth": to_dict(synth)}, seed=synth.seed,
-              command=_command(), run_dir=out)
+              command=command_line(), run_dir=out)
     with run:
         with run.timer("generate"):
             manifest = generate_dataset(out, n=synth.n, seed=synth.seed, difficulty=synth.difficulty,
@@ -76,7 +71,7 @@ def stage_ingest(src: str | Path, out: str | Path, force: bool = False, **kw) ->
     if force and out.exists():
         shutil.rmtree(out)
     cfg = {"src": str(Path(src).resolve()), **{k: (str(v) if isinstance(v, Path) else v) for k, v in kw.items()}}
-    run = Run(out.parent, "data", out.name, config=cfg, command=_command(), run_dir=out)
+    run = Run(out.parent, "data", out.name, config=cfg, command=command_line(), run_dir=out)
     with run:
         with run.timer("ingest"):
             res = ingest(src, out, **kw)
@@ -116,13 +111,10 @@ def stage_featurize(data_dir: str | Path, section: FeaturizeSection = FeaturizeS
     data_dir = Path(data_dir)
     require_finished(data_dir, what="data run")
     out = Path(out) if out is not None else featurize_run_dir(storage, data_dir, section)
-    if force and out.exists():
-        shutil.rmtree(out)
-    if read_card(out).get("status") == "finished":
-        print(f"featurize: {out} is already finished; reusing it (--force to redo)", file=sys.stderr)
+    if prepare_run_dir(out, "featurize", force, resume=True, needs_resume_flag=False):
         return out
     run = Run(storage, "features", out.name, config={"featurize": to_dict(section), "limit": limit},
-              upstream={"data": data_dir}, command=_command(), run_dir=out)
+              upstream={"data": data_dir}, command=command_line(), run_dir=out)
     with run:
         with run.timer("featurize"):
             summary = run_featurize(data_dir, out, section, progress=progress, use_ray=use_ray, limit=limit)

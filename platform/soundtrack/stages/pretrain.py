@@ -12,7 +12,7 @@ from soundtrack.config import (
     to_dict,
 )
 from soundtrack.distributed.train_pretrain import run_pretrain
-from soundtrack.stages.base import _command, _prepare_run_dir
+from soundtrack.stages.base import command_line, prepare_run_dir
 from soundtrack.stages.data import features_for
 from soundtrack.stages.runs import Run, plot_losses
 
@@ -37,10 +37,10 @@ def stage_pretrain(cfg: ExperimentConfig, resume: bool = False, force: bool = Fa
     """
     features = features_for(cfg, cfg.pretrain.features)
     out = pretrain_run_dir(cfg, features)
-    if _prepare_run_dir(out, "pretrain", force, resume):
+    if prepare_run_dir(out, "pretrain", force, resume):
         return out
     run = Run(cfg.storage, "pretrain", out.name, config={"profile": cfg.profile, "pretrain": to_dict(cfg.pretrain)},
-              upstream={"features": features}, seed=cfg.pretrain.seed, command=_command(), run_dir=out)
+              upstream={"features": features}, seed=cfg.pretrain.seed, command=command_line(), run_dir=out)
     with run:
         with run.timer("train+eval"):
             summary = run_pretrain(cfg.profile, cfg.pretrain, features, out)

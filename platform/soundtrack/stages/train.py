@@ -12,7 +12,7 @@ from soundtrack.config import (
     to_dict,
 )
 from soundtrack.distributed.train_generator import run_train
-from soundtrack.stages.base import _command, _prepare_run_dir
+from soundtrack.stages.base import command_line, prepare_run_dir
 from soundtrack.stages.data import features_for
 from soundtrack.stages.pretrain import stage_pretrain
 from soundtrack.stages.runs import Run, plot_losses, require_finished
@@ -47,10 +47,10 @@ def stage_train(cfg: ExperimentConfig, resume: bool = False, force: bool = False
         require_finished(cfg.train.reuse_vae_from, what="training run whose VAE and cache are reused")
         upstream["vae_from"] = Path(cfg.train.reuse_vae_from)
     out = train_run_dir(cfg, features, pretrain)
-    if _prepare_run_dir(out, "train", force, resume):
+    if prepare_run_dir(out, "train", force, resume):
         return out
     run = Run(cfg.storage, "train", out.name, config={"profile": cfg.profile, "train": to_dict(cfg.train)},
-              upstream=upstream, seed=cfg.train.seed, command=_command(), run_dir=out)
+              upstream=upstream, seed=cfg.train.seed, command=command_line(), run_dir=out)
     with run:
         with run.timer("train"):
             summary = run_train(cfg.profile, cfg.train, features, pretrain / "model", out)

@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -39,11 +38,11 @@ from soundtrack.distributed.tune import (
 )
 from soundtrack.eval.engine import compare, load_scores, save_scores
 from soundtrack.pipelines.generator import check_model_dir
-from soundtrack.stages.base import _command
+from soundtrack.stages.base import command_line, prepare_run_dir
 from soundtrack.stages.bench import ensure_evaluator
 from soundtrack.stages.models import resolve_model_uri
 from soundtrack.stages.registry import register
-from soundtrack.stages.runs import Run, UpstreamError
+from soundtrack.stages.runs import Run
 from soundtrack.storage import read_card
 from soundtrack.tuning.config import TuneConfig, resolve_space, tune_run_dir
 from soundtrack.tuning.report import write_report
@@ -165,15 +164,8 @@ def stage_tune(cfg: TuneConfig, resume: bool = False, force: bool = False, src: 
             nor ``force`` is given (the message names both).
     """
     run_dir = tune_run_dir(cfg)
-    if force and run_dir.exists():
-        shutil.rmtree(run_dir)
-    card = read_card(run_dir)
-    if card.get("status") == "finished":
-        _log(f"{run_dir} is already finished; reusing it (--force to redo)")
+    if prepare_run_dir(run_dir, "tune", force, resume, what_resumes="the search"):
         return run_dir
-    if card and not resume:
-        raise UpstreamError(f"tune run {run_dir} exists with status '{card.get('status')}' (an earlier launch "
-                            "stopped); pass --resume to continue the search, or --force to start over.")
     inputs = resolve_inputs(cfg)
     space = resolve_space(cfg, src)
     inert = inert_params(space, inputs["conditions"]) if cfg.search.space == "sampling" else {}
@@ -191,7 +183,7 @@ def stage_tune(cfg: TuneConfig, resume: bool = False, force: bool = False, src: 
     if (Path(inputs["model_dir"]).parent / "run.json").exists():
         upstream["model_run"] = str(Path(inputs["model_dir"]).parent)
     run = Run(cfg.storage, "tune", run_dir.name, config=to_dict(cfg), upstream=upstream, seed=cfg.search.seed,
-              command=_command(), run_dir=run_dir)
+              command=command_line(), run_dir=run_dir)
     with run:
         init_ray()
         t0 = time.time()
