@@ -51,7 +51,6 @@ def setup_console(verbose: bool = False) -> None:
         _console = _Stderr()
         _console.setFormatter(logging.Formatter("%(message)s"))
         root.addHandler(_console)
-        root.propagate = False
 
 
 def route_ray_logs(path: str | os.PathLike | None = None) -> Path | None:
