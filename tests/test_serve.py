@@ -215,9 +215,10 @@ def test_concurrent_requests_are_batched_without_changing_outputs(served, media_
 
     Whether two concurrent requests reach the generator within the batch window
     (``batch_wait_timeout_s`` = 1 s here) depends on the scheduler: on a loaded 2-core
-    machine the ingress can decode one upload long after the other. So the pair is sent
-    up to four times and at least one pair must be batched; every reply, batched or not,
-    must equal the request's answer alone.
+    machine the ingress can decode one upload long after the other, and Serve's router
+    (cached queue lengths) can answer one of the pair with 503 + Retry-After. So the pair
+    is sent up to six times and at least one pair must be batched; every 200 reply,
+    batched or not, must equal the request's answer alone.
     """
     url, _, _ = served
     clip = media_files / "clip.mp4"
@@ -226,9 +227,18 @@ def test_concurrent_requests_are_batched_without_changing_outputs(served, media_
         assert alone[s].status_code == 200 and alone[s].headers["x-soundtrack-batch-size"] == "1"
     assert alone[5].content != alone[6].content
     sizes = []
-    for _ in range(4):
+    for _ in range(6):
         with ThreadPoolExecutor(2) as ex:
             together = dict(zip((5, 6), ex.map(lambda s: _post(url, clip, {"seed": str(s), "steps": "2"}), (5, 6))))
+        if any(together[s].status_code == 503 for s in (5, 6)):
+            # Serve's router works from cached replica queue lengths: on a loaded machine it
+            # can still count the previous requests and refuse one of the pair with the
+            # documented backpressure answer. A client retries after Retry-After; so do we.
+            assert all(together[s].status_code in (200, 503) for s in (5, 6)), [together[s].text for s in (5, 6)]
+            assert all(together[s].headers.get("retry-after") for s in (5, 6) if together[s].status_code == 503)
+            sizes.append(("503", "503"))
+            time.sleep(2)
+            continue
         for s in (5, 6):
             assert together[s].status_code == 200, together[s].text
             assert together[s].content == alone[s].content  # a clip's output depends only on (model, clip, seed)
@@ -236,7 +246,7 @@ def test_concurrent_requests_are_batched_without_changing_outputs(served, media_
         if sizes[-1] == ("2", "2"):  # one @serve.batch call answered both
             break
     assert sizes[-1] == ("2", "2"), f"no concurrent pair was batched; batch sizes per attempt: {sizes}"
-    assert all(set(p) <= {"1", "2"} and p.count("2") in (0, 2) for p in sizes), sizes
+    assert all(set(p) <= {"1", "2"} and p.count("2") in (0, 2) for p in sizes if p != ("503", "503")), sizes
 
 
 # ----------------------------------------------------------------------------- metadata
