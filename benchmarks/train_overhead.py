@@ -43,15 +43,10 @@ def main() -> None:
 
     from soundtrack.config import load_config
     from soundtrack.data.shards import read_shards
-    from soundtrack.distributed.train_pretrain import (
-        BatchPrep,
-        _make_optimizer,
-        _to_torch_batch,
-        model_config,
-        objective_config,
-    )
+    from soundtrack.distributed.train_pretrain import BatchPrep, model_config
     from soundtrack.losses.contrastive import contrastive_loss
     from soundtrack.models.encoders import ContrastiveConfig, build_contrastive
+    from soundtrack.solvers.contrastive import ContrastiveSolver, objective_config, to_torch_batch
     from soundtrack.stages.data import features_for
     from soundtrack.stages.runs import git_commit, read_metrics
 
@@ -67,10 +62,11 @@ def main() -> None:
     df = read_shards(features, split="train", columns=["clip_id", "source_id", "caption", "frames", "wav_music",
                                                        "wav_sfx", "beat_times"])
     prep = BatchPrep(sec.objective, 0)
-    batches = [_to_torch_batch(prep(df.iloc[(i * args.batch) % (len(df) - args.batch):][: args.batch]))
+    batches = [to_torch_batch(prep(df.iloc[(i * args.batch) % (len(df) - args.batch):][: args.batch]))
                for i in range(args.steps)]
     model = build_contrastive(ContrastiveConfig.from_dict(mcfg.to_dict()))
-    opt = _make_optimizer(model, sec)
+    opt = ContrastiveSolver({"section": dataclasses.asdict(sec), "model": mcfg.to_dict(), "objective": sec.objective},
+                            ".").build_optimizer(model)
     ocfg = objective_config(sec.objective)
     stamps = []
     for b in batches:

@@ -93,7 +93,7 @@ def test_featurize_spreads_over_nodes(cluster, synth_small, features):
 
 
 def _probed_train_loop():
-    """pretrain.train_loop, unchanged, with probes around it in each worker process.
+    """The Ray Train worker of every solver (``solver_worker``), unchanged, with probes around it in each worker process.
 
     The probe records where the worker ran and, by wrapping ``average_gradients`` (the
     loop's only cross-worker step), each step's local gradient before the all-reduce,
@@ -111,7 +111,8 @@ def _probed_train_loop():
         import ray.train
         import torch
 
-        from soundtrack.distributed import train_pretrain as pretrain
+        from soundtrack.distributed import train as launcher
+        from soundtrack.solvers import base as solver_base
 
         ctx = ray.train.get_context()
         rank = ctx.get_world_rank()
@@ -125,7 +126,7 @@ def _probed_train_loop():
             return flat([p.grad if p.grad is not None else torch.zeros_like(p)
                          for p in model.parameters() if p.requires_grad])
 
-        real = pretrain.average_gradients
+        real = solver_base.average_gradients
         rec: dict = {"pre": [], "post": []}
 
         def spy(model) -> None:
@@ -136,11 +137,11 @@ def _probed_train_loop():
             real(model)
             rec["post"].append(grads(model))
 
-        pretrain.average_gradients = spy
+        solver_base.average_gradients = spy
         try:
-            pretrain.train_loop(config)
+            launcher.solver_worker(config)
         finally:
-            pretrain.average_gradients = real
+            solver_base.average_gradients = real
         np.savez(probe_dir / f"rank{rank}.npz", pre=np.stack(rec["pre"]), post=np.stack(rec["post"]),
                  init=rec["init"], final=flat(rec["model"].parameters()))
         info = {"rank": rank, "world": ctx.get_world_size(), "local_rank": ctx.get_local_rank(),
@@ -174,10 +175,10 @@ def test_two_worker_pretraining_across_nodes(cluster, features, tmp_path):
     assert n_train >= sec.batch_size * sec.num_workers
     run_dir = (tmp_path / "run").resolve()
     result = launch(
-        _probed_train_loop(),
-        {"section": to_dict(sec), "model": mcfg.to_dict(), "objective": sec.objective, "run_dir": str(run_dir),
-         "n_train": n_train},
+        "contrastive",
+        {"section": to_dict(sec), "model": mcfg.to_dict(), "objective": sec.objective, "n_train": n_train},
         run_dir,
+        worker=_probed_train_loop(),
         datasets={"train": pretrain.prepared_dataset(raw, sec, n_train)},
         num_workers=sec.num_workers,
         cpus_per_worker=sec.cpus_per_worker,

@@ -285,3 +285,74 @@ def test_registry_entry_loads_and_generates_with_tuned_settings(inputs):
     # the defaults ARE the tuned settings: the same as passing them explicitly to the source model
     src = load_generator(f"file:{root / 'model'}")
     np.testing.assert_array_equal(wav, src.generate(frames, seed=0, clip_id="x", **settings))
+
+
+@pytest.fixture(scope="module")
+def base_run(inputs):
+    """A finished training run on the tune fixtures, trained in this process (no Ray Train):
+    2 VAE steps, its latent cache (Ray Data), 2 UNet steps; the base of a training-space search."""
+    import shutil
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import ray
+
+    from soundtrack.config import TrainSection, to_dict
+    from soundtrack.distributed.train_generator import run_train
+    from soundtrack.pipelines.generator import SoundtrackGenerator
+    from soundtrack.stages.runs import Run
+
+    root = inputs
+    # The tune fixture's clips are all val/test: train the base on a copy labelled "train"
+    # (same folder name, which is what a reused cache is checked against).
+    feats = root / "train_copy" / "features"
+    shutil.copytree(root / "features", feats)
+    for f in sorted((feats / "shards").glob("shard-*.parquet")):
+        t = pq.read_table(f)
+        pq.write_table(t.set_column(t.schema.get_field_index("split"), "split", pa.array(["train"] * t.num_rows)), f)
+    pre = root / "pre"
+    with Run(root, "pretrain", "pre", run_dir=pre, config={"pretrain": {"note": "the tiny generator's encoders"}}) as r:
+        SoundtrackGenerator.load(root / "model").encoders.save(pre / "model")
+        r.finish()
+    sec = TrainSection(vae_steps=2, vae_batch_size=2, unet_steps=2, batch_size=2, num_workers=0, log_every=1,
+                       checkpoint_every=2, torch_threads=1, vae={"block_out_channels": [8, 16, 16]},
+                       denoiser={"block_out_channels": [16, 32, 32], "cross_attention_dim": 32, "fusion_dim": 16})
+    run_dir = root / "runs_train" / "train" / "base"  # a storage root of its own: model URI train:base
+    try:
+        with Run(root / "runs_train", "train", "base", run_dir=run_dir, config={"profile": "tiny", "train": to_dict(sec)},
+                 upstream={"features": feats, "pretrain": pre}) as r:
+            r.finish(**run_train("tiny", sec, feats, pre / "model", run_dir))
+    finally:
+        ray.shutdown()
+    assert not (run_dir / "unet" / "ray").exists()  # in process: no Ray Train run directory
+    return run_dir
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_training_space_trial_runs_its_solver_in_the_trial_process(inputs, base_run):
+    import pandas as pd
+
+    root = inputs
+    cfg = root / "tune_train.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "name": "tt", "model": f"train:{base_run.name}", "evaluator": str(root / "evaluator"),
+        "features": str(root / "features"),  # its val clips (the base trained on a copy labelled train)
+        "val_clips": 2, "batch_clips": 2, "final_eval": False, "registry": "",
+        "train": {"unet_steps": 2, "num_workers": 0, "log_every": 1, "checkpoint_every": 2},
+        "search": {"space": "training", "num_samples": 1, "scheduler": "fifo",
+                   "params": {"lr": {"low": 1e-4, "high": 1e-3, "default": 5e-4}, "p_drop_all": None,
+                              "p_drop_each": None, "p_keep_one": None, "train_window_k": None}}}))
+    storage = base_run.parents[1]
+    r = subprocess.run(_soundtrack("tune", cfg, "--storage", storage), cwd=REPO, env=_env(root), capture_output=True,
+                       text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-4000:]
+    (run_dir,) = (storage / "tune").iterdir()
+    df = pd.read_csv(run_dir / "trials.csv")
+    assert len(df) == 1 and df["complete"].all()
+    # the trial process ran the training loop itself: same pid, and no Ray Train run under the trial
+    assert int(df["trial_pid"].iloc[0]) == int(df["train_pid"].iloc[0]) > 0
+    (trial,) = (run_dir / "trials").iterdir()
+    state = json.loads((trial / "train" / "unet" / "final" / "trainer_state.json").read_text())
+    assert state["pid"] == int(df["trial_pid"].iloc[0]) and state["step"] == 2
+    assert not (trial / "train" / "unet" / "ray").exists() and (trial / "train" / "unet" / "checkpoints").is_dir()

@@ -95,7 +95,7 @@ class PretrainSection:
         betas: Adam betas as written in the CCCG supplement (beta1 0.99, beta2 0.9).
         weight_decay: Adam weight decay.
         min_lr_ratio: floor of the cosine decay (fraction of ``lr``).
-        num_workers: Ray Train workers (0: in-process local mode).
+        num_workers: Ray Train workers (0: the same solver in this process, no Ray Train).
         cpus_per_worker: CPUs per worker (0.5 lets 2 workers share 2 cores with Ray Data).
         torch_threads: torch threads per worker (``None``: Ray's default, CPUs per worker).
         prep_workers: Ray Data actors that build training batches (crops, negatives, mels)
@@ -164,7 +164,7 @@ class TrainSection:
         p_drop_all: probability that an example drops every condition (CFG: unconditional).
         p_keep_one: per condition, probability that an example keeps exactly that one.
         p_drop_each: otherwise, probability that each condition is dropped on its own.
-        num_workers: Ray Train workers (0: in-process local mode).
+        num_workers: Ray Train workers (0: the same solver in this process, no Ray Train).
         cpus_per_worker: CPUs per worker.
         torch_threads: torch threads per worker (``None``: Ray's default).
         checkpoint_every: steps between checkpoints.

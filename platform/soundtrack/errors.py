@@ -80,3 +80,8 @@ class UploadError(SoundtrackError):
     def to_dict(self) -> dict:
         """The JSON body of the error answer."""
         return {"error": self.code, "message": self.message, "field": self.field, "limit": self.limit}
+
+
+class TrainingError(SoundtrackError, RuntimeError):
+    """A training run that cannot go on (a non-finite loss, an empty data stream); the
+    message names the step and the last good checkpoint, which is kept."""

@@ -1,49 +1,75 @@
-"""The Ray Train launcher: a plain ``train_fn(config)`` on N workers, and its stream helpers.
+"""The Ray Train launcher: any solver of ``SOLVERS`` on N workers, reporting through Ray Train.
 
-Ray stays at the edge: a stage writes a plain ``train_fn(config)`` whose body is an
-ordinary PyTorch loop (helpers in :mod:`soundtrack.solvers.common`); :func:`launch`
-hands it to a ``TorchTrainer`` (or runs it in-process with ``num_workers=0``, Ray Train
-V2's local mode, for quick tests).
+Ray stays at the edge: the loop is :meth:`soundtrack.solvers.base.Solver.fit`, plain
+PyTorch. :func:`launch` hands :func:`solver_worker` to a ``TorchTrainer``; in every worker
+it builds the named solver, gives it a :class:`RayTrainReporter` (the checkpoint Ray Train
+restores, ``ray.train.report`` for new ones) and the worker's shard of the ``train``
+dataset. The same solver runs in one process with
+:class:`soundtrack.solvers.base.LocalReporter` (unit tests, Tune trials).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Callable
+from typing import Any
 
 import ray.train
-import torch
-from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from soundtrack.env import worker_env
 from soundtrack.logs import setup_console
-from soundtrack.solvers.common import torch_threads
+from soundtrack.solvers import SOLVERS
+from soundtrack.solvers.base import Reporter
 
 log = logging.getLogger(__name__)
 
-# ----------------------------------------------------------------------------- optimiser state
+
+class RayTrainReporter(Reporter):
+    """A solver's checkpoints through Ray Train: restore ``get_checkpoint()``, publish with ``report``."""
+
+    def __init__(self):
+        ctx = ray.train.get_context()
+        self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
+
+    @contextlib.contextmanager
+    def restore(self) -> Iterator[str | None]:
+        ckpt = ray.train.get_checkpoint()
+        if ckpt is None:
+            yield None
+            return
+        with ckpt.as_directory() as d:
+            yield d
+
+    def report(self, metrics: Mapping[str, Any], checkpoint_dir: str | None) -> None:
+        ray.train.report(dict(metrics), checkpoint=Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None)
 
 
-# ----------------------------------------------------------------------------- schedule
+def solver_worker(config: dict) -> None:
+    """The per-worker function of every training run: ``SOLVERS[config["solver"]]`` on this worker's shard.
 
+    Args:
+        config: ``{"solver": name, "config": the solver's JSON-able settings, "run_dir": str}``.
+    """
+    setup_console()  # this worker's own progress lines reach the driver's console (log_to_driver)
+    solver = SOLVERS[config["solver"]](config["config"], config["run_dir"])
+    shard = ray.train.get_dataset_shard("train")
 
-# ----------------------------------------------------------------------------- metrics
+    def batches():
+        kw = {"local_shuffle_buffer_size": solver.local_shuffle_buffer} if solver.local_shuffle_buffer else {}
+        return shard.iter_batches(batch_size=solver.batch_size, batch_format="numpy", drop_last=True, **kw)
 
-
-def progress(msg: str) -> None:
-    log.info(msg)
-
-
-# ----------------------------------------------------------------------------- Ray Train
+    solver.fit(batches, RayTrainReporter())
 
 
 def launch(
-    train_fn: Callable[[dict], None],
-    loop_config: dict,
+    solver: str,
+    solver_config: dict,
     run_dir: str | os.PathLike,
     datasets: dict | None = None,
     num_workers: int = 1,
@@ -51,31 +77,37 @@ def launch(
     max_failures: int = 2,
     keep_checkpoints: int = 2,
     placement_strategy: str = "PACK",
+    log_dir: str | os.PathLike | None = None,
+    worker=None,
 ):
-    """Run ``train_fn`` under a Ray Train ``TorchTrainer`` with checkpoints in ``run_dir/ray``.
+    """Run the solver ``solver`` on a Ray Train ``TorchTrainer``, checkpoints in ``run_dir/ray``.
 
     The Ray run is named by the run directory, so launching the same run again restores
     Ray Train's checkpoint bookkeeping and ``ray.train.get_checkpoint()`` returns the
     last reported checkpoint: that is how ``--resume`` continues after a killed driver.
 
     Args:
-        train_fn: the per-worker loop (takes ``loop_config``).
-        loop_config: JSON-able settings for the loop.
-        run_dir: the stage's run directory.
-        datasets: Ray Data datasets by name (read in the loop with ``get_dataset_shard``).
-        num_workers: training workers; 0 runs the loop in this process (local mode).
+        solver: a key of :data:`soundtrack.solvers.SOLVERS`.
+        solver_config: its JSON-able settings.
+        run_dir: the phase's directory (Ray Train's storage).
+        datasets: Ray Data datasets by name (the solver reads ``train``).
+        num_workers: training workers (>= 1; the stages run 0 in their own process with a LocalReporter).
         cpus_per_worker: CPUs per worker (fractions avoid deadlock beside Ray Data on 2 cores).
         max_failures: worker-group restarts after a failure before the run fails.
         keep_checkpoints: checkpoints to keep.
         placement_strategy: ``PACK`` or ``SPREAD`` (across nodes).
+        log_dir: where the solver writes its metrics log and fault marker (default ``run_dir``).
+        worker: the per-worker function (default :func:`solver_worker`; tests wrap it with probes).
 
     Returns:
         The ``ray.train.Result``.
     """
+    if solver not in SOLVERS:
+        raise KeyError(f"no solver {solver!r}; solvers: {', '.join(SOLVERS)}")
     run_dir = Path(run_dir).resolve()
     trainer = TorchTrainer(
-        train_fn,
-        train_loop_config=loop_config,
+        worker or solver_worker,
+        train_loop_config={"solver": solver, "config": solver_config, "run_dir": str(log_dir or run_dir)},
         scaling_config=ScalingConfig(
             num_workers=num_workers, use_gpu=False, resources_per_worker={"CPU": cpus_per_worker},
             placement_strategy=placement_strategy,
@@ -108,23 +140,3 @@ def repeat_stream(ds, rows_needed: int, n_rows: int, seed: int | None = 0):
     k = math.ceil(rows_needed / max(n_rows, 1)) + 1
     stream = ds.union(*([ds] * (k - 1))) if k > 1 else ds
     return stream.randomize_block_order(seed=seed)
-
-
-def worker_start(seed: int, threads: int | None):
-    """The opening of every Ray Train worker loop: threads, seed, rank and the checkpoint.
-
-    Args:
-        seed: torch's global seed (the same on every worker: initial weights agree before
-            :func:`broadcast_parameters` makes them identical anyway).
-        threads: torch intra-op threads (``None`` keeps the default).
-
-    Returns:
-        ``(rank, world_size, checkpoint)``; ``checkpoint`` is ``None`` on a fresh start.
-    """
-    setup_console()  # this worker's own progress lines reach the driver's console (log_to_driver)
-    ctx = ray.train.get_context()
-    torch_threads(threads)
-    torch.manual_seed(seed)
-    return ctx.get_world_rank(), ctx.get_world_size(), ray.train.get_checkpoint()
-
-

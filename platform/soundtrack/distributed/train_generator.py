@@ -27,30 +27,25 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow.parquet as pq
 import ray
 import ray.train
 import torch
 from ray.data.expressions import col
-from ray.train import Checkpoint
 
 from soundtrack.config import ConfigError, TrainSection, build, to_dict
 from soundtrack.data.shards import decode_row, shard_files
 from soundtrack.distributed.cluster import init_ray
-from soundtrack.distributed.train import launch, repeat_stream, worker_start
-from soundtrack.losses.diffusion import condition_dropout_mask, diffusion_loss
-from soundtrack.losses.vae import vae_loss
+from soundtrack.distributed.train import launch, repeat_stream
 from soundtrack.models.conditioning import video_conditions
 from soundtrack.models.encoders import ContrastiveConfig, ContrastiveModel
-from soundtrack.models.unet import Conditions, DenoiserConfig, SoundtrackDenoiser
+from soundtrack.models.unet import DenoiserConfig, SoundtrackDenoiser
 from soundtrack.models.vae import (
-    MelVAE,
-    build_vae,
     encode_latents,
     fit_scaling_factor,
     load_vae,
@@ -59,18 +54,12 @@ from soundtrack.models.vae import (
 )
 from soundtrack.pipelines.generator import SoundtrackGenerator
 from soundtrack.pipelines.sampler import SamplerConfig
-from soundtrack.pipelines.schedulers import training_scheduler
+from soundtrack.solvers import SOLVERS
+from soundtrack.solvers.base import LocalReporter, numpy_batches
 from soundtrack.solvers.common import (
-    MetricsWriter,
-    average_gradients,
-    broadcast_parameters,
-    load_optimizer,
-    load_trainer_state,
-    save_optimizer,
-    save_trainer_state,
     torch_threads,
-    warmup_cosine,
 )
+from soundtrack.solvers.vae import mels_from_batch
 from soundtrack.storage import read_card
 
 log = logging.getLogger(__name__)
@@ -99,70 +88,6 @@ def sampler_config(overrides: dict[str, Any]):
 
 
 # ----------------------------------------------------------------------------- phase 1: VAE
-
-
-def _mels_from_batch(nb: dict, key: str, fmt) -> torch.Tensor:
-    mels = []
-    for raw, shape in zip(nb[key], nb[key + "__shape"]):
-        m = np.frombuffer(raw, dtype=np.float16).reshape([int(s) for s in shape]).astype(np.float32)
-        mels.append(fmt.from_features(m))
-    return torch.stack([torch.as_tensor(m) for m in mels])
-
-
-def vae_loop(config: dict) -> None:
-    """Per-worker VAE training loop (Ray Train)."""
-
-    sec = TrainSection(**config["section"])
-    run_dir = Path(config["run_dir"])
-    rank, world, ckpt = worker_start(sec.seed, sec.torch_threads)
-    step = 0
-    if ckpt is not None:
-        with ckpt.as_directory() as d:
-            vae = load_vae(os.path.join(d, "vae"))
-            opt = torch.optim.AdamW(vae.parameters(), lr=sec.vae_lr)
-            load_optimizer(opt, os.path.join(d, "optimizer.safetensors"))
-            step = int(load_trainer_state(d)["step"])
-    else:
-        vae = build_vae(config["profile"], **config["vae"])
-        opt = torch.optim.AdamW(vae.parameters(), lr=sec.vae_lr)
-    assert isinstance(vae, MelVAE)
-    broadcast_parameters(vae)
-    vae.train()
-    fmt = vae.mel
-    writer = MetricsWriter(run_dir, resume_step=step, enabled=rank == 0, name="vae_metrics.jsonl")
-    key = f"mel_{sec.target}"
-    shard = ray.train.get_dataset_shard("train")
-    gen = torch.Generator().manual_seed(sec.seed * 100 + rank)
-    t_last = time.time()
-    while step < sec.vae_steps:
-        for nb in shard.iter_batches(batch_size=sec.vae_batch_size, batch_format="numpy", drop_last=True):
-            if step >= sec.vae_steps:
-                break
-            lr = sec.vae_lr * warmup_cosine(step, sec.vae_steps, max(sec.vae_steps // 20, 1), 0.1)
-            for g in opt.param_groups:
-                g["lr"] = lr
-            mel = _mels_from_batch(nb, key, fmt)
-            loss, logs = vae_loss(vae, mel, kl_weight=sec.kl_weight, generator=gen)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            average_gradients(vae)
-            opt.step()
-            step += 1
-            if step % sec.log_every == 0 or step == sec.vae_steps:
-                el = time.time() - t_last
-                t_last = time.time()
-                writer.log(step, vae_loss=loss.item(), lr=lr, steps_per_s=round(sec.log_every / el, 4),
-                           **{f"vae_{k}": float(v) for k, v in logs.items()})
-                if rank == 0:
-                    log.info(f"train[vae]: step {step}/{sec.vae_steps} loss {loss.item():.4f}")
-            if step % sec.checkpoint_every == 0 or step == sec.vae_steps:
-                with tempfile.TemporaryDirectory() as d:
-                    if rank == 0:
-                        save_vae(vae, os.path.join(d, "vae"))
-                        save_optimizer(opt, os.path.join(d, "optimizer.safetensors"))
-                        save_trainer_state(d, step=step, seed=sec.seed, phase="vae")
-                    ray.train.report({"step": step, "loss": loss.item()},
-                                     checkpoint=Checkpoint.from_directory(d) if rank == 0 else None)
 
 
 # ----------------------------------------------------------------------------- phase 2: cache
@@ -226,98 +151,51 @@ def build_cache(features_dir: Path, vae_dir: Path, encoders_dir: Path, out: Path
 # ----------------------------------------------------------------------------- phase 3: UNet
 
 
-def _arrays(nb: dict, name: str) -> torch.Tensor | None:
-    if name not in nb:
-        return None
-    xs = [np.frombuffer(raw, dtype=np.float32).reshape([int(s) for s in shape]) for raw, shape in
-          zip(nb[name], nb[name + "__shape"])]
-    return torch.from_numpy(np.stack(xs))
-
-
-def unet_loop(config: dict) -> None:
-    """Per-worker latent-diffusion training loop (Ray Train)."""
-
-    sec = TrainSection(**config["section"])
-    run_dir = Path(config["run_dir"])
-    rank, world, ckpt = worker_start(sec.seed, sec.torch_threads)
-    step = 0
-    if ckpt is not None:
-        with ckpt.as_directory() as d:
-            model = SoundtrackDenoiser.load(os.path.join(d, "denoiser"))
-            opt = _adamw(model, sec)
-            load_optimizer(opt, os.path.join(d, "optimizer.safetensors"))
-            step = int(load_trainer_state(d)["step"])
-    else:
-        dcfg = DenoiserConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in config["denoiser"].items()})
-        model = SoundtrackDenoiser(dcfg)
-        opt = _adamw(model, sec)
-    broadcast_parameters(model)
-    model.train()
-    sched = training_scheduler(model.config.prediction_type)
-    writer = MetricsWriter(run_dir, resume_step=step, enabled=rank == 0)
-    shard = ray.train.get_dataset_shard("train")
-    gen = torch.Generator().manual_seed(sec.seed * 1000 + rank * 7 + step)
-    rng = np.random.default_rng([sec.seed, rank, step])
-    first_attempt_marker = run_dir / ".fault_injected"
-    t_last = time.time()
-    while step < sec.unet_steps:
-        for nb in shard.iter_batches(batch_size=sec.batch_size, batch_format="numpy", drop_last=True,
-                                     local_shuffle_buffer_size=4 * sec.batch_size):
-            if step >= sec.unet_steps:
-                break
-            if sec.fail_at_step is not None and step == sec.fail_at_step and not first_attempt_marker.exists():
-                first_attempt_marker.write_text(str(step))
-                os._exit(1)
-            lr = sec.lr * warmup_cosine(step, sec.unet_steps, sec.warmup_steps, sec.min_lr_ratio)
-            for g in opt.param_groups:
-                g["lr"] = lr
-            conds = Conditions(
-                video=_arrays(nb, "video"), music=_arrays(nb, "music"), sfx=_arrays(nb, "sfx"),
-                text=_arrays(nb, "text") if sec.use_text else None,
-                shots=[json.loads(s) for s in nb["shots"]],
-            )
-            latents = _arrays(nb, "latents")
-            drop = condition_dropout_mask(latents.shape[0], conds, rng, p_all=sec.p_drop_all, p_one=sec.p_keep_one,
-                                          p_each=sec.p_drop_each)
-            loss = diffusion_loss(model, sched, latents, conds, generator=gen, drop_mask=drop)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            average_gradients(model)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), sec.grad_clip)
-            opt.step()
-            step += 1
-            if step % sec.log_every == 0 or step == sec.unet_steps:
-                el = time.time() - t_last
-                t_last = time.time()
-                writer.log(step, loss=loss.item(), lr=lr, steps_per_s=round(sec.log_every / el, 4))
-                if rank == 0:
-                    log.info(f"train[unet]: step {step}/{sec.unet_steps} loss {loss.item():.4f} lr {lr:.2e}")
-            if step % sec.checkpoint_every == 0 or step == sec.unet_steps:
-                with tempfile.TemporaryDirectory() as d:
-                    if rank == 0:
-                        model.save(os.path.join(d, "denoiser"))
-                        save_optimizer(opt, os.path.join(d, "optimizer.safetensors"))
-                        save_trainer_state(d, step=step, seed=sec.seed, phase="unet")
-                    ray.train.report({"step": step, "loss": loss.item()},
-                                     checkpoint=Checkpoint.from_directory(d) if rank == 0 else None)
-
-
-def _adamw(model, sec: TrainSection) -> torch.optim.Optimizer:
-    return torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=sec.lr,
-                             betas=tuple(sec.betas), weight_decay=sec.weight_decay)
-
-
 # ----------------------------------------------------------------------------- driver
 
 
-def _final(result, sub: str, out: Path) -> Path:
-    if result.error is not None:
-        raise RuntimeError(f"training failed: {result.error}")
+def _export_checkpoint(checkpoint_dir: str | os.PathLike, sub: str, out: Path) -> Path:
+    """Copy a checkpoint's model folder and trainer state to ``out`` (what later phases load)."""
     out.mkdir(parents=True, exist_ok=True)
-    with result.checkpoint.as_directory() as d:
-        shutil.copytree(os.path.join(d, sub), out, dirs_exist_ok=True)
-        shutil.copy2(os.path.join(d, "trainer_state.json"), out / "trainer_state.json")
+    shutil.copytree(os.path.join(checkpoint_dir, sub), out, dirs_exist_ok=True)
+    shutil.copy2(os.path.join(checkpoint_dir, "trainer_state.json"), out / "trainer_state.json")
     return out
+
+
+def _run_phase(solver: str, config: dict, sec: TrainSection, run_dir: Path, phase: str, ray_dataset,
+               local_frame) -> Path:
+    """One training phase: the solver on Ray Train (``num_workers >= 1``) or in this process (0).
+
+    In this process (a Tune trial, a quick test) the phase's rows are read into memory and
+    iterated in seeded random order (:func:`soundtrack.solvers.base.numpy_batches`);
+    checkpoints go to ``<run>/<phase>/checkpoints``. Either way the last checkpoint is
+    exported to ``<run>/<phase>/final.tmp``, whose path is returned.
+
+    Args:
+        solver: the key of :data:`soundtrack.solvers.SOLVERS`.
+        config: the solver's settings.
+        sec: the training section (workers, CPUs, failures).
+        run_dir: the training run's directory.
+        phase: ``vae`` or ``unet`` (sub-directory and checkpoint folder).
+        ray_dataset: returns the Ray Data stream of every epoch (Ray Train path).
+        local_frame: returns the phase's rows as a pandas DataFrame (in-process path).
+    """
+    tmp_out = run_dir / phase / "final.tmp"
+    sub = SOLVERS[solver].model_subdir
+    if sec.num_workers == 0:
+        frame = local_frame()
+        columns = {c: frame[c].to_numpy() for c in frame.columns}
+        s = SOLVERS[solver](config, run_dir)
+        reporter = LocalReporter(run_dir / phase / "checkpoints")
+        result = s.fit(numpy_batches(columns, s.batch_size, seed=s.seed), reporter)
+        log.info("%s: %d steps in process %d", s.name, result["step"] - result["start_step"], result["pid"])
+        return _export_checkpoint(reporter.latest(), sub, tmp_out)
+    res = launch(solver, config, run_dir / phase, log_dir=run_dir, datasets={"train": ray_dataset()},
+                 num_workers=sec.num_workers, cpus_per_worker=sec.cpus_per_worker, max_failures=sec.max_failures)
+    if res.error is not None:
+        raise RuntimeError(f"training failed: {res.error}")
+    with res.checkpoint.as_directory() as d:
+        return _export_checkpoint(d, sub, tmp_out)
 
 
 #: TrainSection fields a reused VAE + cache must share with the run that reuses them.
@@ -389,15 +267,13 @@ def run_train(profile: str, sec: TrainSection, features_dir: Path, encoders_dir:
         n = ds.count()
         if n < sec.vae_batch_size:
             raise ConfigError(f"train.vae_batch_size={sec.vae_batch_size} exceeds the {n} training clips.")
-        res = launch(vae_loop, {"section": to_dict(sec), "profile": profile, "vae": sec.vae, "run_dir": str(run_dir)},
-                     run_dir / "vae",
-                     datasets={"train": repeat_stream(ds, sec.vae_steps * sec.vae_batch_size * max(sec.num_workers, 1), n)},
-                     num_workers=sec.num_workers, cpus_per_worker=sec.cpus_per_worker, max_failures=sec.max_failures)
-        tmp = _final(res, "vae", run_dir / "vae" / "final.tmp")
+        tmp = _run_phase("vae", {"section": to_dict(sec), "profile": profile, "vae": sec.vae}, sec, run_dir, "vae",
+                         lambda: repeat_stream(ds, sec.vae_steps * sec.vae_batch_size * max(sec.num_workers, 1), n),
+                         lambda: ds.to_pandas())
         # Latent scale: unit variance over training latents (as Stable Diffusion / AudioLDM do).
         vae = load_vae(tmp)
         sample = ds.take_batch(batch_size=min(n, 64), batch_format="numpy")
-        fit_scaling_factor(vae, _mels_from_batch(sample, key, vae.mel))
+        fit_scaling_factor(vae, mels_from_batch(sample, key, vae.mel))
         save_vae(vae, tmp)
         shutil.rmtree(vae_final, ignore_errors=True)
         os.replace(tmp, vae_final)
@@ -414,12 +290,11 @@ def run_train(profile: str, sec: TrainSection, features_dir: Path, encoders_dir:
     t = time.time()
     unet_final = run_dir / "unet" / "final"
     if not (unet_final / "trainer_state.json").exists():
-        cache = ray.data.read_parquet(str(cache_dir)).materialize()
-        res = launch(unet_loop, {"section": to_dict(sec), "denoiser": dataclasses.asdict(dcfg), "run_dir": str(run_dir)},
-                     run_dir / "unet", datasets={"train": repeat_stream(cache, sec.unet_steps * sec.batch_size * max(sec.num_workers, 1),
-                                                     n_cache)},
-                     num_workers=sec.num_workers, cpus_per_worker=sec.cpus_per_worker, max_failures=sec.max_failures)
-        tmp = _final(res, "denoiser", run_dir / "unet" / "final.tmp")
+        tmp = _run_phase("diffusion", {"section": to_dict(sec), "denoiser": dataclasses.asdict(dcfg)}, sec, run_dir,
+                         "unet", lambda: repeat_stream(ray.data.read_parquet(str(cache_dir)).materialize(),
+                                                       sec.unet_steps * sec.batch_size * max(sec.num_workers, 1),
+                                                       n_cache),
+                         lambda: pq.read_table(str(cache_dir)).to_pandas())
         shutil.rmtree(unet_final, ignore_errors=True)
         os.replace(tmp, unet_final)
     timings["unet_s"] = round(time.time() - t, 1)

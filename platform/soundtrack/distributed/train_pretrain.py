@@ -3,13 +3,13 @@
 Fixed stages, Ray only at the edges:
 
 1. the driver resolves the model / objective configs, reads the featurize run's shards
-   as a Ray Data dataset (train split, the columns the loss needs) and launches
-   :func:`train_loop` on ``num_workers`` Ray Train workers (``TorchTrainer``);
-2. every worker builds the model (DDP when there are several workers), restores the
-   last checkpoint if Ray Train hands it one (worker restart or ``--resume``), and
-   iterates its dataset shard: decode rows -> crops and negatives
-   (:func:`soundtrack.data.augment.make_batch`) -> loss -> Adam step with warm-up +
-   cosine learning rate;
+   as a Ray Data dataset (train split, the columns the loss needs), builds crops and
+   negatives in Ray Data workers (:class:`BatchPrep`, :func:`soundtrack.data.augment.make_batch`)
+   and launches the ``contrastive`` solver (:class:`soundtrack.solvers.contrastive.ContrastiveSolver`)
+   on ``num_workers`` Ray Train workers (:func:`soundtrack.distributed.train.launch`);
+2. every worker restores the last checkpoint if Ray Train hands it one (worker restart
+   or ``--resume``) and runs the solver's loop over its shard (gradients averaged across
+   workers, Adam with warm-up + cosine learning rate);
 3. rank 0 writes ``metrics.jsonl`` and, every ``checkpoint_every`` steps, a checkpoint
    (safetensors weights + optimiser state + step) that it reports to Ray Train;
 4. the driver loads the final checkpoint, exports it to ``<run>/model/`` and evaluates
@@ -24,7 +24,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -32,35 +31,25 @@ from typing import Any
 import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
+import pandas as pd
 import ray
 import ray.train
 import torch
 from ray.data.expressions import col
-from ray.train import Checkpoint
 
 from soundtrack.config import ConfigError, PretrainSection, build, to_dict
-from soundtrack.data.augment import ObjectiveConfig, make_batch
+from soundtrack.data.augment import make_batch
 from soundtrack.data.shards import decode_row, read_shards, shard_files
 from soundtrack.distributed.cluster import init_ray
-from soundtrack.distributed.train import launch, repeat_stream, worker_start
+from soundtrack.distributed.train import launch, repeat_stream
 from soundtrack.errors import TooFewClips
 from soundtrack.eval.retrieval import RetrievalConfig, evaluate_retrieval
-from soundtrack.losses.contrastive import contrastive_loss
 from soundtrack.models.encoders import (
     ContrastiveConfig,
     ContrastiveModel,
-    build_contrastive,
 )
-from soundtrack.solvers.common import (
-    MetricsWriter,
-    average_gradients,
-    broadcast_parameters,
-    load_optimizer,
-    load_trainer_state,
-    save_optimizer,
-    save_trainer_state,
-    warmup_cosine,
-)
+from soundtrack.solvers.base import LocalReporter, numpy_batches
+from soundtrack.solvers.contrastive import STR_KEYS, ContrastiveSolver, objective_config
 
 log = logging.getLogger(__name__)
 
@@ -78,11 +67,6 @@ def model_config(profile: str, overrides: dict[str, Any]):
                  base=ContrastiveConfig.preset(profile))
 
 
-def objective_config(overrides: dict[str, Any]):
-    """The :class:`ObjectiveConfig` with the experiment's overrides."""
-    return build(ObjectiveConfig, overrides, src="pretrain.objective", prefix="pretrain.objective.")
-
-
 def retrieval_config(overrides: dict[str, Any]):
     """The :class:`RetrievalConfig` with the experiment's overrides."""
     return build(RetrievalConfig, overrides, src="pretrain.evaluation", prefix="pretrain.evaluation.")
@@ -91,10 +75,6 @@ def retrieval_config(overrides: dict[str, Any]):
 def _rows_from_batch(batch) -> list[dict]:
     recs = batch.to_dict("records") if hasattr(batch, "to_dict") else batch
     return [decode_row(r, keys=("frames", "wav_music", "wav_sfx", "beat_times")) for r in recs]
-
-
-#: make_batch outputs that are lists of strings (kept as numpy string arrays in Ray Data).
-_STR_KEYS = ("caption", "shift_kind", "replace_kind")
 
 
 def _group_id(source: str) -> int:
@@ -121,7 +101,7 @@ class BatchPrep:
         b = make_batch(rows, self.ocfg, self.rng)
         out = {}
         for k, v in b.items():
-            if k in _STR_KEYS or (isinstance(v, list) and v and isinstance(v[0], str)):
+            if k in STR_KEYS or (isinstance(v, list) and v and isinstance(v[0], str)):
                 out[k] = np.asarray([str(x) for x in v])
             elif torch.is_tensor(v):
                 out[k] = v.numpy()
@@ -130,98 +110,6 @@ class BatchPrep:
         # group ids from the source ids themselves, so they stay valid across batches
         out["group"] = np.asarray([_group_id(str(r.get("source_id", r.get("clip_id")))) for r in rows], np.int64)
         return out
-
-
-def _to_torch_batch(nb: dict) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in nb.items():
-        if k in _STR_KEYS or (isinstance(v, np.ndarray) and v.dtype.kind in "USO"):
-            out[k] = [str(x) for x in v]
-        else:
-            out[k] = torch.from_numpy(np.ascontiguousarray(v))
-    return out
-
-
-def _save_checkpoint(directory: str, model, opt, step: int, epoch: int, seed: int) -> None:
-    model.save(directory)
-    save_optimizer(opt, os.path.join(directory, "optimizer.safetensors"))
-    save_trainer_state(directory, step=step, epoch=epoch, seed=seed, saved_at=time.time())
-
-
-def train_loop(config: dict) -> None:
-    """The per-worker training loop (runs inside Ray Train; plain PyTorch otherwise).
-
-    Args:
-        config: ``{"section": PretrainSection as dict, "model": ContrastiveConfig as dict,
-            "objective": ObjectiveConfig overrides, "run_dir": str}``.
-    """
-
-    sec = PretrainSection(**{**config["section"], "betas": tuple(config["section"]["betas"])})
-    ocfg = objective_config(config["objective"])
-    run_dir = Path(config["run_dir"])
-    rank, world, ckpt = worker_start(sec.seed, sec.torch_threads)
-    step, epoch = 0, 0
-    if ckpt is not None:
-        with ckpt.as_directory() as d:
-            model = ContrastiveModel.load(d)
-            state = load_trainer_state(d)
-            step, epoch = int(state["step"]), int(state.get("epoch", 0))
-            opt_path = os.path.join(d, "optimizer.safetensors")
-            opt = _make_optimizer(model, sec)
-            load_optimizer(opt, opt_path)
-    else:
-        model = build_contrastive(ContrastiveConfig.from_dict(config["model"]))
-        opt = _make_optimizer(model, sec)
-    broadcast_parameters(model)  # every worker starts from rank 0's weights
-    model.train()
-    writer = MetricsWriter(run_dir, resume_step=step, enabled=rank == 0)
-    if rank == 0:
-        log.info(f"pretrain: worker 0/{world} starting at step {step} of {sec.steps}")
-
-    first_attempt_marker = run_dir / ".fault_injected"
-    shard = ray.train.get_dataset_shard("train")
-    t_last, n_since = time.time(), 0
-    n_train = int(config.get("n_train", 1))
-    while step < sec.steps:  # the stream holds every epoch; the outer loop only guards against a short one
-        for nb in shard.iter_batches(batch_size=sec.batch_size, batch_format="numpy", drop_last=True):
-            epoch = step * sec.batch_size * world // max(n_train, 1)
-            if step >= sec.steps:
-                break
-            if sec.fail_at_step is not None and step == sec.fail_at_step and not first_attempt_marker.exists():
-                first_attempt_marker.write_text(str(step))
-                log.info(f"pretrain: fault injection: worker {rank} exits hard at step {step}")
-                os._exit(1)
-            lr = sec.lr * warmup_cosine(step, sec.steps, sec.warmup_steps, sec.min_lr_ratio)
-            for g in opt.param_groups:
-                g["lr"] = lr
-            loss, logs = contrastive_loss(model, _to_torch_batch(nb), ocfg)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            average_gradients(model)
-            opt.step()
-            step += 1
-            n_since += 1
-            metrics = {"loss": float(loss.detach()), "lr": lr, "epoch": epoch,
-                       **{k: float(v) for k, v in logs.items() if isinstance(v, (int, float))}}
-            if step % sec.log_every == 0 or step == sec.steps:
-                el = time.time() - t_last
-                metrics["steps_per_s"] = round(n_since / el, 4) if el > 0 else None
-                t_last, n_since = time.time(), 0
-                writer.log(step, **metrics)
-                if rank == 0:
-                    log.info(f"pretrain: step {step}/{sec.steps} loss {metrics['loss']:.4f} lr {lr:.2e} "
-                          f"({metrics['steps_per_s']} steps/s)")
-            if step % sec.checkpoint_every == 0 or step == sec.steps:
-                with tempfile.TemporaryDirectory() as d:
-                    if rank == 0:
-                        _save_checkpoint(d, model, opt, step, epoch, sec.seed)
-                    ray.train.report({"step": step, "loss": metrics["loss"]},
-                                     checkpoint=Checkpoint.from_directory(d) if rank == 0 else None)
-
-
-def _make_optimizer(model, sec: PretrainSection) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
-    return torch.optim.Adam(params, lr=sec.lr, betas=tuple(sec.betas), weight_decay=sec.weight_decay)
 
 
 def prepared_dataset(raw, sec: PretrainSection, n_rows: int):
@@ -265,29 +153,36 @@ def run_pretrain(profile: str, sec: PretrainSection, features_dir: str | os.Path
     objective_config(sec.objective)  # validate before paying for Ray
     retrieval_config(sec.evaluation)
     run_dir = Path(run_dir).resolve()
-    init_ray()
-    raw = train_dataset(features_dir, "train").materialize()
-    n_train = raw.count()
+    if sec.num_workers == 0:  # the same solver in this process (no Ray), batches built here
+        frame = read_shards(features_dir, split="train", columns=TRAIN_COLUMNS)
+        n_train = len(frame)
+    else:
+        init_ray()
+        raw = train_dataset(features_dir, "train").materialize()
+        n_train = raw.count()
     if n_train < sec.batch_size * max(sec.num_workers, 1):
         raise ConfigError(
             f"pretrain.batch_size={sec.batch_size} x {max(sec.num_workers, 1)} worker(s) exceeds the {n_train} "
             "training clips; lower the batch size or featurize more clips."
         )
     t0 = time.time()
-    result = launch(
-        train_loop,
-        {"section": to_dict(sec), "model": mcfg.to_dict(), "objective": sec.objective, "run_dir": str(run_dir),
-         "n_train": n_train},
-        run_dir,
-        datasets={"train": prepared_dataset(raw, sec, n_train)},
-        num_workers=sec.num_workers,
-        cpus_per_worker=sec.cpus_per_worker,
-        max_failures=sec.max_failures,
-    )
+    solver_config = {"section": to_dict(sec), "model": mcfg.to_dict(), "objective": sec.objective, "n_train": n_train}
+    if sec.num_workers == 0:
+        columns = {c: frame[c].to_numpy() for c in frame.columns}
+        prep = BatchPrep(sec.objective, sec.seed)
+        rows = numpy_batches(columns, sec.batch_size, seed=sec.seed)
+        reporter = LocalReporter(run_dir / "checkpoints")
+        ContrastiveSolver(solver_config, run_dir).fit(lambda: (prep(pd.DataFrame(b)) for b in rows()), reporter)
+        model_dir = export_final(reporter.latest(), run_dir / "model")
+    else:
+        result = launch("contrastive", solver_config, run_dir, datasets={"train": prepared_dataset(raw, sec, n_train)},
+                        num_workers=sec.num_workers, cpus_per_worker=sec.cpus_per_worker,
+                        max_failures=sec.max_failures)
+        if result.error is not None:
+            raise RuntimeError(f"pretraining failed: {result.error}")
+        with result.checkpoint.as_directory() as d:
+            model_dir = export_final(d, run_dir / "model")
     train_s = time.time() - t0
-    if result.error is not None:
-        raise RuntimeError(f"pretraining failed: {result.error}")
-    model_dir = export_final(result.checkpoint, run_dir / "model")
     try:
         ev = evaluate_run(model_dir, features_dir, run_dir, split=sec.eval_split, overrides=sec.evaluation)["summary"]
     except TooFewClips as exc:  # the trained model is kept; only the evaluation is skipped
@@ -296,13 +191,12 @@ def run_pretrain(profile: str, sec: PretrainSection, features_dir: str | os.Path
     return {"train_clips": n_train, "train_seconds": round(train_s, 1), "model": str(model_dir), "eval": ev}
 
 
-def export_final(checkpoint, out: Path) -> Path:
+def export_final(checkpoint_dir: str | os.PathLike, out: Path) -> Path:
     """Copy the final checkpoint's weights and config to ``out`` (what later stages load)."""
     out.mkdir(parents=True, exist_ok=True)
-    with checkpoint.as_directory() as d:
-        for name in ("model.safetensors", "config.json", "trainer_state.json"):
-            if os.path.exists(os.path.join(d, name)):
-                shutil.copy2(os.path.join(d, name), out / name)
+    for name in ("model.safetensors", "config.json", "trainer_state.json"):
+        if os.path.exists(os.path.join(checkpoint_dir, name)):
+            shutil.copy2(os.path.join(checkpoint_dir, name), out / name)
     return out
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -86,11 +87,12 @@ def sampling_trial(config: dict[str, Any], ctx: dict) -> None:
 def training_trial(config: dict[str, Any], ctx: dict) -> None:
     """One training-space trial: a short UNet training (reused VAE + cache), then the evaluation.
 
-    The UNet trains with Ray Train launched from the trial (``train.num_workers >= 1``; the
-    worker group needs its own CPUs beside the trial's reservation). Ray Train's local mode
-    (``num_workers=0``) does not work here: inside a Tune trial ``ray.train.get_context``
-    raises (ray-project/ray#49454). The latent cache is read with Ray Data, which needs a
-    free CPU beside the trials (the search caps concurrency to leave one).
+    The trial runs the diffusion solver itself: with ``train.num_workers=0`` (the default
+    of the tune config) in this process, on the latent cache read into memory, with no Ray
+    Train worker group and no Ray Data read; the trial's metrics carry ``trial_pid`` and
+    ``train_pid`` (the process the solver ran in) to show it. A trial that asks for workers
+    (``train.num_workers >= 1``, e.g. GPUs on a cluster) runs the same solver under the Ray
+    Train launcher instead; its workers then need resources beside the trial's own.
 
     Args:
         config: the trial's parameters.
@@ -110,5 +112,7 @@ def training_trial(config: dict[str, Any], ctx: dict) -> None:
     t = time.time()
     summary = run_train(ctx["profile"], sec, Path(ctx["features"]), Path(ctx["encoders_dir"]), out / "train")
     train_s = time.time() - t
+    state = json.loads((Path(summary["model"]).parent / "unet" / "final" / "trainer_state.json").read_text())
     gen = SoundtrackGenerator.load(summary["model"])
-    _score(gen, {}, ctx, out, t0, extra={"train_s": round(train_s, 1)})
+    _score(gen, {}, ctx, out, t0, extra={"train_s": round(train_s, 1), "trial_pid": os.getpid(),
+                                         "train_pid": int(state.get("pid", -1))})

@@ -7,9 +7,11 @@ is :mod:`soundtrack.eval.engine`.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import shutil
+import threading
 import time
 from pathlib import Path
 
@@ -17,7 +19,6 @@ import optuna
 import pandas as pd
 import ray
 from ray import tune
-from ray.tune import Callback
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search.optuna import OptunaSearch
 
@@ -37,29 +38,60 @@ EXPERIMENT = "tune"  # the Tune experiment folder inside the run directory
 
 
 class _Progress:
-    """A Tune callback printing trial counts and the best full-evaluation score so far."""
+    """Logs search progress from the trials' own artifacts (``<run>/trials/*/done.json``).
 
-    def __new__(cls, total: int, val_clips: int):
-        class Progress(Callback):
-            def __init__(self):
-                self.done = 0
-                self.best: tuple[float, str] | None = None
-                self.t0 = time.time()
+    A thread in the driver, not a Tune callback: callbacks are not part of a saved
+    experiment and ``Tuner.restore`` (Ray 2.60) takes no run config, so a resumed search
+    could not get one back through Ray's public API. The files are what the trainables
+    write anyway (:mod:`soundtrack.distributed.trainables`).
 
-            def on_trial_complete(self, iteration, trials, trial, **info):
-                self.done += 1
-                r = trial.last_result or {}
-                score, clips = r.get("score", math.nan), r.get("clips", 0)
-                if clips >= val_clips and (self.best is None or score > self.best[0]):
-                    self.best = (score, trial.trial_id)
-                best = f"best {self.best[0]:.4f} ({self.best[1]})" if self.best else "no full trial yet"
-                _log(f"{self.done}/{total} trials done ({time.time() - self.t0:.0f} s); trial {trial.trial_id}: "
-                     f"score {score:.4f} on {clips} clips{' (stopped early)' if clips < val_clips else ''}; {best}")
+    Args:
+        run_dir: the tune run directory.
+        total: trials in the search.
+        every_s: polling period (s).
+    """
 
-            def on_trial_error(self, iteration, trials, trial, **info):
-                _log(f"trial {trial.trial_id} failed: {trial.error_file}")
+    def __init__(self, run_dir: Path, total: int, every_s: float = 2.0):
+        self.dir, self.total, self.every_s = Path(run_dir) / "trials", int(total), float(every_s)
+        self.seen: set[str] = set()
+        self.best: tuple[float, str] | None = None
+        self.t0 = time.time()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="tune-progress", daemon=True)
 
-        return Progress()
+    def poll(self) -> None:
+        """Log one line per trial that finished its evaluation since the last poll."""
+        for done in sorted(self.dir.glob("*/done.json")):
+            tid = done.parent.name
+            if tid in self.seen:
+                continue
+            try:
+                rec = json.loads(done.read_text())
+            except (OSError, ValueError):  # being written: next poll
+                continue
+            self.seen.add(tid)
+            score = float(rec.get("score", math.nan))
+            if math.isfinite(score) and (self.best is None or score > self.best[0]):
+                self.best = (score, tid)
+            started = sum(1 for d in self.dir.iterdir() if d.is_dir()) if self.dir.is_dir() else 0
+            best = f"best {self.best[0]:.4f} ({self.best[1]})" if self.best else "no scored trial yet"
+            _log(f"trial {tid}: score {score:.4f} on all {rec.get('clips')} clips ({rec.get('seconds')} s); "
+                 f"{len(self.seen)} of {self.total} trials fully evaluated, {started} started "
+                 f"({time.time() - self.t0:.0f} s); {best}")
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every_s):
+            self.poll()
+
+    def __enter__(self) -> "_Progress":
+        self.seen = {d.parent.name for d in self.dir.glob("*/done.json")}  # trials of an earlier launch
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self.poll()
 
 
 def _concurrency(cfg: TuneConfig) -> int:
@@ -67,7 +99,8 @@ def _concurrency(cfg: TuneConfig) -> int:
         return int(cfg.search.max_concurrent)
     cpus = float(ray.cluster_resources().get("CPU", 1))
     n = max(1, int(cpus // cfg.search.cpus_per_trial))
-    if cfg.search.space == "training":  # leave a CPU for the Ray Data read of the latent cache
+    if cfg.search.space == "training" and int(cfg.train.get("num_workers", 0)) >= 1:
+        # each trial launches a Ray Train worker group: leave a CPU for its workers
         n = max(1, int((cpus - 1) // cfg.search.cpus_per_trial))
     return n
 
@@ -90,15 +123,9 @@ def run_search(cfg: TuneConfig, ctx: dict, space: dict, run_dir: Path, resume: b
     trainable = tune.with_resources(tune.with_parameters(fn, ctx=ctx), {"cpu": cfg.search.cpus_per_trial})
     exp = run_dir.resolve() / EXPERIMENT
     conc = _concurrency(cfg)
-    callbacks = [_Progress(cfg.search.num_samples, cfg.val_clips)]
     if resume and tune.Tuner.can_restore(str(exp)):
         _log(f"resuming {exp} (finished trials kept; unfinished and errored ones run again)")
         tuner = tune.Tuner.restore(str(exp), trainable, resume_unfinished=True, resume_errored=True)
-        # The callbacks are not part of the saved state: attach the progress printer again
-        # (Tuner.restore takes no run_config in Ray 2.60).
-        local = getattr(tuner, "_local_tuner", None)
-        if local is not None and hasattr(local, "_run_config"):
-            local._run_config.callbacks = callbacks
     else:
         if exp.exists():
             shutil.rmtree(exp)
@@ -115,19 +142,20 @@ def run_search(cfg: TuneConfig, ctx: dict, space: dict, run_dir: Path, resume: b
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(metric="score", mode="max", search_alg=searcher, scheduler=scheduler,
-                                        num_samples=cfg.search.num_samples, max_concurrent_trials=conc),
-            run_config=tune.RunConfig(name=EXPERIMENT, storage_path=str(run_dir.resolve()), callbacks=callbacks,
-                                      verbose=0, failure_config=tune.FailureConfig(max_failures=1)),
+                                        num_samples=cfg.search.num_samples, max_concurrent_trials=conc,
+                                        trial_dirname_creator=trial_dirname),
+            run_config=tune.RunConfig(name=EXPERIMENT, storage_path=str(run_dir.resolve()), verbose=0, failure_config=tune.FailureConfig(max_failures=1)),
         )
     _log(f"{cfg.search.num_samples} trials ({cfg.search.space} space, {cfg.search.scheduler}), "
          f"{conc} at a time, {cfg.val_clips} validation clips each, report every {cfg.batch_clips}")
-    grid = tuner.fit()
+    with _Progress(run_dir, cfg.search.num_samples):
+        grid = tuner.fit()
     # After Ctrl-C Tune saves the experiment and fit() returns early: never report or
-    # register a partial search.
-    trials = grid._experiment_analysis.trials
-    unfinished = [t.trial_id for t in trials if t.status not in ("TERMINATED", "ERROR")]
-    if len(trials) < cfg.search.num_samples or unfinished:
-        raise RuntimeError(f"the search stopped with {len(trials) - len(unfinished)} of {cfg.search.num_samples} trials "
+    # register a partial search. Every trial ends TERMINATED (done or stopped by ASHA) or
+    # in ERROR; the ResultGrid counts both (public API).
+    ended = grid.num_terminated + grid.num_errors
+    if len(grid) < cfg.search.num_samples or ended < len(grid):
+        raise RuntimeError(f"the search stopped with {ended} of {cfg.search.num_samples} trials "
                            f"finished; continue it with `soundtrack tune CONFIG --resume`")
     return grid, conc
 
@@ -139,26 +167,41 @@ def load_searcher(run_dir: str | Path):
         FileNotFoundError: no saved searcher state.
     """
     exp = Path(run_dir) / EXPERIMENT
-    # One file per launch, named by the launch's start time: the newest name is the live one
-    # (a resumed search rewrites the older files too, so their mtimes do not tell).
-    files = sorted(exp.glob("searcher-state-*.pkl"), key=lambda p: p.name)
-    if not files:
+    if not any(exp.glob("searcher-state-*.pkl")):
         raise FileNotFoundError(f"no searcher state in {exp}")
     s = OptunaSearch()
-    s.restore(str(files[-1]))
+    # One file per launch, named by the launch's start time: restore_from_dir takes the
+    # newest name, the live one (a resumed search rewrites older files too).
+    s.restore_from_dir(str(exp))
     return s
+
+
+def trial_dirname(trial) -> str:
+    """Tune's ``trial_dirname_creator``: ``trial_<order:05d>_<trial id>``.
+
+    ``Trial.experiment_tag`` starts with the number the search generator gave the trial
+    when its searcher proposed it (1, 2, ...); putting it in the directory name makes the
+    proposal order readable from each ``Result.path`` through public API (the searcher's
+    own numbering is private).
+    """
+    counter = str(trial.experiment_tag).split("_", 1)[0]
+    return f"trial_{int(counter):05d}_{trial.trial_id}" if counter.isdigit() else f"trial_{trial.trial_id}"
+
+
+def trial_order(result_path: str) -> float:
+    """The proposal order of a trial from its directory name (:func:`trial_dirname`); NaN if absent."""
+    parts = Path(result_path).name.split("_")
+    return float(int(parts[1])) if len(parts) > 2 and parts[0] == "trial" and parts[1].isdigit() else math.nan
 
 
 def trials_table(grid, run_dir: Path, space: dict, val_clips: int):
     """One row per trial: order proposed, id, parameters, score, clips, seconds, metric means."""
-    searcher = load_searcher(run_dir)
-    number = {tid: t.number for tid, t in searcher._ot_trials.items()}
     rows = []
     for res in grid:
         cfgd = res.config or {}
         tid = (res.metrics or {}).get("trial_id") or Path(res.path).name
         m = res.metrics or {}
-        row = {"order": number.get(tid, math.nan), "trial_id": tid, "status": "error" if res.error else "done"}
+        row = {"order": trial_order(res.path), "trial_id": tid, "status": "error" if res.error else "done"}
         row.update({f"param_{k}": cfgd.get(k) for k in space})
         row.update({"score": m.get("score", math.nan), "clips": m.get("clips", 0),
                     "complete": bool(m.get("clips", 0) >= val_clips and not res.error),
@@ -170,7 +213,7 @@ def trials_table(grid, run_dir: Path, space: dict, val_clips: int):
 
 
 _METRIC_COLUMNS = ("f1", "precision", "hit_rate", "onset_rate", "bcs", "bhs", "beat_f1", "melody_acc", "dyn_r",
-                   "sim", "kl", "train_s")
+                   "sim", "kl", "train_s", "trial_pid", "train_pid")
 
 
 def run_arms(arms: dict, threads: int, cpus: float = 1.0) -> dict:

@@ -291,11 +291,9 @@ def load_tune_config(path: str | Path | None, overrides: typing.Sequence[str] = 
     check_objective(cfg.objective, src)
     resolve_space(cfg, src)
 
-    tsec = build(TrainSection, {k: v for k, v in cfg.train.items()}, src=src, prefix="train.")
-    if cfg.search.space == "training" and tsec.num_workers < 1:
-        raise ConfigError(f"{src}: key 'train.num_workers' is {tsec.num_workers}; the training space needs >= 1 "
-                          "(Ray Train's local mode cannot run inside a Tune trial), e.g. train: {num_workers: 1, "
-                          "cpus_per_worker: 0.5} with search: {cpus_per_trial: 0.5, max_concurrent: 1}.")
+    # the trials' training settings are checked now, not in the first trial; num_workers 0
+    # (the default) trains in the trial's own process, >= 1 launches Ray Train from it
+    build(TrainSection, dict(cfg.train), src=src, prefix="train.")
     return cfg
 
 

@@ -17,6 +17,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from soundtrack.data import media
+from soundtrack.pipelines.generator import SoundtrackGenerator, build_tiny_generator
+
 HERE = Path(__file__).resolve().parent
 SEED = 7  # generation seed
 SECONDS = 4.0  # one window; 10 fps
@@ -35,11 +38,6 @@ def frames(n: int = int(SECONDS * 10), size: int = 48) -> np.ndarray:
 
 def generate_hash(model_dir: Path, video: Path, out_wav: Path) -> str:
     """Loads ``model_dir``, writes the soundtrack of ``video`` (seed ``SEED``) and hashes the WAV."""
-    # Imported here: the module path of the generator is what a refactor moves.
-    try:
-        from soundtrack.pipelines.generator import SoundtrackGenerator
-    except ImportError:  # pragma: no cover - the layout before the move
-        raise
     torch.set_num_threads(1)  # torch's CPU kernels are deterministic for a fixed thread count
     gen = SoundtrackGenerator.load(model_dir)
     gen.generate_file(video, out_wav, seed=SEED)
@@ -47,9 +45,6 @@ def generate_hash(model_dir: Path, video: Path, out_wav: Path) -> str:
 
 
 def main() -> int:
-    from soundtrack.data import media
-    from soundtrack.pipelines.generator import build_tiny_generator
-
     model = HERE / "model"
     build_tiny_generator(model, seed=0)
     video = HERE / "video.mp4"

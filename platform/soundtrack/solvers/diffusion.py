@@ -1,0 +1,79 @@
+"""The latent-diffusion UNet (conditioned on the video's tokens) as a solver.
+
+Batches are rows of the latent cache (latents and condition tokens as float32 bytes +
+shape, shots as JSON); the step draws the per-example condition dropout
+(:func:`soundtrack.losses.diffusion.condition_dropout_mask`) and takes the denoising loss
+(:func:`soundtrack.losses.diffusion.diffusion_loss`) against the DDPM training scheduler.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+
+from soundtrack.config import TrainSection
+from soundtrack.losses.diffusion import condition_dropout_mask, diffusion_loss
+from soundtrack.models.unet import Conditions, DenoiserConfig, SoundtrackDenoiser
+from soundtrack.pipelines.schedulers import training_scheduler
+from soundtrack.solvers.base import Solver
+
+
+def cached_array(nb: Mapping[str, Any], name: str) -> torch.Tensor | None:
+    """One float32 array column of a latent-cache batch (bytes + ``__shape``) as a tensor."""
+    if name not in nb:
+        return None
+    xs = [np.frombuffer(raw, dtype=np.float32).reshape([int(s) for s in shape]) for raw, shape in
+          zip(nb[name], nb[name + "__shape"])]
+    return torch.from_numpy(np.stack(xs))
+
+
+class DiffusionSolver(Solver):
+    """Config: ``{"section": TrainSection as dict, "denoiser": DenoiserConfig as dict}``."""
+
+    name = "train[unet]"
+    model_subdir = "denoiser"
+
+    def setup(self, config: dict) -> None:
+        self.sec = sec = TrainSection(**config["section"])
+        self.total_steps, self.batch_size, self.lr = sec.unet_steps, sec.batch_size, sec.lr
+        self.warmup_steps, self.min_lr_ratio, self.grad_clip = sec.warmup_steps, sec.min_lr_ratio, sec.grad_clip
+        self.log_every, self.checkpoint_every = sec.log_every, sec.checkpoint_every
+        self.seed, self.threads, self.fail_at_step = sec.seed, sec.torch_threads, sec.fail_at_step
+        self.local_shuffle_buffer = 4 * sec.batch_size
+
+    def build_model(self) -> torch.nn.Module:
+        d = self.config["denoiser"]
+        return SoundtrackDenoiser(DenoiserConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}))
+
+    def load_model(self, directory: str) -> torch.nn.Module:
+        return SoundtrackDenoiser.load(os.path.join(directory, self.model_subdir))
+
+    def build_optimizer(self, model: torch.nn.Module) -> torch.optim.Optimizer:
+        return torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=self.sec.lr,
+                                 betas=tuple(self.sec.betas), weight_decay=self.sec.weight_decay)
+
+    def start(self, step: int) -> None:
+        sec = self.sec
+        self.gen = torch.Generator().manual_seed(sec.seed * 1000 + self.rank * 7 + step)
+        self.rng = np.random.default_rng([sec.seed, self.rank, step])
+        self.sched = None
+
+    def run_step(self, model, batch, step):
+        sec = self.sec
+        if self.sched is None:
+            self.sched = training_scheduler(model.config.prediction_type)
+        conds = Conditions(video=cached_array(batch, "video"), music=cached_array(batch, "music"),
+                           sfx=cached_array(batch, "sfx"), text=cached_array(batch, "text") if sec.use_text else None,
+                           shots=[json.loads(s) for s in batch["shots"]])
+        latents = cached_array(batch, "latents")
+        drop = condition_dropout_mask(latents.shape[0], conds, self.rng, p_all=sec.p_drop_all, p_one=sec.p_keep_one,
+                                      p_each=sec.p_drop_each)
+        return diffusion_loss(model, self.sched, latents, conds, generator=self.gen, drop_mask=drop), {}
+
+    def trainer_state(self, step: int) -> dict:
+        return {"phase": "unet"}
