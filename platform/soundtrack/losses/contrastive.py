@@ -1,8 +1,5 @@
 """Contrastive video-sound-music objective: similarities and InfoNCE (no Ray).
 
-The batches (crops and MuVi's negatives) come from :mod:`soundtrack.data.augment`; its
-:class:`~soundtrack.data.augment.ObjectiveConfig` holds the settings of both.
-
 Objective (CCCG supplement Sec. 6.2 + MuVi Sec. 3.2):
 
 * Symmetric InfoNCE (CLIP) between video and music, video and sound effects and,
@@ -11,46 +8,12 @@ Objective (CCCG supplement Sec. 6.2 + MuVi Sec. 3.2):
   to 100 as in CLIP).
 * MuVi's position-aware similarity ``s(v, a) = (1/T) sum_t cos(v_t, a_t)`` between the
   per-frame video embeddings and the per-step audio embeddings (so a temporally shifted
-  audio scores lower than the aligned one), and its two extra negatives per positive:
-  a beat-aware **temporal shift** of the audio and a **random segment replacement**
-  (:func:`make_negatives`), with silence when a negative cannot be built.
+  audio scores lower than the aligned one), with MuVi's two extra negatives per positive
+  (a beat-aware temporal shift and a random segment replacement) as extra columns.
 
-Crops, not padding: a clip is 10.24 s. The positive is a window of ``crop_s`` (8 s by
-default) at a frame-aligned offset ``o`` (the video frames are cropped to the same
-window, :func:`crop_pair`), and the shifted negative is the window at ``o + shift`` of
-the same 10.24 s waveform, so both are real audio of equal length: no zero padding or
-silence tells the model which one is shifted. Every crop's mel is computed with
-:func:`soundtrack.data.features.log_mel`, exactly like the stored mels.
-
-Paper details that are not recoverable (the MuVi text we have lost its equations) and
-our choices, each a field of :class:`ObjectiveConfig`:
-
-* Shift amount. MuVi: shifting by whole beats "may not significantly affect the
-  synchronization" of music with a stable tempo, so the shift is derived from the beat
-  period ``T_b`` of the clip (Ellis' dynamic-programming tracker, our
-  ``features.beat_times``); "k is a random positive integer" keeping the shift inside the
-  clip; "we also intentionally skipped the half-beat areas to avoid backbeat
-  synchronization". Our reading (``shift_mode="off_beat"``, default): shift
-  ``+-(k + phi) T_b`` with integer ``k >= shift_k_min`` (1) and a beat phase ``phi`` drawn
-  uniformly from ``[m, 0.5 - h] U [0.5 + h, 1 - m]`` (``beat_margin`` m = 0.125,
-  ``half_beat_margin`` h = 0.125): never (near) a whole beat, never (near) a half beat.
-  ``shift_mode="whole_beats"`` gives the literal alternative ``+-k T_b`` (a whole number
-  of beats, never a half beat), which MuVi's text argues is a weak negative for steady
-  music: keep it for ablations.
-* Beat period: MuVi takes "the minimum BPM and its corresponding minimal cycle"; with
-  one tracked beat sequence per clip we use the median inter-beat interval
-  (``beat_period_stat``; ``"max"`` = slowest local tempo is the literal minimum BPM),
-  and ``fallback_beat_period_s`` (0.5 s = 120 BPM, the tracker's prior) when a clip has
-  fewer than 2 beats or an implausible period.
-* Replacement: segment length uniform in ``replace_frac`` (20-50 %) of the window (the
-  paper's bounds are lost), 5 % of the window kept at both ends (MuVi), source = the
-  same stem of another clip in the batch at a random offset, joined with an
-  equal-power (sine/cosine) crossfade of ``crossfade_s`` (50 ms, ours) inside the
-  segment. Without another clip (batch of one) the segment is silence (MuVi: "by other
-  music segment or silence").
-* Sound effects get the same window offsets, shift and replacement plan as the music
-  (the whole soundtrack is shifted or spliced), so both streams' negatives are built
-  from one plan.
+The batches (crops and those negatives, with the paper details we had to choose) come
+from :mod:`soundtrack.data.augment`; its :class:`~soundtrack.data.augment.ObjectiveConfig`
+holds the settings of both.
 """
 
 from __future__ import annotations
