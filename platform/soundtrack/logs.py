@@ -38,15 +38,19 @@ class _Stderr(logging.StreamHandler):
         pass
 
 
-def setup_console(verbose: bool = False) -> None:
+def setup_console(verbose: bool = False, exclusive: bool = False) -> None:
     """Print soundtrack's log records on stderr, one plain line each (idempotent).
 
     Args:
         verbose: also print DEBUG records.
+        exclusive: stop the records at the ``soundtrack`` logger (Ray workers, whose root
+            logger prints to stderr too: each line would reach the driver twice).
     """
     global _console
     root = logging.getLogger("soundtrack")
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    if exclusive:
+        root.propagate = False
     if _console is None:
         _console = _Stderr()
         _console.setFormatter(logging.Formatter("%(message)s"))
@@ -82,9 +86,15 @@ def route_ray_logs(path: str | os.PathLike | None = None) -> Path | None:
     return path
 
 
+#: Ray loggers whose INFO lines (checkpoint reports, dataset plans) a worker keeps in its own
+#: log file instead of forwarding them to the driver's console. Serve's are not among them:
+#: changing them in Serve replicas coincided with 503s in tests/test_serve.py.
+WORKER_QUIET_LOGGERS = ("ray.train", "ray.data", "ray.tune")
+
+
 def quiet_ray_worker() -> None:
-    """Runtime-env hook of every Ray worker: soundtrack's own records printed (Ray forwards a
-    worker's stderr to the driver). Ray's loggers are left as Ray sets them: raising their
-    level in Serve replicas changed how Serve's router counted queued requests (seen in
-    tests/test_serve.py: two concurrent requests then got 503)."""
-    setup_console()
+    """Runtime-env hook of every Ray worker: soundtrack's own records printed once (Ray
+    forwards a worker's stderr to the driver), Ray Train/Data/Tune at WARNING."""
+    setup_console(exclusive=True)
+    for name in WORKER_QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)

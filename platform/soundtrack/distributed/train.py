@@ -23,7 +23,7 @@ from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, Sc
 from ray.train.torch import TorchTrainer
 
 from soundtrack.env import worker_env
-from soundtrack.logs import setup_console
+from soundtrack.logs import quiet_ray_worker
 from soundtrack.solvers import SOLVERS
 from soundtrack.solvers.base import Reporter
 
@@ -56,7 +56,7 @@ def solver_worker(config: dict) -> None:
     Args:
         config: ``{"solver": name, "config": the solver's JSON-able settings, "run_dir": str}``.
     """
-    setup_console()  # this worker's own progress lines reach the driver's console (log_to_driver)
+    quiet_ray_worker()  # this worker's progress lines reach the driver's console once; Ray Train's stay here
     solver = SOLVERS[config["solver"]](config["config"], config["run_dir"])
     shard = ray.train.get_dataset_shard("train")
 

@@ -31,7 +31,8 @@ def to_torch_batch(nb: Mapping[str, Any]) -> dict[str, Any]:
         if k in STR_KEYS or (isinstance(v, np.ndarray) and v.dtype.kind in "USO"):
             out[k] = [str(x) for x in v]
         else:
-            out[k] = torch.from_numpy(np.ascontiguousarray(v))
+            # Ray hands batches over in read-only memory: copy only those (torch needs writable)
+            out[k] = torch.from_numpy(np.require(v, requirements=["C", "W"]))
     return out
 
 
