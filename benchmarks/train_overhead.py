@@ -42,11 +42,13 @@ def main() -> None:
     import torch
 
     from soundtrack.config import load_config
+    from soundtrack.data.augment import objective_config
     from soundtrack.data.shards import read_shards
-    from soundtrack.distributed.train_pretrain import BatchPrep, model_config
+    from soundtrack.distributed.batches import BatchPrep
+    from soundtrack.distributed.train_pretrain import model_config
     from soundtrack.losses.contrastive import contrastive_loss
     from soundtrack.models.encoders import ContrastiveConfig, build_contrastive
-    from soundtrack.solvers.contrastive import ContrastiveSolver, objective_config, to_torch_batch
+    from soundtrack.solvers.contrastive import ContrastiveSolver, to_torch_batch
     from soundtrack.stages.data import features_for
     from soundtrack.stages.runs import git_commit, read_metrics
 

@@ -22,7 +22,9 @@ import torch
 from soundtrack.config import TrainSection, to_dict
 from soundtrack.errors import TrainingError
 from soundtrack.models.unet import DenoiserConfig
-from soundtrack.solvers import SOLVERS, DiffusionSolver, LocalReporter, numpy_batches
+from soundtrack.solvers import SOLVERS, solver_class
+from soundtrack.solvers.base import LocalReporter, numpy_batches
+from soundtrack.solvers.diffusion import DiffusionSolver
 from soundtrack.stages.runs import read_metrics
 
 TV = 21  # video tokens per clip (2.1 s at 10 fps): small and fast
@@ -53,7 +55,10 @@ def _config(steps: int, **kw) -> dict:
 
 def test_registry_names_every_family():
     assert set(SOLVERS) == {"contrastive", "vae", "diffusion"}
-    assert SOLVERS["diffusion"] is DiffusionSolver
+    assert solver_class("diffusion") is DiffusionSolver
+    assert all(solver_class(n).__name__.lower().startswith(n[:3]) for n in SOLVERS)
+    with pytest.raises(KeyError, match="no solver 'dit'; solvers: contrastive, vae, diffusion"):
+        solver_class("dit")
 
 
 def test_diffusion_solver_three_steps_then_resumes_to_five(tmp_path):
@@ -97,7 +102,8 @@ def test_solvers_import_and_run_without_ray(tmp_path):
         import sys
         sys.path.insert(0, {str(Path(__file__).parent)!r})
         from test_solvers import _cache, _config
-        from soundtrack.solvers import DiffusionSolver, LocalReporter, numpy_batches
+        from soundtrack.solvers.base import LocalReporter, numpy_batches
+        from soundtrack.solvers.diffusion import DiffusionSolver
         res = DiffusionSolver(_config(3), {str(tmp_path)!r}).fit(numpy_batches(_cache(4), 2, seed=0),
                                                                  LocalReporter({str(tmp_path / "ckpt")!r}))
         print(res["step"])

@@ -63,6 +63,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from soundtrack.config import build
 from soundtrack.data.features import DEFAULT_CONFIG as DEFAULT_FEATURES
 from soundtrack.data.features import FeatureConfig, log_mel
 
@@ -543,3 +544,12 @@ def replace_config(cfg: ObjectiveConfig, **changes: Any) -> ObjectiveConfig:
         **changes: fields to change.
     """
     return dataclasses.replace(cfg, **changes)
+
+
+#: make_batch outputs that are lists of strings (kept as numpy string arrays in Ray Data).
+STR_KEYS = ("caption", "shift_kind", "replace_kind")
+
+
+def objective_config(overrides: Mapping[str, Any]) -> ObjectiveConfig:
+    """The :class:`ObjectiveConfig` with the experiment's overrides (named ``pretrain.objective.<key>``)."""
+    return build(ObjectiveConfig, dict(overrides), src="pretrain.objective", prefix="pretrain.objective.")

@@ -24,7 +24,7 @@ from ray.train.torch import TorchTrainer
 
 from soundtrack.env import worker_env
 from soundtrack.logs import quiet_ray_worker
-from soundtrack.solvers import SOLVERS
+from soundtrack.solvers import solver_class
 from soundtrack.solvers.base import Reporter
 
 log = logging.getLogger(__name__)
@@ -57,7 +57,7 @@ def solver_worker(config: dict) -> None:
         config: ``{"solver": name, "config": the solver's JSON-able settings, "run_dir": str}``.
     """
     quiet_ray_worker()  # this worker's progress lines reach the driver's console once; Ray Train's stay here
-    solver = SOLVERS[config["solver"]](config["config"], config["run_dir"])
+    solver = solver_class(config["solver"])(config["config"], config["run_dir"])
     shard = ray.train.get_dataset_shard("train")
 
     def batches():
@@ -102,8 +102,7 @@ def launch(
     Returns:
         The ``ray.train.Result``.
     """
-    if solver not in SOLVERS:
-        raise KeyError(f"no solver {solver!r}; solvers: {', '.join(SOLVERS)}")
+    solver_class(solver)  # an unknown name fails here, before Ray Train starts
     run_dir = Path(run_dir).resolve()
     trainer = TorchTrainer(
         worker or solver_worker,

@@ -54,7 +54,7 @@ from soundtrack.models.vae import (
 )
 from soundtrack.pipelines.generator import SoundtrackGenerator
 from soundtrack.pipelines.sampler import SamplerConfig
-from soundtrack.solvers import SOLVERS
+from soundtrack.solvers import solver_class
 from soundtrack.solvers.base import LocalReporter, numpy_batches
 from soundtrack.solvers.common import (
     torch_threads,
@@ -172,7 +172,7 @@ def _run_phase(solver: str, config: dict, sec: TrainSection, run_dir: Path, phas
     exported to ``<run>/<phase>/final.tmp``, whose path is returned.
 
     Args:
-        solver: the key of :data:`soundtrack.solvers.SOLVERS`.
+        solver: a key of :data:`soundtrack.solvers.SOLVERS`.
         config: the solver's settings.
         sec: the training section (workers, CPUs, failures).
         run_dir: the training run's directory.
@@ -181,11 +181,12 @@ def _run_phase(solver: str, config: dict, sec: TrainSection, run_dir: Path, phas
         local_frame: returns the phase's rows as a pandas DataFrame (in-process path).
     """
     tmp_out = run_dir / phase / "final.tmp"
-    sub = SOLVERS[solver].model_subdir
+    cls = solver_class(solver)
+    sub = cls.model_subdir
     if sec.num_workers == 0:
         frame = local_frame()
         columns = {c: frame[c].to_numpy() for c in frame.columns}
-        s = SOLVERS[solver](config, run_dir)
+        s = cls(config, run_dir)
         reporter = LocalReporter(run_dir / phase / "checkpoints")
         result = s.fit(numpy_batches(columns, s.batch_size, seed=s.seed), reporter)
         log.info("%s: %d steps in process %d", s.name, result["step"] - result["start_step"], result["pid"])

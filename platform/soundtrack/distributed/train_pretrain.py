@@ -19,7 +19,6 @@ Fixed stages, Ray only at the edges:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -38,8 +37,9 @@ import torch
 from ray.data.expressions import col
 
 from soundtrack.config import ConfigError, PretrainSection, build, to_dict
-from soundtrack.data.augment import make_batch
+from soundtrack.data.augment import objective_config
 from soundtrack.data.shards import decode_row, read_shards, shard_files
+from soundtrack.distributed.batches import BatchPrep
 from soundtrack.distributed.cluster import init_ray
 from soundtrack.distributed.train import launch, repeat_stream
 from soundtrack.errors import TooFewClips
@@ -49,7 +49,7 @@ from soundtrack.models.encoders import (
     ContrastiveModel,
 )
 from soundtrack.solvers.base import LocalReporter, numpy_batches
-from soundtrack.solvers.contrastive import STR_KEYS, ContrastiveSolver, objective_config
+from soundtrack.solvers.contrastive import ContrastiveSolver
 
 log = logging.getLogger(__name__)
 
@@ -70,46 +70,6 @@ def model_config(profile: str, overrides: dict[str, Any]):
 def retrieval_config(overrides: dict[str, Any]):
     """The :class:`RetrievalConfig` with the experiment's overrides."""
     return build(RetrievalConfig, overrides, src="pretrain.evaluation", prefix="pretrain.evaluation.")
-
-
-def _rows_from_batch(batch) -> list[dict]:
-    recs = batch.to_dict("records") if hasattr(batch, "to_dict") else batch
-    return [decode_row(r, keys=("frames", "wav_music", "wav_sfx", "beat_times")) for r in recs]
-
-
-def _group_id(source: str) -> int:
-    """Stable 62-bit id of a source video: clips of one source are not each other's negatives."""
-    return int.from_bytes(hashlib.sha1(source.encode()).digest()[:8], "big") >> 2
-
-
-class BatchPrep:
-    """Ray Data UDF: shard rows -> one training batch (crops, negatives, mels) as numpy.
-
-    Runs in Ray Data workers beside the trainer, so building crops and negatives (about
-    as costly as the training step itself on CPU) overlaps the optimiser step.
-    """
-
-    def __init__(self, objective: dict, seed: int):
-        self.ocfg = objective_config(objective)
-        # Crops and negatives are augmentation: fresh OS entropy per actor, so every epoch
-        # (a new actor pool) draws new crops. Model init and shard order follow ``seed``.
-        del seed
-        self.rng = np.random.default_rng()
-
-    def __call__(self, batch) -> dict[str, np.ndarray]:
-        rows = _rows_from_batch(batch)
-        b = make_batch(rows, self.ocfg, self.rng)
-        out = {}
-        for k, v in b.items():
-            if k in STR_KEYS or (isinstance(v, list) and v and isinstance(v[0], str)):
-                out[k] = np.asarray([str(x) for x in v])
-            elif torch.is_tensor(v):
-                out[k] = v.numpy()
-            else:
-                out[k] = np.asarray(v)
-        # group ids from the source ids themselves, so they stay valid across batches
-        out["group"] = np.asarray([_group_id(str(r.get("source_id", r.get("clip_id")))) for r in rows], np.int64)
-        return out
 
 
 def prepared_dataset(raw, sec: PretrainSection, n_rows: int):

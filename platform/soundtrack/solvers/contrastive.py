@@ -14,14 +14,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from soundtrack.config import PretrainSection, build
-from soundtrack.data.augment import ObjectiveConfig
+from soundtrack.config import PretrainSection
+from soundtrack.data.augment import STR_KEYS, objective_config
 from soundtrack.losses.contrastive import contrastive_loss
 from soundtrack.models.encoders import ContrastiveConfig, ContrastiveModel, build_contrastive
 from soundtrack.solvers.base import Solver
-
-#: make_batch outputs that are lists of strings (kept as numpy string arrays in Ray Data).
-STR_KEYS = ("caption", "shift_kind", "replace_kind")
 
 
 def to_torch_batch(nb: Mapping[str, Any]) -> dict[str, Any]:
@@ -72,6 +69,3 @@ class ContrastiveSolver(Solver):
         return {"epoch": step * self.batch_size * self.world // max(self.n_train, 1)}
 
 
-def objective_config(overrides: Mapping[str, Any]) -> ObjectiveConfig:
-    """The :class:`ObjectiveConfig` with the experiment's overrides (named ``pretrain.objective.<key>``)."""
-    return build(ObjectiveConfig, dict(overrides), src="pretrain.objective", prefix="pretrain.objective.")

@@ -1,0 +1,56 @@
+"""Ray Data UDFs that build contrastive training batches beside the trainer.
+
+A lean module on purpose: Ray imports a UDF's module in every worker that runs it, so this
+one imports only what building a batch needs (numpy, torch, :mod:`soundtrack.data.augment`,
+the shard codec), not the training stage's models and plots.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import torch
+
+from soundtrack.data.augment import STR_KEYS, make_batch, objective_config
+from soundtrack.data.shards import decode_row
+
+
+def _rows_from_batch(batch) -> list[dict]:
+    recs = batch.to_dict("records") if hasattr(batch, "to_dict") else batch
+    return [decode_row(r, keys=("frames", "wav_music", "wav_sfx", "beat_times")) for r in recs]
+
+
+def _group_id(source: str) -> int:
+    """Stable 62-bit id of a source video: clips of one source are not each other's negatives."""
+    return int.from_bytes(hashlib.sha1(source.encode()).digest()[:8], "big") >> 2
+
+
+class BatchPrep:
+    """Ray Data UDF: shard rows -> one training batch (crops, negatives, mels) as numpy.
+
+    Runs in Ray Data workers beside the trainer, so building crops and negatives (about
+    as costly as the training step itself on CPU) overlaps the optimiser step.
+    """
+
+    def __init__(self, objective: dict, seed: int):
+        self.ocfg = objective_config(objective)
+        # Crops and negatives are augmentation: fresh OS entropy per actor, so every epoch
+        # (a new actor pool) draws new crops. Model init and shard order follow ``seed``.
+        del seed
+        self.rng = np.random.default_rng()
+
+    def __call__(self, batch) -> dict[str, np.ndarray]:
+        rows = _rows_from_batch(batch)
+        b = make_batch(rows, self.ocfg, self.rng)
+        out = {}
+        for k, v in b.items():
+            if k in STR_KEYS or (isinstance(v, list) and v and isinstance(v[0], str)):
+                out[k] = np.asarray([str(x) for x in v])
+            elif torch.is_tensor(v):
+                out[k] = v.numpy()
+            else:
+                out[k] = np.asarray(v)
+        # group ids from the source ids themselves, so they stay valid across batches
+        out["group"] = np.asarray([_group_id(str(r.get("source_id", r.get("clip_id")))) for r in rows], np.int64)
+        return out
