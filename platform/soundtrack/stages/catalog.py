@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from soundtrack.errors import UpstreamError
-from soundtrack.storage import RUN_CARD, read_card
+from soundtrack.storage import read_card
 
 log = logging.getLogger(__name__)
 
@@ -142,4 +142,4 @@ def as_dict(run: RunInfo) -> dict:
     return d
 
 
-__all__ = ["RUN_CARD", "RunInfo", "STAGE_DIRS", "as_dict", "dependents", "find_run", "list_runs", "remove_run"]
+__all__ = ["RunInfo", "STAGE_DIRS", "as_dict", "dependents", "find_run", "list_runs", "remove_run"]
