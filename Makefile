@@ -3,13 +3,9 @@ PY ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-export RAY_USAGE_STATS_ENABLED := 0
-export RAY_AUTH_MODE := disabled
-export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
-export HF_HUB_OFFLINE := 1
-export TRANSFORMERS_OFFLINE := 1
-export TOKENIZERS_PARALLELISM := false
-export NUMBA_CACHE_DIR := $(CURDIR)/.cache/numba
+# Ray, Hugging Face and numba settings are not exported here: every Python process below
+# imports soundtrack first, which applies them (platform/soundtrack/env.py, the one table;
+# tests/test_env.py checks that anything exported here agrees with it).
 export MPLBACKEND := Agg
 
 .PHONY: venv demo lint test test-fast bench clean

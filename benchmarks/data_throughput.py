@@ -43,9 +43,9 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "data_throughput.json"))
     args = ap.parse_args()
 
-    from soundtrack.env import set_ray_env
+    from soundtrack.env import apply_env_defaults
 
-    set_ray_env()
+    apply_env_defaults()
     from soundtrack.config import FeaturizeSection, SynthSection
     from soundtrack.data import shards as pipeline
     from soundtrack.data.manifest import read_manifest

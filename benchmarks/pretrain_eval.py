@@ -32,9 +32,9 @@ def main() -> None:
     ap.add_argument("--n-boot", type=int, default=1000)
     args = ap.parse_args()
 
-    from soundtrack.env import set_ray_env
+    from soundtrack.env import apply_env_defaults
 
-    set_ray_env()
+    apply_env_defaults()
     import torch
 
     from soundtrack.config import load_config

@@ -121,7 +121,7 @@ def _load_level(url: str, video: bytes, concurrency: int, seconds: float, steps:
             t = time.monotonic()
             try:
                 r = session.post(url + "/v1/soundtrack", files={"video": ("clip.mp4", video)},
-                                 data={"seed": str(1000 * i + n), "steps": str(steps)}, timeout=120)
+                                 data={"seed": str(1000 * i + n), "num_steps": str(steps)}, timeout=120)
                 code = str(r.status_code)
             except requests.RequestException as exc:
                 code = type(exc).__name__
@@ -281,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
 
     for s in range(2):  # warm-up: first-request costs (imports, model info) out of the figures
         requests.post(url + "/v1/soundtrack", files={"video": ("clip.mp4", video)},
-                      data={"seed": str(s), "steps": str(args.steps)}, timeout=300).raise_for_status()
+                      data={"seed": str(s), "num_steps": str(args.steps)}, timeout=300).raise_for_status()
 
     result_phases: dict[str, list[dict]] = {}
     spans: list[dict] = []

@@ -1,14 +1,16 @@
-"""Shared fixtures. Environment first: Ray reads these at import / start-up."""
+"""Shared fixtures. Environment first: Ray reads it at import / start-up.
+
+Importing :mod:`soundtrack` applies the platform's environment defaults (the one table,
+``soundtrack.env.ENV_DEFAULTS``) before any test imports Ray. ``MPLBACKEND`` is the tests'
+own: no display here (the platform's plots pick Agg themselves).
+"""
 
 import os
 from pathlib import Path
 
-os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+import soundtrack  # noqa: F401  (applies soundtrack.env.ENV_DEFAULTS)
+
 os.environ.setdefault("MPLBACKEND", "Agg")
-os.environ.setdefault("NUMBA_CACHE_DIR", str(Path(__file__).resolve().parents[1] / ".cache" / "numba"))
 
 import pytest  # noqa: E402
 

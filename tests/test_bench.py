@@ -32,6 +32,11 @@ def test_config_errors_name_the_problem(tmp_path):
         load_bench_config(_write(tmp_path, {"methods": {"a": {"smapler": {}}}}))
     with pytest.raises(ConfigError, match="takes only 'kind' and 'label'"):
         load_bench_config(_write(tmp_path, {"methods": {"a": {"kind": "ground_truth", "sampler": {"num_steps": 2}}}}))
+    # a sampler override is checked at load time, with the sampler knobs' one message
+    with pytest.raises(ConfigError, match=r"methods.a.sampler: guidance_scale must be a finite number in \[0, 30\]"):
+        load_bench_config(_write(tmp_path, {"methods": {"a": {"sampler": {"guidance_scale": 99}}}}))
+    with pytest.raises(ConfigError, match=r"methods.a.sampler: unknown generation option\(s\) \['cfg_scale'\]"):
+        load_bench_config(_write(tmp_path, {"methods": {"a": {"sampler": {"cfg_scale": 2}}}}))
     cfg, methods = load_bench_config(REPO_BENCH)
     assert cfg.clips == 16 and "ground_truth" in methods and methods["global"].train
 

@@ -55,6 +55,33 @@ def test_run_name_stable_and_config_dependent():
     assert run_name("r", a.synth) != run_name("r", b.synth)
 
 
+def test_run_identity_leaves_out_infra_and_counts_the_global_batch(tmp_path):
+    """Scaling out at the same global batch (or changing the logging cadence) keeps the run's
+    name; changing the global batch or the math changes it; the upstream names count."""
+    from soundtrack.config import PretrainSection, TrainSection, identity
+
+    one = PretrainSection(batch_size=16, num_workers=1)
+    two = PretrainSection(batch_size=8, num_workers=2, cpus_per_worker=0.5, log_every=3, checkpoint_every=7,
+                          prep_workers=2, max_failures=5, fail_at_step=4, torch_threads=1)
+    assert identity(one) == identity(two) == {"batch_size": 16}
+    assert run_name("p", one, "feats-a") == run_name("p", two, "feats-a")
+    assert run_name("p", one, "feats-a") != run_name("p", PretrainSection(batch_size=16, num_workers=2), "feats-a")
+    assert run_name("p", one, "feats-a") != run_name("p", one, "feats-b")
+    assert run_name("p", one) != run_name("p", dataclasses.replace(one, lr=3e-4))
+    # a key at its default is not in the identity (adding a field later keeps existing names)
+    assert identity(PretrainSection()) == {} and identity(TrainSection()) == {}
+    # 4 x 2 workers = the default global batch 8 (absent); the VAE's 2 x 2 = 4 is not the default 8
+    assert identity(TrainSection(batch_size=4, vae_batch_size=2, num_workers=2)) == {"vae_batch_size": 4}
+    # the tune run: storage, registry name and CPUs per trial are infrastructure too
+    from soundtrack.tuning.config import TuneConfig, tune_run_dir
+
+    base = TuneConfig(model="train:x", storage=str(tmp_path))
+    other = dataclasses.replace(base, registry="elsewhere", keep_wavs="none",
+                                search=dataclasses.replace(base.search, cpus_per_trial=0.5, max_concurrent=3))
+    assert tune_run_dir(base) == tune_run_dir(other)
+    assert tune_run_dir(base) != tune_run_dir(dataclasses.replace(base, val_clips=3))
+
+
 def test_demo_config_loads():
     from conftest import REPO
 

@@ -1,5 +1,6 @@
 """The featurize stage below Ray: shard contents, bad clips, resume, run cards."""
 
+import dataclasses
 import json
 import shutil
 
@@ -111,6 +112,20 @@ def test_stage_card_records_upstream_and_reuses(synth_small, tmp_path):
     assert card["summary"]["clips_out"] == 3
     again = stage_featurize(synth_small, SECTION, storage=tmp_path, use_ray=False, progress=False, limit=3)
     assert again == out and read_card(out)["attempts"] == 1  # reused, not re-run
+
+
+def test_limit_is_part_of_the_run_name(synth_small, tmp_path):
+    """A --limit run is another data set: neither a run of another limit nor the full run reuses it."""
+    from soundtrack.stages.data import featurize_run_dir, stage_featurize
+
+    three = stage_featurize(synth_small, SECTION, storage=tmp_path, use_ray=False, progress=False, limit=3)
+    two = stage_featurize(synth_small, SECTION, storage=tmp_path, use_ray=False, progress=False, limit=2)
+    assert two != three and read_card(two)["summary"]["clips_out"] == 2
+    full = featurize_run_dir(tmp_path, synth_small, SECTION)
+    assert full not in (two, three) and not full.exists()
+    # infra keys (how the work is spread) stay out of the name
+    spread = dataclasses.replace(SECTION, concurrency=7, num_cpus=0.5)
+    assert featurize_run_dir(tmp_path, synth_small, spread, 3) == three
 
 
 def test_manifest_contract_errors(tmp_path):

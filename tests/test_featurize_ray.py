@@ -1,6 +1,7 @@
 """Featurize on a real local Ray (one session for the module) and after a hard kill."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -65,7 +66,9 @@ def test_hard_kill_then_resume_every_clip_exactly_once(synth_small, tmp_path):
     assert 1 <= n_before < n_clips
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
-    assert "already done" in res.stderr
+    done_msg = re.search(r"(\d+) shards already done, (\d+) to do", res.stderr)
+    assert done_msg, res.stderr[-2000:]
+    assert int(done_msg.group(1)) >= n_before and int(done_msg.group(1)) + int(done_msg.group(2)) == n_clips
     ids = pipeline.read_shards(out, columns=["clip_id"])["clip_id"]
     assert ids.is_unique and sorted(ids) == sorted(read_manifest(synth_small)["clip_id"])
     card = __import__("json").loads((out / "run.json").read_text())

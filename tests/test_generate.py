@@ -170,6 +170,15 @@ def test_overrides_are_checked_and_applied(model):
     assert (cfg.guidance_scale, cfg.num_steps, cfg.scheduler, cfg.attention, cfg.window_k) == (1.0, 2, "ddim", "dynamic", 4)
     assert set(OVERRIDES) == {"guidance_scale", "weights", "num_steps", "scheduler", "attention", "window_k",
                               "selector_tau"}
+    for bad, words in (({"guidance_scale": 30.5}, "guidance_scale must be a finite number in [0, 30]"),
+                       ({"guidance_scale": "3"}, "guidance_scale must be a finite number"),
+                       ({"weights": {"video": -1}}, "weights['video'] must be a finite number in [0, 10]"),
+                       ({"weights": {"video": 0, "music": 0}}, "weights must not all be 0"),
+                       ({"window_k": True}, "window_k must be an integer >= 1 (video frames)"),
+                       ({"attention": "local"}, "attention must be one of global, segment, dynamic")):
+        with pytest.raises(GeneratorError) as info:
+            gen.sampler_config(**bad)
+        assert words in str(info.value), str(info.value)
     frames = _frames(12)
     base = gen.generate(frames, seed=0)
     assert not np.array_equal(base, gen.generate(frames, seed=0, num_steps=2))
@@ -338,7 +347,7 @@ def test_cli_generate_file_uri_and_train_run(model, videos, soundtrack_seed1, tm
     procs = [
         _cli("--video", str(videos["silent"]), "--model", f"file:{d}", "--out", str(out), "--seed", "1"),
         _cli("--video", str(videos["audio"]), "--model", "train:gen-tiny-s0", "--out", str(out_mp4),
-             "--storage", str(storage), "--steps", "2", "--cfg-scale", "3.0", "--seed", "7"),
+             "--storage", str(storage), "--num-steps", "2", "--guidance-scale", "3.0", "--seed", "7"),
     ]
     results = []
     for p in procs:
@@ -410,7 +419,8 @@ def test_cli_bad_inputs_exit_2_with_a_message(model, videos, bad_inputs, tmp_pat
         (["--model", "train:half", "--storage", str(tmp_path)], "status 'failed', not 'finished'"),
         (["--model", str(tmp_path)], "no generator.json"),
         (["--model", str(d), "--out", str(tmp_path / "x.flac")], "must end with .wav"),
-        (["--model", str(d), "--steps", "0"], "num_steps must be an integer >= 1"),
+        (["--model", str(d), "--num-steps", "0"], "num_steps must be an integer >= 1"),
+        (["--model", str(d), "--guidance-scale", "31"], "guidance_scale must be a finite number in [0, 30]"),
         (["--model", str(d), "--prompt", "calm piano"], "trained without text"),
     ]
     for extra, words in cases:
@@ -421,3 +431,28 @@ def test_cli_bad_inputs_exit_2_with_a_message(model, videos, bad_inputs, tmp_pat
         err = capsys.readouterr().err
         assert code == 2 and words in err, (extra, err)
     assert not Path(out).exists()
+
+
+def test_non_finite_output_raises_instead_of_being_silenced(tmp_path):
+    """A diverged model (NaN weights) raises GeneratorError naming the clip; nothing is nan_to_num-ed."""
+    gen = build_tiny_generator(None, seed=0, num_steps=2)
+    with torch.no_grad():
+        next(gen.denoiser.parameters()).fill_(float("nan"))
+    with pytest.raises(GeneratorError, match=r"clip 'diverged' has \d+ non-finite samples"):
+        gen.generate(_frames(20), seed=0, clip_id="diverged")
+
+
+def test_knob_table_matches_the_code_it_describes():
+    """The knob table (torch-free, read by the Serve ingress) names the same schedulers,
+    attention methods and conditions as the modules that implement them, and every knob is
+    a SamplerConfig field (the generator.json key)."""
+    from soundtrack.models.unet import CONDITIONS
+    from soundtrack.modules.attention import METHODS
+    from soundtrack.pipelines.knobs import KNOBS
+    from soundtrack.pipelines.sampler import SamplerConfig
+    from soundtrack.pipelines.schedulers import SCHEDULER_KINDS
+
+    assert KNOBS["scheduler"].choices == SCHEDULER_KINDS
+    assert KNOBS["attention"].choices == METHODS
+    assert KNOBS["weights"].choices == CONDITIONS
+    assert set(KNOBS) <= {f.name for f in dataclasses.fields(SamplerConfig)}

@@ -6,6 +6,7 @@ the comments so a reader can check the numbers.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 
@@ -516,3 +517,62 @@ def test_hifigan_loads_from_directory(tmp_path):
         mel = fmt.from_features(log_mel(_tone(1.28)))[None]  # 128 frames at 10 ms
         wav = voc(mel)
         assert wav.shape == (1, 128 * 160) and torch.isfinite(wav).all()
+
+
+def test_noise_schedule_is_saved_with_the_model_and_used_by_the_sampler(tmp_path, caplog):
+    """A model saved with a non-default schedule loads it back (scheduler/scheduler_config.json,
+    diffusers' format) and samples on it; a directory without the file (every model saved
+    before) loads with the default schedule and says so."""
+    import shutil
+
+    from diffusers import DDPMScheduler
+
+    from soundtrack.errors import GeneratorError
+    from soundtrack.pipelines.generator import SoundtrackGenerator, build_tiny_generator
+    from soundtrack.pipelines.schedulers import DEFAULT_SCHEDULE, NoiseSchedule
+
+    custom = NoiseSchedule(num_train_timesteps=1000, beta_start=0.001, beta_end=0.03, beta_schedule="scaled_linear")
+    built = build_tiny_generator(tmp_path / "model", seed=0, num_steps=2, gl_iterations=2, schedule=custom)
+    path = tmp_path / "model" / "scheduler" / "scheduler_config.json"
+    assert path.is_file()
+    pt = built.denoiser.config.prediction_type
+    saved = DDPMScheduler.from_pretrained(tmp_path / "model" / "scheduler")  # a plain diffusers config
+    assert saved.config.prediction_type == pt and saved.config.beta_schedule == "scaled_linear"
+
+    gen = SoundtrackGenerator.load(tmp_path / "model")
+    assert gen.schedule == custom
+    sched = gen.make_scheduler()
+    torch.testing.assert_close(sched.alphas_cumprod, saved.alphas_cumprod)
+    torch.testing.assert_close(sched.betas, make_scheduler("dpmsolver++", pt, custom).betas)
+    default = make_scheduler("dpmsolver++", pt)
+    assert not torch.allclose(sched.alphas_cumprod, default.alphas_cumprod)
+    assert (sched.config.beta_start, sched.config.beta_end) == (0.001, 0.03)
+    assert torch.allclose(alphas_cumprod(custom).float(), saved.alphas_cumprod, atol=1e-6)
+
+    # the sampler runs on the loaded schedule: the same output as the in-memory model's, and
+    # not the output of the same weights on the default schedule
+    frames = np.random.default_rng(0).integers(0, 255, (12, 32, 32, 3), dtype=np.uint8)
+    wav = gen.generate(frames, seed=0)
+    np.testing.assert_array_equal(wav, built.generate(frames, seed=0))
+    old = tmp_path / "old"
+    shutil.copytree(tmp_path / "model", old)
+    shutil.rmtree(old / "scheduler")
+    with caplog.at_level(logging.INFO, logger="soundtrack.pipelines.generator"):
+        legacy = SoundtrackGenerator.load(old)
+    assert legacy.schedule == DEFAULT_SCHEDULE
+    assert any("has no scheduler/scheduler_config.json" in r.getMessage() and "default noise schedule" in r.getMessage()
+               for r in caplog.records)
+    assert not np.array_equal(wav, legacy.generate(frames, seed=0))
+    legacy.schedule = custom
+    np.testing.assert_array_equal(wav, legacy.generate(frames, seed=0))
+
+    # a re-save keeps the schedule; a file that disagrees with the denoiser is refused
+    gen.save(tmp_path / "again")
+    assert SoundtrackGenerator.load(tmp_path / "again").schedule == custom
+    doc = json.loads(path.read_text())
+    path.write_text(json.dumps({**doc, "prediction_type": "sample" if pt != "sample" else "epsilon"}))
+    with pytest.raises(GeneratorError, match="prediction_type"):
+        SoundtrackGenerator.load(tmp_path / "model")
+    path.unlink()
+    with pytest.raises(GeneratorError, match="scheduler/ part lacks scheduler_config.json"):
+        SoundtrackGenerator.load(tmp_path / "model")

@@ -26,9 +26,9 @@ def cluster():
     import shutil
     import tempfile
 
-    from soundtrack.env import set_ray_env, worker_env
+    from soundtrack.env import apply_env_defaults, worker_env
 
-    set_ray_env()
+    apply_env_defaults()
     import ray
     from ray.cluster_utils import Cluster
 

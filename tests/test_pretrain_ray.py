@@ -1,5 +1,6 @@
 """Pretraining on a real local Ray: 2 workers with a worker killed mid-run, and a driver
-hard-killed then resumed with --resume (the step counter continues)."""
+hard-killed on 1 worker then resumed with --resume on 2 workers at the same global batch
+(the same run directory; the step counter continues)."""
 
 import json
 import os
@@ -87,10 +88,16 @@ def test_hard_killed_driver_resumes_with_step_counter_continuing(features, tmp_p
     again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     assert again.returncode == 2 and "--resume" in again.stderr  # refuses to silently restart
 
-    res = subprocess.run(cmd + ["--resume"], env=env, capture_output=True, text=True, timeout=600)
+    # Relaunched scaled out: 2 workers x 1 clip = the same global batch of 2, so the same run
+    # (workers and CPUs are infrastructure, not identity) resumes instead of a new one starting.
+    scaled = ["--set", "pretrain.num_workers=2", "--set", "pretrain.batch_size=1", "--set", "pretrain.cpus_per_worker=0.5"]
+    res = subprocess.run(cmd + ["--resume", *scaled], env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-4000:]
+    assert list((tmp_path / "runs" / "pretrain").iterdir()) == [run_dir]  # the same run directory, no second one
     card = json.loads((run_dir / "run.json").read_text())
     assert card["status"] == "finished" and card["attempts"] == 2
+    assert card["config"]["pretrain"]["num_workers"] == 2 and card["config"]["pretrain"]["batch_size"] == 1
+    assert "worker 0/2 starting at step" in res.stdout + res.stderr
     steps = [m["step"] for m in read_metrics(run_dir)]
     assert steps == list(range(1, 301))  # continued from the checkpoint: no step lost, none twice
     log = res.stdout + res.stderr

@@ -174,7 +174,7 @@ def test_wav_for_a_silent_mp4(served, media_files, tmp_path):
     url, _, model_dir = served
     clip = media_files / "clip.mp4"
     assert not media.probe(clip).has_audio  # a video without a soundtrack is the normal input
-    r = _post(url, clip, {"seed": "3", "steps": "2", "cfg_scale": "2.0", "weight_video": "1", "weight_music": "0.5",
+    r = _post(url, clip, {"seed": "3", "num_steps": "2", "guidance_scale": "2.0", "weight_video": "1", "weight_music": "0.5",
                           "weight_sfx": "0.5"})
     assert r.status_code == 200, r.text
     assert r.headers["content-type"] == "audio/wav"
@@ -188,7 +188,7 @@ def test_wav_for_a_silent_mp4(served, media_files, tmp_path):
     local, _ = _wav((tmp_path / "local.wav").read_bytes())
     assert np.abs(local.astype(int) - x.astype(int)).max() <= 1
     # Same request again: same soundtrack.
-    again = _post(url, clip, {"seed": "3", "steps": "2", "cfg_scale": "2.0", "weight_video": "1",
+    again = _post(url, clip, {"seed": "3", "num_steps": "2", "guidance_scale": "2.0", "weight_video": "1",
                               "weight_music": "0.5", "weight_sfx": "0.5"})
     assert again.status_code == 200 and again.content == r.content
 
@@ -197,7 +197,7 @@ def test_mp4_output_carries_the_new_track(served, media_files, tmp_path):
     from soundtrack.data import media
 
     url, _, _ = served
-    r = _post(url, media_files / "clip.mp4", {"seed": "1", "steps": "2", "output": "mp4"}, filename="été 夏.mp4")
+    r = _post(url, media_files / "clip.mp4", {"seed": "1", "num_steps": "2", "output": "mp4"}, filename="été 夏.mp4")
     assert r.status_code == 200, r.text
     assert r.headers["content-type"] == "video/mp4"
     assert r.headers["content-disposition"] == 'attachment; filename="_t___.soundtrack.mp4"'  # ASCII only
@@ -222,14 +222,14 @@ def test_concurrent_requests_are_batched_without_changing_outputs(served, media_
     """
     url, _, _ = served
     clip = media_files / "clip.mp4"
-    alone = {s: _post(url, clip, {"seed": str(s), "steps": "2"}) for s in (5, 6)}
+    alone = {s: _post(url, clip, {"seed": str(s), "num_steps": "2"}) for s in (5, 6)}
     for s in (5, 6):
         assert alone[s].status_code == 200 and alone[s].headers["x-soundtrack-batch-size"] == "1"
     assert alone[5].content != alone[6].content
     sizes = []
     for _ in range(6):
         with ThreadPoolExecutor(2) as ex:
-            together = dict(zip((5, 6), ex.map(lambda s: _post(url, clip, {"seed": str(s), "steps": "2"}), (5, 6))))
+            together = dict(zip((5, 6), ex.map(lambda s: _post(url, clip, {"seed": str(s), "num_steps": "2"}), (5, 6))))
         if any(together[s].status_code == 503 for s in (5, 6)):
             # Serve's router works from cached replica queue lengths: on a loaded machine it
             # can still count the previous requests and refuse one of the pair with the
@@ -261,6 +261,7 @@ def test_health_and_model_card(served):
     card = requests.get(url + "/v1/model", timeout=10).json()
     assert card["card"]["name"] == "tiny-untrained" and card["card"]["trained"] is False
     assert card["sr"] == 16000 and card["fps"] == 10.0 and card["conditions"] == ["video", "music", "sfx"]
+    assert card["noise_schedule"]["beta_schedule"] == "linear" and card["noise_schedule"]["num_train_timesteps"] == 1000
     assert card["uri"] == f"file:{model_dir}" and card["batching"]["max_batch_size"] == 2
 
 
@@ -276,8 +277,8 @@ def test_openapi_documents_the_endpoints(served):
     form = post["requestBody"]["content"]["multipart/form-data"]["schema"]
     assert form["required"] == ["video"] and form["properties"]["video"]["format"] == "binary"
     assert set(form["properties"]) == {"video", *SoundtrackOptions.model_fields}  # documented == accepted
-    assert form["properties"]["steps"]["maximum"] == MAX_STEPS
-    assert form["properties"]["cfg_scale"]["maximum"] == 30 and form["properties"]["output"]["enum"] == ["wav", "mp4"]
+    assert form["properties"]["num_steps"]["maximum"] == MAX_STEPS
+    assert form["properties"]["guidance_scale"]["maximum"] == 30 and form["properties"]["output"]["enum"] == ["wav", "mp4"]
     assert set(post["responses"]["200"]["content"]) == {"audio/wav", "video/mp4"}
     for code in ("400", "413", "415", "422", "503"):
         assert "application/json" in post["responses"][code]["content"]
@@ -404,7 +405,7 @@ def test_oversized_uploads_do_not_grow_proxy_or_replica_memory(served, media_fil
     # Bounded by the limits (4 MiB ingress, 8 MiB proxy), far below the 400 MB offered.
     assert all(g < 40 for g in growth.values()), (growth, before, after)
     # And the service still answers.
-    r = _post(served[0], media_files / "clip.mp4", {"steps": "2"})
+    r = _post(served[0], media_files / "clip.mp4", {"num_steps": "2"})
     assert r.status_code == 200
 
 
@@ -417,13 +418,13 @@ def test_oversized_uploads_do_not_grow_proxy_or_replica_memory(served, media_fil
 ])
 def test_bad_files_get_their_status(served, media_files, name, code, error):
     url = served[0]
-    r = _post(url, media_files / name, {"steps": "2"})
+    r = _post(url, media_files / name, {"num_steps": "2"})
     assert r.status_code == code, r.text
     body = r.json()
     assert body["error"] == error and body["field"] == "video"
     if error == "video_too_long":
         assert body["limit"] == 6 and "6 s" in body["message"]
-    assert _post(url, media_files / "clip.mp4", {"steps": "2"}).status_code == 200
+    assert _post(url, media_files / "clip.mp4", {"num_steps": "2"}).status_code == 200
 
 
 def test_not_multipart_and_missing_video(served):
@@ -440,14 +441,14 @@ def test_not_multipart_and_missing_video(served):
 
 @pytest.mark.parametrize("data, field, words", [
     ({"guidance": "3"}, "guidance", "unknown form field"),
-    ({"cfg_scale": "99"}, "cfg_scale", "less than or equal to 30"),
-    ({"cfg_scale": "nan"}, "cfg_scale", "finite"),
-    ({"steps": "0"}, "steps", "greater than or equal to 1"),
-    ({"steps": str(MAX_STEPS + 1)}, "steps", f"at most {MAX_STEPS}"),
-    ({"steps": "2.5"}, "steps", "integer"),
+    ({"guidance_scale": "99"}, "guidance_scale", "guidance_scale must be a finite number in [0, 30]"),
+    ({"guidance_scale": "nan"}, "guidance_scale", "finite"),
+    ({"num_steps": "0"}, "num_steps", "num_steps must be an integer >= 1, got 0"),
+    ({"num_steps": str(MAX_STEPS + 1)}, "num_steps", f"at most {MAX_STEPS}"),
+    ({"num_steps": "2.5"}, "num_steps", "integer"),
     ({"seed": "-1"}, "seed", "greater than or equal to 0"),
-    ({"weight_music": "11"}, "weight_music", "less than or equal to 10"),
-    ({"weight_video": "0", "weight_sfx": "0"}, "weight_video", "all 0"),
+    ({"weight_music": "11"}, "weight_music", "weights['music'] must be a finite number in [0, 10]"),
+    ({"weight_video": "0", "weight_sfx": "0"}, "weight_video", "all be 0"),
     ({"weight_text": "1"}, "weight_text", "no 'text' condition"),
     ({"prompt": "calm piano"}, "prompt", "without text conditioning"),
     ({"output": "flac"}, "output", "'wav' or 'mp4'"),
@@ -463,7 +464,7 @@ def test_full_queue_gets_503_with_retry_after(served, media_files):
     url = served[0]
     clip = media_files / "clip.mp4"
     with ThreadPoolExecutor(10) as ex:
-        replies = list(ex.map(lambda s: _post(url, clip, {"seed": str(s), "steps": "12"}), range(10)))
+        replies = list(ex.map(lambda s: _post(url, clip, {"seed": str(s), "num_steps": "12"}), range(10)))
     codes = [r.status_code for r in replies]
     assert set(codes) <= {200, 503} and codes.count(200) >= 1 and codes.count(503) >= 1, codes
     messages = set()
@@ -475,7 +476,7 @@ def test_full_queue_gets_503_with_retry_after(served, media_files):
             messages.add("generator" if "generator's queue" in body["message"] else "ingress")
     # Both guards fired: the ingress' in-flight counter and Serve's max_queued_requests.
     assert messages == {"generator", "ingress"}, messages
-    assert _post(url, clip, {"steps": "2"}).status_code == 200
+    assert _post(url, clip, {"num_steps": "2"}).status_code == 200
 
 
 def test_service_still_answers_and_leaves_no_upload_files(served, media_files):
@@ -483,6 +484,6 @@ def test_service_still_answers_and_leaves_no_upload_files(served, media_files):
 
     url = served[0]
     assert requests.get(url + "/v1/health", timeout=10).json()["pending"] == 0
-    r = _post(url, media_files / "clip.mp4", {"steps": "2", "output": "mp4"})
+    r = _post(url, media_files / "clip.mp4", {"num_steps": "2", "output": "mp4"})
     assert r.status_code == 200
     assert not list(Path(tempfile.gettempdir()).glob("soundtrack-upload-*"))

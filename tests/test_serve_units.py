@@ -56,16 +56,68 @@ def test_limits_and_options():
     with pytest.raises(ValueError, match="must be an integer"):
         ServeLimits(max_pending=2.5)
     model = {"conditions": ["video", "music", "sfx"]}
-    opts = parse_options({"cfg_scale": "3", "weight_music": "0.5", "steps": "4", "seed": "7", "output": "mp4"}, lim,
-                         model)
+    opts = parse_options({"guidance_scale": "3", "weight_music": "0.5", "num_steps": "4", "seed": "7",
+                          "output": "mp4"}, lim, model)
     assert opts.overrides() == {"guidance_scale": 3.0, "num_steps": 4, "weights": {"music": 0.5}}
     assert (opts.seed, opts.output) == (7, "mp4")
     assert parse_options({"prompt": "  "}, lim, model).prompt is None  # an empty prompt is no prompt
     with pytest.raises(UploadError) as info:
-        parse_options({"steps": "9"}, lim, model)
-    assert (info.value.status, info.value.field, info.value.limit) == (422, "steps", 8)
-    assert set(SoundtrackOptions.model_fields) == {"cfg_scale", "weight_video", "weight_music", "weight_sfx",
-                                                   "weight_text", "steps", "seed", "prompt", "output"}
+        parse_options({"num_steps": "9"}, lim, model)
+    assert (info.value.status, info.value.field, info.value.limit) == (422, "num_steps", 8)
+    assert set(SoundtrackOptions.model_fields) == {"guidance_scale", "weight_video", "weight_music", "weight_sfx",
+                                                   "weight_text", "num_steps", "seed", "prompt", "output"}
+
+
+def test_one_knob_table_gives_serve_api_and_tune_the_same_bounds_and_messages(tmp_path):
+    """A bad sampler value gets the same message from the Python API, the Serve form and a
+    tune config; the form's OpenAPI bounds are the table's."""
+    import yaml
+
+    from soundtrack.config import ConfigError
+    from soundtrack.pipelines.generator import GeneratorError, apply_overrides
+    from soundtrack.pipelines.knobs import KNOBS
+    from soundtrack.pipelines.sampler import SamplerConfig
+    from soundtrack.serving.limits import ServeLimits
+    from soundtrack.serving.options import options_form_schema, parse_options
+    from soundtrack.serving.upload import UploadError
+    from soundtrack.tuning.config import load_tune_config
+
+    lim, model = ServeLimits(), {"conditions": ["video", "music", "sfx"]}
+
+    def tune_error(params):
+        p = tmp_path / "t.yaml"
+        p.write_text(yaml.safe_dump({"name": "t", "model": "file:/x", "search": {"params": params}}))
+        with pytest.raises(ConfigError) as info:
+            load_tune_config(p)
+        return str(info.value)
+
+    cases = [  # (Python API override, Serve form field, tune parameter spec)
+        ({"guidance_scale": 40.0}, ("guidance_scale", "40"), {"guidance_scale": {"high": 40.0}}),
+        ({"weights": {"music": 12.0}}, ("weight_music", "12"), {"weight_music": {"high": 12.0}}),
+        ({"selector_tau": 1200}, None, {"selector_tau": {"high": 1200}}),
+        ({"num_steps": 0}, ("num_steps", "0"), {"num_steps": {"low": 0, "high": 20, "default": 10}}),
+        ({"window_k": 0}, None, {"window_k": {"choices": [0, 8], "default": 8}}),
+    ]
+    for override, form, params in cases:
+        with pytest.raises(GeneratorError) as api:
+            apply_overrides(SamplerConfig(), override)
+        message = str(api.value)
+        name = next(iter(override))
+        assert message.startswith(f"{name}") and KNOBS[name].rule() in message, message
+        if form is not None:
+            with pytest.raises(UploadError) as served:
+                parse_options(dict([form]), lim, model)
+            assert (served.value.status, served.value.field) == (422, form[0])
+            assert served.value.message == f"form field {form[0]!r}: {message}"
+        tuned = tune_error(params)
+        assert message in tuned and f"search.params.{next(iter(params))}" in tuned, tuned
+    # the schema's bounds are the table's
+    props = options_form_schema(lim)["properties"]
+    assert (props["guidance_scale"]["minimum"], props["guidance_scale"]["maximum"]) == (
+        KNOBS["guidance_scale"].low, KNOBS["guidance_scale"].high)
+    assert (props["weight_text"]["minimum"], props["weight_text"]["maximum"]) == (KNOBS["weights"].low,
+                                                                                KNOBS["weights"].high)
+    assert props["num_steps"]["minimum"] == KNOBS["num_steps"].low and props["num_steps"]["maximum"] == lim.max_steps
 
 
 def _body(parts: list[tuple[str, str | None, bytes]], boundary: str = "bNd") -> bytes:
@@ -85,7 +137,7 @@ def _read(data: bytes, dest, **kw):
     from soundtrack.serving.upload import read_multipart
 
     kw.setdefault("max_bytes", 10_000)
-    kw.setdefault("allowed_fields", {"seed", "steps"})
+    kw.setdefault("allowed_fields", {"seed", "num_steps"})
     return asyncio.run(read_multipart(_chunks(data), b"bNd", dest, **kw))
 
 

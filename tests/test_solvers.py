@@ -81,6 +81,25 @@ def test_diffusion_solver_three_steps_then_resumes_to_five(tmp_path):
         torch.set_num_threads(before)
 
 
+def test_diffusion_solver_trains_on_the_sections_noise_schedule(tmp_path):
+    """``train.noise_schedule`` is the schedule of the training loss (and, exported, the model's)."""
+    from soundtrack.distributed.train_generator import noise_schedule
+    from soundtrack.errors import ConfigError
+    from soundtrack.pipelines.schedulers import NoiseSchedule, training_scheduler
+
+    custom = {"beta_start": 0.001, "beta_end": 0.02, "beta_schedule": "scaled_linear"}
+    solver = DiffusionSolver(_config(1, noise_schedule=custom), tmp_path)
+    solver.fit(numpy_batches(_cache(2), batch_size=2, seed=0), LocalReporter(tmp_path / "ckpt"))
+    want = training_scheduler(solver.sched.config.prediction_type, NoiseSchedule(**custom))
+    torch.testing.assert_close(solver.sched.alphas_cumprod, want.alphas_cumprod)
+    assert not torch.allclose(solver.sched.alphas_cumprod, training_scheduler("v_prediction").alphas_cumprod)
+    assert noise_schedule(custom) == NoiseSchedule(**custom) and noise_schedule({}) == NoiseSchedule()
+    with pytest.raises(ConfigError, match="train.noise_schedule.beta_schedule"):
+        noise_schedule({"beta_schedule": "cosine"})
+    with pytest.raises(ConfigError, match=r"train.noise_schedule: the betas need 0 < beta_start <= beta_end < 1"):
+        noise_schedule({"beta_end": 1.5})
+
+
 class _NaNAt(DiffusionSolver):
     """The diffusion solver with a loss that turns non-finite at step 3 (0-based 2)."""
 

@@ -49,7 +49,9 @@ def test_train_recovers_resumes_and_generates(parts, tmp_path):
     assert [m["step"] for m in read_metrics(run_dir)] == [1, 2, 3, 4, 5, 6]  # each step once, in order
     assert [m["step"] for m in read_metrics(run_dir, "vae_metrics.jsonl")] == [1, 2, 3, 4]
     assert vae_state["step"] == 4 and s1["cached_clips"] == 6
-    assert s2["timings"]["vae_s"] < 5 and s2["timings"]["unet_s"] < 5  # skipped, not retrained
+    assert s1["phases"] == {"vae": "trained", "unet": "trained"}
+    assert s2["phases"] == {"vae": "done before", "unet": "done before"}  # skipped, not retrained
+    assert [m["step"] for m in read_metrics(run_dir)] == [1, 2, 3, 4, 5, 6]  # and no step ran again
     vae_cfg = json.loads((run_dir / "model" / "vae" / "config.json").read_text())
     assert vae_cfg["scaling_factor"] != 1.0  # fitted on training latents
 

@@ -32,7 +32,7 @@ def test_config_errors_name_key_and_choices(tmp_path):
     from soundtrack.tuning.config import load_tune_config
 
     base = {"name": "t", "model": "file:/x"}
-    with pytest.raises(ConfigError, match=r"unknown parameter 'search.params.cfg'.*allowed: cfg_scale"):
+    with pytest.raises(ConfigError, match=r"unknown parameter 'search.params.cfg'.*allowed: guidance_scale"):
         load_tune_config(_write(tmp_path, {**base, "search": {"params": {"cfg": {"low": 1}}}}))
     with pytest.raises(ConfigError, match=r"objective.fad = 1.0: fad is lower-is-better"):
         load_tune_config(_write(tmp_path, {**base, "objective": {"fad": 1.0}}))
@@ -40,8 +40,16 @@ def test_config_errors_name_key_and_choices(tmp_path):
         load_tune_config(_write(tmp_path, {**base, "objective": {"bogus": 1.0}}))
     with pytest.raises(ConfigError, match=r"search.scheduler.*allowed values: 'asha', 'fifo'"):
         load_tune_config(_write(tmp_path, {**base, "search": {"scheduler": "hyperband"}}))
-    with pytest.raises(ConfigError, match=r"default of search.params.cfg_scale"):
-        load_tune_config(_write(tmp_path, {**base, "search": {"params": {"cfg_scale": {"low": 3.0, "high": 5.0}}}}))
+    with pytest.raises(ConfigError, match=r"default of search.params.guidance_scale"):
+        load_tune_config(_write(tmp_path, {**base, "search": {"params": {"guidance_scale": {"low": 3.0, "high": 5.0}}}}))
+    # a range reaching outside the sampler knob's bounds names the range and the bounds
+    with pytest.raises(ConfigError, match=r"search.params.guidance_scale has range \[1.0, 40.0\].*guidance_scale must "
+                                          r"be a finite number in \[0, 30\].*got 40.0"):
+        load_tune_config(_write(tmp_path, {**base, "search": {"params": {"guidance_scale": {"high": 40.0}}}}))
+    with pytest.raises(ConfigError, match=r"search.params.train_window_k has choices \[0, 8\].*window_k must be an "
+                                          r"integer >= 1"):
+        load_tune_config(_write(tmp_path, {**base, "model": "train:x", "search": {
+            "space": "training", "params": {"train_window_k": {"choices": [0, 8]}}}}))
     with pytest.raises(ConfigError, match=r"training space needs 'model: train:<run>'"):
         load_tune_config(_write(tmp_path, {**base, "search": {"space": "training"}}))
     with pytest.raises(ConfigError, match=r"unknown key 'train.bogus'"):
@@ -60,18 +68,18 @@ def test_space_maps_to_generator_settings():
     from soundtrack.tuning.space import inert_params, sampling_overrides, training_changes
 
     conds = ("video", "music", "sfx")
-    o = sampling_overrides({"cfg_scale": 4.0, "window_k": "dynamic", "weight_video": 0.5, "weight_text": 0.9,
+    o = sampling_overrides({"guidance_scale": 4.0, "window_k": "dynamic", "weight_video": 0.5, "weight_text": 0.9,
                             "selector_tau": 300, "num_steps": 15}, conds)
     assert o == {"guidance_scale": 4.0, "attention": "dynamic", "num_steps": 15,
                  "weights": {"video": 0.5, "music": 1.0, "sfx": 1.0}}  # text settings: no text condition
     assert sampling_overrides({"window_k": 16, "selector_tau": 300}, conds + ("text",)) == {
         "attention": "segment", "window_k": 16, "selector_tau": 300}
-    assert set(inert_params({"weight_text": 0, "selector_tau": 0, "cfg_scale": 0}, conds)) == {"weight_text",
-                                                                                                 "selector_tau"}
+    assert set(inert_params({"weight_text": 0, "selector_tau": 0, "guidance_scale": 0}, conds)) == {
+        "weight_text", "selector_tau"}
     assert training_changes({"lr": 1e-3, "train_window_k": 4}) == {"lr": 1e-3, "denoiser": {"attention": "segment",
                                                                                             "window_k": 4}}
     assert apply_overrides(SamplerConfig(), {"selector_tau": 250}).selector_tau == 250
-    with pytest.raises(GeneratorError, match="selector_tau must be an integer timestep"):
+    with pytest.raises(GeneratorError, match=r"selector_tau must be an integer in \[0, 1000\] \(a timestep"):
         apply_overrides(SamplerConfig(), {"selector_tau": 5000})
 
 
@@ -232,7 +240,7 @@ def test_search_killed_and_resumed_keeps_every_trial_once_and_tpe_history(inputs
     assert finished_before <= set(df["trial_id"])
     # trial 0 is the paper defaults (CFG 2.5, k = 8, equal weights)
     first = df.iloc[0]
-    assert first["param_cfg_scale"] == 2.5 and str(first["param_window_k"]) == "8"
+    assert first["param_guidance_scale"] == 2.5 and str(first["param_window_k"]) == "8"
     assert first["param_weight_video"] == first["param_weight_music"] == first["param_weight_sfx"] == 1.0
     assert "param_weight_text" not in df  # inert for a model without text: left out, and said so
     after = load_searcher(run_dir)
@@ -267,8 +275,11 @@ def test_registry_entry_loads_and_generates_with_tuned_settings(inputs):
     root = inputs
     storage = root / "runs"
     run_dir = tune_run_dir(load_tune_config(_cfg(root), [f"storage={storage}"]))
-    if read_card(run_dir).get("status") != "finished":
-        pytest.skip("needs the search of the resume test")
+    if read_card(run_dir).get("status") != "finished":  # run alone: the resume test has not searched yet
+        res = subprocess.run(_soundtrack("tune", str(_cfg(root)), "--storage", str(storage), "--resume"),
+                             cwd=REPO, env=_env(root), capture_output=True, text=True, timeout=900)
+        assert res.returncode == 0, res.stderr[-3000:]
+    assert read_card(run_dir)["status"] == "finished"
     card = registry_card("tuned", storage)
     summary = read_card(run_dir)["summary"]
     assert card["search"]["trial_id"] == summary["best"]["trial_id"]
@@ -285,6 +296,15 @@ def test_registry_entry_loads_and_generates_with_tuned_settings(inputs):
     # the defaults ARE the tuned settings: the same as passing them explicitly to the source model
     src = load_generator(f"file:{root / 'model'}")
     np.testing.assert_array_equal(wav, src.generate(frames, seed=0, clip_id="x", **settings))
+    # a finished search relaunched with another registry name publishes it there without searching again
+    attempts = read_card(run_dir)["attempts"]
+    res = subprocess.run(_soundtrack("tune", str(_cfg(root)), "--storage", str(storage), "--set", "registry=tuned_again"),
+                         cwd=REPO, env=_env(root), capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    again = registry_card("tuned_again", storage)
+    assert again["search"]["trial_id"] == card["search"]["trial_id"] and again["search"]["run_dir"] == str(run_dir)
+    assert read_card(run_dir)["attempts"] == attempts  # reused, not searched again
+    assert {p["name"] for p in read_card(run_dir)["summary"]["published"]} == {"tuned", "tuned_again"}
 
 
 @pytest.fixture(scope="module")

@@ -1,10 +1,10 @@
 """soundtrack: a Ray-distributed experiment platform for video-soundtrack generation."""
 
 # Ray reads some settings when it is imported, so they are set when soundtrack is: a local
-# Ray on loopback only, no token-auth prompts, no usage stats, offline hubs. A user's own
-# environment variables win (setdefault).
-from soundtrack.env import set_ray_env
+# Ray on loopback only, no token-auth prompts, no usage stats, offline hubs, a numba cache
+# (the one table: soundtrack.env.ENV_DEFAULTS). A user's own environment variables win.
+from soundtrack.env import apply_env_defaults
 
 __version__ = "0.1.0"
 
-set_ray_env()
+apply_env_defaults()

@@ -144,8 +144,8 @@ def tune(config: str | os.PathLike, overrides: Overrides = (), storage: str | os
 
 
 def generate(video: str | os.PathLike, model: str, out: str | os.PathLike, seed: int = 0,
-             storage: str | os.PathLike = "runs", prompt: str | None = None, steps: int | None = None,
-             cfg_scale: float | None = None) -> GenerationResult:
+             storage: str | os.PathLike = "runs", prompt: str | None = None, num_steps: int | None = None,
+             guidance_scale: float | None = None) -> GenerationResult:
     """``soundtrack generate``: a soundtrack (``.wav``) or the video with it (``.mp4``).
 
     The URI, the output type and the input are checked before any weights are read.
@@ -157,8 +157,8 @@ def generate(video: str | os.PathLike, model: str, out: str | os.PathLike, seed:
         seed: seed (same seed, same soundtrack).
         storage: the root ``train:`` / ``registry:`` URIs resolve against.
         prompt: text prompt (models trained with text only).
-        steps: denoising steps (None: the model's).
-        cfg_scale: guidance scale (None: the model's).
+        num_steps: denoising steps (None: the model's).
+        guidance_scale: classifier-free guidance scale (None: the model's).
 
     Raises:
         ConfigError: the output does not end with ``.wav`` or ``.mp4``.
@@ -172,8 +172,8 @@ def generate(video: str | os.PathLike, model: str, out: str | os.PathLike, seed:
         raise MediaError("no_video_stream", f"{video} has no video stream (an audio-only file?); "
                          "--video needs a file with video frames.")
     gen = SoundtrackGenerator.load(model_dir)
-    return gen.generate_file(video, out, seed=seed, caption=prompt or None, num_steps=steps,
-                             guidance_scale=cfg_scale)
+    return gen.generate_file(video, out, seed=seed, caption=prompt or None, num_steps=num_steps,
+                             guidance_scale=guidance_scale)
 
 
 def bench(config: str | os.PathLike, overrides: Overrides = (), storage: str | os.PathLike = "runs",

@@ -4,8 +4,8 @@
     soundtrack data ingest SRC --out DIR [--clip-s 10.24] [--pad-short] [--metadata CSV]
     soundtrack data featurize --data DIR [--config YAML] [--set featurize.size=64]
     soundtrack pretrain experiments/pretrain_tiny.yaml [--resume] [--force]
-    soundtrack generate --video IN.mp4 --model URI --out OUT.wav|OUT.mp4 [--seed S] [--steps N]
-                        [--cfg-scale S] [--prompt TEXT] [--storage DIR]
+    soundtrack generate --video IN.mp4 --model URI --out OUT.wav|OUT.mp4 [--seed S] [--num-steps N]
+                        [--guidance-scale S] [--prompt TEXT] [--storage DIR]
     soundtrack tune experiments/tune_tiny.yaml [--resume] [--force] [--set search.scheduler=fifo]
     soundtrack serve [--config serve/config.yaml] [--model URI] [--storage DIR] [--host H] [--port P]
     soundtrack demo [--config experiments/demo.yaml]
@@ -25,6 +25,7 @@ import sys
 
 from soundtrack.errors import SoundtrackError
 from soundtrack.logs import setup_console
+from soundtrack.pipelines.knobs import KNOBS
 
 log = logging.getLogger("soundtrack")
 
@@ -93,8 +94,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="model URI: train:<run name or prefix>, registry:<name>, file:<dir> or a model directory")
     ge.add_argument("--out", required=True, help="OUT.wav (16-bit, 16 kHz) or OUT.mp4 (the video with the soundtrack)")
     ge.add_argument("--seed", type=int, default=0, help="seed (same seed, same soundtrack)")
-    ge.add_argument("--steps", type=int, help="denoising steps (default: the model's)")
-    ge.add_argument("--cfg-scale", type=float, help="classifier-free guidance scale (default: the model's)")
+    ge.add_argument("--num-steps", type=int,
+                    help=f"denoising steps, {KNOBS['num_steps'].rule()} (default: the model's)")
+    ge.add_argument("--guidance-scale", type=float,
+                    help=f"classifier-free guidance scale, {KNOBS['guidance_scale'].rule()} (default: the model's)")
     ge.add_argument("--prompt", help="text prompt (models trained with text only)")
     ge.add_argument("--storage", default="runs", help="storage root for train:/registry: URIs (default ./runs)")
     ge.set_defaults(fn="cmd_generate")

@@ -47,7 +47,7 @@ def cmd_pretrain(args) -> int:
 def cmd_generate(args) -> int:
     """A soundtrack for one video with a saved generator (``--model``: a model URI)."""
     res = api.generate(args.video, args.model, args.out, seed=args.seed, storage=args.storage, prompt=args.prompt,
-                       steps=args.steps, cfg_scale=args.cfg_scale)
+                       num_steps=args.num_steps, guidance_scale=args.guidance_scale)
     print(f"soundtrack: {res.out_path}\n  model:  {args.model}\n"
           f"  audio:  {res.duration_s:.2f} s, {res.n_samples} samples at {res.sr} Hz\n"
           f"  time:   {res.seconds:.1f} s, real-time factor {res.real_time_factor:.2f} "

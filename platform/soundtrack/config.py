@@ -5,8 +5,10 @@ profile it names). Loading checks every key and value: an unknown key, a wrong t
 a value outside a ``Literal`` raises :class:`ConfigError` naming the key, the file and
 the allowed keys or values.
 
-A run's name comes from its config (``name`` plus a short hash of the resolved
-section), never from the clock, so launching the same config again finds the same run.
+A run's name comes from its config (``name`` plus a short hash of :func:`identity`: the
+section's difference from the defaults, minus the keys that only say how the work is
+spread (``INFRA``), with batches counted globally), never from the clock, so launching
+the same config again, on any number of workers, finds the same run.
 """
 
 from __future__ import annotations
@@ -16,16 +18,30 @@ import hashlib
 import json
 import types
 import typing
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Mapping, TypeVar
 
 import yaml
 
-from soundtrack.errors import ConfigError
+from soundtrack.errors import ConfigError, ConfigFileNotFound
+from soundtrack.profiles import stage_deltas
 
+#: The profiles (one data file each in :mod:`soundtrack.profiles`, which holds all their values).
 Profile = Literal["tiny", "paper"]
 Difficulty = Literal["easy", "medium", "hard"]
+#: A config dataclass type (what :func:`load_yaml` builds).
+C = TypeVar("C")
+
+#: Field metadata of a key that only says how the work is spread or watched (workers,
+#: CPUs, threads, logging and checkpoint cadence, retries, fault injection): it never enters
+#: a run's identity, so a run relaunched on more workers resumes the same directory.
+INFRA: dict[str, Any] = {"infra": True}
+
+#: Field metadata of a per-worker batch size: the identity holds the *global* batch
+#: (``value x max(num_workers, 1)``), what the optimiser sees, instead.
+PER_WORKER: dict[str, Any] = {"per_worker": True}
 
 
 @dataclass(frozen=True)
@@ -71,8 +87,8 @@ class FeaturizeSection:
     sr: int = 16000
     clip_s: float = 10.24
     rows_per_shard: int = 16
-    num_cpus: float = 1.0
-    concurrency: int | None = None
+    num_cpus: float = field(default=1.0, metadata=INFRA)
+    concurrency: int | None = field(default=None, metadata=INFRA)
     features_from: Literal["music", "mix"] = "music"
     splits: tuple[str, ...] | None = None
 
@@ -114,24 +130,24 @@ class PretrainSection:
     model: dict[str, Any] = field(default_factory=dict)
     objective: dict[str, Any] = field(default_factory=dict)
     evaluation: dict[str, Any] = field(default_factory=dict)
-    batch_size: int = 32
+    batch_size: int = field(default=32, metadata=PER_WORKER)
     steps: int = 300
     warmup_steps: int = 30
     lr: float = 1e-4
     betas: tuple[float, float] = (0.99, 0.9)
     weight_decay: float = 0.0
     min_lr_ratio: float = 0.0
-    num_workers: int = 1
-    cpus_per_worker: float = 1.0
-    torch_threads: int | None = None
-    prep_workers: int = 1
-    prep_cpus: float = 1.0
-    checkpoint_every: int = 50
-    log_every: int = 10
-    max_failures: int = 2
+    num_workers: int = field(default=1, metadata=INFRA)
+    cpus_per_worker: float = field(default=1.0, metadata=INFRA)
+    torch_threads: int | None = field(default=None, metadata=INFRA)
+    prep_workers: int = field(default=1, metadata=INFRA)
+    prep_cpus: float = field(default=1.0, metadata=INFRA)
+    checkpoint_every: int = field(default=50, metadata=INFRA)
+    log_every: int = field(default=10, metadata=INFRA)
+    max_failures: int = field(default=2, metadata=INFRA)
     seed: int = 0
     eval_split: Literal["train", "val", "test"] = "val"
-    fail_at_step: int | None = None
+    fail_at_step: int | None = field(default=None, metadata=INFRA)
 
 
 @dataclass(frozen=True)
@@ -151,6 +167,9 @@ class TrainSection:
         denoiser: overrides of :class:`soundtrack.models.unet.DenoiserConfig` (attention
             method, window k, fusion, prediction type, sizes).
         sampler: inference defaults stored with the model (:class:`SamplerConfig` fields).
+        noise_schedule: overrides of :class:`soundtrack.pipelines.schedulers.NoiseSchedule`
+            (the training noise schedule, saved with the model in ``scheduler/``; default:
+            CCCG's linear betas 0.0015..0.0195 over 1000 steps).
         vocoder: ``griffinlim`` or a local HiFi-GAN directory.
         use_text: condition on the caption as well (text tokens).
         unet_steps: UNet optimiser steps.
@@ -183,15 +202,16 @@ class TrainSection:
     target: Literal["mix", "music"] = "mix"
     vae: dict[str, Any] = field(default_factory=dict)
     vae_steps: int = 300
-    vae_batch_size: int = 8
+    vae_batch_size: int = field(default=8, metadata=PER_WORKER)
     vae_lr: float = 1e-3
     kl_weight: float = 1e-4
     denoiser: dict[str, Any] = field(default_factory=dict)
     sampler: dict[str, Any] = field(default_factory=dict)
+    noise_schedule: dict[str, Any] = field(default_factory=dict)
     vocoder: str = "griffinlim"
     use_text: bool = False
     unet_steps: int = 800
-    batch_size: int = 8
+    batch_size: int = field(default=8, metadata=PER_WORKER)
     lr: float = 1e-3
     betas: tuple[float, float] = (0.9, 0.999)
     weight_decay: float = 1e-2
@@ -201,16 +221,15 @@ class TrainSection:
     p_drop_all: float = 0.10
     p_keep_one: float = 0.05
     p_drop_each: float = 0.10
-    num_workers: int = 1
-    cpus_per_worker: float = 1.0
-    torch_threads: int | None = 1
-    checkpoint_every: int = 100
-    log_every: int = 20
-    max_failures: int = 2
+    num_workers: int = field(default=1, metadata=INFRA)
+    cpus_per_worker: float = field(default=1.0, metadata=INFRA)
+    torch_threads: int | None = field(default=1, metadata=INFRA)
+    checkpoint_every: int = field(default=100, metadata=INFRA)
+    log_every: int = field(default=20, metadata=INFRA)
+    max_failures: int = field(default=2, metadata=INFRA)
     seed: int = 0
-    fail_at_step: int | None = None
-    # Added after runs existed: unset, it stays out of run names (see hash_dict).
-    reuse_vae_from: str | None = field(default=None, metadata={"hash_if_set": True})
+    fail_at_step: int | None = field(default=None, metadata=INFRA)
+    reuse_vae_from: str | None = None
 
 
 @dataclass(frozen=True)
@@ -230,32 +249,12 @@ class ExperimentConfig:
 
     name: str = "demo"
     profile: Profile = "tiny"
-    storage: str = "runs"
+    storage: str = field(default="runs", metadata=INFRA)
     seed: int = 0
     synth: SynthSection = field(default_factory=SynthSection)
     featurize: FeaturizeSection = field(default_factory=FeaturizeSection)
     pretrain: PretrainSection = field(default_factory=PretrainSection)
     train: TrainSection = field(default_factory=TrainSection)
-
-
-#: Per-profile deltas applied before the YAML's own values.
-PROFILE_DELTAS: dict[str, dict[str, Any]] = {
-    # 2-core settings: pretrain_tiny <= 5 min, train_tiny <= 15 min (README, benchmarks/results).
-    "tiny": {
-        "synth": {"n": 320},
-        "featurize": {"rows_per_shard": 8},
-        "pretrain": {"batch_size": 16, "steps": 160, "warmup_steps": 16, "checkpoint_every": 40},
-        "train": {"vae_steps": 300, "vae_batch_size": 8, "unet_steps": 700, "batch_size": 8, "lr": 1e-3,
-                  "checkpoint_every": 100},
-    },
-    "paper": {
-        "featurize": {"size": 224, "rows_per_shard": 64},
-        "pretrain": {"batch_size": 256, "steps": 20000, "warmup_steps": 1000, "checkpoint_every": 1000, "log_every": 50},
-        # CCCG: batch 32, AdamW 3e-5; MusicLDM's VAE/HiFi-GAN are reused there (give a local vocoder path).
-        "train": {"batch_size": 32, "lr": 3e-5, "unet_steps": 200000, "vae_steps": 100000, "vae_lr": 4.5e-6,
-                  "warmup_steps": 1000, "checkpoint_every": 2000, "log_every": 100, "torch_threads": None},
-    },
-}
 
 
 # ----------------------------------------------------------------------------- loading
@@ -371,6 +370,29 @@ def build(cls: type, data: dict[str, Any] | None, src: str = "<config>", prefix:
     return dataclasses.replace(base, **kw)
 
 
+def from_mapping(cls: type, d: Mapping[str, Any] | None, what: str):
+    """A frozen dataclass from a mapping of its fields (missing ones keep their defaults).
+
+    For small option records (a noise schedule, service limits) read from JSON or YAML,
+    where the dataclass' own ``__post_init__`` checks the values.
+
+    Args:
+        cls: the dataclass type.
+        d: field -> value (``None``: the defaults).
+        what: what the fields are, for the message (e.g. ``"serve limit(s)"``).
+
+    Raises:
+        ConfigError: an unknown key (the message lists the allowed ones); the dataclass'
+            own checks raise for bad values.
+    """
+    d = dict(d or {})
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(d) - set(names))
+    if unknown:
+        raise ConfigError(f"unknown {what} {unknown}; allowed: {', '.join(names)}")
+    return cls(**d)
+
+
 def _deep_merge(a: dict, b: dict) -> dict:
     out = dict(a)
     for k, v in b.items():
@@ -395,6 +417,66 @@ def parse_override(s: str) -> dict:
     return out
 
 
+def load_yaml(path: str | Path | None, overrides: Sequence[str] = (), cls: type[C] = ExperimentConfig, *,
+              what: str = "config file", example: str = "experiments/",
+              under: Callable[[dict[str, Any], str], dict[str, Any]] | None = None) -> C:
+    """The one YAML config loader: read a file, apply ``--set`` overrides, build ``cls`` over its defaults.
+
+    Experiments (:func:`load_config`), tune searches
+    (:func:`soundtrack.tuning.config.load_tune_config`) and benches
+    (:func:`soundtrack.eval.bench.load_bench_config`) all load through here, then add
+    their own checks.
+
+    Args:
+        path: the YAML file (``None``: the defaults and the overrides only).
+        overrides: ``section.key=value`` strings (from ``--set``), applied over the file.
+        cls: the frozen config dataclass to build (unknown keys and bad values are named).
+        what: what the file is, for messages (``"tune config"``).
+        example: where an example lives, for the missing-file message.
+        under: given the file's data (overrides applied) and its name, the deltas to lay
+            under it before building (the experiment's profile deltas); ``None``: none.
+
+    Returns:
+        the ``cls`` instance.
+
+    Raises:
+        ConfigFileNotFound: the file does not exist (also a ``FileNotFoundError``).
+        ConfigError: the file is not YAML or its top level not a mapping, an override is
+            malformed, or a key or value is not allowed (named with the file and the choices).
+    """
+    data: dict[str, Any] = {}
+    src = "<defaults>"
+    if path is not None:
+        p = Path(path)
+        if not p.exists():
+            raise ConfigFileNotFound(f"{what} {p} does not exist (looked for {p.absolute()}); see {example} for an example.")
+        if not p.is_file():
+            raise ConfigError(f"{what} {p} is not a file; give a YAML file (see {example} for an example).")
+        src = str(p)
+        try:
+            loaded = yaml.safe_load(p.read_text())
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{src}: not valid YAML: {exc}") from None
+        loaded = {} if loaded is None else loaded
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{src}: the top level must be a mapping of keys, got {type(loaded).__name__}.")
+        data = loaded
+    for o in overrides:
+        data = _deep_merge(data, parse_override(o))
+    if under is not None:
+        data = _deep_merge(under(data, src), data)
+    return build(cls, data, src=src)
+
+
+def _profile_deltas(data: dict[str, Any], src: str) -> dict[str, Any]:
+    """The stage deltas of the profile an experiment names (:mod:`soundtrack.profiles`)."""
+    profile = data.get("profile", ExperimentConfig.profile)
+    allowed = typing.get_args(Profile)
+    if profile not in allowed:
+        raise ConfigError(f"{src}: key 'profile' has value {profile!r}; allowed values: {', '.join(map(repr, allowed))}.")
+    return stage_deltas(profile)
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> ExperimentConfig:
     """Load an experiment: defaults, then the profile's deltas, then the YAML, then overrides.
 
@@ -404,27 +486,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
 
     Raises:
         ConfigError: a bad key or value, naming it and what is allowed.
-        FileNotFoundError: the YAML file does not exist.
+        ConfigFileNotFound: the YAML file does not exist (a ``FileNotFoundError``).
     """
-    data: dict = {}
-    src = "<defaults>"
-    if path is not None:
-        p = Path(path)
-        if not p.exists():
-            raise FileNotFoundError(f"config file {p} does not exist; see experiments/ for examples.")
-        src = str(p)
-        loaded = yaml.safe_load(p.read_text()) or {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{src}: the top level must be a mapping of sections, got {type(loaded).__name__}.")
-        data = loaded
-    for o in overrides:
-        data = _deep_merge(data, parse_override(o))
-    profile = data.get("profile", ExperimentConfig.profile)
-    allowed = typing.get_args(Profile)
-    if profile not in allowed:
-        raise ConfigError(f"{src}: key 'profile' has value {profile!r}; allowed values: {', '.join(map(repr, allowed))}.")
-    merged = _deep_merge(PROFILE_DELTAS[profile], data)
-    return build(ExperimentConfig, merged, src=src)
+    return load_yaml(path, overrides, ExperimentConfig, what="config file", example="experiments/",
+                     under=_profile_deltas)
 
 
 def to_dict(cfg: Any) -> dict:
@@ -438,19 +503,58 @@ def config_hash(obj: Any, n: int = 8) -> str:
     return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:n]
 
 
-def hash_dict(cfg: Any) -> dict:
-    """:func:`to_dict` minus fields marked ``hash_if_set`` that hold ``None``.
-
-    Fields added to a section after runs were made carry that mark, so that leaving them
-    unset keeps the names (and so the resumability) of every existing run.
-    """
+def _identity_form(cfg: Any) -> dict[str, Any]:
+    """A config dataclass as data, infra keys dropped, per-worker batches made global."""
     d = to_dict(cfg)
     for f in dataclasses.fields(cfg):
-        if f.metadata.get("hash_if_set") and getattr(cfg, f.name) is None:
+        value = getattr(cfg, f.name)
+        if f.metadata.get("infra"):
             d.pop(f.name, None)
+        elif f.metadata.get("per_worker"):
+            d[f.name] = value * max(int(getattr(cfg, "num_workers", 1) or 0), 1)
+        elif dataclasses.is_dataclass(value):
+            d[f.name] = _identity_form(value)
     return d
 
 
-def run_name(name: str, *sections: Any) -> str:
-    """``<name>-<hash of the sections that define the run>``: stable across launches."""
-    return f"{name}-{config_hash([hash_dict(s) if dataclasses.is_dataclass(s) else s for s in sections])}"
+def _difference(d: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
+    """The keys of ``d`` whose value differs from ``base`` (nested mappings compared key by key)."""
+    out = {}
+    for k, v in d.items():
+        b = base.get(k, _MISSING)
+        if isinstance(v, dict) and isinstance(b, dict):
+            sub = _difference(v, b)
+            if sub:
+                out[k] = sub
+        elif v != b:
+            out[k] = v
+    return out
+
+
+_MISSING = object()
+
+
+def identity(cfg: Any) -> dict[str, Any]:
+    """What defines a run of a config section: its difference from the section's frozen defaults,
+    minus the :data:`INFRA` keys, with each :data:`PER_WORKER` batch counted globally.
+
+    A key added to a section later, at its default, stays out (existing run names hold);
+    a delta that the profile applies is in (it changes the math).
+
+    Args:
+        cfg: a config dataclass instance (or JSON-able data, returned unchanged).
+    """
+    if not dataclasses.is_dataclass(cfg):
+        return cfg
+    return _difference(_identity_form(cfg), _identity_form(type(cfg)()))
+
+
+def run_name(name: str, *parts: Any) -> str:
+    """``<name>-<hash>`` of what defines a run: each section's :func:`identity` and the
+    upstream names given; stable across launches and across scaling out.
+
+    Args:
+        name: the run's prefix (the experiment's name, a profile, ...).
+        *parts: config sections (dataclasses) and plain JSON-able values (upstream run names).
+    """
+    return f"{name}-{config_hash([identity(p) for p in parts])}"

@@ -1,46 +1,94 @@
-"""Environment defaults, set once when :mod:`soundtrack` is imported (before Ray is).
+"""Environment defaults: the one table of the variables soundtrack sets, and the one function that sets them.
 
-Ray, Hugging Face libraries and numba read these at import or start-up. A user's own
-environment variables always win (``setdefault``); Ray workers get the same values
-through their runtime environment (:func:`worker_env`).
+Ray, Ray Serve, the Hugging Face libraries and numba read these at import or start-up, so
+:mod:`soundtrack` applies them when it is imported, before anything imports Ray
+(``soundtrack/__init__``). Ray workers get the same values through their runtime
+environment (:func:`worker_env`).
+
+Precedence, highest first: the user's own environment (a variable set before soundtrack
+changed it is never touched), then a caller's ``extra`` values (``soundtrack serve`` passes
+its Serve config's ``env_vars``), then :data:`ENV_DEFAULTS`.
+
+Nothing else in the package, the tests or the Makefile sets these: the Makefile exports
+none of them (every Python process it starts imports soundtrack first), and
+``tests/test_env.py`` checks that any it ever exports agrees with this table.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
-#: Settings that keep a local Ray on 127.0.0.1 and quiet (see MACHINE-NOTES).
-RAY_ENV_DEFAULTS = {
-    "RAY_USAGE_STATS_ENABLED": "0",
-    "RAY_AUTH_MODE": "disabled",
-    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
-    "HF_HUB_OFFLINE": "1",
-    "TRANSFORMERS_OFFLINE": "1",
-    "TOKENIZERS_PARALLELISM": "false",
-    "RAY_DEDUP_LOGS": "1",
-    "RAY_TRAIN_V2_ENABLED": "1",
+#: Every environment default of the platform. Values are strings (environment variables);
+#: units are in the comments.
+ENV_DEFAULTS: dict[str, str] = {
+    # Ray: a local Ray on 127.0.0.1, quiet and offline (see MACHINE-NOTES).
+    "RAY_USAGE_STATS_ENABLED": "0",            # flag: no usage-stats prompt or upload
+    "RAY_AUTH_MODE": "disabled",               # no token-auth prompt for the loopback-only local Ray
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",  # flag (Ray's default, explicit): no multi-node Ray on macOS/Windows
+    "RAY_DEDUP_LOGS": "1",                     # flag (Ray's default, explicit): repeated worker lines printed once
+    "RAY_TRAIN_V2_ENABLED": "1",               # flag: the Ray Train v2 API distributed.train uses
     # Serve's proxy must answer its first ready check within 5 s and its health checks
     # within 10 s (Ray's defaults); on a loaded 2-core machine its start-up (FastAPI and
     # uvicorn imports) can take longer and Serve then kills it. Seconds.
     "RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "30",
     "RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S": "30",
+    # Serve autoscaling metrics pushed every second instead of every 10 s, so the replica
+    # count follows load within seconds (serving/limits.py DEFAULT_CONFIG). Seconds.
+    "RAY_SERVE_HANDLE_AUTOSCALING_METRIC_PUSH_INTERVAL_S": "1",
+    "RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S": "1",
+    # Hugging Face: every model is local (the packaged sentence encoder, local checkpoints);
+    # never reach the Hub, even to check for updates.
+    "HF_HUB_OFFLINE": "1",                     # flag
+    "TRANSFORMERS_OFFLINE": "1",               # flag
+    # flag: tokenizers' own threads off, so forked Ray workers neither warn nor deadlock.
+    "TOKENIZERS_PARALLELISM": "false",
+    # numba compiles librosa's onset/beat code in every new process (6-14 s); an on-disk
+    # cache shared by all processes and runs makes that a one-off. A directory path.
+    "NUMBA_CACHE_DIR": str(Path.home() / ".cache" / "soundtrack-numba"),
 }
 
+#: Variables soundtrack does not set but forwards to Ray workers when the user has set
+#: them: ``OMP_NUM_THREADS`` (threads per process; Ray otherwise sets it to the CPUs of
+#: each task or actor).
+PASS_THROUGH = ("OMP_NUM_THREADS",)
 
-def set_ray_env() -> None:
-    """Apply :data:`RAY_ENV_DEFAULTS` where the user has not set them, plus a numba cache.
+#: The :data:`ENV_DEFAULTS` values :func:`apply_env_defaults` itself put into ``os.environ``
+#: (so that a later ``extra`` may replace them, while any other value is never replaced).
+_SET_HERE: dict[str, str] = {}
 
-    numba compiles librosa's onset/beat code in every new process (6-14 s); a shared
-    cache directory makes that a one-off.
+
+def apply_env_defaults(extra: Mapping[str, object] | None = None) -> None:
+    """Set :data:`ENV_DEFAULTS`, then ``extra``, wherever the user has not set the variable.
+
+    Idempotent; called when :mod:`soundtrack` is imported, and again by whatever starts
+    Ray or Serve or loads a Hugging Face model (in case the environment changed since).
+
+    Args:
+        extra: more variables for this process (e.g. a Serve config's ``env_vars``); they
+            win over :data:`ENV_DEFAULTS`, never over a value set otherwise (the user's
+            own, an earlier call's ``extra``), and later calls keep them. Values are
+            converted with ``str``.
     """
-    for k, v in RAY_ENV_DEFAULTS.items():
-        os.environ.setdefault(k, v)
-    os.environ.setdefault("NUMBA_CACHE_DIR", str(Path.home() / ".cache" / "soundtrack-numba"))
+    extra = {k: str(v) for k, v in (extra or {}).items()}
+    for key, value in {**ENV_DEFAULTS, **extra}.items():
+        current = os.environ.get(key)
+        if current is None or (key in _SET_HERE and current == _SET_HERE[key]):
+            os.environ[key] = value
+            if key in extra:
+                _SET_HERE.pop(key, None)  # from now on a value like the user's: kept
+            else:
+                _SET_HERE[key] = value
 
 
 def worker_env() -> dict[str, str]:
-    """Environment variables every Ray worker process gets (runtime_env)."""
-    set_ray_env()
-    keys = list(RAY_ENV_DEFAULTS) + ["NUMBA_CACHE_DIR", "OMP_NUM_THREADS"]
+    """Environment variables every Ray worker process gets (its ``runtime_env``).
+
+    Returns:
+        the current values of :data:`ENV_DEFAULTS`' variables (after
+        :func:`apply_env_defaults`) and of :data:`PASS_THROUGH` where set.
+    """
+    apply_env_defaults()
+    keys = [*ENV_DEFAULTS, *PASS_THROUGH]
     return {k: os.environ[k] for k in keys if k in os.environ}

@@ -18,6 +18,10 @@ class ConfigError(SoundtrackError, ValueError):
     """A config key or value that is not allowed (the message names it and the choices)."""
 
 
+class ConfigFileNotFound(ConfigError, FileNotFoundError):
+    """A config file that does not exist (also a ``FileNotFoundError``, as it was before)."""
+
+
 class UpstreamError(SoundtrackError, RuntimeError):
     """An input run that is missing or did not finish."""
 
@@ -85,3 +89,15 @@ class UploadError(SoundtrackError):
 class TrainingError(SoundtrackError, RuntimeError):
     """A training run that cannot go on (a non-finite loss, an empty data stream); the
     message names the step and the last good checkpoint, which is kept."""
+
+
+class CodecError(SoundtrackError, ValueError):
+    """An array column the shard codec has no storage dtype for (the message names it and
+    where the table is: :data:`soundtrack.data.shards.ARRAY_DTYPES`)."""
+
+
+class ObjectiveError(SoundtrackError, ValueError):
+    """A tuning objective that is undefined on the scored clips: a metric it names is
+    missing (e.g. ``sim`` without an evaluator) or not finite (nan on every clip, a set too
+    small for a set metric). The message names the metric and why; the trial errors
+    instead of scoring 0."""

@@ -485,7 +485,7 @@ def make_batch(
             ``wav_music``, ``wav_sfx``, ``beat_times`` and optionally ``caption`` and
             ``source_id``.
         cfg: objective config.
-        rng: random generator (a fresh unseeded one if None).
+        rng: a seeded random generator (required: a run must reproduce from its seed).
 
     Returns:
         Dict with ``frames`` (uint8 tensor (B, crop_frames, H, W, 3)); per stream ``s``
@@ -496,7 +496,8 @@ def make_batch(
         the same source, which are not negatives of each other); ``shift_s``,
         ``offset_frame`` (tensors (B,)); ``shift_kind`` and ``replace_kind`` (lists).
     """
-    rng = rng if rng is not None else np.random.default_rng()
+    if rng is None:  # crops and negatives must follow the run's seed (see distributed.batches.batch_rng)
+        raise ValueError("make_batch needs a seeded numpy Generator (rng); OS entropy would make runs irreproducible")
     if not rows:
         raise ValueError("empty batch")
     b = len(rows)

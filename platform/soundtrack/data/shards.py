@@ -17,8 +17,16 @@ readers trust only shards with a marker. Shape of a run::
   every clip written exactly once. A clip that fails to decode is recorded in the marker
   and in ``errors.jsonl``; it never stops the run.
 
-Array columns are stored as raw bytes plus a shape (``<name>`` and ``<name>__shape``);
-:func:`decode_row` turns a shard row back into numpy arrays.
+**The array codec** (one for every parquet table of arrays: feature shards and the
+latent cache of :mod:`soundtrack.distributed.train_generator`): an array column is stored
+as raw bytes plus a shape, ``<name>`` and ``<name>__shape``. Its storage dtype is never
+stored with it; it comes from one table, :data:`ARRAY_DTYPES` (shard columns and latent-cache
+columns alike), so an encoder and a decoder cannot disagree, and a column missing from the
+table raises :class:`soundtrack.errors.CodecError` instead of being guessed. ``int16``
+columns are waveforms: floats in [-1, 1] stored as 16-bit PCM and decoded back to float32.
+:func:`pack_array` / :func:`unpack_array` code one array, :func:`pack_column` /
+:func:`unpack_column` a column of a numpy batch (many rows), :func:`decode_row` a whole
+shard row, and :func:`load_split` reads a split's clips decoded (what evaluation reads).
 """
 
 from __future__ import annotations
@@ -26,22 +34,33 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 import time
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Literal, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from soundtrack.config import FeaturizeSection, config_hash
+from soundtrack.config import FeaturizeSection, config_hash, identity
 from soundtrack.data import media
 from soundtrack.data.features import FeatureConfig, featurize_clip
+from soundtrack.errors import CodecError, TooFewClips
 
-#: Storage dtype of each array column (why: 16-bit audio and float16 mels halve the
-#: shard size with no loss that matters for training; frames stay uint8).
+log = logging.getLogger(__name__)
+
+#: Array columns of a feature shard, in :func:`featurize_row`'s order.
+SHARD_ARRAYS: tuple[str, ...] = ("frames", "wav_mix", "wav_music", "wav_sfx", "mel_mix", "mel_music", "mel_sfx",
+                                 "chroma", "melody", "dynamics_db", "onset_env", "beat_times", "motion", "shots")
+#: Array columns of a latent-cache row (:class:`soundtrack.distributed.train_generator.CacheEncoder`):
+#: the clip's VAE latents and its condition tokens.
+CACHE_ARRAYS: tuple[str, ...] = ("latents", "video", "music", "sfx", "text")
+#: Storage dtype of every array column, shard and latent cache (the codec's one table).
+#: Shards: 16-bit audio and float16 mels halve the shard size with no loss that matters
+#: for training; frames stay uint8. Latent cache: float32, what the UNet trains on.
 ARRAY_DTYPES: dict[str, str] = {
     "frames": "uint8",
     "wav_mix": "int16",
@@ -57,8 +76,79 @@ ARRAY_DTYPES: dict[str, str] = {
     "beat_times": "float32",
     "motion": "float32",
     "shots": "int32",
+    "latents": "float32",
+    "video": "float32",
+    "music": "float32",
+    "sfx": "float32",
+    "text": "float32",
 }
+#: Suffix of an array column's shape column.
+SHAPE = "__shape"
 ID_COLUMNS = ("clip_id", "source_id", "split", "caption", "start_s", "duration_s", "pad_s", "stems_source")
+
+
+# ----------------------------------------------------------------------------- the array codec
+
+
+def _dtype(name: str) -> str:
+    """The storage dtype of array column ``name`` (from :data:`ARRAY_DTYPES`, never guessed)."""
+    try:
+        return ARRAY_DTYPES[name]
+    except KeyError:
+        raise CodecError(f"array column {name!r} has no storage dtype; add it to soundtrack.data.shards.ARRAY_DTYPES "
+                         f"(known: {', '.join(ARRAY_DTYPES)})") from None
+
+
+def pack_array(name: str, a: Any) -> dict[str, Any]:
+    """One array as the two stored columns of ``name``: bytes in its dtype and its shape.
+
+    Args:
+        name: the column (a key of :data:`ARRAY_DTYPES`).
+        a: the array (array-like). For ``int16`` columns, a float waveform in [-1, 1]
+            (clipped, stored as 16-bit PCM).
+
+    Returns:
+        ``{name: bytes, name + "__shape": list of ints}``.
+
+    Raises:
+        CodecError: ``name`` has no storage dtype.
+    """
+    dt = _dtype(name)
+    a = np.asarray(a)
+    if dt == "int16":  # float waveform in [-1, 1] -> 16-bit PCM
+        a = np.round(np.clip(a, -1, 1) * 32767.0)
+    a = np.ascontiguousarray(a.astype(dt))
+    return {name: a.tobytes(), name + SHAPE: list(a.shape)}
+
+
+def unpack_array(name: str, raw: bytes, shape: Sequence[int]) -> np.ndarray:
+    """The array :func:`pack_array` stored (read-only; ``int16`` waveforms as float32 in [-1, 1]).
+
+    Args:
+        name: the column (a key of :data:`ARRAY_DTYPES`).
+        raw: its stored bytes.
+        shape: its stored shape.
+
+    Raises:
+        CodecError: ``name`` has no storage dtype.
+    """
+    dt = _dtype(name)
+    a = np.frombuffer(raw, dtype=dt).reshape([int(s) for s in shape])
+    if dt == "int16":
+        a = a.astype(np.float32) / 32767.0
+    return a
+
+
+def pack_column(name: str, arrays: Iterable[Any]) -> dict[str, np.ndarray]:
+    """Many rows' arrays as the two columns of a numpy batch (object array of bytes, int64 shapes)."""
+    packed = [pack_array(name, a) for a in arrays]
+    return {name: np.asarray([p[name] for p in packed], dtype=object),
+            name + SHAPE: np.asarray([p[name + SHAPE] for p in packed], dtype=np.int64)}
+
+
+def unpack_column(batch: Mapping[str, Any], name: str) -> list[np.ndarray]:
+    """Every row's array of column ``name`` in a numpy batch (Ray Data or in-memory rows)."""
+    return [unpack_array(name, raw, shape) for raw, shape in zip(batch[name], batch[name + SHAPE])]
 
 
 # ----------------------------------------------------------------------------- one clip
@@ -124,21 +214,14 @@ def featurize_row(row: dict, section: FeaturizeSection, fcfg=None) -> dict[str, 
         "wav_music": dec.get("music") if dec.get("music") is not None else feats.get("wav_music"),
         "wav_sfx": dec.get("sfx") if dec.get("sfx") is not None else feats.get("wav_sfx"),
     }
-    for k in ARRAY_DTYPES:
+    for k in SHARD_ARRAYS:
         if k not in arrays and k in feats:
             arrays[k] = feats[k]
     out: dict[str, Any] = {c: row.get(c) for c in ID_COLUMNS if c in row}
     out["stems_source"] = feats.get("stems_source", "given" if "music" in dec else "separated")
     for k, a in arrays.items():
-        if a is None:
-            continue
-        a = np.asarray(a)
-        dt = ARRAY_DTYPES[k]
-        if dt == "int16":  # float waveform in [-1, 1] -> 16-bit PCM
-            a = np.round(np.clip(a, -1, 1) * 32767.0)
-        a = np.ascontiguousarray(a.astype(dt))
-        out[k] = a.tobytes()
-        out[k + "__shape"] = list(a.shape)
+        if a is not None:
+            out.update(pack_array(k, a))
     for c, v in row.items():
         if c.startswith("label_"):
             out[c] = v.tolist() if isinstance(v, np.ndarray) else v
@@ -152,14 +235,11 @@ def decode_row(row: dict, keys: Iterable[str] | None = None) -> dict[str, Any]:
         row: one row read from a shard (dict-like).
         keys: array columns to decode (default: all present).
     """
-    out = {k: v for k, v in row.items() if not (k in ARRAY_DTYPES or k.endswith("__shape"))}
+    out = {k: v for k, v in row.items() if not (k in ARRAY_DTYPES or k.endswith(SHAPE))}
     for k in keys or ARRAY_DTYPES:
         if k not in row or row[k] is None:
             continue
-        a = np.frombuffer(row[k], dtype=ARRAY_DTYPES[k]).reshape([int(s) for s in row[k + "__shape"]])
-        if ARRAY_DTYPES[k] == "int16":
-            a = a.astype(np.float32) / 32767.0
-        out[k] = a
+        out[k] = unpack_array(k, row[k], row[k + SHAPE])
     return out
 
 
@@ -256,10 +336,18 @@ def completed_shards(out_dir: str | os.PathLike) -> dict[int, dict]:
     return out
 
 
-def featurize_id(manifest_path: Path, section: FeaturizeSection) -> str:
-    """Identity of a featurize run: the manifest's content hash plus the section's hash."""
+def featurize_id(manifest_path: Path, section: FeaturizeSection, limit: int | None = None) -> str:
+    """Identity of a featurize run: the manifest's content hash, the section's identity
+    (:func:`soundtrack.config.identity`: infra keys such as ``concurrency`` left out) and
+    the clip limit (``-l<N>``: a run of the first N clips is another data set than the full one).
+
+    Args:
+        manifest_path: the data run's ``manifest.parquet``.
+        section: featurize settings.
+        limit: ``--limit`` (``None``: every clip).
+    """
     h = hashlib.sha1(Path(manifest_path).read_bytes()).hexdigest()[:8]
-    return f"{h}-{config_hash(section)}"
+    return f"{h}-{config_hash(identity(section))}" + (f"-l{int(limit)}" if limit is not None else "")
 
 
 def read_shards(run_dir: str | os.PathLike, split: str | None = None, columns: list[str] | None = None) -> pd.DataFrame:
@@ -275,12 +363,50 @@ def read_shards(run_dir: str | os.PathLike, split: str | None = None, columns: l
         raise FileNotFoundError(f"no shards in {run_dir}/shards; run `soundtrack data featurize` first.")
     cols = None
     if columns is not None:
-        cols = list(columns) + [c + "__shape" for c in columns if c in ARRAY_DTYPES]
+        cols = list(columns) + [c + SHAPE for c in columns if c in ARRAY_DTYPES]
         cols = list(dict.fromkeys(["clip_id", "split", *cols]))
     df = pd.concat([pq.read_table(f, columns=cols).to_pandas() for f in files], ignore_index=True)
     if split is not None:
         df = df[df["split"] == split].reset_index(drop=True)
     return df
+
+
+def load_split(run_dir: str | os.PathLike, split: str, columns: Sequence[str] | None = None, n: int | None = None,
+               too_few: Literal["raise", "fewer"] = "raise", hint: str = "") -> list[dict[str, Any]]:
+    """The decoded clips of one split: sorted by clip id, the first ``n``.
+
+    The one way evaluation reads clips (tune trials and arms, the bench, encoder
+    evaluation, the evaluator's classifier), so every caller sees the same clips in the
+    same order.
+
+    Args:
+        run_dir: a finished featurize run.
+        split: ``train``, ``val`` or ``test``.
+        columns: columns to read (array columns are decoded, ``clip_id`` and ``split``
+            always come along); ``None``: every column.
+        n: how many clips (``None``: all of the split).
+        too_few: what a split with fewer than ``n`` clips does: ``raise``
+            :class:`soundtrack.errors.TooFewClips` (with both numbers), or return the
+            ``fewer`` clips it has, with a log line.
+        hint: appended to the message (e.g. which setting asks for ``n``).
+
+    Returns:
+        One dict per clip (:func:`decode_row`).
+
+    Raises:
+        TooFewClips: fewer than ``n`` clips and ``too_few="raise"``.
+        FileNotFoundError: the run has no shards.
+    """
+    df = read_shards(run_dir, split=split, columns=None if columns is None else list(columns))
+    df = df.sort_values("clip_id", kind="stable").reset_index(drop=True)
+    if n is not None:
+        if len(df) < n:
+            msg = f"the {split} split of {run_dir} has {len(df)} clip(s), {n} requested" + (f" ({hint})" if hint else "")
+            if too_few == "raise":
+                raise TooFewClips(msg)
+            log.info("%s; using those %d", msg, len(df))
+        df = df.head(n)
+    return [decode_row(r) for r in df.to_dict("records")]
 
 
 def shard_files(run_dir: str | os.PathLike) -> list[str]:

@@ -26,6 +26,25 @@ def _group_id(source: str) -> int:
     return int.from_bytes(hashlib.sha1(source.encode()).digest()[:8], "big") >> 2
 
 
+#: Column that :func:`soundtrack.distributed.train.repeat_stream` adds: which pass over the data a row is from.
+PASS_COLUMN = "pass_index"
+
+
+def batch_rng(seed: int, clip_ids: list[str], passes: list[int] = ()) -> np.random.Generator:
+    """The random generator of one batch's crops and negatives: a function of the run's seed,
+    the batch's clips (in order) and the passes they come from, never of OS entropy, so
+    the seed in ``run.json`` reproduces a run whichever actor builds which batch; a clip
+    met again in a later pass draws other crops.
+
+    Args:
+        seed: the run's seed.
+        clip_ids: the batch's clip ids, in batch order.
+        passes: per row, the pass over the data it belongs to (empty: pass 0).
+    """
+    key = f"{int(seed)}|{','.join(clip_ids)}|{','.join(str(int(p)) for p in passes)}"
+    return np.random.default_rng(int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "little"))
+
+
 class BatchPrep:
     """Ray Data UDF: shard rows -> one training batch (crops, negatives, mels) as numpy.
 
@@ -35,14 +54,12 @@ class BatchPrep:
 
     def __init__(self, objective: dict, seed: int):
         self.ocfg = objective_config(objective)
-        # Crops and negatives are augmentation: fresh OS entropy per actor, so every epoch
-        # (a new actor pool) draws new crops. Model init and shard order follow ``seed``.
-        del seed
-        self.rng = np.random.default_rng()
+        self.seed = int(seed)
 
     def __call__(self, batch) -> dict[str, np.ndarray]:
         rows = _rows_from_batch(batch)
-        b = make_batch(rows, self.ocfg, self.rng)
+        passes = batch[PASS_COLUMN].tolist() if PASS_COLUMN in getattr(batch, "columns", ()) else []
+        b = make_batch(rows, self.ocfg, batch_rng(self.seed, [str(r["clip_id"]) for r in rows], passes))
         out = {}
         for k, v in b.items():
             if k in STR_KEYS or (isinstance(v, list) and v and isinstance(v[0], str)):

@@ -14,7 +14,7 @@ import os
 import ray
 from ray.data import DataContext
 
-from soundtrack.env import set_ray_env, worker_env
+from soundtrack.env import apply_env_defaults, worker_env
 from soundtrack.logs import quiet_ray_worker, route_ray_logs
 
 #: Ray loggers that repeat harmless warnings every few seconds on a dashboard-less Ray
@@ -42,7 +42,7 @@ def init_ray(address: str | None = None, num_cpus: float | None = None, quiet: b
     Returns:
         The ``ray`` module.
     """
-    set_ray_env()
+    apply_env_defaults()
     route_ray_logs()
     if not ray.is_initialized():
         address = address or os.environ.get("RAY_ADDRESS")

@@ -39,7 +39,7 @@ import torch
 from ray.data.expressions import col
 
 from soundtrack.config import ConfigError, TrainSection, build, to_dict
-from soundtrack.data.shards import decode_row, shard_files
+from soundtrack.data.shards import CACHE_ARRAYS, decode_row, pack_column, shard_files
 from soundtrack.distributed.cluster import init_ray
 from soundtrack.distributed.train import launch, repeat_stream
 from soundtrack.models.conditioning import video_conditions
@@ -54,6 +54,7 @@ from soundtrack.models.vae import (
 )
 from soundtrack.pipelines.generator import SoundtrackGenerator
 from soundtrack.pipelines.sampler import SamplerConfig
+from soundtrack.pipelines.schedulers import NoiseSchedule
 from soundtrack.solvers import solver_class
 from soundtrack.solvers.base import LocalReporter, numpy_batches
 from soundtrack.solvers.common import (
@@ -87,17 +88,32 @@ def sampler_config(overrides: dict[str, Any]):
     return build(SamplerConfig, overrides, src="train.sampler", prefix="train.sampler.")
 
 
+def noise_schedule(overrides: dict[str, Any]) -> NoiseSchedule:
+    """The training noise schedule (:class:`NoiseSchedule` + ``train.noise_schedule``), saved with the model.
+
+    Raises:
+        ConfigError: an unknown key or a bad value (named ``train.noise_schedule.<key>``).
+    """
+    try:
+        return build(NoiseSchedule, overrides, src="train.noise_schedule", prefix="train.noise_schedule.")
+    except ValueError as exc:  # NoiseSchedule's own checks (ConfigError is a ValueError too)
+        if isinstance(exc, ConfigError):
+            raise
+        raise ConfigError(f"train.noise_schedule: {exc}") from exc
+
+
 # ----------------------------------------------------------------------------- phase 1: VAE
 
 
 # ----------------------------------------------------------------------------- phase 2: cache
 
 
-CACHE_ARRAYS = ("latents", "video", "music", "sfx", "text")
-
-
 class CacheEncoder:
-    """Ray Data UDF: shard rows -> latents (frozen VAE) + condition tokens (frozen encoders)."""
+    """Ray Data UDF: shard rows -> latents (frozen VAE) + condition tokens (frozen encoders).
+
+    The arrays (:data:`soundtrack.data.shards.CACHE_ARRAYS`) are stored with the shard
+    codec (:func:`soundtrack.data.shards.pack_column`, dtypes from ``ARRAY_DTYPES``).
+    """
 
     def __init__(self, vae_dir: str, encoders_dir: str, target: str, use_text: bool, threads: int | None):
         torch_threads(threads)
@@ -116,13 +132,10 @@ class CacheEncoder:
         conds = video_conditions(self.encoders, frames, [r.get("caption") or "" for r in rows], self.use_text)
         out: dict[str, Any] = {"clip_id": np.asarray([r["clip_id"] for r in rows]),
                                "shots": np.asarray([json.dumps([float(x) for x in s]) for s in conds.shots])}
-        for name, t in (("latents", lat), ("video", conds.video), ("music", conds.music), ("sfx", conds.sfx),
-                        ("text", conds.text)):
-            if t is None:
-                continue
-            a = t.float().cpu().numpy()
-            out[name] = np.asarray([x.tobytes() for x in a], dtype=object)
-            out[name + "__shape"] = np.asarray([list(x.shape) for x in a], dtype=np.int64)
+        arrays = {"latents": lat, "video": conds.video, "music": conds.music, "sfx": conds.sfx, "text": conds.text}
+        for name in CACHE_ARRAYS:
+            if arrays[name] is not None:
+                out.update(pack_column(name, arrays[name].float().cpu().numpy()))
         return out
 
 
@@ -251,17 +264,23 @@ def run_train(profile: str, sec: TrainSection, features_dir: Path, encoders_dir:
     enc_cfg = ContrastiveConfig.from_dict(enc_json.get("config", enc_json))
     dcfg = denoiser_config(profile, sec.denoiser, enc_cfg, sec.use_text)
     scfg = sampler_config(sec.sampler)
+    noise_schedule(sec.noise_schedule)  # checked before Ray starts; the solver and the export read it
     vae_kw = vae_config(profile, **sec.vae)  # validates the overrides before Ray starts
     del vae_kw
     init_ray()
     timings: dict[str, float] = {}
+    # what each phase did on this launch: "trained", "done before" (its final output was
+    # complete: a re-launch) or "reused" (another run's VAE and cache)
+    phases: dict[str, str] = {}
     reused = reused_parts(sec, features_dir, encoders_dir) if sec.reuse_vae_from else None
 
     # 1. VAE
     vae_final = reused["vae"] if reused else run_dir / "vae" / "final"
     cache_dir = reused["cache"] if reused else run_dir / "cache"
     t = time.time()
+    phases["vae"] = "reused" if reused else "done before"
     if not (vae_final / "trainer_state.json").exists():
+        phases["vae"] = "trained"
         key = f"mel_{sec.target}"
         ds = (ray.data.read_parquet(shard_files(features_dir), columns=["split", key, key + "__shape"])
               .filter(expr=col("split") == "train").materialize())
@@ -290,7 +309,9 @@ def run_train(profile: str, sec: TrainSection, features_dir: Path, encoders_dir:
     # 3. UNet
     t = time.time()
     unet_final = run_dir / "unet" / "final"
+    phases["unet"] = "done before"
     if not (unet_final / "trainer_state.json").exists():
+        phases["unet"] = "trained"
         tmp = _run_phase("diffusion", {"section": to_dict(sec), "denoiser": dataclasses.asdict(dcfg)}, sec, run_dir,
                          "unet", lambda: repeat_stream(ray.data.read_parquet(str(cache_dir)).materialize(),
                                                        sec.unet_steps * sec.batch_size * max(sec.num_workers, 1),
@@ -306,7 +327,7 @@ def run_train(profile: str, sec: TrainSection, features_dir: Path, encoders_dir:
     model_dir = export_generator(run_dir / "model", profile, Path(encoders_dir), vae_final, unet_final, scfg, sec,
                                  card={"run": run_dir.name, "features": str(features_dir), "encoders": str(encoders_dir)},
                                  frame_size=frame_size)
-    return {"model": str(model_dir), "cached_clips": n_cache, "timings": timings,
+    return {"model": str(model_dir), "cached_clips": n_cache, "timings": timings, "phases": phases,
             "denoiser": {"prediction_type": dcfg.prediction_type, "attention": dcfg.attention, "window_k": dcfg.window_k,
                          "fusion": dcfg.fusion}}
 
@@ -317,7 +338,7 @@ def export_generator(out: Path, profile: str, encoders_dir: Path, vae_dir: Path,
     conditions = ["video", "music", "sfx"] + (["text"] if sec.use_text else [])
     gen = SoundtrackGenerator(ContrastiveModel.load(encoders_dir), load_vae(vae_dir), SoundtrackDenoiser.load(denoiser_dir),
                               sec.vocoder, profile=profile, frame_size=frame_size, sampler=scfg,
-                              conditions=conditions, card=card)
+                              conditions=conditions, card=card, schedule=noise_schedule(sec.noise_schedule))
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     gen.save(tmp)

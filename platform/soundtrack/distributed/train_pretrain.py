@@ -38,8 +38,8 @@ from ray.data.expressions import col
 
 from soundtrack.config import ConfigError, PretrainSection, build, to_dict
 from soundtrack.data.augment import objective_config
-from soundtrack.data.shards import decode_row, read_shards, shard_files
-from soundtrack.distributed.batches import BatchPrep
+from soundtrack.data.shards import load_split, read_shards, shard_files
+from soundtrack.distributed.batches import PASS_COLUMN, BatchPrep
 from soundtrack.distributed.cluster import init_ray
 from soundtrack.distributed.train import launch, repeat_stream
 from soundtrack.errors import TooFewClips
@@ -76,7 +76,8 @@ def prepared_dataset(raw, sec: PretrainSection, n_rows: int):
     """All epochs as one stream (:func:`repeat_stream`), batches built in Ray Data workers
     (:class:`BatchPrep`)."""
 
-    stream = repeat_stream(raw, sec.steps * sec.batch_size * max(sec.num_workers, 1), n_rows, seed=sec.seed)
+    stream = repeat_stream(raw, sec.steps * sec.batch_size * max(sec.num_workers, 1), n_rows, seed=sec.seed,
+                           pass_column=PASS_COLUMN)
     return stream.map_batches(
         BatchPrep,
         batch_size=sec.batch_size,
@@ -130,7 +131,7 @@ def run_pretrain(profile: str, sec: PretrainSection, features_dir: str | os.Path
     if sec.num_workers == 0:
         columns = {c: frame[c].to_numpy() for c in frame.columns}
         prep = BatchPrep(sec.objective, sec.seed)
-        rows = numpy_batches(columns, sec.batch_size, seed=sec.seed)
+        rows = numpy_batches(columns, sec.batch_size, seed=sec.seed, pass_column=PASS_COLUMN)
         reporter = LocalReporter(run_dir / "checkpoints")
         ContrastiveSolver(solver_config, run_dir).fit(lambda: (prep(pd.DataFrame(b)) for b in rows()), reporter)
         model_dir = export_final(reporter.latest(), run_dir / "model")
@@ -160,13 +161,9 @@ def export_final(checkpoint_dir: str | os.PathLike, out: Path) -> Path:
     return out
 
 
-def load_rows(features_dir: str | os.PathLike, split: str, limit: int | None = None) -> list[dict]:
-    """Decoded shard rows of one split (for evaluation)."""
-    cols = ["clip_id", "source_id", "caption", "frames", "wav_music", "wav_sfx", "mel_music", "mel_sfx", "beat_times"]
-    df = read_shards(features_dir, split=split, columns=cols).sort_values("clip_id")
-    if limit:
-        df = df.head(limit)
-    return [decode_row(r) for r in df.to_dict("records")]
+#: Shard columns the encoders' evaluation reads (:func:`evaluate_run`).
+EVAL_COLUMNS = ["clip_id", "source_id", "caption", "frames", "wav_music", "wav_sfx", "mel_music", "mel_sfx",
+                "beat_times"]
 
 
 def evaluate_run(model_dir: str | os.PathLike, features_dir: str | os.PathLike, run_dir: str | os.PathLike,
@@ -186,7 +183,7 @@ def evaluate_run(model_dir: str | os.PathLike, features_dir: str | os.PathLike, 
     """
     rcfg = retrieval_config(overrides or {})
     model = ContrastiveModel.load(model_dir).eval()
-    rows = load_rows(features_dir, split)
+    rows = load_split(features_dir, split, EVAL_COLUMNS)
     if len(rows) < 2:
         raise TooFewClips(f"the {split} split of {features_dir} has {len(rows)} clip(s); retrieval needs at least 2 "
                           "(featurize more clips or set pretrain.eval_split).")

@@ -194,14 +194,25 @@ def trial_order(result_path: str) -> float:
     return float(int(parts[1])) if len(parts) > 2 and parts[0] == "trial" and parts[1].isdigit() else math.nan
 
 
+def _error_line(error) -> str | None:
+    """The last line of a trial's error (the exception and its message), or ``None``."""
+    if error is None:
+        return None
+    lines = [ln.strip() for ln in str(error).strip().splitlines() if ln.strip()]
+    return (lines[-1] if lines else type(error).__name__)[:500]
+
+
 def trials_table(grid, run_dir: Path, space: dict, val_clips: int):
-    """One row per trial: order proposed, id, parameters, score, clips, seconds, metric means."""
+    """One row per trial: order proposed, id, status (``done`` or ``error``, with the error's
+    last line: e.g. an undefined objective, :class:`soundtrack.errors.ObjectiveError`),
+    parameters, score, clips, seconds, metric means."""
     rows = []
     for res in grid:
         cfgd = res.config or {}
         tid = (res.metrics or {}).get("trial_id") or Path(res.path).name
         m = res.metrics or {}
-        row = {"order": trial_order(res.path), "trial_id": tid, "status": "error" if res.error else "done"}
+        row = {"order": trial_order(res.path), "trial_id": tid, "status": "error" if res.error else "done",
+               "error": _error_line(res.error)}
         row.update({f"param_{k}": cfgd.get(k) for k in space})
         row.update({"score": m.get("score", math.nan), "clips": m.get("clips", 0),
                     "complete": bool(m.get("clips", 0) >= val_clips and not res.error),

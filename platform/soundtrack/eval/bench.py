@@ -14,7 +14,8 @@ A bench YAML (``experiments/bench_*.yaml``) names the generator experiment that 
   experiment's train section: a variant trained with the same data, encoders, VAE and
   latent cache, only its UNet differs; run ``<base name>_<method>``).
 
-Generation and per-clip scoring run as Ray tasks (one per method x chunk of clips). Each
+Generation and per-clip scoring run as Ray tasks (one per method x chunk of clips), each
+running the engine of tune trials too (:func:`soundtrack.eval.engine.run_jobs`). Each
 generated waveform is cached at ``<run>/cache/<method>-<spec hash>/<clip>_s<seed>.wav``
 with its per-clip metrics beside it, written atomically, so a killed or re-launched
 bench only computes what is missing, and changing a method's settings changes its hash.
@@ -33,7 +34,6 @@ import json
 import logging
 import math
 import os
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,26 +45,27 @@ import numpy as np
 import pandas as pd
 import soundfile as sf
 import torch
-import yaml
 
-from soundtrack.config import ConfigError, _coerce, _deep_merge, build, parse_override
+from soundtrack.config import ConfigError, _coerce, load_yaml
 from soundtrack.data.features import DEFAULT_CONFIG, dynamics_db
-from soundtrack.data.shards import decode_row, read_shards
+from soundtrack.errors import GeneratorError
+from soundtrack.eval.engine import ROW_COLUMNS, evaluate_audio, run_jobs
 from soundtrack.eval.scoring import (
     CLIP_METRICS,
     DIRECTION,
     SET_METRICS,
     Evaluator,
-    clip_metrics,
-    evaluator_metrics,
     set_metrics,
 )
-from soundtrack.metrics import bootstrap_ci, paired_bootstrap_ci
-from soundtrack.pipelines.generator import SoundtrackGenerator
+from soundtrack.metrics import bootstrap_ci, bootstrap_replicates, paired_bootstrap_ci
+from soundtrack.pipelines.generator import apply_overrides
+from soundtrack.pipelines.sampler import SamplerConfig
 
 log = logging.getLogger(__name__)
 
 SR = 16000
+#: Shard columns of the bench's clips (:func:`soundtrack.data.shards.load_split`).
+BENCH_COLUMNS = (*ROW_COLUMNS, "label_style")
 
 
 @dataclass(frozen=True)
@@ -132,19 +133,20 @@ class BenchConfig:
 def load_bench_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> tuple[BenchConfig, dict[str, MethodSpec]]:
     """Read a bench YAML (plus ``key=value`` overrides) and check every method.
 
+    Args:
+        path: the bench YAML.
+        overrides: ``key=value`` strings (from ``--set``).
+
+    Returns:
+        the config and its checked methods (``{key: MethodSpec}``).
+
     Raises:
         ConfigError: unknown keys or values (named with the file), no methods, a
-            baseline or pair naming an unknown method.
+            baseline or pair naming an unknown method; :class:`~soundtrack.errors.ConfigFileNotFound` (a
+            ``ConfigError``) when the file does not exist.
     """
-
     src = str(path)
-    try:
-        data = yaml.safe_load(Path(path).read_text()) or {}
-    except FileNotFoundError:
-        raise ConfigError(f"bench config {src} does not exist (see experiments/bench_demo.yaml)") from None
-    for o in overrides:
-        data = _deep_merge(data, parse_override(o))
-    cfg = build(BenchConfig, data, src=src)
+    cfg = load_yaml(path, overrides, BenchConfig, what="bench config", example="experiments/bench_demo.yaml")
     if not cfg.methods:
         raise ConfigError(f"{src}: 'methods' is empty; list at least one method (see experiments/bench_demo.yaml)")
     methods = {}
@@ -152,6 +154,10 @@ def load_bench_config(path: str | os.PathLike, overrides: Sequence[str] = ()) ->
         methods[str(key)] = _coerce(spec or {}, MethodSpec, f"methods.{key}", src)
         if methods[str(key)].kind != "generator" and (spec or {}).keys() - {"kind", "label"}:
             raise ConfigError(f"{src}: method '{key}' of kind {methods[str(key)].kind} takes only 'kind' and 'label'")
+        try:  # the sampler knobs' one check (pipelines.knobs), now rather than in the first task
+            apply_overrides(SamplerConfig(), methods[str(key)].sampler)
+        except GeneratorError as exc:
+            raise ConfigError(f"{src}: methods.{key}.sampler: {exc}") from None
     for m in [cfg.baseline, *[x for p in cfg.pairs for x in p]]:
         if m is not None and m not in methods:
             raise ConfigError(f"{src}: '{m}' (baseline/pairs) is not a method; methods: {', '.join(methods)}")
@@ -201,7 +207,8 @@ def _atomic_write(path: Path, write) -> None:
 
 def run_chunk(jobs: Sequence[dict], model_dir: str | None, overrides: Mapping[str, Any], cache_dir: str,
               clip_rows: Mapping[str, dict], threads: int = 1) -> list[dict]:
-    """Generate (or read from the cache) and score one chunk of (clip, seed) jobs.
+    """Generate (or read from the cache) and score one chunk of (clip, seed) jobs: the
+    engine's :func:`~soundtrack.eval.engine.run_jobs` with this method's cache.
 
     Each job: ``clip_id`` (scored against this clip), ``source`` (the clip whose video
     conditions the generator or whose real audio is used), ``seed``, ``kind``.
@@ -212,49 +219,10 @@ def run_chunk(jobs: Sequence[dict], model_dir: str | None, overrides: Mapping[st
     """
 
     torch.set_num_threads(threads)
-    cache = Path(cache_dir)
-    cache.mkdir(parents=True, exist_ok=True)
-    gen = None
-    out = []
-    for job in jobs:
-        cid, src, seed = job["clip_id"], job["source"], int(job["seed"])
-        wav_path = cache / f"{cid}_s{seed}.wav"
-        met_path = cache / f"{cid}_s{seed}.json"
-        if met_path.is_file() and wav_path.is_file():
-            rec = json.loads(met_path.read_text())
-            rec["cached"] = True
-            out.append(rec)
-            continue
-        gen_s = 0.0
-        if wav_path.is_file():
-            wav, _ = sf.read(str(wav_path), dtype="float32")
-        elif job["kind"] in ("ground_truth", "retrieval"):
-            wav = np.asarray(clip_rows[src]["wav_mix"], np.float32)
-        else:
-            if gen is None:
-                gen = SoundtrackGenerator.load(model_dir)
-            t = time.perf_counter()
-            wav = gen.generate(clip_rows[src]["frames"], seed=seed, clip_id=cid, **dict(overrides))
-            gen_s = time.perf_counter() - t
-        if not wav_path.is_file():
-            _atomic_write(wav_path, lambda p: sf.write(str(p), wav, SR, subtype="FLOAT", format="WAV"))
-        rec = {"clip_id": cid, "seed": seed, "source": src, **clip_metrics(wav, clip_rows[cid]),
-               "gen_s": gen_s, "audio_s": len(wav) / SR}
-        _atomic_write(met_path, lambda p: p.write_text(json.dumps(rec)))
-        rec["cached"] = False
-        out.append(rec)
-    return out
+    return [rec.to_dict() for rec in run_jobs(jobs, clip_rows, model_dir, overrides, cache_dir=cache_dir)]
 
 
 # ----------------------------------------------------------------------------- the bench
-
-
-def load_rows(features: Path, split: str, n: int) -> list[dict]:
-    cols = ["clip_id", "frames", "wav_mix", "melody", "dynamics_db", "label_event_times", "label_style"]
-    df = read_shards(features, split=split, columns=cols).sort_values("clip_id").head(n).reset_index(drop=True)
-    if len(df) < n:
-        log.info(f"bench: only {len(df)} {split} clips in {features} (asked for {n})")
-    return [decode_row(r) for r in df.to_dict("records")]
 
 
 def score_sets(results: Mapping[str, list[dict]], methods: Mapping[str, MethodSpec], rows: Sequence[dict],
@@ -285,8 +253,7 @@ def score_sets(results: Mapping[str, list[dict]], methods: Mapping[str, MethodSp
             if not rs:
                 continue
             wavs = [sf.read(str(Path(caches[key]) / f"{r['clip_id']}_s{seed}.wav"), dtype="float32")[0] for r in rs]
-            em = evaluator_metrics(ev, wavs, [by_id[r["clip_id"]]["wav_mix"] for r in rs],
-                                   [by_id[r["clip_id"]]["frames"] for r in rs])
+            em = evaluate_audio(ev, wavs, [by_id[r["clip_id"]] for r in rs])
             for i, r in enumerate(rs):
                 records.append({"method": key, "label": spec.label or key, **{k: v for k, v in r.items() if k != "cached"},
                                 "sim": float(em["sim"][i]), "kl": float(em["kl"][i]),
@@ -295,19 +262,13 @@ def score_sets(results: Mapping[str, list[dict]], methods: Mapping[str, MethodSp
             dyn_ref = [np.asarray(by_id[r["clip_id"]]["dynamics_db"], float) for r in rs]
             cols = {"bcs": [r["bcs"] for r in rs], "bhs": [r["bhs"] for r in rs]}
             point = set_metrics(cols, em["audio"], None, em["ref_audio"], em["probs"], dyn_ref, dyn_gen)
-            # bootstrap over clips: resample clip indices, recompute each set metric
-            rng = np.random.default_rng(0)  # the same resampled clip sets for every method
-            boots = {m: [] for m in SET_METRICS}
-            n_boot = max(50, cfg.n_boot // 5)  # set metrics are costlier (matrix roots)
-            for _ in range(n_boot):
-                idx = rng.integers(0, len(rs), len(rs))
-                if len(set(idx.tolist())) < 2:
-                    continue
-                b = set_metrics({k: [v[i] for i in idx] for k, v in cols.items()}, em["audio"][idx], None,
-                                em["ref_audio"][idx], em["probs"][idx], [dyn_ref[i] for i in idx],
-                                [dyn_gen[i] for i in idx])
-                for m in SET_METRICS:
-                    boots[m].append(b[m])
+            # bootstrap over clips: resample clip indices (seed 0: the same resampled clip
+            # sets for every method), recompute each set metric; set metrics are costlier
+            # (matrix roots), hence fewer resamples; one repeated clip is no set
+            reps = bootstrap_replicates(len(rs), max(50, cfg.n_boot // 5), 0, lambda idx: set_metrics(
+                {k: [v[i] for i in idx] for k, v in cols.items()}, em["audio"][idx], None, em["ref_audio"][idx],
+                em["probs"][idx], [dyn_ref[i] for i in idx], [dyn_gen[i] for i in idx]), min_unique=2)
+            boots = {m: [b[m] for b in reps] for m in SET_METRICS}
             for m in SET_METRICS:
                 v = np.asarray(boots[m], float)
                 v = v[np.isfinite(v)]

@@ -1,60 +1,224 @@
-"""Scoring one setting on a list of clips, batch by batch: what every trial runs.
+"""The one generate-and-score engine: what tune trials and the bench both run.
 
-:func:`evaluate_clips` generates a soundtrack for each clip (same clip ids and seed for
-every trial, so two trials are paired clip by clip), scores it with
-:func:`soundtrack.eval.scoring.clip_metrics` and the evaluator's SIM / KL, and after each
-batch of clips calls back with the objective on the clips evaluated so far (the
-intermediate result ASHA compares at its rungs).
+Three steps, each one function:
 
-The objective (:func:`objective_value`) is the declared combination ``sum_m w_m * value_m``:
-per-clip metrics are averaged over the clips (nan-aware), set metrics (``fad``, ``is``,
-``p_at_k``, ``csd``, ``hsd``) are computed on them.
+* :func:`run_jobs` turns jobs (``clip_id``, ``source``, ``seed``, ``kind``) into per-clip
+  records (:class:`ClipRecord`): the audio of each job (a generator's output, or a
+  clip's real mix for the bench's ``ground_truth`` / ``retrieval`` kinds; taken from an
+  optional on-disk cache when there) scored with
+  :func:`soundtrack.eval.scoring.clip_metrics`. The generator raises on non-finite
+  output (:meth:`~soundtrack.pipelines.generator.SoundtrackGenerator.generate`), so
+  nothing non-finite is scored.
+* :func:`evaluate_audio` is the evaluator step: SIM / KL / P@K hits per clip and the
+  embeddings set metrics need, for one batch of records.
+* :class:`ClipScores` accumulates both and computes set metrics; :func:`objective_value`
+  combines them into the objective ``sum_m w_m * value_m``: per-clip metrics averaged
+  over the clips (nan-aware), set metrics (``fad``, ``is``, ``csd``, ``hsd``,
+  ``dyn_macro``) and P@K (``p_at_1`` / ``p_at_5``: retrieval in the pool of the clips
+  scored so far) computed on the set.
+
+A metric named in the objective that is missing (``sim`` without an evaluator) or not
+finite (nan on every clip; a set metric undefined on a set this small) makes the
+objective undefined: :class:`soundtrack.errors.ObjectiveError` names it and why; a tune
+trial then errors (Tune records it as errored) instead of scoring 0.
+
+:func:`evaluate_clips` is the trials' loop (batches of clips, a callback with the
+objective after each: the intermediate result ASHA compares at its rungs);
+:func:`soundtrack.eval.bench.run_chunk` and :func:`soundtrack.eval.bench.score_sets`
+are the bench's (a cache per method, whole-set evaluator step per seed).
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import math
+import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Literal, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
+import soundfile as sf
 import torch
 
+from soundtrack.data.features import DEFAULT_CONFIG, dynamics_db
 from soundtrack.data.media import write_wav
-from soundtrack.data.shards import decode_row, read_shards
+from soundtrack.data.shards import load_split
+from soundtrack.errors import GeneratorError, ObjectiveError
 from soundtrack.eval.scoring import (
     SET_METRICS,
     Evaluator,
+    ScoringConfig,
+    audio_descriptors,
     clip_metrics,
     evaluator_metrics,
     set_metrics,
 )
-from soundtrack.metrics import paired_bootstrap_ci
+from soundtrack.metrics import bootstrap_replicates, paired_bootstrap_ci
 from soundtrack.pipelines.generator import SoundtrackGenerator
 
+log = logging.getLogger(__name__)
+
+#: Sample rate of every scored waveform (Hz).
+SR = ScoringConfig().sr
 #: Shard columns a scored clip needs.
 ROW_COLUMNS = ("clip_id", "frames", "wav_mix", "melody", "dynamics_db", "label_event_times")
+#: Job kinds: a generator's output, the clip's real mix, or another clip's real mix.
+KINDS = ("generator", "ground_truth", "retrieval")
+#: Metrics :class:`ClipScores` computes on the whole set of clips, not per clip.
+POOLED_METRICS = (*SET_METRICS, "p_at_1", "p_at_5")
+#: Metrics that need the evaluator (its encoders or its classifier).
+EVALUATOR_METRICS = ("sim", "kl", "fad", "is", "p_at_1", "p_at_5")
+#: Set metrics :meth:`ClipScores.set_metrics` computes when no names are given.
+DEFAULT_SET_METRICS = ("fad", "is", "p_at_1", "p_at_5", "csd", "hsd", "dyn_macro")
+
+_RECORD_KEYS = ("clip_id", "seed", "source", "gen_s", "audio_s", "cached")
 
 
-def load_rows(features_dir: str | Path, split: str, n: int) -> list[dict]:
-    """The first ``n`` clips (by clip id) of a split, decoded.
+# ----------------------------------------------------------------------------- generating
+
+
+@dataclass
+class ClipRecord:
+    """One job's scored audio.
+
+    Attributes:
+        clip_id: the clip scored against.
+        seed: generation seed.
+        source: the clip whose video conditioned the generator (or whose real audio was used).
+        metrics: :func:`~soundtrack.eval.scoring.clip_metrics` of the audio.
+        gen_s: generation compute seconds (0 when cached or real audio).
+        audio_s: audio duration (s).
+        cached: taken from the cache.
+        wav: the waveform (only with ``keep_audio``).
+        dynamics: its dynamics curve (dB per frame; only with ``keep_audio``).
+    """
+
+    clip_id: str
+    seed: int
+    source: str
+    metrics: dict[str, float]
+    gen_s: float = 0.0
+    audio_s: float = 0.0
+    cached: bool = False
+    wav: np.ndarray | None = None
+    dynamics: np.ndarray | None = None
+
+    def to_dict(self, cached: bool = True) -> dict[str, Any]:
+        """The flat record the bench tabulates (``cached`` left out with ``cached=False``: the cache file)."""
+        d = {"clip_id": self.clip_id, "seed": self.seed, "source": self.source, **self.metrics, "gen_s": self.gen_s,
+             "audio_s": self.audio_s}
+        if cached:
+            d["cached"] = self.cached
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], cached: bool) -> "ClipRecord":
+        """The record of a cache file (:meth:`to_dict`)."""
+        return cls(str(d["clip_id"]), int(d["seed"]), str(d["source"]),
+                   {k: v for k, v in d.items() if k not in _RECORD_KEYS}, float(d["gen_s"]), float(d["audio_s"]),
+                   cached)
+
+
+def _atomic_write(path: Path, write: Callable[[Path], Any]) -> None:
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def run_jobs(jobs: Sequence[Mapping[str, Any]], rows: Mapping[str, Mapping[str, Any]],
+             model: SoundtrackGenerator | str | os.PathLike | None, overrides: Mapping[str, Any] | None = None,
+             cache_dir: str | os.PathLike | None = None, keep_audio: bool = False) -> Iterator[ClipRecord]:
+    """Generate (or take from the cache) and score each job's audio, one record per job.
 
     Args:
-        features_dir: a finished featurize run.
-        split: ``val`` or ``test``.
-        n: how many clips.
+        jobs: dicts with ``clip_id`` (scored against this clip's row), ``seed`` and
+            optionally ``source`` (the clip whose video conditions the generator or whose
+            real audio is used; default ``clip_id``) and ``kind`` (one of :data:`KINDS`;
+            default ``generator``).
+        rows: decoded shard rows by clip id (:func:`soundtrack.data.shards.load_split`,
+            :data:`ROW_COLUMNS`).
+        model: a loaded generator (anything with ``generate``), or its directory (loaded
+            at the first generator job; ``None`` when no job needs one).
+        overrides: sampler overrides (``generate(..., **overrides)``).
+        cache_dir: where each job's waveform (``<clip>_s<seed>.wav``, float) and record
+            (``<clip>_s<seed>.json``) are written atomically and found again (``None``: no cache).
+        keep_audio: put the waveform and its dynamics curve on each record.
+
+    Yields:
+        :class:`ClipRecord` per job, in job order.
 
     Raises:
-        ValueError: the split has fewer than ``n`` clips.
+        GeneratorError: a job's audio is not finite (the generator's output, raised by
+            :meth:`~soundtrack.pipelines.generator.SoundtrackGenerator.generate` itself, or
+            a cached file): nothing non-finite is scored or cached.
+        ValueError: an unknown job kind.
     """
-    df = read_shards(features_dir, split=split, columns=list(ROW_COLUMNS))
-    if len(df) < n:
-        raise ValueError(f"{features_dir} has {len(df)} {split} clips, {n} requested (val_clips / test_clips)")
-    df = df.sort_values("clip_id").head(n).reset_index(drop=True)
-    return [decode_row(r) for r in df.to_dict("records")]
+    overrides = dict(overrides or {})
+    cache = Path(cache_dir) if cache_dir is not None else None
+    if cache is not None:
+        cache.mkdir(parents=True, exist_ok=True)
+    gen = model if model is not None and not isinstance(model, (str, os.PathLike)) else None
+    for job in jobs:
+        cid, seed = str(job["clip_id"]), int(job["seed"])
+        src, kind = str(job.get("source", cid)), job.get("kind", "generator")
+        if kind not in KINDS:
+            raise ValueError(f"job kind {kind!r} is not one of {', '.join(KINDS)}")
+        wav_path = cache / f"{cid}_s{seed}.wav" if cache is not None else None
+        met_path = cache / f"{cid}_s{seed}.json" if cache is not None else None
+        if met_path is not None and met_path.is_file() and wav_path.is_file():
+            rec = ClipRecord.from_dict(json.loads(met_path.read_text()), cached=True)
+            if keep_audio:
+                rec.wav, _ = sf.read(str(wav_path), dtype="float32")
+                rec.dynamics = dynamics_db(rec.wav, DEFAULT_CONFIG)
+            yield rec
+            continue
+        gen_s = 0.0
+        if wav_path is not None and wav_path.is_file():
+            wav, _ = sf.read(str(wav_path), dtype="float32")
+        elif kind in ("ground_truth", "retrieval"):
+            wav = np.asarray(rows[src]["wav_mix"], np.float32)
+        else:
+            if gen is None:
+                if model is None:
+                    raise ValueError(f"job {cid} (seed {seed}) needs a generator, and none was given")
+                gen = SoundtrackGenerator.load(model)
+            t = time.perf_counter()
+            wav = gen.generate(rows[src]["frames"], seed=seed, clip_id=cid, **overrides)
+            gen_s = time.perf_counter() - t
+        wav = np.asarray(wav, np.float32).reshape(-1)
+        bad = int(np.count_nonzero(~np.isfinite(wav)))
+        if bad:
+            raise GeneratorError(f"the {kind} audio of clip {cid!r} (seed {seed}, source {src!r}) has {bad} non-finite "
+                                 f"samples of {len(wav)}; it is not scored")
+        if wav_path is not None and not wav_path.is_file():
+            _atomic_write(wav_path, lambda p: sf.write(str(p), wav, SR, subtype="FLOAT", format="WAV"))
+        desc = audio_descriptors(wav, SR)
+        rec = ClipRecord(cid, seed, src, clip_metrics(wav, rows[cid], desc=desc), gen_s, len(wav) / SR)
+        if met_path is not None:
+            _atomic_write(met_path, lambda p: p.write_text(json.dumps(rec.to_dict(cached=False))))
+        if keep_audio:
+            rec.wav, rec.dynamics = wav, desc["dynamics"]
+        yield rec
+
+
+def evaluate_audio(evaluator: Evaluator, wavs: Sequence[np.ndarray], rows: Sequence[Mapping[str, Any]]) -> dict[str, np.ndarray]:
+    """The evaluator step on one batch: per-clip ``sim``, ``kl``, ``p_at_1`` / ``p_at_5`` hits
+    (pool: this batch) and the embeddings (``audio``, ``ref_audio``, ``video``, ``probs``).
+
+    Args:
+        evaluator: the evaluator.
+        wavs: the batch's waveforms.
+        rows: their clips' decoded rows (``wav_mix``: KL's and FAD's reference; ``frames``: SIM's video).
+    """
+    return evaluator_metrics(evaluator, wavs, [r["wav_mix"] for r in rows], [r["frames"] for r in rows])
+
+
+# ----------------------------------------------------------------------------- scores
 
 
 @dataclass
@@ -67,6 +231,7 @@ class ClipScores:
         audio / ref_audio / video: evaluator embeddings (N, T, E) per clip (lists of arrays).
         probs: evaluator class probabilities of the generated audio (list of (C,)).
         gen_seconds: generation wall time per clip (s).
+        dyn_ref / dyn_gen: the clips' reference and generated dynamics curves (``dyn_macro``).
     """
 
     clip_ids: list[str] = field(default_factory=list)
@@ -76,16 +241,37 @@ class ClipScores:
     video: list[np.ndarray] = field(default_factory=list)
     probs: list[np.ndarray] = field(default_factory=list)
     gen_seconds: list[float] = field(default_factory=list)
+    dyn_ref: list[np.ndarray | None] = field(default_factory=list)
+    dyn_gen: list[np.ndarray | None] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.clip_ids)
+
+    def add(self, rec: ClipRecord, row: Mapping[str, Any]) -> None:
+        """Append one record of :func:`run_jobs` (``row``: its clip's decoded row)."""
+        self.clip_ids.append(rec.clip_id)
+        for k, v in rec.metrics.items():
+            self.per_clip.setdefault(k, []).append(v)
+        self.gen_seconds.append(rec.gen_s)
+        ref = row.get("dynamics_db")
+        self.dyn_ref.append(None if ref is None else np.asarray(ref, np.float32))
+        self.dyn_gen.append(None if rec.dynamics is None else np.asarray(rec.dynamics, np.float32))
+
+    def add_evaluated(self, ev: Mapping[str, np.ndarray]) -> None:
+        """Append the evaluator step (:func:`evaluate_audio`) of the clips added last."""
+        for k in ("sim", "kl"):
+            self.per_clip.setdefault(k, []).extend(float(x) for x in ev[k])
+        self.audio.extend(ev["audio"].astype(np.float32))
+        self.ref_audio.extend(ev["ref_audio"].astype(np.float32))
+        self.video.extend(ev["video"].astype(np.float32))
+        self.probs.extend(ev["probs"].astype(np.float32))
 
     def subset(self, idx: Sequence[int]) -> "ClipScores":
         """The clips at ``idx`` (repeats allowed: bootstrap resamples)."""
         pick = lambda xs: [xs[i] for i in idx] if xs else []  # noqa: E731
         return ClipScores([self.clip_ids[i] for i in idx], {k: pick(v) for k, v in self.per_clip.items()},
                           pick(self.audio), pick(self.ref_audio), pick(self.video), pick(self.probs),
-                          pick(self.gen_seconds))
+                          pick(self.gen_seconds), pick(self.dyn_ref), pick(self.dyn_gen))
 
     def means(self) -> dict[str, float]:
         """Per-clip metrics averaged over the clips (nan where every clip is nan)."""
@@ -95,25 +281,91 @@ class ClipScores:
             out[k] = float(np.nanmean(a)) if np.isfinite(a).any() else math.nan
         return out
 
-    def set_metrics(self, names: Sequence[str] | None = None) -> dict[str, float]:
-        """Set metrics (FAD, IS, P@K, CSD, HSD) on the clips so far."""
-        if not self.clip_ids:
-            return {}
-        want = set(names) if names is not None else {"fad", "is", "p_at_1", "p_at_5", "csd", "hsd"}
-        have_emb = bool(self.audio)
-        # Only the inputs the wanted metrics need: P@K needs at least 2 clips, FAD the
-        # reference embeddings, IS the class probabilities.
-        use_video = have_emb and len(self) >= 2 and bool(want & {"p_at_1", "p_at_5"})
-        use_fad = have_emb and "fad" in want
-        try:
-            out = set_metrics({k: np.asarray(self.per_clip[k], float) for k in ("bcs", "bhs") if k in self.per_clip},
-                              audio=np.stack(self.audio) if (use_video or use_fad) else None,
-                              video=np.stack(self.video) if use_video else None,
-                              ref_audio=np.stack(self.ref_audio) if use_fad else None,
-                              probs=np.stack(self.probs) if self.probs and "is" in want else None)
-        except ValueError:  # a set too small for a metric: undefined, not an error of the trial
-            out = {}
-        return {k: out.get(k, math.nan) for k in (names if names is not None else sorted(want))}
+    def set_metric_values(self, names: Sequence[str]) -> tuple[dict[str, float], dict[str, str]]:
+        """Set metrics on the clips so far, with the reason of each undefined one.
+
+        Each metric is computed from its own inputs only (CSD / HSD from the per-clip BCS /
+        BHS, FAD from the audio and reference embeddings, IS from the class probabilities,
+        P@K from the audio and video embeddings, ``dyn_macro`` from the dynamics curves),
+        so one undefined metric leaves the others defined.
+
+        Args:
+            names: metrics of :data:`POOLED_METRICS`.
+
+        Returns:
+            ``({metric: value}, {metric: why it is undefined})``: every undefined metric
+            is nan in the first and explained in the second.
+        """
+        n = len(self)
+        has_emb = n > 0 and len(self.audio) == n
+        inputs: dict[str, tuple[str | None, Callable[[], dict[str, float]]]] = {
+            "csd": ("needs the per-clip bcs and bhs" if not {"bcs", "bhs"} <= set(self.per_clip) else None,
+                    lambda: set_metrics({k: np.asarray(self.per_clip[k], float) for k in ("bcs", "bhs")})),
+            "fad": ("needs an evaluator (no evaluator embeddings were computed)" if not has_emb else None,
+                    lambda: set_metrics({}, audio=np.stack(self.audio), ref_audio=np.stack(self.ref_audio))),
+            "is": ("needs an evaluator (no class probabilities were computed)" if not has_emb or not self.probs
+                   else None, lambda: set_metrics({}, probs=np.stack(self.probs))),
+            "p_at_1": ("needs an evaluator (no evaluator embeddings were computed)" if not has_emb
+                       else f"needs a pool of at least 2 clips, got {n}" if n < 2 else None,
+                       lambda: set_metrics({}, audio=np.stack(self.audio), video=np.stack(self.video))),
+            "dyn_macro": ("needs every clip's reference and generated dynamics curves"
+                          if n == 0 or len(self.dyn_ref) != n or len(self.dyn_gen) != n
+                          or any(d is None for d in (*self.dyn_ref, *self.dyn_gen)) else None,
+                          lambda: set_metrics({}, dyn_ref=self.dyn_ref, dyn_gen=self.dyn_gen)),
+        }
+        inputs["hsd"], inputs["p_at_5"] = inputs["csd"], inputs["p_at_1"]
+        values: dict[str, float] = {}
+        why: dict[str, str] = {}
+        computed: dict[int, dict[str, float] | str] = {}  # one call per input group
+        for m in names:
+            if m not in inputs:
+                raise KeyError(f"{m!r} is not a set metric; set metrics: {', '.join(POOLED_METRICS)}")
+            missing, compute = inputs[m]
+            values[m] = math.nan
+            if n == 0:
+                why[m] = "needs at least one scored clip"
+                continue
+            if missing:
+                why[m] = missing
+                continue
+            key = id(inputs[m])
+            if key not in computed:
+                try:
+                    computed[key] = compute()
+                except ValueError as exc:  # e.g. FAD's covariance on too few embeddings
+                    computed[key] = f"is undefined on {n} clip(s): {exc}"
+            got = computed[key]
+            if isinstance(got, str):
+                why[m] = got
+                continue
+            values[m] = float(got.get(m, math.nan))
+            if not math.isfinite(values[m]):
+                why[m] = f"is {values[m]} on these {n} clip(s)"
+        return values, why
+
+    def set_metrics(self, names: Sequence[str] | None = None, required: Sequence[str] = ()) -> dict[str, float]:
+        """Set metrics (FAD, IS, P@K, CSD, HSD, dyn_macro) on the clips so far.
+
+        Args:
+            names: which (default :data:`DEFAULT_SET_METRICS`).
+            required: metrics that must be defined (an objective's).
+
+        Returns:
+            ``{metric: value}``; an undefined metric not in ``required`` is nan (logged
+            with its reason).
+
+        Raises:
+            ObjectiveError: a ``required`` metric is undefined (the message says why).
+        """
+        names = list(names) if names is not None else list(DEFAULT_SET_METRICS)
+        values, why = self.set_metric_values(list(dict.fromkeys([*names, *required])))
+        for m in required:
+            if m in why:
+                raise ObjectiveError(f"objective metric {m!r} {why[m]}")
+        for m in names:
+            if m in why:
+                log.info("set metric %s left nan: it %s", m, why[m])
+        return {m: values[m] for m in names}
 
     def rows(self) -> list[dict[str, Any]]:
         """One dict per clip (clip id, generation seconds, every per-clip metric)."""
@@ -121,38 +373,74 @@ class ClipScores:
                  **{k: v[i] for k, v in self.per_clip.items()}} for i, c in enumerate(self.clip_ids)]
 
 
+# ----------------------------------------------------------------------------- the objective
+
+
+def require_inputs(objective: Mapping[str, float], has_evaluator: bool) -> None:
+    """Fail before any generation when the objective needs an evaluator and there is none.
+
+    Raises:
+        ObjectiveError: naming the first such metric.
+    """
+    for m in objective:
+        if m in EVALUATOR_METRICS and not has_evaluator:
+            raise ObjectiveError(f"objective metric {m!r} needs an evaluator (none was given); set 'evaluator' "
+                                 "or drop it from the objective")
+
+
+def _clip_metric(scores: ClipScores, m: str) -> np.ndarray:
+    """The per-clip values of objective metric ``m``, checked to be defined on some clip."""
+    if m not in scores.per_clip:
+        if m in EVALUATOR_METRICS:
+            raise ObjectiveError(f"objective metric {m!r} needs an evaluator (none was given)")
+        raise ObjectiveError(f"objective metric {m!r} was not computed on these clips "
+                             f"(computed: {', '.join(scores.per_clip) or 'nothing'})")
+    v = np.asarray(scores.per_clip[m], float)
+    if not np.isfinite(v).any():
+        raise ObjectiveError(f"objective metric {m!r} is undefined (not finite) on all {len(v)} clip(s); it cannot "
+                             "rank trials: drop it from the objective or score clips where it is defined")
+    return v
+
+
 def objective_value(scores: ClipScores, objective: Mapping[str, float]) -> float:
     """``sum_m w_m * value_m`` over the objective's metrics on the clips in ``scores``.
 
-    A metric that is nan on every clip counts as 0 (it cannot rank trials); the trial's
-    report lists it so that a reader sees it.
+    A per-clip metric is averaged over the clips where it is finite; a set metric (and
+    P@K) is computed on the set.
 
     Args:
         scores: the clips' scores.
         objective: ``{metric: weight}`` (checked by :func:`soundtrack.tuning.config.check_objective`).
+
+    Raises:
+        ObjectiveError: a metric of the objective is missing, nan on every clip, or a set
+            metric undefined on this set (the message names the metric and why).
     """
-    means = scores.means()
-    set_names = [m for m in objective if m in SET_METRICS]
-    sets = scores.set_metrics(set_names) if set_names else {}
+    if not len(scores):
+        raise ObjectiveError("the objective is undefined on 0 scored clips")
+    pooled = [m for m in objective if m in POOLED_METRICS]
+    sets = scores.set_metrics(pooled, required=pooled) if pooled else {}
     total = 0.0
     for m, w in objective.items():
-        v = sets.get(m, math.nan) if m in SET_METRICS else means.get(m, math.nan)
-        total += w * (v if math.isfinite(v) else 0.0)
+        total += w * (sets[m] if m in POOLED_METRICS else float(np.nanmean(_clip_metric(scores, m))))
     return float(total)
 
 
 def per_clip_objective(scores: ClipScores, objective: Mapping[str, float]) -> np.ndarray | None:
     """The objective of each clip alone, when it has only per-clip metrics (else ``None``).
 
-    Its mean over clips equals :func:`objective_value` when no metric is nan.
+    A clip where a metric is nan takes that metric's mean over the other clips, so the
+    mean over clips always equals :func:`objective_value`.
+
+    Raises:
+        ObjectiveError: as :func:`objective_value`.
     """
-    if any(m in SET_METRICS for m in objective):
+    if any(m in POOLED_METRICS for m in objective):
         return None
-    n = len(scores)
-    out = np.zeros(n)
+    out = np.zeros(len(scores))
     for m, w in objective.items():
-        v = np.asarray(scores.per_clip.get(m, [math.nan] * n), float)
-        out += w * np.where(np.isfinite(v), v, 0.0)
+        v = _clip_metric(scores, m)
+        out += w * np.where(np.isfinite(v), v, np.nanmean(v))
     return out
 
 
@@ -161,9 +449,10 @@ def paired_objective_ci(a: ClipScores, b: ClipScores, objective: Mapping[str, fl
     """Paired bootstrap interval of objective(a) - objective(b) over shared clips.
 
     With only per-clip metrics this is :func:`soundtrack.metrics.paired_bootstrap_ci`
-    of the per-clip objectives; with set metrics the clips are resampled together and the
-    objective (set metrics included) recomputed on each resample (fewer resamples: FAD
-    costs a matrix square root each).
+    of the per-clip objectives; with set metrics the clips are resampled together
+    (:func:`soundtrack.metrics.bootstrap_replicates`) and the objective (set metrics
+    included) recomputed on each resample (at most 200: FAD costs a matrix square root
+    each); a resample on which it is undefined is left out.
 
     Args:
         a: method A's scores (same clip order as ``b``).
@@ -174,7 +463,10 @@ def paired_objective_ci(a: ClipScores, b: ClipScores, objective: Mapping[str, fl
         alpha: 1 - confidence level.
 
     Returns:
-        ``{"diff": point, "ci95": [lo, hi], "n": clips, "n_boot": resamples}``.
+        ``{"diff": point, "ci95": [lo, hi], "n": clips, "n_boot": resamples used}``.
+
+    Raises:
+        ObjectiveError: the objective is undefined on ``a`` or ``b``.
     """
     if a.clip_ids != b.clip_ids:
         raise ValueError("paired scores need the same clips in the same order")
@@ -182,34 +474,39 @@ def paired_objective_ci(a: ClipScores, b: ClipScores, objective: Mapping[str, fl
     if pa is not None:
         d, lo, hi = paired_bootstrap_ci(pa, pb, n_boot=n_boot, alpha=alpha, seed=seed)
         return {"diff": d, "ci95": [lo, hi], "n": len(a), "n_boot": n_boot}
-    n_boot = min(n_boot, 200)
-    rng = np.random.default_rng(seed)
-    n = len(a)
-    reps = []
-    for _ in range(n_boot):
-        idx = rng.integers(0, n, n).tolist()
-        reps.append(objective_value(a.subset(idx), objective) - objective_value(b.subset(idx), objective))
-    lo, hi = np.quantile(reps, [alpha / 2, 1 - alpha / 2])
-    return {"diff": objective_value(a, objective) - objective_value(b, objective), "ci95": [float(lo), float(hi)],
-            "n": n, "n_boot": n_boot}
+    diff = objective_value(a, objective) - objective_value(b, objective)
+
+    def replicate(idx: np.ndarray) -> float:
+        try:
+            return objective_value(a.subset(idx), objective) - objective_value(b.subset(idx), objective)
+        except ObjectiveError:
+            return math.nan
+
+    reps = np.asarray(bootstrap_replicates(len(a), min(n_boot, 200), seed, replicate), float)
+    reps = reps[np.isfinite(reps)]
+    lo, hi = np.quantile(reps, [alpha / 2, 1 - alpha / 2]) if len(reps) else (math.nan, math.nan)
+    return {"diff": diff, "ci95": [float(lo), float(hi)], "n": len(a), "n_boot": int(len(reps))}
+
+
+# ----------------------------------------------------------------------------- tune trials and arms
 
 
 def evaluate_clips(
-    gen,
+    gen: SoundtrackGenerator,
     rows: Sequence[Mapping[str, Any]],
     overrides: Mapping[str, Any],
     seed: int,
-    evaluator,
+    evaluator: Evaluator | None,
     objective: Mapping[str, float],
     batch_clips: int = 4,
     on_batch: Callable[[int, float, ClipScores], None] | None = None,
     wav_dir: str | Path | None = None,
 ) -> ClipScores:
-    """Generate and score every clip, reporting after each batch.
+    """Generate and score every clip (:func:`run_jobs`, :func:`evaluate_audio`), reporting after each batch.
 
     Args:
         gen: a :class:`~soundtrack.pipelines.generator.SoundtrackGenerator`.
-        rows: decoded shard rows (:func:`load_rows`).
+        rows: decoded shard rows (:func:`soundtrack.data.shards.load_split` of :data:`ROW_COLUMNS`).
         overrides: sampler overrides of this setting (``gen.generate(..., **overrides)``).
         seed: generation seed (with the clip id it seeds each clip's noise).
         evaluator: a :class:`~soundtrack.eval.scoring.Evaluator` (``None``: no SIM / KL / FAD).
@@ -220,39 +517,33 @@ def evaluate_clips(
 
     Returns:
         the :class:`ClipScores` of all clips.
+
+    Raises:
+        ObjectiveError: the objective needs an evaluator and there is none (before any
+            generation), or is undefined on the clips of a batch (``on_batch`` only).
     """
+    require_inputs(objective, evaluator is not None)
+    by_id = {str(r["clip_id"]): r for r in rows}
+    jobs = [{"clip_id": str(r["clip_id"]), "seed": int(seed)} for r in rows]
     scores = ClipScores()
     if wav_dir is not None:
         Path(wav_dir).mkdir(parents=True, exist_ok=True)
-    for start in range(0, len(rows), batch_clips):
-        batch = rows[start:start + batch_clips]
-        wavs = []
-        for r in batch:
-            t = time.perf_counter()
-            wav = gen.generate(r["frames"], seed=seed, clip_id=str(r["clip_id"]), **overrides)
-            scores.gen_seconds.append(time.perf_counter() - t)
-            wavs.append(wav)
+    for start in range(0, len(jobs), batch_clips):
+        recs = list(run_jobs(jobs[start:start + batch_clips], by_id, gen, overrides, keep_audio=True))
+        for rec in recs:
+            scores.add(rec, by_id[rec.clip_id])
             if wav_dir is not None:
-                write_wav(Path(wav_dir) / f"{r['clip_id']}.wav", wav, gen.sr)
-            m = clip_metrics(wav, r)
-            for k, v in m.items():
-                scores.per_clip.setdefault(k, []).append(v)
-            scores.clip_ids.append(str(r["clip_id"]))
+                write_wav(Path(wav_dir) / f"{rec.clip_id}.wav", rec.wav, gen.sr)
         if evaluator is not None:
-            ev = evaluator_metrics(evaluator, wavs, [r["wav_mix"] for r in batch], [r["frames"] for r in batch])
-            for k in ("sim", "kl"):
-                scores.per_clip.setdefault(k, []).extend(float(x) for x in ev[k])
-            scores.audio.extend(ev["audio"].astype(np.float32))
-            scores.ref_audio.extend(ev["ref_audio"].astype(np.float32))
-            scores.video.extend(ev["video"].astype(np.float32))
-            scores.probs.extend(ev["probs"].astype(np.float32))
+            scores.add_evaluated(evaluate_audio(evaluator, [r.wav for r in recs], [by_id[r.clip_id] for r in recs]))
         if on_batch is not None:
             on_batch(len(scores), objective_value(scores, objective), scores)
     return scores
 
 
 def save_scores(scores: ClipScores, directory: str | Path, embeddings: bool = True) -> None:
-    """Write ``per_clip.csv`` (and ``embeddings.npz`` for the set metrics) into ``directory``."""
+    """Write ``per_clip.csv``, ``embeddings.npz`` (evaluator embeddings) and ``dynamics.npz``
+    (the dynamics curves) into ``directory``: what set metrics need later."""
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     pd.DataFrame(scores.rows()).to_csv(d / "per_clip.csv", index=False)
@@ -260,6 +551,9 @@ def save_scores(scores: ClipScores, directory: str | Path, embeddings: bool = Tr
         np.savez_compressed(d / "embeddings.npz", audio=np.stack(scores.audio).astype(np.float16),
                             ref_audio=np.stack(scores.ref_audio).astype(np.float16),
                             video=np.stack(scores.video).astype(np.float16), probs=np.stack(scores.probs))
+    curves = (*scores.dyn_ref, *scores.dyn_gen)
+    if embeddings and scores.dyn_ref and all(c is not None for c in curves) and len({c.shape for c in curves}) == 1:
+        np.savez_compressed(d / "dynamics.npz", ref=np.stack(scores.dyn_ref), gen=np.stack(scores.dyn_gen))
 
 
 def load_scores(directory: str | Path) -> ClipScores:
@@ -275,11 +569,16 @@ def load_scores(directory: str | Path) -> ClipScores:
         s.ref_audio = list(z["ref_audio"].astype(np.float32))
         s.video = list(z["video"].astype(np.float32))
         s.probs = list(z["probs"].astype(np.float32))
+    if (d / "dynamics.npz").exists():
+        z = np.load(d / "dynamics.npz")
+        s.dyn_ref, s.dyn_gen = list(z["ref"]), list(z["gen"])
+    else:
+        s.dyn_ref, s.dyn_gen = [None] * len(s), [None] * len(s)
     return s
 
 
 def evaluate_arm(model_dir: str, overrides: dict, features: str, split: str, n: int, seed: int, evaluator: str | None,
-                 objective: dict, threads: int):
+                 objective: dict, threads: int, too_few: Literal["raise", "fewer"] = "raise") -> ClipScores:
     """One arm (a model + sampler settings) generated and scored on ``n`` clips of ``split``.
 
     Args:
@@ -292,20 +591,27 @@ def evaluate_arm(model_dir: str, overrides: dict, features: str, split: str, n: 
         evaluator: an evaluator directory (None: no evaluator metrics).
         objective: the objective weights.
         threads: torch intra-op threads.
+        too_few: a split with fewer than ``n`` clips raises
+            :class:`~soundtrack.errors.TooFewClips` or scores the fewer clips.
 
     Returns:
         the arm's :class:`ClipScores`.
     """
 
     torch.set_num_threads(threads)
+    require_inputs(objective, evaluator is not None)
     gen = SoundtrackGenerator.load(model_dir)
-    rows = load_rows(features, split, n)
+    rows = load_split(features, split, ROW_COLUMNS, n, too_few=too_few, hint="val_clips / test_clips")
     ev = Evaluator.load(evaluator) if evaluator else None
     return evaluate_clips(gen, rows, overrides, seed, ev, objective, batch_clips=len(rows))
 
 
-def compare(best, base, objective: dict) -> dict[str, Any]:
-    """Best vs defaults: objective and every per-clip metric, means and paired 95 % intervals."""
+def compare(best: ClipScores, base: ClipScores, objective: dict) -> dict[str, Any]:
+    """Best vs defaults: objective and every per-clip metric, means and paired 95 % intervals.
+
+    Raises:
+        ObjectiveError: the objective is undefined on either set of clips.
+    """
     out: dict[str, Any] = {"clips": len(best), "objective": {
         "best": objective_value(best, objective), "defaults": objective_value(base, objective),
         "best_minus_defaults": paired_objective_ci(best, base, objective)}}

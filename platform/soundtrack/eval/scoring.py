@@ -56,7 +56,7 @@ from safetensors.torch import load_file, save_file
 import soundtrack.metrics as M
 from soundtrack.data import features as F
 from soundtrack.data.features import DEFAULT_CONFIG, log_mel
-from soundtrack.data.shards import decode_row, read_shards
+from soundtrack.data.shards import load_split
 from soundtrack.models.encoders import ContrastiveModel
 
 #: Direction of every metric: +1 higher is better, -1 lower is better, 0 descriptive.
@@ -306,8 +306,7 @@ def build_evaluator(encoders_dir: str | os.PathLike, features_dir: str | os.Path
     col = f"label_{label}"
     data = {}
     for split in ("train", "val"):
-        df = read_shards(features_dir, split=split, columns=["clip_id", "wav_mix", col])
-        rows = [decode_row(r) for r in df.to_dict("records")]
+        rows = load_split(features_dir, split, ["clip_id", "wav_mix", col])
         data[split] = (np.stack([clip_statistics(r["wav_mix"]) for r in rows]), [str(r[col]) for r in rows])
     classes = sorted(set(data["train"][1]))
     idx = {c: i for i, c in enumerate(classes)}

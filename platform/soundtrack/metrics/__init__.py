@@ -22,7 +22,8 @@ Times are in seconds throughout; rates are per second.
 One module per metric family; everything is re-exported here, so import from
 ``soundtrack.metrics``:
 
-* ``statistics``: bootstrap intervals (``bootstrap_ci``, ``paired_bootstrap_ci``).
+* ``statistics``: bootstrap intervals (``bootstrap_ci``, ``paired_bootstrap_ci``) and the one
+  resampling primitive under every bootstrap (``bootstrap_indices``, ``bootstrap_replicates``).
 * ``speed``: ``real_time_factor``.
 * ``events``: event matching and onsets (``match_events``, ``onset_times``,
   ``segment_onset_times``), rhythm synchronisation (``onset_sync``, ``bcs``, ``bhs``,
@@ -75,7 +76,12 @@ from soundtrack.metrics.retrieval import precision_at_k, precision_at_k_from_sim
 from soundtrack.metrics.speed import real_time_factor
 from soundtrack.metrics.statistics import _bootstrap_stats as _bootstrap_stats
 from soundtrack.metrics.statistics import _check_boot_args as _check_boot_args
-from soundtrack.metrics.statistics import bootstrap_ci, paired_bootstrap_ci
+from soundtrack.metrics.statistics import (
+    bootstrap_ci,
+    bootstrap_indices,
+    bootstrap_replicates,
+    paired_bootstrap_ci,
+)
 from soundtrack.metrics.structure import _entropy_bits as _entropy_bits
 from soundtrack.metrics.structure import adv, gps, grooving_patterns, pche
 
@@ -90,6 +96,8 @@ __all__ = [
     "beat_f1",
     "bhs",
     "bootstrap_ci",
+    "bootstrap_indices",
+    "bootstrap_replicates",
     "csd",
     "dynamics_correlation",
     "embedding_stats",

@@ -1,10 +1,64 @@
-"""Bootstrap confidence intervals of per-item metric values (percentile and paired)."""
+"""Bootstrap confidence intervals of per-item metric values (percentile and paired).
+
+One resampling primitive serves every bootstrap of the platform: :func:`bootstrap_indices`
+draws the resamples (``numpy.random.default_rng(seed).integers(0, n, (n_boot, n))``, so
+a seed gives the same resampled item sets whoever asks), :func:`bootstrap_replicates`
+evaluates any function of the item indices on each of them (set metrics, an objective
+recomputed on the resampled clips), and :func:`bootstrap_ci` / :func:`paired_bootstrap_ci`
+are the vectorised per-item statistics on top.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 import numpy as np
+
+T = TypeVar("T")
+
+
+def bootstrap_indices(n: int, n_boot: int, seed: int) -> np.ndarray:
+    """The item indices of ``n_boot`` bootstrap resamples of ``n`` items.
+
+    Args:
+        n: items (clips, or clip x seed); each resample draws ``n`` of them with replacement.
+        n_boot: resamples.
+        seed: seed of ``numpy.random.default_rng``.
+
+    Returns:
+        int64 (n_boot, n): row ``b`` holds resample ``b``'s indices. Drawn in one call,
+        which gives the same rows as ``n_boot`` successive ``rng.integers(0, n, n)``.
+    """
+    if n < 1 or n_boot < 1:
+        raise ValueError(f"bootstrap needs n >= 1 items and n_boot >= 1 resamples, got {n}, {n_boot}")
+    return np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
+
+
+def bootstrap_replicates(n: int, n_boot: int, seed: int, fn: Callable[[np.ndarray], T],
+                         min_unique: int = 1) -> list[T]:
+    """``fn(idx)`` on every bootstrap resample ``idx`` of :func:`bootstrap_indices`.
+
+    For statistics that are not a vectorisable function of per-item values: set-level
+    metrics (FAD, IS, CSD, ...) or an objective recomputed on the resampled clips.
+
+    Args:
+        n: items.
+        n_boot: resamples drawn.
+        seed: resampling seed.
+        fn: called with each resample's indices, an int array (n,) with repeats.
+        min_unique: resamples with fewer distinct items are skipped (not redrawn), e.g.
+            2 for a set metric undefined on one repeated clip.
+
+    Returns:
+        ``fn``'s results in resample order (at most ``n_boot``; fewer when skipped).
+    """
+    out = []
+    for idx in bootstrap_indices(n, n_boot, seed):
+        if min_unique > 1 and len(np.unique(idx)) < min_unique:
+            continue
+        out.append(fn(idx))
+    return out
 
 
 def _bootstrap_stats(
@@ -15,9 +69,7 @@ def _bootstrap_stats(
     seed: int,
 ) -> np.ndarray:
     """Bootstrap replicates of ``stat(combine(*resampled columns))``."""
-    n = columns[0].shape[0]
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, n, size=(n_boot, n))
+    idx = bootstrap_indices(columns[0].shape[0], n_boot, seed)
     resampled = combine(*(col[idx] for col in columns))  # (n_boot, n)
     try:
         reps = np.asarray(stat(resampled, axis=1), dtype=np.float64)

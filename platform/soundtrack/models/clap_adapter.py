@@ -21,8 +21,9 @@ the duration of that single import we put a stub ``torchvision.ops.misc`` module
 ``sys.modules`` whose ``FrozenBatchNorm2d`` raises if anything ever instantiates it, and
 we remove the stub modules right after, so ``import torchvision`` elsewhere still fails
 normally and libraries that probe for torchvision are not fooled. ``sys.argv`` is saved
-and restored around the import and ``HF_HUB_OFFLINE=1`` is set (defaults only; both are
-belt and braces, since our import path does not reach the code that needs them).
+and restored around the import and :mod:`soundtrack.env`'s defaults (``HF_HUB_OFFLINE=1``
+among them) are applied again (both are belt and braces, since our import path does not
+reach the code that needs them).
 
 Limits found while writing this:
 
@@ -60,6 +61,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
+
+from soundtrack.env import apply_env_defaults
 
 #: Name under which the ``laion_clap/clap_module`` directory is imported (private, so the
 #: real ``laion_clap`` package, if someone imports it elsewhere, is not shadowed).
@@ -115,9 +118,9 @@ class _StubFrozenBatchNorm2d:
 
 @contextlib.contextmanager
 def _import_guard():
-    """Saves/restores ``sys.argv``, sets ``HF_HUB_OFFLINE`` and stubs torchvision briefly."""
+    """Saves/restores ``sys.argv``, applies the offline-hub defaults and stubs torchvision briefly."""
     saved_argv = list(sys.argv)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    apply_env_defaults()  # HF_HUB_OFFLINE=1 and the rest of soundtrack.env, under the user's own values
     added = []
     if importlib.util.find_spec("torchvision") is None:
         stubs = {name: types.ModuleType(name) for name in _STUBBED}

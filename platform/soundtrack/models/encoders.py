@@ -46,7 +46,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
+from soundtrack.env import apply_env_defaults
 from soundtrack.models import clap_adapter
+from soundtrack.profiles import model_preset
 
 Adaptor = Literal["softmax_gated", "sigmoid_gated", "attention_pool", "mean"]
 Temporal = Literal["conv", "transformer", "none"]
@@ -207,14 +209,16 @@ class ContrastiveConfig:
             raise ValueError(f"unknown ContrastiveConfig keys: {sorted(unknown)}")
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
 
+    # -- presets (values: the ``models.encoders`` block of ``soundtrack/profiles/<name>.yaml``)
+
     @classmethod
     def tiny(cls, **overrides: Any) -> "ContrastiveConfig":
-        """The 2-core preset (< 1 M parameters including the text head).
+        """The 2-core preset (< 1 M parameters including the text head; the field defaults).
 
         Args:
             **overrides: fields to change.
         """
-        return dataclasses.replace(cls(), **overrides)
+        return cls.preset("tiny", **overrides)
 
     @classmethod
     def paper(cls, **overrides: Any) -> "ContrastiveConfig":
@@ -228,34 +232,20 @@ class ContrastiveConfig:
         Args:
             **overrides: fields to change.
         """
-        base = cls(
-            embed_dim=512,
-            video_input_size=112,
-            video_channels=(64, 128, 256, 384),
-            video_stem_stride=2,
-            video_dim=512,
-            temporal="transformer",
-            temporal_layers=4,
-            temporal_heads=8,
-            audio_channels=256,
-            audio_conv_layers=4,
-            audio_dim=512,
-            head_layers=2,
-            dropout=0.1,
-        )
-        return dataclasses.replace(base, **overrides)
+        return cls.preset("paper", **overrides)
 
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> "ContrastiveConfig":
-        """``"tiny"`` or ``"paper"`` (the platform's two profiles).
+        """The encoders of a profile (:func:`soundtrack.profiles.model_preset`), then ``overrides``.
 
         Args:
-            name: preset name.
+            name: profile (``"tiny"`` or ``"paper"``, the platform's two profiles).
             **overrides: fields to change.
+
+        Raises:
+            ConfigError: an unknown profile (a ``ValueError``, naming the allowed ones).
         """
-        if name not in ("tiny", "paper"):
-            raise ValueError(f"unknown preset {name!r} (tiny, paper)")
-        return getattr(cls, name)(**overrides)
+        return dataclasses.replace(cls(**model_preset(name, "encoders")), **overrides)
 
 
 # ----------------------------------------------------------------------------- blocks
@@ -704,7 +694,7 @@ _ST_LOCK = threading.Lock()
 @functools.lru_cache(maxsize=2)
 def _sentence_model(path: str):
     """Loads a sentence-transformers model from a local directory once per process."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    apply_env_defaults()  # HF_HUB_OFFLINE=1 and the rest of soundtrack.env, under the user's own values
     from sentence_transformers import SentenceTransformer
 
     model = SentenceTransformer(path, device="cpu")

@@ -44,6 +44,7 @@ import torch
 import torch.nn.functional as F
 
 from soundtrack.data.features import DEFAULT_CONFIG, FeatureConfig
+from soundtrack.profiles import model_preset
 
 # FeatureConfig fields that define the log-mel (the rest describes other features).
 _MEL_FIELDS = ("sr", "n_fft", "hop", "win", "window", "pad_mode", "n_mels", "fmin", "fmax",
@@ -71,28 +72,29 @@ class MelFormat:
         if self.pool_time < 1 or self.features.n_frames % self.pool_time:
             raise ValueError(f"pool_time={self.pool_time} must divide n_frames={self.features.n_frames}")
 
-    # -- presets ------------------------------------------------------------------
+    # -- presets (values: the ``models.mel`` block of ``soundtrack/profiles/<name>.yaml``) --
 
     @classmethod
     def paper(cls) -> "MelFormat":
         """128 mels x 1024 frames per 10.24 s (CCCG Sec. 6.1, AudioLDM/MusicLDM)."""
-        return cls()
+        return cls.preset("paper")
 
     @classmethod
     def tiny(cls) -> "MelFormat":
         """64 mels x 256 frames per 10.24 s (2 x 4 pooling; 25 frames/s)."""
-        return cls(pool_freq=2, pool_time=4)
+        return cls.preset("tiny")
 
     @classmethod
     def preset(cls, name: str) -> "MelFormat":
-        """``"tiny"`` or ``"paper"``.
+        """The mel format of a profile (:func:`soundtrack.profiles.model_preset`).
 
         Args:
-            name: profile name.
+            name: profile name (``"tiny"`` or ``"paper"``).
+
+        Raises:
+            ConfigError: an unknown profile (a ``ValueError``, naming the allowed ones).
         """
-        if name not in ("tiny", "paper"):
-            raise ValueError(f"unknown mel profile {name!r} (tiny, paper)")
-        return getattr(cls, name)()
+        return cls(**model_preset(name, "mel"))
 
     # -- sizes --------------------------------------------------------------------
 

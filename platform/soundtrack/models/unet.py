@@ -71,6 +71,7 @@ from soundtrack.modules.attention import (
     column_times,
     feature_selector_keep,
 )
+from soundtrack.profiles import model_preset
 
 #: Condition names, in the column order of every drop mask.
 CONDITIONS: tuple[str, ...] = ("video", "music", "sfx", "text")
@@ -253,17 +254,17 @@ class DenoiserConfig:
         if not any(self.attention_levels):
             raise ValueError("at least one UNet level needs attention (the condition tokens enter there)")
 
-    # -- presets ------------------------------------------------------------------
+    # -- presets (values: the ``models.denoiser`` block of ``soundtrack/profiles/<name>.yaml``)
 
     @classmethod
     def tiny(cls, **overrides: Any) -> "DenoiserConfig":
         """2-core preset: 4 x 16 x 64 latent, channels (32, 64, 64), attention at the two
-        lower levels, channel-wise fusion on, v-prediction.
+        lower levels, channel-wise fusion on, v-prediction (the same as the field defaults).
 
         Args:
             **overrides: fields to change.
         """
-        return dataclasses.replace(cls(), **overrides)
+        return cls.preset("tiny", **overrides)
 
     @classmethod
     def paper(cls, **overrides: Any) -> "DenoiserConfig":
@@ -275,34 +276,20 @@ class DenoiserConfig:
         Args:
             **overrides: fields to change.
         """
-        base = cls(
-            profile="paper",
-            latent_channels=8,
-            latent_hw=(32, 256),
-            block_out_channels=(128, 256, 384, 640),
-            attention_levels=(True, True, True, True),
-            layers_per_block=2,
-            head_channels=32,
-            norm_num_groups=32,
-            cross_attention_dim=512,
-            prediction_type="epsilon",
-            fusion="none",
-            fusion_dim=64,
-            video_dim=512,
-        )
-        return dataclasses.replace(base, **overrides)
+        return cls.preset("paper", **overrides)
 
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> "DenoiserConfig":
-        """``"tiny"`` or ``"paper"``.
+        """The denoiser of a profile (:func:`soundtrack.profiles.model_preset`), then ``overrides``.
 
         Args:
-            name: profile.
+            name: profile (``"tiny"`` or ``"paper"``).
             **overrides: fields to change.
+
+        Raises:
+            ConfigError: an unknown profile (a ``ValueError``, naming the allowed ones).
         """
-        if name not in ("tiny", "paper"):
-            raise ValueError(f"unknown profile {name!r} (tiny, paper)")
-        return getattr(cls, name)(**overrides)
+        return dataclasses.replace(cls(**model_preset(name, "denoiser")), **overrides)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict."""

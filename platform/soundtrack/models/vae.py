@@ -48,6 +48,7 @@ from diffusers import AutoencoderKL
 from diffusers.configuration_utils import register_to_config
 
 from soundtrack.models.mel import MelFormat
+from soundtrack.profiles import model_preset
 
 Profile = Literal["tiny", "paper"]
 
@@ -135,28 +136,15 @@ def vae_config(profile: Profile | str = "tiny", **overrides: Any) -> dict[str, A
         **overrides: arguments to change (e.g. ``latent_channels=8``).
 
     Returns:
-        dict of keyword arguments for :class:`MelVAE`.
+        dict of keyword arguments for :class:`MelVAE`: the profile's ``models.vae`` block
+        (``soundtrack/profiles/<name>.yaml``: channels, layers, latent channels, groups,
+        mid-block attention) over the settings every profile shares, and its mel format.
+
+    Raises:
+        ConfigError: an unknown profile (a ``ValueError``, naming the allowed ones).
     """
-    if profile == "paper":
-        fmt = MelFormat.paper()
-        cfg: dict[str, Any] = dict(
-            block_out_channels=(128, 256, 512),
-            layers_per_block=2,
-            latent_channels=8,
-            norm_num_groups=32,
-            mid_block_add_attention=True,
-        )
-    elif profile == "tiny":
-        fmt = MelFormat.tiny()
-        cfg = dict(
-            block_out_channels=(16, 32, 64),
-            layers_per_block=1,
-            latent_channels=4,
-            norm_num_groups=8,
-            mid_block_add_attention=False,
-        )
-    else:
-        raise ValueError(f"unknown VAE profile {profile!r} (tiny, paper)")
+    cfg: dict[str, Any] = model_preset(profile, "vae")
+    fmt = MelFormat.preset(profile)
     n = len(cfg["block_out_channels"])
     cfg.update(
         in_channels=1,

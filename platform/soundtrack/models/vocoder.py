@@ -71,6 +71,12 @@ def mel_to_linear(mel: torch.Tensor, fmt: MelFormat) -> torch.Tensor:
     return torch.clamp(inv @ lin_mel, min=0.0)
 
 
+
+def _as_batch(mel: torch.Tensor) -> tuple[torch.Tensor, bool]:
+    """``(B, n_mels, T)`` view of one mel or a batch, and whether it was one (to squeeze back)."""
+    single = mel.dim() == 2
+    return (mel.unsqueeze(0) if single else mel), single
+
 class GriffinLimVocoder:
     """Mel inversion by pseudo-inverse + fast Griffin-Lim on ``torch.stft`` (no weights).
 
@@ -151,10 +157,9 @@ class GriffinLimVocoder:
         """Log-mel (B, n_mels, T) or (n_mels, T) -> waveform (B, T * hop) or (T * hop,).
 
         Args:
-            mel: natural-log mel of ``self.fmt``.
+            mel: natural-log mel of ``self.fmt`` (one clip or a batch).
         """
-        single = mel.dim() == 2
-        mel = mel.unsqueeze(0) if single else mel
+        mel, single = _as_batch(mel)
         mel = mel.float()
         lin = mel_to_linear(mel, self.fmt)  # (B, bins, T10) with T10 = T * pool_time
         length = lin.shape[-1] * self.fmt.features.hop
@@ -261,13 +266,12 @@ class HiFiGANVocoder:
 
     @torch.no_grad()
     def __call__(self, mel: torch.Tensor) -> torch.Tensor:
-        """Log-mel (B, n_mels, T) or (n_mels, T) -> waveform (B, N) or (N,).
+        """Waveforms (B, N), or (N,) for one clip, of log-mels (B, n_mels, T) or (n_mels, T).
 
         Args:
-            mel: natural-log mel of ``self.fmt``.
+            mel: natural-log mel in ``self.fmt``.
         """
-        single = mel.dim() == 2
-        mel = mel.unsqueeze(0) if single else mel
+        mel, single = _as_batch(mel)
         param = next(self.model.parameters())
         x = self.convert(mel).to(device=param.device, dtype=param.dtype)
         wav = self.model(x).float()

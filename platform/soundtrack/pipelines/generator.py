@@ -32,6 +32,9 @@ Model directory (written by :meth:`~SoundtrackGenerator.save`, read by
       encoders/        ContrastiveModel.save  (config.json, model.safetensors)
       vae/             save_vae               (config.json, diffusion_pytorch_model.safetensors)
       denoiser/        SoundtrackDenoiser.save (denoiser_config.json, denoiser.safetensors)
+      scheduler/       the noise schedule the denoiser was trained with (scheduler_config.json,
+                       diffusers' DDPMScheduler config; schedulers.save_schedule). Optional: a
+                       directory saved without it loads with schedulers.DEFAULT_SCHEDULE.
       vocoder/         only for a HiFi-GAN vocoder: a copy of its folder ("vocoder": "vocoder")
 
 ``generator.json`` is written last: a directory without it is an unfinished save.
@@ -42,7 +45,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
+import logging
 import os
 import shutil
 import threading
@@ -74,9 +77,18 @@ from soundtrack.models.unet import (
 )
 from soundtrack.models.vae import build_vae, latent_shape, load_vae, save_vae
 from soundtrack.models.vocoder import load_vocoder
-from soundtrack.modules.attention import METHODS
+from soundtrack.pipelines.knobs import KNOBS, check_knob
 from soundtrack.pipelines.sampler import SamplerConfig, generate_video
-from soundtrack.pipelines.schedulers import SCHEDULER_KINDS
+from soundtrack.pipelines.schedulers import (
+    DEFAULT_SCHEDULE,
+    SCHEDULE_FILE,
+    NoiseSchedule,
+    load_schedule,
+    make_scheduler,
+    save_schedule,
+)
+
+log = logging.getLogger(__name__)
 
 GENERATOR_FORMAT = "soundtrack-generator/1"
 GENERATOR_FILE = "generator.json"
@@ -87,11 +99,14 @@ PART_FILES: dict[str, tuple[str, ...]] = {
     "vae": ("config.json", "diffusion_pytorch_model.safetensors"),
     "denoiser": ("denoiser_config.json", "denoiser.safetensors"),
 }
+#: The folder of the noise schedule (optional: older model directories lack it).
+SCHEDULE_DIR = "scheduler"
 REQUIRED_KEYS = ("format", "profile", "fps", "sr", "clip_s", "frame_size", "mel_format", "sampler", "vocoder",
                  "conditions")
 
-#: Sampler settings a caller may change per call (``generate(..., **overrides)``).
-OVERRIDES = ("guidance_scale", "weights", "num_steps", "scheduler", "attention", "window_k", "selector_tau")
+#: Sampler settings a caller may change per call (``generate(..., **overrides)``): the knobs of
+#: :data:`soundtrack.pipelines.knobs.KNOBS`.
+OVERRIDES = tuple(KNOBS)
 
 #: Output file types of :meth:`SoundtrackGenerator.generate_file`.
 OUTPUT_SUFFIXES = (".wav", ".mp4")
@@ -152,6 +167,9 @@ def check_model_dir(path: str | os.PathLike) -> dict[str, Any]:
         if absent:
             raise GeneratorError(f"{root}: the {part}/ part lacks {absent}; the save was interrupted or the "
                                  "copy is incomplete: copy or save the model again.")
+    if (root / SCHEDULE_DIR).is_dir() and not (root / SCHEDULE_DIR / SCHEDULE_FILE).is_file():
+        raise GeneratorError(f"{root}: the {SCHEDULE_DIR}/ part lacks {SCHEDULE_FILE}; the copy is incomplete: "
+                             "copy or save the model again.")
     return doc
 
 
@@ -172,6 +190,9 @@ def _sampler_to_dict(cfg: SamplerConfig) -> dict[str, Any]:
 def apply_overrides(cfg: SamplerConfig, overrides: Mapping[str, Any]) -> SamplerConfig:
     """The sampler settings with per-call overrides applied (``None`` values are ignored).
 
+    Each value is checked by :func:`soundtrack.pipelines.knobs.check_knob`, the one
+    definition of the knobs' validity (Serve and tune check with it too).
+
     Args:
         cfg: the model's defaults.
         overrides: any of :data:`OVERRIDES`.
@@ -185,49 +206,7 @@ def apply_overrides(cfg: SamplerConfig, overrides: Mapping[str, Any]) -> Sampler
     unknown = sorted(set(overrides) - set(OVERRIDES))
     if unknown:
         raise GeneratorError(f"unknown generation option(s) {unknown}; allowed: {', '.join(OVERRIDES)}")
-    changes: dict[str, Any] = {}
-    for name, value in overrides.items():
-        if value is None:
-            continue
-        if name == "num_steps":
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise GeneratorError(f"num_steps must be an integer >= 1, got {value!r}")
-            value = int(value)
-        elif name == "guidance_scale":
-            try:
-                value = float(value)
-            except (TypeError, ValueError):
-                raise GeneratorError(f"guidance_scale must be a number, got {value!r}") from None
-            if not math.isfinite(value) or value < 0:
-                raise GeneratorError(f"guidance_scale must be finite and >= 0 (1 = no extrapolation), got {value}")
-        elif name == "scheduler":
-            if value not in SCHEDULER_KINDS:
-                raise GeneratorError(f"scheduler must be one of {', '.join(SCHEDULER_KINDS)}, got {value!r}")
-        elif name == "attention":
-            if value not in METHODS:
-                raise GeneratorError(f"attention must be one of {', '.join(METHODS)}, got {value!r}")
-        elif name == "window_k":
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise GeneratorError(f"window_k must be an integer >= 1 (video frames), got {value!r}")
-            value = int(value)
-        elif name == "selector_tau":
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 0 <= value <= 1000:
-                raise GeneratorError(f"selector_tau must be an integer timestep in [0, 1000] (the training scale; "
-                                     f"Diff-BGM switches at 200), got {value!r}")
-            value = int(value)
-        elif name == "weights":
-            if not isinstance(value, Mapping):
-                raise GeneratorError(f"weights must be a dict condition -> weight, got {type(value).__name__}")
-            bad = sorted(set(value) - set(CONDITIONS))
-            if bad:
-                raise GeneratorError(f"weights name unknown conditions {bad}; conditions: {', '.join(CONDITIONS)}")
-            try:
-                value = {str(k): float(v) for k, v in value.items()}
-            except (TypeError, ValueError):
-                raise GeneratorError(f"weights must be numbers, got {dict(value)!r}") from None
-            if any(not math.isfinite(v) or v < 0 for v in value.values()) or sum(value.values()) <= 0:
-                raise GeneratorError(f"weights must be finite, >= 0 and not all 0, got {value}")
-        changes[name] = value
+    changes = {name: check_knob(name, value) for name, value in overrides.items() if value is not None}
     return dataclasses.replace(cfg, **changes)
 
 
@@ -294,6 +273,8 @@ class SoundtrackGenerator:
             denoiser have text).
         card: free-form metadata (training run, data, metrics), saved as it is.
         vocoder_options: extra vocoder arguments (``{"n_iter": 16}`` for Griffin-Lim).
+        schedule: the noise schedule the denoiser was trained with (None: the default CCCG
+            schedule); every sampler of the model is built on it.
         device: where the models run.
     """
 
@@ -311,6 +292,7 @@ class SoundtrackGenerator:
         conditions: Sequence[str] | None = None,
         card: Mapping[str, Any] | None = None,
         vocoder_options: Mapping[str, Any] | None = None,
+        schedule: NoiseSchedule | None = None,
         device: str | torch.device = "cpu",
     ):
         self.device = torch.device(device)
@@ -324,6 +306,7 @@ class SoundtrackGenerator:
         self.card = dict(card or {})
         self.vocoder_spec = str(vocoder)
         self.vocoder_options = dict(vocoder_options or {})
+        self.schedule = schedule or DEFAULT_SCHEDULE
         dcfg = denoiser.config
         self.fps = float(dcfg.fps)
         self.clip_s = float(dcfg.clip_seconds)
@@ -374,6 +357,8 @@ class SoundtrackGenerator:
         if tuple(lat) != tuple(want):
             raise GeneratorError(f"the VAE makes latents {tuple(lat)} from a {self.mel_format.n_mels} x "
                                  f"{self.mel_format.n_frames} mel, the denoiser expects {want}")
+        if not isinstance(self.schedule, NoiseSchedule):
+            raise GeneratorError(f"schedule must be a NoiseSchedule, got {type(self.schedule).__name__}")
         # The stored defaults must pass the same checks as per-call overrides.
         apply_overrides(SamplerConfig(), {k: getattr(self.sampler, k) for k in OVERRIDES})
         if self.sampler.max_seconds <= 0 or not 0 <= self.sampler.crossfade_s < self.clip_s:
@@ -471,9 +456,19 @@ class SoundtrackGenerator:
         """The model's sampler defaults with per-call overrides (see :data:`OVERRIDES`).
 
         Args:
-            **overrides: guidance_scale, weights, num_steps, scheduler, attention, window_k.
+            **overrides: guidance_scale, weights, num_steps, scheduler, attention, window_k, selector_tau.
         """
         return apply_overrides(self.sampler, overrides)
+
+    def make_scheduler(self, **overrides: Any):
+        """The diffusers scheduler :meth:`generate` samples with: the sampler of
+        :meth:`sampler_config` on the model's noise schedule (:attr:`schedule`).
+
+        Args:
+            **overrides: sampler settings (see :meth:`sampler_config`).
+        """
+        cfg = self.sampler_config(**overrides)
+        return make_scheduler(cfg.scheduler, self.denoiser.config.prediction_type, self.schedule)
 
     def n_samples(self, n_frames: int) -> int:
         """Soundtrack length (samples) of a video of ``n_frames`` frames: ``round(T / fps * sr)``.
@@ -514,14 +509,20 @@ class SoundtrackGenerator:
                                  f"{cfg.max_seconds:.0f} s (sampler.max_seconds); cut it into parts")
         with self._lock, torch.inference_mode():
             conds = self.conditions_from_frames(arr, caption)
-            wav = generate_video(self.denoiser, self.vae, self.vocoder, conds, duration, str(clip_id), int(seed), cfg)
+            wav = generate_video(self.denoiser, self.vae, self.vocoder, conds, duration, str(clip_id), int(seed), cfg,
+                                 schedule=self.schedule)
         n = self.n_samples(arr.shape[0])
         wav = np.asarray(wav, dtype=np.float32).reshape(-1)[:n]
         if wav.shape[0] < n:  # generate_video already trims to round(duration * sr); defensive
             wav = np.pad(wav, (0, n - wav.shape[0]))
+        bad = int((~np.isfinite(wav)).sum())
+        if bad:  # never silenced: a diverged model must not be scored (or served) as quiet audio
+            raise GeneratorError(f"the generated soundtrack of clip {clip_id!r} has {bad} non-finite samples of "
+                                 f"{wav.shape[0]}: the model diverged (check its training losses, or sample with "
+                                 "fewer steps / a lower guidance_scale)")
         # The platform's audio contract is [-1, 1]; a trained model stays inside, an
         # untrained one (tests) may not.
-        return np.clip(np.nan_to_num(wav), -1.0, 1.0)
+        return np.clip(wav, -1.0, 1.0)
 
     def generate_file(self, video_path: str | os.PathLike, out_path: str | os.PathLike, seed: int = 0,
                       caption: str | None = None, clip_id: str = "clip", **overrides: Any) -> GenerationResult:
@@ -608,6 +609,7 @@ class SoundtrackGenerator:
         self.encoders.save(root / "encoders")
         save_vae(self.vae, root / "vae")
         self.denoiser.save(root / "denoiser")
+        save_schedule(self.schedule, self.denoiser.config.prediction_type, root / SCHEDULE_DIR)
         doc = self.to_dict()
         if self.vocoder_spec.lower() not in ("griffinlim", "griffin-lim", "gl"):
             src = Path(self.vocoder_spec).resolve()
@@ -650,6 +652,7 @@ class SoundtrackGenerator:
             except Exception as exc:  # corrupt weights, mismatched shapes, bad configs
                 raise GeneratorError(f"{root}: the {part}/ part does not load ({type(exc).__name__}: {exc}); "
                                      "save or copy the model again.") from exc
+        schedule = cls._load_schedule(root, parts["denoiser"].config.prediction_type)
         vocoder = str(doc["vocoder"])
         if vocoder.lower() not in ("griffinlim", "griffin-lim", "gl"):
             vpath = Path(vocoder)
@@ -659,7 +662,7 @@ class SoundtrackGenerator:
         gen = cls(parts["encoders"], parts["vae"], parts["denoiser"], vocoder, profile=doc["profile"],
                   frame_size=int(doc["frame_size"]), sampler=sampler, mel_format=mel_format,
                   conditions=doc["conditions"], card=doc.get("card") or {},
-                  vocoder_options=doc.get("vocoder_options") or {}, device=device)
+                  vocoder_options=doc.get("vocoder_options") or {}, schedule=schedule, device=device)
         gen.vocoder_spec = str(doc["vocoder"])  # keep the relative name for a re-save
         for key, have in (("fps", gen.fps), ("sr", gen.sr), ("clip_s", gen.clip_s)):
             if abs(float(doc[key]) - float(have)) > 1e-9:
@@ -667,12 +670,30 @@ class SoundtrackGenerator:
         gen.directory = root
         return gen
 
+    @staticmethod
+    def _load_schedule(root: Path, prediction_type: str) -> NoiseSchedule:
+        """The model's noise schedule from ``scheduler/``; the default when the directory has none."""
+        folder = root / SCHEDULE_DIR
+        if not (folder / SCHEDULE_FILE).is_file():
+            log.info("%s has no %s/%s (saved before models kept their schedule): using the default noise "
+                     "schedule, %s", root, SCHEDULE_DIR, SCHEDULE_FILE, DEFAULT_SCHEDULE.describe())
+            return DEFAULT_SCHEDULE
+        try:
+            schedule, saved_pt = load_schedule(folder)
+        except (TypeError, ValueError) as exc:
+            raise GeneratorError(f"{folder / SCHEDULE_FILE}: bad noise schedule ({exc}); save the model again.") from exc
+        if saved_pt is not None and saved_pt != prediction_type:
+            raise GeneratorError(f"{folder / SCHEDULE_FILE} says prediction_type {saved_pt!r}, the denoiser "
+                                 f"{prediction_type!r}; the parts do not belong together: save the model again.")
+        return schedule
+
 
 # ----------------------------------------------------------------------------- tiny model
 
 
 def build_tiny_generator(directory: str | os.PathLike | None = None, seed: int = 0, use_text: bool = False,
-                         num_steps: int = 4, gl_iterations: int = 8) -> SoundtrackGenerator:
+                         num_steps: int = 4, gl_iterations: int = 8,
+                         schedule: NoiseSchedule | None = None) -> SoundtrackGenerator:
     """An **untrained** tiny generator (random weights) for tests and serving tests.
 
     Its output is noise-like and means nothing; it exercises the real code paths (the
@@ -689,6 +710,7 @@ def build_tiny_generator(directory: str | os.PathLike | None = None, seed: int =
             the first caption).
         num_steps: default sampling steps.
         gl_iterations: Griffin-Lim iterations of the vocoder.
+        schedule: the noise schedule (None: the default).
 
     Returns:
         the generator (saved to ``directory`` when given).
@@ -715,7 +737,7 @@ def build_tiny_generator(directory: str | os.PathLike | None = None, seed: int =
         sampler=SamplerConfig(num_steps=int(num_steps)), conditions=conds,
         card={"name": "tiny-untrained", "trained": False, "seed": int(seed),
               "note": "random weights: for tests of the code paths only"},
-        vocoder_options={"n_iter": int(gl_iterations)},
+        vocoder_options={"n_iter": int(gl_iterations)}, schedule=schedule,
     )
     if directory is not None:
         gen.save(directory)

@@ -35,7 +35,7 @@ import torch
 from soundtrack.models.unet import Conditions
 from soundtrack.models.vae import decode_mel
 from soundtrack.pipelines.guidance import guided_prediction
-from soundtrack.pipelines.schedulers import DEFAULT_STEPS, make_scheduler
+from soundtrack.pipelines.schedulers import DEFAULT_SCHEDULE, DEFAULT_STEPS, NoiseSchedule, make_scheduler
 
 # ----------------------------------------------------------------------------- sampling
 
@@ -43,6 +43,9 @@ from soundtrack.pipelines.schedulers import DEFAULT_STEPS, make_scheduler
 @dataclass(frozen=True)
 class SamplerConfig:
     """How to sample.
+
+    The settings a caller may change per call, and their valid values, are the knobs of
+    :data:`soundtrack.pipelines.knobs.KNOBS` (the same names).
 
     Attributes:
         scheduler: ``"dpmsolver++"`` (tiny default), ``"ddim"`` (papers: 200 steps) or ``"ddpm"``.
@@ -143,6 +146,7 @@ def sample_latents(
     seed: int,
     cfg: SamplerConfig = SamplerConfig(),
     scheduler=None,
+    schedule: NoiseSchedule | None = None,
 ) -> torch.Tensor:
     """Samples latents for a batch of clips.
 
@@ -153,7 +157,9 @@ def sample_latents(
         seed: the run's seed.
         cfg: sampler settings.
         scheduler: a scheduler to use (None: ``make_scheduler(cfg.scheduler,
-            denoiser.config.prediction_type)``); copied per clip, never mutated.
+            denoiser.config.prediction_type, schedule)``); copied per clip, never mutated.
+        schedule: the model's noise schedule (None: the default CCCG schedule); only used
+            when ``scheduler`` is None.
 
     Returns:
         (B, C, F_l, T_l) latents.
@@ -162,7 +168,7 @@ def sample_latents(
     if len(keys) != conds.batch_size:
         raise ValueError(f"{len(keys)} keys for {conds.batch_size} clips")
     if scheduler is None:
-        scheduler = make_scheduler(cfg.scheduler, dcfg.prediction_type)
+        scheduler = make_scheduler(cfg.scheduler, dcfg.prediction_type, schedule or DEFAULT_SCHEDULE)
     if scheduler.config.prediction_type != dcfg.prediction_type:
         raise ValueError(f"scheduler predicts {scheduler.config.prediction_type!r}, model {dcfg.prediction_type!r}")
     shape = (dcfg.latent_channels, *dcfg.latent_hw)
@@ -177,7 +183,7 @@ def sample_latents(
 
 @torch.no_grad()
 def generate_clips(denoiser, vae, vocoder, conds: Conditions, clip_ids: Sequence[str], seed: int,
-                   cfg: SamplerConfig = SamplerConfig()) -> torch.Tensor:
+                   cfg: SamplerConfig = SamplerConfig(), schedule: NoiseSchedule | None = None) -> torch.Tensor:
     """Waveforms of one window-length clip per example: sample, decode, vocode.
 
     Args:
@@ -188,11 +194,12 @@ def generate_clips(denoiser, vae, vocoder, conds: Conditions, clip_ids: Sequence
         clip_ids: one id per clip (seeds its generator).
         seed: run seed.
         cfg: sampler settings.
+        schedule: the model's noise schedule (None: the default).
 
     Returns:
         (B, N) float32 waveforms at the vocoder's sample rate.
     """
-    latents = sample_latents(denoiser, conds, list(clip_ids), seed, cfg)
+    latents = sample_latents(denoiser, conds, list(clip_ids), seed, cfg, schedule=schedule)
     mels = torch.cat([decode_mel(vae, latents[i : i + 1]) for i in range(len(latents))])
     return vocoder(mels.float())
 
@@ -320,7 +327,7 @@ def window_conditions(conds: Conditions, start_s: float, clip_s: float = 10.24, 
 
 @torch.no_grad()
 def generate_video(denoiser, vae, vocoder, conds: Conditions, duration_s: float, clip_id: str, seed: int,
-                   cfg: SamplerConfig = SamplerConfig()) -> np.ndarray:
+                   cfg: SamplerConfig = SamplerConfig(), schedule: NoiseSchedule | None = None) -> np.ndarray:
     """A soundtrack for a whole video of any length up to ``cfg.max_seconds``.
 
     Steps: (1) window starts every ``clip - crossfade`` seconds; (2) each window's
@@ -336,6 +343,7 @@ def generate_video(denoiser, vae, vocoder, conds: Conditions, duration_s: float,
         clip_id: the video's id (seeds the generators).
         seed: run seed.
         cfg: sampler settings.
+        schedule: the model's noise schedule (None: the default).
 
     Returns:
         float32 waveform of ``round(duration_s * sr)`` samples.
@@ -353,7 +361,7 @@ def generate_video(denoiser, vae, vocoder, conds: Conditions, duration_s: float,
     batch = _cat_conditions(parts)
     # 3. latents
     keys = [window_key(clip_id, k) for k in range(len(starts))]
-    latents = sample_latents(denoiser, batch, keys, seed, cfg)
+    latents = sample_latents(denoiser, batch, keys, seed, cfg, schedule=schedule)
     # 4. decode + vocode, window by window
     wavs = [vocoder(decode_mel(vae, latents[i : i + 1]).float())[0] for i in range(len(starts))]
     # 5. join

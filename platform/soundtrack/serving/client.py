@@ -21,7 +21,7 @@ def request_soundtrack(url: str, video: str | os.PathLike, out: str | os.PathLik
         video: the video file to upload.
         out: ``.wav`` (the soundtrack) or ``.mp4`` (the video with it); the suffix sets ``output``.
         timeout: seconds to wait for the answer.
-        **options: form fields of :class:`SoundtrackOptions` (seed, steps, cfg_scale, ...).
+        **options: form fields of :class:`SoundtrackOptions` (seed, num_steps, guidance_scale, ...).
 
     Returns:
         ``{"path", "status", "bytes", "seconds", "headers"}``.

@@ -75,6 +75,7 @@ class GeneratorDeployment:
             "frame_size": g.frame_size,
             "conditions": list(g.conditions),
             "sampler": doc["sampler"],
+            "noise_schedule": g.schedule.to_dict(),
             "card": dict(g.card),
             "entry_card": _entry_card(Path(self.model_dir)),
             "batching": {"max_batch_size": self.max_batch_size, "batch_wait_timeout_s": self.batch_wait_timeout_s},

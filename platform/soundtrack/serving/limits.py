@@ -8,6 +8,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
+from soundtrack.config import from_mapping
+from soundtrack.pipelines.knobs import KNOBS, weight_field
+
 APP_NAME = "soundtrack"
 
 
@@ -33,8 +36,8 @@ DEFAULT_PORT = 8000
 DEFAULT_REQUEST_TIMEOUT_S = 120.0
 
 
-#: Form field -> generator condition of the per-condition guidance weights.
-WEIGHT_FIELDS = {"weight_video": "video", "weight_music": "music", "weight_sfx": "sfx", "weight_text": "text"}
+#: Form field -> generator condition of the per-condition guidance weights (``weight_<condition>``).
+WEIGHT_FIELDS = {weight_field(c): c for c in KNOBS["weights"].choices}
 
 
 #: The form field of the uploaded video.
@@ -73,14 +76,6 @@ GENERATOR_DEFAULTS: dict[str, Any] = {
 }
 
 
-#: Environment of every Serve process started by :func:`run_local`: autoscaling metrics
-#: pushed every second instead of every 10 s (the replica count follows load within seconds).
-AUTOSCALING_ENV = {
-    "RAY_SERVE_HANDLE_AUTOSCALING_METRIC_PUSH_INTERVAL_S": "1",
-    "RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S": "1",
-}
-
-
 @dataclass(frozen=True)
 class ServeLimits:
     """What the service accepts (each limit answered with its own status code).
@@ -89,7 +84,7 @@ class ServeLimits:
         max_upload_bytes: request body limit (413), checked on ``Content-Length`` before
             reading and counted while streaming.
         max_duration_s: longest video (422).
-        max_steps: most sampler steps a request may ask for (422 naming ``steps``).
+        max_steps: most sampler steps a request may ask for (422 naming ``num_steps``).
         max_pending: requests in flight in one ingress replica (upload to answer); one more
             is refused with 503 and ``Retry-After`` before its body is read.
         retry_after_s: the ``Retry-After`` value of 503 answers (s).
@@ -128,12 +123,7 @@ class ServeLimits:
         Raises:
             ValueError: an unknown key (the message lists the allowed ones) or a bad value.
         """
-        d = dict(d or {})
-        names = [f.name for f in dataclasses.fields(cls)]
-        unknown = sorted(set(d) - set(names))
-        if unknown:
-            raise ValueError(f"unknown serve limit(s) {unknown}; allowed: {', '.join(names)}")
-        return cls(**d)
+        return from_mapping(cls, d, "serve limit(s)")
 
     def to_dict(self) -> dict[str, Any]:
         """The limits as a plain dict (JSON-ready)."""

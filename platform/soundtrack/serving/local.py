@@ -15,11 +15,11 @@ import ray
 from ray import serve
 
 from soundtrack.distributed.cluster import init_ray
+from soundtrack.env import apply_env_defaults
 from soundtrack.serving.app import _merge, build_app, load_serve_config
 from soundtrack.serving.client import request_soundtrack
 from soundtrack.serving.limits import (
     APP_NAME,
-    AUTOSCALING_ENV,
     DEFAULT_CONFIG,
     DEFAULT_HOST,
     DEFAULT_MODEL_URI,
@@ -68,8 +68,10 @@ def run_local(
     """
     cfg = load_serve_config(config) if config else {"http_options": {}, "args": {}, "deployment_options": {},
                                                     "env_vars": {}, "name": APP_NAME, "route_prefix": "/"}
-    for k, v in {**AUTOSCALING_ENV, **cfg["env_vars"]}.items():
-        os.environ.setdefault(k, str(v))
+    # soundtrack.env's defaults (autoscaling metrics pushed every second among them), the
+    # proxy's body limit callback and the config's env_vars, under the user's own values;
+    # a local Ray started below inherits them.
+    apply_env_defaults({PROXY_CALLBACK_ENV: PROXY_CALLBACK, **cfg["env_vars"]})
     build = dict(cfg["args"])
     if cfg["deployment_options"]:
         build["deployment_options"] = _merge(cfg["deployment_options"], args.pop("deployment_options", {}))
@@ -94,7 +96,6 @@ def run_local(
     if ray.is_initialized() or address:
         log.info("soundtrack serve: joining a running Ray: the proxy's upload limit applies only if that Ray was "
               f"started with {PROXY_CALLBACK_ENV}={PROXY_CALLBACK} (the ingress checks the limit regardless)")
-    os.environ.setdefault(PROXY_CALLBACK_ENV, PROXY_CALLBACK)
     os.environ[MAX_UPLOAD_ENV] = str(ServeLimits.from_dict(build.get("limits")).max_upload_bytes)
 
 
@@ -142,7 +143,7 @@ def serve_demo(model_uri: str, storage: str, video: str | os.PathLike, out_dir: 
         out_dir: where ``<stem>.soundtrack.wav`` and ``.mp4`` are written.
         port: HTTP port (``None``: a free one).
         config: the Serve config file (``None``: code defaults).
-        **options: request options (seed, steps, ...).
+        **options: request options (seed, num_steps, guidance_scale, ...).
 
     Returns:
         ``{"url", "wav", "mp4"}`` (paths of the answers).

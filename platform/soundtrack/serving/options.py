@@ -7,37 +7,63 @@ from dataclasses import dataclass
 from typing import Any, Literal, Mapping
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic_core import PydanticCustomError
 
+from soundtrack.errors import GeneratorError
+from soundtrack.pipelines.knobs import KNOBS, check_knob, parse_knob, parse_weight
 from soundtrack.serving.limits import VIDEO_FIELD, WEIGHT_FIELDS, ServeLimits
 from soundtrack.serving.upload import UploadError
+
+#: The pydantic error type of a knob refused by :func:`soundtrack.pipelines.knobs.check_knob`.
+KNOB_ERROR = "invalid_knob"
+
+
+def _knob_field(name: str, description: str) -> Any:
+    """An optional form field whose bounds (the OpenAPI ``minimum`` / ``maximum``) are the
+    knob's in :data:`~soundtrack.pipelines.knobs.KNOBS` (``weights``: one condition's weight)."""
+    knob = KNOBS[name]
+    extra = {"allow_inf_nan": False} if knob.kind in ("float", "weights") else {}
+    return Field(None, ge=knob.low, le=knob.high, description=description, **extra)
 
 
 class SoundtrackOptions(BaseModel):
     """The form fields of ``POST /v1/soundtrack`` besides the ``video`` file.
 
-    Unset fields take the model's defaults. Unknown fields are refused (422 naming them).
+    The sampler settings carry the sampler's own names and are checked by
+    :func:`soundtrack.pipelines.knobs.check_knob` (the message a bad value gets from the
+    Python API too); their schema bounds come from the same table. Unset fields take the
+    model's defaults. Unknown fields are refused (422 naming them).
     """
 
     model_config = ConfigDict(extra="forbid")
 
-    cfg_scale: float | None = Field(None, ge=0, le=30, allow_inf_nan=False,
-                                    description="classifier-free guidance scale (1: no extrapolation; "
-                                                "default: the model's)")
-    weight_video: float | None = Field(None, ge=0, le=10, allow_inf_nan=False,
-                                       description="guidance weight of the video-feature condition")
-    weight_music: float | None = Field(None, ge=0, le=10, allow_inf_nan=False,
-                                       description="guidance weight of the video's music-space condition")
-    weight_sfx: float | None = Field(None, ge=0, le=10, allow_inf_nan=False,
-                                     description="guidance weight of the video's sound-effect-space condition")
-    weight_text: float | None = Field(None, ge=0, le=10, allow_inf_nan=False,
-                                      description="guidance weight of the text prompt (models with text only)")
-    steps: int | None = Field(None, ge=1, description="sampler steps (default: the model's; at most the "
-                                                      "service's max_steps)")
+    guidance_scale: float | None = _knob_field("guidance_scale", "classifier-free guidance scale (1: no "
+                                               "extrapolation; default: the model's)")
+    weight_video: float | None = _knob_field("weights", "guidance weight of the video-feature condition")
+    weight_music: float | None = _knob_field("weights", "guidance weight of the video's music-space condition")
+    weight_sfx: float | None = _knob_field("weights", "guidance weight of the video's sound-effect-space condition")
+    weight_text: float | None = _knob_field("weights", "guidance weight of the text prompt (models with text only)")
+    num_steps: int | None = _knob_field("num_steps", "denoising steps (default: the model's; at most the "
+                                                     "service's max_steps)")
     seed: int = Field(0, ge=0, le=2**31 - 1, description="noise seed: same video, options and seed give the "
                                                           "same soundtrack")
     prompt: str | None = Field(None, description="text prompt (models trained with text only)")
     output: Literal["wav", "mp4"] = Field("wav", description="'wav': the soundtrack; 'mp4': the video with it")
+
+    @field_validator("guidance_scale", "num_steps", *WEIGHT_FIELDS, mode="before")
+    @classmethod
+    def _check_knob(cls, value: Any, info: ValidationInfo) -> Any:
+        """Form text (or a number) through the knob table, with the table's message."""
+        if value is None:
+            return None
+        name = info.field_name
+        try:
+            if name in WEIGHT_FIELDS:
+                return parse_weight(WEIGHT_FIELDS[name], value)
+            return parse_knob(name, value)
+        except GeneratorError as exc:
+            raise PydanticCustomError(KNOB_ERROR, "{message}", {"message": str(exc)}) from None
 
     def weights(self) -> dict[str, float] | None:
         """The per-condition guidance weights that were set (``None`` when none was)."""
@@ -47,10 +73,10 @@ class SoundtrackOptions(BaseModel):
     def overrides(self) -> dict[str, Any]:
         """The generator's per-call overrides (see ``SoundtrackGenerator.generate``)."""
         out: dict[str, Any] = {}
-        if self.cfg_scale is not None:
-            out["guidance_scale"] = float(self.cfg_scale)
-        if self.steps is not None:
-            out["num_steps"] = int(self.steps)
+        if self.guidance_scale is not None:
+            out["guidance_scale"] = float(self.guidance_scale)
+        if self.num_steps is not None:
+            out["num_steps"] = int(self.num_steps)
         w = self.weights()
         if w is not None:
             out["weights"] = w
@@ -81,10 +107,12 @@ def parse_options(fields: Mapping[str, str], limits: ServeLimits, model: Mapping
         if err.get("type") == "extra_forbidden":
             raise UploadError(422, "unknown_field", f"unknown form field {name!r}; allowed: {VIDEO_FIELD}, "
                               f"{', '.join(SoundtrackOptions.model_fields)}", field=name) from None
+        if err.get("type") == KNOB_ERROR:  # the knob table's message already shows the value
+            raise UploadError(422, "invalid_option", msg, field=name) from None
         raise UploadError(422, "invalid_option", f"{msg} (got {err.get('input')!r})", field=name) from None
-    if opts.steps is not None and opts.steps > limits.max_steps:
-        raise UploadError(422, "invalid_option", f"form field 'steps': at most {limits.max_steps} steps are "
-                          f"allowed, got {opts.steps}", field="steps", limit=limits.max_steps)
+    if opts.num_steps is not None and opts.num_steps > limits.max_steps:
+        raise UploadError(422, "invalid_option", f"form field 'num_steps': at most {limits.max_steps} steps are "
+                          f"allowed, got {opts.num_steps}", field="num_steps", limit=limits.max_steps)
     if opts.prompt is not None and len(opts.prompt) > limits.max_prompt_chars:
         raise UploadError(422, "invalid_option", f"form field 'prompt' is longer than {limits.max_prompt_chars} "
                           "characters", field="prompt", limit=limits.max_prompt_chars)
@@ -97,10 +125,12 @@ def parse_options(fields: Mapping[str, str], limits: ServeLimits, model: Mapping
         raise UploadError(422, "invalid_option", "form field 'prompt': this model was trained without text "
                           f"conditioning (its conditions: {', '.join(conds)}); drop the prompt", field="prompt")
     w = opts.weights()
-    if w is not None and sum(w.values()) <= 0:
-        name = next(iter(n for n in WEIGHT_FIELDS if getattr(opts, n) is not None))
-        raise UploadError(422, "invalid_option", "the guidance weights that are set are all 0; give at least one "
-                          "a positive weight", field=name)
+    if w is not None:
+        try:
+            check_knob("weights", w)  # e.g. all the weights that are set are 0
+        except GeneratorError as exc:
+            name = next(iter(n for n in WEIGHT_FIELDS if getattr(opts, n) is not None))
+            raise UploadError(422, "invalid_option", f"form field {name!r}: {exc}", field=name) from None
     return opts
 
 
@@ -108,7 +138,7 @@ def options_form_schema(limits: ServeLimits) -> dict[str, Any]:
     """The OpenAPI schema of the ``multipart/form-data`` request body (from :class:`SoundtrackOptions`).
 
     Args:
-        limits: the service's limits (``steps`` gets ``maximum: max_steps``).
+        limits: the service's limits (``num_steps`` gets ``maximum: max_steps``).
     """
     schema = SoundtrackOptions.model_json_schema()
     props = {VIDEO_FIELD: {"type": "string", "format": "binary",
@@ -122,7 +152,7 @@ def options_form_schema(limits: ServeLimits) -> dict[str, Any]:
             prop.update(alts[0])
         if prop.get("default", 0) is None:
             prop.pop("default")
-        if name == "steps":
+        if name == "num_steps":
             prop["maximum"] = limits.max_steps
         if name == "prompt":
             prop["maxLength"] = limits.max_prompt_chars

@@ -1,9 +1,10 @@
 """The latent-diffusion UNet (conditioned on the video's tokens) as a solver.
 
-Batches are rows of the latent cache (latents and condition tokens as float32 bytes +
-shape, shots as JSON); the step draws the per-example condition dropout
+Batches are rows of the latent cache (latents and condition tokens in the shard codec,
+:func:`soundtrack.data.shards.unpack_column`; shots as JSON); the step draws the per-example condition dropout
 (:func:`soundtrack.losses.diffusion.condition_dropout_mask`) and takes the denoising loss
-(:func:`soundtrack.losses.diffusion.diffusion_loss`) against the DDPM training scheduler.
+(:func:`soundtrack.losses.diffusion.diffusion_loss`) against the DDPM training scheduler on
+the run's noise schedule (``train.noise_schedule``, saved with the exported model).
 """
 
 from __future__ import annotations
@@ -17,19 +18,18 @@ import numpy as np
 import torch
 
 from soundtrack.config import TrainSection
+from soundtrack.data.shards import unpack_column
 from soundtrack.losses.diffusion import condition_dropout_mask, diffusion_loss
 from soundtrack.models.unet import Conditions, DenoiserConfig, SoundtrackDenoiser
-from soundtrack.pipelines.schedulers import training_scheduler
+from soundtrack.pipelines.schedulers import NoiseSchedule, training_scheduler
 from soundtrack.solvers.base import Solver
 
 
 def cached_array(nb: Mapping[str, Any], name: str) -> torch.Tensor | None:
-    """One float32 array column of a latent-cache batch (bytes + ``__shape``) as a tensor."""
+    """One array column of a latent-cache batch (shard codec) as a stacked tensor (``None`` if absent)."""
     if name not in nb:
         return None
-    xs = [np.frombuffer(raw, dtype=np.float32).reshape([int(s) for s in shape]) for raw, shape in
-          zip(nb[name], nb[name + "__shape"])]
-    return torch.from_numpy(np.stack(xs))
+    return torch.from_numpy(np.stack(unpack_column(nb, name)))
 
 
 class DiffusionSolver(Solver):
@@ -45,6 +45,7 @@ class DiffusionSolver(Solver):
         self.log_every, self.checkpoint_every = sec.log_every, sec.checkpoint_every
         self.seed, self.threads, self.fail_at_step = sec.seed, sec.torch_threads, sec.fail_at_step
         self.local_shuffle_buffer = 4 * sec.batch_size
+        self.schedule = NoiseSchedule.from_dict(sec.noise_schedule)
 
     def build_model(self) -> torch.nn.Module:
         d = self.config["denoiser"]
@@ -66,7 +67,7 @@ class DiffusionSolver(Solver):
     def run_step(self, model, batch, step):
         sec = self.sec
         if self.sched is None:
-            self.sched = training_scheduler(model.config.prediction_type)
+            self.sched = training_scheduler(model.config.prediction_type, self.schedule)
         conds = Conditions(video=cached_array(batch, "video"), music=cached_array(batch, "music"),
                            sfx=cached_array(batch, "sfx"), text=cached_array(batch, "text") if sec.use_text else None,
                            shots=[json.loads(s) for s in batch["shots"]])

@@ -1,7 +1,7 @@
 """The mel VAE (the latent every generator family diffuses in) as a solver.
 
-Batches are feature-shard rows holding the target stem's stored log-mel (float16 bytes +
-shape); the loss is :func:`soundtrack.losses.vae.vae_loss`; AdamW with a 5 % warm-up and
+Batches are feature-shard rows holding the target stem's stored log-mel (decoded with the
+shard codec, :func:`soundtrack.data.shards.unpack_column`); the loss is :func:`soundtrack.losses.vae.vae_loss`; AdamW with a 5 % warm-up and
 cosine decay to 10 % of ``vae_lr``.
 """
 
@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from soundtrack.config import TrainSection
+from soundtrack.data.shards import unpack_column
 from soundtrack.losses.vae import vae_loss
 from soundtrack.models.mel import MelFormat
 from soundtrack.models.vae import MelVAE, build_vae, load_vae, save_vae
@@ -22,11 +23,8 @@ from soundtrack.solvers.base import Solver
 
 
 def mels_from_batch(nb: Mapping[str, Any], key: str, fmt: MelFormat) -> torch.Tensor:
-    """Stored log-mels of a numpy batch (float16 bytes + ``__shape``) -> the VAE's mel format (B, n_mels, T)."""
-    mels = []
-    for raw, shape in zip(nb[key], nb[key + "__shape"]):
-        m = np.frombuffer(raw, dtype=np.float16).reshape([int(s) for s in shape]).astype(np.float32)
-        mels.append(fmt.from_features(m))
+    """Stored log-mels of a numpy batch (column ``key``, shard codec) -> the VAE's mel format (B, n_mels, T)."""
+    mels = [fmt.from_features(m.astype(np.float32)) for m in unpack_column(nb, key)]
     return torch.stack([torch.as_tensor(m) for m in mels])
 
 

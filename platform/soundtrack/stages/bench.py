@@ -24,12 +24,13 @@ from soundtrack.config import (
     load_config,
     to_dict,
 )
+from soundtrack.data.shards import load_split
 from soundtrack.distributed.bench import run_chunks
 from soundtrack.eval.bench import (
+    BENCH_COLUMNS,
     BenchConfig,
     MethodSpec,
     derangement,
-    load_rows,
     score_sets,
     spec_hash,
     write_outputs,
@@ -39,21 +40,10 @@ from soundtrack.stages.data import features_for
 from soundtrack.stages.models import resolve_model_uri
 from soundtrack.stages.pretrain import stage_pretrain
 from soundtrack.stages.runs import require_finished
-from soundtrack.stages.train import stage_train
+from soundtrack.stages.train import experiment_run, stage_train
 from soundtrack.storage import read_card
 
 log = logging.getLogger(__name__)
-
-
-def _experiment_run(yaml_path: str, storage: str):
-    """(cfg, features dir, pretrain dir, train dir) of an experiment, training it when missing."""
-    cfg = load_config(yaml_path)
-    cfg = dataclasses.replace(cfg, storage=storage)
-
-    run = stage_train(cfg, resume=True)
-
-    up = read_card(run)["upstream"]
-    return cfg, Path(up["features"]["path"]), Path(up["pretrain"]["path"]), run
 
 
 def ensure_evaluator(evaluator: str = "experiments/eval_encoders.yaml", storage: str = "runs") -> Path:
@@ -87,7 +77,7 @@ def resolve_models(cfg: BenchConfig, methods: Mapping[str, MethodSpec], storage:
     """Model directory per method (training variants when needed) and the data's features dir."""
     base = None
     if cfg.model.endswith((".yaml", ".yml")):
-        base = _experiment_run(cfg.model, storage)
+        base = experiment_run(cfg.model, storage)
         features = base[1]
         default_model: str | None = str(base[3] / "model")
     else:
@@ -145,7 +135,7 @@ def run_bench(cfg: BenchConfig, methods: Mapping[str, MethodSpec], storage: str 
     out.mkdir(parents=True, exist_ok=True)
     ev_dir = ensure_evaluator(cfg.evaluator, storage)
     models, features = resolve_models(cfg, methods, storage)
-    rows = load_rows(features, cfg.split, cfg.clips)
+    rows = load_split(features, cfg.split, BENCH_COLUMNS, cfg.clips, too_few="fewer", hint="bench 'clips'")
     by_id = {r["clip_id"]: r for r in rows}
     ids = [r["clip_id"] for r in rows]
     hashes = {k: spec_hash(s, models[k]) for k, s in methods.items()}

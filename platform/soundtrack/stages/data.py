@@ -12,6 +12,7 @@ from soundtrack.config import (
     ExperimentConfig,
     FeaturizeSection,
     SynthSection,
+    identity,
     run_name,
     to_dict,
 )
@@ -87,10 +88,11 @@ def _as_summary(res) -> dict:
     return d
 
 
-def featurize_run_dir(storage: str | Path, data_dir: str | Path, section: FeaturizeSection) -> Path:
-    """Directory of a featurize run: ``<storage>/features/<data name>-<manifest+config hash>``."""
+def featurize_run_dir(storage: str | Path, data_dir: str | Path, section: FeaturizeSection,
+                      limit: int | None = None) -> Path:
+    """Directory of a featurize run: ``<storage>/features/<data name>-<manifest+config hash>[-l<limit>]``."""
     data_dir = Path(data_dir)
-    return Path(storage) / "features" / f"{data_dir.name}-{featurize_id(data_dir / 'manifest.parquet', section)}"
+    return Path(storage) / "features" / f"{data_dir.name}-{featurize_id(data_dir / 'manifest.parquet', section, limit)}"
 
 
 def stage_featurize(data_dir: str | Path, section: FeaturizeSection = FeaturizeSection(), out: str | Path | None = None,
@@ -110,11 +112,12 @@ def stage_featurize(data_dir: str | Path, section: FeaturizeSection = FeaturizeS
     """
     data_dir = Path(data_dir)
     require_finished(data_dir, what="data run")
-    out = Path(out) if out is not None else featurize_run_dir(storage, data_dir, section)
+    out = Path(out) if out is not None else featurize_run_dir(storage, data_dir, section, limit)
     if prepare_run_dir(out, "featurize", force, resume=True, needs_resume_flag=False):
         return out
     run = Run(storage, "features", out.name, config={"featurize": to_dict(section), "limit": limit},
-              upstream={"data": data_dir}, command=command_line(), run_dir=out)
+              upstream={"data": data_dir}, command=command_line(), run_dir=out,
+              identity={"featurize": identity(section), "limit": limit, "data": data_dir.name})
     with run:
         with run.timer("featurize"):
             summary = run_featurize(data_dir, out, section, progress=progress, use_ray=use_ray, limit=limit)

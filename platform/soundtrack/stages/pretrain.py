@@ -8,6 +8,7 @@ from pathlib import Path
 
 from soundtrack.config import (
     ExperimentConfig,
+    identity,
     run_name,
     to_dict,
 )
@@ -39,8 +40,10 @@ def stage_pretrain(cfg: ExperimentConfig, resume: bool = False, force: bool = Fa
     out = pretrain_run_dir(cfg, features)
     if prepare_run_dir(out, "pretrain", force, resume):
         return out
+    sec = dataclasses.replace(cfg.pretrain, features=None)
     run = Run(cfg.storage, "pretrain", out.name, config={"profile": cfg.profile, "pretrain": to_dict(cfg.pretrain)},
-              upstream={"features": features}, seed=cfg.pretrain.seed, command=command_line(), run_dir=out)
+              upstream={"features": features}, seed=cfg.pretrain.seed, command=command_line(), run_dir=out,
+              identity={"profile": cfg.profile, "pretrain": identity(sec), "features": features.name})
     with run:
         with run.timer("train+eval"):
             summary = run_pretrain(cfg.profile, cfg.pretrain, features, out)

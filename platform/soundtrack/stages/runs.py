@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import platform as _platform
 import socket
@@ -31,6 +32,8 @@ import matplotlib.pyplot as plt
 from soundtrack.errors import UpstreamError
 from soundtrack.logs import RAY_LOG_ENV, route_ray_logs
 from soundtrack.storage import METRICS, RUN_CARD, read_card, write_json_atomic
+
+log = logging.getLogger(__name__)
 
 
 def git_commit() -> str:
@@ -81,6 +84,16 @@ def require_finished(run_dir: str | os.PathLike, what: str = "upstream run") -> 
 RAY_LOG = "ray.log"
 
 
+def _changed_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two JSON-able mappings (for log lines)."""
+    if not (isinstance(a, dict) and isinstance(b, dict)):
+        return [prefix.rstrip(".")] if a != b else []
+    out = []
+    for k in sorted(set(a) | set(b)):
+        out += _changed_keys(a.get(k), b.get(k), f"{prefix}{k}.")
+    return out
+
+
 class Run:
     """A run directory with its card; use as a context manager around the stage's work.
 
@@ -96,6 +109,9 @@ class Run:
         seed: the run's seed.
         command: the command line that (re)starts this run, recorded for messages.
         run_dir: an explicit directory instead of ``<root>/<stage>/<name>``.
+        identity: what defines the run (:func:`soundtrack.config.identity` of its sections):
+            a relaunch must match it, while ``config`` (which also holds workers, CPUs,
+            logging cadence) is the latest launch's. ``None``: the whole config must match.
     """
 
     def __init__(
@@ -108,7 +124,9 @@ class Run:
         seed: int | None = None,
         command: str | None = None,
         run_dir: str | os.PathLike | None = None,
+        identity: dict | None = None,
     ):
+        self.identity = identity
         self.dir = Path(run_dir) if run_dir is not None else Path(root) / stage / name
         self.stage = stage
         self.name = name
@@ -147,10 +165,19 @@ class Run:
                          "commit": up.get("commit")}
         self.dir.mkdir(parents=True, exist_ok=True)
         old = self.card
-        if old.get("config") and self.config and old["config"] != self.config:
+        if self.identity is not None and old.get("identity") is not None:
+            if old["identity"] != self.identity:
+                raise UpstreamError(
+                    f"{self.dir} holds a run with another identity ({old['identity']} here, {self.identity} now); "
+                    "use --force to start over or change the name."
+                )
+        elif old.get("config") and self.config and old["config"] != self.config:
             raise UpstreamError(
                 f"{self.dir} holds a run with a different config; use --force to start over or change the name."
             )
+        if old.get("config") and self.config and old["config"] != self.config:
+            log.info("%s: relaunched with other infrastructure settings (same identity): %s", self.dir.name,
+                     _changed_keys(old["config"], self.config))
         self.timings = dict(old.get("timings", {}))
         self._t0 = time.time()
         # Ray's own log lines of this run go to <run>/ray.log (the console keeps soundtrack's).
@@ -161,6 +188,7 @@ class Run:
             name=self.name,
             status="running",
             config=self.config,
+            identity=self.identity,
             upstream=ups,
             commit=git_commit(),
             seed=self.seed,

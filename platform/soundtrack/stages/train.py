@@ -8,6 +8,8 @@ from pathlib import Path
 
 from soundtrack.config import (
     ExperimentConfig,
+    identity,
+    load_config,
     run_name,
     to_dict,
 )
@@ -16,6 +18,7 @@ from soundtrack.stages.base import command_line, prepare_run_dir
 from soundtrack.stages.data import features_for
 from soundtrack.stages.pretrain import stage_pretrain
 from soundtrack.stages.runs import Run, plot_losses, require_finished
+from soundtrack.storage import read_card
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +52,11 @@ def stage_train(cfg: ExperimentConfig, resume: bool = False, force: bool = False
     out = train_run_dir(cfg, features, pretrain)
     if prepare_run_dir(out, "train", force, resume):
         return out
+    sec = dataclasses.replace(cfg.train, features=None, pretrain=None)
     run = Run(cfg.storage, "train", out.name, config={"profile": cfg.profile, "train": to_dict(cfg.train)},
-              upstream=upstream, seed=cfg.train.seed, command=command_line(), run_dir=out)
+              upstream=upstream, seed=cfg.train.seed, command=command_line(), run_dir=out,
+              identity={"profile": cfg.profile, "train": identity(sec), "features": features.name,
+                        "pretrain": pretrain.name})
     with run:
         with run.timer("train"):
             summary = run_train(cfg.profile, cfg.train, features, pretrain / "model", out)
@@ -59,3 +65,21 @@ def stage_train(cfg: ExperimentConfig, resume: bool = False, force: bool = False
         plot_losses(out, keys=["vae_loss", "vae_recon", "vae_kl"], out="vae_losses.png", metrics_name="vae_metrics.jsonl")
         run.finish(**summary)
     return out
+
+
+def experiment_run(yaml_path: str | Path, storage: str | Path) -> tuple[ExperimentConfig, Path, Path, Path]:
+    """An experiment's finished training run, trained (or resumed) when missing: how bench and
+    tune name an upstream model by its experiment (``model: experiments/train_tiny.yaml``)
+    rather than by a run-name hash.
+
+    Args:
+        yaml_path: the experiment YAML.
+        storage: the storage root (replaces the YAML's).
+
+    Returns:
+        ``(config, features dir, pretrain dir, train run dir)``.
+    """
+    cfg = dataclasses.replace(load_config(yaml_path), storage=str(storage))
+    run = stage_train(cfg, resume=True)
+    up = read_card(run)["upstream"]
+    return cfg, Path(up["features"]["path"]), Path(up["pretrain"]["path"]), run

@@ -43,8 +43,9 @@ from soundtrack.stages.bench import ensure_evaluator
 from soundtrack.stages.models import resolve_model_uri
 from soundtrack.stages.registry import register
 from soundtrack.stages.runs import Run
-from soundtrack.storage import read_card
-from soundtrack.tuning.config import TuneConfig, resolve_space, tune_run_dir
+from soundtrack.stages.train import experiment_run
+from soundtrack.storage import RUN_CARD, read_card, write_json_atomic
+from soundtrack.tuning.config import TuneConfig, resolve_space, tune_identity, tune_run_dir
 from soundtrack.tuning.report import write_report
 from soundtrack.tuning.space import defaults_point, inert_params, optuna_space
 
@@ -65,7 +66,10 @@ def resolve_inputs(cfg: TuneConfig) -> dict[str, Any]:
         ConfigError: no features or evaluator can be found (the message says what to set).
         soundtrack.stages.models.ModelURIError: a bad model URI.
     """
-    model_dir = resolve_model_uri(cfg.model, cfg.storage)
+    if cfg.model.endswith((".yaml", ".yml")):  # an experiment: its training run (trained when missing)
+        model_dir = experiment_run(cfg.model, cfg.storage)[3] / "model"
+    else:
+        model_dir = resolve_model_uri(cfg.model, cfg.storage)
     doc = check_model_dir(model_dir)
     card = doc.get("card") or {}
     features = cfg.features or card.get("features")
@@ -165,6 +169,7 @@ def stage_tune(cfg: TuneConfig, resume: bool = False, force: bool = False, src: 
     """
     run_dir = tune_run_dir(cfg)
     if prepare_run_dir(run_dir, "tune", force, resume, what_resumes="the search"):
+        _publish_finished(cfg, run_dir)
         return run_dir
     inputs = resolve_inputs(cfg)
     space = resolve_space(cfg, src)
@@ -183,7 +188,7 @@ def stage_tune(cfg: TuneConfig, resume: bool = False, force: bool = False, src: 
     if (Path(inputs["model_dir"]).parent / "run.json").exists():
         upstream["model_run"] = str(Path(inputs["model_dir"]).parent)
     run = Run(cfg.storage, "tune", run_dir.name, config=to_dict(cfg), upstream=upstream, seed=cfg.search.seed,
-              command=command_line(), run_dir=run_dir)
+              command=command_line(), run_dir=run_dir, identity=tune_identity(cfg))
     with run:
         init_ray()
         t0 = time.time()
@@ -195,7 +200,9 @@ def stage_tune(cfg: TuneConfig, resume: bool = False, force: bool = False, src: 
         arts = write_report(df, run_dir, optuna_space(space), cfg.search.space)
         full = df[df["complete"]]
         if full.empty:
-            raise RuntimeError(f"no trial evaluated all {cfg.val_clips} validation clips; see {run_dir / 'tune'}")
+            errors = sorted({e for e in df.get("error", []) if isinstance(e, str)})
+            raise RuntimeError(f"no trial evaluated all {cfg.val_clips} validation clips; see {run_dir / 'tune'}"
+                               + (f"; trial errors: {' | '.join(errors[:3])}" if errors else ""))
         best = full.loc[full["score"].idxmax()]
 
         base = df.iloc[0] if cfg.search.include_defaults else best
@@ -218,19 +225,59 @@ def stage_tune(cfg: TuneConfig, resume: bool = False, force: bool = False, src: 
             with run.timer("final_eval"):
                 summary["comparison"] = final_evaluation(cfg, ctx, best, base, run_dir)
             (run_dir / "comparison.json").write_text(json.dumps(summary["comparison"], indent=2, default=float))
+        summary["model_dir"] = inputs["model_dir"]
         if cfg.registry_name:
-            model_dir, overrides = arm_model(cfg, ctx, run_dir, best["trial_id"])
-            entry = register(cfg.registry_name, model_dir, overrides, {
-                "config": {"model": cfg.model, "settings": overrides, "params": summary["best"]["params"]},
-                "metrics": {k: summary.get("comparison", {}).get(k) for k in ("val", "test")},
-                "search": {"run_dir": str(run_dir), "config": to_dict(cfg), "trial_id": best["trial_id"],
-                           "objective": dict(cfg.objective), "space": cfg.search.space,
-                           "scheduler": cfg.search.scheduler, "trials": int(len(df))},
-            }, storage=cfg.storage)
-            summary["registry"] = {"name": cfg.registry_name, "dir": str(entry), "uri": f"registry:{cfg.registry_name}"}
-            _log(f"registered the best trial as registry:{cfg.registry_name} ({entry})")
+            summary["registry"] = publish(cfg, run_dir, summary)
+            summary["published"] = [summary["registry"]]
         run.finish(**summary)
     return run_dir
+
+
+def publish(cfg: TuneConfig, run_dir: Path, summary: dict[str, Any]) -> dict[str, str]:
+    """Register a search's best trial as ``registry:<cfg.registry_name>`` (model + card).
+
+    Called at the end of a search and again when a finished search is relaunched, so
+    publishing it under another registry name (``--set registry=NAME``: an infra key, the
+    same run) writes that entry without searching again.
+
+    Args:
+        cfg: the search config (its ``registry_name`` is where to publish).
+        run_dir: the search's run directory.
+        summary: the search's summary (best trial, comparison, model directory).
+
+    Returns:
+        ``{"name", "dir", "uri"}`` of the entry.
+    """
+    model_dir = summary.get("model_dir") or str(resolve_model_uri(cfg.model, cfg.storage).resolve())
+    ctx = {"model_dir": model_dir}
+    best = summary["best"]
+    trial_model, overrides = arm_model(cfg, ctx, run_dir, best["trial_id"])
+    entry = register(cfg.registry_name, trial_model, overrides, {
+        "config": {"model": cfg.model, "settings": overrides, "params": best["params"]},
+        "metrics": {k: summary.get("comparison", {}).get(k) for k in ("val", "test")},
+        "search": {"run_dir": str(run_dir), "config": to_dict(cfg), "trial_id": best["trial_id"],
+                   "objective": dict(cfg.objective), "space": cfg.search.space,
+                   "scheduler": cfg.search.scheduler, "trials": summary.get("trials")},
+    }, storage=cfg.storage)
+    _log(f"registered the best trial as registry:{cfg.registry_name} ({entry})")
+    return {"name": cfg.registry_name, "dir": str(entry), "uri": f"registry:{cfg.registry_name}"}
+
+
+def _publish_finished(cfg: TuneConfig, run_dir: Path) -> None:
+    """A finished search relaunched: publish it under ``cfg.registry_name`` when that entry
+    does not already hold this search's best trial (recorded in the run card's summary)."""
+    if not cfg.registry_name:
+        return
+    card = read_card(run_dir)
+    summary = card.get("summary") or {}
+    published = summary.get("published") or ([summary["registry"]] if summary.get("registry") else [])
+    entry = Path(cfg.storage) / "registry" / cfg.registry_name
+    if any(p.get("name") == cfg.registry_name for p in published) and (entry / "card.json").is_file():
+        return
+    rec = publish(cfg, run_dir, summary)
+    summary["published"] = [p for p in published if p.get("name") != cfg.registry_name] + [rec]
+    card["summary"] = summary
+    write_json_atomic(run_dir / RUN_CARD, card)
 
 
 def _plain(v: Any) -> Any:

@@ -9,7 +9,7 @@ config again finds the same search (``--resume`` continues it).
 Example (``experiments/tune_tiny.yaml``)::
 
     name: tune_tiny
-    model: train:train_tiny-3063f106
+    model: experiments/train_tiny.yaml
     val_clips: 16
     objective: {beat_f1: 1.0, f1: 1.0, sim: 1.0}
     search:
@@ -27,18 +27,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-
 from soundtrack.config import (
+    INFRA,
     ConfigError,
     TrainSection,
-    _deep_merge,
     build,
     config_hash,
-    parse_override,
-    to_dict,
+    identity,
+    load_yaml,
 )
+from soundtrack.errors import GeneratorError
 from soundtrack.eval.scoring import CLIP_METRICS, DIRECTION, SET_METRICS
+from soundtrack.pipelines.knobs import CONDITIONS, KNOBS, check_knob
+from soundtrack.tuning.space import sampling_overrides, training_changes
 
 #: Parameter specs: ``float`` (low, high, log), ``int`` (low, high, step), ``categorical`` (choices).
 SPEC_TYPES = ("float", "int", "categorical")
@@ -47,7 +48,7 @@ SPEC_TYPES = ("float", "int", "categorical")
 #: Each entry: (spec, the paper default run as trial 0). Weights are relative (the sampler
 #: normalises them over the conditions the model has), so "equal weights" is 1.0 each.
 SAMPLING_SPACE: dict[str, tuple[dict[str, Any], Any]] = {
-    "cfg_scale": ({"type": "float", "low": 1.0, "high": 10.0}, 2.5),          # CCCG's 2.5
+    "guidance_scale": ({"type": "float", "low": 1.0, "high": 10.0}, 2.5),     # CCCG's 2.5
     "window_k": ({"type": "categorical", "choices": [4, 8, 16, 32, "dynamic"]}, 8),  # Diff-BGM's best k = 8
     "weight_video": ({"type": "float", "low": 0.0, "high": 1.0}, 1.0),
     "weight_music": ({"type": "float", "low": 0.0, "high": 1.0}, 1.0),
@@ -105,9 +106,9 @@ class SearchSection:
     scheduler: Literal["asha", "fifo"] = "asha"
     grace_clips: int = 4
     reduction_factor: int = 2
-    max_concurrent: int | None = None
-    cpus_per_trial: float = 1.0
-    torch_threads: int = 1
+    max_concurrent: int | None = field(default=None, metadata=INFRA)
+    cpus_per_trial: float = field(default=1.0, metadata=INFRA)
+    torch_threads: int = field(default=1, metadata=INFRA)
     seed: int = 0
     n_startup_trials: int = 8
     include_defaults: bool = True
@@ -134,7 +135,10 @@ class TuneConfig:
         gen_seed: generation seed (the same clips and seeds for every trial).
         objective: ``{metric: weight}``; the score is ``sum(weight * value)`` with per-clip
             metrics averaged over the clips evaluated so far and set metrics (``fad``, ...)
-            computed on them. Signs must follow the metric's direction (``fad`` < 0).
+            computed on them. Signs must follow the metric's direction (``fad`` < 0). A
+            metric that is missing or not finite on the clips (``sim`` without an evaluator,
+            nan on every clip, ``fad`` on a set too small) makes a trial error with
+            :class:`soundtrack.errors.ObjectiveError` instead of counting as 0.
         keep_wavs: generated WAVs kept per trial: ``all``, ``none``.
         registry: registry entry name for the best trial (``None``: ``name``; ``""``: none).
         final_eval: after the search, score the best trial and the defaults on the test
@@ -146,7 +150,7 @@ class TuneConfig:
 
     name: str = "tune"
     profile: Literal["tiny", "paper"] = "tiny"
-    storage: str = "runs"
+    storage: str = field(default="runs", metadata=INFRA)
     model: str = ""
     features: str | None = None
     evaluator: str | None = None
@@ -155,8 +159,8 @@ class TuneConfig:
     batch_clips: int = 4
     gen_seed: int = 0
     objective: dict[str, Any] = field(default_factory=lambda: {"beat_f1": 1.0, "f1": 1.0, "sim": 1.0})
-    keep_wavs: Literal["all", "none"] = "all"
-    registry: str | None = None
+    keep_wavs: Literal["all", "none"] = field(default="all", metadata=INFRA)
+    registry: str | None = field(default=None, metadata=INFRA)
     final_eval: bool = True
     train: dict[str, Any] = field(default_factory=lambda: {"unet_steps": 150, "num_workers": 0})
     search: SearchSection = field(default_factory=SearchSection)
@@ -192,12 +196,38 @@ def _check_spec(name: str, spec: dict[str, Any], src: str) -> dict[str, Any]:
     return spec
 
 
+def _check_knob_bounds(space: str, name: str, spec: dict[str, Any], src: str) -> None:
+    """A parameter's ends (low, high) or choices against the sampler knobs they set.
+
+    Each value is mapped the way a trial maps it (:func:`~soundtrack.tuning.space.sampling_overrides`,
+    :func:`~soundtrack.tuning.space.training_changes`) and checked with
+    :func:`soundtrack.pipelines.knobs.check_knob`, the check every generation applies.
+
+    Raises:
+        ConfigError: naming the parameter's range and the knob's bounds (the knob's own message).
+    """
+    values = list(spec["choices"]) if spec["type"] == "categorical" else [spec["low"], spec["high"]]
+    what = f"choices {spec['choices']}" if spec["type"] == "categorical" else f"range [{spec['low']}, {spec['high']}]"
+    for value in values:
+        try:
+            if space == "sampling":
+                settings = sampling_overrides({name: value}, CONDITIONS)
+            else:
+                settings = training_changes({name: value}).get("denoiser", {})
+            for knob, v in settings.items():
+                if knob in KNOBS and v is not None:
+                    check_knob(knob, v)
+        except (GeneratorError, TypeError, ValueError) as exc:
+            raise ConfigError(f"{src}: search.params.{name} has {what}, which reaches outside the sampler's "
+                              f"bounds: {exc}.") from None
+
+
 def resolve_space(cfg: TuneConfig, src: str = "<config>") -> dict[str, tuple[dict[str, Any], Any]]:
     """The search space after ``search.params``: ``{param: (spec, default)}``.
 
     Raises:
-        ConfigError: an unknown parameter (listing the space's), a bad spec or a default
-            outside its spec.
+        ConfigError: an unknown parameter (listing the space's), a bad spec, a range or
+            choices outside the bounds of the sampler knob it sets, or a default outside its spec.
     """
     base = SPACES[cfg.search.space]
     out = {k: (dict(s), d) for k, (s, d) in base.items()}
@@ -218,6 +248,7 @@ def resolve_space(cfg: TuneConfig, src: str = "<config>") -> dict[str, tuple[dic
         spec = {**spec, **change}
         out[name] = (_check_spec(name, spec, src), default)
     for name, (spec, default) in out.items():
+        _check_knob_bounds(cfg.search.space, name, spec, src)
         if spec["type"] == "categorical":
             ok = default in spec["choices"]
         else:
@@ -261,25 +292,15 @@ def load_tune_config(path: str | Path | None, overrides: typing.Sequence[str] = 
 
     Raises:
         ConfigError: a bad key or value (named, with what is allowed).
-        FileNotFoundError: the file does not exist.
+        ConfigFileNotFound: the file does not exist (a ``FileNotFoundError``).
     """
-    src, data = "<defaults>", {}
-    if path is not None:
-        p = Path(path)
-        if not p.exists():
-            raise FileNotFoundError(f"tune config {p} does not exist; see experiments/tune_tiny.yaml for an example.")
-        src = str(p)
-        data = yaml.safe_load(p.read_text()) or {}
-        if not isinstance(data, dict):
-            raise ConfigError(f"{src}: the top level must be a mapping, got {type(data).__name__}.")
-    for o in overrides:
-        data = _deep_merge(data, parse_override(o))
-    cfg = build(TuneConfig, data, src=src)
+    cfg = load_yaml(path, overrides, TuneConfig, what="tune config", example="experiments/tune_tiny.yaml")
+    src = "<defaults>" if path is None else str(path)
     if not cfg.model:
         raise ConfigError(f"{src}: key 'model' is required: a model URI (train:<run>, registry:<name>, file:<dir>).")
-    if cfg.search.space == "training" and not cfg.model.startswith("train:"):
-        raise ConfigError(f"{src}: the training space needs 'model: train:<run>' (its VAE, latent cache, data and "
-                          f"encoders are reused), got {cfg.model!r}.")
+    if cfg.search.space == "training" and not cfg.model.startswith("train:") and not cfg.model.endswith((".yaml", ".yml")):
+        raise ConfigError(f"{src}: the training space needs 'model: train:<run>' or an experiment YAML (its VAE, "
+                          f"latent cache, data and encoders are reused), got {cfg.model!r}.")
     for key, lo in (("val_clips", 1), ("test_clips", 1), ("batch_clips", 1), ("search.num_samples", 1),
                     ("search.grace_clips", 1), ("search.reduction_factor", 2), ("search.torch_threads", 1)):
         obj = cfg.search if key.startswith("search.") else cfg
@@ -297,13 +318,20 @@ def load_tune_config(path: str | Path | None, overrides: typing.Sequence[str] = 
     return cfg
 
 
+def tune_identity(cfg: TuneConfig) -> dict[str, Any]:
+    """What defines a search: the config's :func:`~soundtrack.config.identity` (its difference
+    from the defaults without the infra keys: storage root, registry name, kept WAVs, CPUs
+    and threads per trial, concurrency), with the training deltas counted as the
+    TrainSection they make (so their own infra keys stay out too)."""
+    d = identity(cfg)
+    if cfg.train:
+        d["train"] = identity(build(TrainSection, dict(cfg.train), src="tune train"))
+    return d
+
+
 def tune_run_dir(cfg: TuneConfig) -> Path:
-    """``<storage>/tune/<name>-<hash>``: the hash covers every setting but the storage root
-    and the registry name (where the result is published does not change the search)."""
-    d = to_dict(cfg)
-    d.pop("storage", None)
-    d.pop("registry", None)
-    return Path(cfg.storage) / "tune" / f"{cfg.name}-{config_hash(d)}"
+    """``<storage>/tune/<name>-<hash of tune_identity>``."""
+    return Path(cfg.storage) / "tune" / f"{cfg.name}-{config_hash(tune_identity(cfg))}"
 
 
 def replace(cfg: TuneConfig, **kw: Any) -> TuneConfig:

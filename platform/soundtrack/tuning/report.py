@@ -7,7 +7,7 @@ Plots (PNG, in the run directory):
   best full-evaluation score so far;
 * ``importance.png``: Optuna's parameter importances (fANOVA; PED-ANOVA when fANOVA
   fails) on the trials that evaluated every clip;
-* ``score_vs_cfg.png`` / ``score_vs_window.png`` (sampling space) or ``score_vs_lr.png``
+* ``score_vs_cfg.png`` (score vs ``guidance_scale``) / ``score_vs_window.png`` (sampling space) or ``score_vs_lr.png``
   / ``score_vs_window.png`` (training space).
 """
 
@@ -112,7 +112,7 @@ def write_report(df, out: str | Path, space: Mapping[str, Any], kind: str) -> di
     plt.close(fig)
     arts["importance_png"] = str(out / "importance.png")
 
-    num_param, cat_param = ("cfg_scale", "window_k") if kind == "sampling" else ("lr", "train_window_k")
+    num_param, cat_param = ("guidance_scale", "window_k") if kind == "sampling" else ("lr", "train_window_k")
     if f"param_{num_param}" in df:
         fig, ax = plt.subplots(figsize=(5, 3.5), dpi=120)
         ax.scatter(df[f"param_{num_param}"][full], df["score"][full], color="C0", label="all validation clips")
@@ -122,11 +122,11 @@ def write_report(df, out: str | Path, space: Mapping[str, Any], kind: str) -> di
         ax.legend(fontsize=7)
         if num_param == "lr":
             ax.set_xscale("log")
-        ax.set_xlabel("CFG scale" if num_param == "cfg_scale" else "learning rate")
+        ax.set_xlabel("guidance_scale (CFG scale)" if num_param == "guidance_scale" else "learning rate")
         ax.set_ylabel("objective")
         ax.grid(alpha=0.3)
         fig.tight_layout()
-        name = "score_vs_cfg.png" if num_param == "cfg_scale" else "score_vs_lr.png"
+        name = "score_vs_cfg.png" if num_param == "guidance_scale" else "score_vs_lr.png"
         fig.savefig(out / name)
         plt.close(fig)
         arts[name.replace(".", "_")] = str(out / name)

@@ -1,8 +1,10 @@
 """Search spaces as Optuna distributions, and a trial's parameters as model settings.
 
-Sampling space -> :meth:`SoundtrackGenerator.generate` overrides:
+Sampling space -> :meth:`SoundtrackGenerator.generate` overrides (the parameters carry the
+sampler knobs' own names, :data:`soundtrack.pipelines.knobs.KNOBS`, and every range is
+checked against the knobs' bounds when the config loads):
 
-* ``cfg_scale`` -> ``guidance_scale``;
+* ``guidance_scale`` -> ``guidance_scale``;
 * ``window_k`` -> ``attention="segment", window_k=k`` for k in (4, 8, 16, 32), or
   ``attention="dynamic"`` (Diff-BGM's shot-based segments) for ``"dynamic"``;
 * ``weight_<c>`` -> ``weights={c: w}`` over the model's conditions (normalised by the
@@ -24,9 +26,10 @@ from optuna.distributions import (
     IntDistribution,
 )
 
+from soundtrack.pipelines.knobs import WEIGHT_PREFIX, check_knob, weight_field
+
 #: Parameters that act only through the text condition.
-TEXT_PARAMS = ("weight_text", "selector_tau")
-WEIGHT_PREFIX = "weight_"
+TEXT_PARAMS = (weight_field("text"), "selector_tau")
 
 
 def optuna_space(space: Mapping[str, tuple[dict[str, Any], Any]]) -> dict[str, Any]:
@@ -47,7 +50,7 @@ def optuna_space(space: Mapping[str, tuple[dict[str, Any], Any]]) -> dict[str, A
 
 
 def defaults_point(space: Mapping[str, tuple[dict[str, Any], Any]]) -> dict[str, Any]:
-    """Trial 0's parameters: the paper defaults (CFG 2.5, k = 8, equal weights, τ = 200, 20 steps)."""
+    """Trial 0's parameters: the paper defaults (guidance 2.5, k = 8, equal weights, τ = 200, 20 steps)."""
     return {name: default for name, (_, default) in space.items()}
 
 
@@ -71,13 +74,11 @@ def window_settings(k: Any) -> dict[str, Any]:
     """Attention method and window of a window choice (an int k or ``"dynamic"``).
 
     Raises:
-        ValueError: anything else.
+        GeneratorError: anything else (a ``ValueError``; the ``window_k`` knob's message).
     """
     if k == "dynamic":
         return {"attention": "dynamic"}
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ValueError(f"window k must be a positive int or 'dynamic', got {k!r}")
-    return {"attention": "segment", "window_k": int(k)}
+    return {"attention": "segment", "window_k": check_knob("window_k", k)}
 
 
 def sampling_overrides(params: Mapping[str, Any], conditions: tuple[str, ...]) -> dict[str, Any]:
@@ -91,8 +92,8 @@ def sampling_overrides(params: Mapping[str, Any], conditions: tuple[str, ...]) -
         keyword arguments for ``SoundtrackGenerator.generate``.
     """
     out: dict[str, Any] = {}
-    if "cfg_scale" in params:
-        out["guidance_scale"] = float(params["cfg_scale"])
+    if "guidance_scale" in params:
+        out["guidance_scale"] = float(params["guidance_scale"])
     if "window_k" in params:
         out.update(window_settings(params["window_k"]))
     if "num_steps" in params:

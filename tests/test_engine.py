@@ -1,0 +1,315 @@
+"""The one shard codec, ``load_split``, the generate-and-score engine, the one bootstrap and
+the tune objective, all below Ray (no cluster starts; nothing here is slow).
+
+The objective tests pin a defect: a metric named in the objective that is missing or not
+finite used to count as 0 (and ``ClipScores.set_metrics`` swallowed ``ValueError``), so a
+trial without an evaluator, or with a set too small for FAD, scored instead of failing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from types import SimpleNamespace
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from soundtrack.data import shards
+from soundtrack.errors import CodecError, GeneratorError, ObjectiveError, SoundtrackError, TooFewClips
+from soundtrack.eval.engine import (
+    ClipRecord,
+    ClipScores,
+    evaluate_clips,
+    objective_value,
+    paired_objective_ci,
+    per_clip_objective,
+    run_jobs,
+)
+from soundtrack.metrics import bootstrap_ci, bootstrap_indices, bootstrap_replicates, paired_bootstrap_ci
+
+# ----------------------------------------------------------------------------- the codec
+
+
+def test_codec_round_trips_every_kind_of_column():
+    rng = np.random.default_rng(0)
+    wav = np.clip(rng.standard_normal(100) * 0.3, -1, 1).astype(np.float32)
+    cases = {"frames": rng.integers(0, 255, (2, 4, 4, 3), dtype=np.uint8), "mel_music": rng.standard_normal((8, 5)),
+             "latents": rng.standard_normal((4, 2, 3)).astype(np.float32), "video": rng.standard_normal((3, 16)),
+             "shots": np.array([0, 7])}
+    for name, a in cases.items():
+        packed = shards.pack_array(name, a)
+        assert set(packed) == {name, name + "__shape"} and packed[name + "__shape"] == list(np.shape(a))
+        back = shards.unpack_array(name, packed[name], packed[name + "__shape"])
+        assert back.dtype == np.dtype(shards.ARRAY_DTYPES[name])
+        np.testing.assert_array_equal(back, np.asarray(a).astype(shards.ARRAY_DTYPES[name]))
+    w = shards.pack_array("wav_mix", wav)  # waveforms: 16-bit PCM, back as float32 in [-1, 1]
+    back = shards.unpack_array("wav_mix", w["wav_mix"], w["wav_mix__shape"])
+    assert back.dtype == np.float32 and np.abs(back - wav).max() < 1 / 32767
+    assert set(shards.CACHE_ARRAYS) <= set(shards.ARRAY_DTYPES) and set(shards.SHARD_ARRAYS) <= set(shards.ARRAY_DTYPES)
+
+
+def test_a_column_without_a_dtype_raises_instead_of_guessing():
+    with pytest.raises(CodecError, match=r"array column 'mel_bogus' has no storage dtype.*ARRAY_DTYPES"):
+        shards.pack_array("mel_bogus", np.zeros(3))
+    with pytest.raises(CodecError, match="'mel_bogus'"):
+        shards.unpack_array("mel_bogus", b"\0" * 8, [2])
+    with pytest.raises(CodecError):
+        shards.unpack_column({"x": [b"\0" * 4], "x__shape": [[1]]}, "x")
+    assert issubclass(CodecError, SoundtrackError)
+
+
+def test_batch_decoders_follow_the_dtype_table(monkeypatch):
+    """The VAE's and the UNet's batch decoders take the dtype from the one table: a column
+    stored in another dtype decodes right (they used to hard-code float16 / float32)."""
+    import torch
+
+    from soundtrack.models.mel import MelFormat
+    from soundtrack.solvers.diffusion import cached_array
+    from soundtrack.solvers.vae import mels_from_batch
+
+    rng = np.random.default_rng(1)
+    for dt in ("float16", "float32"):
+        monkeypatch.setitem(shards.ARRAY_DTYPES, "mel_music", dt)
+        mels = [rng.standard_normal((128, 1024)).astype(np.float32) for _ in range(2)]
+        nb = shards.pack_column("mel_music", mels)
+        fmt = MelFormat()
+        want = torch.stack([torch.as_tensor(fmt.from_features(m.astype(dt).astype(np.float32))) for m in mels])
+        torch.testing.assert_close(mels_from_batch(nb, "mel_music", fmt), want)
+    for dt in ("float32", "float16"):
+        monkeypatch.setitem(shards.ARRAY_DTYPES, "latents", dt)
+        lat = rng.standard_normal((3, 4, 2, 5)).astype(np.float32)
+        got = cached_array(shards.pack_column("latents", lat), "latents")
+        np.testing.assert_array_equal(got.numpy(), lat.astype(dt))
+    assert cached_array({}, "text") is None
+
+
+def test_cache_encoder_columns_are_what_the_solver_reads():
+    """The latent cache is written with the codec (pack_column) and read with it (cached_array)."""
+    from soundtrack.solvers.diffusion import cached_array
+
+    x = np.random.default_rng(2).standard_normal((2, 21, 16)).astype(np.float32)
+    col = shards.pack_column("video", x)
+    assert col["video"].dtype == object and col["video__shape"].tolist() == [[21, 16], [21, 16]]
+    assert col["video"][0] == x[0].tobytes()  # the bytes the cache always held
+    np.testing.assert_array_equal(cached_array(col, "video").numpy(), x)
+
+
+# ----------------------------------------------------------------------------- load_split
+
+
+def _fake_run(tmp_path, splits):
+    """A featurize run of two shards, clips deliberately out of order across them."""
+    rng = np.random.default_rng(0)
+    (tmp_path / "shards").mkdir(parents=True)
+    ids = sorted(splits, reverse=True)
+    for k, part in enumerate((ids[: len(ids) // 2], ids[len(ids) // 2:])):
+        rows = [{"clip_id": c, "split": splits[c], **shards.pack_array("wav_mix", rng.uniform(-1, 1, 50)),
+                 **shards.pack_array("frames", rng.integers(0, 255, (2, 4, 4, 3)))} for c in part]
+        pq.write_table(pa.Table.from_pylist(rows), tmp_path / "shards" / f"shard-{k:05d}.parquet")
+    return tmp_path
+
+
+def test_load_split_sorts_takes_n_and_says_when_short(tmp_path, caplog):
+    run = _fake_run(tmp_path, {"c3": "val", "c1": "val", "c2": "val", "c0": "test", "c4": "val"})
+    rows = shards.load_split(run, "val", ["clip_id", "wav_mix"], 3)
+    assert [r["clip_id"] for r in rows] == ["c1", "c2", "c3"]
+    assert rows[0]["wav_mix"].dtype == np.float32 and "frames" not in rows[0]
+    assert [r["clip_id"] for r in shards.load_split(run, "val")] == ["c1", "c2", "c3", "c4"]
+    assert shards.load_split(run, "val")[0]["frames"].shape == (2, 4, 4, 3)
+    with pytest.raises(TooFewClips, match=r"the test split of .* has 1 clip\(s\), 3 requested \(val_clips\)"):
+        shards.load_split(run, "test", ["clip_id"], 3, hint="val_clips")
+    with caplog.at_level(logging.INFO, logger="soundtrack.data.shards"):
+        got = shards.load_split(run, "test", ["clip_id"], 3, too_few="fewer")
+    assert [r["clip_id"] for r in got] == ["c0"] and "1 clip(s), 3 requested" in caplog.text
+
+
+# ----------------------------------------------------------------------------- the bootstrap
+
+
+def test_one_resampling_primitive_under_every_bootstrap():
+    n, n_boot = 7, 50
+    rng = np.random.default_rng(3)
+    loop = [rng.integers(0, n, n) for _ in range(n_boot)]  # the loops the bench and the engine had
+    np.testing.assert_array_equal(bootstrap_indices(n, n_boot, 3), np.stack(loop))
+    assert [r.tolist() for r in bootstrap_replicates(n, n_boot, 3, lambda idx: idx)] == [r.tolist() for r in loop]
+    kept = bootstrap_replicates(2, 40, 0, lambda idx: idx.tolist(), min_unique=2)
+    assert 0 < len(kept) < 40 and all(len(set(k)) == 2 for k in kept)
+    x = np.random.default_rng(4).standard_normal(9)
+    y = np.random.default_rng(5).standard_normal(9)
+    reps = [x[i].mean() for i in bootstrap_indices(9, 200, 0)]
+    assert bootstrap_ci(x, n_boot=200)[1:] == pytest.approx(tuple(np.quantile(reps, [0.025, 0.975])))
+    preps = [(x - y)[i].mean() for i in bootstrap_indices(9, 200, 0)]
+    assert paired_bootstrap_ci(x, y, n_boot=200)[1:] == pytest.approx(tuple(np.quantile(preps, [0.025, 0.975])))
+
+
+# ----------------------------------------------------------------------------- the objective
+
+
+def _scores(n: int = 3, **per_clip) -> ClipScores:
+    return ClipScores([f"c{i}" for i in range(n)], {k: list(v) for k, v in per_clip.items()}, gen_seconds=[0.1] * n)
+
+
+def test_objective_metric_without_an_evaluator_raises_naming_it():
+    s = _scores(f1=[0.5, 0.6, 0.7])
+    assert objective_value(s, {"f1": 1.0}) == pytest.approx(0.6)
+    with pytest.raises(ObjectiveError, match=r"objective metric 'sim' needs an evaluator"):
+        objective_value(s, {"f1": 1.0, "sim": 1.0})  # was 0.6: sim counted as 0
+    with pytest.raises(ObjectiveError, match=r"objective metric 'fad' needs an evaluator"):
+        objective_value(s, {"f1": 1.0, "fad": -0.01})
+    with pytest.raises(ObjectiveError, match=r"'sim' needs an evaluator"):
+        per_clip_objective(s, {"sim": 1.0})
+    assert issubclass(ObjectiveError, SoundtrackError)
+
+
+def test_objective_metric_nan_on_every_clip_raises():
+    s = _scores(f1=[0.5, 0.6, 0.7], melody_acc=[math.nan] * 3, beat_f1=[0.2, math.nan, 0.4])
+    with pytest.raises(ObjectiveError, match=r"objective metric 'melody_acc' is undefined \(not finite\) on all 3"):
+        objective_value(s, {"f1": 1.0, "melody_acc": 1.0})  # was 0.6
+    # partly nan stays defined: the mean over the clips where it is
+    assert objective_value(s, {"f1": 1.0, "beat_f1": 1.0}) == pytest.approx(0.6 + 0.3)
+    assert per_clip_objective(s, {"f1": 1.0, "beat_f1": 1.0}).mean() == pytest.approx(0.9)
+
+
+def test_set_metric_too_small_raises_only_when_the_objective_needs_it():
+    """FAD on embeddings too short for one window raises ValueError inside set_metrics:
+    that was swallowed (every set metric nan, counted 0); now it is nan only outside the objective."""
+    e = np.random.default_rng(0).standard_normal((2, 1, 8)).astype(np.float32)  # 1 step < one FAD window
+    probs = np.full((2, 3), 1 / 3, np.float32)
+    s = ClipScores(["a", "b"], {"f1": [0.5, 0.7], "bcs": [0.2, 0.4], "bhs": [0.1, 0.3]}, list(e), list(e), list(e),
+                   list(probs), [0.1, 0.1])
+    vals = s.set_metrics(["fad", "csd", "is"])
+    assert math.isnan(vals["fad"]) and math.isfinite(vals["csd"]) and math.isfinite(vals["is"])
+    _, why = s.set_metric_values(["fad"])
+    assert "undefined on 2 clip(s)" in why["fad"]
+    assert objective_value(s, {"f1": 1.0, "csd": -1.0}) == pytest.approx(0.6 - vals["csd"])
+    with pytest.raises(ObjectiveError, match=r"objective metric 'fad' is undefined on 2 clip\(s\)"):
+        objective_value(s, {"f1": 1.0, "fad": -0.01})
+    with pytest.raises(ObjectiveError, match=r"'p_at_1' needs a pool of at least 2 clips, got 1"):
+        objective_value(s.subset([0]), {"p_at_1": 1.0})
+    with pytest.raises(ObjectiveError, match="needs every clip's reference and generated dynamics"):
+        objective_value(s, {"dyn_macro": 1.0})
+
+
+def test_paired_objective_ci_set_path_draws_the_shared_resamples():
+    rng = np.random.default_rng(1)
+    mk = lambda: ClipScores([f"c{i}" for i in range(5)], {"f1": list(rng.uniform(0, 1, 5))},  # noqa: E731
+                            gen_seconds=[0.0] * 5, probs=list(rng.dirichlet(np.ones(3), 5).astype(np.float32)),
+                            audio=list(rng.standard_normal((5, 30, 4)).astype(np.float32)),
+                            ref_audio=list(rng.standard_normal((5, 30, 4)).astype(np.float32)),
+                            video=list(rng.standard_normal((5, 30, 4)).astype(np.float32)))
+    a, b = mk(), mk()
+    obj = {"f1": 1.0, "is": 0.5}
+    got = paired_objective_ci(a, b, obj, n_boot=40, seed=2)
+    reps = [objective_value(a.subset(i), obj) - objective_value(b.subset(i), obj) for i in bootstrap_indices(5, 40, 2)]
+    assert got["ci95"] == pytest.approx(list(np.quantile(reps, [0.025, 0.975]))) and got["n_boot"] == 40
+    assert got["diff"] == pytest.approx(objective_value(a, obj) - objective_value(b, obj))
+
+
+def test_trial_without_evaluator_fails_before_generating():
+    class NoGen:
+        sr = 16000
+
+        def generate(self, *a, **k):  # pragma: no cover - must not be reached
+            raise AssertionError("generated although the objective cannot be scored")
+
+    with pytest.raises(ObjectiveError, match="'sim' needs an evaluator"):
+        evaluate_clips(NoGen(), [{"clip_id": "a"}], {}, 0, None, {"f1": 1.0, "sim": 1.0})
+
+
+def test_errored_trial_is_recorded_with_its_message():
+    """An objective error in a trial is a Tune ERROR; the trials table keeps its message."""
+    from soundtrack.distributed.tune import trials_table
+
+    err = RuntimeError("Traceback (most recent call last):\n  ...\nsoundtrack.errors.ObjectiveError: objective metric "
+                       "'sim' needs an evaluator (none was given)")
+    grid = [SimpleNamespace(config={"guidance_scale": 2.5}, metrics={"score": 0.4, "clips": 2}, path="/x/trial_00001_a",
+                            error=None),
+            SimpleNamespace(config={"guidance_scale": 3.0}, metrics={}, path="/x/trial_00002_b", error=err)]
+    df = trials_table(grid, None, {"guidance_scale": None}, val_clips=2)
+    assert df["status"].tolist() == ["done", "error"] and df["complete"].tolist() == [True, False]
+    assert df["error"].iloc[1].startswith("soundtrack.errors.ObjectiveError: objective metric 'sim'")
+    assert not isinstance(df["error"].iloc[0], str) and math.isnan(df["score"].iloc[1])
+
+
+# ----------------------------------------------------------------------------- run_jobs
+
+
+def _same(a: dict, b: dict) -> bool:
+    """Dict equality with nan == nan."""
+    return a.keys() == b.keys() and all(
+        (isinstance(a[k], float) and isinstance(b[k], float) and math.isnan(a[k]) and math.isnan(b[k])) or a[k] == b[k]
+        for k in a)
+
+
+def _clicks(times, sr=16000, dur=3.0):
+    wav = np.zeros(int(sr * dur), np.float32)
+    rng = np.random.default_rng(0)
+    for t in times:
+        i = int(t * sr)
+        n = min(800, len(wav) - i)
+        wav[i:i + n] += (rng.standard_normal(n) * np.exp(-np.arange(n) / 120)).astype(np.float32) * 0.5
+    return wav
+
+
+class _FakeGen:
+    """Clicks on the source clip's events (a perfect generator), or nan."""
+
+    sr = 16000
+
+    def __init__(self, rows, nan=False):
+        self.rows, self.nan, self.calls = rows, nan, 0
+
+    def generate(self, frames, seed=0, clip_id="clip", **overrides):
+        self.calls += 1
+        src = next(r for r in self.rows.values() if r["frames"] is frames)
+        w = _clicks(src["label_event_times"])
+        return w * np.nan if self.nan else w
+
+
+def _rows():
+    ev = {"a": np.arange(0.25, 3.0, 0.5), "b": np.arange(0.4, 3.0, 0.7)}
+    return {c: {"clip_id": c, "label_event_times": t, "frames": np.zeros((30, 8, 8, 3), np.uint8),
+                "wav_mix": _clicks(t + 0.2)} for c, t in ev.items()}
+
+
+def test_run_jobs_scores_kinds_and_caches(tmp_path):
+    from soundtrack.eval.scoring import clip_metrics
+
+    rows = _rows()
+    gen = _FakeGen(rows)
+    jobs = [{"clip_id": "a", "source": "a", "seed": 0, "kind": "generator"},
+            {"clip_id": "a", "source": "b", "seed": 1, "kind": "generator"},
+            {"clip_id": "a", "source": "a", "seed": 0, "kind": "ground_truth"},
+            {"clip_id": "a", "source": "b", "seed": 2, "kind": "retrieval"}]
+    recs = [list(run_jobs([j], rows, gen, {}, cache_dir=tmp_path / str(i)))[0] for i, j in enumerate(jobs)]
+    own, other, gt, rr = recs
+    assert own.metrics["f1"] > 0.9 > other.metrics["f1"] and own.gen_s > 0 and gt.gen_s == 0
+    assert _same(gt.metrics, clip_metrics(rows["a"]["wav_mix"], rows["a"]))
+    assert _same(rr.metrics, clip_metrics(rows["b"]["wav_mix"], rows["a"])) and rr.source == "b"
+    calls = gen.calls
+    again = list(run_jobs([jobs[0]], rows, gen, {}, cache_dir=tmp_path / "0", keep_audio=True))[0]
+    assert again.cached and gen.calls == calls and again.wav.shape == (48000,) and again.dynamics is not None
+    assert _same(again.to_dict(), dict(own.to_dict(), cached=True))
+    assert _same(json.loads((tmp_path / "0" / "a_s0.json").read_text()), own.to_dict(cached=False))
+    assert _same(ClipRecord.from_dict(own.to_dict(), cached=False).to_dict(), own.to_dict())
+
+
+def test_non_finite_audio_raises_and_is_never_scored_or_cached(tmp_path):
+    rows = _rows()
+    with pytest.raises(GeneratorError, match=r"non-finite samples"):
+        list(run_jobs([{"clip_id": "a", "seed": 0}], rows, _FakeGen(rows, nan=True), {}, cache_dir=tmp_path))
+    assert not list(tmp_path.iterdir())
+
+
+def test_evaluate_clips_reports_each_batch_with_the_engine():
+    rows = _rows()
+    seen = []
+    s = evaluate_clips(_FakeGen(rows), list(rows.values()), {}, 0, None, {"f1": 1.0}, batch_clips=1,
+                       on_batch=lambda n, v, sc: seen.append((n, v)))
+    assert [n for n, _ in seen] == [1, 2] and s.clip_ids == ["a", "b"]
+    assert seen[-1][1] == pytest.approx(objective_value(s, {"f1": 1.0}))
+    assert all(d is not None for d in s.dyn_gen) and all(d is None for d in s.dyn_ref)  # rows have no dynamics_db
