@@ -26,22 +26,19 @@ def _group_id(source: str) -> int:
     return int.from_bytes(hashlib.sha1(source.encode()).digest()[:8], "big") >> 2
 
 
-#: Column that :func:`soundtrack.distributed.train.repeat_stream` adds: which pass over the data a row is from.
-PASS_COLUMN = "pass_index"
-
-
-def batch_rng(seed: int, clip_ids: list[str], passes: list[int] = ()) -> np.random.Generator:
+def batch_rng(seed: int, clip_ids: list[str], occurrence: int = 0) -> np.random.Generator:
     """The random generator of one batch's crops and negatives: a function of the run's seed,
-    the batch's clips (in order) and the passes they come from, never of OS entropy, so
-    the seed in ``run.json`` reproduces a run whichever actor builds which batch; a clip
-    met again in a later pass draws other crops.
+    the batch's clips (in order) and how often this builder met that exact batch before,
+    never of OS entropy, so the seed in ``run.json`` reproduces a run. A clip met again in
+    a later pass sits in another batch (the stream's block order is reshuffled each pass),
+    so it draws other crops; a batch met again exactly draws with ``occurrence`` + 1.
 
     Args:
         seed: the run's seed.
         clip_ids: the batch's clip ids, in batch order.
-        passes: per row, the pass over the data it belongs to (empty: pass 0).
+        occurrence: how many times this batch (same clips, same order) was built before.
     """
-    key = f"{int(seed)}|{','.join(clip_ids)}|{','.join(str(int(p)) for p in passes)}"
+    key = f"{int(seed)}|{int(occurrence)}|{','.join(clip_ids)}"
     return np.random.default_rng(int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "little"))
 
 
@@ -55,11 +52,14 @@ class BatchPrep:
     def __init__(self, objective: dict, seed: int):
         self.ocfg = objective_config(objective)
         self.seed = int(seed)
+        self._seen: dict[tuple[str, ...], int] = {}  # batch (clip ids) -> times built before
 
     def __call__(self, batch) -> dict[str, np.ndarray]:
         rows = _rows_from_batch(batch)
-        passes = batch[PASS_COLUMN].tolist() if PASS_COLUMN in getattr(batch, "columns", ()) else []
-        b = make_batch(rows, self.ocfg, batch_rng(self.seed, [str(r["clip_id"]) for r in rows], passes))
+        ids = tuple(str(r["clip_id"]) for r in rows)
+        occurrence = self._seen.get(ids, 0)
+        self._seen[ids] = occurrence + 1
+        b = make_batch(rows, self.ocfg, batch_rng(self.seed, list(ids), occurrence))
         out = {}
         for k, v in b.items():
             if k in STR_KEYS or (isinstance(v, list) and v and isinstance(v[0], str)):

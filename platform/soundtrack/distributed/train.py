@@ -18,8 +18,6 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import pandas as pd
 import ray.train
 from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
@@ -125,16 +123,7 @@ def launch(
     return trainer.fit()
 
 
-def _constant(value: int):
-    """A Ray Data ``add_column`` function giving every row ``value`` (a named function: picklable)."""
-
-    def column(df):
-        return pd.Series(np.full(len(df), value, np.int64), index=df.index)
-
-    return column
-
-
-def repeat_stream(ds, rows_needed: int, n_rows: int, seed: int | None = 0, pass_column: str | None = None):
+def repeat_stream(ds, rows_needed: int, n_rows: int, seed: int | None = 0):
     """Enough passes over ``ds`` for ``rows_needed`` rows as ONE stream, block order shuffled.
 
     One stream rather than one iteration per epoch: every new iteration of a Ray Data
@@ -146,12 +135,7 @@ def repeat_stream(ds, rows_needed: int, n_rows: int, seed: int | None = 0, pass_
         rows_needed: rows the whole run consumes (steps x batch x workers).
         n_rows: rows in one epoch.
         seed: seed of the block-order shuffle.
-        pass_column: if set, every row gets this int column: the index of its pass (so a
-            batch-building UDF can seed each pass's augmentation apart).
     """
     k = math.ceil(rows_needed / max(n_rows, 1)) + 1
-    copies = [ds] * k
-    if pass_column:
-        copies = [ds.add_column(pass_column, _constant(i), batch_format="pandas") for i in range(k)]
-    stream = copies[0].union(*copies[1:]) if k > 1 else copies[0]
+    stream = ds.union(*([ds] * (k - 1))) if k > 1 else ds
     return stream.randomize_block_order(seed=seed)

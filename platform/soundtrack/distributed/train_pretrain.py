@@ -39,7 +39,7 @@ from ray.data.expressions import col
 from soundtrack.config import ConfigError, PretrainSection, build, to_dict
 from soundtrack.data.augment import objective_config
 from soundtrack.data.shards import load_split, read_shards, shard_files
-from soundtrack.distributed.batches import PASS_COLUMN, BatchPrep
+from soundtrack.distributed.batches import BatchPrep
 from soundtrack.distributed.cluster import init_ray
 from soundtrack.distributed.train import launch, repeat_stream
 from soundtrack.errors import TooFewClips
@@ -76,8 +76,7 @@ def prepared_dataset(raw, sec: PretrainSection, n_rows: int):
     """All epochs as one stream (:func:`repeat_stream`), batches built in Ray Data workers
     (:class:`BatchPrep`)."""
 
-    stream = repeat_stream(raw, sec.steps * sec.batch_size * max(sec.num_workers, 1), n_rows, seed=sec.seed,
-                           pass_column=PASS_COLUMN)
+    stream = repeat_stream(raw, sec.steps * sec.batch_size * max(sec.num_workers, 1), n_rows, seed=sec.seed)
     return stream.map_batches(
         BatchPrep,
         batch_size=sec.batch_size,
@@ -131,7 +130,7 @@ def run_pretrain(profile: str, sec: PretrainSection, features_dir: str | os.Path
     if sec.num_workers == 0:
         columns = {c: frame[c].to_numpy() for c in frame.columns}
         prep = BatchPrep(sec.objective, sec.seed)
-        rows = numpy_batches(columns, sec.batch_size, seed=sec.seed, pass_column=PASS_COLUMN)
+        rows = numpy_batches(columns, sec.batch_size, seed=sec.seed)
         reporter = LocalReporter(run_dir / "checkpoints")
         ContrastiveSolver(solver_config, run_dir).fit(lambda: (prep(pd.DataFrame(b)) for b in rows()), reporter)
         model_dir = export_final(reporter.latest(), run_dir / "model")

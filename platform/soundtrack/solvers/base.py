@@ -295,7 +295,7 @@ class Solver:
 
 
 def numpy_batches(columns: Mapping[str, np.ndarray | list], batch_size: int, seed: int,
-                  drop_last: bool = True, pass_column: str | None = None) -> Callable[[], Iterator[dict]]:
+                  drop_last: bool = True) -> Callable[[], Iterator[dict]]:
     """In-memory batches for a solver in this process: each pass a new seeded permutation.
 
     Args:
@@ -303,8 +303,6 @@ def numpy_batches(columns: Mapping[str, np.ndarray | list], batch_size: int, see
         batch_size: rows per batch.
         seed: seed of the first pass's permutation (pass ``k`` uses ``seed + k``).
         drop_last: drop a last, smaller batch.
-        pass_column: if set, each batch also gets this column holding the pass index
-            (what seeds augmentation per pass, see ``distributed.batches.batch_rng``).
 
     Returns:
         a callable giving the next pass's iterator (what :meth:`Solver.fit` takes).
@@ -313,15 +311,11 @@ def numpy_batches(columns: Mapping[str, np.ndarray | list], batch_size: int, see
     passes = [0]
 
     def one_pass() -> Iterator[dict]:
-        k = passes[0]
-        order = np.random.default_rng(seed + k).permutation(n)
+        order = np.random.default_rng(seed + passes[0]).permutation(n)
         passes[0] += 1
         stop = n - n % batch_size if drop_last else n
         for i in range(0, stop, batch_size):
             idx = order[i:i + batch_size]
-            batch = {c: (v[idx] if isinstance(v, np.ndarray) else [v[j] for j in idx]) for c, v in columns.items()}
-            if pass_column:
-                batch[pass_column] = np.full(len(idx), k, np.int64)
-            yield batch
+            yield {c: (v[idx] if isinstance(v, np.ndarray) else [v[j] for j in idx]) for c, v in columns.items()}
 
     return one_pass

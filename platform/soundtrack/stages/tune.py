@@ -206,6 +206,10 @@ def stage_tune(cfg: TuneConfig, resume: bool = False, force: bool = False, src: 
         best = full.loc[full["score"].idxmax()]
 
         base = df.iloc[0] if cfg.search.include_defaults else best
+        if cfg.search.include_defaults and base["status"] == "error":
+            raise RuntimeError(f"trial 0 ({base['trial_id']}, the paper defaults every trial is compared with) failed: "
+                               f"{base.get('error') or 'see ' + str(run_dir / 'tune')}; fix the cause and relaunch "
+                               "with --force")
         if cfg.search.include_defaults and not _same_params(base, defaults_point(space), space):
             raise RuntimeError(f"trial 0 ({base['trial_id']}) is not the defaults point; the searcher state is off")
         _log(f"best trial {best['trial_id']}: score {best['score']:.4f} (defaults: {base['score']:.4f})")
