@@ -9,6 +9,7 @@ import json
 import numpy as np
 import pytest
 import yaml
+from conftest import click_track
 
 from soundtrack.config import ConfigError, FeaturizeSection
 
@@ -137,13 +138,7 @@ def test_bench_on_local_ray_scores_and_caches(synth_small, tmp_path):
 
 
 def _clicks(times, sr=16000, dur=10.24):
-    wav = np.zeros(int(sr * dur), np.float32)
-    rng = np.random.default_rng(0)
-    for t in times:
-        i = int(t * sr)
-        n = min(800, len(wav) - i)
-        wav[i:i + n] += (rng.standard_normal(n) * np.exp(-np.arange(n) / 120)).astype(np.float32) * 0.5
-    return wav
+    return click_track(times, sr, dur)
 
 
 def test_clip_metrics_reward_clicks_on_the_events_not_beside_them():

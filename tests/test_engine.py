@@ -17,6 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import click_track
 
 from soundtrack.data import shards
 from soundtrack.errors import CodecError, GeneratorError, ObjectiveError, SoundtrackError, TooFewClips
@@ -246,13 +247,7 @@ def _same(a: dict, b: dict) -> bool:
 
 
 def _clicks(times, sr=16000, dur=3.0):
-    wav = np.zeros(int(sr * dur), np.float32)
-    rng = np.random.default_rng(0)
-    for t in times:
-        i = int(t * sr)
-        n = min(800, len(wav) - i)
-        wav[i:i + n] += (rng.standard_normal(n) * np.exp(-np.arange(n) / 120)).astype(np.float32) * 0.5
-    return wav
+    return click_track(times, sr, dur)
 
 
 class _FakeGen:
