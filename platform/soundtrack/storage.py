@@ -10,10 +10,25 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 RUN_CARD = "run.json"
 METRICS = "metrics.jsonl"
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], Any]) -> None:
+    """Write a file through a temporary name beside it and a rename, so a reader (or a kill)
+    never sees half a file.
+
+    Args:
+        path: the final file.
+        write: ``write(tmp_path)`` writes the content to the temporary path (the process id
+            is in its name, so concurrent writers never share one).
+    """
+    path = Path(path)
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    write(tmp)
+    os.replace(tmp, path)
 
 
 def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
@@ -23,10 +38,7 @@ def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
         path: the JSON file.
         data: anything ``json.dumps`` takes (other objects are written with ``str``).
     """
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=str))
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=str)))
 
 
 def read_card(run_dir: str | os.PathLike) -> dict:

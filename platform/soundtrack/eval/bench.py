@@ -60,6 +60,7 @@ from soundtrack.eval.scoring import (
 from soundtrack.metrics import bootstrap_ci, bootstrap_replicates, paired_bootstrap_ci
 from soundtrack.pipelines.generator import apply_overrides
 from soundtrack.pipelines.sampler import SamplerConfig
+from soundtrack.storage import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -198,11 +199,6 @@ def derangement(n: int, seed: int) -> list[int]:
 
 # ----------------------------------------------------------------------------- Ray task
 
-
-def _atomic_write(path: Path, write) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    write(tmp)
-    os.replace(tmp, path)
 
 
 def run_chunk(jobs: Sequence[dict], model_dir: str | None, overrides: Mapping[str, Any], cache_dir: str,
@@ -406,10 +402,10 @@ def write_outputs(out: Path, table, set_table, summary: dict, methods: Mapping[s
     """results.parquet/csv, set_metrics.csv, summary.json, summary.md, bench.png (atomically each)."""
     if command is None:
         command = summary.get("command") or ""
-    _atomic_write(out / "results.parquet", lambda p: table.to_parquet(p, index=False))
-    _atomic_write(out / "results.csv", lambda p: table.to_csv(p, index=False))
-    _atomic_write(out / "set_metrics.csv", lambda p: set_table.to_csv(p, index=False))
+    atomic_write(out / "results.parquet", lambda p: table.to_parquet(p, index=False))
+    atomic_write(out / "results.csv", lambda p: table.to_csv(p, index=False))
+    atomic_write(out / "set_metrics.csv", lambda p: set_table.to_csv(p, index=False))
     summary = dict(summary, command=command)
-    _atomic_write(out / "summary.json", lambda p: p.write_text(json.dumps(summary, indent=2, default=float)))
-    _atomic_write(out / "summary.md", lambda p: p.write_text(markdown(summary, methods, command)))
+    atomic_write(out / "summary.json", lambda p: p.write_text(json.dumps(summary, indent=2, default=float)))
+    atomic_write(out / "summary.md", lambda p: p.write_text(markdown(summary, methods, command)))
     plot(summary, methods, out / "bench.png")

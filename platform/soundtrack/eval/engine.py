@@ -60,6 +60,7 @@ from soundtrack.eval.scoring import (
 )
 from soundtrack.metrics import bootstrap_replicates, paired_bootstrap_ci
 from soundtrack.pipelines.generator import SoundtrackGenerator
+from soundtrack.storage import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -123,11 +124,6 @@ class ClipRecord:
                    {k: v for k, v in d.items() if k not in _RECORD_KEYS}, float(d["gen_s"]), float(d["audio_s"]),
                    cached)
 
-
-def _atomic_write(path: Path, write: Callable[[Path], Any]) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    write(tmp)
-    os.replace(tmp, path)
 
 
 def run_jobs(jobs: Sequence[Mapping[str, Any]], rows: Mapping[str, Mapping[str, Any]],
@@ -196,11 +192,11 @@ def run_jobs(jobs: Sequence[Mapping[str, Any]], rows: Mapping[str, Mapping[str, 
             raise GeneratorError(f"the {kind} audio of clip {cid!r} (seed {seed}, source {src!r}) has {bad} non-finite "
                                  f"samples of {len(wav)}; it is not scored")
         if wav_path is not None and not wav_path.is_file():
-            _atomic_write(wav_path, lambda p: sf.write(str(p), wav, SR, subtype="FLOAT", format="WAV"))
+            atomic_write(wav_path, lambda p: sf.write(str(p), wav, SR, subtype="FLOAT", format="WAV"))
         desc = audio_descriptors(wav, SR)
         rec = ClipRecord(cid, seed, src, clip_metrics(wav, rows[cid], desc=desc), gen_s, len(wav) / SR)
         if met_path is not None:
-            _atomic_write(met_path, lambda p: p.write_text(json.dumps(rec.to_dict(cached=False))))
+            atomic_write(met_path, lambda p: p.write_text(json.dumps(rec.to_dict(cached=False))))
         if keep_audio:
             rec.wav, rec.dynamics = wav, desc["dynamics"]
         yield rec
