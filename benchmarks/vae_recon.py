@@ -9,31 +9,25 @@ VAE is trained in this process with the project's own :class:`soundtrack.solvers
 :func:`~soundtrack.solvers.base.numpy_batches` of the train split: exactly the
 ``num_workers: 0`` path of ``distributed/train_generator._run_phase``; no Ray), on the
 ``mel_mix`` column (``train.target: mix``), with the tiny profile's train settings
-(batch 8, lr 1e-3, kl_weight 1e-4, seed 0) and ``--threads`` torch threads. Candidates:
+(batch 8, kl_weight 1e-4, seed 0; steps and learning rate per candidate) and ``--threads``
+torch threads. Candidates:
 
-* ``a_tiny_200`` / ``a_tiny_300``: today's tiny VAE, 200 steps (``experiments/demo.yaml``)
-  and 300 steps (the tiny profile, ``train_tiny``);
-* ``b_down2_c4_300``: less compression, one down-sampling block instead of two
-  (channels (16, 32)): a 4 x 32 x 128 latent, as many numbers as the 64 x 256 mel;
-* ``c_down4_c8_300``: more latent channels, 8 instead of 4 (8 x 16 x 64, 2x fewer numbers);
-* ``d_<best>_x3``: the best of a_tiny_300 / b / c trained 3x as many steps (best = the
-  highest ``chroma / ceiling + onset F1``).
+* ``old_4x_300``: the tiny VAE before this benchmark (channels (16, 32, 64): two
+  down-samplings, a 4 x 16 x 64 latent, 4x fewer numbers than the mel), its 300 steps at
+  lr 1e-3;
+* ``old_4x_900``: the same trained 3x longer (is it under-trained?);
+* ``old_4x_c8_900``: the same with 8 latent channels, 900 steps (more channels);
+* ``tiny``: the tiny profile's VAE now (:func:`soundtrack.models.vae.vae_config`: channels
+  (16, 32), ONE down-sampling, a 4 x 32 x 128 latent; ``train.vae_steps`` 450 at lr 3e-3
+  from ``profiles/tiny.yaml``): less compression;
+* ``demo``: the same VAE at ``experiments/demo.yaml``'s ``vae_steps``.
 
 Measured on held-out clips (``--split``, default ``val``; the first ``--clips`` by clip id,
 :func:`soundtrack.data.shards.load_split`):
 
-* ``l1``: mean |log-mel(reconstruction) - log-mel(input)| in the model's mel format (tiny:
-  64 x 256 pooled natural-log mel, :class:`~soundtrack.models.mel.MelFormat`), with the
-  posterior mean as latent (``encode_latents(sample=False)``, what the UNet's cache uses);
-* ``chroma_agreement``: fraction of 10 ms frames whose chroma argmax is the same for the
-  vocoded audio and the input audio (``wav_mix``). Chroma: the project's
-  :func:`soundtrack.data.features.chroma` (librosa ``chroma_stft`` on the front end's STFT),
-  agreement :func:`soundtrack.metrics.control.melody_accuracy`; chance is 1/12. Vocoder:
-  :class:`~soundtrack.models.vocoder.GriffinLimVocoder` (32 iterations, seed 0). The
-  ``ceiling`` is the same for the input mel -> vocoder (no VAE), measured in this run;
-* ``onset_f1``: ``librosa.onset.onset_detect`` (times) on the vocoded audio against the
-  input audio, matched by ``mir_eval.onset.f_measure`` (50 ms window), mean over clips;
-  the ceiling's onset F1 is reported too;
+* ``l1``, ``chroma_agreement``, ``onset_f1`` and the vocoder ``ceiling`` (the input mel ->
+  Griffin-Lim, no VAE, on the same clips in the same run): the definitions of
+  :mod:`soundtrack.eval.reconstruction` (the train stage's VAE check uses the same code);
 * ``train_s`` (wall time of ``fit``) and ``params``.
 
 The ``paper`` VAE's parameter count and the time of ``--paper-steps`` training steps at
@@ -68,7 +62,8 @@ log = logging.getLogger("vae_recon")
 AIM_CHROMA_OF_CEILING = 0.9
 AIM_ONSET_F1 = 0.9
 ONSET_WINDOW_S = 0.05
-_D2 = {"down_block_types": ("DownEncoderBlock2D",) * 2, "up_block_types": ("UpDecoderBlock2D",) * 2}
+#: The tiny VAE before this benchmark chose the current one.
+OLD_4X = {"block_out_channels": (16, 32, 64)}
 
 
 def _git_commit() -> str:
@@ -85,13 +80,15 @@ def _params(model) -> int:
     return int(sum(p.numel() for p in model.parameters()))
 
 
-def train_candidate(features: str, overrides: dict[str, Any], steps: int, threads: int, work: Path) -> tuple[Any, dict]:
+def train_candidate(features: str, overrides: dict[str, Any], steps: int, lr: float, threads: int,
+                    work: Path) -> tuple[Any, dict]:
     """Trains one tiny-profile VAE with ``VAESolver`` in this process (``LocalReporter``, no Ray).
 
     Args:
         features: the featurize run (its ``train`` split is read).
         overrides: ``build_vae`` overrides of the tiny config.
         steps: optimiser steps.
+        lr: learning rate (AdamW, the solver's warm-up and cosine decay).
         threads: torch threads.
         work: scratch directory of this candidate (checkpoints, metrics).
 
@@ -105,7 +102,7 @@ def train_candidate(features: str, overrides: dict[str, Any], steps: int, thread
     from soundtrack.solvers import solver_class
     from soundtrack.solvers.base import LocalReporter, numpy_batches
 
-    sec = TrainSection(features=features, vae=overrides, vae_steps=steps, vae_batch_size=8, vae_lr=1e-3,
+    sec = TrainSection(features=features, vae=overrides, vae_steps=steps, vae_batch_size=8, vae_lr=lr,
                        kl_weight=1e-4, num_workers=0, torch_threads=threads, checkpoint_every=max(steps, 1),
                        log_every=max(steps // 5, 1), seed=0)
     frame = read_shards(features, split="train", columns=[f"mel_{sec.target}"])
@@ -119,120 +116,13 @@ def train_candidate(features: str, overrides: dict[str, Any], steps: int, thread
     return vae, {"train_s": round(train_s, 1), "final_loss": float(result["loss"]), "steps": steps}
 
 
-def _onsets(wav: np.ndarray, sr: int) -> np.ndarray:
-    """Onset times (s): ``librosa.onset.onset_detect`` with its defaults."""
-    import librosa
+def evaluate(clips, vae) -> dict[str, Any]:
+    """All reconstruction numbers of one VAE (:func:`soundtrack.eval.reconstruction.reconstruction_quality`)."""
+    from soundtrack.eval.reconstruction import reconstruction_quality
 
-    return librosa.onset.onset_detect(y=np.asarray(wav, dtype=np.float32), sr=sr, units="time")
-
-
-def _onset_f1(ref: np.ndarray, est: np.ndarray) -> float:
-    """mir_eval onset F-measure (50 ms window); 1.0 when both lists are empty, 0.0 when one is."""
-    import mir_eval
-
-    if len(ref) == 0 and len(est) == 0:
-        return 1.0
-    if len(ref) == 0 or len(est) == 0:
-        return 0.0
-    return float(mir_eval.onset.f_measure(ref, est, window=ONSET_WINDOW_S)[0])
-
-
-class Evaluator:
-    """Held-out clips, their reference chroma / onsets, and the vocoder ceiling.
-
-    Args:
-        features: the featurize run.
-        split: ``val`` or ``test``.
-        clips: how many clips (the first by clip id).
-        batch: clips per vocoder call.
-    """
-
-    def __init__(self, features: str, split: str, clips: int, batch: int = 8):
-        import torch
-
-        from soundtrack.data.features import chroma
-        from soundtrack.data.shards import load_split
-        from soundtrack.models.mel import MelFormat
-        from soundtrack.models.vocoder import GriffinLimVocoder
-
-        self.fmt = MelFormat.tiny()
-        self.fe = self.fmt.features
-        self.batch = batch
-        rows = load_split(features, split, ["mel_mix", "wav_mix"], n=clips, too_few="fewer")
-        self.clip_ids = [r["clip_id"] for r in rows]
-        self.mels = torch.stack([self.fmt.from_features(r["mel_mix"].astype(np.float32)) for r in rows])
-        self.wavs = [np.asarray(r["wav_mix"], dtype=np.float32) for r in rows]
-        self.vocoder = GriffinLimVocoder(self.fmt, n_iter=32, seed=0)
-        self._chroma = lambda w: chroma(np.asarray(w, dtype=np.float32), self.fe)
-        self.ref_chroma = [self._chroma(w) for w in self.wavs]
-        self.ref_onsets = [_onsets(w, self.fe.sr) for w in self.wavs]
-        log.info("%d %s clips, tiny mel %s; mean %.1f reference onsets per clip", len(rows), split,
-                 tuple(self.mels.shape[1:]), float(np.mean([len(o) for o in self.ref_onsets])))
-
-    def audio_scores(self, mels) -> dict[str, float]:
-        """Chroma agreement and onset F1 of the vocoded ``mels`` against the input audio.
-
-        Args:
-            mels: tiny log-mels (N, 64, 256), one per held-out clip, in clip order.
-
-        Returns:
-            ``{"chroma_agreement", "onset_f1"}``, means over clips.
-        """
-        import torch
-
-        from soundtrack.metrics.control import melody_accuracy
-
-        chroma_acc, f1 = [], []
-        for i in range(0, len(mels), self.batch):
-            with torch.no_grad():
-                wavs = self.vocoder(mels[i:i + self.batch]).numpy()
-            for j, wav in enumerate(wavs):
-                k = i + j
-                n = min(len(wav), len(self.wavs[k]))
-                chroma_acc.append(melody_accuracy(self.ref_chroma[k], self._chroma(wav[:n])))
-                f1.append(_onset_f1(self.ref_onsets[k], _onsets(wav[:n], self.fe.sr)))
-        return {"chroma_agreement": float(np.mean(chroma_acc)), "onset_f1": float(np.mean(f1))}
-
-    def reconstruct(self, vae) -> Any:
-        """Encode (posterior mean) and decode every held-out mel.
-
-        Args:
-            vae: a trained tiny :class:`~soundtrack.models.vae.MelVAE`.
-
-        Returns:
-            reconstructed tiny log-mels (N, 64, 256).
-        """
-        import torch
-
-        from soundtrack.models.vae import decode_mel, encode_latents
-
-        out = []
-        with torch.no_grad():
-            for i in range(0, len(self.mels), self.batch):
-                out.append(decode_mel(vae, encode_latents(vae, self.mels[i:i + self.batch])))
-        return torch.cat(out)
-
-
-def evaluate(ev: Evaluator, vae) -> dict[str, Any]:
-    """All reconstruction numbers of one VAE on the held-out clips.
-
-    Args:
-        ev: the evaluator.
-        vae: the trained VAE.
-
-    Returns:
-        ``{"l1", "chroma_agreement", "onset_f1", "latent_shape", "latent_numbers_per_mel_number", "eval_s"}``.
-    """
-    from soundtrack.models.vae import latent_shape
-
-    t0 = time.perf_counter()
-    rec = ev.reconstruct(vae)
-    l1 = float((rec - ev.mels).abs().mean())
-    scores = ev.audio_scores(rec)
-    shape = latent_shape(vae, ev.fmt.n_mels, ev.fmt.n_frames)
-    return {"l1": l1, **scores, "latent_shape": list(shape),
-            "latent_numbers_per_mel_number": float(np.prod(shape)) / (ev.fmt.n_mels * ev.fmt.n_frames),
-            "eval_s": round(time.perf_counter() - t0, 1)}
+    q = reconstruction_quality(vae, clips)
+    return {k: q[k] for k in ("l1", "chroma_agreement", "onset_f1", "latent_shape", "latent_numbers_per_mel_number",
+                              "eval_s")}
 
 
 def paper_timing(features: str, steps: int, batch: int, threads: int) -> dict[str, Any]:
@@ -374,40 +264,49 @@ def main(argv: list[str] | None = None) -> int:
         "features": str(args.features), "split": args.split,
         "training": "VAESolver (soundtrack.solvers, solver_class('vae')) in process with LocalReporter and "
                     "numpy_batches of the train split (the num_workers=0 path of _run_phase); tiny profile, "
-                    "mel_mix, batch 8, lr 1e-3, kl_weight 1e-4, seed 0",
-        "metrics": {"l1": "mean |log-mel(rec) - log-mel(input)|, tiny 64x256 pooled natural-log mel, posterior mean",
-                    "chroma_agreement": "frame-wise argmax agreement of soundtrack.data.features.chroma "
-                                        "(librosa chroma_stft, 10 ms frames) of Griffin-Lim audio vs input wav_mix",
-                    "onset_f1": f"librosa.onset.onset_detect vs input wav_mix, mir_eval.onset.f_measure "
-                                f"window {ONSET_WINDOW_S} s, mean over clips",
-                    "vocoder": "GriffinLimVocoder, 32 iterations, seed 0"},
+                    "mel_mix, batch 8, kl_weight 1e-4, seed 0; steps and lr per candidate",
+        "metrics": "soundtrack.eval.reconstruction (module docstring): l1 = mean |log-mel(rec) - log-mel(input)| "
+                   "in the VAE's mel format with the posterior mean; chroma_agreement = frame-wise chroma-argmax "
+                   "agreement (HPM melody accuracy) of Griffin-Lim audio (32 iterations, seed 0) vs input wav_mix; "
+                   f"onset_f1 = librosa onsets vs the input's, mir_eval window {ONSET_WINDOW_S} s; ceiling = the "
+                   "input mel -> Griffin-Lim, same clips",
         "aims": {"chroma_of_ceiling": AIM_CHROMA_OF_CEILING, "onset_f1": AIM_ONSET_F1},
         "steps_scale": args.steps_scale,
+        # train_s is wall time: these say whether other work shared the cores during the run
+        "load_avg_1_5_15_start": [round(x, 2) for x in os.getloadavg()],
     }
-    ev = Evaluator(args.features, args.split, args.clips)
-    report["n_clips"] = len(ev.clip_ids)
-    t0 = time.perf_counter()
-    ceiling = {"l1": 0.0, **ev.audio_scores(ev.mels), "eval_s": 0.0}
-    ceiling["eval_s"] = round(time.perf_counter() - t0, 1)
+    from soundtrack.config import load_config
+    from soundtrack.eval.reconstruction import HeldOutClips
+    from soundtrack.models.mel import MelFormat
+
+    clips = HeldOutClips(args.features, MelFormat.tiny(), split=args.split, n=args.clips)
+    report["n_clips"] = len(clips.clip_ids)
+    ceiling = {"l1": 0.0, **clips.ceiling}
     report["ceiling"] = ceiling
     log.info("ceiling (tiny mel -> Griffin-Lim): chroma %.3f, onset F1 %.3f (%.0f s)",
              ceiling["chroma_agreement"], ceiling["onset_f1"], ceiling["eval_s"])
     report["candidates"] = {}
-
-    specs: list[tuple[str, str, dict, int]] = [
-        ("a_tiny_200", "today's tiny VAE, demo training (200 steps)", {}, steps(200)),
-        ("a_tiny_300", "today's tiny VAE, train_tiny training (300 steps)", {}, steps(300)),
-        ("b_down2_c4_300", "one down-sampling (channels 16, 32), 4 latent channels", dict(block_out_channels=(16, 32),
-                                                                                         **_D2), steps(300)),
-        ("c_down4_c8_300", "tiny channels (16, 32, 64), 8 latent channels", {"latent_channels": 8}, steps(300)),
+    tiny = load_config().train  # the tiny profile's train section (vae_steps, vae_lr)
+    demo = load_config(ROOT / "experiments" / "demo.yaml").train
+    specs: list[tuple[str, str, dict, int, float]] = [
+        ("old_4x_300", "the tiny VAE before: channels (16, 32, 64), 4x down-sampling, 300 steps, lr 1e-3",
+         OLD_4X, steps(300), 1e-3),
+        ("old_4x_900", "the same, 3x longer training (900 steps)", OLD_4X, steps(900), 1e-3),
+        ("old_4x_c8_900", "the same with 8 latent channels, 900 steps", {**OLD_4X, "latent_channels": 8},
+         steps(900), 1e-3),
+        ("tiny", f"the tiny profile now: channels (16, 32), 2x down-sampling, {tiny.vae_steps} steps, "
+                 f"lr {tiny.vae_lr:g}", dict(tiny.vae), steps(tiny.vae_steps), tiny.vae_lr),
     ]
+    if (demo.vae_steps, demo.vae_lr) != (tiny.vae_steps, tiny.vae_lr):
+        specs.append(("demo", f"the same VAE at experiments/demo.yaml's {demo.vae_steps} steps, lr {demo.vae_lr:g}",
+                      dict(demo.vae), steps(demo.vae_steps), demo.vae_lr))
 
-    def run(name: str, desc: str, overrides: dict, n_steps: int, work: Path) -> None:
+    def run(name: str, desc: str, overrides: dict, n_steps: int, lr: float, work: Path) -> None:
         log.info("training %s: %s, %d steps", name, desc, n_steps)
-        vae, info = train_candidate(args.features, overrides, n_steps, args.threads, work / name)
+        vae, info = train_candidate(args.features, overrides, n_steps, lr, args.threads, work / name)
         res = {"description": desc, "overrides": {k: list(v) if isinstance(v, tuple) else v
                                                   for k, v in overrides.items()},
-               "params": _params(vae), **info, **evaluate(ev, vae)}
+               "lr": lr, "params": _params(vae), **info, **evaluate(clips, vae)}
         res.update(_meets(res, ceiling["chroma_agreement"]))
         report["candidates"][name] = res
         log.info("%s: L1 %.3f, chroma %.3f (%.0f%% of ceiling), onset F1 %.3f, %d params, train %.0f s",
@@ -419,12 +318,6 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(tmp)
         for spec in specs:
             run(*spec, work)
-        pool = ["a_tiny_300", "b_down2_c4_300", "c_down4_c8_300"]
-        best = max(pool, key=lambda n: _score(report["candidates"][n]))
-        base = next(s for s in specs if s[0] == best)
-        run(f"d_{best.split('_', 1)[1].rsplit('_', 1)[0]}_x3", f"{best}'s architecture, 3x its steps (best of {', '.join(pool)})",
-            base[2], 3 * base[3], work)
-    report["best_of_abc"] = best
 
     if args.paper_steps > 0:
         report["paper"] = paper_timing(args.features, args.paper_steps, args.paper_batch, args.threads)
@@ -436,6 +329,7 @@ def main(argv: list[str] | None = None) -> int:
     ranked = sorted(report["candidates"], key=lambda n: _score(report["candidates"][n]), reverse=True)
     report["ranking"] = ranked
     report["wall_s"] = round(time.perf_counter() - t_start, 1)
+    report["load_avg_1_5_15_end"] = [round(x, 2) for x in os.getloadavg()]
     out.write_text(json.dumps(report, indent=2))
     png = out.with_suffix(".png")
     plot(report, png)

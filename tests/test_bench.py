@@ -1,10 +1,12 @@
-"""The bench runner: config checks (unit) and a real bench on local Ray (integration).
+"""The bench runner: config checks, per-clip scoring and the summary (unit), and a real bench
+on local Ray (integration).
 
 The integration test runs real Ray tasks that generate with an untrained tiny generator
 on real decoded clips, scores them, then re-runs and must take every sample from the cache.
 """
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -151,3 +153,100 @@ def test_clip_metrics_reward_clicks_on_the_events_not_beside_them():
     assert on["f1"] > 0.9 and on["precision"] > 0.9 and abs(on["onset_rate"] - len(events) / 10.24) < 0.3
     assert off["f1"] < 0.1 and off["hit_rate"] < 0.1
     assert np.isnan(on["melody_acc"]) and np.isnan(on["dyn_r"])  # no reference controls in the row
+
+
+def test_clip_metrics_tonality_and_mode_match_follow_the_row():
+    from soundtrack.errors import MetricError
+    from soundtrack.eval.scoring import AUDIO_METRICS, CLIP_METRICS, DIRECTION, clip_metrics
+
+    sr, dur = 16000, 1.0
+    t = np.arange(int(sr * dur)) / sr
+
+    def triad(notes):
+        return sum(np.sin(2 * np.pi * 440.0 * 2 ** ((m - 69) / 12) * t) for m in notes) * np.clip((dur - t) / 0.05, 0, 1)
+
+    wav = np.concatenate([triad(c) for c in ((48, 60, 64, 67), (53, 65, 69, 72), (55, 67, 71, 74), (48, 60, 64, 67))])
+    wav = (0.2 * wav / np.abs(wav).max()).astype(np.float32)
+    row = {"label_event_times": np.arange(0.0, 4.0, 1.0)}
+    old = clip_metrics(wav, row)  # a data set without label_mode: nan, not a crash
+    assert set(old) == set(AUDIO_METRICS) and set(AUDIO_METRICS) <= set(CLIP_METRICS) <= set(DIRECTION)
+    assert math.isnan(old["mode_match"]) and math.isnan(clip_metrics(wav, {**row, "label_mode": float("nan")})["mode_match"])
+    assert clip_metrics(wav, {**row, "label_mode": "major"})["mode_match"] == 1.0
+    assert clip_metrics(wav, {**row, "label_mode": "minor"})["mode_match"] == 0.0
+    assert 0.1 < old["chroma_conc"] < 1.0 and 0.0 <= old["flatness"] < 1e-3
+    noise = (0.1 * np.random.default_rng(0).standard_normal(len(wav))).astype(np.float32)
+    loud = clip_metrics(noise, row)
+    assert loud["chroma_conc"] < old["chroma_conc"] / 5 and loud["flatness"] > 0.5
+    with pytest.raises(MetricError, match="unknown mode label 'lydian'"):
+        clip_metrics(wav, {**row, "label_mode": "lydian"})
+
+
+
+def _table(rng, methods, clips=10, seeds=(0, 1)):
+    """A per-clip results table in the bench's layout: every per-clip metric, random values."""
+    import pandas as pd
+
+    from soundtrack.eval.scoring import CLIP_METRICS
+
+    recs = []
+    for key, (conc, flat, match) in methods.items():
+        for seed in seeds:
+            for c in range(clips):
+                rec = {"method": key, "label": key, "clip_id": f"c{c:02d}", "seed": seed}
+                rec.update({m: float(rng.uniform()) for m in CLIP_METRICS})
+                # the ground truth scores the same audio for every seed
+                jitter = 0.0 if key == "ground_truth" else rng.normal(0, 0.002)
+                rec.update(chroma_conc=conc + 0.004 * c + jitter, flatness=flat + 0.003 * c + jitter,
+                           mode_match=float(match[c % len(match)]))
+                recs.append(rec)
+    return pd.DataFrame.from_records(recs)
+
+
+def test_summary_tonality_band_verdicts_and_paired_mode_match():
+    import pandas as pd
+
+    from soundtrack.eval.bench import BenchConfig, MethodSpec, markdown, summarize
+
+    methods = {"ground_truth": MethodSpec(kind="ground_truth"), "ours": MethodSpec(),
+               "other_video": MethodSpec(video="other"), "noisy": MethodSpec(label="noise-like")}
+    rng = np.random.default_rng(0)
+    table = _table(rng, {"ground_truth": (0.05, 0.02, [1, 1, 0, 1]), "ours": (0.055, 0.025, [1, 1, 1, 0]),
+                         "other_video": (0.05, 0.02, [0, 1, 0, 0]), "noisy": (0.005, 0.5, [0, 1])})
+    cfg = BenchConfig(pairs=(("ours", "other_video"),), n_boot=200)
+    summ = summarize(table, pd.DataFrame(columns=["method", "metric", "value", "ci_low", "ci_high", "n_clips"]),
+                     methods, cfg)
+    ton = summ["tonality"]
+    gt_conc = 0.05 + 0.004 * np.arange(10)
+    assert ton["reference"] == "ground_truth" and ton["percentiles"] == [5.0, 95.0]
+    assert ton["band"]["chroma_conc"] == pytest.approx(list(np.percentile(gt_conc, [5, 95])))
+    assert ton["methods"]["ours"]["chroma_conc"]["inside"] is True
+    assert ton["methods"]["ours"]["flatness"]["inside"] is True
+    assert ton["methods"]["noisy"]["chroma_conc"]["inside"] is False
+    assert ton["methods"]["noisy"]["flatness"]["inside"] is False and ton["methods"]["noisy"]["flatness"]["in_band_frac"] == 0
+    assert ton["methods"]["noisy"]["chroma_conc"]["median"] == pytest.approx(0.005 + 0.004 * 4.5, abs=0.003)
+    assert ton["methods"]["ours"]["chroma_conc"]["n"] == 20
+    # the paired interval of mode_match (and of sync f1) comes with the pairs
+    d = summ["paired_differences"]["ours - other_video"]
+    assert {"mode_match", "f1", "chroma_conc", "flatness"} <= set(d)
+    assert d["mode_match"]["mean"] == pytest.approx(0.8 - 0.3) and d["mode_match"]["n"] == 20  # 8/10 vs 3/10 match
+    lo, hi = d["mode_match"]["ci95"]
+    assert lo <= 0.5 <= hi and lo > 0
+    json.dumps(summ)  # summary.json is written from this
+    md = markdown(dict(summ, bench="t", clips=10, split="test", seeds=[0, 1], wall_s=1.0), methods)
+    section = md.split("## Tonality")[1]
+    noisy_line = next(x for x in section.splitlines() if x.startswith("| noise-like |"))
+    ours_line = next(x for x in section.splitlines() if x.startswith("| ours |"))
+    assert noisy_line.count("| no (0 % of clips) |") == 2 and ours_line.count("| yes (") == 2
+    assert "mode_match" in md.split("## Paired differences")[1].splitlines()[2]
+    # without a ground_truth method: medians, no band or verdicts
+    no_gt = {k: v for k, v in methods.items() if k != "ground_truth"}
+    ton2 = summarize(table[table["method"] != "ground_truth"], pd.DataFrame(columns=["method", "metric"]), no_gt,
+                     BenchConfig(n_boot=50))["tonality"]
+    assert ton2["reference"] is None and ton2["band"]["flatness"] is None
+    assert ton2["methods"]["ours"]["flatness"]["inside"] is None and ton2["methods"]["ours"]["flatness"]["n"] == 20
+    assert "no band of real mixes" in markdown(dict(summ, tonality=ton2), no_gt)
+    # results tabulated before these metrics existed: absent, not a crash
+    old = table.drop(columns=["chroma_conc", "flatness", "mode_match"])
+    summ_old = summarize(old, pd.DataFrame(columns=["method", "metric"]), methods, BenchConfig(n_boot=50))
+    assert summ_old["tonality"]["band"]["chroma_conc"] is None
+    assert summ_old["methods"]["ours"]["mode_match"]["n"] == 0 and "mode_match" not in summ_old["paired_differences"]

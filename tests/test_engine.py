@@ -128,6 +128,21 @@ def test_load_split_sorts_takes_n_and_says_when_short(tmp_path, caplog):
     assert [r["clip_id"] for r in got] == ["c0"] and "1 clip(s), 3 requested" in caplog.text
 
 
+def test_load_split_optional_columns_are_read_where_the_shards_have_them(tmp_path):
+    run = _fake_run(tmp_path, {"c1": "val", "c2": "val", "c3": "val", "c4": "val"})
+    with pytest.raises(pa.ArrowInvalid, match="label_mode"):  # a required column no shard has: pyarrow names it
+        shards.load_split(run, "val", ["clip_id", "label_mode"])
+    rows = shards.load_split(run, "val", ["clip_id", "wav_mix"], optional=["label_mode", "melody"])
+    assert [r["clip_id"] for r in rows] == ["c1", "c2", "c3", "c4"] and not any("label_mode" in r for r in rows)
+    assert rows[0]["wav_mix"].dtype == np.float32
+    # one shard (clips c3, c4) gains the label: its rows carry it, the other shard's are missing values
+    f = tmp_path / "shards" / "shard-00000.parquet"
+    t = pq.read_table(f)
+    pq.write_table(t.append_column("label_mode", pa.array(["minor"] * t.num_rows)), f)
+    got = {r["clip_id"]: r.get("label_mode") for r in shards.load_split(run, "val", ["clip_id"], optional=["label_mode"])}
+    assert got["c3"] == got["c4"] == "minor" and all(v is None or v != v for v in (got["c1"], got["c2"]))
+
+
 # ----------------------------------------------------------------------------- the bootstrap
 
 
@@ -291,6 +306,30 @@ def test_run_jobs_scores_kinds_and_caches(tmp_path):
     assert _same(again.to_dict(), dict(own.to_dict(), cached=True))
     assert _same(json.loads((tmp_path / "0" / "a_s0.json").read_text()), own.to_dict(cached=False))
     assert _same(ClipRecord.from_dict(own.to_dict(), cached=False).to_dict(), own.to_dict())
+
+
+def test_a_cached_record_lacking_newer_metrics_is_rescored_from_its_audio(tmp_path):
+    from soundtrack.eval.scoring import AUDIO_METRICS
+
+    rows = _rows()
+    rows["a"]["label_mode"] = "major"
+    gen = _FakeGen(rows)
+    job = {"clip_id": "a", "source": "a", "seed": 0, "kind": "generator"}
+    first = list(run_jobs([job], rows, gen, {}, cache_dir=tmp_path))[0]
+    path = tmp_path / "a_s0.json"
+    old = json.loads(path.read_text())
+    for m in ("chroma_conc", "flatness", "mode_match"):  # as written before these metrics existed
+        del old[m]
+    old["gen_s"] = 12.5
+    path.write_text(json.dumps(old))
+    calls = gen.calls
+    again = list(run_jobs([job], rows, gen, {}, cache_dir=tmp_path, keep_audio=True))[0]
+    assert again.cached and gen.calls == calls and again.gen_s == 12.5 and again.wav is not None
+    assert set(AUDIO_METRICS) <= set(again.metrics) and _same(again.metrics, first.metrics)
+    assert not math.isnan(again.metrics["mode_match"])
+    assert _same(json.loads(path.read_text()), again.to_dict(cached=False))  # the cache file is brought up to date
+    third = list(run_jobs([job], rows, gen, {}, cache_dir=tmp_path))[0]
+    assert third.cached and third.wav is None and _same(third.metrics, first.metrics)
 
 
 def test_non_finite_audio_raises_and_is_never_scored_or_cached(tmp_path):

@@ -48,7 +48,12 @@ def test_model_presets_known_values():
     from soundtrack.models.vae import vae_config
 
     tiny, paper = vae_config("tiny"), vae_config("paper")
-    assert tiny["block_out_channels"] == (16, 32, 64) and tiny["latent_channels"] == 4
+    assert tiny["block_out_channels"] == (16, 32) and tiny["latent_channels"] == 4
+    assert tiny["down_block_types"] == ("DownEncoderBlock2D",) * 2
+    # overriding the channels alone builds matching block types (it raised IndexError before)
+    three = vae_config("tiny", block_out_channels=(16, 32, 64))
+    assert three["down_block_types"] == ("DownEncoderBlock2D",) * 3 and three["up_block_types"] == ("UpDecoderBlock2D",) * 3
+    assert DenoiserConfig.tiny().latent_hw == (32, 128)
     assert tiny["mid_block_add_attention"] is False and tiny["sample_size"] == 64
     assert paper["block_out_channels"] == (128, 256, 512) and paper["latent_channels"] == 8
     assert paper["down_block_types"] == ("DownEncoderBlock2D",) * 3

@@ -2,12 +2,14 @@
 a worker killed mid-UNet recovers, a re-launch skips finished phases, and the exported
 model generates through the model-URI loader."""
 
+import dataclasses
 import json
 
 import numpy as np
 import pytest
 
 from soundtrack.config import FeaturizeSection, TrainSection
+from soundtrack.eval.reconstruction import VAEQualityError
 from soundtrack.stages.runs import read_metrics
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -40,6 +42,15 @@ def test_train_recovers_resumes_and_generates(parts, tmp_path):
     run_dir = tmp_path / "run"
     ray = init_ray(num_cpus=2)
     try:
+        # a 4-step VAE is far below the default floor: refused before any latent is cached
+        with pytest.raises(VAEQualityError, match=r"loses the music on 1 val clips: .*ceiling.*train\.vae_steps"):
+            run_train("tiny", sec, feats, enc, run_dir)
+        assert not (run_dir / "cache").exists()
+        refused = json.loads((run_dir / "vae" / "final" / "quality.json").read_text())
+        assert refused["n_clips"] == 1
+        assert refused["chroma_ratio"] < sec.vae_min_chroma_ratio or refused["onset_ratio"] < sec.vae_min_onset_ratio
+        # the floor is an infrastructure key: lowering it resumes the same run, the VAE is kept
+        sec = dataclasses.replace(sec, vae_min_chroma_ratio=0.0, vae_min_onset_ratio=0.0)
         s1 = run_train("tiny", sec, feats, enc, run_dir)
         vae_state = json.loads((run_dir / "vae" / "final" / "trainer_state.json").read_text())
         s2 = run_train("tiny", sec, feats, enc, run_dir)  # a re-launch: every phase already done
@@ -49,7 +60,8 @@ def test_train_recovers_resumes_and_generates(parts, tmp_path):
     assert [m["step"] for m in read_metrics(run_dir)] == [1, 2, 3, 4, 5, 6]  # each step once, in order
     assert [m["step"] for m in read_metrics(run_dir, "vae_metrics.jsonl")] == [1, 2, 3, 4]
     assert vae_state["step"] == 4 and s1["cached_clips"] == 6
-    assert s1["phases"] == {"vae": "trained", "unet": "trained"}
+    assert s1["phases"] == {"vae": "done before", "unet": "trained"}
+    assert s1["vae_quality"] == {**refused} and s1["vae_quality"]["ceiling"]["chroma_agreement"] > 0.15
     assert s2["phases"] == {"vae": "done before", "unet": "done before"}  # skipped, not retrained
     assert [m["step"] for m in read_metrics(run_dir)] == [1, 2, 3, 4, 5, 6]  # and no step ran again
     vae_cfg = json.loads((run_dir / "model" / "vae" / "config.json").read_text())

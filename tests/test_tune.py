@@ -90,7 +90,8 @@ def test_selector_tau_override_switches_text_and_video_tokens():
     from soundtrack.models.unet import Conditions, DenoiserConfig, SoundtrackDenoiser
 
     torch.manual_seed(0)
-    cfg = DenoiserConfig.tiny(latent_hw=(16, 64), block_out_channels=(16, 32, 32), cross_attention_dim=32,
+    cfg = DenoiserConfig.tiny(latent_hw=(16, 64), block_out_channels=(16, 32, 32),
+                              attention_levels=(False, True, True), cross_attention_dim=32,
                               fusion="none", video_dim=8, music_dim=8, sfx_dim=8, text_dim=8)
     den = SoundtrackDenoiser(cfg).eval()
     for p in den.parameters():  # random (not zero-initialised) weights everywhere
@@ -336,7 +337,9 @@ def base_run(inputs):
         r.finish()
     sec = TrainSection(vae_steps=2, vae_batch_size=2, unet_steps=2, batch_size=2, num_workers=0, log_every=1,
                        checkpoint_every=2, torch_threads=1, vae={"block_out_channels": [8, 16, 16]},
-                       denoiser={"block_out_channels": [16, 32, 32], "cross_attention_dim": 32, "fusion_dim": 16})
+                       vae_check_clips=0,  # every clip of this copy is "train": no held-out clips to check on
+                       denoiser={"block_out_channels": [16, 32, 32], "attention_levels": [False, True, True],
+                                 "cross_attention_dim": 32, "fusion_dim": 16})
     run_dir = root / "runs_train" / "train" / "base"  # a storage root of its own: model URI train:base
     try:
         with Run(root / "runs_train", "train", "base", run_dir=run_dir, config={"profile": "tiny", "train": to_dict(sec)},

@@ -195,6 +195,19 @@ class TrainSection:
             reused, so that variants differing only in the denoiser (attention, window,
             fusion, learning rate, dropout) train only their UNet. Its target, VAE
             settings, text switch, data and encoders must equal this run's (checked).
+        vae_check_clips: held-out (``val``) clips on which the trained VAE's reconstruction
+            is measured before its latents reach the UNet (0: no check). See
+            :mod:`soundtrack.eval.reconstruction`.
+        vae_min_chroma_ratio: floor of the reconstruction's chroma agreement with the input
+            audio, as a fraction of the mel -> vocoder ceiling measured on the same clips;
+            below it the stage stops with the numbers and what to change.
+        vae_min_onset_ratio: the same floor for the onset F1 (reconstruction vs input onsets).
+        backbone: a local diffusers AudioLDM / MusicLDM directory (``vae/``, ``unet/``,
+            ``vocoder/``, ``scheduler/``) whose VAE, vocoder and UNet are used and whose UNet
+            is fine-tuned with the video conditions (``None``: train our own VAE and UNet).
+        backbone_options: with ``backbone``, how the video conditions its UNet and what is
+            trained (:class:`soundtrack.models.backbones.BackboneOptions`: ``class_source``
+            music / video / sfx / none, ``trainable`` all / conditioning).
     """
 
     features: str | None = None
@@ -230,6 +243,13 @@ class TrainSection:
     seed: int = 0
     fail_at_step: int | None = field(default=None, metadata=INFRA)
     reuse_vae_from: str | None = None
+    # The check gates a finished VAE; it does not change the model, so a re-launch with
+    # another floor resumes the same run (INFRA) instead of training a new VAE.
+    vae_check_clips: int = field(default=16, metadata=INFRA)
+    vae_min_chroma_ratio: float = field(default=0.8, metadata=INFRA)
+    vae_min_onset_ratio: float = field(default=0.8, metadata=INFRA)
+    backbone: str | None = None
+    backbone_options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

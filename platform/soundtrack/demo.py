@@ -8,10 +8,16 @@ import os
 import time
 from pathlib import Path
 
+import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+
 from soundtrack.config import (
     ExperimentConfig,
 )
+from soundtrack.data.features import DEFAULT_CONFIG, log_mel
 from soundtrack.data.manifest import read_manifest
+from soundtrack.data.media import read_audio
 from soundtrack.eval.bench import load_bench_config
 from soundtrack.serving.local import serve_demo
 from soundtrack.stages.bench import ensure_evaluator, run_bench
@@ -28,6 +34,36 @@ log = logging.getLogger(__name__)
 
 #: The experiment files the demo chains (resolved in the repository, not the working directory).
 EXPERIMENTS = Path(__file__).resolve().parents[2] / "experiments"
+
+
+def plot_spectrograms(real: np.ndarray, generated: np.ndarray, path: Path, title: str = "") -> Path:
+    """Log-mel spectrograms of a clip's real soundtrack above the generated one, same scale.
+
+    Args:
+        real: the video's own audio (mono, ``DEFAULT_CONFIG.sr``).
+        generated: the generated soundtrack (mono, same rate).
+        path: output PNG.
+        title: figure title.
+
+    Returns:
+        ``path``.
+    """
+    matplotlib.use("Agg")
+    mels = [log_mel(np.asarray(w, dtype=np.float32)) for w in (real, generated)]
+    lo, hi = max(min(float(m.min()) for m in mels), -11.5), max(float(m.max()) for m in mels)
+    hop_s = DEFAULT_CONFIG.hop / DEFAULT_CONFIG.sr
+    fig, axes = plt.subplots(2, 1, figsize=(10, 5.2), sharex=True)
+    for ax, m, name in zip(axes, mels, ("real soundtrack (the video's audio)", "generated (served over HTTP)")):
+        im = ax.imshow(m, origin="lower", aspect="auto", vmin=lo, vmax=hi, cmap="magma",
+                       extent=(0, m.shape[1] * hop_s, 0, m.shape[0]))
+        ax.set_ylabel("mel band")
+        ax.set_title(name, fontsize=9)
+    axes[-1].set_xlabel("time (s)")
+    fig.colorbar(im, ax=axes, label="ln mel magnitude", fraction=0.03)
+    fig.suptitle(title, fontsize=9)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
 
 
 def stage_demo(cfg: ExperimentConfig, experiments: str | Path = EXPERIMENTS) -> dict[str, Path]:
@@ -100,6 +136,9 @@ def stage_demo(cfg: ExperimentConfig, experiments: str | Path = EXPERIMENTS) -> 
     served = serve_demo(registry_uri, cfg.storage, clip["video_path"], out_dir / "served")
     arts["served over HTTP (wav)"] = Path(served["wav"])
     arts["served over HTTP (mp4)"] = Path(served["mp4"])
+    arts["served vs real soundtrack (png)"] = plot_spectrograms(
+        read_audio(clip["video_path"], sr=DEFAULT_CONFIG.sr), read_audio(served["wav"], sr=DEFAULT_CONFIG.sr),
+        out_dir / "spectrograms.png", title=f"test clip {clip['clip_id']} ({clip['caption']})")
 
     step("bench")
 

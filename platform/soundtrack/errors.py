@@ -101,3 +101,14 @@ class ObjectiveError(SoundtrackError, ValueError):
     missing (e.g. ``sim`` without an evaluator) or not finite (nan on every clip, a set too
     small for a set metric). The message names the metric and why; the trial errors
     instead of scoring 0."""
+
+
+class MetricError(SoundtrackError, ValueError):
+    """An input a metric cannot be computed on: a wrong shape, non-finite values, an
+    unknown label (the message names the input and what is expected)."""
+
+
+class BackboneError(SoundtrackError, ValueError):
+    """A pretrained backbone directory (diffusers AudioLDM / MusicLDM) that cannot be used:
+    a missing part, an unsupported pipeline or a UNet of another kind (the message names
+    what is missing or different and what to do)."""

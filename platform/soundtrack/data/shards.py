@@ -350,29 +350,45 @@ def featurize_id(manifest_path: Path, section: FeaturizeSection, limit: int | No
     return f"{h}-{config_hash(identity(section))}" + (f"-l{int(limit)}" if limit is not None else "")
 
 
-def read_shards(run_dir: str | os.PathLike, split: str | None = None, columns: list[str] | None = None) -> pd.DataFrame:
+def read_shards(run_dir: str | os.PathLike, split: str | None = None, columns: list[str] | None = None,
+                optional: Sequence[str] = ()) -> pd.DataFrame:
     """Read a featurize run's shards into pandas (small runs, tests, evaluation).
 
     Args:
         run_dir: featurize run directory.
         split: keep only this split.
-        columns: columns to read (array columns bring their ``__shape`` column along).
+        columns: columns to read (array columns bring their ``__shape`` column along); a
+            column no shard has raises (pyarrow names it).
+        optional: further columns read from the shards that have them (with ``columns``
+            given): a shard without one gives missing values (None / nan) in it, and a
+            column no shard has is absent from the frame (e.g. a label only some data
+            sets carry).
     """
     files = sorted((Path(run_dir) / "shards").glob("shard-*.parquet"))
     if not files:
         raise FileNotFoundError(f"no shards in {run_dir}/shards; run `soundtrack data featurize` first.")
-    cols = None
-    if columns is not None:
-        cols = list(columns) + [c + SHAPE for c in columns if c in ARRAY_DTYPES]
-        cols = list(dict.fromkeys(["clip_id", "split", *cols]))
-    df = pd.concat([pq.read_table(f, columns=cols).to_pandas() for f in files], ignore_index=True)
+
+    def wanted(names: Sequence[str]) -> list[str]:
+        return list(names) + [c + SHAPE for c in names if c in ARRAY_DTYPES]
+
+    def table(f: Path) -> pd.DataFrame:
+        if columns is None:
+            return pq.read_table(f).to_pandas()
+        cols = list(dict.fromkeys(["clip_id", "split", *wanted(columns)]))
+        if optional:
+            have = set(pq.read_schema(f).names)
+            cols += [c for c in wanted(optional) if c in have and c not in cols]
+        return pq.read_table(f, columns=cols).to_pandas()
+
+    df = pd.concat([table(f) for f in files], ignore_index=True)
     if split is not None:
         df = df[df["split"] == split].reset_index(drop=True)
     return df
 
 
 def load_split(run_dir: str | os.PathLike, split: str, columns: Sequence[str] | None = None, n: int | None = None,
-               too_few: Literal["raise", "fewer"] = "raise", hint: str = "") -> list[dict[str, Any]]:
+               too_few: Literal["raise", "fewer"] = "raise", hint: str = "",
+               optional: Sequence[str] = ()) -> list[dict[str, Any]]:
     """The decoded clips of one split: sorted by clip id, the first ``n``.
 
     The one way evaluation reads clips (tune trials and arms, the bench, encoder
@@ -389,6 +405,8 @@ def load_split(run_dir: str | os.PathLike, split: str, columns: Sequence[str] | 
             :class:`soundtrack.errors.TooFewClips` (with both numbers), or return the
             ``fewer`` clips it has, with a log line.
         hint: appended to the message (e.g. which setting asks for ``n``).
+        optional: columns read where the shards have them (:func:`read_shards`): a
+            clip whose shard lacks one has no such key, or None / nan in it.
 
     Returns:
         One dict per clip (:func:`decode_row`).
@@ -397,7 +415,7 @@ def load_split(run_dir: str | os.PathLike, split: str, columns: Sequence[str] | 
         TooFewClips: fewer than ``n`` clips and ``too_few="raise"``.
         FileNotFoundError: the run has no shards.
     """
-    df = read_shards(run_dir, split=split, columns=None if columns is None else list(columns))
+    df = read_shards(run_dir, split=split, columns=None if columns is None else list(columns), optional=optional)
     df = df.sort_values("clip_id", kind="stable").reset_index(drop=True)
     if n is not None:
         if len(df) < n:

@@ -31,22 +31,23 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pyarrow.parquet as pq
 import ray
 import ray.train
-import torch
 from ray.data.expressions import col
 
 from soundtrack.config import ConfigError, TrainSection, build, to_dict
-from soundtrack.data.shards import CACHE_ARRAYS, decode_row, pack_column, shard_files
+from soundtrack.data.shards import shard_files
 from soundtrack.distributed.cluster import init_ray
+from soundtrack.distributed.latent_cache import CacheEncoder
 from soundtrack.distributed.train import launch, repeat_stream
-from soundtrack.models.conditioning import video_conditions
+from soundtrack.distributed.train_backbone import BackboneCacheEncoder, prepare_backbone_run
+from soundtrack.eval.reconstruction import HeldOutClips, check_floor, reconstruction_quality
+from soundtrack.models.backbones import load_denoiser
 from soundtrack.models.encoders import ContrastiveConfig, ContrastiveModel
-from soundtrack.models.unet import DenoiserConfig, SoundtrackDenoiser
+from soundtrack.models.unet import DenoiserConfig
 from soundtrack.models.vae import (
-    encode_latents,
+    config_latent_shape,
     fit_scaling_factor,
     load_vae,
     save_vae,
@@ -57,19 +58,26 @@ from soundtrack.pipelines.sampler import SamplerConfig
 from soundtrack.pipelines.schedulers import NoiseSchedule
 from soundtrack.solvers import solver_class
 from soundtrack.solvers.base import LocalReporter, numpy_batches
-from soundtrack.solvers.common import (
-    torch_threads,
-)
 from soundtrack.solvers.vae import mels_from_batch
-from soundtrack.storage import read_card
+from soundtrack.storage import atomic_write, read_card
 
 log = logging.getLogger(__name__)
 
 # ----------------------------------------------------------------------------- configs
 
 
-def denoiser_config(profile: str, overrides: dict[str, Any], encoders_cfg, use_text: bool):
-    """The :class:`DenoiserConfig` of a profile, with condition sizes taken from the encoders.
+def denoiser_config(profile: str, overrides: dict[str, Any], encoders_cfg, use_text: bool,
+                    vae_kwargs: dict[str, Any] | None = None):
+    """The :class:`DenoiserConfig` of a profile, with condition sizes taken from the encoders
+    and the latent's channels and shape from the VAE (so ``train.vae`` alone changes both;
+    ``train.denoiser`` still wins).
+
+    Args:
+        profile: ``tiny`` or ``paper``.
+        overrides: ``train.denoiser``.
+        encoders_cfg: the conditioning encoders' :class:`ContrastiveConfig`.
+        use_text: whether text tokens are a source.
+        vae_kwargs: the VAE's :func:`vae_config` arguments (``None``: the preset's latent).
 
     Raises:
         ConfigError: an unknown key or bad value (named ``train.denoiser.<key>``).
@@ -77,6 +85,9 @@ def denoiser_config(profile: str, overrides: dict[str, Any], encoders_cfg, use_t
     base = DenoiserConfig.preset(profile)
     dims = {"video_dim": encoders_cfg.video_dim, "music_dim": encoders_cfg.embed_dim,
             "sfx_dim": encoders_cfg.embed_dim, "text_dim": encoders_cfg.embed_dim}
+    if vae_kwargs is not None:
+        c, h, w = config_latent_shape(vae_kwargs)
+        dims.update(latent_channels=c, latent_hw=(h, w))
     if not use_text:
         dims["token_sources"] = tuple(s for s in base.token_sources if s != "text")
     base = dataclasses.replace(base, **dims)
@@ -102,41 +113,7 @@ def noise_schedule(overrides: dict[str, Any]) -> NoiseSchedule:
         raise ConfigError(f"train.noise_schedule: {exc}") from exc
 
 
-# ----------------------------------------------------------------------------- phase 1: VAE
-
-
 # ----------------------------------------------------------------------------- phase 2: cache
-
-
-class CacheEncoder:
-    """Ray Data UDF: shard rows -> latents (frozen VAE) + condition tokens (frozen encoders).
-
-    The arrays (:data:`soundtrack.data.shards.CACHE_ARRAYS`) are stored with the shard
-    codec (:func:`soundtrack.data.shards.pack_column`, dtypes from ``ARRAY_DTYPES``).
-    """
-
-    def __init__(self, vae_dir: str, encoders_dir: str, target: str, use_text: bool, threads: int | None):
-        torch_threads(threads)
-        self.vae = load_vae(vae_dir).eval()
-        self.encoders = ContrastiveModel.load(encoders_dir).eval()
-        self.key = f"mel_{target}"
-        self.use_text = use_text
-
-    @torch.no_grad()
-    def __call__(self, batch) -> dict[str, np.ndarray]:
-        rows = [decode_row(r, keys=("frames", self.key)) for r in batch.to_dict("records")]
-        fmt = self.vae.mel
-        mel = torch.stack([torch.as_tensor(fmt.from_features(r[self.key].astype(np.float32))) for r in rows])
-        lat = encode_latents(self.vae, mel)  # mean of the posterior, scaled
-        frames = np.stack([r["frames"] for r in rows])
-        conds = video_conditions(self.encoders, frames, [r.get("caption") or "" for r in rows], self.use_text)
-        out: dict[str, Any] = {"clip_id": np.asarray([r["clip_id"] for r in rows]),
-                               "shots": np.asarray([json.dumps([float(x) for x in s]) for s in conds.shots])}
-        arrays = {"latents": lat, "video": conds.video, "music": conds.music, "sfx": conds.sfx, "text": conds.text}
-        for name in CACHE_ARRAYS:
-            if arrays[name] is not None:
-                out.update(pack_column(name, arrays[name].float().cpu().numpy()))
-        return out
 
 
 def build_cache(features_dir: Path, vae_dir: Path, encoders_dir: Path, out: Path, sec: TrainSection) -> int:
@@ -147,12 +124,15 @@ def build_cache(features_dir: Path, vae_dir: Path, encoders_dir: Path, out: Path
         return int(json.loads(done.read_text())["clips"])
     shutil.rmtree(out, ignore_errors=True)
     key = f"mel_{sec.target}"
+    encoder, extra = CacheEncoder, {}
+    if sec.backbone:  # hook: the backbone's mel, computed from the audio (distributed/train_backbone.py)
+        encoder, extra, key = BackboneCacheEncoder, {"backbone": sec.backbone}, f"wav_{sec.target}"
     cols = ["clip_id", "split", "caption", "frames", "frames__shape", key, key + "__shape"]
     ds = ray.data.read_parquet(shard_files(features_dir), columns=cols).filter(expr=col("split") == "train")
     ds = ds.map_batches(
-        CacheEncoder, batch_size=16, batch_format="pandas",
+        encoder, batch_size=16, batch_format="pandas",
         fn_constructor_kwargs={"vae_dir": str(vae_dir), "encoders_dir": str(encoders_dir), "target": sec.target,
-                               "use_text": sec.use_text, "threads": sec.torch_threads},
+                               "use_text": sec.use_text, "threads": sec.torch_threads, **extra},
         compute=ray.data.ActorPoolStrategy(size=1), num_cpus=1.0,
     )
     ds.write_parquet(str(out))
@@ -245,6 +225,43 @@ def reused_parts(sec: TrainSection, features_dir: Path, encoders_dir: Path) -> d
     return {"vae": vae, "cache": cache}
 
 
+def vae_quality(sec: TrainSection, features_dir: Path, vae_dir: Path) -> dict | None:
+    """Measures a finished VAE's reconstruction on held-out clips and applies the floor.
+
+    The numbers are stored beside the VAE (``<vae>/quality.json``, atomically), so a
+    re-launch (e.g. with another floor) or a run reusing this VAE does not measure again.
+
+    Args:
+        sec: training settings (``vae_check_clips``, ``vae_min_chroma_ratio``,
+            ``vae_min_onset_ratio``).
+        features_dir: the featurize run (its ``val`` split is read).
+        vae_dir: the final VAE directory.
+
+    Returns:
+        :func:`soundtrack.eval.reconstruction.reconstruction_quality`'s dict, or ``None`` when
+        ``vae_check_clips`` is 0.
+
+    Raises:
+        VAEQualityError: the VAE is below the floor (the message says what to change).
+    """
+    if sec.vae_check_clips <= 0:
+        return None
+    path = Path(vae_dir) / "quality.json"
+    quality = json.loads(path.read_text()) if path.exists() else None
+    if quality is None or quality.get("clips_requested") != sec.vae_check_clips:
+        vae = load_vae(vae_dir)
+        clips = HeldOutClips(str(features_dir), vae.mel, split="val", n=sec.vae_check_clips)
+        quality = {**reconstruction_quality(vae, clips), "clips_requested": sec.vae_check_clips}
+        text = json.dumps(quality, indent=2)
+        atomic_write(path, lambda tmp: tmp.write_text(text))
+    log.info("VAE reconstruction on %d %s clips: chroma %.3f (%.0f%% of the vocoder ceiling %.3f), onset F1 %.3f "
+             "(%.0f%% of %.3f), log-mel L1 %.3f", quality["n_clips"], quality["split"], quality["chroma_agreement"],
+             100 * quality["chroma_ratio"], quality["ceiling"]["chroma_agreement"], quality["onset_f1"],
+             100 * quality["onset_ratio"], quality["ceiling"]["onset_f1"], quality["l1"])
+    check_floor(quality, sec.vae_min_chroma_ratio, sec.vae_min_onset_ratio)
+    return quality
+
+
 def run_train(profile: str, sec: TrainSection, features_dir: Path, encoders_dir: Path, run_dir: Path) -> dict:
     """All phases; each skips itself when its output is complete (so a re-launch resumes).
 
@@ -262,17 +279,23 @@ def run_train(profile: str, sec: TrainSection, features_dir: Path, encoders_dir:
     run_dir = Path(run_dir).resolve()
     enc_json = json.loads((Path(encoders_dir) / "config.json").read_text())
     enc_cfg = ContrastiveConfig.from_dict(enc_json.get("config", enc_json))
-    dcfg = denoiser_config(profile, sec.denoiser, enc_cfg, sec.use_text)
+    vae_kw = vae_config(profile, **sec.vae)  # validates the overrides before Ray starts
+    dcfg = denoiser_config(profile, sec.denoiser, enc_cfg, sec.use_text, vae_kwargs=vae_kw)
     scfg = sampler_config(sec.sampler)
     noise_schedule(sec.noise_schedule)  # checked before Ray starts; the solver and the export read it
-    vae_kw = vae_config(profile, **sec.vae)  # validates the overrides before Ray starts
-    del vae_kw
     init_ray()
     timings: dict[str, float] = {}
     # what each phase did on this launch: "trained", "done before" (its final output was
     # complete: a re-launch) or "reused" (another run's VAE and cache)
     phases: dict[str, str] = {}
     reused = reused_parts(sec, features_dir, encoders_dir) if sec.reuse_vae_from else None
+    # -- hook: train.backbone (distributed/train_backbone.py): its VAE stands in as a reused one
+    # (no VAE phase, no VAE check), the cache gets its mel, the UNet phase fine-tunes its UNet.
+    backbone = None
+    if sec.backbone:
+        backbone = prepare_backbone_run(sec, features_dir, enc_cfg, run_dir)
+        sec, dcfg, reused = backbone.sec, backbone.denoiser, backbone.reused
+    # -- end hook
 
     # 1. VAE
     vae_final = reused["vae"] if reused else run_dir / "vae" / "final"
@@ -298,6 +321,12 @@ def run_train(profile: str, sec: TrainSection, features_dir: Path, encoders_dir:
         shutil.rmtree(vae_final, ignore_errors=True)
         os.replace(tmp, vae_final)
     timings["vae_s"] = round(time.time() - t, 1)
+
+    # 1b. VAE quality: its reconstruction is the ceiling of everything the UNet can produce,
+    # so a VAE below the floor is refused here, before any latent is cached.
+    t = time.time()
+    quality = vae_quality(sec, features_dir, vae_final)
+    timings["vae_check_s"] = round(time.time() - t, 1)
 
     # 2. cache
     t = time.time()
@@ -325,20 +354,27 @@ def run_train(profile: str, sec: TrainSection, features_dir: Path, encoders_dir:
 
     frame_size = int(read_card(features_dir).get("config", {}).get("featurize", {}).get("size", 112))
     model_dir = export_generator(run_dir / "model", profile, Path(encoders_dir), vae_final, unet_final, scfg, sec,
-                                 card={"run": run_dir.name, "features": str(features_dir), "encoders": str(encoders_dir)},
-                                 frame_size=frame_size)
+                                 card={"run": run_dir.name, "features": str(features_dir), "encoders": str(encoders_dir),
+                                       "vae_quality": quality},
+                                 frame_size=frame_size, **(backbone.export_kwargs() if backbone else {}))
     return {"model": str(model_dir), "cached_clips": n_cache, "timings": timings, "phases": phases,
+            "vae_quality": quality,
             "denoiser": {"prediction_type": dcfg.prediction_type, "attention": dcfg.attention, "window_k": dcfg.window_k,
                          "fusion": dcfg.fusion}}
 
 
 def export_generator(out: Path, profile: str, encoders_dir: Path, vae_dir: Path, denoiser_dir: Path, scfg, sec,
-                     card: dict, frame_size: int) -> Path:
-    """Write the generator directory (the layout :class:`SoundtrackGenerator` loads), atomically."""
-    conditions = ["video", "music", "sfx"] + (["text"] if sec.use_text else [])
-    gen = SoundtrackGenerator(ContrastiveModel.load(encoders_dir), load_vae(vae_dir), SoundtrackDenoiser.load(denoiser_dir),
+                     card: dict, frame_size: int, mel_format=None, conditions=None) -> Path:
+    """Write the generator directory (the layout :class:`SoundtrackGenerator` loads), atomically.
+
+    ``mel_format`` (None: the VAE's own) and ``conditions`` (None: video, music, sfx, and text
+    with ``use_text``) are given by a ``train.backbone`` run.
+    """
+    conditions = conditions or ["video", "music", "sfx"] + (["text"] if sec.use_text else [])
+    gen = SoundtrackGenerator(ContrastiveModel.load(encoders_dir), load_vae(vae_dir), load_denoiser(denoiser_dir),
                               sec.vocoder, profile=profile, frame_size=frame_size, sampler=scfg,
-                              conditions=conditions, card=card, schedule=noise_schedule(sec.noise_schedule))
+                              conditions=conditions, card=card, schedule=noise_schedule(sec.noise_schedule),
+                              mel_format=mel_format)
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     gen.save(tmp)

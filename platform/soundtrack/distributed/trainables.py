@@ -28,7 +28,7 @@ from ray import tune
 from soundtrack.config import TrainSection, build
 from soundtrack.data.shards import load_split
 from soundtrack.distributed.train_generator import run_train
-from soundtrack.eval.engine import ROW_COLUMNS, evaluate_clips, save_scores
+from soundtrack.eval.engine import OPTIONAL_ROW_COLUMNS, ROW_COLUMNS, evaluate_clips, save_scores
 from soundtrack.eval.scoring import Evaluator
 from soundtrack.pipelines.generator import SoundtrackGenerator
 from soundtrack.tuning.space import sampling_overrides, training_changes
@@ -52,7 +52,8 @@ def _load_evaluator(ctx: dict):
 def _score(gen, overrides: dict, ctx: dict, out: Path, t0: float, extra: dict | None = None) -> None:
     """Evaluate the validation clips batch by batch, reporting to Tune, and save artifacts."""
 
-    rows = load_split(ctx["features"], "val", ROW_COLUMNS, int(ctx["val_clips"]), hint="val_clips")
+    rows = load_split(ctx["features"], "val", ROW_COLUMNS, int(ctx["val_clips"]), hint="val_clips",
+                      optional=OPTIONAL_ROW_COLUMNS)
     ev = _load_evaluator(ctx)
     objective = ctx["objective"]
 

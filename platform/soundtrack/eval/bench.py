@@ -19,11 +19,18 @@ running the engine of tune trials too (:func:`soundtrack.eval.engine.run_jobs`).
 generated waveform is cached at ``<run>/cache/<method>-<spec hash>/<clip>_s<seed>.wav``
 with its per-clip metrics beside it, written atomically, so a killed or re-launched
 bench only computes what is missing, and changing a method's settings changes its hash.
+A cached record that lacks a per-clip metric added since (e.g. ``chroma_conc``,
+``flatness``, ``mode_match``) is rescored from its cached waveform, not regenerated
+(:func:`soundtrack.eval.engine.run_jobs`). The cache is keyed by the method and model,
+not by the shards: a record scored against rows without ``label_mode`` keeps its nan
+``mode_match`` until its cache file is removed.
 
 Outputs in ``<storage>/bench/<name>/``: ``results.parquet`` / ``results.csv`` (one row
 per method x clip x seed), ``set_metrics.csv`` (set-level metrics with bootstrap
 intervals), ``summary.md`` (mean with 95 % bootstrap interval per metric and method,
-plus paired intervals of differences), ``summary.json`` and ``bench.png``.
+plus paired intervals of differences and a tonality section: each method's median
+``chroma_conc`` and ``flatness`` against the ``ground_truth`` method's 5th-95th
+percentile band, :func:`tonality_summary`), ``summary.json`` and ``bench.png``.
 """
 
 from __future__ import annotations
@@ -49,7 +56,7 @@ import torch
 from soundtrack.config import ConfigError, _coerce, load_yaml
 from soundtrack.data.features import DEFAULT_CONFIG, dynamics_db
 from soundtrack.errors import GeneratorError
-from soundtrack.eval.engine import ROW_COLUMNS, evaluate_audio, run_jobs
+from soundtrack.eval.engine import OPTIONAL_ROW_COLUMNS, ROW_COLUMNS, evaluate_audio, run_jobs
 from soundtrack.eval.scoring import (
     CLIP_METRICS,
     DIRECTION,
@@ -67,6 +74,8 @@ log = logging.getLogger(__name__)
 SR = 16000
 #: Shard columns of the bench's clips (:func:`soundtrack.data.shards.load_split`).
 BENCH_COLUMNS = (*ROW_COLUMNS, "label_style")
+#: Shard columns read where the data set has them (``label_mode``: ``mode_match``, nan without it).
+BENCH_OPTIONAL_COLUMNS = OPTIONAL_ROW_COLUMNS
 
 
 @dataclass(frozen=True)
@@ -278,14 +287,74 @@ def score_sets(results: Mapping[str, list[dict]], methods: Mapping[str, MethodSp
     return table, set_table, summary
 
 
+#: Per-clip metrics of the tonality check (median per method vs the real mixes' band).
+TONALITY_METRICS = ("chroma_conc", "flatness")
+#: Percentiles of the ground-truth per-clip values that bound the "real music" band.
+TONALITY_BAND = (5.0, 95.0)
+
+
+def _column(sub, m: str) -> np.ndarray:
+    """A metric column as floats; empty when the table has no such column (results
+    tabulated before the metric existed)."""
+    return sub[m].to_numpy(float) if m in sub.columns else np.zeros(0)
+
+
+def tonality_summary(table, methods: Mapping[str, MethodSpec]) -> dict:
+    """Is each method's audio as tonal as the real mixes? Medians against the ground truth's band.
+
+    For each method and each of :data:`TONALITY_METRICS` (``chroma_conc``, ``flatness``):
+    the median of its per-clip values (clips x seeds, finite values only) and whether it
+    lies inside the band ``[5th, 95th]`` percentile of the ``ground_truth`` method's
+    per-clip values (the real mixes; one value per clip, its seeds averaged, as they
+    score the same audio). ``in_band_frac`` is the share of the method's own clips
+    inside that band. Without a ``ground_truth`` method the band and the verdicts are
+    ``None``.
+
+    Args:
+        table: the per-clip results (``method``, ``clip_id``, the metric columns).
+        methods: the method specs (the first of kind ``ground_truth`` gives the band).
+
+    Returns:
+        ``{"reference": key or None, "percentiles": [5, 95], "band": {metric: [lo, hi] or
+        None}, "methods": {key: {metric: {"median", "n", "inside", "in_band_frac"}}}}``.
+    """
+    ref = next((k for k, s in methods.items() if s.kind == "ground_truth"), None)
+    band: dict[str, list[float] | None] = {m: None for m in TONALITY_METRICS}
+    if ref is not None:
+        sub = table[table["method"] == ref]
+        for m in TONALITY_METRICS:
+            if m not in sub.columns:
+                continue
+            per_clip = sub.groupby("clip_id")[m].mean().to_numpy(float)
+            per_clip = per_clip[np.isfinite(per_clip)]
+            if len(per_clip):
+                lo, hi = np.percentile(per_clip, TONALITY_BAND)
+                band[m] = [float(lo), float(hi)]
+    out: dict[str, dict] = {}
+    for key in methods:
+        sub = table[table["method"] == key]
+        out[key] = {}
+        for m in TONALITY_METRICS:
+            v = _column(sub, m)
+            v = v[np.isfinite(v)]
+            med = float(np.median(v)) if len(v) else math.nan
+            b = band[m]
+            inside = None if b is None or not len(v) else bool(b[0] <= med <= b[1])
+            frac = None if b is None or not len(v) else float(np.mean((v >= b[0]) & (v <= b[1])))
+            out[key][m] = {"median": med, "n": int(len(v)), "inside": inside, "in_band_frac": frac}
+    return {"reference": ref, "percentiles": list(TONALITY_BAND), "band": band, "methods": out}
+
+
 def summarize(table, set_table, methods: Mapping[str, MethodSpec], cfg: BenchConfig) -> dict:
-    """Means with bootstrap intervals per method and metric; paired differences."""
+    """Means with bootstrap intervals per method and metric; paired differences (every
+    per-clip metric of :data:`~soundtrack.eval.scoring.CLIP_METRICS`, ``f1`` and
+    ``mode_match`` included); the tonality check (:func:`tonality_summary`)."""
     per: dict[str, dict] = {}
     for key in methods:
         sub = table[table["method"] == key]
         per[key] = {}
         for m in CLIP_METRICS:
-            v = sub[m].to_numpy(float)
+            v = _column(sub, m)
             v = v[np.isfinite(v)]
             if len(v) == 0:
                 per[key][m] = {"mean": math.nan, "ci95": [math.nan, math.nan], "n": 0}
@@ -306,6 +375,8 @@ def summarize(table, set_table, methods: Mapping[str, MethodSpec], cfg: BenchCon
         common = ta.index.intersection(tb.index)
         d = {}
         for m in CLIP_METRICS:
+            if m not in table.columns:
+                continue
             x, y = ta.loc[common, m].to_numpy(float), tb.loc[common, m].to_numpy(float)
             ok = np.isfinite(x) & np.isfinite(y)
             if ok.sum() < 2:
@@ -313,7 +384,7 @@ def summarize(table, set_table, methods: Mapping[str, MethodSpec], cfg: BenchCon
             mean, lo, hi = paired_bootstrap_ci(x[ok], y[ok], n_boot=cfg.n_boot, seed=0)
             d[m] = {"mean": float(mean), "ci95": [float(lo), float(hi)], "n": int(ok.sum())}
         diffs[f"{a} - {b}"] = d
-    return {"methods": per, "paired_differences": diffs,
+    return {"methods": per, "paired_differences": diffs, "tonality": tonality_summary(table, methods),
             "labels": {k: (s.label or k) for k, s in methods.items()}}
 
 
@@ -326,11 +397,50 @@ def _fmt(d: Mapping[str, Any], digits: int = 3) -> str:
 
 #: Metrics shown in the Markdown tables (all are in the CSV / parquet).
 MAIN_TABLE = ("f1", "precision", "hit_rate", "onset_rate", "beat_f1", "sim", "p_at_1", "fad", "kl", "is")
-SECOND_TABLE = ("bcs", "bhs", "csd", "hsd", "melody_acc", "dyn_r", "dyn_macro", "pche", "gps", "adv")
+SECOND_TABLE = ("bcs", "bhs", "csd", "hsd", "melody_acc", "dyn_r", "dyn_macro", "pche", "gps", "adv", "mode_match")
+#: Columns of the paired-differences table.
+PAIRED_TABLE = ("f1", "precision", "onset_rate", "beat_f1", "melody_acc", "mode_match", "sim", "kl")
+
+
+def _tonality_lines(ton: Mapping[str, Any], per: Mapping[str, Any], labels: Mapping[str, str],
+                    methods: Mapping[str, MethodSpec]) -> list[str]:
+    """The Markdown "Tonality" section of :func:`tonality_summary`."""
+    lo_p, hi_p = (int(x) if float(x).is_integer() else x for x in ton.get("percentiles", TONALITY_BAND))
+    ref = ton.get("reference")
+    lines = ["## Tonality", ""]
+    if ref is None:
+        lines += ["No `ground_truth` method, so no band of real mixes: medians only.", ""]
+    else:
+        bands = "; ".join(f"{m} [{b[0]:.3f}, {b[1]:.3f}]" if b else f"{m} –" for m, b in ton["band"].items())
+        lines += [f"Median per-clip chroma concentration (1 - pitch-class entropy / ln 12, mean over non-silent "
+                  f"frames) and spectral flatness (geometric / arithmetic mean power, non-silent frames), and "
+                  f"whether the median lies inside the band of the real mixes (`{labels.get(ref, ref)}`: "
+                  f"{lo_p}th-{hi_p}th percentile of its per-clip values): {bands}. In band: the share of the "
+                  "method's clips inside it. mode_match: mean [95 % CI] agreement of the Krumhansl-Kessler "
+                  "mode estimate with the clip's `label_mode`.", ""]
+    lines.append("| method | chroma_conc median | in band | flatness median | in band | mode_match ↑ |")
+    lines.append("|---|---|---|---|---|---|")
+
+    def cell(d: Mapping[str, Any]) -> tuple[str, str]:
+        if not d or not d.get("n"):
+            return "–", "–"
+        verdict = "–" if d.get("inside") is None else ("yes" if d["inside"] else "no")
+        if d.get("in_band_frac") is not None:
+            verdict += f" ({100 * d['in_band_frac']:.0f} % of clips)"
+        return f"{d['median']:.3f}", verdict
+
+    for key in methods:
+        t = ton["methods"].get(key, {})
+        c, f = cell(t.get("chroma_conc", {})), cell(t.get("flatness", {}))
+        lines.append(f"| {labels.get(key, key)} | {c[0]} | {c[1]} | {f[0]} | {f[1]} | "
+                     f"{_fmt(per.get(key, {}).get('mode_match', {}))} |")
+    lines.append("")
+    return lines
 
 
 def markdown(summary: Mapping[str, Any], methods: Mapping[str, MethodSpec], command: str = "") -> str:
-    """The Markdown report: two metric tables (mean [95 % CI]) and the paired differences."""
+    """The Markdown report: two metric tables (mean [95 % CI]), the paired differences and
+    the tonality check."""
     arrow = {1: " ↑", -1: " ↓", 0: ""}
     lines = [f"# Bench `{summary.get('bench')}`", ""]
     if command:
@@ -353,12 +463,14 @@ def markdown(summary: Mapping[str, Any], methods: Mapping[str, MethodSpec], comm
         lines.append("")
     if summary.get("paired_differences"):
         lines += ["## Paired differences (a - b, same clips and seeds; 95 % paired bootstrap interval)", ""]
-        cols = ("f1", "precision", "onset_rate", "beat_f1", "melody_acc", "sim", "kl")
+        cols = PAIRED_TABLE
         lines.append("| a - b | " + " | ".join(cols) + " |")
         lines.append("|---|" + "---|" * len(cols))
         for name, d in summary["paired_differences"].items():
             lines.append(f"| {name} | " + " | ".join(_fmt(d.get(c, {})) for c in cols) + " |")
         lines.append("")
+    if summary.get("tonality"):
+        lines += _tonality_lines(summary["tonality"], per, summary["labels"], methods)
     ev = summary.get("evaluator_card", {})
     if ev:
         lines += [f"Evaluator: encoders {ev.get('encoders')}; {ev.get('label')} classifier held-out accuracy "

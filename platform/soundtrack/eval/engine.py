@@ -50,6 +50,7 @@ from soundtrack.data.media import write_wav
 from soundtrack.data.shards import load_split
 from soundtrack.errors import GeneratorError, ObjectiveError
 from soundtrack.eval.scoring import (
+    AUDIO_METRICS,
     SET_METRICS,
     Evaluator,
     ScoringConfig,
@@ -68,6 +69,9 @@ log = logging.getLogger(__name__)
 SR = ScoringConfig().sr
 #: Shard columns a scored clip needs.
 ROW_COLUMNS = ("clip_id", "frames", "wav_mix", "melody", "dynamics_db", "label_event_times")
+#: Shard columns a scored clip uses when the data set has them (``load_split(optional=...)``):
+#: ``label_mode`` for ``mode_match`` (nan without it; ingested data sets need not have it).
+OPTIONAL_ROW_COLUMNS = ("label_mode",)
 #: Job kinds: a generator's output, the clip's real mix, or another clip's real mix.
 KINDS = ("generator", "ground_truth", "retrieval")
 #: Metrics :class:`ClipScores` computes on the whole set of clips, not per clip.
@@ -126,6 +130,14 @@ class ClipRecord:
 
 
 
+def _check_finite(wav: np.ndarray, kind: str, cid: str, seed: int, src: str) -> None:
+    """Raise :class:`GeneratorError` when a job's audio has a non-finite sample (it is never scored)."""
+    bad = int(np.count_nonzero(~np.isfinite(wav)))
+    if bad:
+        raise GeneratorError(f"the {kind} audio of clip {cid!r} (seed {seed}, source {src!r}) has {bad} non-finite "
+                             f"samples of {len(wav)}; it is not scored")
+
+
 def run_jobs(jobs: Sequence[Mapping[str, Any]], rows: Mapping[str, Mapping[str, Any]],
              model: SoundtrackGenerator | str | os.PathLike | None, overrides: Mapping[str, Any] | None = None,
              cache_dir: str | os.PathLike | None = None, keep_audio: bool = False) -> Iterator[ClipRecord]:
@@ -143,6 +155,9 @@ def run_jobs(jobs: Sequence[Mapping[str, Any]], rows: Mapping[str, Mapping[str, 
         overrides: sampler overrides (``generate(..., **overrides)``).
         cache_dir: where each job's waveform (``<clip>_s<seed>.wav``, float) and record
             (``<clip>_s<seed>.json``) are written atomically and found again (``None``: no cache).
+            A cached record lacking one of :data:`~soundtrack.eval.scoring.AUDIO_METRICS`
+            (written before that metric existed) is rescored from its cached waveform and
+            rewritten, keeping its ``gen_s``; the waveform is not regenerated.
         keep_audio: put the waveform and its dynamics curve on each record.
 
     Yields:
@@ -168,9 +183,15 @@ def run_jobs(jobs: Sequence[Mapping[str, Any]], rows: Mapping[str, Mapping[str, 
         met_path = cache / f"{cid}_s{seed}.json" if cache is not None else None
         if met_path is not None and met_path.is_file() and wav_path.is_file():
             rec = ClipRecord.from_dict(json.loads(met_path.read_text()), cached=True)
+            missing = [m for m in AUDIO_METRICS if m not in rec.metrics]
+            wav = sf.read(str(wav_path), dtype="float32")[0] if keep_audio or missing else None
+            if missing:  # an older cache: score what it lacks from the cached audio, keep gen_s
+                log.info("cached clip %s (seed %d) lacks %s; rescoring its cached audio", cid, seed, ", ".join(missing))
+                _check_finite(wav, kind, cid, seed, src)
+                rec.metrics = clip_metrics(wav, rows[cid])
+                atomic_write(met_path, lambda p: p.write_text(json.dumps(rec.to_dict(cached=False))))
             if keep_audio:
-                rec.wav, _ = sf.read(str(wav_path), dtype="float32")
-                rec.dynamics = dynamics_db(rec.wav, DEFAULT_CONFIG)
+                rec.wav, rec.dynamics = wav, dynamics_db(wav, DEFAULT_CONFIG)
             yield rec
             continue
         gen_s = 0.0
@@ -187,10 +208,7 @@ def run_jobs(jobs: Sequence[Mapping[str, Any]], rows: Mapping[str, Mapping[str, 
             wav = gen.generate(rows[src]["frames"], seed=seed, clip_id=cid, **overrides)
             gen_s = time.perf_counter() - t
         wav = np.asarray(wav, np.float32).reshape(-1)
-        bad = int(np.count_nonzero(~np.isfinite(wav)))
-        if bad:
-            raise GeneratorError(f"the {kind} audio of clip {cid!r} (seed {seed}, source {src!r}) has {bad} non-finite "
-                                 f"samples of {len(wav)}; it is not scored")
+        _check_finite(wav, kind, cid, seed, src)
         if wav_path is not None and not wav_path.is_file():
             atomic_write(wav_path, lambda p: sf.write(str(p), wav, SR, subtype="FLOAT", format="WAV"))
         desc = audio_descriptors(wav, SR)
@@ -597,7 +615,8 @@ def evaluate_arm(model_dir: str, overrides: dict, features: str, split: str, n: 
     torch.set_num_threads(threads)
     require_inputs(objective, evaluator is not None)
     gen = SoundtrackGenerator.load(model_dir)
-    rows = load_split(features, split, ROW_COLUMNS, n, too_few=too_few, hint="val_clips / test_clips")
+    rows = load_split(features, split, ROW_COLUMNS, n, too_few=too_few, hint="val_clips / test_clips",
+                      optional=OPTIONAL_ROW_COLUMNS)
     ev = Evaluator.load(evaluator) if evaluator else None
     return evaluate_clips(gen, rows, overrides, seed, ev, objective, batch_clips=len(rows))
 

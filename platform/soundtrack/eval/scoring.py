@@ -15,6 +15,14 @@ call these from their Ray tasks.
 * ``dyn_r``: per-clip Pearson r of the dynamics curves (HPM micro dynamics correlation);
 * ``pche``, ``gps``, ``adv``: Diff-BGM's music-quality measures from audio-derived
   chroma and onsets (we generate audio, not MIDI);
+* ``chroma_conc``, ``flatness``: is the audio tonal? Mean frame-wise chroma concentration
+  (1 - pitch-class entropy / ln 12) and mean spectral flatness of the non-silent frames
+  (:mod:`soundtrack.metrics.tonality`; silent: more than 40 dB below the clip's loudest
+  frame). Descriptive: the bench compares them with the real mixes' 5th-95th percentile
+  band, not "higher is better";
+* ``mode_match``: 1 when the Krumhansl-Kessler mode estimate (major / minor) of the audio
+  is the clip's ``label_mode``, 0 when not; nan when the row has no ``label_mode`` (a
+  data set without that label) or the audio has no key (silence);
 * ``sim``: MuVi SIM with the evaluation encoders (position-aware cosine, video vs audio);
 * ``kl``: KL(p_ref || p_gen) of the evaluation classifier's style predictions;
 * ``p_at_1`` / ``p_at_5``: 1 when the clip's video retrieves its generated audio within
@@ -62,12 +70,19 @@ from soundtrack.models.encoders import ContrastiveModel
 #: Direction of every metric: +1 higher is better, -1 lower is better, 0 descriptive.
 DIRECTION: dict[str, int] = {
     "f1": 1, "precision": 1, "hit_rate": 1, "onset_rate": 0, "bcs": 1, "bhs": 1, "beat_f1": 1,
-    "melody_acc": 1, "dyn_r": 1, "pche": 0, "gps": 0, "adv": -1, "sim": 1, "kl": -1,
+    "melody_acc": 1, "dyn_r": 1, "pche": 0, "gps": 0, "adv": -1, "chroma_conc": 0, "flatness": 0, "mode_match": 1,
+    "sim": 1, "kl": -1,
     "fad": -1, "is": 1, "p_at_1": 1, "p_at_5": 1, "csd": -1, "hsd": -1, "dyn_macro": 1, "rtf": 1,
 }
 #: Per-clip metrics, in table order.
 CLIP_METRICS: tuple[str, ...] = ("f1", "precision", "hit_rate", "onset_rate", "bcs", "bhs", "beat_f1", "melody_acc",
-                                 "dyn_r", "pche", "gps", "adv", "sim", "kl", "p_at_1", "p_at_5")
+                                 "dyn_r", "pche", "gps", "adv", "chroma_conc", "flatness", "mode_match", "sim", "kl",
+                                 "p_at_1", "p_at_5")
+#: Per-clip metrics of the evaluator step (:func:`evaluator_metrics`), not of :func:`clip_metrics`.
+EVALUATOR_CLIP_METRICS: tuple[str, ...] = ("sim", "kl", "p_at_1", "p_at_5")
+#: What :func:`clip_metrics` returns for every clip (nan where undefined): a cached record
+#: lacking one of these predates it and is rescored (:func:`soundtrack.eval.engine.run_jobs`).
+AUDIO_METRICS: tuple[str, ...] = tuple(m for m in CLIP_METRICS if m not in EVALUATOR_CLIP_METRICS)
 #: Set-level metrics, in table order.
 SET_METRICS: tuple[str, ...] = ("fad", "is", "csd", "hsd", "dyn_macro")
 
@@ -109,7 +124,11 @@ def audio_descriptors(wav: np.ndarray, sr: int = 16000) -> dict[str, np.ndarray]
         sr: sample rate (Hz); must be the featurizer's (16 kHz).
 
     Returns:
-        ``onsets`` (s), ``beats`` (s), ``chroma`` (12, T), ``melody`` (T,), ``dynamics`` (T,) dB.
+        ``onsets`` (s), ``beats`` (s), ``chroma`` (12, T), ``melody`` (T,), ``dynamics`` (T,) dB
+        (smoothed), ``level_db`` (T,) unsmoothed frame level in dBFS
+        (:func:`soundtrack.data.features.frame_energy_db`, the silence rule of the
+        tonality metrics) and ``spectrum`` (1 + n_fft // 2, T), the STFT magnitude every
+        other descriptor comes from.
     """
     w = np.asarray(wav, dtype=np.float32).reshape(-1)
     cfg = F.DEFAULT_CONFIG
@@ -118,8 +137,18 @@ def audio_descriptors(wav: np.ndarray, sr: int = 16000) -> dict[str, np.ndarray]
     mag = F.magnitude_spectrogram(w, cfg)
     ch = F.chroma(w, cfg, mag=mag)
     env = F.onset_envelope(w, cfg, mag=mag)
+    t = F.n_frames(w, cfg)
     return {"onsets": M.onset_times(w, sr), "beats": np.asarray(F.beat_times(env, cfg), float), "chroma": ch,
-            "melody": F.melody(ch), "dynamics": F.dynamics_db(w, cfg, mag=mag)}
+            "melody": F.melody(ch), "dynamics": F.dynamics_db(w, cfg, mag=mag),
+            "level_db": F.frame_energy_db(w, cfg, mag=mag), "spectrum": mag[:, :t]}
+
+
+def _label_mode(row: Mapping[str, Any]) -> str | None:
+    """The row's ``label_mode``, or None where the data set has none (missing, None or nan)."""
+    v = row.get("label_mode")
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return None
+    return v
 
 
 def clip_metrics(wav: np.ndarray, row: Mapping[str, Any], cfg: ScoringConfig = ScoringConfig(),
@@ -129,15 +158,22 @@ def clip_metrics(wav: np.ndarray, row: Mapping[str, Any], cfg: ScoringConfig = S
     Args:
         wav: generated mono waveform at ``cfg.sr``.
         row: the clip's decoded shard row (``label_event_times``, ``melody``,
-            ``dynamics_db``).
+            ``dynamics_db``, optionally ``label_mode``).
         cfg: scoring settings.
-        desc: :func:`audio_descriptors` of ``wav`` when already computed.
+        desc: :func:`audio_descriptors` of ``wav`` when already computed (one without
+            ``level_db`` / ``spectrum`` is completed by recomputing them all).
 
     Returns:
-        ``{metric: value}`` for every name in :data:`CLIP_METRICS` except the
-        evaluator's (``sim``, ``kl``); nan where a metric is undefined for this clip.
+        ``{metric: value}`` for every name in :data:`AUDIO_METRICS` (all of
+        :data:`CLIP_METRICS` except the evaluator's); nan where a metric is undefined
+        for this clip.
+
+    Raises:
+        MetricError: a ``label_mode`` other than ``major`` / ``minor``.
     """
     d = dict(desc) if desc is not None else audio_descriptors(wav, cfg.sr)
+    if "level_db" not in d or "spectrum" not in d:
+        d = audio_descriptors(wav, cfg.sr)
     duration = len(np.asarray(wav).reshape(-1)) / cfg.sr
     events = _times(row.get(cfg.events_key))
     sync = M.onset_sync(events, d["onsets"], window=cfg.window_s, duration=duration)
@@ -160,6 +196,10 @@ def clip_metrics(wav: np.ndarray, row: Mapping[str, Any], cfg: ScoringConfig = S
         out["gps"] = math.nan
     n_seg = max(1, int(round(duration)))  # one accent per second-long segment (Diff-BGM eq. 2)
     out["adv"] = M.adv(M.segment_onset_times(np.asarray(wav, np.float32).reshape(-1), cfg.sr, n_seg))
+    out["chroma_conc"] = M.chroma_concentration(d["chroma"], level_db=d["level_db"])
+    out["flatness"] = M.spectral_flatness(None, cfg.sr, mag=d["spectrum"])
+    mode = _label_mode(row)
+    out["mode_match"] = M.mode_match(d["chroma"], mode, level_db=d["level_db"]) if mode is not None else math.nan
     return {k: float(v) for k, v in out.items()}
 
 

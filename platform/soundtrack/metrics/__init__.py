@@ -16,6 +16,9 @@ and its source. Summary of the sources:
 * Diff-BGM (supplement sections 1-3 and its main paper): PCHE, GPS, P@K, ADV (eq. 2).
 * MuVi, section 4.1 and Appendix E: FAD, KL, IS, FD, BCS, BHS (100 ms tolerance,
   exclusive bipartite pairing), SIM.
+* Not from the seed papers (tonality, see ``tonality``): the Krumhansl-Kessler key
+  profiles (Krumhansl & Kessler 1982; Krumhansl 1990) for key and mode, spectral
+  flatness (Johnston 1988; Dubnov 2004), and a frame-wise pitch-class entropy.
 
 Times are in seconds throughout; rates are per second.
 
@@ -36,9 +39,13 @@ One module per metric family; everything is re-exported here, so import from
 * ``structure``: music structure (``pche``, ``grooving_patterns``, ``gps``, ``adv``).
 * ``retrieval``: embedding similarity and retrieval (``sim``, ``precision_at_k``,
   ``precision_at_k_from_similarity``).
+* ``tonality``: tonal versus noise-like audio and its mode (``chroma_concentration``,
+  ``spectral_flatness``, ``key_correlations``, ``estimate_key``, ``estimate_mode``,
+  ``mode_match``, the Krumhansl-Kessler profiles ``KK_MAJOR`` / ``KK_MINOR``).
 
-The family modules import only numpy/scipy/librosa and, downwards, each other:
-``structure`` uses ``events``'s time validation; the others are independent.
+The family modules import only numpy/scipy/librosa, :mod:`soundtrack.errors` and,
+downwards, each other: ``structure`` uses ``events``'s time validation; the others are
+independent.
 """
 
 from __future__ import annotations
@@ -84,12 +91,26 @@ from soundtrack.metrics.statistics import (
 )
 from soundtrack.metrics.structure import _entropy_bits as _entropy_bits
 from soundtrack.metrics.structure import adv, gps, grooving_patterns, pche
+from soundtrack.metrics.tonality import (
+    KK_MAJOR,
+    KK_MINOR,
+    Key,
+    chroma_concentration,
+    estimate_key,
+    estimate_mode,
+    key_correlations,
+    mode_match,
+    spectral_flatness,
+)
 
 # The private helpers above (``name as name``) stay importable from the package, as
 # they were before the split; they are not part of ``__all__``.
 
 __all__ = [
     "BEAT_TOLERANCE_S",
+    "KK_MAJOR",
+    "KK_MINOR",
+    "Key",
     "SYNC_TOLERANCE_S",
     "adv",
     "bcs",
@@ -98,9 +119,12 @@ __all__ = [
     "bootstrap_ci",
     "bootstrap_indices",
     "bootstrap_replicates",
+    "chroma_concentration",
     "csd",
     "dynamics_correlation",
     "embedding_stats",
+    "estimate_key",
+    "estimate_mode",
     "fad",
     "fd",
     "frechet_distance",
@@ -108,9 +132,11 @@ __all__ = [
     "grooving_patterns",
     "hsd",
     "inception_score",
+    "key_correlations",
     "kl_divergence",
     "match_events",
     "melody_accuracy",
+    "mode_match",
     "onset_sync",
     "onset_times",
     "originality_recognizability",
@@ -121,4 +147,5 @@ __all__ = [
     "real_time_factor",
     "segment_onset_times",
     "sim",
+    "spectral_flatness",
 ]

@@ -209,11 +209,11 @@ class DenoiserConfig:
 
     profile: str = "tiny"
     latent_channels: int = 4
-    latent_hw: tuple[int, int] = (16, 64)
+    latent_hw: tuple[int, int] = (32, 128)
     clip_seconds: float = 10.24
     fps: float = 10.0
-    block_out_channels: tuple[int, ...] = (32, 64, 64)
-    attention_levels: tuple[bool, ...] = (False, True, True)
+    block_out_channels: tuple[int, ...] = (16, 32, 64, 64)
+    attention_levels: tuple[bool, ...] = (False, False, True, True)
     layers_per_block: int = 1
     head_channels: int = 8
     norm_num_groups: int = 8
@@ -258,8 +258,9 @@ class DenoiserConfig:
 
     @classmethod
     def tiny(cls, **overrides: Any) -> "DenoiserConfig":
-        """2-core preset: 4 x 16 x 64 latent, channels (32, 64, 64), attention at the two
-        lower levels, channel-wise fusion on, v-prediction (the same as the field defaults).
+        """2-core preset: 4 x 32 x 128 latent (the tiny VAE's, one down-sampling), channels
+        (16, 32, 64, 64), attention at the two lowest levels, channel-wise fusion on,
+        v-prediction (the same as the field defaults).
 
         Args:
             **overrides: fields to change.
@@ -633,7 +634,8 @@ class SoundtrackDenoiser(nn.Module):
 
     @classmethod
     def load(cls, directory: str | os.PathLike, device: str | torch.device = "cpu") -> "SoundtrackDenoiser":
-        """Inverse of :meth:`save`.
+        """Inverse of :meth:`save` (a folder of either kind, ours or a fine-tuned backbone:
+        :func:`soundtrack.models.backbones.load_denoiser`).
 
         Args:
             directory: folder written by :meth:`save`.

@@ -11,12 +11,14 @@ Profiles (see :func:`vae_config`):
   MusicLDM ship): channels (128, 256, 512), 2 residual layers per block, 2 down-samplings
   (4x in time and frequency), **8 latent channels** (AudioLDM's ``z_channels: 8``), self-
   attention in the mid block. 128 x 1024 mel -> 8 x 32 x 256 latent.
-* ``tiny``: channels (16, 32, 64), 1 layer per block, 2 down-samplings (4x), 4 latent
-  channels, no mid-block attention (its 1024 tokens cost more than the rest of the
-  encoder on 2 cores). 64 x 256 pooled mel (:meth:`MelFormat.tiny`) -> 4 x 16 x 64 latent:
-  160 ms per latent column, 4x fewer numbers than the mel. 0.65 M parameters; a training
-  step at batch 8 took 0.5 s here against 1.2 s with (32, 64, 64): the full-resolution
-  level (64 x 256) dominates the cost, so it gets the fewest channels.
+* ``tiny``: channels (16, 32), 1 layer per block, ONE down-sampling (2x), 4 latent
+  channels, no mid-block attention. 64 x 256 pooled mel (:meth:`MelFormat.tiny`) ->
+  4 x 32 x 128 latent: 80 ms per latent column, as many numbers as the mel. 0.16 M
+  parameters. Chosen by measurement (``benchmarks/vae_recon.py``): the earlier (16, 32, 64)
+  VAE (two down-samplings, 4 x 16 x 64) kept the onsets but its chroma agreement with the
+  input audio was at chance (18 % of the mel -> vocoder ceiling), with 4 or 8 latent
+  channels alike: 16 frequency rows cannot hold the harmonic lines of a 64-band mel. The
+  full-resolution level (64 x 256) dominates the cost, so it gets the fewest channels.
 
 Normalisation (stored in the model's config, so a saved VAE carries it): the natural-log
 mel is mapped affinely to roughly [-1, 1] by a fixed min-max,
@@ -145,17 +147,17 @@ def vae_config(profile: Profile | str = "tiny", **overrides: Any) -> dict[str, A
     """
     cfg: dict[str, Any] = model_preset(profile, "vae")
     fmt = MelFormat.preset(profile)
-    n = len(cfg["block_out_channels"])
-    cfg.update(
-        in_channels=1,
-        out_channels=1,
-        down_block_types=("DownEncoderBlock2D",) * n,
-        up_block_types=("UpDecoderBlock2D",) * n,
-        sample_size=fmt.n_mels,
-        scaling_factor=1.0,
-        mel_format=fmt.to_dict(),
-    )
+    cfg.update(in_channels=1, out_channels=1, sample_size=fmt.n_mels, scaling_factor=1.0,
+               mel_format=fmt.to_dict())
     cfg.update(overrides)
+    # One encoder / decoder block per channel entry: the block types follow the *final*
+    # ``block_out_channels``, so overriding the channels alone (e.g. ``(16, 32)``: one
+    # down-sampling) builds a consistent model; explicit block types still win.
+    n = len(cfg["block_out_channels"])
+    if "down_block_types" not in overrides:
+        cfg["down_block_types"] = ("DownEncoderBlock2D",) * n
+    if "up_block_types" not in overrides:
+        cfg["up_block_types"] = ("UpDecoderBlock2D",) * n
     if isinstance(cfg.get("mel_format"), MelFormat):
         cfg["mel_format"] = cfg["mel_format"].to_dict()
     return cfg
@@ -308,6 +310,17 @@ def fit_scaling_factor(vae: MelVAE, mels: torch.Tensor, batch_size: int = 8) -> 
     factor = 1.0 / max(std, 1e-8)
     vae.register_to_config(scaling_factor=factor)
     return factor
+
+
+def config_latent_shape(cfg: dict[str, Any]) -> tuple[int, int, int]:
+    """(C, F_l, T_l) of one clip's latent for :func:`vae_config` arguments (no model built).
+
+    Args:
+        cfg: ``MelVAE`` constructor arguments (with ``mel_format``).
+    """
+    fmt = MelFormat.from_dict(cfg["mel_format"]) if cfg.get("mel_format") else MelFormat()
+    f = 2 ** (len(cfg["block_out_channels"]) - 1)
+    return int(cfg.get("latent_channels", 4)), -(-fmt.n_mels // f), -(-fmt.n_frames // f)
 
 
 def latent_shape(vae: AutoencoderKL, n_mels: int, n_frames: int) -> tuple[int, int, int]:

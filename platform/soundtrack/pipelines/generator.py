@@ -62,6 +62,7 @@ from soundtrack.data import media
 from soundtrack.data.features import shot_boundaries
 from soundtrack.errors import GeneratorError
 from soundtrack.metrics import real_time_factor
+from soundtrack.models.backbones import load_denoiser
 from soundtrack.models.conditioning import video_conditions
 from soundtrack.models.encoders import (
     ContrastiveConfig,
@@ -646,7 +647,7 @@ class SoundtrackGenerator:
         parts = {}
         for part, loader in (("encoders", lambda p: ContrastiveModel.load(p, map_location=device)),
                              ("vae", load_vae),
-                             ("denoiser", lambda p: SoundtrackDenoiser.load(p, device=device))):
+                             ("denoiser", lambda p: load_denoiser(p, device=device))):
             try:
                 parts[part] = loader(root / part)
             except Exception as exc:  # corrupt weights, mismatched shapes, bad configs
@@ -727,7 +728,8 @@ def build_tiny_generator(directory: str | os.PathLike | None = None, seed: int =
         conds = ("video", "music", "sfx", "text") if use_text else ("video", "music", "sfx")
         dcfg = DenoiserConfig.tiny(
             latent_channels=int(vae.config.latent_channels), latent_hw=(16, 64),
-            block_out_channels=(16, 32, 32), cross_attention_dim=32, fusion_dim=16,
+            block_out_channels=(16, 32, 32), attention_levels=(False, True, True), cross_attention_dim=32,
+            fusion_dim=16,
             token_sources=conds, video_dim=ecfg.video_dim, music_dim=ecfg.embed_dim,
             sfx_dim=ecfg.embed_dim, text_dim=ecfg.embed_dim,
         )

@@ -5,6 +5,10 @@ Batches are rows of the latent cache (latents and condition tokens in the shard 
 (:func:`soundtrack.losses.diffusion.condition_dropout_mask`) and takes the denoising loss
 (:func:`soundtrack.losses.diffusion.diffusion_loss`) against the DDPM training scheduler on
 the run's noise schedule (``train.noise_schedule``, saved with the exported model).
+
+With ``train.backbone`` the model is a pretrained AudioLDM / MusicLDM UNet wrapped by
+:class:`soundtrack.models.backbones.BackboneDenoiser` (``train.backbone_options``), trained
+on the backbone's own noise schedule.
 """
 
 from __future__ import annotations
@@ -20,7 +24,9 @@ import torch
 from soundtrack.config import TrainSection
 from soundtrack.data.shards import unpack_column
 from soundtrack.losses.diffusion import condition_dropout_mask, diffusion_loss
+from soundtrack.models.backbones import backbone_denoiser, load_denoiser
 from soundtrack.models.unet import Conditions, DenoiserConfig, SoundtrackDenoiser
+from soundtrack.pipelines.backbone import backbone_noise_schedule
 from soundtrack.pipelines.schedulers import NoiseSchedule, training_scheduler
 from soundtrack.solvers.base import Solver
 
@@ -46,13 +52,18 @@ class DiffusionSolver(Solver):
         self.seed, self.threads, self.fail_at_step = sec.seed, sec.torch_threads, sec.fail_at_step
         self.local_shuffle_buffer = 4 * sec.batch_size
         self.schedule = NoiseSchedule.from_dict(sec.noise_schedule)
+        if sec.backbone:  # hook: a pretrained UNet keeps the schedule it was trained on (models/backbones.py)
+            self.schedule = backbone_noise_schedule(sec.backbone, sec.noise_schedule)
 
     def build_model(self) -> torch.nn.Module:
         d = self.config["denoiser"]
-        return SoundtrackDenoiser(DenoiserConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}))
+        cfg = DenoiserConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+        if self.sec.backbone:  # hook: fine-tune train.backbone's UNet instead of a new one (models/backbones.py)
+            return backbone_denoiser(self.sec.backbone, cfg, self.sec.backbone_options)
+        return SoundtrackDenoiser(cfg)
 
     def load_model(self, directory: str) -> torch.nn.Module:
-        return SoundtrackDenoiser.load(os.path.join(directory, self.model_subdir))
+        return load_denoiser(os.path.join(directory, self.model_subdir))
 
     def build_optimizer(self, model: torch.nn.Module) -> torch.optim.Optimizer:
         return torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=self.sec.lr,

@@ -28,6 +28,7 @@ from soundtrack.data.shards import load_split
 from soundtrack.distributed.bench import run_chunks
 from soundtrack.eval.bench import (
     BENCH_COLUMNS,
+    BENCH_OPTIONAL_COLUMNS,
     BenchConfig,
     MethodSpec,
     derangement,
@@ -135,7 +136,8 @@ def run_bench(cfg: BenchConfig, methods: Mapping[str, MethodSpec], storage: str 
     out.mkdir(parents=True, exist_ok=True)
     ev_dir = ensure_evaluator(cfg.evaluator, storage)
     models, features = resolve_models(cfg, methods, storage)
-    rows = load_split(features, cfg.split, BENCH_COLUMNS, cfg.clips, too_few="fewer", hint="bench 'clips'")
+    rows = load_split(features, cfg.split, BENCH_COLUMNS, cfg.clips, too_few="fewer", hint="bench 'clips'",
+                      optional=BENCH_OPTIONAL_COLUMNS)
     by_id = {r["clip_id"]: r for r in rows}
     ids = [r["clip_id"] for r in rows]
     hashes = {k: spec_hash(s, models[k]) for k, s in methods.items()}
