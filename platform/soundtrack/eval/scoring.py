@@ -21,7 +21,7 @@ call these from their Ray tasks.
   frame). Descriptive: the bench compares them with the real mixes' 5th-95th percentile
   band, not "higher is better";
 * ``mode_match``: 1 when the Krumhansl-Kessler mode estimate (major / minor) of the audio
-  is the clip's ``label_mode``, 0 when not; nan when the row has no ``label_mode`` (a
+  (its chroma above :data:`KEY_MIN_HZ`, 200 Hz) is the clip's ``label_mode``, 0 when not; nan when the row has no ``label_mode`` (a
   data set without that label) or the audio has no key (silence);
 * ``sim``: MuVi SIM with the evaluation encoders (position-aware cosine, video vs audio);
 * ``kl``: KL(p_ref || p_gen) of the evaluation classifier's style predictions;
@@ -116,6 +116,32 @@ def _times(x: Any) -> np.ndarray:
     return np.asarray(x, dtype=float).reshape(-1)
 
 
+#: Lowest frequency (Hz) of the chroma the key / mode estimate reads. Below it sit the bass
+#: line (chord roots) and the percussive sound effects, which pull a Krumhansl-Kessler
+#: estimate towards the chord roots' scale. Chosen on the demo set's 64 val + test mixes
+#: among 0 / 150 / 200 / 300 Hz (mode agreement with ``label_mode`` 0.64 / 0.75 / 0.80 /
+#: 0.73) and checked on 96 of its train mixes not used for the choice: 0.59 (the major
+#: share, i.e. no better than always answering "major") at 0 Hz, 0.77 at 200 Hz.
+KEY_MIN_HZ = 200.0
+
+
+def key_chroma(wav: np.ndarray, spectrum: np.ndarray, min_hz: float = KEY_MIN_HZ) -> np.ndarray:
+    """The chroma that ``mode_match`` reads: the front end's chroma of the STFT magnitude
+    with the bins below ``min_hz`` removed (:data:`KEY_MIN_HZ` says why).
+
+    Args:
+        wav: the waveform at the front end's rate (gives the frame count T).
+        spectrum: its STFT magnitude (1 + n_fft // 2, T) from :func:`audio_descriptors`.
+        min_hz: lowest frequency kept (Hz).
+
+    Returns:
+        (12, T) chroma.
+    """
+    cfg = F.DEFAULT_CONFIG
+    freqs = np.arange(spectrum.shape[0]) * (cfg.sr / cfg.n_fft)
+    return F.chroma(np.asarray(wav, np.float32).reshape(-1), cfg, mag=np.where(freqs[:, None] >= min_hz, spectrum, 0.0).astype(np.float32))
+
+
 def audio_descriptors(wav: np.ndarray, sr: int = 16000) -> dict[str, np.ndarray]:
     """Onsets, beats, chroma, melody and dynamics of one waveform (the platform's front end).
 
@@ -199,7 +225,8 @@ def clip_metrics(wav: np.ndarray, row: Mapping[str, Any], cfg: ScoringConfig = S
     out["chroma_conc"] = M.chroma_concentration(d["chroma"], level_db=d["level_db"])
     out["flatness"] = M.spectral_flatness(None, cfg.sr, mag=d["spectrum"])
     mode = _label_mode(row)
-    out["mode_match"] = M.mode_match(d["chroma"], mode, level_db=d["level_db"]) if mode is not None else math.nan
+    out["mode_match"] = (M.mode_match(key_chroma(wav, d["spectrum"]), mode, level_db=d["level_db"])
+                         if mode is not None else math.nan)
     return {k: float(v) for k, v in out.items()}
 
 
