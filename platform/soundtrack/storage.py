@@ -41,6 +41,27 @@ def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
     atomic_write(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=str)))
 
 
+def read_json_object(path: str | os.PathLike, error: type[Exception] = ValueError, what: str = "",
+                     hint: str = "") -> dict:
+    """A JSON file that must hold an object, or ``error`` naming the file and the problem.
+
+    Args:
+        path: the file.
+        error: the exception class raised (e.g. the caller's :class:`SoundtrackError` subclass).
+        what: what the file is, for the message (e.g. ``"the scheduler config"``).
+        hint: what to do, appended to the message.
+    """
+    path = Path(path)
+    name = f"{path} ({what})" if what else str(path)
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise error(f"{name} is not readable JSON ({exc}){'; ' + hint if hint else ''}") from exc
+    if not isinstance(doc, dict):
+        raise error(f"{name} must hold a JSON object, got {type(doc).__name__}")
+    return doc
+
+
 def read_card(run_dir: str | os.PathLike) -> dict:
     """Read a run's ``run.json`` (``{}`` when there is none)."""
     p = Path(run_dir) / RUN_CARD

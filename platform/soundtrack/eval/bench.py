@@ -293,10 +293,11 @@ TONALITY_METRICS = ("chroma_conc", "flatness")
 TONALITY_BAND = (5.0, 95.0)
 
 
-def _column(sub, m: str) -> np.ndarray:
-    """A metric column as floats; empty when the table has no such column (results
-    tabulated before the metric existed)."""
-    return sub[m].to_numpy(float) if m in sub.columns else np.zeros(0)
+def _finite(sub, m: str) -> np.ndarray:
+    """A metric column's finite values as floats; empty when the table has no such column
+    (results tabulated before the metric existed)."""
+    v = sub[m].to_numpy(float) if m in sub.columns else np.zeros(0)
+    return v[np.isfinite(v)]
 
 
 def tonality_summary(table, methods: Mapping[str, MethodSpec]) -> dict:
@@ -335,8 +336,7 @@ def tonality_summary(table, methods: Mapping[str, MethodSpec]) -> dict:
         sub = table[table["method"] == key]
         out[key] = {}
         for m in TONALITY_METRICS:
-            v = _column(sub, m)
-            v = v[np.isfinite(v)]
+            v = _finite(sub, m)
             med = float(np.median(v)) if len(v) else math.nan
             b = band[m]
             inside = None if b is None or not len(v) else bool(b[0] <= med <= b[1])
@@ -354,8 +354,7 @@ def summarize(table, set_table, methods: Mapping[str, MethodSpec], cfg: BenchCon
         sub = table[table["method"] == key]
         per[key] = {}
         for m in CLIP_METRICS:
-            v = _column(sub, m)
-            v = v[np.isfinite(v)]
+            v = _finite(sub, m)
             if len(v) == 0:
                 per[key][m] = {"mean": math.nan, "ci95": [math.nan, math.nan], "n": 0}
                 continue

@@ -97,12 +97,15 @@ from soundtrack.models.unet import (
     CONDITIONS,
     CONFIG_FILE,
     WEIGHTS_FILE,
+    AddFusionHook,
     Conditions,
     DenoiserConfig,
+    InputFusionHook,
     SoundtrackDenoiser,
     _FusionContext,
 )
 from soundtrack.models.vocoder import MEL_SIDECAR, HiFiGANVocoder, VocoderMel
+from soundtrack.storage import read_json_object
 
 log = logging.getLogger(__name__)
 
@@ -183,13 +186,7 @@ class BackboneOptions:
 
 
 def _read_json(path: Path, what: str) -> dict:
-    try:
-        doc = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BackboneError(f"{path} ({what}) is not readable JSON ({exc}); copy the pipeline directory again.") from exc
-    if not isinstance(doc, dict):
-        raise BackboneError(f"{path} ({what}) must hold a JSON object, got {type(doc).__name__}")
-    return doc
+    return read_json_object(path, BackboneError, what, hint="copy the pipeline directory again.")
 
 
 def inspect_ldm_directory(directory: str | os.PathLike) -> str:
@@ -520,39 +517,6 @@ def conditions_used(cfg: DenoiserConfig, options: BackboneOptions) -> tuple[str,
     return tuple(c for c in CONDITIONS if c in used)
 
 
-class _RowsFusionHook:
-    """Forward pre-hook of a ``ResnetBlock2D`` of a time-as-height UNet: adds
-    ``proj(fused)`` at each row's time, broadcast over the columns (frequency)."""
-
-    def __init__(self, ctx: _FusionContext, proj: nn.Linear):
-        self.ctx = ctx
-        self.proj = proj
-
-    def __call__(self, module: nn.Module, args: tuple, kwargs: dict):
-        if self.ctx.frames is None:
-            return None
-        x = args[0] if args else kwargs["input_tensor"]
-        add = self.proj(self.ctx.at_width(x.shape[-2]))  # (B, rows, C)
-        x = x + add.transpose(1, 2).unsqueeze(-1).to(x.dtype)
-        if args:
-            return (x, *args[1:]), kwargs
-        return args, {**kwargs, "input_tensor": x}
-
-
-class _RowsInputHook:
-    """Forward hook of ``conv_in`` of a time-as-height UNet: adds ``proj(fused)`` per row."""
-
-    def __init__(self, ctx: _FusionContext, proj: nn.Linear):
-        self.ctx = ctx
-        self.proj = proj
-
-    def __call__(self, module: nn.Module, args: tuple, output: torch.Tensor):
-        if self.ctx.frames is None:
-            return None
-        add = self.proj(self.ctx.at_width(output.shape[-2]))
-        return output + add.transpose(1, 2).unsqueeze(-1).to(output.dtype)
-
-
 class BackboneDenoiser(SoundtrackDenoiser):
     """A pretrained AudioLDM / MusicLDM UNet as our denoiser (module docstring).
 
@@ -619,8 +583,8 @@ class BackboneDenoiser(SoundtrackDenoiser):
                 nn.init.zeros_(proj.weight)
                 nn.init.zeros_(proj.bias)
             for proj, resnet in zip(self.fusion_blocks, resnets):
-                resnet.register_forward_pre_hook(_RowsFusionHook(self._fusion, proj), with_kwargs=True)
-            self.unet.conv_in.register_forward_hook(_RowsInputHook(self._fusion, self.fusion_in))
+                resnet.register_forward_pre_hook(AddFusionHook(self._fusion, proj, time_axis=-2), with_kwargs=True)
+            self.unet.conv_in.register_forward_hook(InputFusionHook(self._fusion, self.fusion_in, time_axis=-2))
         self.unet.requires_grad_(self.options.trainable == "all")
 
     @property

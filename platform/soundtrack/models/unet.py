@@ -395,36 +395,62 @@ def interpolate_frames(frames: torch.Tensor, n_columns: int, clip_seconds: float
     return frames[:, lo_t] * (1 - w) + frames[:, hi_t] * w
 
 
-class _AddFusionHook:
-    """Forward pre-hook of a ``ResnetBlock2D``: adds ``proj(fused)`` to its input."""
+def _add_fused(ctx: _FusionContext, proj: nn.Linear, x: torch.Tensor, time_axis: int) -> torch.Tensor:
+    """``x + proj(fused)`` at each time position, broadcast over frequency.
 
-    def __init__(self, ctx: _FusionContext, proj: nn.Linear):
+    Args:
+        ctx: the fusion stream of this forward.
+        proj: the level's projection (fusion_dim -> channels).
+        x: a (B, C, H, W) feature map.
+        time_axis: -1 when time is the width (our layout), -2 when it is the height (a
+            time-as-height UNet: AudioLDM / MusicLDM, :mod:`soundtrack.models.backbones`).
+    """
+    add = proj(ctx.at_width(x.shape[time_axis])).transpose(1, 2)  # (B, C, T)
+    add = add.unsqueeze(2) if time_axis == -1 else add.unsqueeze(-1)
+    return x + add.to(x.dtype)
+
+
+class AddFusionHook:
+    """Forward pre-hook of a ``ResnetBlock2D``: adds ``proj(fused)`` to its input.
+
+    Args:
+        ctx: the fusion stream, read at call time.
+        proj: the block's projection.
+        time_axis: -1 (time is the width) or -2 (time is the height).
+    """
+
+    def __init__(self, ctx: _FusionContext, proj: nn.Linear, time_axis: int = -1):
         self.ctx = ctx
         self.proj = proj
+        self.time_axis = time_axis
 
     def __call__(self, module: nn.Module, args: tuple, kwargs: dict):
         if self.ctx.frames is None:
             return None
-        x = args[0] if args else kwargs["input_tensor"]
-        add = self.proj(self.ctx.at_width(x.shape[-1]))  # (B, W, C)
-        x = x + add.transpose(1, 2).unsqueeze(2).to(x.dtype)  # broadcast over frequency
+        x = _add_fused(self.ctx, self.proj, args[0] if args else kwargs["input_tensor"], self.time_axis)
         if args:
             return (x, *args[1:]), kwargs
         return args, {**kwargs, "input_tensor": x}
 
 
-class _InputFusionHook:
-    """Forward hook of ``conv_in`` (``"add"`` mode): adds ``proj(fused)`` to its output."""
+class InputFusionHook:
+    """Forward hook of ``conv_in`` (``"add"`` mode): adds ``proj(fused)`` to its output.
 
-    def __init__(self, ctx: _FusionContext, proj: nn.Linear):
+    Args:
+        ctx: the fusion stream, read at call time.
+        proj: the input projection.
+        time_axis: -1 (time is the width) or -2 (time is the height).
+    """
+
+    def __init__(self, ctx: _FusionContext, proj: nn.Linear, time_axis: int = -1):
         self.ctx = ctx
         self.proj = proj
+        self.time_axis = time_axis
 
     def __call__(self, module: nn.Module, args: tuple, output: torch.Tensor):
         if self.ctx.frames is None:
             return None
-        add = self.proj(self.ctx.at_width(output.shape[-1]))
-        return output + add.transpose(1, 2).unsqueeze(2).to(output.dtype)
+        return _add_fused(self.ctx, self.proj, output, self.time_axis)
 
 
 # ----------------------------------------------------------------------------- denoiser
@@ -468,10 +494,10 @@ class SoundtrackDenoiser(nn.Module):
             for proj, resnet in zip(self.fusion_blocks, resnets):
                 nn.init.zeros_(proj.weight)
                 nn.init.zeros_(proj.bias)
-                resnet.register_forward_pre_hook(_AddFusionHook(self._fusion, proj), with_kwargs=True)
+                resnet.register_forward_pre_hook(AddFusionHook(self._fusion, proj), with_kwargs=True)
             if cfg.fusion == "add":
                 self.fusion_in = nn.Linear(f, cfg.block_out_channels[0])
-                self.unet.conv_in.register_forward_hook(_InputFusionHook(self._fusion, self.fusion_in))
+                self.unet.conv_in.register_forward_hook(InputFusionHook(self._fusion, self.fusion_in))
 
     # -- conditioning ---------------------------------------------------------------
 

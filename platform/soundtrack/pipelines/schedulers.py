@@ -34,6 +34,7 @@ from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 
 from soundtrack.config import from_mapping
 from soundtrack.pipelines.knobs import SCHEDULER_KINDS
+from soundtrack.storage import read_json_object
 
 SchedulerKind = Literal["ddpm", "ddim", "dpmsolver++"]
 DEFAULT_STEPS = {"ddpm": 1000, "ddim": 200, "dpmsolver++": 20}
@@ -218,12 +219,7 @@ def load_schedule(directory: str | os.PathLike) -> tuple[NoiseSchedule, str | No
         ValueError: unreadable JSON, a bad value, or explicit ``trained_betas`` (not supported).
     """
     path = Path(directory) / SCHEDULE_FILE
-    try:
-        doc = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{path} is not readable JSON ({exc})") from exc
-    if not isinstance(doc, dict):
-        raise ValueError(f"{path} must hold a JSON object, got {type(doc).__name__}")
+    doc = read_json_object(path)
     if doc.get("trained_betas") is not None:
         raise ValueError(f"{path} gives explicit trained_betas, which this platform does not support")
     names = [f.name for f in dataclasses.fields(NoiseSchedule)]
