@@ -576,3 +576,19 @@ def test_noise_schedule_is_saved_with_the_model_and_used_by_the_sampler(tmp_path
     path.unlink()
     with pytest.raises(GeneratorError, match="scheduler/ part lacks scheduler_config.json"):
         SoundtrackGenerator.load(tmp_path / "model")
+
+
+def test_vae_floor_names_the_numbers_and_what_to_change():
+    from soundtrack.eval.reconstruction import VAEQualityError, check_floor
+
+    q = {"split": "val", "n_clips": 16, "l1": 0.44, "chroma_agreement": 0.094, "onset_f1": 0.63,
+         "ceiling": {"chroma_agreement": 0.531, "onset_f1": 0.878}, "chroma_ratio": 0.094 / 0.531,
+         "onset_ratio": 0.63 / 0.878, "latent_shape": [4, 16, 64]}
+    with pytest.raises(VAEQualityError) as e:
+        check_floor(q, min_chroma_ratio=0.8, min_onset_ratio=0.8)
+    msg = str(e.value)
+    assert "chroma agreement 0.094 is 18% of the mel -> vocoder ceiling 0.531" in msg
+    assert "onset F1 0.630 is 72%" in msg and "train.vae_steps" in msg and "train.vae_min_chroma_ratio" in msg
+    check_floor(q, min_chroma_ratio=0.15, min_onset_ratio=0.7)  # above both floors: no error
+    with pytest.raises(VAEQualityError, match="onset F1"):
+        check_floor(q, min_chroma_ratio=0.15, min_onset_ratio=0.75)

@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 
 from soundtrack.stages.runs import Run, UpstreamError, plot_losses, read_metrics, require_finished
@@ -61,3 +62,19 @@ def test_torn_metrics_line_is_skipped(tmp_path):
         f.write('{"step": 1, "lo')  # a kill mid-write
     assert len(read_metrics(run.dir)) == 1
     json.loads((run.dir / "run.json").read_text())
+
+
+def test_demo_spectrogram_figure_has_both_panels(tmp_path):
+    import matplotlib.image as mpimg
+
+    from soundtrack.demo import plot_spectrograms
+
+    t = np.arange(16000 * 2) / 16000
+    real = (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+    gen = np.random.default_rng(0).normal(0, 0.1, t.size).astype(np.float32)
+    out = plot_spectrograms(real, gen, tmp_path / "s.png", title="t")
+    img = mpimg.imread(out)
+    assert img.shape[0] > 400 and img.shape[1] > 800
+    # the tone's panel (top) and the noise's (bottom) differ: one band vs broadband
+    top, bottom = img[: img.shape[0] // 2, :, :3], img[img.shape[0] // 2:, :, :3]
+    assert abs(float(top.mean()) - float(bottom.mean())) > 0.02
