@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import textwrap
 import time
 from pathlib import Path
 
@@ -52,7 +53,8 @@ def plot_spectrograms(real: np.ndarray, generated: np.ndarray, path: Path, title
     mels = [log_mel(np.asarray(w, dtype=np.float32)) for w in (real, generated)]
     lo, hi = max(min(float(m.min()) for m in mels), -11.5), max(float(m.max()) for m in mels)
     hop_s = DEFAULT_CONFIG.hop / DEFAULT_CONFIG.sr
-    fig, axes = plt.subplots(2, 1, figsize=(10, 5.2), sharex=True)
+    fig, axes = plt.subplots(2, 1, figsize=(10, 5.8), sharex=True)
+    fig.subplots_adjust(top=0.84, hspace=0.3)  # room for a two-line title
     for ax, m, name in zip(axes, mels, ("real soundtrack (the video's audio)", "generated (served over HTTP)")):
         im = ax.imshow(m, origin="lower", aspect="auto", vmin=lo, vmax=hi, cmap="magma",
                        extent=(0, m.shape[1] * hop_s, 0, m.shape[0]))
@@ -60,7 +62,7 @@ def plot_spectrograms(real: np.ndarray, generated: np.ndarray, path: Path, title
         ax.set_title(name, fontsize=9)
     axes[-1].set_xlabel("time (s)")
     fig.colorbar(im, ax=axes, label="ln mel magnitude", fraction=0.03)
-    fig.suptitle(title, fontsize=9)
+    fig.suptitle(textwrap.fill(title, 110), fontsize=9)
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
