@@ -52,14 +52,7 @@ def tonality(wavs) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Runs the probe (see the module docstring).
-
-    Args:
-        argv: command-line arguments (``None``: ``sys.argv``).
-
-    Returns:
-        the exit status.
-    """
+    """The probe of the module docstring; ``argv`` as on the command line (``None``: ``sys.argv``)."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", required=True, help="a generator directory")
     p.add_argument("--features", required=True, help="the featurize run of its data")

@@ -87,7 +87,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from diffusers.models.resnet import ResnetBlock2D
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from soundtrack.config import from_mapping
 from soundtrack.data.features import FeatureConfig, log_mel
@@ -609,16 +609,8 @@ class BackboneDenoiser(SoundtrackDenoiser):
         dropped = drop[:, CONDITIONS.index(src)].to(v.device)
         return torch.where(dropped[:, None], null, v)
 
-    def forward(
-        self,
-        latents: torch.Tensor,
-        t: torch.Tensor | int,
-        conds: Conditions,
-        drop_mask: torch.Tensor | None = None,
-        attention: str | None = None,
-        window_k: int | None = None,
-        selector_tau: int | None = None,
-    ) -> torch.Tensor:
+    def forward(self, latents: torch.Tensor, t: torch.Tensor | int, conds: Conditions,
+                drop_mask: torch.Tensor | None = None, *token_options: Any, **token_kwargs: Any) -> torch.Tensor:
         """Predicts ``config.prediction_type`` (the backbone's) for (B, C, F_l, T_l) latents.
 
         Args:
@@ -626,21 +618,15 @@ class BackboneDenoiser(SoundtrackDenoiser):
             t: training-scale timesteps, (B,) or a scalar.
             conds: the conditions.
             drop_mask: (B, 4) bool, True = dropped (None: keep all).
-            attention: ignored (no tokens).
-            window_k: ignored.
-            selector_tau: ignored.
+            *token_options: ``attention``, ``window_k``, ``selector_tau`` of the token UNet's
+                forward, by position: ignored (this UNet takes no condition tokens).
+            **token_kwargs: the same by name: ignored.
 
         Returns:
             the UNet output in our layout, shape of ``latents``.
         """
-        del attention, window_k, selector_tau
-        b = latents.shape[0]
-        self._check(latents, conds)
-        t = torch.as_tensor(t, device=latents.device)
-        if t.dim() == 0:
-            t = t.expand(b)
-        drop = torch.zeros(b, len(CONDITIONS), dtype=torch.bool) if drop_mask is None else drop_mask.bool()
-        drop = drop.to(latents.device)
+        del token_options, token_kwargs
+        t, drop = self._prepare(latents, t, conds, drop_mask)
         labels = self.class_vector(conds, drop)
         fused = self.fused_frames(conds, drop)
         sample = latents.transpose(-1, -2)  # AudioLDM / MusicLDM put time on the rows
@@ -663,15 +649,11 @@ class BackboneDenoiser(SoundtrackDenoiser):
         Returns:
             the folder.
         """
-        path = Path(directory)
-        path.mkdir(parents=True, exist_ok=True)
-        (path / CONFIG_FILE).write_text(json.dumps(self.config.to_dict(), indent=2))
+        path = super().save(directory)  # config and every weight (the UNet's included)
         unet_cfg = {k: v for k, v in dict(self.unet.config).items() if not k.startswith("_")}
         doc = {"format": BACKBONE_FORMAT, "kind": self.kind, "source": self.source,
                "options": self.options.to_dict(), "unet_config": unet_cfg}
         (path / BACKBONE_FILE).write_text(json.dumps(doc, indent=2, default=list))
-        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        save_file(state, str(path / WEIGHTS_FILE))
         return path
 
     @classmethod

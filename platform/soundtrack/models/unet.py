@@ -575,6 +575,17 @@ class SoundtrackDenoiser(nn.Module):
 
     # -- forward ----------------------------------------------------------------------
 
+    def _prepare(self, latents: torch.Tensor, t: torch.Tensor | int, conds: Conditions,
+                 drop_mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Checks the inputs; returns the (B,) timesteps and the (B, 4) bool drop mask."""
+        b = latents.shape[0]
+        self._check(latents, conds)
+        t = torch.as_tensor(t, device=latents.device)
+        if t.dim() == 0:
+            t = t.expand(b)
+        drop = torch.zeros(b, len(CONDITIONS), dtype=torch.bool) if drop_mask is None else drop_mask.bool()
+        return t, drop.to(latents.device)
+
     def forward(
         self,
         latents: torch.Tensor,
@@ -600,13 +611,7 @@ class SoundtrackDenoiser(nn.Module):
         Returns:
             the UNet output, shape of ``latents``.
         """
-        b = latents.shape[0]
-        self._check(latents, conds)
-        t = torch.as_tensor(t, device=latents.device)
-        if t.dim() == 0:
-            t = t.expand(b)
-        drop = torch.zeros(b, len(CONDITIONS), dtype=torch.bool) if drop_mask is None else drop_mask.bool()
-        drop = drop.to(latents.device)
+        t, drop = self._prepare(latents, t, conds, drop_mask)
 
         # 1. Condition tokens and the visibility of each token per example.
         tokens, times, kinds, keep = self.tokens(conds, drop)
