@@ -121,7 +121,8 @@ def _times(x: Any) -> np.ndarray:
 #: estimate towards the chord roots' scale. Chosen on the demo set's 64 val + test mixes
 #: among 0 / 150 / 200 / 300 Hz (mode agreement with ``label_mode`` 0.64 / 0.75 / 0.80 /
 #: 0.73) and checked on 96 of its train mixes not used for the choice: 0.59 (the major
-#: share, i.e. no better than always answering "major") at 0 Hz, 0.77 at 200 Hz.
+#: share, i.e. no better than always answering "major") at 0 Hz, 0.77 at 200 Hz
+#: (``benchmarks/mode_estimator.py`` -> ``benchmarks/results/mode_estimator.json``).
 KEY_MIN_HZ = 200.0
 
 
