@@ -86,7 +86,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, UNet2DConditionModel
-from diffusers.models.resnet import ResnetBlock2D
 from safetensors.torch import load_file
 
 from soundtrack.config import from_mapping
@@ -97,10 +96,8 @@ from soundtrack.models.unet import (
     CONDITIONS,
     CONFIG_FILE,
     WEIGHTS_FILE,
-    AddFusionHook,
     Conditions,
     DenoiserConfig,
-    InputFusionHook,
     SoundtrackDenoiser,
     _FusionContext,
 )
@@ -571,20 +568,7 @@ class BackboneDenoiser(SoundtrackDenoiser):
         self._fusion = _FusionContext()
         self._fusion.clip_seconds, self._fusion.fps = cfg.clip_seconds, cfg.fps
         if cfg.fusion == "add":
-            f = cfg.fusion_dim
-            self.fusion_proj = nn.ModuleDict(
-                {c: nn.Sequential(nn.LayerNorm(cfg.cond_dim(c)), nn.Linear(cfg.cond_dim(c), f)) for c in cfg.fusion_sources}
-            )
-            self.fusion_null = nn.ParameterDict({c: nn.Parameter(torch.randn(f) * 0.02) for c in cfg.fusion_sources})
-            resnets = [m for m in self.unet.modules() if isinstance(m, ResnetBlock2D)]
-            self.fusion_blocks = nn.ModuleList(nn.Linear(f, r.in_channels) for r in resnets)
-            self.fusion_in = nn.Linear(f, int(unet.config.block_out_channels[0]))
-            for proj in (*self.fusion_blocks, self.fusion_in):
-                nn.init.zeros_(proj.weight)
-                nn.init.zeros_(proj.bias)
-            for proj, resnet in zip(self.fusion_blocks, resnets):
-                resnet.register_forward_pre_hook(AddFusionHook(self._fusion, proj, time_axis=-2), with_kwargs=True)
-            self.unet.conv_in.register_forward_hook(InputFusionHook(self._fusion, self.fusion_in, time_axis=-2))
+            self._build_fusion(cfg, time_axis=-2, zero_input=True)
         self.unet.requires_grad_(self.options.trainable == "all")
 
     @property

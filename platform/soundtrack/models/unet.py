@@ -484,20 +484,39 @@ class SoundtrackDenoiser(nn.Module):
         self._fusion = _FusionContext()
         self._fusion.clip_seconds, self._fusion.fps = cfg.clip_seconds, cfg.fps
         if cfg.fusion != "none":
-            f = cfg.fusion_dim
-            self.fusion_proj = nn.ModuleDict(
-                {c: nn.Sequential(nn.LayerNorm(cfg.cond_dim(c)), nn.Linear(cfg.cond_dim(c), f)) for c in cfg.fusion_sources}
-            )
-            self.fusion_null = nn.ParameterDict({c: nn.Parameter(torch.randn(f) * 0.02) for c in cfg.fusion_sources})
-            resnets = [m for m in self.unet.modules() if isinstance(m, ResnetBlock2D)]
-            self.fusion_blocks = nn.ModuleList(nn.Linear(f, r.in_channels) for r in resnets)
-            for proj, resnet in zip(self.fusion_blocks, resnets):
-                nn.init.zeros_(proj.weight)
-                nn.init.zeros_(proj.bias)
-                resnet.register_forward_pre_hook(AddFusionHook(self._fusion, proj), with_kwargs=True)
-            if cfg.fusion == "add":
-                self.fusion_in = nn.Linear(f, cfg.block_out_channels[0])
-                self.unet.conv_in.register_forward_hook(InputFusionHook(self._fusion, self.fusion_in))
+            self._build_fusion(cfg, input_hook=cfg.fusion == "add")
+
+    def _build_fusion(self, cfg: DenoiserConfig, time_axis: int = -1, input_hook: bool = True,
+                      zero_input: bool = False) -> None:
+        """MuVi's channel-wise fusion modules and their hooks on ``self.unet``: a projection
+        and a learned null per fused condition, a zero-initialised projection into every
+        ``ResnetBlock2D`` (so fusion starts as a no-op there) and, with ``input_hook``, one
+        into ``conv_in``'s output.
+
+        Args:
+            cfg: the denoiser config (``fusion_dim``, ``fusion_sources``).
+            time_axis: -1 (time is the latent's width) or -2 (its height, a backbone UNet).
+            input_hook: also fuse into ``conv_in`` (``"add"`` mode).
+            zero_input: zero-initialise that input projection too (a pretrained UNet then
+                starts exactly as it was).
+        """
+        f = cfg.fusion_dim
+        self.fusion_proj = nn.ModuleDict(
+            {c: nn.Sequential(nn.LayerNorm(cfg.cond_dim(c)), nn.Linear(cfg.cond_dim(c), f)) for c in cfg.fusion_sources}
+        )
+        self.fusion_null = nn.ParameterDict({c: nn.Parameter(torch.randn(f) * 0.02) for c in cfg.fusion_sources})
+        resnets = [m for m in self.unet.modules() if isinstance(m, ResnetBlock2D)]
+        self.fusion_blocks = nn.ModuleList(nn.Linear(f, r.in_channels) for r in resnets)
+        for proj, resnet in zip(self.fusion_blocks, resnets):
+            nn.init.zeros_(proj.weight)
+            nn.init.zeros_(proj.bias)
+            resnet.register_forward_pre_hook(AddFusionHook(self._fusion, proj, time_axis), with_kwargs=True)
+        if input_hook:
+            self.fusion_in = nn.Linear(f, int(self.unet.config.block_out_channels[0]))
+            if zero_input:
+                nn.init.zeros_(self.fusion_in.weight)
+                nn.init.zeros_(self.fusion_in.bias)
+            self.unet.conv_in.register_forward_hook(InputFusionHook(self._fusion, self.fusion_in, time_axis))
 
     # -- conditioning ---------------------------------------------------------------
 
