@@ -129,7 +129,6 @@ class ClipRecord:
                    cached)
 
 
-
 def _check_finite(wav: np.ndarray, kind: str, cid: str, seed: int, src: str) -> None:
     """Raise :class:`GeneratorError` when a job's audio has a non-finite sample (it is never scored)."""
     bad = int(np.count_nonzero(~np.isfinite(wav)))
