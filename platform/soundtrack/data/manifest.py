@@ -2,6 +2,14 @@
 
 See ``docs/data-contracts.md`` for the columns. Splits are assigned per *source
 video* (never per clip) so no source leaks between train, val and test.
+
+Missing values are typed and explicit: a nullable column (a stem path, a label a video
+lacks) holds ``None``, never ``NaN``. pandas turns ``None`` in a text column into ``NaN``
+(and ``NaN`` is truthy: a stem path of ``NaN`` once sent every stem-less clip of a real
+folder to ``load_wav(nan)``), so the manifest is written with an explicit arrow schema
+(:data:`ARROW_TYPES`: text columns as nullable strings) and read back through
+:func:`records`, the one way a row leaves a manifest frame, which maps every missing value
+to ``None``.
 """
 
 from __future__ import annotations
@@ -11,6 +19,8 @@ import os
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from soundtrack.errors import ManifestError
 
@@ -26,6 +36,14 @@ REQUIRED_COLUMNS: dict[str, str] = {
     "sfx_path": "str or null",
     "caption": "str",
 }
+#: Arrow storage type of every contract column (``src_*`` and ``label_*`` columns are inferred).
+ARROW_TYPES: dict[str, pa.DataType] = {
+    "clip_id": pa.string(), "source_id": pa.string(), "split": pa.string(), "video_path": pa.string(),
+    "start_s": pa.float64(), "duration_s": pa.float64(), "pad_s": pa.float64(),
+    "music_path": pa.string(), "sfx_path": pa.string(), "caption": pa.string(),
+}
+#: Columns that may hold ``None`` (everything else of the contract must be set).
+NULLABLE = ("music_path", "sfx_path")
 SPLITS = ("train", "val", "test")
 MANIFEST_NAME = "manifest.parquet"
 
@@ -49,12 +67,40 @@ def split_for_source(source_id: str, fractions: tuple[float, float, float] = (0.
     return "test"
 
 
+def is_missing(v) -> bool:
+    """True for ``None``, ``NaN``, ``pd.NA`` and ``NaT`` (a scalar; lists and arrays are values)."""
+    if v is None:
+        return True
+    if isinstance(v, (list, tuple, dict)) or hasattr(v, "shape"):
+        return False
+    try:
+        return bool(pd.isna(v))
+    except (TypeError, ValueError):
+        return False
+
+
+def clean(v):
+    """A manifest cell as a plain value: ``None`` for any missing value, numpy scalars as Python ones."""
+    if is_missing(v):
+        return None
+    return v.item() if hasattr(v, "item") and getattr(v, "shape", None) == () else v
+
+
+def records(df: pd.DataFrame) -> list[dict]:
+    """The rows of a manifest frame as dicts with ``None`` for every missing value (never ``NaN``).
+
+    Args:
+        df: a manifest (or any part of one).
+    """
+    return [{k: clean(v) for k, v in r.items()} for r in df.to_dict("records")]
+
+
 def validate_manifest(df: pd.DataFrame) -> pd.DataFrame:
-    """Check columns, ids and splits; return the frame unchanged.
+    """Check columns, ids, splits and missing values; return the frame unchanged.
 
     Raises:
-        ManifestError: naming the missing column, duplicate ids, a bad split value or a
-            source shared between splits.
+        ManifestError: naming the missing column, duplicate ids, a bad split value, a
+            source shared between splits, or a missing value in a column that needs one.
     """
     missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
     if missing:
@@ -62,6 +108,13 @@ def validate_manifest(df: pd.DataFrame) -> pd.DataFrame:
             f"manifest is missing column(s) {missing}; required: {list(REQUIRED_COLUMNS)} "
             "(see docs/data-contracts.md). Re-create it with `soundtrack data synth` or `soundtrack data ingest`."
         )
+    for c in REQUIRED_COLUMNS:
+        if c in NULLABLE or c == "caption":
+            continue
+        holes = df.loc[df[c].map(is_missing), "clip_id"].tolist() if len(df) else []
+        if holes:
+            raise ManifestError(f"manifest column {c!r} has missing values (clip(s) {holes[:3]}); every clip needs "
+                                f"one (see docs/data-contracts.md).")
     dup = df["clip_id"][df["clip_id"].duplicated()].tolist()
     if dup:
         raise ManifestError(f"manifest has duplicate clip_id values, e.g. {dup[:3]}; clip ids must be unique.")
@@ -81,7 +134,16 @@ def write_manifest(df: pd.DataFrame, path: str | os.PathLike) -> Path:
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     tmp = p.with_name(p.name + ".tmp")
-    df.reset_index(drop=True).to_parquet(tmp, index=False)
+    df = df.reset_index(drop=True).copy()
+    df["caption"] = df["caption"].map(lambda v: "" if is_missing(v) else str(v))
+    for c in NULLABLE:  # None stays None (object column), never a NaN float
+        df[c] = pd.Series([None if is_missing(v) else str(v) for v in df[c]], dtype=object)
+    fields = []
+    inferred = pa.Schema.from_pandas(df, preserve_index=False)
+    for f in inferred:
+        fields.append(pa.field(f.name, ARROW_TYPES.get(f.name, f.type), nullable=True))
+    pa_table = pa.Table.from_pandas(df, schema=pa.schema(fields), preserve_index=False)
+    pq.write_table(pa_table, tmp)
     os.replace(tmp, p)
     return p
 
@@ -107,11 +169,12 @@ def read_manifest(path: str | os.PathLike) -> pd.DataFrame:
     base = p.parent.resolve()
 
     def _abs(v):
-        if v is None or (isinstance(v, float) and pd.isna(v)) or v == "":
+        if is_missing(v) or v == "":
             return None
         q = Path(v)
         return str(q if q.is_absolute() else base / q)
 
     for col in ("video_path", "music_path", "sfx_path"):
-        df[col] = df[col].map(_abs)
+        # object dtype: pandas' string dtype would turn the None of a stem-less clip into NaN
+        df[col] = pd.Series([_abs(v) for v in df[col]], index=df.index, dtype=object)
     return df

@@ -48,6 +48,7 @@ import pyarrow.parquet as pq
 from soundtrack.config import FeaturizeSection, config_hash, identity
 from soundtrack.data import media
 from soundtrack.data.features import FeatureConfig, featurize_clip
+from soundtrack.data.manifest import clean, records
 from soundtrack.errors import CodecError, TooFewClips
 
 log = logging.getLogger(__name__)
@@ -194,7 +195,7 @@ def decode_clip(row: dict, section: FeaturizeSection) -> dict[str, np.ndarray]:
     out = {"frames": frames}
     out["mix"] = _fit(media.read_audio(row["video_path"], sr=section.sr, start_s=float(row["start_s"]), duration_s=dur), n)
     for stem in ("music", "sfx"):
-        p = row.get(f"{stem}_path")
+        p = clean(row.get(f"{stem}_path"))
         if p:
             w = media.load_wav(p, sr=section.sr)
             s0 = int(round(float(row["start_s"]) * section.sr))
@@ -249,7 +250,7 @@ def decode_row(row: dict, keys: Iterable[str] | None = None) -> dict[str, Any]:
 def plan_shards(manifest: pd.DataFrame, rows_per_shard: int) -> list[dict]:
     """Cut a manifest (sorted by clip_id) into shard specs ``{shard, clip_ids, rows}``."""
     df = manifest.sort_values("clip_id").reset_index(drop=True)
-    recs = df.to_dict("records")
+    recs = records(df)  # None for every missing value: NaN would survive JSON as a truthy float
     out = []
     for k in range(0, len(recs), rows_per_shard):
         rows = recs[k : k + rows_per_shard]
