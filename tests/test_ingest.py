@@ -417,3 +417,72 @@ def test_read_audio_downmixes_and_resamples(tree, rel, sr, duration_s):
 def test_vfr_frames_sampled_by_time(tree):
     frames = media.read_frames(tree / "vfr.mp4", fps=10.0, start_s=0.0, duration_s=CLIP_S)
     assert frames.shape == (103, 64, 64, 3)
+
+
+def test_rerun_checks_only_new_or_changed_files(tree, tmp_path):
+    """The probe cache makes ingest resumable: an identical re-run checks nothing again, a
+    touched file is checked again, and the manifest is the same either way."""
+    import os
+
+    out = tmp_path / "out"
+    first = ingest(tree, out)
+    assert first.summary["checked_now"] == first.summary["n_files"] - 1  # the duplicate is never probed
+    again = ingest(tree, out)
+    assert again.summary["checked_now"] == 0
+    pd.testing.assert_frame_equal(first.manifest, again.manifest)
+    # a torn cache file (a kill while writing it) is checked again, not trusted
+    cache = sorted((out / "probe").glob("*.json"))
+    cache[0].write_text("{")
+    assert ingest(tree, out).summary["checked_now"] == 1
+    st = (tree / "vfr.mp4").stat()
+    os.utime(tree / "vfr.mp4", ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+    try:
+        third = ingest(tree, out)
+    finally:
+        os.utime(tree / "vfr.mp4", ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert third.summary["checked_now"] == 1
+    pd.testing.assert_frame_equal(first.manifest, third.manifest)
+
+
+def test_split_by_time_holds_out_later_clips_of_each_video(tmp_path):
+    from soundtrack.data.ingest import split_by_time
+
+    src = tmp_path / "src"
+    _make_video(src / "a.mp4", 31.0)  # 3 clips
+    _make_video(src / "b.mp4", 21.0)  # 2 clips: too few to hold any out
+    res = ingest(src, tmp_path / "out", split_by="time")
+    m = res.manifest.sort_values("start_s")
+    a = m[m["video_path"] == str(src / "a.mp4")]
+    assert a["split"].tolist() == ["train", "val", "test"]
+    assert a["source_id"].tolist() == [f"{source_id_for('a.mp4')}.{s}" for s in ("train", "val", "test")]
+    assert (m[m["video_path"] == str(src / "b.mp4")]["split"] == "train").all()
+    assert any("split_by=time" in w for w in res.summary["warnings"])
+    manifest_mod.validate_manifest(res.manifest)  # still one split per (new) source
+    rows = [{"source_id": "s", "start_s": float(k), "split": "train"} for k in range(20)]
+    got = [r["split"] for r in split_by_time(rows, (0.8, 0.1, 0.1))]
+    assert got == ["train"] * 16 + ["val"] * 2 + ["test"] * 2
+    with pytest.raises(ValueError, match="split_by must be one of source, time"):
+        ingest(src, tmp_path / "out2", split_by="clip")
+
+
+def test_too_small_folder_names_the_numbers_and_the_ways_out(tmp_path):
+    from soundtrack.config import DataSection
+    from soundtrack.errors import TooFewClips
+    from soundtrack.stages.data import check_splits, ingest_run_dir, stage_ingest_source
+
+    src = tmp_path / "src"
+    _make_video(src / "a.mp4", 31.0)
+    _make_video(src / "b.mp4", 11.0)
+    data = DataSection(source=str(src), use_ray=False)
+    with pytest.raises(TooFewClips) as err:
+        stage_ingest_source(data, storage=tmp_path / "runs")
+    msg = str(err.value)
+    assert "4 clip(s) from 2 video(s)" in msg and "data.split_by=time" in msg and "data.splits" in msg
+    out = ingest_run_dir(tmp_path / "runs", data)
+    assert (out / "manifest.parquet").exists()  # the ingest itself is kept (and found again)
+    timed = DataSection(source=str(src), use_ray=False, split_by="time")
+    d2 = stage_ingest_source(timed, storage=tmp_path / "runs")
+    assert d2 != out and check_splits(d2, src, timed)["test"] == {"videos": 1, "clips": 1}
+    # the run name follows the folder's content: a new file gives a new ingest
+    _make_video(src / "c.mp4", 11.0)
+    assert ingest_run_dir(tmp_path / "runs", timed) != d2

@@ -84,7 +84,8 @@ def synth(n: int | None = None, seed: int | None = None, difficulty: str | None 
 
 
 def ingest(src: str | os.PathLike, out: str | os.PathLike, clip_s: float = 10.24, pad_short: bool = False,
-           metadata: str | os.PathLike | None = None, seed: int = 0, force: bool = False) -> Path:
+           metadata: str | os.PathLike | None = None, seed: int = 0, force: bool = False, use_ray: bool = True,
+           concurrency: int | None = None, split_by: str = "source") -> Path:
     """``soundtrack data ingest``: a folder of real videos -> manifest + quarantine.
 
     Args:
@@ -95,11 +96,14 @@ def ingest(src: str | os.PathLike, out: str | os.PathLike, clip_s: float = 10.24
         metadata: CSV with a ``file`` column plus caption / label columns.
         seed: split seed.
         force: start over.
+        use_ray: one Ray task per file (``False``: serially in this process).
+        concurrency: Ray tasks in flight (``None``: four per CPU).
+        split_by: ``source`` or ``time`` (see :func:`soundtrack.data.ingest.split_by_time`).
     """
-    kw: dict[str, Any] = {"clip_s": clip_s, "pad_short": pad_short, "seed": seed}
+    kw: dict[str, Any] = {"clip_s": clip_s, "pad_short": pad_short, "seed": seed, "split_by": split_by}
     if metadata:
         kw["metadata_csv"] = metadata
-    return stage_ingest(src, out, force=force, **kw)
+    return stage_ingest(src, out, force=force, use_ray=use_ray, concurrency=concurrency, **kw)
 
 
 def featurize(data: str | os.PathLike, config: str | os.PathLike | None = None, overrides: Overrides = (),

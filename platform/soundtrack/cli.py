@@ -1,7 +1,7 @@
 """The ``soundtrack`` command: one sub-command per stage.
 
     soundtrack data synth --n N --out DIR --seed S [--difficulty easy|medium|hard]
-    soundtrack data ingest SRC --out DIR [--clip-s 10.24] [--pad-short] [--metadata CSV]
+    soundtrack data ingest SRC --out DIR [--clip-s 10.24] [--pad-short] [--metadata CSV] [--split-by time] [--no-ray]
     soundtrack data featurize --data DIR [--config YAML] [--set featurize.size=64]
     soundtrack pretrain experiments/pretrain_tiny.yaml [--resume] [--force]
     soundtrack generate --video IN.mp4 --model URI --out OUT.wav|OUT.mp4 [--seed S] [--num-steps N]
@@ -68,6 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--pad-short", action="store_true", help="keep videos shorter than a clip, zero-padded")
     g.add_argument("--metadata", help="CSV with a 'file' column plus caption / label columns")
     g.add_argument("--seed", type=int, default=0, help="split seed")
+    g.add_argument("--split-by", choices=("source", "time"), default="source",
+                   help="hold out whole videos (default) or the later clips of each video (few videos)")
+    g.add_argument("--no-ray", action="store_true", help="check files one by one in this process")
+    g.add_argument("--concurrency", type=int, help="Ray probe tasks in flight (default: four per CPU)")
     g.add_argument("--force", action="store_true")
     g.set_defaults(fn="cmd_ingest")
 

@@ -65,6 +65,49 @@ class SynthSection:
 
 
 @dataclass(frozen=True)
+class DataSection:
+    """Where an experiment's clips come from: the embedded synthetic set, or a folder of the user's videos.
+
+    With ``source`` set, ``pretrain``/``train``/``bench`` ingest the folder
+    (``<storage>/data/ingest-<folder>-<hash>``; the hash covers these settings and the
+    folder's listing: names, sizes, modification times) and featurize it with the
+    ``featurize`` section, instead of generating the synthetic set.
+
+    Args:
+        source: a folder of videos (``None``: the synthetic set of the ``synth`` section).
+        clip_s: clip length (s).
+        pad_short: keep videos shorter than one clip as one zero-padded clip.
+        min_clip_s: videos shorter than this (s) are quarantined.
+        metadata: a CSV with a ``file`` column plus caption / label columns.
+        segments: a published data set's segment list (CSV) matched against the folder
+            (:mod:`soundtrack.data.importers`); only the videos it names are used.
+        layout: the segment list's layout (``auto`` detects it).
+        splits: train, val, test fractions of source videos.
+        split_by: ``source`` (whole videos per split) or ``time`` (the fallback for a few
+            videos: the later clips of each video are held out; see
+            :func:`soundtrack.data.ingest.split_by_time`).
+        seed: split seed.
+        require_audio: quarantine videos without an audio track.
+        use_ray: check files as Ray tasks (``False``: one after another on the driver).
+        concurrency: probe tasks in flight (``None``: four per CPU of the cluster).
+    """
+
+    source: str | None = None
+    clip_s: float = 10.24
+    pad_short: bool = False
+    min_clip_s: float = 1.0
+    metadata: str | None = None
+    segments: str | None = None
+    layout: str = "auto"
+    splits: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    split_by: Literal["source", "time"] = "source"
+    seed: int = 0
+    require_audio: bool = True
+    use_ray: bool = field(default=True, metadata=INFRA)
+    concurrency: int | None = field(default=None, metadata=INFRA)
+
+
+@dataclass(frozen=True)
 class FeaturizeSection:
     """The Ray Data featurize pipeline (``soundtrack data featurize``).
 
@@ -262,6 +305,7 @@ class ExperimentConfig:
         storage: root of all run directories (a shared path on a cluster).
         seed: global seed for stages that do not set their own.
         synth: the synthetic data set.
+        data: a folder of the user's videos instead of the synthetic set (``data.source``).
         featurize: the featurize pipeline.
         pretrain: contrastive pretraining.
         train: the generator (VAE + latent diffusion).
@@ -272,6 +316,7 @@ class ExperimentConfig:
     storage: str = field(default="runs", metadata=INFRA)
     seed: int = 0
     synth: SynthSection = field(default_factory=SynthSection)
+    data: DataSection = field(default_factory=DataSection)
     featurize: FeaturizeSection = field(default_factory=FeaturizeSection)
     pretrain: PretrainSection = field(default_factory=PretrainSection)
     train: TrainSection = field(default_factory=TrainSection)

@@ -30,10 +30,13 @@ import logging
 import math
 import os
 import re
+import time
 import unicodedata
 from collections import Counter
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import av
 import pandas as pd
@@ -66,6 +69,9 @@ QUARANTINE_REASONS: dict[str, str] = {
 MANIFEST_NAME = manifest_mod.MANIFEST_NAME
 QUARANTINE_NAME = "quarantine.parquet"
 SUMMARY_NAME = "ingest.json"
+#: Per-file check results of this output folder (``<sha1 of the relative path>.json``): a re-run
+#: (after a kill, or with files added) re-checks only files that are new or changed.
+PROBE_DIR = "probe"
 
 #: Sidecar stem kinds, looked up as ``<video stem>.<kind>.wav`` next to the video.
 STEM_KINDS = ("music", "sfx")
@@ -199,6 +205,28 @@ def _scan(src: Path, skip: Path | None, extensions: tuple[str, ...]) -> list[tup
                 found.append((p, _nfc(p.relative_to(src).as_posix())))
     found.sort(key=lambda t: t[1])
     return found
+
+
+def folder_fingerprint(src: str | os.PathLike) -> str:
+    """A 12-hex-digit hash of a folder's listing: every file's relative path, size and mtime.
+
+    What names an ingest of a configured folder (``data.source``): adding, removing,
+    replacing or touching a file gives a new ingest; an unchanged folder finds its earlier one.
+
+    Args:
+        src: the folder (or one file).
+    """
+    root = Path(src).absolute()
+    h = hashlib.sha1()
+    paths = [root] if root.is_file() else sorted(q for q in root.rglob("*") if q.is_file())
+    for q in paths:
+        try:
+            st = q.stat()
+        except OSError:
+            continue
+        rel = q.name if q == root else q.relative_to(root).as_posix()
+        h.update(f"{_nfc(rel)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode("utf-8"))
+    return h.hexdigest()[:12]
 
 
 def _file_sha1(path: Path) -> str:
@@ -561,13 +589,27 @@ def _check_duration(path: Path, duration: float, min_clip_s: float, limits: Inge
         )
 
 
-def _stem_lookup(directory: Path, cache: dict[Path, dict[str, str]]) -> dict[str, str]:
-    if directory not in cache:
+def _stem_lookup(directory: Path) -> dict[str, str]:
+    """Lower-cased NFC file names of ``directory`` -> real names (cached per directory state).
+
+    Keyed by the directory's mtime so a Ray worker reused for a later ingest never sees a
+    stale listing; one ``listdir`` per folder instead of one per video.
+    """
+    try:
+        key = (str(directory), os.stat(directory).st_mtime_ns)
+    except OSError:
+        return {}
+    if key not in _LISTINGS:
         try:
-            cache[directory] = {_nfc(n).lower(): n for n in os.listdir(directory)}
+            _LISTINGS[key] = {_nfc(n).lower(): n for n in os.listdir(directory)}
         except OSError:
-            cache[directory] = {}
-    return cache[directory]
+            _LISTINGS[key] = {}
+        while len(_LISTINGS) > 256:  # bounded: a worker may see thousands of folders
+            _LISTINGS.pop(next(iter(_LISTINGS)))
+    return _LISTINGS[key]
+
+
+_LISTINGS: dict[tuple[str, int], dict[str, str]] = {}
 
 
 def _check_stem(path: Path, video: Path) -> float:
@@ -598,16 +640,206 @@ def _check_stem(path: Path, video: Path) -> float:
 # --------------------------------------------------------------------------- main
 
 
-def _progress(i: int, n: int, n_bad: int, n_clips: int) -> None:
-    step = max(1, math.ceil(n / 10))  # about one line per 10 %
-    if (i + 1) % step == 0 or i + 1 == n:
-        log.info(f"ingest: {i + 1}/{n} files ({100 * (i + 1) // n}%), {n_clips} clips, {n_bad} quarantined")
+def check_file(path: str, rel: str, min_clip_s: float = 1.0, limits: dict | None = None,
+               require_audio: bool = True) -> dict:
+    """Every ingest check of one video file; the result is JSON-able (it crosses Ray and the probe cache).
+
+    Probe, stream and resolution checks, the decodability of start and end, the duration
+    bounds, and the sidecar stems. Never raises: a file that cannot be used comes back with
+    ``ok: False`` and the quarantine reason and message.
+
+    Args:
+        path: the video file (absolute).
+        rel: its POSIX path relative to SRC (named in warnings).
+        min_clip_s: shortest usable video (s).
+        limits: :class:`IngestLimits` as a dict (``None``: the defaults).
+        require_audio: quarantine videos without an audio track.
+
+    Returns:
+        ``{"rel", "ok": True, "info": MediaInfo dict, "duration_s", "stems": {kind: path or None},
+        "warnings": [...]}`` or ``{"rel", "ok": False, "reason", "message"}``.
+    """
+    lim = IngestLimits(**(limits or {}))
+    p = Path(path)
+    warnings: list[str] = []
+    try:
+        info = _probe(p)
+        if not info.has_video:
+            fmt = info.container.split(",")
+            if not any(f in _VIDEO_FORMAT_NAMES for f in fmt):
+                raise _Reject(
+                    "not_video",
+                    f"{p} is a '{info.container}' audio file, not a video; remove it or give it its real extension.",
+                )
+            raise _Reject(
+                "no_video_stream",
+                f"{p} ({info.container}) has no video stream" + (", only audio" if info.has_audio else "")
+                + "; remove it or replace it with the video.",
+            )
+        w, h = info.width, info.height
+        if not (lim.min_side_px <= w <= lim.max_side_px and lim.min_side_px <= h <= lim.max_side_px):
+            raise _Reject(
+                "bad_resolution",
+                f"{p} is {w}x{h} px; accepted sides are {lim.min_side_px}-{lim.max_side_px} px: "
+                "re-encode it at a usual size or remove it.",
+            )
+        if require_audio and (not info.has_audio or info.audio_sr <= 0 or info.audio_channels <= 0):
+            raise _Reject(
+                "no_audio",
+                f"{p} has no audio track; training needs the soundtrack: use a version with audio, "
+                "or ingest with require_audio=False for video-only use.",
+            )
+        claim = float(info.duration_s) if info.duration_s and math.isfinite(info.duration_s) else 0.0
+        if claim > 0:  # cheap checks before decoding anything
+            _check_duration(p, claim, min_clip_s, lim)
+        duration, tail_warning = _verify_decodable(p, claim, lim, check_audio=require_audio)
+        if tail_warning:
+            warnings.append(f"{rel}: {tail_warning}")
+        if claim <= 0:  # the header had no duration: check the measured one
+            _check_duration(p, duration, min_clip_s, lim)
+        stems: dict[str, str | None] = {}
+        names = _stem_lookup(p.parent)
+        for kind in STEM_KINDS:
+            found = names.get(_nfc(f"{p.stem}.{kind}.wav").lower())
+            if found is None:
+                stems[kind] = None
+                continue
+            stem_path = p.parent / found
+            stem_s = _check_stem(stem_path, p)
+            if stem_s < duration - lim.max_missing_s:
+                warnings.append(f"{rel}: {kind} stem lasts {stem_s:.2f} s, video {duration:.2f} s")
+            stems[kind] = str(stem_path.absolute())
+    except _Reject as rej:
+        return {"rel": rel, "ok": False, "reason": rej.reason, "message": rej.message}
+    except Exception as exc:  # one odd file must never stop the run
+        return {"rel": rel, "ok": False, "reason": "unreadable",
+                "message": f"{p} failed an ingest check ({type(exc).__name__}: {exc}); inspect or re-encode it."}
+    return {"rel": rel, "ok": True, "info": info.to_dict(), "duration_s": float(duration), "stems": stems,
+            "warnings": warnings}
+
+
+#: A mapper runs :func:`check_file` over ``(path, rel)`` items and yields each result as it
+#: finishes, in any order: :func:`serial_map` here, Ray tasks in ``soundtrack.distributed.ingest``.
+Mapper = Callable[[Sequence[tuple[str, str]], Mapping[str, Any]], Iterator[dict]]
+
+
+def serial_map(items: Sequence[tuple[str, str]], kwargs: Mapping[str, Any]) -> Iterator[dict]:
+    """:func:`check_file` on each ``(path, rel)`` in turn, in this process.
+
+    Args:
+        items: the files to check.
+        kwargs: :func:`check_file`'s other arguments.
+    """
+    for path, rel in items:
+        yield check_file(path, rel, **kwargs)
+
+
+def _probe_key(path: Path, kwargs: Mapping[str, Any]) -> dict | None:
+    """What a cached check depends on: the file's size and mtime and the check's arguments."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns,
+            "args": hashlib.sha1(json.dumps(kwargs, sort_keys=True).encode()).hexdigest()[:12]}
+
+
+def _probe_path(out: Path, rel: str) -> Path:
+    return out / PROBE_DIR / f"{hashlib.sha1(rel.encode('utf-8')).hexdigest()[:20]}.json"
+
+
+class _Progress:
+    """About one log line per 10 % of the files (rate and time left), and the last file."""
+
+    def __init__(self, n: int, cached: int):
+        self.n, self.t0, self.done, self.cached = n, time.monotonic(), cached, cached
+        self.step = max(1, math.ceil(n / 10))
+
+    def tick(self, n_bad: int) -> None:
+        self.done += 1
+        if self.done % self.step and self.done != self.n:
+            return
+        rate = (self.done - self.cached) / max(time.monotonic() - self.t0, 1e-9)
+        left = (self.n - self.done) / rate if rate > 0 else 0.0
+        log.info(f"ingest: {self.done}/{self.n} files ({100 * self.done // max(self.n, 1)}%), {n_bad} quarantined, "
+                 f"{self.cached} from an earlier run, {rate:.1f} files/s, ~{left:.0f} s left")
 
 
 def _write_parquet(df: pd.DataFrame, path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
     df.to_parquet(tmp, index=False)
     os.replace(tmp, path)  # atomic: readers never see half a file
+
+
+def _spans(duration: float, clip_s: float, pad_short: bool,
+           segments: list[dict] | None) -> tuple[list[tuple[float, float, float, dict | None]], bool]:
+    """The clips of one video: ``[(start s, duration s, pad s, segment row or None)]`` and whether it is short.
+
+    Without ``segments``: consecutive clips from 0 s (the remainder dropped); a video shorter
+    than a clip gives one padded clip with ``pad_short``, none otherwise. With ``segments``
+    (rows of an imported layout, :mod:`soundtrack.data.importers`): consecutive clips inside
+    each ``[start_s, end_s)`` span (``end_s`` None: to the end); a span shorter than one clip
+    (VGGSound's 10 s segments against 10.24 s clips) gives one clip, extended past the span's
+    end while the video lasts, else zero-padded.
+    """
+    slack = _CLIP_COUNT_SLACK_S
+    if segments is None:
+        n = int(math.floor((duration + slack) / clip_s))
+        if n == 0:
+            return ([(0.0, duration, clip_s - duration, None)] if pad_short else []), True
+        return [(k * clip_s, clip_s, 0.0, None) for k in range(n)], False
+    out = []
+    for seg in segments:
+        s0 = max(0.0, float(seg.get("start_s") or 0.0))
+        end = seg.get("end_s")
+        s1 = min(duration, float(end)) if end is not None else duration
+        if s1 - s0 <= 0:
+            continue
+        n = int(math.floor((s1 - s0 + slack) / clip_s))
+        if n >= 1:
+            out += [(s0 + k * clip_s, clip_s, 0.0, seg) for k in range(n)]
+        elif duration - s0 + slack >= clip_s:  # short span inside a longer video: take a whole clip
+            out.append((s0, clip_s, 0.0, seg))
+        else:
+            real = duration - s0
+            out.append((s0, real, clip_s - real, seg))
+    return out, False
+
+
+SPLIT_BY = ("source", "time")
+
+
+def split_by_time(rows: list[dict], fractions: tuple[float, float, float]) -> list[dict]:
+    """Split each video's clips by time: its first clips train, the next val, the last test.
+
+    The fallback for folders with too few videos to hold whole videos out. Per source with
+    ``n`` clips in time order: ``n_test = round(n * f_test)`` and ``n_val = round(n * f_val)``,
+    each at least 1 when its fraction is above 0 and the video has at least 3 clips (a video
+    of 1-2 clips stays in train); the rest trains. ``source_id`` becomes
+    ``<source>.<split>`` so the manifest's rule "a source in one split only" still holds for
+    what is a source now: a contiguous stretch of one video.
+
+    Args:
+        rows: manifest rows (``source_id``, ``start_s``, ``split``), any order.
+        fractions: train, val, test fractions.
+
+    Returns:
+        The rows with ``split`` and ``source_id`` rewritten, in the input order.
+    """
+    by_src: dict[str, list[dict]] = {}
+    for r in rows:
+        by_src.setdefault(r["source_id"], []).append(r)
+    _, f_val, f_test = fractions
+    for sid, part in by_src.items():
+        part.sort(key=lambda r: r["start_s"])
+        n = len(part)
+        n_test = max(int(round(n * f_test)), 1 if f_test > 0 and n >= 3 else 0)
+        n_val = max(int(round(n * f_val)), 1 if f_val > 0 and n >= 3 else 0)
+        n_train = max(n - n_val - n_test, 0)
+        for i, r in enumerate(part):
+            split = "train" if i < n_train else ("val" if i < n_train + n_val else "test")
+            r["split"], r["source_id"] = split, f"{sid}.{split}"
+    return rows
 
 
 def ingest(
@@ -622,6 +854,9 @@ def ingest(
     limits: IngestLimits = IngestLimits(),
     require_audio: bool = True,
     extensions: tuple[str, ...] = media.VIDEO_EXTENSIONS,
+    segments: pd.DataFrame | None = None,
+    mapper: Mapper | None = None,
+    split_by: str = "source",
 ) -> IngestResult:
     """Scan ``src`` for videos, quarantine bad files, cut clips and write the manifest.
 
@@ -630,6 +865,11 @@ def ingest(
     clip (but at least ``min_clip_s``) is listed under ``short`` in ``ingest.json`` and
     skipped, or, with ``pad_short``, becomes one clip with ``duration_s = D`` and
     ``pad_s = clip_s - D`` (so ``duration_s + pad_s == clip_s``).
+
+    The per-file checks (:func:`check_file`) run through ``mapper`` (serially by default;
+    ``soundtrack.distributed.ingest`` runs one Ray task per file) and each result is kept
+    in ``out/probe/``, so a killed run resumes where it stopped and a re-run re-checks
+    only new or changed files.
 
     Args:
         src: folder scanned recursively (or a single video file).
@@ -645,6 +885,15 @@ def ingest(
         limits: resolution, duration and truncation bounds.
         require_audio: quarantine videos without an audio track (``no_audio``).
         extensions: file extensions taken as videos (case-insensitive).
+        segments: an imported layout's segment table (``file`` relative to ``src``,
+            ``start_s``, ``end_s``, ``caption``, ``split``, ``label_*``;
+            :func:`soundtrack.data.importers.import_layout`): only the files it names are
+            ingested, cut inside its spans, with its captions, labels and (when given) splits.
+        mapper: how the per-file checks run (:data:`Mapper`; ``None``: :func:`serial_map`).
+        split_by: ``source`` (default: whole videos per split, nothing leaks) or ``time``,
+            the documented fallback for folders with too few videos to hold some out:
+            :func:`split_by_time` keeps the start of every video for training and holds out
+            its later clips (``source_id`` becomes ``<source>.<split>``).
 
     Returns:
         An :class:`IngestResult` (paths, manifest and quarantine frames, summary).
@@ -663,114 +912,99 @@ def ingest(
         raise ValueError(f"min_clip_s must be in (0, clip_s={clip_s}] s, got {min_clip_s}")
     splits = tuple(float(x) for x in splits)
     manifest_mod.split_for_source("check", splits, seed)  # raises ValueError on bad fractions early
+    if split_by not in SPLIT_BY:
+        raise ValueError(f"split_by must be one of {', '.join(SPLIT_BY)}, got {split_by!r}")
 
     files = _scan(src_p, out_p, extensions)
+    seg_rows: dict[str, list[dict]] | None = None
+    unlisted: list[str] = []
+    if segments is not None:
+        seg_rows = {}
+        for r in manifest_mod.records(segments):
+            seg_rows.setdefault(_nfc(str(r["file"])), []).append(r)
+        unlisted = [rel for _, rel in files if rel not in seg_rows]
+        files = [(p, rel) for p, rel in files if rel in seg_rows]
     rels = [rel for _, rel in files]
     meta, label_cols, meta_report = _load_metadata(metadata_csv, src_p, rels)
+    if seg_rows is not None:
+        for c in segments.columns:
+            if c.startswith("label_") and c not in label_cols:
+                label_cols.append(c)
     dup_of = _find_duplicate_files(files)
     log.info(f"ingest: {len(files)} video file(s) under {src_p}")
 
+    # 1. per-file checks: cached results of an earlier run, the rest through the mapper
+    kwargs = {"min_clip_s": float(min_clip_s), "limits": asdict(limits), "require_audio": bool(require_audio)}
+    (out_p / PROBE_DIR).mkdir(parents=True, exist_ok=True)
+    results: dict[str, dict] = {}
+    todo: list[tuple[str, str]] = []
+    keys: dict[str, dict | None] = {}
+    for path, rel in files:
+        if rel in dup_of:
+            results[rel] = {"rel": rel, "ok": False, "reason": "duplicate_file",
+                            "message": f"{path} is byte-identical to {dup_of[rel]}; remove the copy "
+                                       "(it would leak between splits)."}
+            continue
+        keys[rel] = _probe_key(path, kwargs)
+        cache = _probe_path(out_p, rel)
+        if keys[rel] is not None and cache.is_file():
+            try:
+                doc = json.loads(cache.read_text(encoding="utf-8"))
+            except (OSError, json.JSONDecodeError):  # a torn cache file: check again
+                doc = {}
+            if doc.get("key") == keys[rel]:
+                results[rel] = doc["result"]
+                continue
+        todo.append((str(path), rel))
+    prog = _Progress(len(files), cached=len(results))
+    n_bad = sum(1 for r in results.values() if not r["ok"])
+    for res in (mapper or serial_map)(todo, kwargs):
+        rel = res["rel"]
+        results[rel] = res
+        n_bad += int(not res["ok"])
+        if keys.get(rel) is not None:
+            cache = _probe_path(out_p, rel)
+            tmp = cache.with_name(cache.name + ".tmp")
+            tmp.write_text(json.dumps({"key": keys[rel], "result": res}), encoding="utf-8")
+            os.replace(tmp, cache)  # atomic: a kill leaves the old result or the new one
+        prog.tick(n_bad)
+
+    # 2. clips, ids and splits, in sorted file order (the manifest never depends on task order)
     rows: list[dict] = []
     quarantine: list[dict] = []
     short: list[dict] = []
     warnings: list[str] = []
-    stem_cache: dict[Path, dict[str, str]] = {}
     seen_clip_ids: dict[str, str] = {}
     stats = {"containers": Counter(), "audio_sr": Counter(), "audio_channels": Counter(), "vfr": 0}
-
-    for i, (path, rel) in enumerate(files):
-        try:
-            if rel in dup_of:
-                raise _Reject(
-                    "duplicate_file",
-                    f"{path} is byte-identical to {dup_of[rel]}; remove the copy (it would leak between splits).",
-                )
-            info = _probe(path)
-            if not info.has_video:
-                fmt = info.container.split(",")
-                if not any(f in _VIDEO_FORMAT_NAMES for f in fmt):
-                    raise _Reject(
-                        "not_video",
-                        f"{path} is a '{info.container}' audio file, not a video; "
-                        "remove it or give it its real extension.",
-                    )
-                raise _Reject(
-                    "no_video_stream",
-                    f"{path} ({info.container}) has no video stream"
-                    + (", only audio" if info.has_audio else "")
-                    + "; remove it or replace it with the video.",
-                )
-            w, h = info.width, info.height
-            if not (limits.min_side_px <= w <= limits.max_side_px and limits.min_side_px <= h <= limits.max_side_px):
-                raise _Reject(
-                    "bad_resolution",
-                    f"{path} is {w}x{h} px; accepted sides are {limits.min_side_px}-{limits.max_side_px} px: "
-                    "re-encode it at a usual size or remove it.",
-                )
-            if require_audio and (not info.has_audio or info.audio_sr <= 0 or info.audio_channels <= 0):
-                raise _Reject(
-                    "no_audio",
-                    f"{path} has no audio track; training needs the soundtrack: use a version with audio, "
-                    "or ingest with require_audio=False for video-only use.",
-                )
-            claim = float(info.duration_s) if info.duration_s and math.isfinite(info.duration_s) else 0.0
-            if claim > 0:  # cheap checks before decoding anything
-                _check_duration(path, claim, min_clip_s, limits)
-            duration, tail_warning = _verify_decodable(path, claim, limits, check_audio=require_audio)
-            if tail_warning:
-                warnings.append(f"{rel}: {tail_warning}")
-            if claim <= 0:  # the header had no duration: check the measured one
-                _check_duration(path, duration, min_clip_s, limits)
-
-            stems: dict[str, str | None] = {}
-            names = _stem_lookup(path.parent, stem_cache)
-            for kind in STEM_KINDS:
-                found = names.get(_nfc(f"{path.stem}.{kind}.wav").lower())
-                if found is None:
-                    stems[kind] = None
-                    continue
-                stem_path = path.parent / found
-                stem_s = _check_stem(stem_path, path)
-                if stem_s < duration - limits.max_missing_s:
-                    warnings.append(f"{rel}: {kind} stem lasts {stem_s:.2f} s, video {duration:.2f} s")
-                stems[kind] = str(stem_path.absolute())
-
-            n_clips = int(math.floor((duration + _CLIP_COUNT_SLACK_S) / clip_s))
-            if n_clips == 0:
-                short.append({"path": rel, "duration_s": round(duration, 3), "included": bool(pad_short)})
-                if not pad_short:  # reported in ingest.json, neither quarantined nor clipped
-                    _progress(i, len(files), len(quarantine), len(rows))
-                    continue
-                spans = [(0.0, duration, clip_s - duration)]
-            else:
-                spans = [(k * clip_s, clip_s, 0.0) for k in range(n_clips)]
-
-            source_id = source_id_for(rel)
-            ids = [clip_id_for(source_id, k) for k in range(len(spans))]
-            clash = next((cid for cid in ids if cid in seen_clip_ids), None)
-            if clash is not None:
-                raise _Reject(
-                    "duplicate_clip_id",
-                    f"{path}: clip id {clash} is already used by {seen_clip_ids[clash]}; rename one of the files.",
-                )
-        except _Reject as rej:
-            quarantine.append({"path": str(path.absolute()), "reason": rej.reason, "message": rej.message})
-            _progress(i, len(files), len(quarantine), len(rows))
+    for path, rel in files:
+        res = results[rel]
+        if not res["ok"]:
+            quarantine.append({"path": str(path.absolute()), "reason": res["reason"], "message": res["message"]})
             continue
-        except Exception as exc:  # one odd file must never stop the run
-            quarantine.append(
-                {
-                    "path": str(path.absolute()),
-                    "reason": "unreadable",
-                    "message": f"{path} failed an ingest check ({type(exc).__name__}: {exc}); inspect or re-encode it.",
-                }
-            )
-            _progress(i, len(files), len(quarantine), len(rows))
+        warnings += res.get("warnings", [])
+        info = media.MediaInfo(**res["info"])
+        duration, stems = float(res["duration_s"]), res["stems"]
+        spans, is_short = _spans(duration, clip_s, pad_short, None if seg_rows is None else seg_rows[rel])
+        if is_short:
+            short.append({"path": rel, "duration_s": round(duration, 3), "included": bool(pad_short)})
+        if not spans:  # reported in ingest.json, neither quarantined nor clipped
             continue
-
+        source_id = source_id_for(rel)
+        ids = [clip_id_for(source_id, k) for k in range(len(spans))]
+        clash = next((cid for cid in ids if cid in seen_clip_ids), None)
+        if clash is not None:
+            quarantine.append({"path": str(path.absolute()), "reason": "duplicate_clip_id",
+                               "message": f"{path}: clip id {clash} is already used by {seen_clip_ids[clash]}; "
+                                          "rename one of the files."})
+            continue
         split = manifest_mod.split_for_source(source_id, splits, seed)
+        published = sorted({sp["split"] for _, _, _, sp in spans if sp is not None and sp.get("split")})
+        if published:  # the layout's own split wins (one per source: splits never share a video)
+            split = published[0]
+            if len(published) > 1:
+                warnings.append(f"{rel}: segments in splits {published}; all its clips go to {split}")
         m = meta.get(rel, {"caption": "", "labels": {}})
-        for cid, (start, dur, pad) in zip(ids, spans):
+        for cid, (start, dur, pad, seg) in zip(ids, spans):
             seen_clip_ids[cid] = rel
             row = {
                 "clip_id": cid,
@@ -782,10 +1016,10 @@ def ingest(
                 "pad_s": round(float(pad), 6),
                 "music_path": stems["music"],
                 "sfx_path": stems["sfx"],
-                "caption": m["caption"],
+                "caption": (seg.get("caption") or "") if seg is not None and seg.get("caption") else m["caption"],
                 "src_container": info.container,
-                "src_width": int(w),
-                "src_height": int(h),
+                "src_width": int(info.width),
+                "src_height": int(info.height),
                 "src_fps": float(info.fps),
                 "src_vfr": bool(info.vfr),
                 "src_duration_s": round(float(duration), 6),
@@ -793,18 +1027,22 @@ def ingest(
                 "src_audio_channels": int(info.audio_channels),
             }
             for lab in label_cols:
-                row[lab] = m["labels"].get(lab)
+                v = seg.get(lab) if seg is not None else None
+                row[lab] = v if v is not None else m["labels"].get(lab)
             rows.append(row)
         stats["containers"][info.container] += 1
         stats["audio_sr"][str(info.audio_sr)] += 1
         stats["audio_channels"][str(info.audio_channels)] += 1
         stats["vfr"] += int(info.vfr)
-        _progress(i, len(files), len(quarantine), len(rows))
 
     columns = list(manifest_mod.REQUIRED_COLUMNS) + [
         "src_container", "src_width", "src_height", "src_fps", "src_vfr",
         "src_duration_s", "src_audio_sr", "src_audio_channels",
     ] + label_cols  # fmt: skip
+    if split_by == "time":
+        rows = split_by_time(rows, splits)
+        warnings.append("split_by=time: val and test clips are later moments of the training videos; "
+                        "their scores measure fit to these videos, not generalisation to new ones")
     mdf = pd.DataFrame(rows, columns=columns)
     qdf = pd.DataFrame(quarantine, columns=["path", "reason", "message"])
 
@@ -832,6 +1070,7 @@ def ingest(
             "seed": seed,
             "require_audio": require_audio,
             "extensions": list(extensions),
+            "split_by": split_by,
             "limits": asdict(limits),
         },
         "n_files": len(files),
@@ -847,6 +1086,9 @@ def ingest(
             "vfr_sources": stats["vfr"],
         },
         "metadata": meta_report,
+        "segments": None if seg_rows is None else {"files": len(seg_rows), "unlisted_files": len(unlisted),
+                                                   "unlisted_examples": unlisted[:5]},
+        "checked_now": len(todo),
         "warnings": warnings,
     }
     summary_path = out_p / SUMMARY_NAME

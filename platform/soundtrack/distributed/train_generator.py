@@ -355,12 +355,37 @@ def run_train(profile: str, sec: TrainSection, features_dir: Path, encoders_dir:
     frame_size = int(read_card(features_dir).get("config", {}).get("featurize", {}).get("size", 112))
     model_dir = export_generator(run_dir / "model", profile, Path(encoders_dir), vae_final, unet_final, scfg, sec,
                                  card={"run": run_dir.name, "features": str(features_dir), "encoders": str(encoders_dir),
-                                       "vae_quality": quality},
+                                       "data": data_card(features_dir), "vae_quality": quality},
                                  frame_size=frame_size, **(backbone.export_kwargs() if backbone else {}))
     return {"model": str(model_dir), "cached_clips": n_cache, "timings": timings, "phases": phases,
             "vae_quality": quality,
             "denoiser": {"prediction_type": dcfg.prediction_type, "attention": dcfg.attention, "window_k": dcfg.window_k,
                          "fusion": dcfg.fusion}}
+
+
+def data_card(features_dir: str | os.PathLike) -> dict:
+    """What a model card says about its training data: the data run, where its videos came
+    from (a user's folder or the synthetic set), and the clips per split that were featurized.
+
+    Args:
+        features_dir: the featurize run the model trained on.
+    """
+    fcard = read_card(features_dir)
+    up = fcard.get("upstream", {}).get("data", {})
+    dcard = read_card(up["path"]) if up.get("path") else {}
+    cfg = dcard.get("config", {})
+    summary = dcard.get("summary", {})
+    out = {"run": up.get("name"), "path": up.get("path"),
+           "kind": "synthetic" if "synth" in cfg else ("folder" if "src" in cfg else "unknown"),
+           "source": cfg.get("src") if "src" in cfg else "soundtrack synthetic set " + json.dumps(cfg.get("synth", {})),
+           "clips_featurized": fcard.get("summary", {}).get("clips_out")}
+    if "splits" in summary and isinstance(summary["splits"], dict):
+        out["splits"] = summary["splits"]
+    if "quarantined" in summary:
+        out["quarantined"] = summary["quarantined"]
+    if summary.get("params", {}).get("split_by"):
+        out["split_by"] = summary["params"]["split_by"]
+    return out
 
 
 def export_generator(out: Path, profile: str, encoders_dir: Path, vae_dir: Path, denoiser_dir: Path, scfg, sec,

@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from soundtrack.config import (
+    DataSection,
     ExperimentConfig,
     FeaturizeSection,
     SynthSection,
@@ -16,12 +17,16 @@ from soundtrack.config import (
     run_name,
     to_dict,
 )
-from soundtrack.data.ingest import ingest
+from soundtrack.data.ingest import folder_fingerprint, ingest, source_id_for
+from soundtrack.data.manifest import SPLITS
 from soundtrack.data.shards import featurize_id
 from soundtrack.data.synth import generate_dataset
 from soundtrack.distributed.featurize import run_featurize
+from soundtrack.distributed.ingest import RayMapper
+from soundtrack.errors import TooFewClips
 from soundtrack.stages.base import command_line, prepare_run_dir
 from soundtrack.stages.runs import Run, require_finished
+from soundtrack.storage import read_card
 
 log = logging.getLogger(__name__)
 
@@ -59,25 +64,101 @@ def stage_synth(synth: SynthSection, out: str | Path | None = None, storage: str
     return out
 
 
-def stage_ingest(src: str | Path, out: str | Path, force: bool = False, **kw) -> Path:
+def stage_ingest(src: str | Path, out: str | Path, force: bool = False, use_ray: bool = True,
+                 concurrency: int | None = None, **kw) -> Path:
     """Scan a folder of real videos into a manifest plus a quarantine table.
+
+    Resumable: each file's checks are kept in ``out/probe/``, so a re-run after a kill (or
+    with files added) checks only new or changed files.
 
     Args:
         src: folder of videos.
         out: output directory.
         force: delete what is there first.
+        use_ray: check files as Ray tasks (:class:`soundtrack.distributed.ingest.RayMapper`);
+            ``False``: one after another in this process.
+        concurrency: Ray tasks in flight (``None``: four per CPU of the cluster).
         **kw: passed to :func:`soundtrack.data.ingest.ingest`.
     """
     out = Path(out)
     if force and out.exists():
         shutil.rmtree(out)
-    cfg = {"src": str(Path(src).resolve()), **{k: (str(v) if isinstance(v, Path) else v) for k, v in kw.items()}}
+    cfg = {"src": str(Path(src).resolve()),
+           **{k: (str(v) if isinstance(v, Path) else v) for k, v in kw.items() if k != "segments"}}
     run = Run(out.parent, "data", out.name, config=cfg, command=command_line(), run_dir=out)
     with run:
         with run.timer("ingest"):
-            res = ingest(src, out, **kw)
+            res = ingest(src, out, mapper=RayMapper(concurrency) if use_ray else None, **kw)
         run.finish(**_as_summary(res))
     return out
+
+
+def ingest_run_dir(storage: str | Path, data: DataSection) -> Path:
+    """``<storage>/data/ingest-<folder>-<hash>`` of a configured folder: the hash covers the
+    section's identity and the folder's listing (:func:`soundtrack.data.ingest.folder_fingerprint`)."""
+    src = Path(str(data.source)).expanduser().absolute()
+    slug = source_id_for(src.name).rsplit("-", 1)[0][:24]
+    return Path(storage) / "data" / f"ingest-{slug}-{run_name('d', data, str(src), folder_fingerprint(src))[2:]}"
+
+
+def stage_ingest_source(data: DataSection, storage: str | Path = "runs", force: bool = False) -> Path:
+    """Ingest the folder of ``data.source`` (or reuse its finished ingest) and check its splits.
+
+    Args:
+        data: the experiment's ``data`` section (``source`` set).
+        storage: storage root.
+        force: ingest again from scratch.
+
+    Raises:
+        FileNotFoundError: the folder does not exist.
+        TooFewClips: no usable clip, or a split left empty (the message gives the numbers
+            per split and the ways out: more videos, other fractions, ``data.split_by=time``).
+    """
+    src = Path(str(data.source)).expanduser().absolute()
+    if not src.exists():
+        raise FileNotFoundError(f"data.source {src} does not exist; point it at a folder of videos.")
+    out = ingest_run_dir(storage, data)
+    card = read_card(out)
+    if force or card.get("status") != "finished" or not (out / "manifest.parquet").exists():
+        kw = {"clip_s": data.clip_s, "pad_short": data.pad_short, "min_clip_s": data.min_clip_s,
+              "splits": tuple(data.splits), "seed": data.seed, "require_audio": data.require_audio,
+              "split_by": data.split_by}
+        if data.metadata:
+            kw["metadata_csv"] = data.metadata
+        stage_ingest(src, out, force=force, use_ray=data.use_ray, concurrency=data.concurrency, **kw)
+    else:
+        log.info("ingest: %s is already finished for %s; reusing it", out, src)
+    check_splits(out, src, data)
+    return out
+
+
+def check_splits(data_dir: Path, src: Path, data: DataSection) -> dict:
+    """Every split of an ingest has clips, or a :class:`TooFewClips` with the numbers and the fixes.
+
+    Args:
+        data_dir: the finished ingest.
+        src: the folder it came from (named in the message).
+        data: the ``data`` section (its split settings are named in the message).
+
+    Returns:
+        ``{split: {"videos": n, "clips": n}}``.
+    """
+    man = pd.read_parquet(data_dir / "manifest.parquet", columns=["source_id", "split"])
+    counts = {s: {"videos": int(man.loc[man["split"] == s, "source_id"].nunique()),
+                  "clips": int((man["split"] == s).sum())} for s in SPLITS}
+    empty = [s for s in SPLITS if counts[s]["clips"] == 0]
+    if empty:
+        q = pd.read_parquet(data_dir / "quarantine.parquet") if (data_dir / "quarantine.parquet").exists() else None
+        per = ", ".join(f"{s} {counts[s]['videos']} video(s) / {counts[s]['clips']} clip(s)" for s in SPLITS)
+        quarantined = 0 if q is None else len(q)
+        fix = ("add videos" if len(man) == 0 else
+               "add videos (splits are by whole video: a held-out split needs its own videos), change "
+               f"data.splits (now {list(data.splits)}) or data.seed, or set data.split_by=time to hold out "
+               "the later clips of each video (a measure of fit to these videos, not of generalisation)")
+        raise TooFewClips(f"{src} is too small for the {'/'.join(empty)} split(s): {len(man)} clip(s) from "
+                          f"{man['source_id'].nunique()} video(s) ({per}; {quarantined} file(s) quarantined, "
+                          f"see {data_dir / 'quarantine.parquet'}); {fix}.")
+    return counts
 
 
 def _as_summary(res) -> dict:
@@ -127,9 +208,13 @@ def stage_featurize(data_dir: str | Path, section: FeaturizeSection = FeaturizeS
 
 
 def features_for(cfg: ExperimentConfig, features: str | None) -> Path:
-    """A finished featurize run: the given one, or the experiment's own synth -> featurize chain."""
+    """A finished featurize run: the given one, or the experiment's own data -> featurize chain
+    (the folder of ``data.source`` ingested, or the synthetic set of ``synth``)."""
     if features:
         require_finished(features, what="featurize run")
         return Path(features)
-    data = stage_synth(cfg.synth, storage=cfg.storage)
+    if cfg.data.source:
+        data = stage_ingest_source(cfg.data, storage=cfg.storage)
+    else:
+        data = stage_synth(cfg.synth, storage=cfg.storage)
     return stage_featurize(data, cfg.featurize, storage=cfg.storage)
