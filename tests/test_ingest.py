@@ -486,3 +486,26 @@ def test_too_small_folder_names_the_numbers_and_the_ways_out(tmp_path):
     # the run name follows the folder's content: a new file gives a new ingest
     _make_video(src / "c.mp4", 11.0)
     assert ingest_run_dir(tmp_path / "runs", timed) != d2
+
+
+def test_published_segments_cut_inside_their_spans(tmp_path):
+    """A published segment list (VGGSound layout, full-length downloads): clips inside the spans,
+    the layout's labels and splits, val drawn from its train sources."""
+    from soundtrack.data.importers import import_layout
+
+    src = tmp_path / "src"
+    _make_video(src / "abcdefghijk.mp4", 41.0)
+    _make_video(src / "zyxwvutsrqp.mp4", 25.0)
+    _make_video(src / "unlisted.mp4", 11.0)
+    csv = tmp_path / "vggsound.csv"
+    csv.write_text('abcdefghijk,20,"dog barking",train\nzyxwvutsrqp,3,rain,test\nmissing_id_x,0,cat,train\n')
+    seg, report = import_layout(csv, src, "vggsound")
+    assert report["unmatched_rows"]["count"] == 1
+    res = ingest(src, tmp_path / "out", segments=seg, splits=(0.5, 0.5, 0.0))
+    m = res.manifest.set_index("video_path")
+    a, z = m.loc[str(src / "abcdefghijk.mp4")], m.loc[str(src / "zyxwvutsrqp.mp4")]
+    # a 10 s span inside a longer video gives one whole 10.24 s clip from the span's start
+    assert (a["start_s"], a["duration_s"], a["pad_s"]) == (20.0, CLIP_S, 0.0)
+    assert a["label_class"] == "dog barking" and z["label_class"] == "rain" and z["split"] == "test"
+    assert a["split"] in ("train", "val")  # the layout publishes no val: drawn from train by the hash
+    assert res.summary["segments"]["unlisted_files"] == 1 and str(src / "unlisted.mp4") not in m.index

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from soundtrack.config import ExperimentConfig, SynthSection, build, load_config
+from soundtrack.data.importers import import_layout
 from soundtrack.data.media import probe
 from soundtrack.demo import stage_demo
 from soundtrack.errors import ConfigError, MediaError
@@ -85,7 +86,8 @@ def synth(n: int | None = None, seed: int | None = None, difficulty: str | None 
 
 def ingest(src: str | os.PathLike, out: str | os.PathLike, clip_s: float = 10.24, pad_short: bool = False,
            metadata: str | os.PathLike | None = None, seed: int = 0, force: bool = False, use_ray: bool = True,
-           concurrency: int | None = None, split_by: str = "source") -> Path:
+           concurrency: int | None = None, split_by: str = "source", segments: str | os.PathLike | None = None,
+           layout: str = "auto") -> Path:
     """``soundtrack data ingest``: a folder of real videos -> manifest + quarantine.
 
     Args:
@@ -99,10 +101,15 @@ def ingest(src: str | os.PathLike, out: str | os.PathLike, clip_s: float = 10.24
         use_ray: one Ray task per file (``False``: serially in this process).
         concurrency: Ray tasks in flight (``None``: four per CPU).
         split_by: ``source`` or ``time`` (see :func:`soundtrack.data.ingest.split_by_time`).
+        segments: a published data set's segment list (CSV) to match against ``src``
+            (:func:`soundtrack.data.importers.import_layout`); only the videos it names are used.
+        layout: its layout (``auto``, ``vggsound``, ``audioset``, ``generic``).
     """
     kw: dict[str, Any] = {"clip_s": clip_s, "pad_short": pad_short, "seed": seed, "split_by": split_by}
     if metadata:
         kw["metadata_csv"] = metadata
+    if segments:
+        kw["segments"], _ = import_layout(segments, src, layout)
     return stage_ingest(src, out, force=force, use_ray=use_ray, concurrency=concurrency, **kw)
 
 

@@ -70,6 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=0, help="split seed")
     g.add_argument("--split-by", choices=("source", "time"), default="source",
                    help="hold out whole videos (default) or the later clips of each video (few videos)")
+    g.add_argument("--segments", help="a published segment list (VGGSound/AudioSet/generic CSV) to match against SRC")
+    g.add_argument("--layout", default="auto", help="its layout: auto (default), vggsound, audioset, generic")
     g.add_argument("--no-ray", action="store_true", help="check files one by one in this process")
     g.add_argument("--concurrency", type=int, help="Ray probe tasks in flight (default: four per CPU)")
     g.add_argument("--force", action="store_true")

@@ -26,7 +26,7 @@ def cmd_synth(args) -> int:
 def cmd_ingest(args) -> int:
     out = api.ingest(args.src, args.out, clip_s=args.clip_s, pad_short=args.pad_short, metadata=args.metadata,
                      seed=args.seed, force=args.force, use_ray=not args.no_ray, concurrency=args.concurrency,
-                     split_by=args.split_by)
+                     split_by=args.split_by, segments=args.segments, layout=args.layout)
     print(f"ingested: {out}\n  manifest:   {out / 'manifest.parquet'}\n  quarantine: {out / 'quarantine.parquet'}")
     return 0
 

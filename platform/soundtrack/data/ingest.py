@@ -888,7 +888,9 @@ def ingest(
         segments: an imported layout's segment table (``file`` relative to ``src``,
             ``start_s``, ``end_s``, ``caption``, ``split``, ``label_*``;
             :func:`soundtrack.data.importers.import_layout`): only the files it names are
-            ingested, cut inside its spans, with its captions, labels and (when given) splits.
+            ingested, cut inside its spans, with its captions, labels and (when given) splits;
+            a table that publishes train and test only (VGGSound, AudioSet) has its val
+            sources drawn from its train sources by the split hash.
         mapper: how the per-file checks run (:data:`Mapper`; ``None``: :func:`serial_map`).
         split_by: ``source`` (default: whole videos per split, nothing leaks) or ``time``,
             the documented fallback for folders with too few videos to hold some out:
@@ -976,6 +978,7 @@ def ingest(
     warnings: list[str] = []
     seen_clip_ids: dict[str, str] = {}
     stats = {"containers": Counter(), "audio_sr": Counter(), "audio_channels": Counter(), "vfr": 0}
+    publishes_val = seg_rows is not None and any(r.get("split") == "val" for v in seg_rows.values() for r in v)
     for path, rel in files:
         res = results[rel]
         if not res["ok"]:
@@ -1003,6 +1006,11 @@ def ingest(
             split = published[0]
             if len(published) > 1:
                 warnings.append(f"{rel}: segments in splits {published}; all its clips go to {split}")
+            if split == "train" and not publishes_val and splits[1] > 0:
+                # VGGSound / AudioSet publish train and test only: val is drawn from their train
+                # sources by the same hash, with probability f_val / (f_train + f_val)
+                f_tr = splits[0] / (splits[0] + splits[1])
+                split = manifest_mod.split_for_source(source_id, (f_tr, 1.0 - f_tr, 0.0), seed)
         m = meta.get(rel, {"caption": "", "labels": {}})
         for cid, (start, dur, pad, seg) in zip(ids, spans):
             seen_clip_ids[cid] = rel

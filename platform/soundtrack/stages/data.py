@@ -17,6 +17,7 @@ from soundtrack.config import (
     run_name,
     to_dict,
 )
+from soundtrack.data.importers import import_layout
 from soundtrack.data.ingest import folder_fingerprint, ingest, source_id_for
 from soundtrack.data.manifest import SPLITS
 from soundtrack.data.shards import featurize_id
@@ -125,6 +126,11 @@ def stage_ingest_source(data: DataSection, storage: str | Path = "runs", force: 
               "split_by": data.split_by}
         if data.metadata:
             kw["metadata_csv"] = data.metadata
+        if data.segments:
+            kw["segments"], report = import_layout(data.segments, src, data.layout)
+            log.info("ingest: %s (%s layout): %d segment(s) matched, %d row(s) unmatched, %d ambiguous",
+                     data.segments, report["layout"], report["segments"], report["unmatched_rows"]["count"],
+                     report["ambiguous_rows"]["count"])
         stage_ingest(src, out, force=force, use_ray=data.use_ray, concurrency=data.concurrency, **kw)
     else:
         log.info("ingest: %s is already finished for %s; reusing it", out, src)
