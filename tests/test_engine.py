@@ -332,11 +332,18 @@ def test_a_cached_record_lacking_newer_metrics_is_rescored_from_its_audio(tmp_pa
     assert third.cached and third.wav is None and _same(third.metrics, first.metrics)
 
 
-def test_non_finite_audio_raises_and_is_never_scored_or_cached(tmp_path):
+def test_non_finite_audio_is_a_failed_record_never_scored_or_cached(tmp_path):
     rows = _rows()
+    recs = list(run_jobs([{"clip_id": "a", "seed": 0}, {"clip_id": "b", "seed": 1}], rows, _FakeGen(rows, nan=True),
+                         {}, cache_dir=tmp_path))
+    assert all(r.failed and r.metrics == {} for r in recs)  # the second job ran after the first failed
+    assert "the generator audio of clip 'a' (seed 0, source 'a') has 48000 non-finite samples" in recs[0].error
+    assert recs[0].to_dict()["failed"] is True and recs[0].to_dict()["error"] == recs[0].error
+    assert not list(tmp_path.iterdir())  # nothing cached: a later run tries again
+    # non-finite real audio is a damaged data set, not a model failure: it still raises
+    rows["a"]["wav_mix"] = rows["a"]["wav_mix"] * np.nan
     with pytest.raises(GeneratorError, match=r"non-finite samples"):
-        list(run_jobs([{"clip_id": "a", "seed": 0}], rows, _FakeGen(rows, nan=True), {}, cache_dir=tmp_path))
-    assert not list(tmp_path.iterdir())
+        list(run_jobs([{"clip_id": "a", "seed": 0, "kind": "ground_truth"}], rows, None, {}))
 
 
 def test_evaluate_clips_reports_each_batch_with_the_engine():
@@ -347,3 +354,137 @@ def test_evaluate_clips_reports_each_batch_with_the_engine():
     assert [n for n, _ in seen] == [1, 2] and s.clip_ids == ["a", "b"]
     assert seen[-1][1] == pytest.approx(objective_value(s, {"f1": 1.0}))
     assert all(d is not None for d in s.dyn_gen) and all(d is None for d in s.dyn_ref)  # rows have no dynamics_db
+
+
+# ----------------------------------------------------------------------------- diverged generators
+
+
+class _PerClip:
+    """Generates each clip with the generator named for it (a diverged one for some clips)."""
+
+    sr = 16000
+
+    def __init__(self, good, bad, bad_clips):
+        self.good, self.bad, self.bad_clips = good, bad, set(bad_clips)
+
+    def generate(self, frames, seed=0, clip_id="clip", **overrides):
+        g = self.bad if clip_id in self.bad_clips else self.good
+        return g.generate(frames, seed=seed, clip_id=clip_id, **overrides)
+
+
+@pytest.fixture(scope="module")
+def diverged():
+    """A good and a diverged (NaN denoiser weights) untrained tiny generator, one torch thread."""
+    import torch
+
+    from soundtrack.pipelines.generator import build_tiny_generator
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    good = build_tiny_generator(None, seed=0, num_steps=2, gl_iterations=4)
+    bad = build_tiny_generator(None, seed=0, num_steps=2, gl_iterations=4)
+    with torch.no_grad():
+        for p in bad.denoiser.parameters():
+            p.fill_(float("nan"))
+    yield good, bad
+    torch.set_num_threads(before)
+
+
+def _tiny_rows(n=3):
+    """Three 3 s clips of 32 px frames with click mixes (the tiny generator's input)."""
+    from soundtrack.data.features import DEFAULT_CONFIG, dynamics_db
+
+    rows = {}
+    for k in range(n):
+        t = np.arange(0.25 + 0.1 * k, 3.0, 0.5)
+        wav = _clicks(t + 0.05)
+        frames = np.zeros((30, 32, 32, 3), np.uint8)
+        frames[:, :, :, k % 3] = 60 + 40 * k
+        rows[f"c{k}"] = {"clip_id": f"c{k}", "label_event_times": t, "frames": frames, "wav_mix": wav,
+                         "melody": None, "dynamics_db": dynamics_db(wav, DEFAULT_CONFIG)}
+    return rows
+
+
+def test_a_diverged_generation_is_a_failed_clip_naming_step_and_window_the_others_are_scored(diverged, tmp_path):
+    """A generator whose denoiser is NaN: GeneratorError names the denoising step and the
+    window; run_jobs records that clip as failed (nothing cached) and scores the others, and
+    evaluate_clips (a tune trial's loop) counts it, reports every clip and scores the rest."""
+    good, bad = diverged
+    rows = _tiny_rows()
+    with pytest.raises(GeneratorError, match=r"clip 'c1' window 1/1: denoising step 1/2 \(timestep \d+\) gave 4096 "
+                                             r"non-finite latent values of 4096: the model diverged"):
+        bad.generate(rows["c1"]["frames"], seed=0, clip_id="c1")
+    model = _PerClip(good, bad, ["c1"])
+    jobs = [{"clip_id": c, "seed": 0} for c in rows]
+    recs = list(run_jobs(jobs, rows, model, {}, cache_dir=tmp_path / "cache"))
+    assert [r.failed for r in recs] == [False, True, False]
+    assert "window 1/1: denoising step 1/2" in recs[1].error and recs[1].metrics == {}
+    assert all(np.isfinite(recs[i].metrics["onset_rate"]) for i in (0, 2))
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == ["c0_s0.json", "c0_s0.wav", "c2_s0.json",
+                                                                      "c2_s0.wav"]
+    seen = []
+    scores = evaluate_clips(model, list(rows.values()), {}, 0, None, {"onset_rate": 1.0}, batch_clips=2,
+                            on_batch=lambda n, v, s: seen.append((n, v)))
+    assert [n for n, _ in seen] == [2, 3] and scores.clip_ids == ["c0", "c2"] and list(scores.failed) == ["c1"]
+    assert scores.n_processed == 3 and scores.means()["failed_clips"] == 1.0
+    assert seen[-1][1] == pytest.approx(np.mean([recs[0].metrics["onset_rate"], recs[2].metrics["onset_rate"]]))
+    # saved and loaded with the trial's artifacts; compared on the clips both arms scored
+    from soundtrack.eval.engine import compare, load_scores, save_scores
+
+    save_scores(scores, tmp_path / "trial")
+    back = load_scores(tmp_path / "trial")
+    assert back.failed == scores.failed and back.n_processed == 3
+    everything = evaluate_clips(good, list(rows.values()), {}, 0, None, {"onset_rate": 1.0})
+    cmp = compare(everything, back, {"onset_rate": 1.0})
+    assert cmp["clips"] == 2 and cmp["failed"] == {"best": {}, "defaults": {"c1": scores.failed["c1"]}}
+    # every clip failing leaves the objective undefined, with the reason
+    with pytest.raises(ObjectiveError, match=r"undefined on 0 scored clips \(3 clip\(s\) failed; c0: clip 'c0' window"):
+        evaluate_clips(bad, list(rows.values()), {}, 0, None, {"onset_rate": 1.0}, on_batch=lambda *a: None)
+
+
+def test_the_bench_counts_a_failed_clip_and_scores_the_others(diverged, tmp_path):
+    """The bench's path (run_chunk, then score_sets' evaluator step and tables) with one
+    diverged clip: its row says failed with the error, the means cover the other clips, the
+    summary and summary.md count it."""
+    import torch
+
+    from soundtrack.eval.bench import BenchConfig, MethodSpec, markdown, run_chunk, score_sets
+    from soundtrack.eval.scoring import Evaluator
+    from soundtrack.models.encoders import ContrastiveConfig, build_contrastive
+
+    good, bad = diverged
+    rows = _tiny_rows()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        enc = build_contrastive(ContrastiveConfig.tiny(video_input_size=32, video_channels=(8, 16), video_dim=16,
+                                                       audio_channels=16, audio_dim=16, embed_dim=32, use_text=False))
+        Evaluator(enc, torch.randn(3, 280), torch.zeros(3), ["a", "b", "c"], {}).save(tmp_path / "ev")
+    methods = {"ours": MethodSpec()}
+    cfg = BenchConfig(clips=3, seeds=(0,), n_boot=50)
+    jobs = [{"clip_id": c, "source": c, "seed": 0, "kind": "generator"} for c in rows]
+    recs = run_chunk(jobs, _PerClip(good, bad, ["c2"]), {}, str(tmp_path / "cache"), rows)
+    assert [r.get("failed", False) for r in recs] == [False, False, True] and recs[2]["cached"] is False
+    table, sets, summary = score_sets({"ours": recs}, methods, list(rows.values()), tmp_path / "ev", cfg,
+                                      {"ours": tmp_path / "cache"})
+    assert table["failed"].tolist() == [False, False, True]
+    assert "denoising step 1/2" in table["error"].iloc[2] and np.isnan(table["sim"].iloc[2])
+    assert summary["failed"]["ours"]["n"] == 1 and summary["failed"]["ours"]["of"] == 3
+    assert summary["methods"]["ours"]["f1"]["n"] == 2 and summary["methods"]["ours"]["failed"] == {"n": 1, "of": 3}
+    assert summary["methods"]["ours"]["onset_rate"]["mean"] == pytest.approx(table["onset_rate"].iloc[:2].mean())
+    assert set(sets["n_clips"]) == {2}  # set metrics over the scored clips
+    md = markdown(summary, methods)
+    assert "## Failed samples" in md and "| ours | 1 | 3 | c2 (seed 0): clip 'c2' window 1/1: denoising step 1/2" in md
+
+
+def test_a_clip_without_event_labels_has_nan_sync_metrics_not_zero():
+    """Real videos have no synthetic event labels: the sync and beat metrics are undefined
+    there (nan), never 0; onset_rate and the label-free metrics are scored."""
+    rows = _rows()
+    del rows["a"]["label_event_times"]
+    rows["b"]["label_event_times"] = None
+    recs = list(run_jobs([{"clip_id": c, "seed": 0, "kind": "ground_truth"} for c in ("a", "b")], rows, None, {}))
+    for r in recs:
+        assert all(math.isnan(r.metrics[m]) for m in ("f1", "precision", "hit_rate", "bcs", "bhs", "beat_f1"))
+        assert r.metrics["onset_rate"] > 0 and math.isfinite(r.metrics["pche"])
+    labelled = list(run_jobs([{"clip_id": "a", "seed": 0, "kind": "ground_truth"}], _rows(), None, {}))[0]
+    assert labelled.metrics["onset_rate"] == recs[0].metrics["onset_rate"] and math.isfinite(labelled.metrics["f1"])

@@ -355,7 +355,7 @@ def test_cli_generate_file_uri_and_train_run(model, videos, soundtrack_seed1, tm
         results.append((p.returncode, stdout, stderr))
     (code, stdout, stderr), (code2, _, stderr2) = results
     assert code == 0, stderr
-    assert str(out) in stdout and "real-time factor" in stdout
+    assert str(out) in stdout and "real-time factor" in stdout and "2 windows" in stdout
     assert np.array_equal(sf.read(str(out), dtype="float32")[0], wav)  # same model, seed: same soundtrack
     assert code2 == 0, stderr2
     info = media.probe(out_mp4)
@@ -434,12 +434,34 @@ def test_cli_bad_inputs_exit_2_with_a_message(model, videos, bad_inputs, tmp_pat
 
 
 def test_non_finite_output_raises_instead_of_being_silenced(tmp_path):
-    """A diverged model (NaN weights) raises GeneratorError naming the clip; nothing is nan_to_num-ed."""
+    """A diverged model (NaN weights) raises GeneratorError naming the clip, the window and the
+    denoising step, at the first step whose latents are not finite; nothing is nan_to_num-ed."""
     gen = build_tiny_generator(None, seed=0, num_steps=2)
     with torch.no_grad():
         next(gen.denoiser.parameters()).fill_(float("nan"))
-    with pytest.raises(GeneratorError, match=r"clip 'diverged' has \d+ non-finite samples"):
+    with pytest.raises(GeneratorError, match=r"clip 'diverged' window 1/1: denoising step 1/2 \(timestep \d+\) gave "
+                                             r"4096 non-finite latent values of 4096: the model diverged"):
         gen.generate(_frames(20), seed=0, clip_id="diverged")
+    # A model that diverges only late: step 2 of 3, in the second window of a two-window video.
+    gen = build_tiny_generator(None, seed=0, num_steps=3)
+    real, calls = gen.denoiser.forward, []
+
+    def late(*args, **kwargs):
+        out = real(*args, **kwargs)
+        calls.append(1)
+        # the window 2 / step 2 forwards: each step runs one guided batch (one forward call)
+        return out * float("nan") if len(calls) == 3 + 2 else out
+
+    gen.denoiser.forward = late
+    with pytest.raises(GeneratorError, match=r"clip 'late' window 2/2: denoising step 2/3 \(timestep \d+\)"):
+        gen.generate(_frames(110), seed=0, clip_id="late")
+    # The decoder is guarded too: finite latents, a NaN VAE.
+    gen = build_tiny_generator(None, seed=0, num_steps=2)
+    with torch.no_grad():
+        for prm in gen.vae.decoder.parameters():
+            prm.fill_(float("nan"))
+    with pytest.raises(GeneratorError, match=r"clip 'vae' window 1/1: decoding \(VAE \+ vocoder\) gave \d+ non-finite"):
+        gen.generate(_frames(20), seed=0, clip_id="vae")
 
 
 def test_knob_table_matches_the_code_it_describes():

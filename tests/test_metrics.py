@@ -647,3 +647,62 @@ def test_mode_estimate_on_rendered_synthetic_clips():
         assert M.chroma_concentration(ch, lv) > 0.015 and M.spectral_flatness(mix, SR) < 0.2
     assert scale_ok >= 10, f"estimated key had the clip's scale on {scale_ok}/{n} clips"
     assert mode_ok >= 8, f"mode matched on {mode_ok}/{n} clips"
+
+
+# ----------------------------------------------------------------------------- seams
+
+
+def test_frame_changes_against_a_direct_computation():
+    """The blocked, mel-band computation equals a direct one on a signal longer than a block."""
+    import librosa
+    from scipy.signal import get_window
+
+    from soundtrack.metrics import frame_changes
+
+    sr, n_fft, hop = 16000, 1024, 160
+    rng = np.random.default_rng(0)
+    wav = (0.1 * rng.standard_normal(sr * 45)).astype(np.float32)  # 4490 frames: two blocks of 4096
+    wav[sr * 20 :] *= 0.25
+    times, flux, loud = frame_changes(wav, sr, n_fft, hop)
+    n = 1 + (len(wav) - n_fft) // hop
+    fr = np.stack([wav[i * hop : i * hop + n_fft].astype(np.float64) for i in range(n)])
+    mag = np.sqrt(np.abs(np.fft.rfft(fr * get_window("hann", n_fft), axis=1)) ** 2
+                  @ librosa.filters.mel(sr=sr, n_fft=n_fft, n_mels=64).T)
+    unit = mag / np.linalg.norm(mag, axis=1, keepdims=True)
+    np.testing.assert_allclose(flux, np.linalg.norm(np.diff(unit, axis=0), axis=1), rtol=1e-9)
+    level = 10 * np.log10(np.mean(fr ** 2, axis=1) + 1e-12)
+    np.testing.assert_allclose(loud, np.abs(np.diff(level)), rtol=1e-9, atol=1e-9)
+    assert times[0] == pytest.approx((0.5 * hop + n_fft / 2) / sr) and len(times) == n - 1
+    # the 12 dB step at 20 s is the largest level change, and near 20 s
+    assert abs(times[np.argmax(loud)] - 20.0) < n_fft / sr
+
+
+def test_seam_ratios_are_one_on_seamless_audio_and_large_at_a_jump():
+    from soundtrack.errors import MetricError
+    from soundtrack.metrics import SEAM_METRICS, seam_metrics
+    from soundtrack.pipelines.sampler import join_windows, window_joins
+
+    sr = 16000
+    rng = np.random.default_rng(1)
+    t = np.arange(30 * sr) / sr
+    noise = (0.1 * rng.standard_normal(len(t))).astype(np.float32)
+    # stationary noise: a join is like anywhere else (ratio ~1; seen 1.02)
+    flat = seam_metrics(noise, sr, [(9.24, 10.24), (18.48, 19.48)])
+    assert set(flat) == set(SEAM_METRICS) and flat["n_joins"] == 2
+    assert 0.8 < flat["flux_ratio"] < 1.25 and 0.8 < flat["loudness_ratio"] < 1.4
+    # our equal-power crossfade of independent windows of one level: no seam either (seen 1.02 / 1.00)
+    wins = [(0.1 * rng.standard_normal(163_840)).astype(np.float32) for _ in range(3)]
+    joined = seam_metrics(join_windows(wins, sr, 1.0, 25 * sr), sr, window_joins(25.0))
+    assert 0.8 < joined["flux_ratio"] < 1.25 and 0.8 < joined["loudness_ratio"] < 1.25
+    # a hard cut from noise to a tone: a timbre jump (seen 2.5); a 12 dB step: a loudness jump (seen 19)
+    cut = seam_metrics(np.where(t < 15, noise, 0.14 * np.sin(2 * np.pi * 440 * t)), sr, [15.0])
+    assert cut["flux_ratio"] > 2.0 and cut["flux_ratio_max"] == cut["flux_ratio"]
+    step = seam_metrics(np.where(t < 15, noise, 4 * noise), sr, [15.0])
+    assert step["loudness_ratio"] > 8.0 and step["loudness_at_joins_db"] > 3.0
+    # the plain comparison with the median single change exceeds 1 even without a seam
+    assert flat["loudness_vs_median"] > 2.0
+    assert all(math.isnan(v) for k, v in seam_metrics(noise, sr, []).items() if k.endswith("ratio"))
+    with pytest.raises(MetricError, match="not an interval inside the 30.000 s track"):
+        seam_metrics(noise, sr, [(29.5, 31.0)])
+    with pytest.raises(MetricError, match="non-finite"):
+        seam_metrics(noise * np.nan, sr, [15.0])

@@ -20,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import shlex
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -156,10 +156,16 @@ def tune(config: str | os.PathLike, overrides: Overrides = (), storage: str | os
 
 def generate(video: str | os.PathLike, model: str, out: str | os.PathLike, seed: int = 0,
              storage: str | os.PathLike = "runs", prompt: str | None = None, num_steps: int | None = None,
-             guidance_scale: float | None = None) -> GenerationResult:
+             guidance_scale: float | None = None,
+             progress: Callable[[int, int], None] | None = None) -> GenerationResult:
     """``soundtrack generate``: a soundtrack (``.wav``) or the video with it (``.mp4``).
 
-    The URI, the output type and the input are checked before any weights are read.
+    The URI, the output type and the input are checked before any weights are read. Any
+    length up to the model's ``sampler.max_seconds`` (720 s for new models), in memory
+    that does not grow with the length but for the soundtrack itself
+    (:meth:`~soundtrack.pipelines.generator.SoundtrackGenerator.generate_file`); each
+    group of windows logs ``window k/n`` (INFO, shown by the command line, when the video
+    has more than one group of ``sampler.window_batch`` windows).
 
     Args:
         video: input video (an audio track is not needed).
@@ -170,10 +176,13 @@ def generate(video: str | os.PathLike, model: str, out: str | os.PathLike, seed:
         prompt: text prompt (models trained with text only).
         num_steps: denoising steps (None: the model's).
         guidance_scale: classifier-free guidance scale (None: the model's).
+        progress: called after each group of windows with (windows done, windows).
 
     Raises:
         ConfigError: the output does not end with ``.wav`` or ``.mp4``.
         MediaError: the input has no video stream.
+        GeneratorError: a video longer than the model's limit, or a diverged model (the
+            message names the window and the denoising step).
     """
     model_dir = resolve_model_uri(model, storage)
     out = Path(out)
@@ -183,7 +192,7 @@ def generate(video: str | os.PathLike, model: str, out: str | os.PathLike, seed:
         raise MediaError("no_video_stream", f"{video} has no video stream (an audio-only file?); "
                          "--video needs a file with video frames.")
     gen = SoundtrackGenerator.load(model_dir)
-    return gen.generate_file(video, out, seed=seed, caption=prompt or None, num_steps=num_steps,
+    return gen.generate_file(video, out, seed=seed, caption=prompt or None, progress=progress, num_steps=num_steps,
                              guidance_scale=guidance_scale)
 
 

@@ -50,7 +50,8 @@ def cmd_generate(args) -> int:
     res = api.generate(args.video, args.model, args.out, seed=args.seed, storage=args.storage, prompt=args.prompt,
                        num_steps=args.num_steps, guidance_scale=args.guidance_scale)
     print(f"soundtrack: {res.out_path}\n  model:  {args.model}\n"
-          f"  audio:  {res.duration_s:.2f} s, {res.n_samples} samples at {res.sr} Hz\n"
+          f"  audio:  {res.duration_s:.2f} s, {res.n_samples} samples at {res.sr} Hz, "
+          f"{res.windows} window{'s' if res.windows != 1 else ''}\n"
           f"  time:   {res.seconds:.1f} s, real-time factor {res.real_time_factor:.2f} "
           "(seconds of audio per second of compute; above 1 is faster than real time)")
     return 0

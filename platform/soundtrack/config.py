@@ -123,6 +123,10 @@ class FeaturizeSection:
             onsets, beats) are computed from: the music stem or the mix.
         splits: featurize only these splits (``None``: all), e.g. ``["test"]`` for an
             evaluation-only set.
+        max_lost_fraction: a clip whose audio or video lost more than this fraction of
+            its length to damaged packets (skipped at decode, see
+            :class:`soundtrack.data.media.DecodeReport`) is refused (``damaged``) instead
+            of written; 0.25 = 2.56 s of a 10.24 s clip.
     """
 
     size: int = 112
@@ -134,6 +138,7 @@ class FeaturizeSection:
     concurrency: int | None = field(default=None, metadata=INFRA)
     features_from: Literal["music", "mix"] = "music"
     splits: tuple[str, ...] | None = None
+    max_lost_fraction: float = 0.25
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,8 @@ class MediaError(SoundtrackError):
 
     Attributes:
         reason: one of ``empty``, ``missing``, ``not_video``, ``no_video_stream``,
-            ``no_audio``, ``truncated``, ``unreadable``, ``too_short``.
+            ``no_audio``, ``truncated``, ``unreadable``, ``too_short``, ``damaged`` (more of
+            a clip lost to undecodable packets than ``featurize.max_lost_fraction``).
         message: a human sentence naming the problem and what to do.
     """
 

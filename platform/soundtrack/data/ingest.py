@@ -487,13 +487,18 @@ def _tail_end(container, streams: list, video, start_s: float, decode: bool) -> 
 
 
 def _verify_decodable(
-    path: Path, claim_s: float, limits: IngestLimits, check_audio: bool = True
+    path: Path, claim_s: float, limits: IngestLimits, check_audio: bool = True,
+    head_packets: int = 256, head_s: float = 10.0,
 ) -> tuple[float, str | None]:
     """Check that a video decodes at its start and all the way to the end its header claims.
 
     In one open of the container:
 
-    1. the first video frame and (with ``check_audio``) the first audio frame must decode;
+    1. a video frame and (with ``check_audio``) an audio frame must decode near the start:
+       like a player, undecodable packets at the start are skipped (and counted in the
+       warning), and the stream is rejected only when none of its first ``head_packets``
+       packets, or of its first ``head_s`` seconds, gives a frame (a damaged first packet
+       of an AVI's MP3 track plays fine and must not quarantine the video);
     2. everything from ``limits.tail_check_s`` before the claimed end (in practice from the
        key frame before that point) is decoded; the last decoded frame must end within
        ``limits.max_missing_s`` of the claimed duration.
@@ -507,11 +512,14 @@ def _verify_decodable(
         limits: the tail window and the tolerated shortfall.
         check_audio: also decode the audio track (off when audio is not required, so an
             undecodable audio codec does not reject a video used without its sound).
+        head_packets: packets of each stream tried for a first frame (256 are about 10 s
+            of 25 fps video, 5 s of 48 kHz AAC).
+        head_s: stream time (s) from the first packet tried for a first frame.
 
     Returns:
         ``(duration s, warning or None)``: the claimed duration (or the measured one when
-        the header had none) and a note when a few tail packets failed to decode although
-        the data reaches the end.
+        the header had none) and a note when packets at the start were skipped or a few
+        tail packets failed to decode although the data reaches the end.
 
     Raises:
         _Reject: ``no_video_stream``, ``truncated`` or ``unreadable``.
@@ -531,19 +539,38 @@ def _verify_decodable(
         v.codec_context.thread_count = 1
         a = c.streams.audio[0] if c.streams.audio and check_audio else None
         streams = [v] + ([a] if a is not None else [])
+        head_notes = []
         for st in streams:
             what = "video" if st is v else "audio"
+            n_tried, n_bad, first_bad, decoded, t_first = 0, 0, None, False, None
             try:
                 c.seek(0)
-                next(iter(c.decode(st)))
-            except StopIteration:
+                for pkt in c.demux(st):
+                    n_tried += 1
+                    ts = pkt.pts if pkt.pts is not None else pkt.dts
+                    t = float(ts * pkt.time_base) if ts is not None and pkt.time_base else None
+                    t_first = t if t_first is None else t_first
+                    try:
+                        decoded = bool(pkt.decode())
+                    except av.error.FFmpegError as exc:  # damaged packet: a player skips it
+                        n_bad += 1
+                        first_bad = first_bad or f"{type(exc).__name__}: {exc}"
+                    if decoded or n_tried >= head_packets or (t is not None and t - t_first > head_s):
+                        break
+            except Exception as exc:  # a read (demux) error before any frame decoded
                 raise _Reject(
-                    "truncated", f"{path}: its {what} stream holds no decodable frame; re-export the file."
-                ) from None
-            except Exception as exc:
-                raise _Reject(
-                    "unreadable", f"{path}: the first {what} frame cannot be decoded ({exc}); re-encode the file."
+                    "unreadable", f"{path}: the start of its {what} stream cannot be read ({exc}); re-encode the file."
                 ) from exc
+            if not decoded and n_bad:
+                raise _Reject(
+                    "unreadable",
+                    f"{path}: none of the first {n_tried} {what} packets decodes ({n_bad} failed, first: {first_bad}); "
+                    "the stream is damaged at the start: re-encode or re-download the file.",
+                )
+            if not decoded:
+                raise _Reject("truncated", f"{path}: its {what} stream holds no decodable frame; re-export the file.")
+            if n_bad:
+                head_notes.append(f"{n_bad} damaged {what} packet(s) at the start skipped (first: {first_bad})")
         if claim_s <= 0:
             claim_s, _, _ = _tail_end(c, streams, v, 0.0, decode=False)
             if claim_s <= 0:
@@ -558,13 +585,13 @@ def _verify_decodable(
             f"{path}: the header says {claim_s:.2f} s but decodable data ends at {end:.2f} s{detail}; "
             "the file was cut short or damaged at the end: re-copy or re-download it.",
         )
-    warning = None
+    notes = list(head_notes)
     if errors:
-        warning = (
+        notes.append(
             f"{errors} packet(s) near the end failed to decode (first: {first_error}) "
             f"but data reaches {end:.2f} s"
         )
-    return claim_s, warning
+    return claim_s, "; ".join(notes) or None
 
 
 def _check_duration(path: Path, duration: float, min_clip_s: float, limits: IngestLimits) -> None:

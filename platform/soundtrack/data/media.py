@@ -1,9 +1,16 @@
 """Decoding and encoding of video and audio files, shared by every stage.
 
-Frames are read with decord (sampled by timestamp, so variable frame rate works);
+Frames are read with decord (sampled by timestamp, so variable frame rate works), or
+with PyAV when decord fails (damaged data) or the video carries a display rotation;
 audio is decoded with PyAV (decord's ``AudioReader`` misreports durations and a fresh
 machine has no ``ffmpeg`` binary for librosa's fallback, see MACHINE-NOTES), then
 down-mixed to mono and resampled to the platform rate (16 kHz).
+
+Decoding tolerates damage the way players do: a packet that fails to decode is skipped
+and counted, and its time is filled with silence (audio) or the previous frame (video),
+so audio and video stay in sync. :func:`decode_frames` and :func:`decode_audio` return a
+:class:`DecodeReport` (bad packets, seconds lost) with the arrays; :func:`read_frames` and
+:func:`read_audio` return the arrays alone.
 
 Errors are :class:`MediaError` with a short machine-readable ``reason`` (used by the
 ingest quarantine table and by the serving layer's 4xx answers) and a message that
@@ -13,7 +20,9 @@ says what is wrong and what to do.
 from __future__ import annotations
 
 import fractions
+import logging
 import os
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -24,6 +33,8 @@ import soundfile as sf
 from scipy.signal import resample_poly
 
 from soundtrack.errors import MediaError
+
+log = logging.getLogger(__name__)
 
 #: Platform audio rate (Hz) and video rate (frames/s) used everywhere downstream.
 SAMPLE_RATE = 16000
@@ -48,6 +59,7 @@ class MediaInfo:
     audio_sr: int
     audio_channels: int
     vfr: bool  # True when frame intervals vary by more than 10 %
+    rotation: int = 0  # display rotation (degrees counter-clockwise); width/height are the displayed size
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -71,6 +83,10 @@ def _open(path: str | os.PathLike):
 
 def probe(path: str | os.PathLike, check_vfr: bool = True) -> MediaInfo:
     """Read a container's streams and metadata without decoding the whole file.
+
+    The first video frame is decoded to read the display rotation (a phone's portrait
+    video is stored landscape with a 90-degree matrix): ``width`` and ``height`` are the
+    size the frames are shown at, which is what :func:`decode_frames` returns.
 
     Args:
         path: the media file.
@@ -107,20 +123,326 @@ def probe(path: str | os.PathLike, check_vfr: bool = True) -> MediaInfo:
                     d = d[d > 0]
                     if d.size > 2 and np.median(d) > 0:
                         vfr = bool((d.max() - d.min()) > 0.1 * np.median(d))
+        rotation, width, height = 0, 0, 0
+        if v is not None:
+            width, height = int(v.codec_context.width), int(v.codec_context.height)
+            v.codec_context.thread_count = 1  # cores are shared; one frame is decoded
+            try:
+                c.seek(0)
+                rotation = _display_rotation(c, v)
+            except av.error.FFmpegError:  # a file that cannot seek or decode: no rotation known
+                rotation = 0
+            if rotation in (90, 270):
+                width, height = height, width
         return MediaInfo(
             path=str(path),
             container=c.format.name,
             has_video=v is not None,
             has_audio=a is not None,
-            width=int(v.codec_context.width) if v is not None else 0,
-            height=int(v.codec_context.height) if v is not None else 0,
+            width=width,
+            height=height,
             fps=fps,
             n_frames=int(v.frames) if v is not None and v.frames else 0,
             duration_s=dur,
             audio_sr=int(a.codec_context.sample_rate or 0) if a is not None else 0,
             audio_channels=int(a.codec_context.channels or 0) if a is not None else 0,
             vfr=vfr,
+            rotation=rotation,
         )
+
+
+# Tolerance (s) when matching an output time to a frame timestamp: decord's timestamps are
+# float32 and i / fps is a float, so "pts <= t" allows this much rounding.
+_TS_EPS_S = 1e-6
+# Audio frames whose timestamp is off the running sample count by less than this (s) are
+# joined end to end: container timestamps jitter (mkv/webm store whole ms), a lost packet
+# leaves a gap of a whole codec frame (>= 2.5 ms Opus, usually 20-64 ms), so half a frame,
+# at most 10 ms, separates jitter from loss.
+_AUDIO_JITTER_S = 0.01
+# Packets decoded at most (with failures skipped) to find a first frame, e.g. for the
+# rotation: 256 packets are 10 s of 25 fps video, a damaged first GOP or two.
+_FIRST_FRAME_PACKETS = 256
+
+
+@dataclass(frozen=True)
+class DecodeReport:
+    """What a damage-tolerant decode skipped, as a player would.
+
+    Undecodable packets are skipped; the time they covered is filled with silence (audio)
+    or the previous frame (video), so timing downstream is unchanged.
+
+    Args:
+        bad_packets: packets of the decoded window that failed to decode (or to be read).
+        lost_s: seconds of the window covered by them (length of the union of ``spans``).
+        spans: the lost intervals ``(start s, end s)`` in source time, sorted, disjoint.
+    """
+
+    bad_packets: int = 0
+    lost_s: float = 0.0
+    spans: tuple[tuple[float, float], ...] = ()
+
+    @classmethod
+    def of(cls, bad_packets: int, spans) -> DecodeReport:
+        """A report from a packet count and lost intervals (merged; empty ones dropped).
+
+        Args:
+            bad_packets: failed packets.
+            spans: iterable of ``(start s, end s)``, may overlap.
+        """
+        merged: list[list[float]] = []
+        for a, b in sorted((float(a), float(b)) for a, b in spans if b > a):
+            if merged and a <= merged[-1][1]:
+                merged[-1][1] = max(merged[-1][1], b)
+            else:
+                merged.append([a, b])
+        out = tuple((a, b) for a, b in merged)
+        return cls(int(bad_packets), round(sum(b - a for a, b in out), 6), out)
+
+    def merge(self, other: DecodeReport) -> DecodeReport:
+        """Both reports together: packets added, lost time as the union (a second lost in
+        the audio and the video counts once).
+
+        Args:
+            other: another stream's report for the same window.
+        """
+        return DecodeReport.of(self.bad_packets + other.bad_packets, self.spans + other.spans)
+
+
+def _check_file(path: str | os.PathLike) -> str:
+    p = str(path)
+    if not Path(p).exists():
+        raise MediaError("missing", f"{p} does not exist; check the path.")
+    if Path(p).stat().st_size == 0:
+        raise MediaError("empty", f"{p} is an empty file (0 bytes); re-export or remove it.")
+    return p
+
+
+def _packet_time(pkt) -> tuple[float | None, float]:
+    """A packet's presentation time (s; decode time when it has none) and duration (s, 0 unknown)."""
+    ts = pkt.pts if pkt.pts is not None else pkt.dts
+    if ts is None or not pkt.time_base:
+        return None, 0.0
+    return float(ts * pkt.time_base), float((pkt.duration or 0) * pkt.time_base)
+
+
+def _first_frame(container, stream, max_packets: int = _FIRST_FRAME_PACKETS):
+    """The first frame of ``stream`` that decodes (failing packets skipped), or ``None``.
+
+    Args:
+        container: an open input container, read from its current position.
+        stream: the stream to decode.
+        max_packets: give up after this many packets.
+    """
+    try:
+        for k, pkt in enumerate(container.demux(stream)):
+            try:
+                frames = pkt.decode()
+            except av.error.FFmpegError:  # damaged packet: try the next one
+                frames = []
+            if frames:
+                return frames[0]
+            if k >= max_packets:
+                break
+    except av.error.FFmpegError:  # read error: the file ends in damage
+        pass
+    return None
+
+
+def _display_rotation(container, stream) -> int:
+    """Display rotation (degrees counter-clockwise, a multiple of 90 in [0, 360)) of a video stream.
+
+    FFmpeg exposes the container's display matrix (mp4/mov ``tkhd`` matrix, mkv projection)
+    as side data of every decoded frame, which PyAV reads as ``VideoFrame.rotation``; there
+    is no stream-level reader, so the first decodable frame is decoded (a few ms).
+
+    Args:
+        container: an open input container (left positioned after that frame).
+        stream: its video stream.
+    """
+    frame = _first_frame(container, stream)
+    rot = int(frame.rotation) if frame is not None else 0
+    return int(round(rot / 90.0)) % 4 * 90
+
+
+def _rotate(img: np.ndarray, rotation: int) -> np.ndarray:
+    # ``rotation`` is counter-clockwise (FFmpeg's av_display_rotation_get), like np.rot90's k.
+    return np.ascontiguousarray(np.rot90(img, k=rotation // 90)) if rotation else img
+
+
+def _n_out(duration_s: float, fps: float) -> int:
+    return int(np.ceil(round(duration_s * fps, 3)))  # decord timestamps are float32: ~1e-6 s error
+
+
+def _decord_frames(p: str, fps: float, start_s: float, duration_s: float | None,
+                   size: tuple[int, int] | None) -> np.ndarray:
+    """decord's decode of :func:`decode_frames` (fast path: an intact, unrotated file).
+
+    Raises:
+        MediaError: ``too_short`` (the window gives no frame).
+        Exception: decord cannot open or decode the file (``DECORDError``, ``RuntimeError``;
+            the caller falls back to PyAV).
+    """
+    kw = {}
+    if size is not None:
+        kw = {"height": int(size[0]), "width": int(size[1])}
+    vr = decord.VideoReader(p, ctx=decord.cpu(0), num_threads=1, **kw)
+    n = len(vr)
+    if n == 0:
+        raise decord.DECORDError(f"{p}: decord found no video frames")
+    # Frame timestamps (start times, s); decord gives (start, end) per frame.
+    ts = np.asarray(vr.get_frame_timestamp(np.arange(n)))[:, 0]
+    total = float(ts[-1] + (ts[-1] - ts[-2] if n > 1 else 1.0 / fps))
+    if duration_s is None:
+        duration_s = max(total - start_s, 0.0)
+    t_out = _n_out(duration_s, fps)
+    if t_out <= 0:
+        raise MediaError("too_short", f"{p}: requested {duration_s:.3f} s gives no frame at {fps} fps.")
+    times = start_s + np.arange(t_out) / fps
+    idx = np.searchsorted(ts, times + _TS_EPS_S, side="right") - 1
+    idx = np.clip(idx, 0, n - 1)
+    frames = vr.get_batch(idx.tolist()).asnumpy()
+    if frames.ndim != 4 or frames.shape[-1] != 3:  # e.g. decord's broken rotation path (4 channels)
+        raise decord.DECORDError(f"{p}: decord returned frames of shape {frames.shape}")
+    return np.ascontiguousarray(frames, dtype=np.uint8)
+
+
+def _pyav_frames(p: str, fps: float, start_s: float, duration_s: float | None,
+                 size: tuple[int, int] | None) -> tuple[np.ndarray, DecodeReport]:
+    """PyAV's decode of :func:`decode_frames`: damaged packets skipped, rotation applied.
+
+    Decodes from the key frame before ``start_s`` and keeps, for each output time, the last
+    frame whose timestamp is <= it; a frame lost to a bad packet therefore leaves the
+    previous frame on screen, as in a player.
+    """
+    with _open(p) as c:
+        if not c.streams.video:
+            raise MediaError("no_video_stream", f"{p} has no video stream; the file must contain video frames.")
+        st = c.streams.video[0]
+        st.codec_context.thread_count = 1  # one decoder thread, like decord's num_threads=1: cores are shared
+        rotation = _display_rotation(c, st)
+        end_s = None if duration_s is None else start_s + duration_s
+        t_out = None if duration_s is None else _n_out(duration_s, fps)
+        if t_out is not None and t_out <= 0:
+            raise MediaError("too_short", f"{p}: requested {duration_s:.3f} s gives no frame at {fps} fps.")
+        rate = st.average_rate or st.guessed_rate
+        frame_s = 1.0 / float(rate) if rate else 1.0 / fps  # a packet's duration when the container has none
+        try:  # to the key frame at or before the start
+            c.seek(int(max(start_s, 0.0) / float(st.time_base)) if st.time_base else 0, stream=st, backward=True)
+        except av.error.FFmpegError:
+            c.seek(0)  # no index (damaged file): read from the start
+        h = w = 0
+        if size is not None:  # resize before rotating: a quarter turn swaps the sides
+            h, w = (int(size[1]), int(size[0])) if rotation in (90, 270) else (int(size[0]), int(size[1]))
+        out: list[np.ndarray] = []
+        bad, spans = 0, []
+        cur = cur_img = None
+        cur_t = cur_end = None
+
+        def image():
+            nonlocal cur_img
+            if cur_img is None:
+                kw = {} if size is None else {"width": w, "height": h, "interpolation": "BILINEAR"}
+                cur_img = _rotate(cur.to_ndarray(format="rgb24", **kw), rotation)
+            return cur_img
+
+        def lose(t0: float, t1: float) -> None:
+            a, b = max(t0, start_s), t1 if end_s is None else min(t1, end_s)
+            if b > a:
+                spans.append((a, b))
+
+        read_error = None
+        try:
+            for pkt in c.demux(st):
+                t, d = _packet_time(pkt)
+                try:
+                    frames = pkt.decode()  # the final empty packet flushes the decoder
+                except av.error.FFmpegError:
+                    if not pkt.size:
+                        continue
+                    if t is None or ((end_s is None or t < end_s) and t + (d or frame_s) > start_s):
+                        bad += 1
+                        if t is not None:
+                            lose(t, t + (d or frame_s))
+                    continue
+                for fr in frames:
+                    ft = float(fr.time) if fr.time is not None else (cur_t + frame_s if cur_t is not None else start_s)
+                    if cur is None:
+                        cur = fr  # times before the first frame show it (as decord clips to frame 0)
+                    while (t_out is None or len(out) < t_out) and start_s + len(out) / fps + _TS_EPS_S < ft:
+                        out.append(image())
+                    if cur is not fr:
+                        cur, cur_img = fr, None
+                    cur_t = ft
+                    fd = float(fr.duration * fr.time_base) if fr.duration and fr.time_base else frame_s
+                    cur_end = ft + fd
+                if t_out is not None and len(out) >= t_out:
+                    break
+        except av.error.FFmpegError as exc:  # a read error: the data after it is lost
+            read_error = exc
+        if cur is None:
+            raise MediaError("truncated", f"{p}: no video frame could be decoded ({read_error or 'no frame'}); "
+                                          "the file is cut short or damaged: re-copy or re-encode it.")
+        if read_error is not None:
+            bad += 1
+            lose(cur_end, end_s if end_s is not None else cur_end)
+        if t_out is None:  # to the end: like decord, the last frame lasts its duration
+            t_out = max(_n_out(max(cur_end - start_s, 0.0), fps), len(out), 1)
+        while len(out) < t_out:  # times past the end repeat the last frame (audio is padded the same way)
+            out.append(image())
+    return np.stack(out[:t_out]).astype(np.uint8, copy=False), DecodeReport.of(bad, spans)
+
+
+def decode_frames(
+    path: str | os.PathLike,
+    fps: float = FPS,
+    start_s: float = 0.0,
+    duration_s: float | None = None,
+    size: tuple[int, int] | None = None,
+) -> tuple[np.ndarray, DecodeReport]:
+    """Decode frames sampled at a fixed rate, tolerating damage; report what was lost.
+
+    Frame ``i`` is the source frame on screen at time ``start_s + i / fps`` (the last
+    frame whose timestamp is <= that time), so variable-frame-rate sources are sampled
+    correctly. Times past the end repeat the last frame (the caller pads audio the same way).
+
+    An intact file without rotation is read with decord (fast). decord stops at the first
+    undecodable packet and mishandles the display matrix, so a file it fails on, or one
+    whose frames carry a rotation, is decoded with PyAV instead: undecodable packets are
+    skipped and counted (the previous frame stays on screen for their time, which the
+    report gives as lost), and the rotation is applied (a phone's portrait video comes out
+    upright, ``size`` being the displayed ``(height, width)``).
+
+    Args:
+        path: the video file.
+        fps: output frame rate (frames/s).
+        start_s: clip start (s).
+        duration_s: clip length (s); ``None`` reads to the end.
+        size: ``(height, width)`` to resize to, or ``None`` for the (displayed) source size.
+
+    Returns:
+        ``(frames, report)``: uint8 ``(T, H, W, 3)`` with ``T = ceil(duration_s * fps)``
+        (rounded to 1e-3 frames) and a :class:`DecodeReport`.
+
+    Raises:
+        MediaError: missing or empty file, no video stream, or no decodable frame.
+    """
+    p = _check_file(path)
+    try:
+        with av.open(p) as c:
+            rotation = 0
+            if c.streams.video:
+                c.streams.video[0].codec_context.thread_count = 1  # cores are shared; one frame is decoded
+                rotation = _display_rotation(c, c.streams.video[0])
+    except av.error.FFmpegError:
+        rotation = 0  # let decord (then PyAV) say what is wrong
+    if rotation == 0:
+        try:
+            return _decord_frames(p, fps, start_s, duration_s, size), DecodeReport()
+        except MediaError:
+            raise
+        except Exception as exc:  # decord raises DECORDError or a bare RuntimeError: any failure falls back
+            log.info("%s: decord failed (%s); decoding with PyAV, skipping damaged packets", p, str(exc)[-200:])
+    return _pyav_frames(p, fps, start_s, duration_s, size)
 
 
 def read_frames(
@@ -130,11 +452,7 @@ def read_frames(
     duration_s: float | None = None,
     size: tuple[int, int] | None = None,
 ) -> np.ndarray:
-    """Decode frames sampled at a fixed rate with decord.
-
-    Frame ``i`` is the source frame on screen at time ``start_s + i / fps`` (the last
-    frame whose timestamp is <= that time), so variable-frame-rate sources are sampled
-    correctly. Times past the end repeat the last frame (the caller pads audio the same way).
+    """The frames of :func:`decode_frames` without its report.
 
     Args:
         path: the video file.
@@ -144,45 +462,12 @@ def read_frames(
         size: ``(height, width)`` to resize to, or ``None`` for the source size.
 
     Returns:
-        uint8 array ``(T, H, W, 3)`` with ``T = ceil(duration_s * fps)`` (rounded to 1e-6).
+        uint8 array ``(T, H, W, 3)``.
 
     Raises:
         MediaError: no video stream or no decodable frame.
     """
-    p = str(path)
-    if not Path(p).exists():
-        raise MediaError("missing", f"{p} does not exist; check the path.")
-    if Path(p).stat().st_size == 0:
-        raise MediaError("empty", f"{p} is an empty file (0 bytes); re-export or remove it.")
-    kw = {}
-    if size is not None:
-        kw = {"height": int(size[0]), "width": int(size[1])}
-    try:
-        vr = decord.VideoReader(p, ctx=decord.cpu(0), num_threads=1, **kw)
-    except Exception as exc:
-        raise MediaError(
-            "no_video_stream",
-            f"{p}: no decodable video stream ({exc}); the file must contain video frames.",
-        ) from exc
-    n = len(vr)
-    if n == 0:
-        raise MediaError("no_video_stream", f"{p} has no video frames; supply a video with frames.")
-    # Frame timestamps (start times, s); decord gives (start, end) per frame.
-    ts = np.asarray(vr.get_frame_timestamp(np.arange(n)))[:, 0]
-    total = float(ts[-1] + (ts[-1] - ts[-2] if n > 1 else 1.0 / fps))
-    if duration_s is None:
-        duration_s = max(total - start_s, 0.0)
-    t_out = int(np.ceil(round(duration_s * fps, 3)))  # decord timestamps are float32: ~1e-6 s error
-    if t_out <= 0:
-        raise MediaError("too_short", f"{p}: requested {duration_s:.3f} s gives no frame at {fps} fps.")
-    times = start_s + np.arange(t_out) / fps
-    idx = np.searchsorted(ts, times + 1e-6, side="right") - 1
-    idx = np.clip(idx, 0, n - 1)
-    try:
-        frames = vr.get_batch(idx.tolist()).asnumpy()
-    except Exception as exc:
-        raise MediaError("truncated", f"{p}: frames could not be decoded ({exc}); the file may be cut short.") from exc
-    return np.ascontiguousarray(frames, dtype=np.uint8)
+    return decode_frames(path, fps=fps, start_s=start_s, duration_s=duration_s, size=size)[0]
 
 
 def _resample(x: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
@@ -194,17 +479,159 @@ def _resample(x: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
     return resample_poly(x, sr_out // g, sr_in // g).astype(np.float32)
 
 
+def _mono(frame) -> np.ndarray:
+    """One decoded audio frame as mono float32 in [-1, 1] (channels averaged)."""
+    arr = frame.to_ndarray()
+    if arr.ndim == 1:
+        arr = arr[None]
+    if frame.format.is_planar:
+        x = arr.astype(np.float32)
+    else:  # packed: (1, n * ch) interleaved
+        ch = len(frame.layout.channels)
+        x = arr.reshape(-1, ch).T.astype(np.float32)
+    if arr.dtype == np.uint8:  # unsigned 8-bit PCM is centred on 128
+        x = (x - 128.0) / 128.0
+    elif np.issubdtype(arr.dtype, np.integer):
+        x /= float(np.iinfo(arr.dtype).max) + 1.0
+    return x.mean(axis=0)
+
+
+class _AudioTimeline:
+    """Decoded audio frames laid out on the window's time line at the stream's rate.
+
+    Frames are placed by their timestamps relative to ``start_s``; a gap (a packet lost to
+    damage, or a hole in the source) is filled with silence and, when bad packets came
+    before it, recorded as lost; overlaps are trimmed.
+    """
+
+    def __init__(self, start_s: float, end_s: float | None):
+        self.start_s, self.end_s = start_s, end_s
+        self.rate = 0
+        self.chunks: list[np.ndarray] = []
+        self.cursor = 0  # samples placed so far (window time * rate)
+        self.last_n = 0  # samples of the last frame placed
+        self.pending: list[tuple[float | None, float]] = []  # bad packets since the last good frame
+        self.bad = 0
+        self.spans: list[tuple[float, float]] = []
+
+    def _lose(self, t0: float, t1: float) -> None:
+        a = max(t0, self.start_s)
+        b = t1 if self.end_s is None else min(t1, self.end_s)
+        if b > a:
+            self.spans.append((a, b))
+
+    def bad_packet(self, t: float | None, d: float) -> None:
+        """Count a packet that failed to decode (time ``t`` s, duration ``d`` s, 0 unknown)."""
+        self.pending.append((t, d))
+        if t is None or ((self.end_s is None or t < self.end_s) and t + d > self.start_s):
+            self.bad += 1
+
+    def add(self, x: np.ndarray, t: float | None, rate: int) -> None:
+        """Place a decoded frame's mono samples ``x`` (``rate`` Hz) that start at ``t`` s."""
+        if not self.rate:
+            self.rate = int(rate)
+        elif rate != self.rate:  # a mid-stream rate change: bring the frame to the first rate
+            x = _resample(x, int(rate), self.rate)
+        pos = self.cursor if t is None else int(round((t - self.start_s) * self.rate))
+        tol = min(self.last_n // 2, int(_AUDIO_JITTER_S * self.rate)) if self.chunks else 0
+        if pos > self.cursor + tol:  # a gap: silence for its time
+            if self.pending:
+                self._lose(self.start_s + self.cursor / self.rate, self.start_s + pos / self.rate)
+            self.chunks.append(np.zeros(pos - self.cursor, np.float32))
+            self.cursor = pos
+        elif pos < self.cursor - tol or not self.chunks:  # overlap (or data before the window)
+            x = x[max(self.cursor - pos, 0) :]
+        self.pending = []
+        if len(x):
+            self.chunks.append(x.astype(np.float32, copy=False))
+            self.cursor += len(x)
+            self.last_n = len(x)
+
+    def full(self) -> bool:
+        """Whether the window is covered (decoding can stop)."""
+        return self.end_s is not None and self.rate > 0 and self.cursor >= (self.end_s - self.start_s) * self.rate
+
+    def finish(self, read_error: bool) -> tuple[np.ndarray, DecodeReport]:
+        """The samples of the window (possibly shorter: the file ended) and the report."""
+        rate = self.rate or 1
+        t = self.start_s + self.cursor / rate
+        if self.pending:  # bad packets at the end, nothing decoded after them
+            self._lose(t, t + sum(d for _, d in self.pending))
+        if read_error and self.end_s is not None:
+            self._lose(t, self.end_s)
+        y = np.concatenate(self.chunks) if self.chunks else np.zeros(0, np.float32)
+        if self.end_s is not None:
+            y = y[: int(round((self.end_s - self.start_s) * rate))]
+        return y, DecodeReport.of(self.bad + int(read_error), self.spans)
+
+
+def decode_audio(
+    path: str | os.PathLike,
+    sr: int = SAMPLE_RATE,
+    start_s: float = 0.0,
+    duration_s: float | None = None,
+) -> tuple[np.ndarray, DecodeReport]:
+    """Decode a container's first audio stream to mono float32 at ``sr``, tolerating damage.
+
+    Multichannel audio is averaged to mono; any sample rate is resampled. WAV/FLAC and
+    video containers both work. Packets that fail to decode are skipped and counted; the
+    time they covered becomes silence (frames are placed by their timestamps), so the
+    audio stays in sync with the video, and the report gives the seconds lost. The result
+    may be shorter than ``duration_s`` when the file ends first; callers pad.
+
+    Args:
+        path: media file.
+        sr: output sample rate (Hz).
+        start_s: start (s).
+        duration_s: length (s), ``None`` for all.
+
+    Returns:
+        ``(audio, report)``: float32 ``(N,)`` in [-1, 1] and a :class:`DecodeReport`.
+
+    Raises:
+        MediaError: the file has no audio stream (``no_audio``), or nothing of it can be
+            read (``truncated``).
+    """
+    with _open(path) as c:
+        if not c.streams.audio:
+            raise MediaError("no_audio", f"{path} has no audio track; supply audio or stems.")
+        st = c.streams.audio[0]
+        end_s = None if duration_s is None else start_s + duration_s
+        line = _AudioTimeline(start_s, end_s)
+        if start_s > 1.0 and st.time_base:
+            try:  # seek 1 s before the start (packet granularity); the time line cuts exactly
+                c.seek(int((start_s - 1.0) / float(st.time_base)), stream=st, backward=True, any_frame=False)
+            except av.error.FFmpegError:
+                c.seek(0)  # no index (damaged file): read from the start
+        read_error = None
+        try:
+            for pkt in c.demux(st):
+                t, d = _packet_time(pkt)
+                try:
+                    frames = pkt.decode()  # the final empty packet flushes the decoder
+                except av.error.FFmpegError:
+                    if pkt.size:
+                        line.bad_packet(t, d)
+                    continue
+                for frame in frames:
+                    line.add(_mono(frame), float(frame.time) if frame.time is not None else None, frame.sample_rate)
+                if line.full():
+                    break
+        except av.error.FFmpegError as exc:  # a read error: the data after it is lost
+            read_error = exc
+        if read_error is not None and not line.chunks:
+            raise MediaError("truncated", f"{path}: audio could not be decoded ({read_error}).") from read_error
+        y, report = line.finish(read_error is not None)
+    return np.clip(_resample(y, line.rate or sr, sr), -1.0, 1.0), report
+
+
 def read_audio(
     path: str | os.PathLike,
     sr: int = SAMPLE_RATE,
     start_s: float = 0.0,
     duration_s: float | None = None,
 ) -> np.ndarray:
-    """Decode a container's first audio stream to mono float32 at ``sr``.
-
-    Multichannel audio is averaged to mono; any sample rate is resampled. WAV/FLAC and
-    video containers both work. The result may be shorter than ``duration_s`` when the
-    file ends first; callers pad.
+    """The audio of :func:`decode_audio` without its report.
 
     Args:
         path: media file.
@@ -218,51 +645,7 @@ def read_audio(
     Raises:
         MediaError: the file has no audio stream (``no_audio``) or cannot be decoded.
     """
-    with _open(path) as c:
-        if not c.streams.audio:
-            raise MediaError("no_audio", f"{path} has no audio track; supply audio or stems.")
-        st = c.streams.audio[0]
-        chunks = []
-        in_sr = int(st.codec_context.sample_rate or 0)
-        try:
-            if start_s > 1.0 and st.time_base:
-                # Seek a little before the start (keyframe granularity), then cut exactly.
-                c.seek(int(max(start_s - 1.0, 0) / float(st.time_base)), stream=st, backward=True, any_frame=False)
-            first_t = None
-            end_s = None if duration_s is None else start_s + duration_s
-            for frame in c.decode(st):
-                arr = frame.to_ndarray()
-                in_sr = frame.sample_rate
-                if arr.ndim == 1:
-                    arr = arr[None]
-                if frame.format.is_planar:
-                    x = arr.astype(np.float32)
-                else:  # packed: (1, n * ch) interleaved
-                    ch = len(frame.layout.channels)
-                    x = arr.reshape(-1, ch).T.astype(np.float32)
-                if np.issubdtype(arr.dtype, np.integer):
-                    x /= float(np.iinfo(arr.dtype).max) + 1.0
-                t = float(frame.pts * frame.time_base) if frame.pts is not None else None
-                if first_t is None:
-                    first_t = t if t is not None else 0.0
-                chunks.append(x.mean(axis=0))
-                if end_s is not None and t is not None and t > end_s + 0.5:
-                    break
-        except Exception as exc:
-            if not chunks:
-                raise MediaError("truncated", f"{path}: audio could not be decoded ({exc}).") from exc
-        if not chunks:
-            return np.zeros(0, np.float32)
-        y = np.concatenate(chunks)
-        t0 = first_t or 0.0
-        off = int(round((start_s - t0) * in_sr))
-        if off > 0:
-            y = y[off:]
-        elif off < 0:  # stream starts after start_s (encoder delay): pad the gap with silence
-            y = np.concatenate([np.zeros(-off, np.float32), y])
-        if duration_s is not None:
-            y = y[: int(round(duration_s * in_sr))]
-    return np.clip(_resample(y, in_sr, sr), -1.0, 1.0)
+    return decode_audio(path, sr=sr, start_s=start_s, duration_s=duration_s)[0]
 
 
 def load_wav(path: str | os.PathLike, sr: int = SAMPLE_RATE) -> np.ndarray:
@@ -289,7 +672,7 @@ def write_wav(path: str | os.PathLike, audio: np.ndarray, sr: int = SAMPLE_RATE)
 
 def write_mp4(
     path: str | os.PathLike,
-    frames: np.ndarray,
+    frames: np.ndarray | Iterable[np.ndarray],
     fps: float = FPS,
     audio: np.ndarray | None = None,
     sr: int = SAMPLE_RATE,
@@ -297,57 +680,32 @@ def write_mp4(
 ) -> None:
     """Write H.264 (yuv420p) video with an optional AAC mono track, atomically.
 
+    Frames are encoded one at a time, so ``frames`` may be a generator (a long video is
+    then never held whole).
+
     Args:
         path: output ``.mp4``.
-        frames: uint8 ``(T, H, W, 3)``; H and W must be even (yuv420p).
+        frames: uint8 ``(T, H, W, 3)``, or an iterable of ``(H, W, 3)`` frames of one size;
+            H and W must be even (yuv420p).
         fps: frame rate (frames/s).
         audio: float32 mono ``(N,)`` in [-1, 1], or ``None`` for a silent video with no track.
         sr: audio sample rate (Hz).
         crf: x264 constant rate factor (lower = better quality).
     """
-    frames = np.asarray(frames, dtype=np.uint8)
-    if frames.ndim != 4 or frames.shape[-1] != 3:
-        raise ValueError(f"frames must be (T, H, W, 3) uint8, got {frames.shape}")
-    p = Path(path)
-    tmp = p.with_name(p.name + ".tmp" + p.suffix)
-    rate = fractions.Fraction(fps).limit_denominator(1000)
-    with av.open(str(tmp), mode="w") as c:
-        vs = c.add_stream("libx264", rate=rate)
-        vs.width, vs.height = int(frames.shape[2]), int(frames.shape[1])
-        vs.pix_fmt = "yuv420p"
-        vs.options = {"crf": str(crf), "preset": "veryfast"}
-        vs.codec_context.thread_count = 1
-        ast = None
-        if audio is not None:
-            ast = c.add_stream("aac", rate=int(sr))
-            ast.layout = "mono"
-        for i, img in enumerate(frames):
-            vf = av.VideoFrame.from_ndarray(img, format="rgb24")
-            vf.pts = i
-            for pkt in vs.encode(vf):
-                c.mux(pkt)
-        for pkt in vs.encode():
-            c.mux(pkt)
-        if ast is not None:
-            a = np.clip(np.asarray(audio, np.float32), -1, 1)
-            # AAC encoder wants planar float frames of 1024 samples.
-            step = 1024
-            for k in range(0, len(a), step):
-                chunk = a[k : k + step][None, :]
-                af = av.AudioFrame.from_ndarray(np.ascontiguousarray(chunk), format="fltp", layout="mono")
-                af.sample_rate = int(sr)
-                af.pts = k
-                for pkt in ast.encode(af):
-                    c.mux(pkt)
-            for pkt in ast.encode():
-                c.mux(pkt)
-    os.replace(tmp, p)
+    if isinstance(frames, np.ndarray):
+        frames = np.asarray(frames, dtype=np.uint8)
+        if frames.ndim != 4 or frames.shape[-1] != 3:
+            raise ValueError(f"frames must be (T, H, W, 3) uint8, got {frames.shape}")
+    _encode_mp4(path, frames, fps, None if audio is None else (lambda n_frames: audio), sr, crf)
 
 
 def mux_audio(video_in: str | os.PathLike, audio: np.ndarray, sr: int, out_path: str | os.PathLike) -> None:
     """Replace (or add) a video's soundtrack: re-encode its frames as H.264 with ``audio`` as AAC.
 
     The output keeps the source frame rate; the audio is trimmed or zero-padded to the video.
+    Streamed: the source frames (those :func:`read_frames` gives at the source rate, odd
+    sizes cropped to even) are decoded a few at a time and encoded one by one
+    (:func:`read_frame_chunks`), so memory does not grow with the video's length.
 
     Args:
         video_in: the source video.
@@ -357,10 +715,239 @@ def mux_audio(video_in: str | os.PathLike, audio: np.ndarray, sr: int, out_path:
     """
     info = probe(video_in, check_vfr=False)
     fps = info.fps if info.fps > 0 else FPS
-    frames = read_frames(video_in, fps=fps)
-    if frames.shape[1] % 2 or frames.shape[2] % 2:  # yuv420p needs even sizes
-        frames = frames[:, : frames.shape[1] // 2 * 2, : frames.shape[2] // 2 * 2]
-    n = int(round(len(frames) / fps * sr))
-    a = np.zeros(n, np.float32)
-    a[: min(n, len(audio))] = audio[:n]
-    write_mp4(out_path, frames, fps=fps, audio=a, sr=sr)
+    # 4 source frames per decode call: 25 MB of RGB at 1080p; decord keeps its position
+    _, chunks = read_frame_chunks(video_in, fps=fps, chunk_frames=4)
+
+    def even_frames():
+        for chunk in chunks:
+            for img in chunk:  # yuv420p needs even sizes
+                yield img[: img.shape[0] // 2 * 2, : img.shape[1] // 2 * 2]
+
+    def fitted(n_frames: int) -> np.ndarray:
+        n = int(round(n_frames / fps * sr))
+        a = np.asarray(audio, np.float32).reshape(-1)
+        if len(a) >= n:
+            return a[:n]  # a view: a 10-minute track is 38 MB, not copied
+        return np.concatenate([a, np.zeros(n - len(a), np.float32)])
+
+    _encode_mp4(out_path, even_frames(), fps, fitted, sr)
+
+
+# ----------------------------------------------------------------------------- streaming (long videos)
+
+
+def read_frame_chunks(path: str | os.PathLike, fps: float = FPS, size: tuple[int, int] | None = None,
+                      chunk_frames: int = 103) -> tuple[int | None, Iterator[np.ndarray]]:
+    """The frames :func:`read_frames` gives for a whole video, decoded a chunk at a time.
+
+    For a 10-minute video the frames at 112 px are 225 MB and at the source size
+    gigabytes; this reads ``chunk_frames`` of them per step instead. The same rule as
+    :func:`decode_frames`: an intact file without rotation is read with decord (one
+    ``VideoReader``, the frame count known before any frame is decoded, the frames those
+    of :func:`read_frames` exactly); a rotated file, or one decord cannot open, is decoded
+    with PyAV frame by frame (damaged packets skipped, rotation applied) and its frame
+    count is only known at the end. A decord failure in the middle of the file goes on
+    with PyAV from that frame, for the frames still announced.
+
+    Args:
+        path: the video file.
+        fps: output frame rate (frames/s).
+        size: ``(height, width)`` to resize to, or ``None`` for the (displayed) source size.
+        chunk_frames: frames per chunk (>= 1).
+
+    Returns:
+        ``(n_frames, chunks)``: the frame count (``ceil(duration * fps)``; ``None`` when only
+        the decode can tell) and an iterator of uint8 ``(T_i, H, W, 3)`` chunks, in order.
+
+    Raises:
+        MediaError: missing or empty file, no video stream, or no decodable frame (at the
+            call for the decord path, while iterating for the PyAV path).
+    """
+    if int(chunk_frames) < 1:
+        raise ValueError(f"chunk_frames must be >= 1, got {chunk_frames}")
+    p = _check_file(path)
+    try:
+        with av.open(p) as c:
+            rotation = _display_rotation(c, c.streams.video[0]) if c.streams.video else 0
+    except av.error.FFmpegError:
+        rotation = 0  # let decord (then PyAV) say what is wrong
+    if rotation == 0:
+        try:
+            kw = {} if size is None else {"height": int(size[0]), "width": int(size[1])}
+            vr = decord.VideoReader(p, ctx=decord.cpu(0), num_threads=1, **kw)
+            n = len(vr)
+            if n == 0:
+                raise decord.DECORDError(f"{p}: decord found no video frames")
+            # the frame grid of _decord_frames: start times, the last frame lasting as the one before
+            ts = np.asarray(vr.get_frame_timestamp(np.arange(n)))[:, 0]
+            t_out = _n_out(float(ts[-1] + (ts[-1] - ts[-2] if n > 1 else 1.0 / fps)), fps)
+            if t_out <= 0:
+                raise MediaError("too_short", f"{p}: the video gives no frame at {fps} fps.")
+            idx = np.clip(np.searchsorted(ts, np.arange(t_out) / fps + _TS_EPS_S, side="right") - 1, 0, n - 1)
+            return t_out, _decord_chunks(p, vr, idx, fps, size, int(chunk_frames))
+        except decord.DECORDError as exc:
+            log.info("%s: decord failed (%s); decoding with PyAV, skipping damaged packets", p, str(exc)[-200:])
+    return None, _batched(_pyav_frame_stream(p, fps, 0.0, None, size), int(chunk_frames))
+
+
+def _decord_chunks(p: str, vr, idx: np.ndarray, fps: float, size: tuple[int, int] | None,
+                   chunk: int) -> Iterator[np.ndarray]:
+    """decord's chunks of :func:`read_frame_chunks`; PyAV for the rest after a decord failure."""
+    for i in range(0, len(idx), chunk):
+        try:
+            frames = vr.get_batch(idx[i : i + chunk].tolist()).asnumpy()
+            if frames.ndim != 4 or frames.shape[-1] != 3:
+                raise decord.DECORDError(f"{p}: decord returned frames of shape {frames.shape}")
+        except decord.DECORDError as exc:
+            log.info("%s: decord failed at frame %d (%s); decoding the rest with PyAV", p, i, str(exc)[-200:])
+            rest = _pyav_frame_stream(p, fps, i / fps, len(idx) - i, size)
+            yield from _batched(rest, chunk)
+            return
+        yield np.ascontiguousarray(frames, dtype=np.uint8)
+
+
+def _batched(frames: Iterator[np.ndarray], chunk: int) -> Iterator[np.ndarray]:
+    """Consecutive frames stacked into chunks of ``chunk`` (the last one shorter)."""
+    buf: list[np.ndarray] = []
+    for f in frames:
+        buf.append(f)
+        if len(buf) == chunk:
+            yield np.stack(buf)
+            buf = []
+    if buf:
+        yield np.stack(buf)
+
+
+def _pyav_frame_stream(p: str, fps: float, start_s: float, n_frames: int | None,
+                       size: tuple[int, int] | None) -> Iterator[np.ndarray]:
+    """:func:`_pyav_frames`'s frames from ``start_s`` on, one at a time (``n_frames``: how
+    many; None: to the end, the last frame lasting its duration). Damaged packets are
+    skipped (the previous frame stays on screen) and logged; rotation is applied."""
+    with _open(p) as c:
+        if not c.streams.video:
+            raise MediaError("no_video_stream", f"{p} has no video stream; the file must contain video frames.")
+        st = c.streams.video[0]
+        st.codec_context.thread_count = 1  # one decoder thread: cores are shared
+        rotation = _display_rotation(c, st)
+        rate = st.average_rate or st.guessed_rate
+        frame_s = 1.0 / float(rate) if rate else 1.0 / fps  # a frame's duration when the container has none
+        try:  # to the key frame at or before the start
+            c.seek(int(max(start_s, 0.0) / float(st.time_base)) if st.time_base else 0, stream=st, backward=True)
+        except av.error.FFmpegError:
+            c.seek(0)  # no index (damaged file): read from the start
+        h = w = 0
+        if size is not None:  # resize before rotating: a quarter turn swaps the sides
+            h, w = (int(size[1]), int(size[0])) if rotation in (90, 270) else (int(size[0]), int(size[1]))
+        kw = {} if size is None else {"width": w, "height": h, "interpolation": "BILINEAR"}
+        done, bad = 0, 0
+        cur = cur_img = None
+        cur_t = cur_end = None
+        try:
+            for pkt in c.demux(st):
+                try:
+                    decoded = pkt.decode()
+                except av.error.FFmpegError:
+                    bad += 1
+                    continue
+                for fr in decoded:
+                    ft = float(fr.time) if fr.time is not None else (cur_t + frame_s if cur_t is not None else start_s)
+                    if cur is None:
+                        cur = fr  # times before the first frame show it
+                    while (n_frames is None or done < n_frames) and start_s + done / fps + _TS_EPS_S < ft:
+                        if cur_img is None:
+                            cur_img = _rotate(cur.to_ndarray(format="rgb24", **kw), rotation)
+                        yield cur_img
+                        done += 1
+                    cur, cur_img, cur_t = fr, None, ft
+                    cur_end = ft + (float(fr.duration * fr.time_base) if fr.duration and fr.time_base else frame_s)
+                if n_frames is not None and done >= n_frames:
+                    return
+        except av.error.FFmpegError as exc:  # a read error: the data after it is lost
+            bad += 1
+            log.info("%s: read error after %.2f s (%s); the rest shows the last frame", p, cur_end or 0.0, exc)
+        if cur is None:
+            raise MediaError("truncated", f"{p}: no video frame could be decoded; the file is cut short or "
+                                          "damaged: re-copy or re-encode it.")
+        if bad:
+            log.info("%s: %d damaged packet(s) skipped", p, bad)
+        total = n_frames if n_frames is not None else max(_n_out(max(cur_end - start_s, 0.0), fps), done, 1)
+        while done < total:  # times past the end repeat the last frame
+            if cur_img is None:
+                cur_img = _rotate(cur.to_ndarray(format="rgb24", **kw), rotation)
+            yield cur_img
+            done += 1
+
+
+def _encode_mp4(path: str | os.PathLike, frames: Iterable[np.ndarray], fps: float,
+                audio_for: Callable[[int], np.ndarray] | None, sr: int = SAMPLE_RATE, crf: int = 23) -> None:
+    """H.264 (yuv420p) + optional AAC mono, written atomically, frames encoded one by one.
+
+    Args:
+        path: output ``.mp4``.
+        frames: uint8 ``(H, W, 3)`` frames, all of one even size.
+        fps: frame rate (frames/s).
+        audio_for: ``fn(frames written) -> float32 mono audio`` (called after the video:
+            the track can be fitted to the frame count), or ``None`` for no audio track.
+        sr: audio sample rate (Hz).
+        crf: x264 constant rate factor (lower = better quality).
+
+    Raises:
+        ValueError: no frame, or frames of another shape than the first.
+    """
+    it = iter(frames)
+    first = next(it, None)
+    if first is None:
+        raise ValueError("no frames to write")
+    shape = np.shape(first)
+    if len(shape) != 3 or shape[-1] != 3:
+        raise ValueError(f"frames must be (H, W, 3) uint8, got {shape}")
+    p = Path(path)
+    tmp = p.with_name(p.name + ".tmp" + p.suffix)
+    rate = fractions.Fraction(fps).limit_denominator(1000)
+    try:
+        with av.open(str(tmp), mode="w") as c:
+            vs = c.add_stream("libx264", rate=rate)
+            vs.width, vs.height = int(shape[1]), int(shape[0])
+            vs.pix_fmt = "yuv420p"
+            vs.options = {"crf": str(crf), "preset": "veryfast"}
+            vs.codec_context.thread_count = 1
+            ast = None
+            if audio_for is not None:
+                ast = c.add_stream("aac", rate=int(sr))
+                ast.layout = "mono"
+            n = 0
+            for img in _chain(first, it):
+                if np.shape(img) != shape:
+                    raise ValueError(f"frame {n} has shape {np.shape(img)}, the first {shape}")
+                vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(img, dtype=np.uint8), format="rgb24")
+                vf.pts = n
+                for pkt in vs.encode(vf):
+                    c.mux(pkt)
+                n += 1
+            for pkt in vs.encode():
+                c.mux(pkt)
+            if ast is not None:
+                a = np.asarray(audio_for(n), np.float32).reshape(-1)
+                # AAC encoder wants planar float frames of 1024 samples; clipped a frame at a
+                # time, so the track is never copied whole
+                step = 1024
+                for k in range(0, len(a), step):
+                    chunk = np.clip(a[k : k + step], -1, 1)[None, :]
+                    af = av.AudioFrame.from_ndarray(np.ascontiguousarray(chunk), format="fltp", layout="mono")
+                    af.sample_rate = int(sr)
+                    af.pts = k
+                    for pkt in ast.encode(af):
+                        c.mux(pkt)
+                for pkt in ast.encode():
+                    c.mux(pkt)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, p)
+
+
+def _chain(first: np.ndarray, rest: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
+    """``first`` then the rest of the iterator."""
+    yield first
+    yield from rest
+

@@ -171,41 +171,72 @@ def _fit(x: np.ndarray, n: int) -> np.ndarray:
     return np.concatenate([x, np.zeros(n - len(x), np.float32)])
 
 
-def decode_clip(row: dict, section: FeaturizeSection) -> dict[str, np.ndarray]:
+def decode_clip(row: dict, section: FeaturizeSection) -> dict[str, Any]:
     """Decode one manifest row: frames at ``fps``, mix and stems at ``sr``, fitted to the clip.
+
+    Damaged packets are skipped by the decoders (silence / the previous frame for their
+    time, so audio and video stay in sync); the clip is refused only when the time lost
+    (union of its audio and video losses) exceeds ``section.max_lost_fraction`` of its
+    length.
 
     Args:
         row: a manifest row (absolute paths).
         section: featurize settings.
 
     Returns:
-        ``frames`` uint8 (T, size, size, 3), ``mix`` and optionally ``music``/``sfx`` float32 (N,).
+        ``frames`` uint8 (T, size, size, 3), ``mix`` and optionally ``music``/``sfx`` float32
+        (N,), ``lost_s`` (float, s of the clip lost to damage) and ``bad_packets`` (int).
+
+    Raises:
+        MediaError: ``damaged`` when too much of the clip is lost, or what the decoders raise.
     """
     dur = float(row["duration_s"])
-    pad = float(row.get("pad_s") or 0.0)
+    start = float(row["start_s"])
     n = int(round(section.clip_s * section.sr))
     t_frames = int(np.ceil(round(section.clip_s * section.fps, 6)))
-    frames = media.read_frames(
-        row["video_path"], fps=section.fps, start_s=float(row["start_s"]), duration_s=dur,
-        size=(section.size, section.size),
+    frames, v_report = media.decode_frames(
+        row["video_path"], fps=section.fps, start_s=start, duration_s=dur, size=(section.size, section.size),
     )
+    mix, a_report = media.decode_audio(row["video_path"], sr=section.sr, start_s=start, duration_s=dur)
+    report = v_report.merge(a_report)
+    limit_s = section.max_lost_fraction * dur
+    if report.lost_s > limit_s:
+        raise media.MediaError(
+            "damaged",
+            f"{row['video_path']}: {report.lost_s:.2f} s of the clip at {start:.2f}-{start + dur:.2f} s are lost to "
+            f"{report.bad_packets} damaged packet(s) (video {v_report.lost_s:.2f} s, audio {a_report.lost_s:.2f} s), "
+            f"above max_lost_fraction={section.max_lost_fraction} of its {dur:.2f} s ({limit_s:.2f} s); "
+            "re-download or re-encode the source, or raise featurize.max_lost_fraction to keep such clips.",
+        )
     if len(frames) < t_frames:  # short (padded) video: hold the last frame
         frames = np.concatenate([frames, np.repeat(frames[-1:], t_frames - len(frames), axis=0)])
-    frames = frames[:t_frames]
-    out = {"frames": frames}
-    out["mix"] = _fit(media.read_audio(row["video_path"], sr=section.sr, start_s=float(row["start_s"]), duration_s=dur), n)
+    out: dict[str, Any] = {"frames": frames[:t_frames], "mix": _fit(mix, n)}
     for stem in ("music", "sfx"):
         p = clean(row.get(f"{stem}_path"))
         if p:
             w = media.load_wav(p, sr=section.sr)
-            s0 = int(round(float(row["start_s"]) * section.sr))
+            s0 = int(round(start * section.sr))
             out[stem] = _fit(w[s0 : s0 + int(round(dur * section.sr))], n)
-    del pad  # padding is implicit: _fit pads audio with zeros, frames hold the last image
+    # Padding (pad_s) is implicit: _fit pads audio with zeros, frames hold the last image.
+    out["lost_s"] = float(report.lost_s)
+    out["bad_packets"] = int(report.bad_packets)
     return out
 
 
 def featurize_row(row: dict, section: FeaturizeSection, fcfg=None) -> dict[str, Any]:
-    """Decode and featurize one manifest row into one shard row (arrays packed as bytes)."""
+    """Decode and featurize one manifest row into one shard row (arrays packed as bytes).
+
+    Besides the arrays and :data:`ID_COLUMNS`, the row records the scalars ``lost_s``
+    (float, s of the clip lost to damaged packets) and ``bad_packets`` (int).
+
+    Args:
+        row: a manifest row (absolute paths).
+        section: featurize settings.
+        fcfg: feature config (built from ``section`` when ``None``).
+
+    Raises:
+        MediaError: the clip cannot be decoded, or is ``damaged`` (see :func:`decode_clip`).
+    """
     fcfg = fcfg or feature_config(section)
     dec = decode_clip(row, section)
     feats = featurize_clip(dec["frames"], dec["mix"], dec.get("music"), dec.get("sfx"), fcfg)
@@ -220,6 +251,8 @@ def featurize_row(row: dict, section: FeaturizeSection, fcfg=None) -> dict[str, 
             arrays[k] = feats[k]
     out: dict[str, Any] = {c: row.get(c) for c in ID_COLUMNS if c in row}
     out["stems_source"] = feats.get("stems_source", "given" if "music" in dec else "separated")
+    out["lost_s"] = float(dec["lost_s"])
+    out["bad_packets"] = int(dec["bad_packets"])
     for k, a in arrays.items():
         if a is not None:
             out.update(pack_array(k, a))

@@ -205,7 +205,9 @@ def _error_line(error) -> str | None:
 def trials_table(grid, run_dir: Path, space: dict, val_clips: int):
     """One row per trial: order proposed, id, status (``done`` or ``error``, with the error's
     last line: e.g. an undefined objective, :class:`soundtrack.errors.ObjectiveError`),
-    parameters, score, clips, seconds, metric means."""
+    parameters, score, clips, seconds, metric means, and ``failed_clips``: validation clips
+    whose generation failed (diverged; counted among ``clips``, not scored: the score is
+    over the others)."""
     rows = []
     for res in grid:
         cfgd = res.config or {}
@@ -218,13 +220,14 @@ def trials_table(grid, run_dir: Path, space: dict, val_clips: int):
                     "complete": bool(m.get("clips", 0) >= val_clips and not res.error),
                     "time_s": m.get("time_total_s", math.nan)})
         row.update({k: v for k, v in m.items() if k in _METRIC_COLUMNS})
+        row["failed_clips"] = int(m.get("failed_clips", 0) or 0)
         rows.append(row)
     df = pd.DataFrame(rows).sort_values("order").reset_index(drop=True)
     return df
 
 
 _METRIC_COLUMNS = ("f1", "precision", "hit_rate", "onset_rate", "bcs", "bhs", "beat_f1", "melody_acc", "dyn_r",
-                   "sim", "kl", "train_s", "trial_pid", "train_pid")
+                   "sim", "kl", "train_s", "trial_pid", "train_pid", "failed_clips")
 
 
 def run_arms(arms: dict, threads: int, cpus: float = 1.0) -> dict:

@@ -25,12 +25,46 @@ A cached record that lacks a per-clip metric added since (e.g. ``chroma_conc``,
 not by the shards: a record scored against rows without ``label_mode`` keeps its nan
 ``mode_match`` until its cache file is removed.
 
+Failed clips: a generation that diverges (non-finite latents or audio: the generator
+raises :class:`~soundtrack.errors.GeneratorError` naming the window and the denoising
+step) is a *failed* record (:func:`soundtrack.eval.engine.run_jobs`): its row in the
+results has ``failed`` true and the ``error``, no metrics; it is left out of every mean
+and set metric (never scored as silence), counted per method in the summary
+(``failed``) and listed in ``summary.md``; the other clips are scored as usual. A failed
+sample is not cached, so a re-run tries it again.
+
+Long videos (``long_videos: N``): the bench's clips are single 10.24 s windows, so window
+joins never occur in them. With ``long_videos`` > 0 the bench also builds N long videos
+from its own clips (the first ``clips`` by clip id), each ``long_clips`` clips played one
+after the other (:func:`soundtrack.eval.engine.long_video_row`: their real mixes
+concatenated, the frames sampled on that timeline). Which clips (``long_from``):
+``source`` (default) takes runs of consecutive clips of one source video (same
+``source_id``, each starting where the previous one ends, ``start_s``): what ingesting a
+long real video gives, so a long video is a stretch of that source; ``montage`` takes
+consecutive clips in clip-id order whatever their source (the synthetic set has one clip
+per source: its long videos are montages with a cut at each clip boundary; the real mix
+then has a hard cut every 10.24 s, the first inside the first join's neighbourhood, so
+its ratios are no seamless reference there: use ``source`` for that). Each
+``generator`` method with its own video (not ``video: other``) generates every long
+video through the generator's long-video path
+(:func:`soundtrack.pipelines.sampler.generate_video`: windows, crossfades), and the
+``ground_truth`` method gives the real concatenated mix; both are scored with the seam
+metric (:func:`soundtrack.metrics.seam_metrics`: spectral flux and loudness change at
+each window join over the track's own change elsewhere; the real mix, which has no join
+at those times, shows what a seamless track scores). The aim is joins no worse than the
+rest of the track (ratios <= 1); ``summary.md`` reports the measured ratios either way.
+Why built from the bench's clips rather than a folder of long videos: the clips come with
+the shards' real audio and the bench's cache, and a source's consecutive clips are its
+own long video; a data set of long videos is ingested into such clips anyway.
+
 Outputs in ``<storage>/bench/<name>/``: ``results.parquet`` / ``results.csv`` (one row
-per method x clip x seed), ``set_metrics.csv`` (set-level metrics with bootstrap
-intervals), ``summary.md`` (mean with 95 % bootstrap interval per metric and method,
-plus paired intervals of differences and a tonality section: each method's median
-``chroma_conc`` and ``flatness`` against the ``ground_truth`` method's 5th-95th
-percentile band, :func:`tonality_summary`), ``summary.json`` and ``bench.png``.
+per method x clip x seed, failed ones included), ``set_metrics.csv`` (set-level metrics
+with bootstrap intervals), ``summary.md`` (mean with 95 % bootstrap interval per metric
+and method, plus paired intervals of differences and a tonality section: each method's
+median ``chroma_conc`` and ``flatness`` against the ``ground_truth`` method's 5th-95th
+percentile band, :func:`tonality_summary`; failed clips; long videos),
+``long_videos.csv`` (one row per method x long video x seed, with ``long_videos``),
+``summary.json`` and ``bench.png``.
 """
 
 from __future__ import annotations
@@ -56,7 +90,7 @@ import torch
 from soundtrack.config import ConfigError, _coerce, load_yaml
 from soundtrack.data.features import DEFAULT_CONFIG, dynamics_db
 from soundtrack.errors import GeneratorError
-from soundtrack.eval.engine import OPTIONAL_ROW_COLUMNS, ROW_COLUMNS, evaluate_audio, run_jobs
+from soundtrack.eval.engine import OPTIONAL_ROW_COLUMNS, ROW_COLUMNS, SR, evaluate_audio, run_jobs
 from soundtrack.eval.scoring import (
     CLIP_METRICS,
     DIRECTION,
@@ -66,16 +100,20 @@ from soundtrack.eval.scoring import (
 )
 from soundtrack.metrics import bootstrap_ci, bootstrap_replicates, paired_bootstrap_ci
 from soundtrack.pipelines.generator import apply_overrides
-from soundtrack.pipelines.sampler import SamplerConfig
+from soundtrack.pipelines.sampler import SamplerConfig, window_joins
 from soundtrack.storage import atomic_write
 
 log = logging.getLogger(__name__)
 
-SR = 16000
 #: Shard columns of the bench's clips (:func:`soundtrack.data.shards.load_split`).
-BENCH_COLUMNS = (*ROW_COLUMNS, "label_style")
-#: Shard columns read where the data set has them (``label_mode``: ``mode_match``, nan without it).
-BENCH_OPTIONAL_COLUMNS = OPTIONAL_ROW_COLUMNS
+BENCH_COLUMNS = ROW_COLUMNS
+#: Shard columns read where the data set has them (``label_event_times``: the sync and beat
+#: metrics, ``label_mode``: ``mode_match``, nan without them, as for ingested real videos;
+#: ``source_id`` / ``start_s``: which clips follow each other in a source, for long videos).
+BENCH_OPTIONAL_COLUMNS = (*OPTIONAL_ROW_COLUMNS, "source_id", "start_s")
+#: Two clips of a source follow each other when the second starts within this much (s) of
+#: the first's end (shard times are rounded to the audio sample; 50 ms is half a frame).
+CONSECUTIVE_TOL_S = 0.05
 
 
 @dataclass(frozen=True)
@@ -123,6 +161,11 @@ class BenchConfig:
         clips_per_task: clips per Ray task (a task loads its model once).
         cpus_per_task: CPUs per Ray task (torch runs 1 thread per task).
         n_boot: bootstrap resamples of the intervals.
+        long_videos: long videos to build from the bench's clips and score at their window
+            joins (0: none; module docstring).
+        long_clips: clips per long video (>= 2; 3 clips = 30.7 s = 4 windows, 3 joins).
+        long_from: ``source`` (consecutive clips of one source video) or ``montage``
+            (consecutive clips in clip-id order, any source).
     """
 
     name: str = "bench"
@@ -138,6 +181,9 @@ class BenchConfig:
     clips_per_task: int = 4
     cpus_per_task: float = 1.0
     n_boot: int = 1000
+    long_videos: int = 0
+    long_clips: int = 3
+    long_from: Literal["source", "montage"] = "source"
 
 
 def load_bench_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> tuple[BenchConfig, dict[str, MethodSpec]]:
@@ -173,6 +219,9 @@ def load_bench_config(path: str | os.PathLike, overrides: Sequence[str] = ()) ->
             raise ConfigError(f"{src}: '{m}' (baseline/pairs) is not a method; methods: {', '.join(methods)}")
     if cfg.clips < 2:
         raise ConfigError(f"{src}: clips={cfg.clips}; at least 2 clips are needed (retrieval and intervals)")
+    if cfg.long_videos < 0 or cfg.long_clips < 2:
+        raise ConfigError(f"{src}: long_videos={cfg.long_videos}, long_clips={cfg.long_clips}; long_videos must be "
+                          ">= 0 and a long video needs long_clips >= 2 clips (one join at least)")
     return cfg, methods
 
 
@@ -201,6 +250,82 @@ def derangement(n: int, seed: int) -> list[int]:
         p = rng.permutation(n)
         if n < 2 or not np.any(p == np.arange(n)):
             return [int(x) for x in p]
+
+
+# ----------------------------------------------------------------------------- long videos
+
+
+def long_video_groups(rows: Sequence[Mapping[str, Any]], n_videos: int, n_clips: int,
+                      mode: Literal["source", "montage"] = "source") -> list[list[str]]:
+    """Which clips make each long video (module docstring), in clip-id order, disjoint.
+
+    Args:
+        rows: the bench's clips (``clip_id``, ``wav_mix``; ``source_id`` and ``start_s``
+            for ``source``), any order.
+        n_videos: at most this many videos.
+        n_clips: clips per video.
+        mode: ``source``: runs of clips of one source, each starting where the previous
+            one's audio ends (within :data:`CONSECUTIVE_TOL_S`); ``montage``: consecutive
+            clips in clip-id order.
+
+    Returns:
+        up to ``n_videos`` lists of ``n_clips`` clip ids (fewer when the clips do not have
+        them; a run is cut into as many whole videos as it holds).
+    """
+    ordered = sorted(rows, key=lambda r: str(r["clip_id"]))
+    runs: list[list[Mapping[str, Any]]] = []
+    for r in ordered:
+        prev = runs[-1][-1] if runs else None
+        follows = mode == "montage" and prev is not None
+        if mode == "source" and prev is not None and r.get("source_id") is not None and r.get("start_s") is not None:
+            end = float(prev["start_s"]) + len(np.asarray(prev["wav_mix"]).reshape(-1)) / SR
+            follows = r.get("source_id") == prev.get("source_id") and abs(float(r["start_s"]) - end) <= CONSECUTIVE_TOL_S
+        if follows:
+            runs[-1].append(r)
+        else:
+            runs.append([r])
+    groups = [[str(x["clip_id"]) for x in run[i:i + n_clips]] for run in runs for i in range(0, len(run) - n_clips + 1,
+                                                                                           n_clips)]
+    return groups[:max(0, int(n_videos))]
+
+
+def long_video_id(ids: Sequence[str]) -> str:
+    """The name of a long video (its first clip and how many): ``<first>+<n>``.
+
+    Args:
+        ids: its clips, in playing order.
+    """
+    return f"{ids[0]}+{len(ids)}"
+
+
+def long_video_jobs(groups: Sequence[Sequence[str]], rows: Mapping[str, Mapping[str, Any]], seeds: Sequence[int],
+                    kind: str, clip_s: float, crossfade_s: float, fps: float = 10.0) -> list[dict]:
+    """The :func:`~soundtrack.eval.engine.run_jobs` jobs of the long videos for one method.
+
+    The joins are the generator's (:func:`~soundtrack.pipelines.sampler.window_joins` of
+    the video's ``ceil(T * fps) / fps`` seconds, ``T`` its audio length); a ground-truth
+    job is measured at the same joins, cut to its audio.
+
+    Args:
+        groups: the clips of each video (:func:`long_video_groups`).
+        rows: decoded rows by clip id (``wav_mix``).
+        seeds: generation seeds (ground truth: the same audio per seed).
+        kind: ``generator`` or ``ground_truth``.
+        clip_s: the model's window (s).
+        crossfade_s: the model's crossfade (s).
+        fps: the frame rate of the clips.
+    """
+    jobs = []
+    for ids in groups:
+        total = sum(len(np.asarray(rows[c]["wav_mix"]).reshape(-1)) for c in ids) / SR
+        video_s = math.ceil(round(total * fps, 3)) / fps
+        joins = window_joins(video_s, clip_s, crossfade_s, SR)
+        if kind == "ground_truth":
+            joins = [(a, min(b, total)) for a, b in joins if a < total]
+        for seed in seeds:
+            jobs.append({"clip_id": long_video_id(ids), "source": ids[0], "sources": list(ids), "seed": int(seed),
+                         "kind": kind, "joins": [list(j) for j in joins]})
+    return jobs
 
 
 # ----------------------------------------------------------------------------- resolution
@@ -243,26 +368,48 @@ def score_sets(results: Mapping[str, list[dict]], methods: Mapping[str, MethodSp
         caches: per method, the directory holding its waveforms.
 
     Returns:
-        ``(per-clip table, set-metric table, summary dict)``.
+        ``(per-clip table, set-metric table, summary dict)``. Failed records (a diverged
+        generation, :func:`~soundtrack.eval.engine.run_jobs`) are rows with ``failed``
+        true, their ``error`` and no metrics, left out of the evaluator step and the set
+        metrics; long-video records (``sources``) go to ``summary["long_videos"]``
+        (:func:`long_video_summary`), not to the per-clip table.
     """
 
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
     ev = Evaluator.load(ev_dir)
     by_id = {r["clip_id"]: r for r in rows}
     ids = [r["clip_id"] for r in rows]
-    records, set_rows = [], []
+    records, set_rows, long_rows = [], [], []
     for key, recs in results.items():
         spec = methods[key]
+        for r in recs:
+            if r.get("sources"):
+                long_rows.append({"method": key, "label": spec.label or key, "failed": bool(r.get("failed", False)),
+                                  "error": r.get("error"), **{k: v for k, v in r.items()
+                                                              if k not in ("cached", "failed", "error", "sources",
+                                                                           "joins")},
+                                  "sources": " ".join(r["sources"])})
+        recs = [r for r in recs if not r.get("sources")]
         for seed in cfg.seeds:
-            rs = sorted([r for r in recs if r["seed"] == seed], key=lambda r: ids.index(r["clip_id"]))
-            if not rs:
-                continue
-            wavs = [sf.read(str(Path(caches[key]) / f"{r['clip_id']}_s{seed}.wav"), dtype="float32")[0] for r in rs]
-            em = evaluate_audio(ev, wavs, [by_id[r["clip_id"]] for r in rs])
-            for i, r in enumerate(rs):
+            every = sorted([r for r in recs if r["seed"] == seed], key=lambda r: ids.index(r["clip_id"]))
+            rs = [r for r in every if not r.get("failed")]
+            if rs:
+                wavs = [sf.read(str(Path(caches[key]) / f"{r['clip_id']}_s{seed}.wav"), dtype="float32")[0] for r in rs]
+                em = evaluate_audio(ev, wavs, [by_id[r["clip_id"]] for r in rs])
+            i = 0
+            for r in every:  # clip order; a failed clip: its error, no metrics (nan in the table)
+                if r.get("failed"):
+                    records.append({"method": key, "label": spec.label or key,
+                                    **{k: v for k, v in r.items() if k not in ("cached", "failed", "error")},
+                                    "failed": True, "error": r.get("error")})
+                    continue
                 records.append({"method": key, "label": spec.label or key, **{k: v for k, v in r.items() if k != "cached"},
                                 "sim": float(em["sim"][i]), "kl": float(em["kl"][i]),
-                                "p_at_1": float(em["p_at_1"][i]), "p_at_5": float(em["p_at_5"][i])})
+                                "p_at_1": float(em["p_at_1"][i]), "p_at_5": float(em["p_at_5"][i]),
+                                "failed": False, "error": None})
+                i += 1
+            if not rs:
+                continue
             dyn_gen = [dynamics_db(w, DEFAULT_CONFIG) for w in wavs]  # only the curve, not the full descriptors
             dyn_ref = [np.asarray(by_id[r["clip_id"]]["dynamics_db"], float) for r in rs]
             cols = {"bcs": [r["bcs"] for r in rs], "bhs": [r["bhs"] for r in rs]}
@@ -284,7 +431,73 @@ def score_sets(results: Mapping[str, list[dict]], methods: Mapping[str, MethodSp
     set_table = pd.DataFrame.from_records(set_rows)
     summary = summarize(table, set_table, methods, cfg)
     summary["evaluator_card"] = ev.card
+    if long_rows or cfg.long_videos:
+        summary["long_videos"] = long_video_summary(long_rows, methods, cfg)
     return table, set_table, summary
+
+
+#: Seam columns of the long-video summary (:func:`soundtrack.metrics.seam_metrics`).
+LONG_METRICS = ("flux_ratio", "flux_ratio_max", "loudness_ratio", "loudness_ratio_max", "flux_vs_median",
+                "loudness_vs_median")
+
+
+def long_video_summary(records: Sequence[Mapping[str, Any]], methods: Mapping[str, MethodSpec],
+                       cfg: BenchConfig) -> dict:
+    """The long videos' seam ratios per method: means with bootstrap intervals, the worst
+    join, and how many tracks meet the aim (every join's flux and loudness ratio <= 1).
+
+    Args:
+        records: one per method x long video x seed (:func:`score_sets`), failed ones included.
+        methods: the method specs.
+        cfg: the bench settings (``n_boot``, ``long_*``).
+
+    Returns:
+        ``{"videos", "long_clips", "long_from", "aim", "records", "methods": {key: {"n",
+        "failed", "joins", metric: {"mean", "ci95", "n"}, "within_aim"}}}``.
+    """
+    out: dict[str, Any] = {"videos": len({r["clip_id"] for r in records}), "long_clips": cfg.long_clips,
+                           "long_from": cfg.long_from, "aim": "flux_ratio_max <= 1 and loudness_ratio_max <= 1",
+                           "records": [dict(r) for r in records], "methods": {}}
+    for key in methods:
+        sub = [r for r in records if r["method"] == key]
+        if not sub:
+            continue
+        ok = [r for r in sub if not r.get("failed")]
+        entry: dict[str, Any] = {"n": len(ok), "failed": len(sub) - len(ok),
+                                 "joins": int(sum(float(r.get("n_joins", 0)) for r in ok))}
+        for m in LONG_METRICS:
+            v = np.asarray([float(r.get(m, math.nan)) for r in ok], float)
+            v = v[np.isfinite(v)]
+            if len(v) == 0:
+                entry[m] = {"mean": math.nan, "ci95": [math.nan, math.nan], "n": 0}
+            elif len(v) == 1:
+                entry[m] = {"mean": float(v[0]), "ci95": [math.nan, math.nan], "n": 1}
+            else:
+                mean, lo, hi = bootstrap_ci(v, n_boot=cfg.n_boot, seed=0)
+                entry[m] = {"mean": float(mean), "ci95": [float(lo), float(hi)], "n": int(len(v))}
+        within = [float(r.get("flux_ratio_max", math.nan)) <= 1.0 and float(r.get("loudness_ratio_max", math.nan)) <= 1.0
+                  for r in ok]
+        entry["within_aim"] = {"tracks": int(sum(within)), "of": len(ok)}
+        out["methods"][key] = entry
+    return out
+
+
+def failed_summary(table, methods: Mapping[str, MethodSpec], limit: int = 5) -> dict:
+    """Failed samples per method: how many of how many, and the first errors.
+
+    Args:
+        table: the per-clip results (a ``failed`` / ``error`` column; none: nothing failed).
+        methods: the method specs.
+        limit: errors listed per method.
+    """
+    out = {}
+    for key in methods:
+        sub = table[table["method"] == key] if len(table) else table
+        bad = sub[sub["failed"].eq(True)] if "failed" in sub.columns else sub.iloc[0:0]
+        out[key] = {"n": int(len(bad)), "of": int(len(sub)),
+                    "errors": [{"clip_id": str(r["clip_id"]), "seed": int(r["seed"]), "error": str(r["error"])}
+                               for _, r in bad.head(limit).iterrows()]}
+    return out
 
 
 #: Per-clip metrics of the tonality check (median per method vs the real mixes' band).
@@ -383,8 +596,11 @@ def summarize(table, set_table, methods: Mapping[str, MethodSpec], cfg: BenchCon
             mean, lo, hi = paired_bootstrap_ci(x[ok], y[ok], n_boot=cfg.n_boot, seed=0)
             d[m] = {"mean": float(mean), "ci95": [float(lo), float(hi)], "n": int(ok.sum())}
         diffs[f"{a} - {b}"] = d
+    failed = failed_summary(table, methods)
+    for key in methods:
+        per[key]["failed"] = {"n": failed[key]["n"], "of": failed[key]["of"]}
     return {"methods": per, "paired_differences": diffs, "tonality": tonality_summary(table, methods),
-            "labels": {k: (s.label or k) for k, s in methods.items()}}
+            "labels": {k: (s.label or k) for k, s in methods.items()}, "failed": failed}
 
 
 def _fmt(d: Mapping[str, Any], digits: int = 3) -> str:
@@ -437,6 +653,47 @@ def _tonality_lines(ton: Mapping[str, Any], per: Mapping[str, Any], labels: Mapp
     return lines
 
 
+def _failed_lines(failed: Mapping[str, Any], labels: Mapping[str, str]) -> list[str]:
+    """The Markdown "Failed samples" section (nothing when no sample failed)."""
+    if not any(d.get("n") for d in failed.values()):
+        return []
+    lines = ["## Failed samples", "",
+             "Generations that diverged (non-finite latents or audio; GeneratorError names the window and the "
+             "denoising step). They are in no mean or set metric above: those cover the other samples.", "",
+             "| method | failed | of | first errors |", "|---|---|---|---|"]
+    for key, d in failed.items():
+        if d.get("n"):
+            errs = "; ".join(f"{e['clip_id']} (seed {e['seed']}): {e['error']}" for e in d["errors"][:2])
+            lines.append(f"| {labels.get(key, key)} | {d['n']} | {d['of']} | {errs.replace('|', '/')} |")
+    lines.append("")
+    return lines
+
+
+def _long_lines(long: Mapping[str, Any], labels: Mapping[str, str]) -> list[str]:
+    """The Markdown "Long videos" section (:func:`long_video_summary`)."""
+    lines = ["## Long videos: window joins", ""]
+    if not long.get("methods"):
+        return lines + [f"No long video: the bench's clips hold no {long.get('long_clips')} consecutive clips "
+                        f"({long.get('long_from')}); set long_from: montage, more clips, or fewer long_clips.", ""]
+    lines += [f"{long.get('videos')} long videos of {long.get('long_clips')} clips ({long.get('long_from')}), "
+              "generated through the long-video path (windows joined with crossfades). Seam ratio: the largest "
+              "frame-to-frame change (spectral flux on mel bands; loudness |dB|) within each join's crossfade "
+              "+- 0.1 s over the median of the same statistic on equally long stretches elsewhere in the same track "
+              "(1: the join changes the sound no more than the rest; `soundtrack.metrics.seam_metrics`). Mean [95 % "
+              "bootstrap interval] over tracks; worst: the mean of each track's worst join. Aim: every join <= 1. "
+              "The ground truth (real audio, no join there) shows a seamless track's ratios.", "",
+              "| method | tracks | joins | flux ratio | worst flux | loudness ratio | worst loudness | within aim | failed |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for key, d in long["methods"].items():
+        w = d.get("within_aim", {})
+        lines.append(f"| {labels.get(key, key)} | {d['n']} | {d['joins']} | {_fmt(d.get('flux_ratio', {}))} | "
+                     f"{_fmt(d.get('flux_ratio_max', {}))} | {_fmt(d.get('loudness_ratio', {}))} | "
+                     f"{_fmt(d.get('loudness_ratio_max', {}))} | {w.get('tracks', 0)} / {w.get('of', 0)} | "
+                     f"{d.get('failed', 0)} |")
+    lines.append("")
+    return lines
+
+
 def markdown(summary: Mapping[str, Any], methods: Mapping[str, MethodSpec], command: str = "") -> str:
     """The Markdown report: two metric tables (mean [95 % CI]), the paired differences and
     the tonality check."""
@@ -470,6 +727,9 @@ def markdown(summary: Mapping[str, Any], methods: Mapping[str, MethodSpec], comm
         lines.append("")
     if summary.get("tonality"):
         lines += _tonality_lines(summary["tonality"], per, summary["labels"], methods)
+    lines += _failed_lines(summary.get("failed") or {}, summary["labels"])
+    if summary.get("long_videos"):
+        lines += _long_lines(summary["long_videos"], summary["labels"])
     ev = summary.get("evaluator_card", {})
     if ev:
         lines += [f"Evaluator: encoders {ev.get('encoders')}; {ev.get('label')} classifier held-out accuracy "
@@ -510,9 +770,13 @@ def plot(summary: Mapping[str, Any], methods: Mapping[str, MethodSpec], path: Pa
 
 def write_outputs(out: Path, table, set_table, summary: dict, methods: Mapping[str, MethodSpec], cfg: BenchConfig,
                   command: str | None = None) -> None:
-    """results.parquet/csv, set_metrics.csv, summary.json, summary.md, bench.png (atomically each)."""
+    """results.parquet/csv, set_metrics.csv, summary.json, summary.md, bench.png, and long_videos.csv
+    with long videos (atomically each)."""
     if command is None:
         command = summary.get("command") or ""
+    long = (summary.get("long_videos") or {}).get("records")
+    if long:
+        atomic_write(out / "long_videos.csv", lambda p: pd.DataFrame.from_records(long).to_csv(p, index=False))
     atomic_write(out / "results.parquet", lambda p: table.to_parquet(p, index=False))
     atomic_write(out / "results.csv", lambda p: table.to_csv(p, index=False))
     atomic_write(out / "set_metrics.csv", lambda p: set_table.to_csv(p, index=False))

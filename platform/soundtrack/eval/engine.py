@@ -7,15 +7,21 @@ Three steps, each one function:
   clip's real mix for the bench's ``ground_truth`` / ``retrieval`` kinds; taken from an
   optional on-disk cache when there) scored with
   :func:`soundtrack.eval.scoring.clip_metrics`. The generator raises on non-finite
-  output (:meth:`~soundtrack.pipelines.generator.SoundtrackGenerator.generate`), so
-  nothing non-finite is scored.
+  output (:meth:`~soundtrack.pipelines.generator.SoundtrackGenerator.generate`, at the
+  denoising step where it appears), so nothing non-finite is scored: such a job gives a
+  *failed* record (its error message, no metrics, nothing cached) and the other jobs go
+  on. A job with ``sources`` is a long video made of those clips one after the other
+  (:func:`long_video_row`), scored with the seam metric at its window joins
+  (:func:`soundtrack.metrics.seam_metrics`).
 * :func:`evaluate_audio` is the evaluator step: SIM / KL / P@K hits per clip and the
   embeddings set metrics need, for one batch of records.
 * :class:`ClipScores` accumulates both and computes set metrics; :func:`objective_value`
   combines them into the objective ``sum_m w_m * value_m``: per-clip metrics averaged
   over the clips (nan-aware), set metrics (``fad``, ``is``, ``csd``, ``hsd``,
   ``dyn_macro``) and P@K (``p_at_1`` / ``p_at_5``: retrieval in the pool of the clips
-  scored so far) computed on the set.
+  scored so far) computed on the set. Failed clips are kept apart (``failed``: clip id ->
+  error) and counted (``failed_clips`` in :meth:`ClipScores.means`, what a tune trial
+  reports); the objective is over the clips that were scored.
 
 A metric named in the objective that is missing (``sim`` without an evaluator) or not
 finite (nan on every clip; a set metric undefined on a set this small) makes the
@@ -59,7 +65,7 @@ from soundtrack.eval.scoring import (
     evaluator_metrics,
     set_metrics,
 )
-from soundtrack.metrics import bootstrap_replicates, paired_bootstrap_ci
+from soundtrack.metrics import SEAM_METRICS, bootstrap_replicates, paired_bootstrap_ci, seam_metrics
 from soundtrack.pipelines.generator import SoundtrackGenerator
 from soundtrack.storage import atomic_write
 
@@ -68,10 +74,11 @@ log = logging.getLogger(__name__)
 #: Sample rate of every scored waveform (Hz).
 SR = ScoringConfig().sr
 #: Shard columns a scored clip needs.
-ROW_COLUMNS = ("clip_id", "frames", "wav_mix", "melody", "dynamics_db", "label_event_times")
+ROW_COLUMNS = ("clip_id", "frames", "wav_mix", "melody", "dynamics_db")
 #: Shard columns a scored clip uses when the data set has them (``load_split(optional=...)``):
-#: ``label_mode`` for ``mode_match`` (nan without it; ingested data sets need not have it).
-OPTIONAL_ROW_COLUMNS = ("label_mode",)
+#: ``label_event_times`` for the sync and beat metrics and ``label_mode`` for ``mode_match``
+#: (nan without them: ingested real videos have neither).
+OPTIONAL_ROW_COLUMNS = ("label_event_times", "label_mode")
 #: Job kinds: a generator's output, the clip's real mix, or another clip's real mix.
 KINDS = ("generator", "ground_truth", "retrieval")
 #: Metrics :class:`ClipScores` computes on the whole set of clips, not per clip.
@@ -81,7 +88,7 @@ EVALUATOR_METRICS = ("sim", "kl", "fad", "is", "p_at_1", "p_at_5")
 #: Set metrics :meth:`ClipScores.set_metrics` computes when no names are given.
 DEFAULT_SET_METRICS = ("fad", "is", "p_at_1", "p_at_5", "csd", "hsd", "dyn_macro")
 
-_RECORD_KEYS = ("clip_id", "seed", "source", "gen_s", "audio_s", "cached")
+_RECORD_KEYS = ("clip_id", "seed", "source", "gen_s", "audio_s", "cached", "failed", "error", "sources", "joins")
 
 
 # ----------------------------------------------------------------------------- generating
@@ -101,6 +108,11 @@ class ClipRecord:
         cached: taken from the cache.
         wav: the waveform (only with ``keep_audio``).
         dynamics: its dynamics curve (dB per frame; only with ``keep_audio``).
+        error: why the job failed (a :class:`~soundtrack.errors.GeneratorError`'s message:
+            the generator diverged, non-finite output); ``None`` when it was scored. A
+            failed record has no metrics and no audio.
+        sources: the clips of a long video, in order (``None``: one clip).
+        joins: a long video's window joins ``[start_s, end_s]`` (where the seams were measured).
     """
 
     clip_id: str
@@ -112,11 +124,27 @@ class ClipRecord:
     cached: bool = False
     wav: np.ndarray | None = None
     dynamics: np.ndarray | None = None
+    error: str | None = None
+    sources: list[str] | None = None
+    joins: list[list[float]] | None = None
+
+    @property
+    def failed(self) -> bool:
+        """The job failed (:attr:`error`); nothing was scored."""
+        return self.error is not None
 
     def to_dict(self, cached: bool = True) -> dict[str, Any]:
-        """The flat record the bench tabulates (``cached`` left out with ``cached=False``: the cache file)."""
+        """The flat record the bench tabulates (``cached`` left out with ``cached=False``: the cache file).
+
+        A failed record adds ``failed: True`` and ``error``; a long video's adds ``sources``
+        and ``joins``.
+        """
         d = {"clip_id": self.clip_id, "seed": self.seed, "source": self.source, **self.metrics, "gen_s": self.gen_s,
              "audio_s": self.audio_s}
+        if self.failed:
+            d.update(failed=True, error=self.error)
+        if self.sources is not None:
+            d.update(sources=list(self.sources), joins=[list(j) for j in self.joins or []])
         if cached:
             d["cached"] = self.cached
         return d
@@ -126,7 +154,42 @@ class ClipRecord:
         """The record of a cache file (:meth:`to_dict`)."""
         return cls(str(d["clip_id"]), int(d["seed"]), str(d["source"]),
                    {k: v for k, v in d.items() if k not in _RECORD_KEYS}, float(d["gen_s"]), float(d["audio_s"]),
-                   cached)
+                   cached, error=d.get("error"), sources=d.get("sources"), joins=d.get("joins"))
+
+
+def long_video_row(rows: Mapping[str, Mapping[str, Any]], ids: Sequence[str], fps: float = 10.0) -> dict[str, Any]:
+    """One long video made of clips played one after the other: its frames and real mix.
+
+    The audio is the clips' ``wav_mix`` concatenated (clip ``k`` starts where clip
+    ``k - 1``'s audio ends); the frames are sampled on that timeline at ``fps``, frame
+    ``j`` being the frame of the clip playing at ``j / fps`` that is on screen then (the
+    last one whose time ``i / fps`` in its clip is <= the time since the clip started), as
+    :func:`soundtrack.data.media.read_frames` samples a video. So consecutive clips of one
+    source give (up to its 10 fps frame grid) the source's own video and audio.
+
+    Args:
+        rows: decoded shard rows by clip id (``frames``, ``wav_mix``).
+        ids: the clips, in playing order.
+        fps: the clips' frame rate.
+
+    Returns:
+        ``{"clip_id", "frames": (ceil(T_total * fps), H, W, 3), "wav_mix", "duration_s",
+        "offsets_s"}`` (each clip's start in the long video).
+    """
+    parts = [rows[c] for c in ids]
+    lengths = [len(np.asarray(r["wav_mix"]).reshape(-1)) / SR for r in parts]
+    offsets = np.concatenate([[0.0], np.cumsum(lengths)[:-1]])
+    total = float(sum(lengths))
+    n = int(math.ceil(round(total * fps, 3)))
+    t = np.arange(n) / fps
+    k = np.clip(np.searchsorted(offsets, t + 1e-6, side="right") - 1, 0, len(parts) - 1)
+    frames = np.empty((n, *np.shape(parts[0]["frames"])[1:]), np.uint8)
+    for j in range(n):
+        clip = parts[int(k[j])]["frames"]
+        frames[j] = clip[min(int(np.floor((t[j] - offsets[k[j]]) * fps + 1e-6)), len(clip) - 1)]
+    wav = np.concatenate([np.asarray(r["wav_mix"], np.float32).reshape(-1) for r in parts])
+    return {"clip_id": "+".join(ids), "frames": frames, "wav_mix": wav, "duration_s": total,
+            "offsets_s": [float(o) for o in offsets]}
 
 
 def _check_finite(wav: np.ndarray, kind: str, cid: str, seed: int, src: str) -> None:
@@ -135,6 +198,14 @@ def _check_finite(wav: np.ndarray, kind: str, cid: str, seed: int, src: str) -> 
     if bad:
         raise GeneratorError(f"the {kind} audio of clip {cid!r} (seed {seed}, source {src!r}) has {bad} non-finite "
                              f"samples of {len(wav)}; it is not scored")
+
+
+def _score_job(wav: np.ndarray, rows: Mapping[str, Mapping[str, Any]], cid: str, joins: list[list[float]] | None,
+               desc: Mapping[str, np.ndarray] | None = None) -> dict[str, float]:
+    """A clip's metrics against its row; a long video's (``joins`` given) seam metrics at its joins."""
+    if joins is not None:
+        return seam_metrics(wav, SR, [tuple(j) for j in joins])
+    return clip_metrics(wav, rows[cid], desc=desc)
 
 
 def run_jobs(jobs: Sequence[Mapping[str, Any]], rows: Mapping[str, Mapping[str, Any]],
@@ -146,7 +217,11 @@ def run_jobs(jobs: Sequence[Mapping[str, Any]], rows: Mapping[str, Mapping[str, 
         jobs: dicts with ``clip_id`` (scored against this clip's row), ``seed`` and
             optionally ``source`` (the clip whose video conditions the generator or whose
             real audio is used; default ``clip_id``) and ``kind`` (one of :data:`KINDS`;
-            default ``generator``).
+            default ``generator``). A long-video job has ``sources`` (the clips played one
+            after the other, :func:`long_video_row`; ``clip_id`` names the video) and
+            ``joins`` (its window joins, ``[start_s, end_s]`` each, see
+            :func:`soundtrack.pipelines.sampler.window_joins`); it is scored with
+            :func:`soundtrack.metrics.seam_metrics` (kinds ``generator`` and ``ground_truth``).
         rows: decoded shard rows by clip id (:func:`soundtrack.data.shards.load_split`,
             :data:`ROW_COLUMNS`).
         model: a loaded generator (anything with ``generate``), or its directory (loaded
@@ -160,13 +235,17 @@ def run_jobs(jobs: Sequence[Mapping[str, Any]], rows: Mapping[str, Mapping[str, 
         keep_audio: put the waveform and its dynamics curve on each record.
 
     Yields:
-        :class:`ClipRecord` per job, in job order.
+        :class:`ClipRecord` per job, in job order. A generator job whose generation raises
+        :class:`~soundtrack.errors.GeneratorError` (a diverged model: non-finite latents
+        or audio; also a video the model refuses) gives a *failed* record (``error``: the
+        message; no metrics, nothing cached, logged as a warning) and the next job runs:
+        a failed clip is counted, never scored as silence. A failed job is not cached, so
+        a later run tries it again.
 
     Raises:
-        GeneratorError: a job's audio is not finite (the generator's output, raised by
-            :meth:`~soundtrack.pipelines.generator.SoundtrackGenerator.generate` itself, or
-            a cached file): nothing non-finite is scored or cached.
-        ValueError: an unknown job kind.
+        GeneratorError: real or cached audio that is not finite (a damaged cache or data
+            set, not a model failure): nothing non-finite is scored or cached.
+        ValueError: an unknown job kind, or a long video of kind ``retrieval``.
     """
     overrides = dict(overrides or {})
     cache = Path(cache_dir) if cache_dir is not None else None
@@ -178,40 +257,55 @@ def run_jobs(jobs: Sequence[Mapping[str, Any]], rows: Mapping[str, Mapping[str, 
         src, kind = str(job.get("source", cid)), job.get("kind", "generator")
         if kind not in KINDS:
             raise ValueError(f"job kind {kind!r} is not one of {', '.join(KINDS)}")
+        sources = [str(c) for c in job["sources"]] if job.get("sources") else None
+        joins = [[float(a), float(b)] for a, b in job.get("joins") or []] if sources else None
+        if sources is not None and kind == "retrieval":
+            raise ValueError(f"long video {cid}: kind 'retrieval' has no long form (generator or ground_truth)")
+        wanted = SEAM_METRICS if sources is not None else AUDIO_METRICS
         wav_path = cache / f"{cid}_s{seed}.wav" if cache is not None else None
         met_path = cache / f"{cid}_s{seed}.json" if cache is not None else None
         if met_path is not None and met_path.is_file() and wav_path.is_file():
             rec = ClipRecord.from_dict(json.loads(met_path.read_text()), cached=True)
-            missing = [m for m in AUDIO_METRICS if m not in rec.metrics]
+            missing = [m for m in wanted if m not in rec.metrics]
             wav = sf.read(str(wav_path), dtype="float32")[0] if keep_audio or missing else None
             if missing:  # an older cache: score what it lacks from the cached audio, keep gen_s
                 log.info("cached clip %s (seed %d) lacks %s; rescoring its cached audio", cid, seed, ", ".join(missing))
                 _check_finite(wav, kind, cid, seed, src)
-                rec.metrics = clip_metrics(wav, rows[cid])
+                rec.metrics = _score_job(wav, rows, cid, joins)
                 atomic_write(met_path, lambda p: p.write_text(json.dumps(rec.to_dict(cached=False))))
             if keep_audio:
                 rec.wav, rec.dynamics = wav, dynamics_db(wav, DEFAULT_CONFIG)
             yield rec
             continue
         gen_s = 0.0
+        row = long_video_row(rows, sources) if sources is not None else None  # a long video's frames and mix
         if wav_path is not None and wav_path.is_file():
             wav, _ = sf.read(str(wav_path), dtype="float32")
         elif kind in ("ground_truth", "retrieval"):
-            wav = np.asarray(rows[src]["wav_mix"], np.float32)
+            wav = np.asarray((row or rows[src])["wav_mix"], np.float32)
         else:
             if gen is None:
                 if model is None:
                     raise ValueError(f"job {cid} (seed {seed}) needs a generator, and none was given")
                 gen = SoundtrackGenerator.load(model)
             t = time.perf_counter()
-            wav = gen.generate(rows[src]["frames"], seed=seed, clip_id=cid, **overrides)
+            try:
+                wav = np.asarray(gen.generate((row or rows[src])["frames"], seed=seed, clip_id=cid, **overrides),
+                                 np.float32).reshape(-1)
+                _check_finite(wav, kind, cid, seed, src)
+            except GeneratorError as exc:  # counted as failed; the other jobs go on
+                log.warning("clip %s (seed %d, source %s) failed: %s", cid, seed, src, exc)
+                yield ClipRecord(cid, seed, src, {}, time.perf_counter() - t, 0.0, error=str(exc), sources=sources,
+                                 joins=joins)
+                continue
             gen_s = time.perf_counter() - t
         wav = np.asarray(wav, np.float32).reshape(-1)
         _check_finite(wav, kind, cid, seed, src)
         if wav_path is not None and not wav_path.is_file():
             atomic_write(wav_path, lambda p: sf.write(str(p), wav, SR, subtype="FLOAT", format="WAV"))
-        desc = audio_descriptors(wav, SR)
-        rec = ClipRecord(cid, seed, src, clip_metrics(wav, rows[cid], desc=desc), gen_s, len(wav) / SR)
+        desc = audio_descriptors(wav, SR) if sources is None or keep_audio else None
+        rec = ClipRecord(cid, seed, src, _score_job(wav, rows, cid, joins, desc), gen_s, len(wav) / SR,
+                         sources=sources, joins=joins)
         if met_path is not None:
             atomic_write(met_path, lambda p: p.write_text(json.dumps(rec.to_dict(cached=False))))
         if keep_audio:
@@ -245,6 +339,8 @@ class ClipScores:
         probs: evaluator class probabilities of the generated audio (list of (C,)).
         gen_seconds: generation wall time per clip (s).
         dyn_ref / dyn_gen: the clips' reference and generated dynamics curves (``dyn_macro``).
+        failed: clips whose generation failed (clip id -> error message); they are in none
+            of the lists above.
     """
 
     clip_ids: list[str] = field(default_factory=list)
@@ -256,9 +352,24 @@ class ClipScores:
     gen_seconds: list[float] = field(default_factory=list)
     dyn_ref: list[np.ndarray | None] = field(default_factory=list)
     dyn_gen: list[np.ndarray | None] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
 
     def __len__(self) -> int:
+        """The clips scored (failed ones not included: :attr:`n_processed`)."""
         return len(self.clip_ids)
+
+    @property
+    def n_processed(self) -> int:
+        """Clips generated so far, scored or failed (a tune trial's ``clips``, ASHA's resource)."""
+        return len(self.clip_ids) + len(self.failed)
+
+    def add_failed(self, rec: ClipRecord) -> None:
+        """Record a failed job of :func:`run_jobs` (its error; it is not scored).
+
+        Args:
+            rec: the failed record (``rec.error`` set).
+        """
+        self.failed[rec.clip_id] = str(rec.error)
 
     def add(self, rec: ClipRecord, row: Mapping[str, Any]) -> None:
         """Append one record of :func:`run_jobs` (``row``: its clip's decoded row)."""
@@ -287,11 +398,14 @@ class ClipScores:
                           pick(self.gen_seconds), pick(self.dyn_ref), pick(self.dyn_gen))
 
     def means(self) -> dict[str, float]:
-        """Per-clip metrics averaged over the clips (nan where every clip is nan)."""
+        """Per-clip metrics averaged over the scored clips (nan where every clip is nan),
+        plus ``failed_clips``: how many clips failed (a count, not a mean; what a tune
+        trial reports so that its table shows them)."""
         out = {}
         for k, v in self.per_clip.items():
             a = np.asarray(v, float)
             out[k] = float(np.nanmean(a)) if np.isfinite(a).any() else math.nan
+        out["failed_clips"] = float(len(self.failed))
         return out
 
     def set_metric_values(self, names: Sequence[str]) -> tuple[dict[str, float], dict[str, str]]:
@@ -430,7 +544,11 @@ def objective_value(scores: ClipScores, objective: Mapping[str, float]) -> float
             metric undefined on this set (the message names the metric and why).
     """
     if not len(scores):
-        raise ObjectiveError("the objective is undefined on 0 scored clips")
+        why = ""
+        if scores.failed:
+            cid, err = next(iter(scores.failed.items()))
+            why = f" ({len(scores.failed)} clip(s) failed; {cid}: {err})"
+        raise ObjectiveError(f"the objective is undefined on 0 scored clips{why}")
     pooled = [m for m in objective if m in POOLED_METRICS]
     sets = scores.set_metrics(pooled, required=pooled) if pooled else {}
     total = 0.0
@@ -529,11 +647,14 @@ def evaluate_clips(
         wav_dir: where to write the generated WAVs (16-bit; ``None``: not written).
 
     Returns:
-        the :class:`ClipScores` of all clips.
+        the :class:`ClipScores` of all clips; a clip whose generation failed is in its
+        ``failed`` (with the error) and the run goes on. ``on_batch`` gets the clips
+        processed (scored or failed) and the objective on those scored.
 
     Raises:
         ObjectiveError: the objective needs an evaluator and there is none (before any
-            generation), or is undefined on the clips of a batch (``on_batch`` only).
+            generation), or is undefined on the clips of a batch (``on_batch`` only; e.g.
+            every clip so far failed).
     """
     require_inputs(objective, evaluator is not None)
     by_id = {str(r["clip_id"]): r for r in rows}
@@ -543,23 +664,32 @@ def evaluate_clips(
         Path(wav_dir).mkdir(parents=True, exist_ok=True)
     for start in range(0, len(jobs), batch_clips):
         recs = list(run_jobs(jobs[start:start + batch_clips], by_id, gen, overrides, keep_audio=True))
+        ok = [r for r in recs if not r.failed]
         for rec in recs:
+            if rec.failed:
+                scores.add_failed(rec)
+                continue
             scores.add(rec, by_id[rec.clip_id])
             if wav_dir is not None:
                 write_wav(Path(wav_dir) / f"{rec.clip_id}.wav", rec.wav, gen.sr)
-        if evaluator is not None:
-            scores.add_evaluated(evaluate_audio(evaluator, [r.wav for r in recs], [by_id[r.clip_id] for r in recs]))
+        if evaluator is not None and ok:
+            scores.add_evaluated(evaluate_audio(evaluator, [r.wav for r in ok], [by_id[r.clip_id] for r in ok]))
         if on_batch is not None:
-            on_batch(len(scores), objective_value(scores, objective), scores)
+            on_batch(scores.n_processed, objective_value(scores, objective), scores)
     return scores
 
 
 def save_scores(scores: ClipScores, directory: str | Path, embeddings: bool = True) -> None:
-    """Write ``per_clip.csv``, ``embeddings.npz`` (evaluator embeddings) and ``dynamics.npz``
-    (the dynamics curves) into ``directory``: what set metrics need later."""
+    """Write ``per_clip.csv``, ``embeddings.npz`` (evaluator embeddings), ``dynamics.npz``
+    (the dynamics curves) and, when clips failed, ``failed.json`` (clip id -> error) into
+    ``directory``: what set metrics and comparisons need later."""
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     pd.DataFrame(scores.rows()).to_csv(d / "per_clip.csv", index=False)
+    if scores.failed:
+        (d / "failed.json").write_text(json.dumps(scores.failed, indent=2))
+    elif (d / "failed.json").exists():  # rewritten after each batch: none failed this time
+        (d / "failed.json").unlink()
     if embeddings and scores.audio:
         np.savez_compressed(d / "embeddings.npz", audio=np.stack(scores.audio).astype(np.float16),
                             ref_audio=np.stack(scores.ref_audio).astype(np.float16),
@@ -572,7 +702,10 @@ def save_scores(scores: ClipScores, directory: str | Path, embeddings: bool = Tr
 def load_scores(directory: str | Path) -> ClipScores:
     """Read what :func:`save_scores` wrote."""
     d = Path(directory)
-    df = pd.read_csv(d / "per_clip.csv")
+    try:
+        df = pd.read_csv(d / "per_clip.csv")
+    except pd.errors.EmptyDataError:  # every clip failed: no row, no header
+        df = pd.DataFrame({"clip_id": [], "gen_s": []})
     metrics = [c for c in df.columns if c not in ("clip_id", "gen_s")]
     s = ClipScores([str(c) for c in df["clip_id"]], {m: df[m].astype(float).tolist() for m in metrics},
                    gen_seconds=df["gen_s"].astype(float).tolist())
@@ -587,6 +720,8 @@ def load_scores(directory: str | Path) -> ClipScores:
         s.dyn_ref, s.dyn_gen = list(z["ref"]), list(z["gen"])
     else:
         s.dyn_ref, s.dyn_gen = [None] * len(s), [None] * len(s)
+    if (d / "failed.json").exists():
+        s.failed = {str(k): str(v) for k, v in json.loads((d / "failed.json").read_text()).items()}
     return s
 
 
@@ -620,13 +755,27 @@ def evaluate_arm(model_dir: str, overrides: dict, features: str, split: str, n: 
     return evaluate_clips(gen, rows, overrides, seed, ev, objective, batch_clips=len(rows))
 
 
+def _shared(a: ClipScores, b: ClipScores) -> tuple[ClipScores, ClipScores]:
+    """Both score sets on the clips both scored, in ``a``'s order (a failed clip drops from both)."""
+    if a.clip_ids == b.clip_ids:
+        return a, b
+    ib = {c: i for i, c in enumerate(b.clip_ids)}
+    common = [c for c in a.clip_ids if c in ib]
+    return a.subset([a.clip_ids.index(c) for c in common]), b.subset([ib[c] for c in common])
+
+
 def compare(best: ClipScores, base: ClipScores, objective: dict) -> dict[str, Any]:
     """Best vs defaults: objective and every per-clip metric, means and paired 95 % intervals.
+
+    Paired on the clips both scored: a clip that failed on either side (a diverged
+    generation) is left out of both and listed under ``failed``.
 
     Raises:
         ObjectiveError: the objective is undefined on either set of clips.
     """
-    out: dict[str, Any] = {"clips": len(best), "objective": {
+    failed = {"best": dict(best.failed), "defaults": dict(base.failed)}
+    best, base = _shared(best, base)
+    out: dict[str, Any] = {"clips": len(best), "failed": failed, "objective": {
         "best": objective_value(best, objective), "defaults": objective_value(base, objective),
         "best_minus_defaults": paired_objective_ci(best, base, objective)}}
     mb, md = best.means(), base.means()

@@ -8,7 +8,9 @@ call these from their Ray tasks.
 * sync against the clip's ground-truth *video event* times (``label_event_times``:
   bounces, flashes, cuts; never the reference audio): ``hit_rate``, ``precision``,
   ``f1``, ``onset_rate`` (onsets/s) from :func:`~soundtrack.metrics.onset_sync`
-  with a 0.1 s window (one video frame). Hit rate is never reported alone;
+  with a 0.1 s window (one video frame). Hit rate is never reported alone. A clip
+  without event labels (real videos: the synthetic set's labels do not exist there) has
+  nan for these and the beat metrics below, not 0; ``onset_rate`` needs no label;
 * ``bcs``, ``bhs``, ``beat_f1``: the generated audio's tracked beats against the same
   video event times (HPM/LORIS definitions, 0.1 s);
 * ``melody_acc``: HPM melody accuracy against the reference music stem's melody;
@@ -170,6 +172,11 @@ def audio_descriptors(wav: np.ndarray, sr: int = 16000) -> dict[str, np.ndarray]
             "level_db": F.frame_energy_db(w, cfg, mag=mag), "spectrum": mag[:, :t]}
 
 
+def _has_events(x: Any) -> bool:
+    """Whether a row's event-time label exists (a clip of a data set without it: missing, None or nan)."""
+    return x is not None and not (isinstance(x, float) and math.isnan(x))
+
+
 def _label_mode(row: Mapping[str, Any]) -> str | None:
     """The row's ``label_mode``, or None where the data set has none (missing, None or nan)."""
     v = row.get("label_mode")
@@ -184,8 +191,9 @@ def clip_metrics(wav: np.ndarray, row: Mapping[str, Any], cfg: ScoringConfig = S
 
     Args:
         wav: generated mono waveform at ``cfg.sr``.
-        row: the clip's decoded shard row (``label_event_times``, ``melody``,
-            ``dynamics_db``, optionally ``label_mode``).
+        row: the clip's decoded shard row (``melody``, ``dynamics_db``, optionally
+            ``label_event_times`` (without it the sync and beat metrics are nan) and
+            ``label_mode``).
         cfg: scoring settings.
         desc: :func:`audio_descriptors` of ``wav`` when already computed (one without
             ``level_db`` / ``spectrum`` is completed by recomputing them all).
@@ -202,12 +210,17 @@ def clip_metrics(wav: np.ndarray, row: Mapping[str, Any], cfg: ScoringConfig = S
     if "level_db" not in d or "spectrum" not in d:
         d = audio_descriptors(wav, cfg.sr)
     duration = len(np.asarray(wav).reshape(-1)) / cfg.sr
-    events = _times(row.get(cfg.events_key))
+    labelled = _has_events(row.get(cfg.events_key))
+    events = _times(row.get(cfg.events_key)) if labelled else np.zeros(0)
     sync = M.onset_sync(events, d["onsets"], window=cfg.window_s, duration=duration)
-    b_c = M.bcs(events, d["beats"], tolerance=cfg.window_s)
-    b_h = M.bhs(events, d["beats"], tolerance=cfg.window_s)
-    out = {"f1": sync["f1"], "precision": sync["precision"], "hit_rate": sync["hit_rate"],
-           "onset_rate": sync["onset_rate"], "bcs": b_c, "bhs": b_h, "beat_f1": float(M.beat_f1(b_c, b_h))}
+    out = {"onset_rate": sync["onset_rate"]}
+    if labelled:
+        b_c = M.bcs(events, d["beats"], tolerance=cfg.window_s)
+        b_h = M.bhs(events, d["beats"], tolerance=cfg.window_s)
+        out.update(f1=sync["f1"], precision=sync["precision"], hit_rate=sync["hit_rate"], bcs=b_c, bhs=b_h,
+                   beat_f1=float(M.beat_f1(b_c, b_h)))
+    else:  # no video event labels: the sync and beat metrics are undefined, not 0
+        out.update({m: math.nan for m in ("f1", "precision", "hit_rate", "bcs", "bhs", "beat_f1")})
     out["melody_acc"] = (M.melody_accuracy(np.asarray(row["melody"]).reshape(-1), d["melody"])
                          if row.get("melody") is not None else math.nan)
     if row.get("dynamics_db") is not None:

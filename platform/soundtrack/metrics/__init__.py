@@ -42,6 +42,8 @@ One module per metric family; everything is re-exported here, so import from
 * ``tonality``: tonal versus noise-like audio and its mode (``chroma_concentration``,
   ``spectral_flatness``, ``key_correlations``, ``estimate_key``, ``estimate_mode``,
   ``mode_match``, the Krumhansl-Kessler profiles ``KK_MAJOR`` / ``KK_MINOR``).
+* ``seams``: window joins of a long soundtrack against the track itself (``seam_metrics``,
+  ``frame_changes``, the record keys ``SEAM_METRICS``); our own measure, no paper's.
 
 The family modules import only numpy/scipy/librosa, :mod:`soundtrack.errors` and,
 downwards, each other: ``structure`` uses ``events``'s time validation; the others are
@@ -80,6 +82,7 @@ from soundtrack.metrics.events import _as_times as _as_times
 from soundtrack.metrics.events import _stability_deviation as _stability_deviation
 from soundtrack.metrics.retrieval import _unit as _unit
 from soundtrack.metrics.retrieval import precision_at_k, precision_at_k_from_similarity, sim
+from soundtrack.metrics.seams import SEAM_METRICS, frame_changes, seam_metrics
 from soundtrack.metrics.speed import real_time_factor
 from soundtrack.metrics.statistics import _bootstrap_stats as _bootstrap_stats
 from soundtrack.metrics.statistics import _check_boot_args as _check_boot_args
@@ -111,6 +114,7 @@ __all__ = [
     "KK_MAJOR",
     "KK_MINOR",
     "Key",
+    "SEAM_METRICS",
     "SYNC_TOLERANCE_S",
     "adv",
     "bcs",
@@ -127,6 +131,7 @@ __all__ = [
     "estimate_mode",
     "fad",
     "fd",
+    "frame_changes",
     "frechet_distance",
     "gps",
     "grooving_patterns",
@@ -145,6 +150,7 @@ __all__ = [
     "precision_at_k",
     "precision_at_k_from_similarity",
     "real_time_factor",
+    "seam_metrics",
     "segment_onset_times",
     "sim",
     "spectral_flatness",

@@ -16,6 +16,14 @@ Pipeline of a call (plain PyTorch, no Ray):
 3. :func:`soundtrack.pipelines.sampler.generate_video`: 10.24 s windows, each denoised in
    latent space, decoded to a mel by the VAE and vocoded, joined with 1 s crossfades.
 
+Long videos in bounded memory (:meth:`~SoundtrackGenerator.generate_file`): the frames are
+decoded in chunks (``media.read_frame_chunks``) and turned into conditions chunk by chunk
+(:meth:`~SoundtrackGenerator.conditions_from_chunks`: the per-frame condition vectors,
+a few hundred bytes a frame, are all that is kept), the windows are sampled in groups of
+``sampler.window_batch`` into one preallocated waveform, and an ``.mp4`` is re-encoded
+frame by frame (``media.mux_audio``). What grows with the length is the waveform (64 kB a
+second) and the condition vectors; ``benchmarks/long_video.py`` measures the peak.
+
 Output length: a video of ``T`` frames at ``fps`` (10) lasts ``T / fps`` seconds by the
 platform's frame convention (frame ``i`` is on screen over ``[i / fps, (i + 1) / fps)``),
 and the soundtrack has exactly ``round(T / fps * sr)`` samples. For a file,
@@ -52,13 +60,14 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from soundtrack.data import media
+from soundtrack.data.features import DEFAULT_CONFIG as FEATURES
 from soundtrack.data.features import shot_boundaries
 from soundtrack.errors import GeneratorError
 from soundtrack.metrics import real_time_factor
@@ -79,7 +88,7 @@ from soundtrack.models.unet import (
 from soundtrack.models.vae import build_vae, latent_shape, load_vae, save_vae
 from soundtrack.models.vocoder import load_vocoder
 from soundtrack.pipelines.knobs import KNOBS, check_knob
-from soundtrack.pipelines.sampler import SamplerConfig, generate_video
+from soundtrack.pipelines.sampler import SamplerConfig, generate_video, window_starts
 from soundtrack.pipelines.schedulers import (
     DEFAULT_SCHEDULE,
     SCHEDULE_FILE,
@@ -243,6 +252,7 @@ class GenerationResult:
         seconds: wall time of decoding + generation + writing (s).
         real_time_factor: seconds of audio per second of compute (above 1: faster than real time),
             the platform's one definition (:func:`soundtrack.metrics.real_time_factor`).
+        windows: the sampler's windows (:func:`~soundtrack.pipelines.sampler.window_starts`).
     """
 
     out_path: Path
@@ -251,6 +261,7 @@ class GenerationResult:
     duration_s: float
     seconds: float
     real_time_factor: float
+    windows: int = 1
 
 
 class SoundtrackGenerator:
@@ -365,6 +376,9 @@ class SoundtrackGenerator:
         if self.sampler.max_seconds <= 0 or not 0 <= self.sampler.crossfade_s < self.clip_s:
             raise GeneratorError(f"sampler needs max_seconds > 0 and 0 <= crossfade_s < {self.clip_s} s, got "
                                  f"{self.sampler.max_seconds}, {self.sampler.crossfade_s}")
+        wb = self.sampler.window_batch
+        if isinstance(wb, bool) or not isinstance(wb, int) or wb < 1:
+            raise GeneratorError(f"sampler.window_batch must be an integer >= 1 (windows sampled per group), got {wb!r}")
 
     # -- conditions -------------------------------------------------------------------
 
@@ -396,7 +410,8 @@ class SoundtrackGenerator:
         the conv temporal model's reach (the frame difference looks 1 frame back, each
         temporal block ``kernel // 2`` frames), so chunks give the vectors of one long pass
         up to float rounding; a transformer temporal model sees at most a training clip
-        plus context, as in training, instead of positions it never saw.
+        plus context, as in training, instead of positions it never saw. The same chunks
+        as :meth:`conditions_from_chunks` (one code path).
 
         Args:
             frames: uint8 (T, frame_size, frame_size, 3) at ``fps``.
@@ -406,25 +421,81 @@ class SoundtrackGenerator:
             :class:`~soundtrack.models.unet.Conditions` (batch 1) with ``video`` (1, T,
             video_dim), ``music`` and ``sfx`` (1, T, E), ``text`` (1, 1, E) or None; no shots.
         """
-        # a copy when read-only (frames from Ray's object store are): torch needs writable memory
-        arr = np.ascontiguousarray(frames)
-        x = torch.from_numpy(arr if arr.flags.writeable else arr.copy()).to(self.device)[None]
-        t = x.shape[1]
+        enc = self._stream_conditions([np.asarray(frames)], caption, resize=False, shots=False)
+        return Conditions(text=enc.text, video=enc.video, music=enc.music, sfx=enc.sfx)
+
+    def _encode_context(self) -> int:
+        """Context frames on each side of an encoder chunk: :data:`ENCODE_CONTEXT_FRAMES`, or
+        more when the temporal model reaches further or a cut must persist longer (shots)."""
         ecfg = self.encoders.cfg
         reach = 1 + (ecfg.temporal_layers * (ecfg.temporal_kernel // 2) if ecfg.temporal == "conv" else 0)
-        ctx = max(ENCODE_CONTEXT_FRAMES, reach)
+        return max(ENCODE_CONTEXT_FRAMES, reach, FEATURES.shot_persist_frames)
+
+    @torch.no_grad()
+    def _stream_conditions(self, chunks: Iterable[np.ndarray], caption: str | None, resize: bool = True,
+                           shots: bool = True, n_frames: int | None = None) -> Conditions:
+        """The one chunked encoder under :meth:`encode_video` and :meth:`conditions_from_chunks`.
+
+        Frames arrive in chunks of any size and are buffered; encoder chunk ``[s, s + 103)``
+        is encoded, with ``ctx`` frames of context on each side, as soon as frame
+        ``s + 103 + ctx`` has arrived (or the stream ended), then the frames no later chunk
+        needs are dropped: the buffer never holds more than ``103 + 2 ctx`` frames plus the
+        incoming chunk. The chunks are those of one in-memory pass over the whole video.
+
+        Shot starts: :func:`soundtrack.data.features.shot_boundaries` on each encoder chunk
+        with its context (``ctx`` frames before, at least the cut-persistence frames after),
+        keeping the cuts inside the chunk. A video of at most 103 frames is one scan, the
+        whole-video result; a longer one differs from one whole-video scan only where the
+        scan's reference frame at a chunk start would have been a transient (a flash just
+        before the chunk), since each chunk's scan starts from ``ctx`` frames earlier.
+        """
+        ctx = self._encode_context()
+        size = self.frame_size
         parts: dict[str, list[torch.Tensor]] = {"video": [], "music": [], "sfx": []}
+        cuts: list[float] = []
         text = None
-        for start in range(0, t, ENCODE_CHUNK_FRAMES):
-            stop = min(start + ENCODE_CHUNK_FRAMES, t)
-            lo, hi = max(0, start - ctx), min(t, stop + ctx)
+        buf: np.ndarray | None = None
+        buf0 = 0  # video frame index of buf[0]
+        seen = 0  # frames received so far
+        start = 0  # next encoder chunk
+
+        def encode(stop: int, hi: int) -> None:
+            nonlocal text
+            lo = max(0, start - ctx)
+            seg = np.ascontiguousarray(buf[lo - buf0 : hi - buf0])
+            x = torch.from_numpy(seg if seg.flags.writeable else seg.copy()).to(self.device)[None]
             first = start == 0
-            c = video_conditions(self.encoders, x[:, lo:hi], captions=[caption] if caption and first else None,
+            c = video_conditions(self.encoders, x, captions=[caption] if caption and first else None,
                                  use_text=bool(caption) and first, shots=[[]])
             for name in parts:
                 parts[name].append(getattr(c, name)[:, start - lo : stop - lo])
             text = c.text if first else text
-        return Conditions(text=text, **{name: torch.cat(v, dim=1) for name, v in parts.items()})
+            if shots:
+                cuts.extend(float(lo + i) for i in shot_boundaries(seg) if start <= lo + i < stop)
+
+        for arr in chunks:
+            arr = self._check_frames(arr)
+            if resize:
+                arr = _resize_frames(arr, size)
+            buf = arr if buf is None else np.concatenate([buf, arr])
+            seen += arr.shape[0]
+            while seen >= start + ENCODE_CHUNK_FRAMES + ctx:
+                encode(start + ENCODE_CHUNK_FRAMES, start + ENCODE_CHUNK_FRAMES + ctx)
+                start += ENCODE_CHUNK_FRAMES
+                drop = max(0, start - ctx) - buf0
+                if drop > 0:
+                    buf, buf0 = buf[drop:], buf0 + drop
+        if seen == 0:
+            raise GeneratorError("the video has no frames; supply at least one frame")
+        if n_frames is not None and seen != n_frames:
+            raise GeneratorError(f"the video decoder gave {seen} frames, {n_frames} were announced; the file may be "
+                                 "cut short or damaged: re-export it")
+        while start < seen:
+            stop = min(start + ENCODE_CHUNK_FRAMES, seen)
+            encode(stop, min(seen, stop + ctx))
+            start = stop
+        return Conditions(text=text, shots=[cuts] if shots else None,
+                          **{name: torch.cat(v, dim=1) for name, v in parts.items()})
 
     @torch.no_grad()
     def conditions_from_frames(self, frames: np.ndarray, caption: str | None = None) -> Conditions:
@@ -439,17 +510,51 @@ class SoundtrackGenerator:
             :class:`~soundtrack.models.unet.Conditions` with per-frame ``video``,
             ``music``, ``sfx`` (those in :attr:`conditions`), ``text`` (1, 1, E) when a
             caption is given, and ``shots`` (shot-start frame indices of the whole video,
-            ``features.shot_boundaries``; the sampler shifts them into each window).
+            ``features.shot_boundaries`` chunk by chunk, see :meth:`conditions_from_chunks`;
+            the sampler shifts them into each window).
 
         Raises:
             GeneratorError: bad frames, or a caption for a model without text.
         """
+        return self.conditions_from_chunks([self._check_frames(frames)], caption)
+
+    @torch.no_grad()
+    def conditions_from_chunks(self, chunks: Iterable[np.ndarray], caption: str | None = None,
+                               n_frames: int | None = None) -> Conditions:
+        """The denoiser's conditions of a video given as consecutive chunks of frames.
+
+        The same conditions as :meth:`conditions_from_frames` on the frames concatenated,
+        in memory that does not grow with the video: frames are encoded in chunks of
+        :data:`ENCODE_CHUNK_FRAMES` with :data:`ENCODE_CONTEXT_FRAMES` of context (see
+        :meth:`encode_video`) as they arrive and dropped, and only the per-frame condition
+        vectors and the shot starts are kept. Shot starts come from
+        :func:`soundtrack.data.features.shot_boundaries` run on each encoder chunk with its
+        context: for a video of at most 103 frames that is the whole-video scan; for a longer
+        one the scan restarts 8 frames before each chunk, so a flash right before a chunk
+        start can be read as a cut there (a whole-video scan would need every frame kept).
+
+        Args:
+            chunks: uint8 (T_i, H, W, 3) RGB frames at ``fps``, consecutive, any sizes
+                (resized to ``frame_size``).
+            caption: a text prompt for models that use text (None or "": no text).
+            n_frames: the frame count the chunks must add up to (None: not checked).
+
+        Returns:
+            :class:`~soundtrack.models.unet.Conditions` as :meth:`conditions_from_frames`.
+
+        Raises:
+            GeneratorError: bad frames, no frames, fewer or more frames than ``n_frames``,
+                or a caption for a model without text.
+        """
+        return self._chunk_conditions(chunks, caption, n_frames)[0]
+
+    def _chunk_conditions(self, chunks: Iterable[np.ndarray], caption: str | None,
+                          n_frames: int | None) -> tuple[Conditions, int]:
+        """:meth:`conditions_from_chunks` and the number of frames the chunks held."""
         self._check_caption(caption)
-        arr = _resize_frames(self._check_frames(frames), self.frame_size)
-        enc = self.encode_video(arr, caption or None)
+        enc = self._stream_conditions(chunks, caption or None, n_frames=n_frames)
         kw = {c: getattr(enc, c) for c in ("video", "music", "sfx") if c in self.conditions}
-        shots = [float(s) for s in shot_boundaries(arr)]
-        return Conditions(text=enc.text, shots=[shots], **kw)
+        return Conditions(text=enc.text, shots=enc.shots, **kw), int(enc.video.shape[1])
 
     # -- generation -------------------------------------------------------------------
 
@@ -480,7 +585,7 @@ class SoundtrackGenerator:
         return int(round(n_frames / self.fps * self.sr))
 
     def generate(self, frames: np.ndarray, seed: int = 0, clip_id: str = "clip", caption: str | None = None,
-                 **overrides: Any) -> np.ndarray:
+                 progress: Callable[[int, int], None] | None = None, **overrides: Any) -> np.ndarray:
         """A soundtrack for a video of any length up to ``sampler.max_seconds``.
 
         Deterministic: the output depends only on (model, frames, caption, seed, clip_id,
@@ -492,6 +597,7 @@ class SoundtrackGenerator:
             seed: run seed.
             clip_id: the video's id (with the seed, it seeds the noise of each window).
             caption: a text prompt (models with text conditioning only).
+            progress: called after each group of windows with (windows done, windows).
             **overrides: sampler settings for this call: guidance_scale, weights
                 (per-condition dict), num_steps, scheduler, attention, window_k.
 
@@ -499,20 +605,35 @@ class SoundtrackGenerator:
             float32 (round(T / fps * sr),) mono waveform at ``sr`` (16 kHz), in [-1, 1].
 
         Raises:
-            GeneratorError: bad frames or options, or a video longer than ``max_seconds``.
+            GeneratorError: bad frames or options, a video longer than ``max_seconds``, or
+                a diverged model: non-finite latents or audio (the message names the clip,
+                the window and the denoising step).
         """
         cfg = self.sampler_config(**overrides)
         arr = self._check_frames(frames)
         self._check_caption(caption)
-        duration = arr.shape[0] / self.fps
+        return self._generate([arr], arr.shape[0], seed, clip_id, caption, cfg, progress)
+
+    def _check_length(self, n_frames: int, cfg: SamplerConfig) -> float:
+        """The video's length (s), or :class:`GeneratorError` when it exceeds ``max_seconds``."""
+        duration = n_frames / self.fps
         if duration > cfg.max_seconds:
             raise GeneratorError(f"the video lasts {duration:.1f} s, longer than this model's limit of "
                                  f"{cfg.max_seconds:.0f} s (sampler.max_seconds); cut it into parts")
+        return duration
+
+    def _generate(self, chunks: Iterable[np.ndarray], n_frames: int | None, seed: int, clip_id: str,
+                  caption: str | None, cfg: SamplerConfig, progress: Callable[[int, int], None] | None) -> np.ndarray:
+        """:meth:`generate` on frames given as consecutive chunks adding up to ``n_frames``
+        (None: known once decoded; the length limit is then checked before sampling)."""
+        if n_frames is not None:
+            self._check_length(n_frames, cfg)
         with self._lock, torch.inference_mode():
-            conds = self.conditions_from_frames(arr, caption)
+            conds, n_frames = self._chunk_conditions(chunks, caption, n_frames)
+            duration = self._check_length(n_frames, cfg)
             wav = generate_video(self.denoiser, self.vae, self.vocoder, conds, duration, str(clip_id), int(seed), cfg,
-                                 schedule=self.schedule)
-        n = self.n_samples(arr.shape[0])
+                                 schedule=self.schedule, progress=progress)
+        n = self.n_samples(n_frames)
         wav = np.asarray(wav, dtype=np.float32).reshape(-1)[:n]
         if wav.shape[0] < n:  # generate_video already trims to round(duration * sr); defensive
             wav = np.pad(wav, (0, n - wav.shape[0]))
@@ -522,15 +643,21 @@ class SoundtrackGenerator:
                                  f"{wav.shape[0]}: the model diverged (check its training losses, or sample with "
                                  "fewer steps / a lower guidance_scale)")
         # The platform's audio contract is [-1, 1]; a trained model stays inside, an
-        # untrained one (tests) may not.
-        return np.clip(wav, -1.0, 1.0)
+        # untrained one (tests) may not. In place: a 10-minute soundtrack is 38 MB.
+        return np.clip(wav, -1.0, 1.0, out=wav)
 
     def generate_file(self, video_path: str | os.PathLike, out_path: str | os.PathLike, seed: int = 0,
-                      caption: str | None = None, clip_id: str = "clip", **overrides: Any) -> GenerationResult:
+                      caption: str | None = None, clip_id: str = "clip",
+                      progress: Callable[[int, int], None] | None = None, **overrides: Any) -> GenerationResult:
         """Decodes a video, generates its soundtrack and writes a ``.wav`` or a new ``.mp4``.
 
         The video needs no audio track (a silent video is the normal input; an existing
-        track is ignored and, for ``.mp4`` output, replaced).
+        track is ignored and, for ``.mp4`` output, replaced). Memory does not grow with the
+        video's length beyond the soundtrack and the per-frame conditions: frames are
+        decoded and encoded in chunks of :data:`ENCODE_CHUNK_FRAMES`
+        (``media.read_frame_chunks``, the frames ``media.read_frames`` gives), windows are
+        sampled in groups of ``sampler.window_batch``, and an ``.mp4`` is re-encoded one
+        source frame at a time (``media.mux_audio``).
 
         Args:
             video_path: the input video (mp4, mkv, webm, mov, ...).
@@ -539,13 +666,16 @@ class SoundtrackGenerator:
             seed: run seed.
             caption: a text prompt (models with text conditioning only).
             clip_id: seeds the noise with ``seed`` (the default matches :meth:`generate`'s).
+            progress: called after each group of windows with (windows done, windows).
             **overrides: sampler settings (see :meth:`generate`).
 
         Returns:
             a :class:`GenerationResult`.
 
         Raises:
-            GeneratorError: an unsupported output type or a bad option.
+            GeneratorError: an unsupported output type, a bad option, a video longer than
+                ``max_seconds`` (before any frame is decoded; for a rotated or damaged file,
+                whose frame count only the decode tells, before sampling) or a diverged model.
             soundtrack.data.media.MediaError: the input is missing, empty, not a video,
                 has no video frames or is truncated.
         """
@@ -553,14 +683,15 @@ class SoundtrackGenerator:
         out = Path(out_path)
         if out.suffix.lower() not in OUTPUT_SUFFIXES:
             raise GeneratorError(f"output {out} must end with {' or '.join(OUTPUT_SUFFIXES)}")
-        self.sampler_config(**overrides)  # reject bad options before the decoding work
+        cfg = self.sampler_config(**overrides)  # reject bad options before the decoding work
         self._check_caption(caption)
         info = media.probe(video_path, check_vfr=False)
         if not info.has_video:
             raise media.MediaError("no_video_stream", f"{video_path} has no video stream (an audio-only file?); "
                                    "supply a video with frames.")
-        frames = media.read_frames(video_path, fps=self.fps, size=(self.frame_size, self.frame_size))
-        wav = self.generate(frames, seed=seed, clip_id=clip_id, caption=caption, **overrides)
+        n_frames, chunks = media.read_frame_chunks(video_path, fps=self.fps, size=(self.frame_size, self.frame_size),
+                                                   chunk_frames=ENCODE_CHUNK_FRAMES)
+        wav = self._generate(chunks, n_frames, seed, clip_id, caption, cfg, progress)
         out.parent.mkdir(parents=True, exist_ok=True)
         if out.suffix.lower() == ".wav":
             media.write_wav(out, wav, self.sr)
@@ -568,8 +699,9 @@ class SoundtrackGenerator:
             media.mux_audio(video_path, wav, self.sr, out)
         seconds = time.perf_counter() - t0
         dur = wav.shape[0] / self.sr
-
-        return GenerationResult(out, int(wav.shape[0]), self.sr, dur, seconds, real_time_factor(dur, max(seconds, 1e-9)))
+        windows = len(window_starts(dur, self.clip_s, cfg.crossfade_s, self.sr))
+        return GenerationResult(out, int(wav.shape[0]), self.sr, dur, seconds, real_time_factor(dur, max(seconds, 1e-9)),
+                                windows)
 
     # -- persistence ------------------------------------------------------------------
 

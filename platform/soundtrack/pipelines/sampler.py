@@ -18,24 +18,38 @@ other clips of a batch.
 Long videos: 10.24 s windows, the next starting 10.24 - 1.0 = 9.24 s later, each with the
 conditions of its own time span (per-frame features linearly interpolated at the window's
 frame times, last frame held past the end), joined with a 1 s equal-power crossfade and
-trimmed to the video's length (:func:`join_windows`).
+trimmed to the video's length (:func:`join_windows`). :func:`generate_video` samples the
+windows in groups of ``SamplerConfig.window_batch`` and adds each decoded window into one
+preallocated output as soon as it is vocoded, so its memory does not grow with the
+video's length beyond the output itself (4 bytes a sample: 38 MB for 10 minutes at
+16 kHz) and the per-frame conditions; with ``batch_invariant=True`` the output does not
+depend on the group size at all (each window is denoised alone either way).
+
+NaN guard: the latents are checked after every denoising step and each window's
+waveform after decoding; a non-finite value raises :class:`~soundtrack.errors.GeneratorError`
+naming the clip, the window and the step. Nothing is ever replaced by a finite value: a
+diverged model must not be scored or served as quiet audio.
 """
 
 from __future__ import annotations
 
 import copy
 import hashlib
+import logging
 import math
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
 
+from soundtrack.errors import GeneratorError
 from soundtrack.models.unet import Conditions
 from soundtrack.models.vae import decode_mel
 from soundtrack.pipelines.guidance import guided_prediction
 from soundtrack.pipelines.schedulers import DEFAULT_SCHEDULE, DEFAULT_STEPS, NoiseSchedule, make_scheduler
+
+log = logging.getLogger(__name__)
 
 # ----------------------------------------------------------------------------- sampling
 
@@ -61,7 +75,15 @@ class SamplerConfig:
             only changes anything for a model with text tokens.
         batch_invariant: denoise each clip on its own (module docstring).
         crossfade_s: crossfade between windows of a long video (s).
-        max_seconds: longest video accepted (s).
+        max_seconds: longest video accepted (s). 720 s: a 10-minute video with room for a
+            container that runs a little over (a video of 600.05 s decodes to 6001 frames
+            at 10 fps); generation time grows linearly with the length (65 windows for 10
+            minutes), memory does not. A model directory keeps the value it was saved with.
+        window_batch: windows of a long video sampled per group (>= 1). Memory holds one
+            group's latents and conditions at a time; with ``batch_invariant=True`` the
+            windows of a group are still denoised one by one, so the output does not depend
+            on this value; with ``batch_invariant=False`` a group is one model batch (faster
+            on a GPU; the output then differs at the 1e-6 level between group sizes).
     """
 
     scheduler: str = "dpmsolver++"
@@ -74,7 +96,8 @@ class SamplerConfig:
     selector_tau: int | None = None
     batch_invariant: bool = True
     crossfade_s: float = 1.0
-    max_seconds: float = 600.0
+    max_seconds: float = 720.0
+    window_batch: int = 4
 
     @property
     def steps(self) -> int:
@@ -115,8 +138,13 @@ def window_key(clip_id: str, window: int) -> str:
 
 
 def _denoise(denoiser, scheduler, conds: Conditions, keys: Sequence[str], seed: int,
-             shape: tuple[int, ...], cfg: SamplerConfig) -> torch.Tensor:
-    """The denoising loop for one group of clips (all rows sampled together)."""
+             shape: tuple[int, ...], cfg: SamplerConfig, labels: Sequence[str]) -> torch.Tensor:
+    """The denoising loop for one group of clips (all rows sampled together).
+
+    Raises:
+        GeneratorError: the latents of a row are not finite after a step (the message
+            names the row's label and the step).
+    """
     device = next(denoiser.parameters()).device
     dtype = next(denoiser.parameters()).dtype
     # 1. timesteps of the sampler
@@ -127,7 +155,8 @@ def _denoise(denoiser, scheduler, conds: Conditions, keys: Sequence[str], seed: 
     x = (x * scheduler.init_noise_sigma).to(device=device, dtype=dtype)
     step_kwargs = {"eta": cfg.eta} if cfg.scheduler == "ddim" else {}
     generator = gens[0] if len(gens) == 1 else gens
-    for t in scheduler.timesteps:
+    n_steps = len(scheduler.timesteps)
+    for step, t in enumerate(scheduler.timesteps):
         # 3. scheduler-specific input scaling (identity for DDPM/DDIM/DPM-Solver)
         x_in = scheduler.scale_model_input(x, t)
         # 4. guided model output (unconditional + one pass per condition, one batch)
@@ -135,7 +164,20 @@ def _denoise(denoiser, scheduler, conds: Conditions, keys: Sequence[str], seed: 
                                 cfg.attention, cfg.window_k, selector_tau=cfg.selector_tau)
         # 5. one sampler step; stochastic samplers draw from the clips' generators
         x = scheduler.step(out, t, x, generator=generator, **step_kwargs).prev_sample
+        # 6. NaN guard: one reduction over the group's latents per step (on a GPU, one sync)
+        if not bool(torch.isfinite(x).all()):
+            _raise_non_finite(x, labels, step, n_steps, int(t))
     return x
+
+
+def _raise_non_finite(x: torch.Tensor, labels: Sequence[str], step: int, n_steps: int, t: int) -> None:
+    """Raise the NaN guard's :class:`GeneratorError` for the first row of ``x`` that is not finite."""
+    bad = (~torch.isfinite(x)).flatten(1).sum(1)
+    row = int(torch.nonzero(bad)[0, 0])
+    raise GeneratorError(
+        f"{labels[row]}: denoising step {step + 1}/{n_steps} (timestep {t}) gave {int(bad[row])} non-finite latent "
+        f"values of {x[row].numel()}: the model diverged (check its training losses, or sample with fewer steps / "
+        "a lower guidance_scale)")
 
 
 @torch.no_grad()
@@ -147,6 +189,7 @@ def sample_latents(
     cfg: SamplerConfig = SamplerConfig(),
     scheduler=None,
     schedule: NoiseSchedule | None = None,
+    labels: Sequence[str] | None = None,
 ) -> torch.Tensor:
     """Samples latents for a batch of clips.
 
@@ -160,9 +203,14 @@ def sample_latents(
             denoiser.config.prediction_type, schedule)``); copied per clip, never mutated.
         schedule: the model's noise schedule (None: the default CCCG schedule); only used
             when ``scheduler`` is None.
+        labels: one name per clip for the NaN guard's message (None: ``clip '<key>'``).
 
     Returns:
         (B, C, F_l, T_l) latents.
+
+    Raises:
+        GeneratorError: a clip's latents are not finite after a denoising step (the
+            message names the clip's label and the step).
     """
     dcfg = denoiser.config
     if len(keys) != conds.batch_size:
@@ -172,13 +220,16 @@ def sample_latents(
     if scheduler.config.prediction_type != dcfg.prediction_type:
         raise ValueError(f"scheduler predicts {scheduler.config.prediction_type!r}, model {dcfg.prediction_type!r}")
     shape = (dcfg.latent_channels, *dcfg.latent_hw)
+    labels = [f"clip {k!r}" for k in keys] if labels is None else list(labels)
+    if len(labels) != len(keys):
+        raise ValueError(f"{len(labels)} labels for {len(keys)} clips")
     if cfg.batch_invariant:
         parts = [
-            _denoise(denoiser, copy.deepcopy(scheduler), conds.select([i]), [keys[i]], seed, shape, cfg)
+            _denoise(denoiser, copy.deepcopy(scheduler), conds.select([i]), [keys[i]], seed, shape, cfg, [labels[i]])
             for i in range(len(keys))
         ]
         return torch.cat(parts)
-    return _denoise(denoiser, copy.deepcopy(scheduler), conds, list(keys), seed, shape, cfg)
+    return _denoise(denoiser, copy.deepcopy(scheduler), conds, list(keys), seed, shape, cfg, labels)
 
 
 @torch.no_grad()
@@ -198,10 +249,24 @@ def generate_clips(denoiser, vae, vocoder, conds: Conditions, clip_ids: Sequence
 
     Returns:
         (B, N) float32 waveforms at the vocoder's sample rate.
+
+    Raises:
+        GeneratorError: non-finite latents after a step, or a non-finite waveform (named).
     """
     latents = sample_latents(denoiser, conds, list(clip_ids), seed, cfg, schedule=schedule)
     mels = torch.cat([decode_mel(vae, latents[i : i + 1]) for i in range(len(latents))])
-    return vocoder(mels.float())
+    wavs = vocoder(mels.float())
+    for i, cid in enumerate(clip_ids):
+        _check_waveform(wavs[i], f"clip {cid!r}")
+    return wavs
+
+
+def _check_waveform(wav: torch.Tensor, label: str) -> None:
+    """The NaN guard after decoding: a window's waveform must be finite (latents were)."""
+    bad = int((~torch.isfinite(wav)).sum())
+    if bad:
+        raise GeneratorError(f"{label}: decoding (VAE + vocoder) gave {bad} non-finite samples of {wav.numel()} from "
+                             "finite latents: the VAE or the vocoder diverged (check their weights)")
 
 
 # ----------------------------------------------------------------------------- long videos
@@ -278,16 +343,61 @@ def join_windows(wavs: Sequence[np.ndarray | torch.Tensor], sr: int = 16000, cro
     total = full if total_len is None else int(total_len)
     if total > full:
         raise ValueError(f"{len(arrs)} windows cover {full} samples, {total} requested")
-    fade_in, fade_out = equal_power_fades(fade)
-    out = np.zeros(full, dtype=np.float32)
+    fades = equal_power_fades(fade)
+    out = np.zeros(total, dtype=np.float32)
     for k, a in enumerate(arrs):
-        a = a.copy()
-        if k > 0 and fade:
-            a[:fade] *= fade_in
-        if k < len(arrs) - 1 and fade:
-            a[n - fade :] *= fade_out
-        out[k * hop : k * hop + n] += a
-    return out[:total]
+        add_window(out, a, k, len(arrs), hop, fades)
+    return out
+
+
+def add_window(out: np.ndarray, wav: np.ndarray, k: int, n_windows: int, hop: int,
+               fades: tuple[np.ndarray, np.ndarray]) -> None:
+    """Adds window ``k`` of ``n_windows``, faded, into the joined output ``out`` in place.
+
+    The one join rule of :func:`join_windows` and :func:`generate_video`: window ``k`` starts
+    at ``k * hop`` samples; all but the first fade in over the first ``len(fade)`` samples,
+    all but the last fade out over their last ones; the part past ``len(out)`` is dropped.
+    Adding the windows in order ``k = 0, 1, ...`` gives the same float32 sums whether the
+    output is filled window by window or all at once.
+
+    Args:
+        out: float32 output (the video's length in samples), zeros where nothing was added yet.
+        wav: the window (float32, the window length).
+        k: window index.
+        n_windows: windows in the video.
+        hop: samples between window starts (window length - crossfade).
+        fades: ``(fade_in, fade_out)`` of :func:`equal_power_fades` (length: the crossfade).
+    """
+    fade_in, fade_out = fades
+    fade, n = len(fade_in), len(wav)
+    a = np.array(wav, dtype=np.float32, copy=True)
+    if k > 0 and fade:
+        a[:fade] *= fade_in
+    if k < n_windows - 1 and fade:
+        a[n - fade :] *= fade_out
+    start = k * hop
+    stop = min(start + n, len(out))
+    if stop > start:
+        out[start:stop] += a[: stop - start]
+
+
+def window_joins(duration_s: float, clip_s: float = 10.24, crossfade_s: float = 1.0,
+                 sr: int = 16000) -> list[tuple[float, float]]:
+    """The crossfades of a long video's soundtrack: ``(start_s, end_s)`` of each join.
+
+    Join ``k`` (between windows ``k - 1`` and ``k``) spans window ``k``'s first
+    ``crossfade_s`` seconds (:func:`window_starts`), cut at the video's end. A video of one
+    window has none.
+
+    Args:
+        duration_s: video length (s).
+        clip_s: window length (s).
+        crossfade_s: crossfade (s).
+        sr: sample rate (Hz) the windows are placed at.
+    """
+    fade = int(round(crossfade_s * sr))
+    return [(s / sr, min(s + fade, int(round(duration_s * sr))) / sr)
+            for s in window_starts(duration_s, clip_s, crossfade_s, sr)[1:]]
 
 
 def window_conditions(conds: Conditions, start_s: float, clip_s: float = 10.24, fps: float = 10.0) -> Conditions:
@@ -327,12 +437,17 @@ def window_conditions(conds: Conditions, start_s: float, clip_s: float = 10.24, 
 
 @torch.no_grad()
 def generate_video(denoiser, vae, vocoder, conds: Conditions, duration_s: float, clip_id: str, seed: int,
-                   cfg: SamplerConfig = SamplerConfig(), schedule: NoiseSchedule | None = None) -> np.ndarray:
-    """A soundtrack for a whole video of any length up to ``cfg.max_seconds``.
+                   cfg: SamplerConfig = SamplerConfig(), schedule: NoiseSchedule | None = None,
+                   progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+    """A soundtrack for a whole video of any length up to ``cfg.max_seconds``, in bounded memory.
 
-    Steps: (1) window starts every ``clip - crossfade`` seconds; (2) each window's
-    conditions; (3) latents per window, window ``k`` seeded by ``(seed, clip_id#k)``;
-    (4) decode + vocode; (5) equal-power join, trimmed to ``duration_s``.
+    Steps: (1) window starts every ``clip - crossfade`` seconds; then per group of
+    ``cfg.window_batch`` windows: (2) each window's conditions; (3) latents, window ``k``
+    seeded by ``(seed, clip_id#k)`` (:func:`window_key`); (4) decode + vocode, window by
+    window; (5) each window added into the preallocated output with its equal-power fades
+    (:func:`add_window`), trimmed to ``duration_s``. Only one group's latents and waveforms
+    exist at a time. After each group a log line (``window 7/20``; INFO when the video has
+    more than one group, DEBUG otherwise) and ``progress(windows_done, n_windows)``.
 
     Args:
         denoiser: the latent denoiser.
@@ -342,32 +457,57 @@ def generate_video(denoiser, vae, vocoder, conds: Conditions, duration_s: float,
         duration_s: the video's length (s).
         clip_id: the video's id (seeds the generators).
         seed: run seed.
-        cfg: sampler settings.
+        cfg: sampler settings (``window_batch``: windows per group).
         schedule: the model's noise schedule (None: the default).
+        progress: called after each group with (windows done, windows in the video).
 
     Returns:
         float32 waveform of ``round(duration_s * sr)`` samples.
+
+    Raises:
+        GeneratorError: non-finite latents after a denoising step or a non-finite decoded
+            window (the message names the clip, the window and the step).
+        ValueError: a batch other than 1, a length outside ``(0, max_seconds]`` or a
+            ``window_batch`` below 1.
     """
     if conds.batch_size != 1:
         raise ValueError("generate_video takes the conditions of one video (batch 1)")
     if not 0 < duration_s <= cfg.max_seconds:
         raise ValueError(f"video length {duration_s} s outside (0, {cfg.max_seconds}] s")
+    if int(cfg.window_batch) < 1:
+        raise ValueError(f"window_batch must be >= 1, got {cfg.window_batch}")
     dcfg = denoiser.config
     sr = int(getattr(vocoder, "sample_rate", 16000))
     # 1. windows
     starts = window_starts(duration_s, dcfg.clip_seconds, cfg.crossfade_s, sr)
-    # 2. per-window conditions, batched as examples
-    parts = [window_conditions(conds, s / sr, dcfg.clip_seconds, dcfg.fps) for s in starts]
-    batch = _cat_conditions(parts)
-    # 3. latents
-    keys = [window_key(clip_id, k) for k in range(len(starts))]
-    latents = sample_latents(denoiser, batch, keys, seed, cfg, schedule=schedule)
-    # 4. decode + vocode, window by window
-    wavs = [vocoder(decode_mel(vae, latents[i : i + 1]).float())[0] for i in range(len(starts))]
-    # 5. join
-    clip_n = int(round(dcfg.clip_seconds * sr))
-    wavs = [_fit(w, clip_n) for w in wavs]
-    return join_windows(wavs, sr, cfg.crossfade_s, int(round(duration_s * sr)))
+    n = len(starts)
+    clip_n, fade = int(round(dcfg.clip_seconds * sr)), int(round(cfg.crossfade_s * sr))
+    fades = equal_power_fades(fade)
+    out = np.zeros(int(round(duration_s * sr)), dtype=np.float32)
+    scheduler = make_scheduler(cfg.scheduler, dcfg.prediction_type, schedule or DEFAULT_SCHEDULE)
+    group = int(cfg.window_batch)
+    # progress is news only when there is more than one group (a bench clip of 10.3 s has
+    # 2 windows, one group: a line per clip would flood a bench's log)
+    level = logging.INFO if n > group else logging.DEBUG
+    for g0 in range(0, n, group):
+        ks = list(range(g0, min(g0 + group, n)))
+        # 2. this group's conditions, batched as examples
+        batch = _cat_conditions([window_conditions(conds, starts[k] / sr, dcfg.clip_seconds, dcfg.fps) for k in ks])
+        # 3. latents
+        labels = [f"clip {clip_id!r} window {k + 1}/{n}" for k in ks]
+        latents = sample_latents(denoiser, batch, [window_key(clip_id, k) for k in ks], seed, cfg,
+                                 scheduler=scheduler, labels=labels)
+        # 4. + 5. decode, vocode and join, window by window
+        for j, k in enumerate(ks):
+            wav = vocoder(decode_mel(vae, latents[j : j + 1]).float())[0]
+            _check_waveform(wav, labels[j])
+            add_window(out, _fit(wav, clip_n), k, n, clip_n - fade, fades)
+        del batch, latents
+        log.log(level, "clip %r: window %d/%d (%.0f of %.0f s)", clip_id, ks[-1] + 1, n,
+                min((starts[ks[-1]] + clip_n) / sr, duration_s), duration_s)
+        if progress is not None:
+            progress(ks[-1] + 1, n)
+    return out
 
 
 def _fit(wav: torch.Tensor, n: int) -> np.ndarray:

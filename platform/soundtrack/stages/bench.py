@@ -32,6 +32,8 @@ from soundtrack.eval.bench import (
     BenchConfig,
     MethodSpec,
     derangement,
+    long_video_groups,
+    long_video_jobs,
     score_sets,
     spec_hash,
     write_outputs,
@@ -116,6 +118,43 @@ def resolve_models(cfg: BenchConfig, methods: Mapping[str, MethodSpec], storage:
     return out, features
 
 
+def long_jobs(cfg: BenchConfig, methods: Mapping[str, MethodSpec], models: Mapping[str, str | None],
+              rows: list[dict]) -> dict[str, list[dict]]:
+    """The long-video jobs per method (:mod:`soundtrack.eval.bench`, "Long videos"): every
+    ``generator`` method with its own video, and ``ground_truth`` (at the first generator
+    method's joins); none without ``long_videos`` or a generator method.
+
+    Args:
+        cfg: the bench settings.
+        methods: the method specs.
+        models: the model directory per method.
+        rows: the bench's decoded clips.
+    """
+    gens = [k for k, s in methods.items() if s.kind == "generator" and s.video == "own"]
+    if cfg.long_videos <= 0 or not gens:
+        return {}
+    groups = long_video_groups(rows, cfg.long_videos, cfg.long_clips, cfg.long_from)
+    if len(groups) < cfg.long_videos:
+        log.warning("bench: %d of the %d long videos asked for: the %d clips hold no more runs of %d %s clips",
+                    len(groups), cfg.long_videos, len(rows), cfg.long_clips,
+                    "consecutive same-source" if cfg.long_from == "source" else "consecutive")
+    by_id = {r["clip_id"]: r for r in rows}
+
+    def grid(model_dir: str) -> tuple[float, float, float]:  # the model's window, crossfade, fps
+        doc = json.loads((Path(model_dir) / "generator.json").read_text())
+        return float(doc["clip_s"]), float(doc["sampler"].get("crossfade_s", 1.0)), float(doc["fps"])
+
+    out = {}
+    for key in gens:
+        clip_s, fade, fps = grid(str(models[key]))
+        out[key] = long_video_jobs(groups, by_id, cfg.seeds, "generator", clip_s, fade, fps)
+    for key, spec in methods.items():
+        if spec.kind == "ground_truth":
+            clip_s, fade, fps = grid(str(models[gens[0]]))
+            out[key] = long_video_jobs(groups, by_id, cfg.seeds, "ground_truth", clip_s, fade, fps)
+    return out
+
+
 def run_bench(cfg: BenchConfig, methods: Mapping[str, MethodSpec], storage: str = "runs",
               progress: bool = True, command: str | None = None) -> Path:
     """Run (or complete) a bench and write its tables and plots.
@@ -143,6 +182,7 @@ def run_bench(cfg: BenchConfig, methods: Mapping[str, MethodSpec], storage: str 
     hashes = {k: spec_hash(s, models[k]) for k, s in methods.items()}
 
     tasks = []
+    extra = long_jobs(cfg, methods, models, rows)
     for key, spec in methods.items():
         cache = out / "cache" / f"{key}-{hashes[key]}"
         jobs = []
@@ -151,10 +191,13 @@ def run_bench(cfg: BenchConfig, methods: Mapping[str, MethodSpec], storage: str 
             for i, cid in enumerate(ids):
                 other = spec.kind == "retrieval" or spec.video == "other"
                 jobs.append({"clip_id": cid, "source": ids[perm[i]] if other else cid, "seed": seed, "kind": spec.kind})
+        jobs += extra.get(key, [])  # long videos last (each costs long_clips clips)
         step = max(1, cfg.clips_per_task)
         tasks += [(key, jobs[j:j + step], models[key], spec.sampler, str(cache)) for j in range(0, len(jobs), step)]
+    long_n = sum(len(v) for v in extra.values())
     results = run_chunks(tasks, by_id, cpus_per_task=cfg.cpus_per_task, progress=progress,
-                         what=f"{len(methods)} methods x {len(ids)} clips x {len(cfg.seeds)} seeds")
+                         what=f"{len(methods)} methods x {len(ids)} clips x {len(cfg.seeds)} seeds"
+                              + (f" + {long_n} long-video samples" if long_n else ""))
     results = {k: results.get(k, []) for k in methods}
 
     if progress:

@@ -14,7 +14,11 @@ Steps (:func:`stage_tune`):
 3. report: ``trials.csv`` and plots (:mod:`soundtrack.tuning.report`);
 4. final evaluation: the best fully evaluated trial against trial 0 (the defaults) on the
    validation clips (their saved per-clip scores) and on the test split (generated now,
-   one Ray task per arm), with paired bootstrap intervals -- whatever they show;
+   one Ray task per arm), with paired bootstrap intervals -- whatever they show. A clip
+   whose generation failed (the model diverged: :class:`~soundtrack.errors.GeneratorError`)
+   is counted in the trial's ``failed_clips`` and left out of its score; the best trial is
+   chosen among those with no failed clip when there is one (a score over fewer clips is
+   no fair comparison), and the comparisons pair the clips both arms scored;
 5. registry: the best trial's model with its settings as sampler defaults, plus a card
    (:mod:`soundtrack.stages.registry`), loadable as ``registry:<name>``.
 """
@@ -120,9 +124,10 @@ def final_evaluation(cfg: TuneConfig, ctx: dict, best_row, base_row, run_dir: Pa
             for k, (m, o) in arms.items()}
     # ASHA may have stopped trial 0 before it saw every validation clip: score the defaults
     # on the rest now (same clips, same seed), so the validation comparison is paired.
+    # Failed clips count as seen (generating them again would fail again).
     out["defaults_val_source"] = "search trial"
-    if len(vd) < cfg.val_clips:
-        out["defaults_val_source"] = (f"trial 0 was stopped by ASHA after {len(vd)} clips; the defaults were scored "
+    if vd.n_processed < cfg.val_clips:
+        out["defaults_val_source"] = (f"trial 0 was stopped by ASHA after {vd.n_processed} clips; the defaults were scored "
                                       f"on all {cfg.val_clips} validation clips after the search (same clips, seed)")
         m, o = arms["defaults"]
         jobs[("val", "defaults")] = {"model_dir": m, "overrides": o, "split": "val", "n": cfg.val_clips, **common}
@@ -203,7 +208,15 @@ def stage_tune(cfg: TuneConfig, resume: bool = False, force: bool = False, src: 
             errors = sorted({e for e in df.get("error", []) if isinstance(e, str)})
             raise RuntimeError(f"no trial evaluated all {cfg.val_clips} validation clips; see {run_dir / 'tune'}"
                                + (f"; trial errors: {' | '.join(errors[:3])}" if errors else ""))
-        best = full.loc[full["score"].idxmax()]
+        failed = df["failed_clips"].fillna(0)  # trials_table's column: diverged validation clips
+        clean = full[failed.loc[full.index] == 0]
+        if clean.empty:
+            _log(f"every fully evaluated trial has failed clips (generation diverged); the best is chosen among them "
+                 f"on the clips they scored (see failed_clips in {run_dir / 'trials.csv'})")
+            clean = full
+        elif len(clean) < len(full):
+            _log(f"{len(full) - len(clean)} fully evaluated trial(s) with failed clips are not candidates for best")
+        best = clean.loc[clean["score"].idxmax()]
 
         base = df.iloc[0] if cfg.search.include_defaults else best
         if cfg.search.include_defaults and base["status"] == "error":
@@ -217,6 +230,7 @@ def stage_tune(cfg: TuneConfig, resume: bool = False, force: bool = False, src: 
             "trials": int(len(df)), "complete_trials": int(df["complete"].sum()),
             "stopped_early": int((~df["complete"] & (df["status"] == "done")).sum()),
             "errored": int((df["status"] == "error").sum()),
+            "failed_clips": int(failed.sum()), "trials_with_failed_clips": int((failed > 0).sum()),
             "concurrency": conc, "search_wall_s": round(search_s, 1),
             "trial_seconds": round(float(df["time_s"].fillna(0).sum()), 1),
             "best": {"trial_id": best["trial_id"], "score": float(best["score"]),
