@@ -308,88 +308,15 @@ def _decord_frames(p: str, fps: float, start_s: float, duration_s: float | None,
 
 def _pyav_frames(p: str, fps: float, start_s: float, duration_s: float | None,
                  size: tuple[int, int] | None) -> tuple[np.ndarray, DecodeReport]:
-    """PyAV's decode of :func:`decode_frames`: damaged packets skipped, rotation applied.
-
-    Decodes from the key frame before ``start_s`` and keeps, for each output time, the last
-    frame whose timestamp is <= it; a frame lost to a bad packet therefore leaves the
-    previous frame on screen, as in a player.
-    """
-    with _open(p) as c:
-        if not c.streams.video:
-            raise MediaError("no_video_stream", f"{p} has no video stream; the file must contain video frames.")
-        st = c.streams.video[0]
-        st.codec_context.thread_count = 1  # one decoder thread, like decord's num_threads=1: cores are shared
-        rotation = _display_rotation(c, st)
-        end_s = None if duration_s is None else start_s + duration_s
-        t_out = None if duration_s is None else _n_out(duration_s, fps)
-        if t_out is not None and t_out <= 0:
-            raise MediaError("too_short", f"{p}: requested {duration_s:.3f} s gives no frame at {fps} fps.")
-        rate = st.average_rate or st.guessed_rate
-        frame_s = 1.0 / float(rate) if rate else 1.0 / fps  # a packet's duration when the container has none
-        try:  # to the key frame at or before the start
-            c.seek(int(max(start_s, 0.0) / float(st.time_base)) if st.time_base else 0, stream=st, backward=True)
-        except av.error.FFmpegError:
-            c.seek(0)  # no index (damaged file): read from the start
-        h = w = 0
-        if size is not None:  # resize before rotating: a quarter turn swaps the sides
-            h, w = (int(size[1]), int(size[0])) if rotation in (90, 270) else (int(size[0]), int(size[1]))
-        out: list[np.ndarray] = []
-        bad, spans = 0, []
-        cur = cur_img = None
-        cur_t = cur_end = None
-
-        def image():
-            nonlocal cur_img
-            if cur_img is None:
-                kw = {} if size is None else {"width": w, "height": h, "interpolation": "BILINEAR"}
-                cur_img = _rotate(cur.to_ndarray(format="rgb24", **kw), rotation)
-            return cur_img
-
-        def lose(t0: float, t1: float) -> None:
-            a, b = max(t0, start_s), t1 if end_s is None else min(t1, end_s)
-            if b > a:
-                spans.append((a, b))
-
-        read_error = None
-        try:
-            for pkt in c.demux(st):
-                t, d = _packet_time(pkt)
-                try:
-                    frames = pkt.decode()  # the final empty packet flushes the decoder
-                except av.error.FFmpegError:
-                    if not pkt.size:
-                        continue
-                    if t is None or ((end_s is None or t < end_s) and t + (d or frame_s) > start_s):
-                        bad += 1
-                        if t is not None:
-                            lose(t, t + (d or frame_s))
-                    continue
-                for fr in frames:
-                    ft = float(fr.time) if fr.time is not None else (cur_t + frame_s if cur_t is not None else start_s)
-                    if cur is None:
-                        cur = fr  # times before the first frame show it (as decord clips to frame 0)
-                    while (t_out is None or len(out) < t_out) and start_s + len(out) / fps + _TS_EPS_S < ft:
-                        out.append(image())
-                    if cur is not fr:
-                        cur, cur_img = fr, None
-                    cur_t = ft
-                    fd = float(fr.duration * fr.time_base) if fr.duration and fr.time_base else frame_s
-                    cur_end = ft + fd
-                if t_out is not None and len(out) >= t_out:
-                    break
-        except av.error.FFmpegError as exc:  # a read error: the data after it is lost
-            read_error = exc
-        if cur is None:
-            raise MediaError("truncated", f"{p}: no video frame could be decoded ({read_error or 'no frame'}); "
-                                          "the file is cut short or damaged: re-copy or re-encode it.")
-        if read_error is not None:
-            bad += 1
-            lose(cur_end, end_s if end_s is not None else cur_end)
-        if t_out is None:  # to the end: like decord, the last frame lasts its duration
-            t_out = max(_n_out(max(cur_end - start_s, 0.0), fps), len(out), 1)
-        while len(out) < t_out:  # times past the end repeat the last frame (audio is padded the same way)
-            out.append(image())
-    return np.stack(out[:t_out]).astype(np.uint8, copy=False), DecodeReport.of(bad, spans)
+    """PyAV's decode of :func:`decode_frames`: damaged packets skipped, rotation applied
+    (:func:`_pyav_frame_stream`'s frames, stacked)."""
+    t_out = None if duration_s is None else _n_out(duration_s, fps)
+    if t_out is not None and t_out <= 0:
+        raise MediaError("too_short", f"{p}: requested {duration_s:.3f} s gives no frame at {fps} fps.")
+    end_s = None if duration_s is None else start_s + duration_s
+    stats: dict = {}
+    frames = list(_pyav_frame_stream(p, fps, start_s, t_out, size, end_s=end_s, stats=stats))
+    return np.stack(frames).astype(np.uint8, copy=False), DecodeReport.of(stats["bad"], stats["spans"])
 
 
 def decode_frames(
@@ -785,7 +712,7 @@ def read_frame_chunks(path: str | os.PathLike, fps: float = FPS, size: tuple[int
                 raise MediaError("too_short", f"{p}: the video gives no frame at {fps} fps.")
             idx = np.clip(np.searchsorted(ts, np.arange(t_out) / fps + _TS_EPS_S, side="right") - 1, 0, n - 1)
             return t_out, _decord_chunks(p, vr, idx, fps, size, int(chunk_frames))
-        except decord.DECORDError as exc:
+        except (decord.DECORDError, RuntimeError) as exc:  # decord raises both
             log.info("%s: decord failed (%s); decoding with PyAV, skipping damaged packets", p, str(exc)[-200:])
     return None, _batched(_pyav_frame_stream(p, fps, 0.0, None, size), int(chunk_frames))
 
@@ -798,7 +725,7 @@ def _decord_chunks(p: str, vr, idx: np.ndarray, fps: float, size: tuple[int, int
             frames = vr.get_batch(idx[i : i + chunk].tolist()).asnumpy()
             if frames.ndim != 4 or frames.shape[-1] != 3:
                 raise decord.DECORDError(f"{p}: decord returned frames of shape {frames.shape}")
-        except decord.DECORDError as exc:
+        except (decord.DECORDError, RuntimeError) as exc:  # decord raises both
             log.info("%s: decord failed at frame %d (%s); decoding the rest with PyAV", p, i, str(exc)[-200:])
             rest = _pyav_frame_stream(p, fps, i / fps, len(idx) - i, size)
             yield from _batched(rest, chunk)
@@ -818,19 +745,38 @@ def _batched(frames: Iterator[np.ndarray], chunk: int) -> Iterator[np.ndarray]:
         yield np.stack(buf)
 
 
-def _pyav_frame_stream(p: str, fps: float, start_s: float, n_frames: int | None,
-                       size: tuple[int, int] | None) -> Iterator[np.ndarray]:
-    """:func:`_pyav_frames`'s frames from ``start_s`` on, one at a time (``n_frames``: how
-    many; None: to the end, the last frame lasting its duration). Damaged packets are
-    skipped (the previous frame stays on screen) and logged; rotation is applied."""
+def _pyav_frame_stream(p: str, fps: float, start_s: float, n_frames: int | None, size: tuple[int, int] | None,
+                       end_s: float | None = None, stats: dict | None = None) -> Iterator[np.ndarray]:
+    """Frames sampled at ``fps`` from ``start_s`` on, decoded with PyAV one at a time.
+
+    Decodes from the key frame before ``start_s`` and yields, for each output time, the last
+    frame whose timestamp is <= it; a frame lost to a bad packet therefore leaves the
+    previous frame on screen, as in a player. Rotation is applied.
+
+    Args:
+        p: the video file.
+        fps: output frame rate (frames/s).
+        start_s: first output time (s).
+        n_frames: how many frames (None: to the end, the last frame lasting its duration,
+            like decord).
+        size: ``(height, width)`` after rotation, or ``None`` for the source size.
+        end_s: end of the window the loss is counted in (s; None: ``n_frames`` decides).
+        stats: filled, when the stream ends, with ``bad`` (undecodable packets that overlap
+            the window) and ``spans`` (the seconds they covered, source time).
+
+    Raises:
+        MediaError: no video stream, or no decodable frame.
+    """
     with _open(p) as c:
         if not c.streams.video:
             raise MediaError("no_video_stream", f"{p} has no video stream; the file must contain video frames.")
         st = c.streams.video[0]
-        st.codec_context.thread_count = 1  # one decoder thread: cores are shared
+        st.codec_context.thread_count = 1  # one decoder thread, like decord's num_threads=1: cores are shared
         rotation = _display_rotation(c, st)
         rate = st.average_rate or st.guessed_rate
-        frame_s = 1.0 / float(rate) if rate else 1.0 / fps  # a frame's duration when the container has none
+        frame_s = 1.0 / float(rate) if rate else 1.0 / fps  # a packet's duration when the container has none
+        if end_s is None and n_frames is not None:
+            end_s = start_s + n_frames / fps
         try:  # to the key frame at or before the start
             c.seek(int(max(start_s, 0.0) / float(st.time_base)) if st.time_base else 0, stream=st, backward=True)
         except av.error.FFmpegError:
@@ -839,39 +785,59 @@ def _pyav_frame_stream(p: str, fps: float, start_s: float, n_frames: int | None,
         if size is not None:  # resize before rotating: a quarter turn swaps the sides
             h, w = (int(size[1]), int(size[0])) if rotation in (90, 270) else (int(size[0]), int(size[1]))
         kw = {} if size is None else {"width": w, "height": h, "interpolation": "BILINEAR"}
-        done, bad = 0, 0
+        done, bad, spans = 0, 0, []
         cur = cur_img = None
         cur_t = cur_end = None
+
+        def lose(t0: float, t1: float) -> None:
+            a, b = max(t0, start_s), t1 if end_s is None else min(t1, end_s)
+            if b > a:
+                spans.append((a, b))
+
+        read_error = None
         try:
             for pkt in c.demux(st):
+                t, d = _packet_time(pkt)
                 try:
-                    decoded = pkt.decode()
+                    decoded = pkt.decode()  # the final empty packet flushes the decoder
                 except av.error.FFmpegError:
-                    bad += 1
+                    if not pkt.size:
+                        continue
+                    if t is None or ((end_s is None or t < end_s) and t + (d or frame_s) > start_s):
+                        bad += 1
+                        if t is not None:
+                            lose(t, t + (d or frame_s))
                     continue
                 for fr in decoded:
                     ft = float(fr.time) if fr.time is not None else (cur_t + frame_s if cur_t is not None else start_s)
                     if cur is None:
-                        cur = fr  # times before the first frame show it
+                        cur = fr  # times before the first frame show it (as decord clips to frame 0)
                     while (n_frames is None or done < n_frames) and start_s + done / fps + _TS_EPS_S < ft:
                         if cur_img is None:
                             cur_img = _rotate(cur.to_ndarray(format="rgb24", **kw), rotation)
                         yield cur_img
                         done += 1
-                    cur, cur_img, cur_t = fr, None, ft
+                    if cur is not fr:
+                        cur, cur_img = fr, None
+                    cur_t = ft
                     cur_end = ft + (float(fr.duration * fr.time_base) if fr.duration and fr.time_base else frame_s)
                 if n_frames is not None and done >= n_frames:
-                    return
+                    break
         except av.error.FFmpegError as exc:  # a read error: the data after it is lost
-            bad += 1
-            log.info("%s: read error after %.2f s (%s); the rest shows the last frame", p, cur_end or 0.0, exc)
+            read_error = exc
         if cur is None:
-            raise MediaError("truncated", f"{p}: no video frame could be decoded; the file is cut short or "
-                                          "damaged: re-copy or re-encode it.")
+            raise MediaError("truncated", f"{p}: no video frame could be decoded ({read_error or 'no frame'}); "
+                                          "the file is cut short or damaged: re-copy or re-encode it.")
+        if read_error is not None:
+            bad += 1
+            lose(cur_end, end_s if end_s is not None else cur_end)
+            log.info("%s: read error after %.2f s (%s); the rest shows the last frame", p, cur_end, read_error)
         if bad:
-            log.info("%s: %d damaged packet(s) skipped", p, bad)
+            log.info("%s: %d damaged video packet(s) skipped", p, bad)
+        if stats is not None:
+            stats.update(bad=bad, spans=spans)
         total = n_frames if n_frames is not None else max(_n_out(max(cur_end - start_s, 0.0), fps), done, 1)
-        while done < total:  # times past the end repeat the last frame
+        while done < total:  # times past the end repeat the last frame (audio is padded the same way)
             if cur_img is None:
                 cur_img = _rotate(cur.to_ndarray(format="rgb24", **kw), rotation)
             yield cur_img
