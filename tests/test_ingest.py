@@ -8,16 +8,15 @@ are cut, emptied or replaced by text so that the quarantine sees real damage.
 
 from __future__ import annotations
 
-import fractions
 import json
 import shutil
 from pathlib import Path
 
-import av
 import numpy as np
 import pandas as pd
 import pytest
 import soundfile as sf
+from media_factory import encoder_available, write_av
 
 from soundtrack.config import FeaturizeSection
 from soundtrack.data import manifest as manifest_mod
@@ -27,14 +26,6 @@ from soundtrack.data.shards import plan_shards, write_shard
 
 CLIP_S = 10.24
 FPS = 10  # test videos' frame rate (frames/s)
-
-
-def _encoder_available(name: str) -> bool:
-    try:
-        av.codec.Codec(name, "w")
-        return True
-    except Exception:
-        return False
 
 
 def _make_video(
@@ -51,7 +42,7 @@ def _make_video(
     video_options: dict | None = None,
     audio_options: dict | None = None,
 ) -> Path:
-    """Encode a moving gradient with a 440 Hz tone (amplitude 0.3) on every channel.
+    """A moving gradient with a 440 Hz tone (amplitude 0.3) on every channel (``media_factory.write_av``).
 
     Args:
         path: output file; the extension picks the container.
@@ -67,56 +58,21 @@ def _make_video(
         video_options: video encoder options.
         audio_options: audio encoder options.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
     h, w = size
-    with av.open(str(path), mode="w", options=container_options or {}) as c:
-        vs = None
-        if video:
-            vs = c.add_stream(vcodec, rate=FPS)
-            vs.width, vs.height = w, h
-            vs.pix_fmt = "yuv420p"
-            vs.codec_context.thread_count = 1
-            if video_options:
-                vs.options = video_options
-            if vfr:
-                vs.codec_context.time_base = fractions.Fraction(1, 1000)
-        ast = None
-        if acodec is not None:
-            ast = c.add_stream(acodec, rate=sr, layout=layout)
-            if audio_options:
-                ast.options = audio_options
-        if vs is not None:
-            yy, xx = np.mgrid[0:h, 0:w]
-            t_ms = 0
-            for i in range(int(round(seconds * FPS))):
-                img = np.empty((h, w, 3), np.uint8)
-                img[..., 0] = (xx * 4 + i * 7) % 256
-                img[..., 1] = (yy * 4) % 256
-                img[..., 2] = (i * 13) % 256
-                frame = av.VideoFrame.from_ndarray(img, format="rgb24")
-                if vfr:
-                    frame.pts, frame.time_base = t_ms, fractions.Fraction(1, 1000)
-                    t_ms += 50 if i % 2 == 0 else 150
-                else:
-                    frame.pts = i
-                for pkt in vs.encode(frame):
-                    c.mux(pkt)
-            for pkt in vs.encode():
-                c.mux(pkt)
-        if ast is not None:
-            n_ch = ast.codec_context.layout.nb_channels
-            n = int(round(seconds * sr))
-            tone = (0.3 * np.sin(2 * np.pi * 440.0 * np.arange(n) / sr)).astype(np.float32)
-            step = 1024  # samples per frame handed to the encoder (PyAV re-frames as needed)
-            for k in range(0, n, step):
-                block = np.ascontiguousarray(np.repeat(tone[None, k : k + step], n_ch, axis=0))
-                af = av.AudioFrame.from_ndarray(block, format="fltp", layout=layout)
-                af.sample_rate, af.pts = sr, k
-                for pkt in ast.encode(af):
-                    c.mux(pkt)
-            for pkt in ast.encode():
-                c.mux(pkt)
-    return path
+    yy, xx = np.mgrid[0:h, 0:w]
+
+    def gradient(i: int) -> np.ndarray:
+        img = np.empty((h, w, 3), np.uint8)
+        img[..., 0] = (xx * 4 + i * 7) % 256
+        img[..., 1] = (yy * 4) % 256
+        img[..., 2] = (i * 13) % 256
+        return img
+
+    n = int(round(seconds * FPS))
+    times = np.concatenate([[0.0], np.cumsum(np.where(np.arange(n - 1) % 2 == 0, 0.05, 0.15))]) if vfr else None
+    return write_av(path, seconds, fps=FPS, size=size, vcodec=vcodec if video else None, acodec=acodec, sr=sr,
+                    layout=layout, audio=440.0, frame_times=times, picture=gradient, video_options=video_options,
+                    audio_options=audio_options, container_options=container_options)
 
 
 def _cut_in_half(src: Path, dst: Path) -> Path:
@@ -175,7 +131,7 @@ def tree(tmp_path_factory) -> Path:
     _make_video(src / "names/clip ä 1.mp4", 11.0)
     _make_video(src / "short.mp4", 4.0)
     for name, (vc, ac, sr, mux) in WEBM_CODECS.items():
-        if _encoder_available(vc) and _encoder_available(ac):
+        if encoder_available(vc) and encoder_available(ac):
             _make_video(
                 src / "web" / name, 11.0, vcodec=vc, acodec=ac, sr=sr, layout="stereo",
                 video_options=VPX_OPTS, audio_options={"strict": "experimental"}, container_options=mux,
@@ -263,7 +219,7 @@ def test_odd_media_recorded_as_is(run, tree):
 @pytest.mark.parametrize("name", sorted(WEBM_CODECS))
 def test_webm(run, tree, name):
     vc, ac, _, _ = WEBM_CODECS[name]
-    if not (_encoder_available(vc) and _encoder_available(ac)):
+    if not (encoder_available(vc) and encoder_available(ac)):
         pytest.skip(f"this PyAV build has no {vc}/{ac} encoder, so no {name} test file can be made")
     rows = run.manifest[run.manifest["video_path"] == str(tree / "web" / name)]
     assert len(rows) == 1 and rows["src_container"].iloc[0] == "matroska,webm"
