@@ -30,6 +30,7 @@ from soundtrack.data.media import probe
 from soundtrack.demo import stage_demo
 from soundtrack.errors import ConfigError, MediaError
 from soundtrack.eval.bench import load_bench_config
+from soundtrack.eval.folder import FolderEvalConfig, evaluate_folder
 from soundtrack.pipelines.generator import GenerationResult, SoundtrackGenerator
 from soundtrack.serving.limits import DEFAULT_CONFIG
 from soundtrack.serving.local import run_local
@@ -205,6 +206,41 @@ def bench(config: str | os.PathLike, overrides: Overrides = (), storage: str | o
     return run_bench(cfg, methods, storage=str(storage), command=command)
 
 
+def eval_folder(gen_dir: str | os.PathLike, ref: str | os.PathLike | None = None,
+                videos: str | os.PathLike | None = None, out: str | os.PathLike | None = None,
+                evaluator: str | os.PathLike | None = None, window_s: float = 10.24, n_boot: int = 1000,
+                max_files: int | None = None, command: str | None = None) -> Path:
+    """``soundtrack eval``: score a folder of generated audio from any system; returns the output folder.
+
+    Files are paired with ``ref`` and ``videos`` by name without the extension; every file
+    is resampled to 16 kHz mono and scored on the common span of its inputs, in windows
+    of ``window_s`` (:mod:`soundtrack.eval.folder` documents the rules and the metrics).
+
+    Args:
+        gen_dir: folder of generated audio.
+        ref: folder of reference audio (melody, dynamics, mode; KL and FAD with an evaluator).
+        videos: folder of videos (sync against their visual events; SIM and P@K with an evaluator).
+        out: output folder (default ``<gen_dir>/../eval-<gen_dir name>``).
+        evaluator: an evaluator directory (None: the evaluator's metrics are skipped).
+        window_s: window length (s); 0 scores each file whole.
+        n_boot: bootstrap resamples.
+        max_files: only the first N generated files by name.
+        command: the command line for the report.
+
+    Raises:
+        FolderError: a missing or empty folder, no audio files, no name in common, bad settings
+            (a :class:`~soundtrack.errors.SoundtrackError`); unreadable files are recorded per file.
+    """
+    cfg = FolderEvalConfig(window_s=float(window_s), n_boot=int(n_boot), max_files=max_files)
+    if command is None:  # the equivalent command line, for the report
+        opts = [("--ref", ref), ("--videos", videos), ("--evaluator", evaluator), ("--out", out),
+                ("--window-s", None if window_s == 10.24 else window_s),
+                ("--n-boot", None if n_boot == 1000 else n_boot), ("--max-files", max_files)]
+        command = "soundtrack eval " + " ".join(shlex.quote(str(a)) for a in [gen_dir, *sum(
+            ([k, v] for k, v in opts if v is not None), [])])
+    return evaluate_folder(gen_dir, ref, videos, out, evaluator, cfg, command=command)
+
+
 def serve(model: str | None = None, storage: str | os.PathLike | None = None, host: str | None = None,
           port: int | None = None, config: str | os.PathLike | None = None, address: str | None = None) -> None:
     """``soundtrack serve``: Ray Serve on 127.0.0.1 (by default) until Ctrl-C.
@@ -239,5 +275,5 @@ def remove_run(name: str, storage: str | os.PathLike = "runs", stage: str | None
     return catalog.remove_run(name, storage, stage, force=force)
 
 
-__all__ = ["bench", "demo", "experiment", "featurize", "generate", "ingest", "pretrain", "remove_run", "runs",
-           "serve", "synth", "train", "tune"]
+__all__ = ["bench", "demo", "eval_folder", "experiment", "featurize", "generate", "ingest", "pretrain", "remove_run",
+           "runs", "serve", "synth", "train", "tune"]

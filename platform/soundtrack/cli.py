@@ -8,6 +8,7 @@
                         [--guidance-scale S] [--prompt TEXT] [--storage DIR]
     soundtrack tune experiments/tune_tiny.yaml [--resume] [--force] [--set search.scheduler=fifo]
     soundtrack serve [--config serve/config.yaml] [--model URI] [--storage DIR] [--host H] [--port P]
+    soundtrack eval GEN_DIR [--ref REF_DIR] [--videos VID_DIR] [--evaluator DIR] [--out OUT_DIR] [--window-s 10.24]
     soundtrack demo [--config experiments/demo.yaml]
     soundtrack runs ls [--storage DIR] [--stage STAGE]
     soundtrack runs rm NAME... [--yes] [--force]
@@ -141,6 +142,25 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     be.add_argument("--storage", help="runs root (default ./runs)")
     be.set_defaults(fn="cmd_bench")
+
+    ev = sub.add_parser("eval", help="score a folder of generated audio from any system (paired by file name)",
+                        description="Score every audio file in GEN_DIR (any rate, channels, length; resampled to 16 "
+                        "kHz mono) with the bench's metrics. Files are paired by name without the extension "
+                        "(x.wav with x.flac and x.mp4). Audio-alone metrics always; --ref adds melody, dynamics and "
+                        "mode against the reference; --videos adds sync against the video's visual events; "
+                        "--evaluator adds KL, FAD, IS, SIM and P@K.")
+    ev.add_argument("gen_dir", metavar="GEN_DIR", help="folder of generated audio (wav, flac, mp3, ogg, m4a, ... or "
+                    "videos whose audio track is the soundtrack); searched recursively")
+    ev.add_argument("--ref", metavar="REF_DIR", help="folder of reference audio, paired with GEN_DIR by name")
+    ev.add_argument("--videos", metavar="VID_DIR", help="folder of the videos, paired with GEN_DIR by name")
+    ev.add_argument("--evaluator", metavar="DIR", help="evaluator directory (evaluator.json: the bench's "
+                    "runs/eval/<name>) for KL, FAD, IS, SIM, P@K; skipped without it")
+    ev.add_argument("--out", metavar="OUT_DIR", help="output folder (default: <GEN_DIR>/../eval-<GEN_DIR name>)")
+    ev.add_argument("--window-s", type=float, default=10.24,
+                    help="score in windows of this many seconds (default 10.24; 0: each file whole)")
+    ev.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples of the intervals (default 1000)")
+    ev.add_argument("--max-files", type=int, help="score only the first N generated files by name")
+    ev.set_defaults(fn="cmd_eval")
 
     d = sub.add_parser("demo", help="run the stages that exist on the embedded default")
     _add_config_args(d)

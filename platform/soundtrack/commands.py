@@ -103,6 +103,17 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def cmd_eval(args) -> int:
+    """Score a folder of generated audio (``soundtrack.eval.folder``); prints the outputs and the summary."""
+    out = api.eval_folder(args.gen_dir, ref=args.ref, videos=args.videos, out=args.out, evaluator=args.evaluator,
+                          window_s=args.window_s, n_boot=args.n_boot, max_files=args.max_files)
+    print(f"eval: {out}")
+    for f in ("summary.md", "summary.json", "results.parquet", "windows.parquet", "set_metrics.csv", "eval.png"):
+        print(f"  {out / f}")
+    print((out / "summary.md").read_text())
+    return 0
+
+
 def cmd_runs_ls(args) -> int:
     runs = api.runs(args.storage, args.stage)
     if not runs:

@@ -94,11 +94,12 @@ from soundtrack.eval.engine import OPTIONAL_ROW_COLUMNS, ROW_COLUMNS, SR, evalua
 from soundtrack.eval.scoring import (
     CLIP_METRICS,
     DIRECTION,
+    FLOOR_METRICS,
     SET_METRICS,
     Evaluator,
     set_metrics,
 )
-from soundtrack.metrics import bootstrap_ci, bootstrap_replicates, paired_bootstrap_ci
+from soundtrack.metrics import bootstrap_ci, paired_bootstrap_ci, saturated, subsample_indices, subsample_interval
 from soundtrack.pipelines.generator import apply_overrides
 from soundtrack.pipelines.sampler import SamplerConfig, window_joins
 from soundtrack.storage import atomic_write
@@ -413,20 +414,28 @@ def score_sets(results: Mapping[str, list[dict]], methods: Mapping[str, MethodSp
             dyn_gen = [dynamics_db(w, DEFAULT_CONFIG) for w in wavs]  # only the curve, not the full descriptors
             dyn_ref = [np.asarray(by_id[r["clip_id"]]["dynamics_db"], float) for r in rs]
             cols = {"bcs": [r["bcs"] for r in rs], "bhs": [r["bhs"] for r in rs]}
-            point = set_metrics(cols, em["audio"], None, em["ref_audio"], em["probs"], dyn_ref, dyn_gen)
-            # bootstrap over clips: resample clip indices (seed 0: the same resampled clip
-            # sets for every method), recompute each set metric; set metrics are costlier
-            # (matrix roots), hence fewer resamples; one repeated clip is no set
-            reps = bootstrap_replicates(len(rs), max(50, cfg.n_boot // 5), 0, lambda idx: set_metrics(
-                {k: [v[i] for i in idx] for k, v in cols.items()}, em["audio"][idx], None, em["ref_audio"][idx],
-                em["probs"][idx], [dyn_ref[i] for i in idx], [dyn_gen[i] for i in idx]), min_unique=2)
-            boots = {m: [b[m] for b in reps] for m in SET_METRICS}
-            for m in SET_METRICS:
-                v = np.asarray(boots[m], float)
+            point = set_metrics(cols, em["audio"], None, em["ref_audio"], em["probs"], dyn_ref, dyn_gen, floors=True)
+            # subsampling over clips (half the clips without replacement; seed 0: the same
+            # subsets for every method): a set metric such as FAD is biased upward by a term
+            # that grows as the set shrinks, so a percentile bootstrap's resamples (~63 %
+            # distinct clips) sit above the point and can miss it; the subsampling interval
+            # (metrics.subsample_interval) takes only their spread and contains its point.
+            # Set metrics are costlier (matrix roots), hence fewer resamples.
+            n_set, m_sub = len(rs), len(rs) // 2
+            reps = []
+            if m_sub >= 2:
+                for idx in subsample_indices(n_set, max(50, cfg.n_boot // 5), m_sub, 0):
+                    reps.append(set_metrics({k: [v[i] for i in idx] for k, v in cols.items()}, em["audio"][idx], None,
+                                            em["ref_audio"][idx], em["probs"][idx], [dyn_ref[i] for i in idx],
+                                            [dyn_gen[i] for i in idx]))
+            for m in (*SET_METRICS, *FLOOR_METRICS):
+                v = np.asarray([b[m] for b in reps if m in b], float)
                 v = v[np.isfinite(v)]
-                lo, hi = (np.percentile(v, [2.5, 97.5]) if len(v) else (math.nan, math.nan))
+                lo, hi = (subsample_interval(point[m], v, m_sub, n_set) if len(v) and np.isfinite(point[m])
+                          else (math.nan, math.nan))
                 set_rows.append({"method": key, "label": spec.label or key, "seed": seed, "metric": m,
-                                 "value": point[m], "ci_low": float(lo), "ci_high": float(hi), "n_clips": len(rs)})
+                                 "value": point[m], "ci_low": float(lo), "ci_high": float(hi), "n_clips": len(rs),
+                                 "interval": "subsampling" if len(v) else "none"})
     table = pd.DataFrame.from_records(records)
     set_table = pd.DataFrame.from_records(set_rows)
     summary = summarize(table, set_table, methods, cfg)
@@ -506,11 +515,16 @@ TONALITY_METRICS = ("chroma_conc", "flatness")
 TONALITY_BAND = (5.0, 95.0)
 
 
-def _finite(sub, m: str) -> np.ndarray:
+def _finite(sub, m: str, with_ids: bool = False):
     """A metric column's finite values as floats; empty when the table has no such column
-    (results tabulated before the metric existed)."""
+    (results tabulated before the metric existed). With ``with_ids``: ``(values, clip ids)``
+    aligned, for the clip-level bootstrap."""
     v = sub[m].to_numpy(float) if m in sub.columns else np.zeros(0)
-    return v[np.isfinite(v)]
+    ok = np.isfinite(v)
+    if not with_ids:
+        return v[ok]
+    ids = sub["clip_id"].to_numpy() if m in sub.columns else np.zeros(0, object)
+    return v[ok], ids[ok]
 
 
 def tonality_summary(table, methods: Mapping[str, MethodSpec]) -> dict:
@@ -567,14 +581,16 @@ def summarize(table, set_table, methods: Mapping[str, MethodSpec], cfg: BenchCon
         sub = table[table["method"] == key]
         per[key] = {}
         for m in CLIP_METRICS:
-            v = _finite(sub, m)
+            v, ids = _finite(sub, m, with_ids=True)
             if len(v) == 0:
                 per[key][m] = {"mean": math.nan, "ci95": [math.nan, math.nan], "n": 0}
                 continue
-            mean, lo, hi = bootstrap_ci(v, n_boot=cfg.n_boot, seed=0)
-            per[key][m] = {"mean": float(mean), "ci95": [float(lo), float(hi)], "n": int(len(v))}
+            # clip-level (cluster) bootstrap: the seeds of one clip are not independent samples
+            mean, lo, hi = bootstrap_ci(v, n_boot=cfg.n_boot, seed=0, clusters=ids)
+            per[key][m] = {"mean": float(mean), "ci95": [float(lo), float(hi)], "n": int(len(v)),
+                           "clips": int(len(set(ids)))}
         s = set_table[set_table["method"] == key]
-        for m in SET_METRICS:
+        for m in (*SET_METRICS, *FLOOR_METRICS):
             r = s[s["metric"] == m]
             if len(r):
                 per[key][m] = {"mean": float(r["value"].mean()), "ci95": [float(r["ci_low"].mean()), float(r["ci_high"].mean())],
@@ -593,7 +609,8 @@ def summarize(table, set_table, methods: Mapping[str, MethodSpec], cfg: BenchCon
             ok = np.isfinite(x) & np.isfinite(y)
             if ok.sum() < 2:
                 continue
-            mean, lo, hi = paired_bootstrap_ci(x[ok], y[ok], n_boot=cfg.n_boot, seed=0)
+            clips = common.get_level_values("clip_id").to_numpy()[ok]
+            mean, lo, hi = paired_bootstrap_ci(x[ok], y[ok], n_boot=cfg.n_boot, seed=0, clusters=clips)
             d[m] = {"mean": float(mean), "ci95": [float(lo), float(hi)], "n": int(ok.sum())}
         diffs[f"{a} - {b}"] = d
     failed = failed_summary(table, methods)
@@ -601,6 +618,13 @@ def summarize(table, set_table, methods: Mapping[str, MethodSpec], cfg: BenchCon
         per[key]["failed"] = {"n": failed[key]["n"], "of": failed[key]["of"]}
     return {"methods": per, "paired_differences": diffs, "tonality": tonality_summary(table, methods),
             "labels": {k: (s.label or k) for k, s in methods.items()}, "failed": failed}
+
+
+def _fmt_flag(metric: str, d: Mapping[str, Any], digits: int = 3) -> str:
+    """:func:`_fmt` with ⚑ when the mean is within 0.05 of the metric's bound (:func:`soundtrack.metrics.saturated`)."""
+    cell = _fmt(d, digits)
+    mean = d.get("mean", math.nan) if d else math.nan
+    return cell + (" ⚑" if cell != "–" and saturated(metric, float(mean)) else "")
 
 
 def _fmt(d: Mapping[str, Any], digits: int = 3) -> str:
@@ -706,16 +730,22 @@ def markdown(summary: Mapping[str, Any], methods: Mapping[str, MethodSpec], comm
               "(f1, precision, hit_rate, onset_rate, bcs, bhs, beat_f1) are measured against the clips' "
               "ground-truth video event times (bounces, flashes, cuts), never against the reference audio; "
               "0.1 s tolerance. SIM, P@1, FAD, KL and IS use the evaluation encoders/classifier, trained apart "
-              "from the generator's conditioner; P@1 is video -> generated-audio retrieval in a pool of the "
-              "method's own clips (chance 1/pool). FAD, IS, CSD, HSD and dyn_macro are set-level (interval: "
-              "the set metric recomputed on bootstrap resamples of the clips).", ""]
+              "from the generator's conditioner; P@1 is video -> generated-audio retrieval in a pool of "
+              f"min(60, N) = {min(60, int(summary.get('clips') or 0))} of the method's own clips, fixed seed "
+              "(chance 1/pool). Per-clip intervals resample clips with all their seeds (a clip-level bootstrap). "
+              "FAD, IS, CSD, HSD and dyn_macro are set-level (interval: subsampling, the set metric on random "
+              "halves of the clips, centred on the point); FAD's real-vs-real floor (fad_floor: two halves of "
+              "the real set) and the generated set's FAD at that size (fad_half) and KID are in summary.json. "
+              "CSD/HSD are the spread of BCS/BHS across clips, not a generation's stability. "
+              "⚑ marks a value within 0.05 of its metric's bound (saturated: it cannot separate methods there).",
+              ""]
     per = summary["methods"]
     for cols in (MAIN_TABLE, SECOND_TABLE):
         lines.append("| method | " + " | ".join(f"{c}{arrow[DIRECTION.get(c, 0)]}" for c in cols) + " |")
         lines.append("|---|" + "---|" * len(cols))
         for key in methods:
             lab = summary["labels"].get(key, key)
-            lines.append(f"| {lab} | " + " | ".join(_fmt(per[key].get(c, {})) for c in cols) + " |")
+            lines.append(f"| {lab} | " + " | ".join(_fmt_flag(c, per[key].get(c, {})) for c in cols) + " |")
         lines.append("")
     if summary.get("paired_differences"):
         lines += ["## Paired differences (a - b, same clips and seeds; 95 % paired bootstrap interval)", ""]

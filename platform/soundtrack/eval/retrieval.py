@@ -46,7 +46,7 @@ class RetrievalConfig:
 
     Attributes:
         ks: cut-off ranks of P@K.
-        pool_size: candidates per query (Diff-BGM: 32).
+        pool_size: candidates per query (the encoder evaluation's own pool; Diff-BGM retrieves among 60).
         seed: seed of the pool sampling (fixed so every method gets the same pools).
         sim: ``"position"`` (default: MuVi's position-aware similarity, the one the
             pretraining loss optimises; it compares the per-frame embeddings time step by

@@ -87,6 +87,11 @@ EVALUATOR_CLIP_METRICS: tuple[str, ...] = ("sim", "kl", "p_at_1", "p_at_5")
 AUDIO_METRICS: tuple[str, ...] = tuple(m for m in CLIP_METRICS if m not in EVALUATOR_CLIP_METRICS)
 #: Set-level metrics, in table order.
 SET_METRICS: tuple[str, ...] = ("fad", "is", "csd", "hsd", "dyn_macro")
+#: What :func:`set_metrics` adds with ``floors=True`` (point values only: too costly per
+#: resample): FAD's real-vs-real floor and the generated set's FAD at the floor's size
+#: (:func:`soundtrack.metrics.fad_floor`, split by clip), their difference, and KID
+#: (:func:`soundtrack.metrics.kid`, windows of one clip never paired).
+FLOOR_METRICS: tuple[str, ...] = ("fad_floor", "fad_half", "fad_excess", "kid", "kid_std")
 
 
 @dataclass(frozen=True)
@@ -100,14 +105,15 @@ class ScoringConfig:
         events_key: the shard column with the reference event times (s).
         fad_window_s: the audio embedding is averaged over windows of this length (s)
             before FAD, one vector per window (VGGish uses 0.96 s frames).
-        pool_size: retrieval pool for P@K (capped at the number of clips).
+        pool_size: retrieval pool for P@K: ``None`` = min(60, N) (Diff-BGM retrieves among 60
+            real-music candidates), fixed whatever the clip count once N >= 60.
     """
 
     sr: int = 16000
     window_s: float = 0.1
     events_key: str = "label_event_times"
     fad_window_s: float = 1.0
-    pool_size: int = 32
+    pool_size: int | None = None
 
 
 def _times(x: Any) -> np.ndarray:
@@ -221,8 +227,18 @@ def clip_metrics(wav: np.ndarray, row: Mapping[str, Any], cfg: ScoringConfig = S
                    beat_f1=float(M.beat_f1(b_c, b_h)))
     else:  # no video event labels: the sync and beat metrics are undefined, not 0
         out.update({m: math.nan for m in ("f1", "precision", "hit_rate", "bcs", "bhs", "beat_f1")})
-    out["melody_acc"] = (M.melody_accuracy(np.asarray(row["melody"]).reshape(-1), d["melody"])
-                         if row.get("melody") is not None else math.nan)
+    if row.get("melody") is not None:
+        # voiced frames only (a silent frame is no pitch class; once it scored as C): the
+        # reference's voicing from its dynamics curve, the generation's from its frame levels
+        ref_mel = np.asarray(row["melody"]).reshape(-1)
+        ref_voiced = (M.voiced_frames(np.asarray(row["dynamics_db"], float))[: ref_mel.size]
+                      if row.get("dynamics_db") is not None else None)
+        if ref_voiced is not None and ref_voiced.size < ref_mel.size:
+            ref_voiced = np.pad(ref_voiced, (0, ref_mel.size - ref_voiced.size))
+        gen_voiced = M.voiced_frames(d["level_db"])[: np.asarray(d["melody"]).size]
+        out["melody_acc"] = M.melody_accuracy(ref_mel, d["melody"], ref_voiced=ref_voiced, gen_voiced=gen_voiced)
+    else:
+        out["melody_acc"] = math.nan
     if row.get("dynamics_db") is not None:
         out["dyn_r"] = M.dynamics_correlation([np.asarray(row["dynamics_db"], float)], [d["dynamics"]])["micro"]
     else:
@@ -234,8 +250,8 @@ def clip_metrics(wav: np.ndarray, row: Mapping[str, Any], cfg: ScoringConfig = S
         out["gps"] = M.gps(M.grooving_patterns(d["onsets"], bar, duration, offset=float(beats[0])))
     else:
         out["gps"] = math.nan
-    n_seg = max(1, int(round(duration)))  # one accent per second-long segment (Diff-BGM eq. 2)
-    out["adv"] = M.adv(M.segment_onset_times(np.asarray(wav, np.float32).reshape(-1), cfg.sr, n_seg))
+    # accents over the whole clip (normalising each 1 s segment alone made noise into accents)
+    out["adv"] = M.adv(M.accent_times(np.asarray(wav, np.float32).reshape(-1), cfg.sr))
     out["chroma_conc"] = M.chroma_concentration(d["chroma"], level_db=d["level_db"])
     out["flatness"] = M.spectral_flatness(None, cfg.sr, mag=d["spectrum"])
     mode = _label_mode(row)
@@ -411,11 +427,12 @@ def build_evaluator(encoders_dir: str | os.PathLike, features_dir: str | os.Path
 
 
 def evaluator_metrics(ev: Evaluator, wavs: Sequence[np.ndarray], ref_wavs: Sequence[np.ndarray],
-                      frames: Sequence[np.ndarray], pool_size: int = 32) -> dict[str, np.ndarray]:
+                      frames: Sequence[np.ndarray], pool_size: int | None = None) -> dict[str, np.ndarray]:
     """Per-clip ``sim``, ``kl`` and P@K hits plus the embeddings :func:`set_metrics` needs.
 
     Args:
-        pool_size: retrieval pool of P@K (capped at the number of clips).
+        pool_size: retrieval pool of P@K (``None``: min(60, N), fixed seed: the same pool
+            whatever the clip count once N >= 60; the tables print it).
         ev: the evaluator.
         wavs: generated waveforms (N).
         ref_wavs: the clips' real soundtracks (N), for KL's reference predictions.
@@ -436,7 +453,7 @@ def evaluator_metrics(ev: Evaluator, wavs: Sequence[np.ndarray], ref_wavs: Seque
     out = {"sim": np.asarray(M.sim(v, a, reduce=False), float), "kl": np.asarray(M.kl_divergence(p, q, reduce=False)),
            "audio": a, "video": v, "probs": q, "ref_audio": r}
     for k in (1, 5):
-        out[f"p_at_{k}"] = (M.precision_at_k_from_similarity(pair_sim, k, pool_size=min(pool_size, n))["hits"].astype(float)
+        out[f"p_at_{k}"] = (M.precision_at_k_from_similarity(pair_sim, k, pool_size=pool_size)["hits"].astype(float)
                             if n >= 2 else np.full(n, math.nan))
     return out
 
@@ -450,7 +467,7 @@ def _windows(frames: np.ndarray, per: int) -> np.ndarray:
 def set_metrics(clips: Mapping[str, np.ndarray], audio: np.ndarray | None = None, video: np.ndarray | None = None,
                 ref_audio: np.ndarray | None = None, probs: np.ndarray | None = None,
                 dyn_ref: Sequence[np.ndarray] | None = None, dyn_gen: Sequence[np.ndarray] | None = None,
-                cfg: ScoringConfig = ScoringConfig(), steps_per_s: int = 10) -> dict[str, float]:
+                cfg: ScoringConfig = ScoringConfig(), steps_per_s: int = 10, floors: bool = False) -> dict[str, float]:
     """Metrics defined on a set of clips (one method's generations for the test clips).
 
     Args:
@@ -464,23 +481,33 @@ def set_metrics(clips: Mapping[str, np.ndarray], audio: np.ndarray | None = None
         dyn_ref / dyn_gen: per-clip dynamics curves (macro dynamics correlation).
         cfg: scoring settings.
         steps_per_s: embedding steps per second (10).
+        floors: also :data:`FLOOR_METRICS` (FAD's real-vs-real floor, KID).
 
     Returns:
-        ``{metric: value}`` over :data:`SET_METRICS` (nan where inputs are missing).
+        ``{metric: value}`` over :data:`SET_METRICS` (and :data:`FLOOR_METRICS` with
+        ``floors``; nan where inputs are missing).
     """
-    out = {k: math.nan for k in SET_METRICS}
+    out = {k: math.nan for k in (*SET_METRICS, *(FLOOR_METRICS if floors else ()))}
     if "bcs" in clips:
         out["csd"] = M.csd(np.asarray(clips["bcs"], float))
         out["hsd"] = M.hsd(np.asarray(clips["bhs"], float))
     if audio is not None and ref_audio is not None:
         per = max(1, int(round(cfg.fad_window_s * steps_per_s)))
-        out["fad"] = M.fad(_windows(ref_audio, per), _windows(audio, per), method="samples")
+        ref_w, gen_w = _windows(ref_audio, per), _windows(audio, per)
+        out["fad"] = M.fad(ref_w, gen_w, method="samples")
+        n = len(audio)
+        if floors and n >= 4:  # two halves of at least 2 clips
+            groups = np.repeat(np.arange(n), len(ref_w) // n)  # the clip of each window row
+            fl = M.fad_floor(ref_w, gen_w, groups=groups, paired=True, method="samples")
+            out.update(fad_floor=fl["floor"], fad_half=fl["fad"], fad_excess=fl["excess"])
+            k = M.kid(ref_w, gen_w, groups_a=groups, groups_b=groups)
+            out.update(kid=k["kid"], kid_std=k["kid_std"])
     if audio is not None and video is not None and len(audio) >= 2:
         pair_sim = pair_similarity(video, audio)
         for k in (1, 5):
-            out[f"p_at_{k}"] = M.precision_at_k_from_similarity(pair_sim, k, pool_size=min(cfg.pool_size, len(audio)))["p_at_k"]
+            out[f"p_at_{k}"] = M.precision_at_k_from_similarity(pair_sim, k, pool_size=cfg.pool_size)["p_at_k"]
     if probs is not None:
-        out["is"] = M.inception_score(probs)[0]
+        out["is"] = M.inception_score(probs, splits="auto")[0]  # 10 splits once N >= 500, 1 below 100
     if dyn_ref is not None and dyn_gen is not None:
         out["dyn_macro"] = M.dynamics_correlation(list(dyn_ref), list(dyn_gen))["macro"]
     return {k: float(v) for k, v in out.items()}

@@ -2,6 +2,15 @@
 
 HPM Appendix D.1 and MuVi Appendix E (100 ms tolerance, exclusive bipartite pairing).
 Times are in seconds throughout; rates are per second.
+
+What these numbers are, and are not: :func:`bcs` / :func:`bhs` here score generated
+beats against whatever reference the caller passes (the platform's tables pass the
+video's event times, not the real music's beats), with our beat tracker and a one-to-one
+100 ms matching. The published tables differ in each of these: LORIS (and HPM after it)
+compare 1 s bins of onsets of the real and the generated music, MuVi's BCS is the ratio
+of beat counts and its reference is the real music's beats. So our values are *not*
+comparable with the published tables; :mod:`soundtrack.metrics.modes` computes the
+papers' own versions (``loris_scores``, ``muvi_scores``) for such comparisons.
 """
 
 from __future__ import annotations
@@ -11,10 +20,18 @@ from collections.abc import Sequence
 import librosa
 import numpy as np
 
-#: Default tolerance (s) for the papers' BCS / BHS / beat F1. MuVi (Appendix E) is the
-#: only seed paper that states its tolerance: 100 ms, with exclusive pairs. Using it
-#: keeps our numbers comparable with the published tables.
+#: Default tolerance (s) for our BCS / BHS / beat F1: 100 ms, with exclusive pairs, the
+#: tolerance MuVi (Appendix E) states, the only seed paper that states one. A shared
+#: tolerance does not make our numbers comparable with the published tables (different
+#: reference events, beat tracker and ratios: see the module docstring).
 BEAT_TOLERANCE_S = 0.1
+
+#: Default peak threshold of :func:`accent_times`, in units of the clip's onset envelope
+#: normalised to [0, 1] over the *whole clip*: a peak must rise 0.1 (10 % of the clip's
+#: strongest onset) above its local mean. Chosen on seeded click tracks: at 0.05 (the
+#: :func:`onset_times` default) a -30 dB noise floor already yields spurious accents, at
+#: 0.2 clicks at 3/8 of the loudest click's amplitude are lost under a -20 dB floor.
+ACCENT_DELTA = 0.1
 
 #: Default tolerance (s) for :func:`onset_sync`: 70 ms, mir_eval's beat F-measure
 #: window (Dixon 2007), the stricter community convention for generic event
@@ -101,6 +118,7 @@ def onset_times(
     post_max_s: float = 0.0,
     pre_avg_s: float = 0.10,
     post_avg_s: float = 0.10,
+    pad_mode: str = "constant",
 ) -> np.ndarray:
     """Onset times of an audio clip (librosa spectral-flux onsets, peak-picked).
 
@@ -133,6 +151,9 @@ def onset_times(
         post_max_s: look-ahead of the local-maximum test (s).
         pre_avg_s: look-back of the local-mean threshold (s).
         post_avg_s: look-ahead of the local-mean threshold (s).
+        pad_mode: padding of the centred STFT at the clip's ends (librosa's ``pad_mode``).
+            ``"constant"`` (zeros, librosa's default) makes a clip that starts with a
+            noise floor begin with an onset; ``"reflect"`` does not.
 
     Returns:
         Sorted onset times (s), shape (n_onsets,).
@@ -142,7 +163,7 @@ def onset_times(
         return np.zeros(0, dtype=np.float64)
     frames_per_s = sr / hop_length
     env = librosa.onset.onset_strength(
-        y=y, sr=sr, hop_length=hop_length, n_fft=n_fft, n_mels=n_mels
+        y=y, sr=sr, hop_length=hop_length, n_fft=n_fft, n_mels=n_mels, pad_mode=pad_mode
     )
     # librosa wants these windows in frames; +1 on the look-ahead windows because
     # librosa's post windows exclude their end point.
@@ -164,11 +185,13 @@ def onset_times(
 def segment_onset_times(wav: np.ndarray, sr: int, n_segments: int, **onset_kwargs) -> np.ndarray:
     """Onsets detected separately in ``n_segments`` equal-length segments.
 
-    Diff-BGM's ADV (supplement section 3) detects "remarkable accents" per
-    equal-length segment, so that quiet passages are judged against their own
-    loudness: :func:`onset_times` normalises its envelope per call, which gives
-    exactly this local normalisation. An onset within about ``n_fft / 2`` samples
-    (32 ms at 16 kHz) of a segment start has no "before" in its segment and is
+    Each segment's envelope is normalised on its own (:func:`onset_times` normalises per
+    call), so a segment without a real accent turns its loudest bit of noise into
+    onsets: on a click track with 21 clicks over a noise floor it finds far more than
+    21. Do not use it for ADV's accents; :func:`accent_times` normalises over the whole
+    clip. (Diff-BGM's ADV text says accents are detected "for each segment"; it does not
+    say the segments are normalised separately.) An onset within about ``n_fft / 2``
+    samples (32 ms at 16 kHz) of a segment start has no "before" in its segment and is
     missed, so keep segments long (seconds).
 
     Args:
@@ -188,6 +211,41 @@ def segment_onset_times(wav: np.ndarray, sr: int, n_segments: int, **onset_kwarg
         onset_times(y[a:b], sr, **onset_kwargs) + a / sr for a, b in zip(bounds[:-1], bounds[1:])
     ]
     return np.sort(np.concatenate(parts)) if parts else np.zeros(0)
+
+
+def accent_times(wav: np.ndarray, sr: int, *, delta: float = ACCENT_DELTA, **onset_kwargs) -> np.ndarray:
+    """The music's "remarkable accents" for ADV (Diff-BGM supplement section 3).
+
+    Definition: onsets of :func:`onset_times` with the envelope normalised over the
+    *whole clip* (one maximum for the clip, so an accent must be loud relative to the
+    clip's strongest onset, not to its own second of audio), peak threshold ``delta``
+    (default :data:`ACCENT_DELTA` = 0.1 in normalised envelope units, twice the onset
+    default, for "remarkable"), and reflect padding so that the clip's first frame is
+    not an accent against the STFT's zero padding.
+
+    Source: Diff-BGM supplement section 3 (ADV; its Fig. 3 marks accents "according to
+    the volume change"). The text detects accents "for each segment" of n equal-length
+    segments and publishes neither the detector nor its normalisation; detecting per
+    segment with a per-segment normalisation (:func:`segment_onset_times`) made ADV sit
+    at its ceiling (issue 15's check: 84 accents on a track with 21 clicks), so the segments are dropped:
+    with one normalisation for the clip, splitting into segments changes nothing but the
+    accents lost at segment starts. (HPM, the other paper with a rhythm section, has no
+    ADV.) Pure noise still yields accents (about 9 per second on white noise); ADV's
+    factor ``l`` penalises them, as the paper intends ("dense accents always represent
+    noise").
+
+    Args:
+        wav: mono waveform, shape (n_samples,).
+        sr: sample rate (Hz).
+        delta: peak threshold above the local mean (whole-clip normalised envelope units).
+        **onset_kwargs: other :func:`onset_times` parameters (``pad_mode`` defaults to
+            ``"reflect"`` here).
+
+    Returns:
+        Sorted accent times (s), shape (n_accents,).
+    """
+    onset_kwargs.setdefault("pad_mode", "reflect")
+    return onset_times(wav, sr, delta=delta, **onset_kwargs)
 
 
 # ---------------------------------------------------------------------------
@@ -259,10 +317,16 @@ def bcs(
     gen_beats: Sequence[float] | np.ndarray,
     tolerance: float = BEAT_TOLERANCE_S,
 ) -> float:
-    """Beat Coverage Score, HPM/LORIS definition: ``B_a / B_g`` (precision-like).
+    """Beat Coverage Score, HPM/LORIS ratio: ``B_a / B_g`` (precision-like), our matching.
 
     ``B_a`` is the number of generated beats aligned one-to-one with a reference beat
     within ``tolerance`` (:func:`match_events`), ``B_g`` the number of generated beats.
+
+    Not the published number: LORIS (``beats_scores.py``) and HPM compare 1 s bins of
+    onsets (a bin is 1 if any onset falls in it) of the real and the generated music;
+    the platform's tables pass the video's event times as ``ref_beats`` and our beat
+    tracker's beats as ``gen_beats``. Use :func:`soundtrack.metrics.modes.loris_scores`
+    or :func:`~soundtrack.metrics.modes.muvi_scores` to compare with published tables.
 
     Why this definition: the original BCS (D2M-GAN, followed by MuVi section 4.1) is
     ``B_g / B_t``, the ratio of generated to reference beat counts, which is not a
@@ -290,11 +354,16 @@ def bhs(
     gen_beats: Sequence[float] | np.ndarray,
     tolerance: float = BEAT_TOLERANCE_S,
 ) -> float:
-    """Beat Hit Score: ``B_a / B_t`` (recall-like), as in D2M-GAN, LORIS, HPM and MuVi.
+    """Beat Hit Score: ``B_a / B_t`` (recall-like), the ratio of D2M-GAN, LORIS, HPM and MuVi.
 
     ``B_a`` is the number of one-to-one aligned beat pairs within ``tolerance``
     (exclusive pairing as in MuVi Appendix E), ``B_t`` the number of reference beats.
     Because pairs are exclusive, BHS cannot exceed 1 (HPM D.1's second issue).
+
+    The ratio is the papers', the inputs are not (see :func:`bcs` and the module
+    docstring): our tables' reference is the video's event times, MuVi's the real
+    music's beats (:func:`soundtrack.metrics.modes.muvi_scores`), LORIS's 1 s onset
+    bins of the real music (:func:`soundtrack.metrics.modes.loris_scores`).
 
     Args:
         ref_beats: beat/onset times (s) of the reference music.
@@ -346,20 +415,28 @@ def _stability_deviation(values: Sequence[float] | np.ndarray, ddof: int) -> flo
 def csd(bcs_values: Sequence[float] | np.ndarray, ddof: int = 0) -> float:
     """Coverage Standard Deviation: the standard deviation of BCS (HPM Appendix D.1).
 
-    HPM defines CSD as "the standard deviation of BCS" to measure generation
-    stability, without saying over what. We take the repeated generations of the
-    same input: for a (clips, repeats) array, the std over repeats of each clip,
-    averaged over clips (spread due to sampling noise only, not to clip
-    difficulty); for a 1-D array, the std over all values (LORIS-style, which also
-    mixes in clip-to-clip variation). ``ddof=0`` (numpy's default, the population
-    std) unless asked otherwise.
+    HPM defines CSD as "the standard deviation of BCS" to "evaluate generation
+    stability", without saying over what; LORIS's ``beats_scores.py`` takes the std
+    (``ddof=1``) of the per-clip values, one generation per clip. What the number
+    measures depends on the input:
+
+    * 1-D array of per-clip values (one generation per clip; what the platform's
+      tables pass): the spread of BCS *across clips*, i.e. how much the score varies
+      with the clip. That is not generation stability (a perfectly deterministic
+      generator has a large CSD on a varied test set); report it as such.
+    * (clips, repeats) array: the std over repeated generations of each clip, averaged
+      over clips: the spread due to sampling only, which is generation stability.
+
+    ``ddof=0`` (numpy's default, the population std) unless asked otherwise; LORIS uses
+    ``ddof=1`` (:func:`soundtrack.metrics.modes.loris_scores`).
 
     Args:
         bcs_values: per-generation BCS values, shape (n,) or (n_clips, n_repeats).
         ddof: delta degrees of freedom of the std.
 
     Returns:
-        CSD (same units as BCS); lower is more stable.
+        CSD (same units as BCS). Lower is more stable only for (clips, repeats) input;
+        for 1-D input it is the spread across clips.
     """
     return _stability_deviation(bcs_values, ddof)
 
@@ -367,13 +444,15 @@ def csd(bcs_values: Sequence[float] | np.ndarray, ddof: int = 0) -> float:
 def hsd(bhs_values: Sequence[float] | np.ndarray, ddof: int = 0) -> float:
     """Hit Standard Deviation: the standard deviation of BHS (HPM Appendix D.1).
 
-    Same aggregation as :func:`csd`, applied to BHS values.
+    Same aggregation as :func:`csd`, applied to BHS values: across clips for a 1-D
+    array (what the platform's tables pass: the spread of BHS over the test clips, not
+    generation stability), over repeats then averaged for a (clips, repeats) array.
 
     Args:
         bhs_values: per-generation BHS values, shape (n,) or (n_clips, n_repeats).
         ddof: delta degrees of freedom of the std.
 
     Returns:
-        HSD (same units as BHS); lower is more stable.
+        HSD (same units as BHS); see :func:`csd` for what it measures.
     """
     return _stability_deviation(bhs_values, ddof)

@@ -2,7 +2,18 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
+
+from soundtrack.errors import MetricError
+
+log = logging.getLogger(__name__)
+
+#: Diff-BGM's retrieval pool: each generated piece is ranked among 60 real-music
+#: candidates (``diffbgm/test.ipynb``: ``sample(range(500), 60)``, the partner put in if
+#: missing). P@K's default pool is ``min(POOL_SIZE, N)``.
+POOL_SIZE = 60
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -48,26 +59,35 @@ def precision_at_k(
     query_emb: np.ndarray,
     cand_emb: np.ndarray,
     k: int,
-    pool_size: int = 32,
+    pool_size: int | None = None,
     seed: int = 0,
 ) -> dict[str, object]:
     """Retrieval precision P@K (Diff-BGM's video-music correspondence metric).
 
-    Definition: query ``i`` (e.g. a video) has true partner ``cand_emb[i]`` (its
-    generated music). Its retrieval pool is the partner plus ``pool_size - 1``
-    negatives drawn without replacement from the other candidates, with a fixed
-    seed so every method is scored on the same pools. Candidates are ranked by
-    cosine similarity to the query; the hit is 1 when the partner is in the top
-    ``k``. Ties count against the query (rank = 1 + number of negatives at least as
-    similar as the partner, within 1e-9), so a collapsed encoder scores 0, not 100 %.
-    P@K is the mean hit; chance level is ``k / pool_size``. With fewer candidates
-    than ``pool_size`` the pool is all candidates.
+    Definition: query ``i`` has true partner ``cand_emb[i]``. Its retrieval pool is the
+    partner plus ``pool_size - 1`` negatives drawn without replacement from the other
+    candidates, with a fixed seed so every method is scored on the same pools.
+    Candidates are ranked by cosine similarity to the query; the hit is 1 when the
+    partner is in the top ``k``. Ties count against the query (rank = 1 + number of
+    negatives at least as similar as the partner, within 1e-9), so a collapsed encoder
+    scores 0, not 100 %. P@K is the mean hit; chance level is ``k / pool_size``.
+
+    Pool: a fixed size, ``min(60, N)`` by default (:data:`POOL_SIZE`), logged, and
+    returned as ``pool_size``. Diff-BGM (``diffbgm/test.ipynb``) ranks each *generated*
+    piece's music features among 60 *real-music* candidates sampled from 500 (the true
+    partner swapped in when the sample misses it) with an unseeded ``random.sample``
+    and a stable sort (ties broken by pool order); for that comparison pass the
+    generated music as ``query_emb`` and the real music as ``cand_emb``
+    (:func:`soundtrack.metrics.modes.diffbgm_scores`). A pool that grows with the
+    number of clips makes P@K values of test sets of different sizes incomparable
+    (chance level ``k / N``); with N >= 60 the pool is 60 whatever N is.
 
     Args:
         query_emb: query embeddings, shape (N, D).
         cand_emb: candidate embeddings, shape (N, D), row i paired with query i.
         k: cut-off rank (>= 1).
-        pool_size: candidates per query, partner included (>= 2).
+        pool_size: candidates per query, partner included (>= 2); None for
+            ``min(POOL_SIZE, N)``. A value above N is cut to N, with a warning.
         seed: seed of the negative sampling.
 
     Returns:
@@ -82,7 +102,8 @@ def precision_at_k(
     return precision_at_k_from_similarity(q @ c.T, k, pool_size=pool_size, seed=seed)
 
 
-def precision_at_k_from_similarity(sim_matrix: np.ndarray, k: int, pool_size: int = 32, seed: int = 0) -> dict[str, object]:
+def precision_at_k_from_similarity(sim_matrix: np.ndarray, k: int, pool_size: int | None = None,
+                                   seed: int = 0) -> dict[str, object]:
     """:func:`precision_at_k` from a precomputed (N, N) query x candidate similarity matrix.
 
     ``sim_matrix[i, j]`` is the similarity of query ``i`` to candidate ``j`` (partner:
@@ -93,16 +114,29 @@ def precision_at_k_from_similarity(sim_matrix: np.ndarray, k: int, pool_size: in
     Args:
         sim_matrix: (N, N) similarities.
         k: cut-off rank (>= 1).
-        pool_size: candidates per query, partner included (>= 2).
+        pool_size: candidates per query, partner included (>= 2); None for
+            ``min(POOL_SIZE, N)``. A value above N is cut to N with a warning (the pool
+            then follows the clip count, which is what made old tables incomparable).
         seed: seed of the negative sampling.
+
+    Returns:
+        Dict with ``p_at_k``, ``hits`` (N,), ``ranks`` (N,), ``pool_size`` and
+        ``chance`` (see :func:`precision_at_k`).
+
+    Raises:
+        MetricError: a non-square matrix, N < 2, k < 1 or a pool size below 2.
     """
     sm = np.asarray(sim_matrix, dtype=np.float64)
     if sm.ndim != 2 or sm.shape[0] != sm.shape[1]:
-        raise ValueError(f"need a square (N, N) similarity matrix, got {sm.shape}")
+        raise MetricError(f"need a square (N, N) similarity matrix, got {sm.shape}")
     n = sm.shape[0]
-    if n < 2 or k < 1 or pool_size < 2:
-        raise ValueError("need N >= 2 pairs, k >= 1 and pool_size >= 2")
-    pool = min(pool_size, n)
+    pool = min(POOL_SIZE, n) if pool_size is None else int(pool_size)
+    if n < 2 or k < 1 or pool < 2:
+        raise MetricError(f"need N >= 2 pairs, k >= 1 and pool_size >= 2; got N={n}, k={k}, pool_size={pool}")
+    if pool > n:
+        log.warning("P@%d: pool_size %d > N=%d candidates; using %d (the pool follows the clip count)", k, pool, n, n)
+        pool = n
+    log.info("P@%d: pool of %d candidates per query (N=%d, seed=%d, chance %.3f)", k, pool, n, seed, min(1.0, k / pool))
     rng = np.random.default_rng(seed)
     ranks = np.empty(n, dtype=np.int64)
     for i in range(n):
