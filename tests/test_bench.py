@@ -250,3 +250,25 @@ def test_summary_tonality_band_verdicts_and_paired_mode_match():
     summ_old = summarize(old, pd.DataFrame(columns=["method", "metric"]), methods, BenchConfig(n_boot=50))
     assert summ_old["tonality"]["band"]["chroma_conc"] is None
     assert summ_old["methods"]["ours"]["mode_match"]["n"] == 0 and "mode_match" not in summ_old["paired_differences"]
+
+
+def test_paired_set_metric_differences_come_from_shared_subsets():
+    """A set metric's paired difference: per-subset differences of the two methods on the same
+    subsets of the same clips, its interval containing the point; seeds whose clips differ are
+    left out, and a method compared with itself gives exactly 0."""
+    from soundtrack.eval.bench import paired_set_differences
+    from soundtrack.eval.scoring import SET_METRICS
+
+    rng = np.random.default_rng(0)
+    ids = [f"c{i}" for i in range(8)]
+
+    def entry(shift, ids=ids):
+        reps = [{m: float(shift + rng.normal(0, 0.1)) for m in SET_METRICS} for _ in range(40)]
+        return {"ids": ids, "m": 4, "point": {m: float(shift) for m in SET_METRICS}, "reps": reps}
+
+    set_reps = {("a", 0): entry(1.0), ("b", 0): entry(0.2), ("a", 1): entry(1.0), ("b", 1): entry(0.2, ids[:7])}
+    d = paired_set_differences("a", "b", set_reps, [0, 1])
+    lo, hi = d["fad"]["ci95"]
+    assert d["fad"]["mean"] == pytest.approx(0.8) and lo <= 0.8 <= hi and lo > 0.3 and d["fad"]["n"] == 8
+    same = paired_set_differences("a", "a", set_reps, [0, 1])
+    assert same["fad"]["mean"] == 0.0 and same["fad"]["ci95"] == [0.0, 0.0] and same["fad"]["n"] == 16

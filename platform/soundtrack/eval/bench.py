@@ -381,6 +381,7 @@ def score_sets(results: Mapping[str, list[dict]], methods: Mapping[str, MethodSp
     by_id = {r["clip_id"]: r for r in rows}
     ids = [r["clip_id"] for r in rows]
     records, set_rows, long_rows = [], [], []
+    set_reps: dict[tuple[str, int], dict] = {}  # per (method, seed): the set metrics on each shared subset
     for key, recs in results.items():
         spec = methods[key]
         for r in recs:
@@ -423,6 +424,7 @@ def score_sets(results: Mapping[str, list[dict]], methods: Mapping[str, MethodSp
             # Set metrics are costlier (matrix roots), hence fewer resamples.
             n_set, m_sub = len(rs), len(rs) // 2
             reps = []
+            set_reps[(key, seed)] = {"ids": [r["clip_id"] for r in rs], "m": m_sub, "point": point, "reps": reps}
             if m_sub >= 2:
                 for idx in subsample_indices(n_set, max(50, cfg.n_boot // 5), m_sub, 0):
                     reps.append(set_metrics({k: [v[i] for i in idx] for k, v in cols.items()}, em["audio"][idx], None,
@@ -438,7 +440,7 @@ def score_sets(results: Mapping[str, list[dict]], methods: Mapping[str, MethodSp
                                  "interval": "subsampling" if len(v) else "none"})
     table = pd.DataFrame.from_records(records)
     set_table = pd.DataFrame.from_records(set_rows)
-    summary = summarize(table, set_table, methods, cfg)
+    summary = summarize(table, set_table, methods, cfg, set_reps=set_reps)
     summary["evaluator_card"] = ev.card
     if long_rows or cfg.long_videos:
         summary["long_videos"] = long_video_summary(long_rows, methods, cfg)
@@ -572,10 +574,51 @@ def tonality_summary(table, methods: Mapping[str, MethodSpec]) -> dict:
     return {"reference": ref, "percentiles": list(TONALITY_BAND), "band": band, "methods": out}
 
 
-def summarize(table, set_table, methods: Mapping[str, MethodSpec], cfg: BenchConfig) -> dict:
+def paired_set_differences(a: str, b: str, set_reps: Mapping[tuple[str, int], dict], seeds: Sequence[int]) -> dict:
+    """Paired intervals of set-metric differences ``a - b`` from shared subsets.
+
+    Both methods' set metrics were recomputed on the same subsets of clip positions (seed 0
+    of :func:`~soundtrack.metrics.subsample_indices`), so where they scored the same clips in
+    the same order, subset ``s`` gives one replicate of the difference: the point is the
+    mean over seeds of ``metric_a - metric_b`` and its interval the subsampling interval of
+    the per-subset differences (:func:`~soundtrack.metrics.subsample_interval`). Seeds whose
+    clip lists differ (a failed clip on one side) are left out.
+
+    Args:
+        a: a method.
+        b: the method it is compared with.
+        set_reps: per ``(method, seed)``: ``ids``, ``m`` (clips per subset), ``point`` and
+            ``reps`` (the set metrics per subset), from :func:`score_sets`.
+        seeds: the bench's seeds.
+
+    Returns:
+        ``{metric: {"mean", "ci95", "n", "set_level": True}}`` for the metrics both sides have.
+    """
+    both = [s for s in seeds if (a, s) in set_reps and (b, s) in set_reps
+            and set_reps[(a, s)]["ids"] == set_reps[(b, s)]["ids"] and set_reps[(a, s)]["reps"]]
+    out: dict[str, dict] = {}
+    if not both:
+        return out
+    n, m_sub = len(set_reps[(a, both[0])]["ids"]), set_reps[(a, both[0])]["m"]
+    for m in SET_METRICS:
+        pts = [set_reps[(a, s)]["point"][m] - set_reps[(b, s)]["point"][m] for s in both]
+        reps = np.mean([[ra[m] - rb[m] for ra, rb in zip(set_reps[(a, s)]["reps"], set_reps[(b, s)]["reps"])]
+                        for s in both], axis=0)
+        reps = reps[np.isfinite(reps)]
+        point = float(np.mean(pts))
+        if not np.isfinite(point) or len(reps) == 0:
+            continue
+        lo, hi = subsample_interval(point, reps, m_sub, n)
+        out[m] = {"mean": point, "ci95": [float(lo), float(hi)], "n": n * len(both), "set_level": True}
+    return out
+
+
+def summarize(table, set_table, methods: Mapping[str, MethodSpec], cfg: BenchConfig,
+              set_reps: Mapping[tuple[str, int], dict] | None = None) -> dict:
     """Means with bootstrap intervals per method and metric; paired differences (every
     per-clip metric of :data:`~soundtrack.eval.scoring.CLIP_METRICS`, ``f1`` and
-    ``mode_match`` included); the tonality check (:func:`tonality_summary`)."""
+    ``mode_match`` included, and with ``set_reps`` the set metrics from shared subsets,
+    :func:`paired_set_differences`); the tonality check (:func:`tonality_summary`)."""
     per: dict[str, dict] = {}
     for key in methods:
         sub = table[table["method"] == key]
@@ -612,6 +655,8 @@ def summarize(table, set_table, methods: Mapping[str, MethodSpec], cfg: BenchCon
             clips = common.get_level_values("clip_id").to_numpy()[ok]
             mean, lo, hi = paired_bootstrap_ci(x[ok], y[ok], n_boot=cfg.n_boot, seed=0, clusters=clips)
             d[m] = {"mean": float(mean), "ci95": [float(lo), float(hi)], "n": int(ok.sum())}
+        if set_reps:
+            d.update(paired_set_differences(a, b, set_reps, cfg.seeds))
         diffs[f"{a} - {b}"] = d
     failed = failed_summary(table, methods)
     for key in methods:
@@ -638,7 +683,7 @@ def _fmt(d: Mapping[str, Any], digits: int = 3) -> str:
 MAIN_TABLE = ("f1", "precision", "hit_rate", "onset_rate", "beat_f1", "sim", "p_at_1", "fad", "kl", "is")
 SECOND_TABLE = ("bcs", "bhs", "csd", "hsd", "melody_acc", "dyn_r", "dyn_macro", "pche", "gps", "adv", "mode_match")
 #: Columns of the paired-differences table.
-PAIRED_TABLE = ("f1", "precision", "onset_rate", "beat_f1", "melody_acc", "mode_match", "sim", "kl")
+PAIRED_TABLE = ("f1", "precision", "onset_rate", "beat_f1", "melody_acc", "mode_match", "sim", "kl", "fad")
 
 
 def _tonality_lines(ton: Mapping[str, Any], per: Mapping[str, Any], labels: Mapping[str, str],
