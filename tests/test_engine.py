@@ -30,7 +30,14 @@ from soundtrack.eval.engine import (
     per_clip_objective,
     run_jobs,
 )
-from soundtrack.metrics import bootstrap_ci, bootstrap_indices, bootstrap_replicates, paired_bootstrap_ci
+from soundtrack.metrics import (
+    bootstrap_ci,
+    bootstrap_indices,
+    bootstrap_replicates,
+    paired_bootstrap_ci,
+    subsample_indices,
+    subsample_interval,
+)
 
 # ----------------------------------------------------------------------------- the codec
 
@@ -210,19 +217,21 @@ def test_set_metric_too_small_raises_only_when_the_objective_needs_it():
         objective_value(s, {"dyn_macro": 1.0})
 
 
-def test_paired_objective_ci_set_path_draws_the_shared_resamples():
+def test_paired_objective_ci_set_path_uses_shared_subsets_and_contains_its_point():
     rng = np.random.default_rng(1)
-    mk = lambda: ClipScores([f"c{i}" for i in range(5)], {"f1": list(rng.uniform(0, 1, 5))},  # noqa: E731
-                            gen_seconds=[0.0] * 5, probs=list(rng.dirichlet(np.ones(3), 5).astype(np.float32)),
-                            audio=list(rng.standard_normal((5, 30, 4)).astype(np.float32)),
-                            ref_audio=list(rng.standard_normal((5, 30, 4)).astype(np.float32)),
-                            video=list(rng.standard_normal((5, 30, 4)).astype(np.float32)))
+    mk = lambda: ClipScores([f"c{i}" for i in range(8)], {"f1": list(rng.uniform(0, 1, 8))},  # noqa: E731
+                            gen_seconds=[0.0] * 8, probs=list(rng.dirichlet(np.ones(3), 8).astype(np.float32)),
+                            audio=list(rng.standard_normal((8, 30, 4)).astype(np.float32)),
+                            ref_audio=list(rng.standard_normal((8, 30, 4)).astype(np.float32)),
+                            video=list(rng.standard_normal((8, 30, 4)).astype(np.float32)))
     a, b = mk(), mk()
-    obj = {"f1": 1.0, "is": 0.5}
+    obj = {"f1": 1.0, "is": 0.5, "fad": -0.1}
     got = paired_objective_ci(a, b, obj, n_boot=40, seed=2)
-    reps = [objective_value(a.subset(i), obj) - objective_value(b.subset(i), obj) for i in bootstrap_indices(5, 40, 2)]
-    assert got["ci95"] == pytest.approx(list(np.quantile(reps, [0.025, 0.975]))) and got["n_boot"] == 40
-    assert got["diff"] == pytest.approx(objective_value(a, obj) - objective_value(b, obj))
+    diff = objective_value(a, obj) - objective_value(b, obj)
+    reps = [objective_value(a.subset(i), obj) - objective_value(b.subset(i), obj) for i in subsample_indices(8, 40, 4, 2)]
+    assert got["ci95"] == pytest.approx(list(subsample_interval(diff, np.asarray(reps), 4, 8)))
+    assert got["n_boot"] == 40 and got["interval"] == "subsampling" and got["diff"] == pytest.approx(diff)
+    assert got["ci95"][0] <= diff <= got["ci95"][1]
 
 
 def test_trial_without_evaluator_fails_before_generating():

@@ -291,3 +291,29 @@ def test_evaluator_metrics_with_a_tiny_evaluator(folders, tmp_path):
     sets = pd.read_csv(out / "set_metrics.csv")
     assert {"fad", "is", "fad_floor", "kid"} <= set(sets["metric"])  # the bench's FAD floor beside FAD
     assert not s["skipped_metrics"] and "Evaluator: encoders" in (out / "summary.md").read_text()
+
+
+def test_backbone_fad_and_transcriber_without_an_evaluator(folders, tmp_path):
+    """``--embedder``: FAD / KID on a standard backbone (a tiny VGGish in torchvggish's format),
+    no evaluator needed; ``--transcriber basic_pitch``: note-level PCHE, and the table says so."""
+    import torch
+
+    from soundtrack.models.audio_embedders import VGGishNet
+
+    torch.manual_seed(0)
+    vgg = VGGishNet(conv=(2, 4, 4, 4, 8, 8), fc=(16, 16, 8))
+    with torch.no_grad():  # positive last-layer biases: the final ReLU keeps most units alive
+        vgg.embeddings[4].bias.add_(0.5)
+    torch.save(vgg.state_dict(), tmp_path / "vggish.pth")
+    cfg = FolderEvalConfig(window_s=2.0, n_boot=20, max_files=6, embedder=f"vggish:{tmp_path / 'vggish.pth'}",
+                           transcriber="basic_pitch")
+    out = evaluate_folder(folders / "gen", folders / "ref", None, tmp_path / "out", None, cfg)
+    s = json.loads((out / "summary.json").read_text())
+    assert {"fad", "fad_floor", "kid"} <= set(s["scored_metrics"]) and "is" in s["skipped_metrics"]
+    assert np.isfinite(s["methods"]["generated"]["fad"]["mean"]) and s["fad_encoder"].startswith("vggish sha256:")
+    md = (out / "summary.md").read_text()
+    assert s["fad_encoder"] in md and "notes by basic-pitch" in md
+    t = pd.read_parquet(out / "results.parquet")
+    assert t.loc[t["method"] == "generated", "pche"].notna().any()
+    with pytest.raises(FolderError, match="transcriber"):
+        FolderEvalConfig(transcriber="crepe").check()

@@ -1,4 +1,5 @@
-"""Pretraining on a real local Ray: 2 workers with a worker killed mid-run, and a driver
+"""Pretraining on a real local Ray: 2 workers with a worker SIGKILLed mid-run (the restarted
+workers record the step they resumed at), and a driver
 hard-killed on 1 worker then resumed with --resume on 2 workers at the same global batch
 (the same run directory; the step counter continues)."""
 
@@ -45,9 +46,17 @@ def test_two_workers_recover_from_a_dead_worker(features, tmp_path):
         summary = run_pretrain("tiny", sec, features, tmp_path / "run")
     finally:
         ray.shutdown()
-    assert (tmp_path / "run" / ".fault_injected").read_text() == "3"  # a worker really died at step 3
+    assert (tmp_path / "run" / ".fault_injected").read_text() == "3"  # worker 1 was SIGKILLed at step 3
+    # What each worker saw at each (re)start, written by the workers themselves: the first
+    # group started at 0; the restarted group (new processes) at the step-2 checkpoint, not at 0.
+    starts = [json.loads(ln) for ln in (tmp_path / "run" / "starts.jsonl").read_text().splitlines()]
+    first, again = sorted(starts[:2], key=lambda s: s["rank"]), sorted(starts[2:], key=lambda s: s["rank"])
+    assert len(starts) == 4 and [s["rank"] for s in first] == [s["rank"] for s in again] == [0, 1]
+    assert [s["start_step"] for s in first] == [0, 0] and [s["restored_step"] for s in first] == [None, None]
+    assert [s["start_step"] for s in again] == [2, 2] and [s["restored_step"] for s in again] == [2, 2]
+    assert not {s["pid"] for s in first} & {s["pid"] for s in again}
     steps = [m["step"] for m in read_metrics(tmp_path / "run")]
-    assert steps == [1, 2, 3, 4, 5, 6]  # resumed from the step-2 checkpoint, every step logged once
+    assert steps == [1, 2, 3, 4, 5, 6]  # every step logged once
     state = json.loads((tmp_path / "run" / "model" / "trainer_state.json").read_text())
     assert state["step"] == 6
     ev = json.loads((tmp_path / "run" / "eval.json").read_text())
@@ -98,9 +107,14 @@ def test_hard_killed_driver_resumes_with_step_counter_continuing(features, tmp_p
     assert card["status"] == "finished" and card["attempts"] == 2
     assert card["config"]["pretrain"]["num_workers"] == 2 and card["config"]["pretrain"]["batch_size"] == 1
     assert "worker 0/2 starting at step" in res.stdout + res.stderr
+    # the resumed workers themselves saw the checkpoint's step (starts.jsonl, one line per worker start)
+    starts = [json.loads(ln) for ln in (run_dir / "starts.jsonl").read_text().splitlines()]
+    resumed = [s for s in starts if s["world"] == 2]
+    assert sorted(s["rank"] for s in resumed) == [0, 1] and len({s["start_step"] for s in resumed}) == 1
     steps = [m["step"] for m in read_metrics(run_dir)]
     assert steps == list(range(1, 201))  # continued from the checkpoint: no step lost, none twice
     log = res.stdout + res.stderr
     start = int(log.split("starting at step ")[1].split()[0])
     assert 4 <= start <= killed_at and start % 4 == 0  # resumed from a checkpoint, not from 0
+    assert resumed[0]["start_step"] == resumed[0]["restored_step"] == start
     assert json.loads((run_dir / "model" / "trainer_state.json").read_text())["step"] == 200

@@ -18,12 +18,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
 from soundtrack.config import TrainSection, to_dict
-from soundtrack.errors import TrainingError
+from soundtrack.errors import ConfigError, TrainingError
 from soundtrack.models.unet import DenoiserConfig
+from soundtrack.modules.state import strip_module_prefix
 from soundtrack.solvers import SOLVERS, solver_class
-from soundtrack.solvers.base import LocalReporter, numpy_batches
+from soundtrack.solvers.base import STARTS_FILE, LocalReporter, Solver, numpy_batches
 from soundtrack.solvers.diffusion import DiffusionSolver
 from soundtrack.stages.runs import read_metrics
 
@@ -84,7 +86,6 @@ def test_diffusion_solver_three_steps_then_resumes_to_five(tmp_path):
 def test_diffusion_solver_trains_on_the_sections_noise_schedule(tmp_path):
     """``train.noise_schedule`` is the schedule of the training loss (and, exported, the model's)."""
     from soundtrack.distributed.train_generator import noise_schedule
-    from soundtrack.errors import ConfigError
     from soundtrack.pipelines.schedulers import NoiseSchedule, training_scheduler
 
     custom = {"beta_start": 0.001, "beta_end": 0.02, "beta_schedule": "scaled_linear"}
@@ -131,3 +132,173 @@ def test_solvers_import_and_run_without_ray(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.strip().splitlines()[-2:] == ["3", "NO_RAY"], out.stdout
+
+
+# ----------------------------------------------------------------------------- device, precision, DDP, accumulation
+
+
+class _Linear(Solver):
+    """A least-squares toy solver: exact gradients, so accumulation and DDP averaging compare bit for bit."""
+
+    name = "toy"
+
+    def setup(self, config: dict) -> None:
+        self.total_steps, self.batch_size, self.lr = config["steps"], config["batch"], 0.1
+        self.log_every, self.checkpoint_every = 1, config.get("checkpoint_every", 100)
+        self.grad_accum_steps = config.get("accum", 1)
+        self.precision = config.get("precision", "fp32")
+        self.fail_at_step = config.get("fail_at_step")
+
+    def build_model(self) -> torch.nn.Module:
+        return torch.nn.Linear(3, 1)
+
+    def build_optimizer(self, model):
+        return torch.optim.SGD(model.parameters(), lr=self.lr)
+
+    def run_step(self, model, batch, step):
+        x = self.to_device(torch.as_tensor(batch["x"]))
+        y = self.to_device(torch.as_tensor(batch["y"]))
+        return ((model(x).squeeze(-1) - y) ** 2).mean(), {"rows": float(len(x))}
+
+    def save_model(self, model, directory: str) -> None:
+        save_file({k: v.contiguous().cpu() for k, v in model.state_dict().items()}, str(Path(directory, "w.safetensors")))
+
+    def load_model(self, directory: str) -> torch.nn.Module:
+        m = torch.nn.Linear(3, 1)
+        m.load_state_dict(strip_module_prefix(load_file(str(Path(directory, "w.safetensors")))))
+        return m
+
+
+def _xy(n: int = 8) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((n, 3)).astype(np.float32)
+    return {"x": x, "y": (x @ np.array([1.0, -2.0, 0.5], np.float32) + 0.3).astype(np.float32)}
+
+
+def _weights(reporter: LocalReporter) -> np.ndarray:
+    sd = load_file(str(reporter.latest() / "w.safetensors"))
+    return np.concatenate([sd["weight"].reshape(-1).numpy(), sd["bias"].numpy()])
+
+
+def test_gradient_accumulation_equals_the_larger_batch(tmp_path):
+    data = _xy()
+    one, two = LocalReporter(tmp_path / "a"), LocalReporter(tmp_path / "b")
+    _Linear({"steps": 3, "batch": 2}, tmp_path / "a").fit(numpy_batches(data, 2, seed=0), one)
+    res = _Linear({"steps": 3, "batch": 1, "accum": 2}, tmp_path / "b").fit(numpy_batches(data, 1, seed=0), two)
+    assert res["step"] == 3
+    np.testing.assert_allclose(_weights(one), _weights(two), rtol=1e-6, atol=1e-7)
+    assert [m["step"] for m in read_metrics(tmp_path / "b")] == [1, 2, 3]
+    state = json.loads((two.latest() / "trainer_state.json").read_text())
+    assert state["grad_accum_steps"] == 2 and state["precision"] == "fp32"
+
+
+def test_bf16_autocast_trains_on_cpu_and_fp16_needs_cuda(tmp_path):
+    data = _xy()
+    res = _Linear({"steps": 2, "batch": 2, "precision": "bf16"}, tmp_path).fit(numpy_batches(data, 2, seed=0),
+                                                                              LocalReporter(tmp_path / "c"))
+    assert res["step"] == 2 and np.isfinite(res["loss"])
+    starts = [json.loads(ln) for ln in (tmp_path / STARTS_FILE).read_text().splitlines()]
+    assert starts[-1]["precision"] == "bf16" and starts[-1]["device"] == "cpu"
+    with pytest.raises(ConfigError, match="fp16 needs a CUDA device.*use bf16 on CPU"):
+        _Linear({"steps": 2, "batch": 2, "precision": "fp16"}, tmp_path).fit(numpy_batches(data, 2, seed=0),
+                                                                            LocalReporter(tmp_path / "d"))
+    with pytest.raises(ConfigError, match="precision 'fp8'"):
+        _Linear({"steps": 2, "batch": 2, "precision": "fp8"}, tmp_path)
+    from soundtrack.config import PretrainSection, load_config
+    assert PretrainSection().precision == "fp32" and TrainSection().grad_accum_steps == 1
+    with pytest.raises(ConfigError, match="allowed values: 'fp32', 'bf16', 'fp16'"):
+        load_config(None, ["train.precision=fp64"])
+
+
+def test_the_diffusion_solver_resumes_and_records_the_step_each_worker_resumed_at(tmp_path):
+    """starts.jsonl: the step a worker *saw* at each (re)start (0, then the checkpoint's step)."""
+    batches = numpy_batches(_cache(4), batch_size=2, seed=0)
+    reporter = LocalReporter(tmp_path / "ckpt")
+    DiffusionSolver(_config(2, precision="bf16"), tmp_path).fit(batches, reporter)
+    DiffusionSolver(_config(3, precision="bf16"), tmp_path).fit(batches, reporter)
+    starts = [json.loads(ln) for ln in (tmp_path / STARTS_FILE).read_text().splitlines()]
+    assert [(s["start_step"], s["restored_step"]) for s in starts] == [(0, None), (2, 2)]
+
+
+def _ddp_rank(rank: int, world: int, port: int, out: str) -> None:
+    """One rank of a 2-process gloo group (no Ray): the toy solver through DistributedDataParallel."""
+    import os
+
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    torch.manual_seed(100 + rank)  # different seeds: the DDP broadcast must make the start weights equal
+
+    class DDPReporter(LocalReporter):
+        def prepare(self, module):
+            return torch.nn.parallel.DistributedDataParallel(module.to(self.device), find_unused_parameters=True)
+
+    reporter = DDPReporter(Path(out) / "ckpt")
+    reporter.rank, reporter.world = rank, world
+    data = _xy()
+
+    def batches():  # rank r takes rows r, r + 2, ...: together the single process's batches of 2
+        return ({k: v[i:i + 1] for k, v in data.items()} for i in range(rank, len(data["x"]), world))
+
+    _Linear({"steps": 3, "batch": 1}, out).fit(batches, reporter)
+    dist.destroy_process_group()
+
+
+def test_ddp_averages_gradients_like_one_process_on_the_global_batch(tmp_path):
+    """Two gloo processes, one row each per step, end on the weights of one process with
+    two rows per step; rank 0's checkpoint holds the bare model (no ``module.`` prefix)."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_ddp_rank, args=(2, port, str(tmp_path / "ddp")), nprocs=2, join=True)
+    ref = LocalReporter(tmp_path / "ref")
+    data = _xy()
+    _Linear({"steps": 3, "batch": 2}, tmp_path / "ref").fit(
+        lambda: ({k: v[i:i + 2] for k, v in data.items()} for i in range(0, len(data["x"]), 2)), ref)
+    ddp = LocalReporter(tmp_path / "ddp" / "ckpt")
+    assert set(load_file(str(ddp.latest() / "w.safetensors"))) == {"weight", "bias"}
+    np.testing.assert_allclose(_weights(ddp), _weights(ref), rtol=1e-5, atol=1e-6)
+    starts = [json.loads(ln) for ln in (tmp_path / "ddp" / STARTS_FILE).read_text().splitlines()]
+    assert sorted((s["rank"], s["world"]) for s in starts) == [(0, 2), (1, 2)]
+
+
+def test_a_state_dict_saved_from_a_ddp_wrapper_loads_into_the_bare_model(tmp_path):
+    from soundtrack.models.unet import SoundtrackDenoiser
+
+    den = SoundtrackDenoiser(DenoiserConfig.tiny(latent_hw=(8, 32), latent_channels=4, video_dim=16, music_dim=32,
+                                                 sfx_dim=32, text_dim=32, token_sources=("video", "music", "sfx")))
+    den.save(tmp_path / "d")
+    weights = tmp_path / "d" / "denoiser.safetensors"
+    sd = load_file(str(weights))
+    save_file({"module." + k: v for k, v in sd.items()}, str(weights))  # what DDP's state_dict() names them
+    back = SoundtrackDenoiser.load(tmp_path / "d")
+    assert all(torch.equal(back.state_dict()[k], v) for k, v in sd.items())
+    assert strip_module_prefix({"module.a": 1, "b": 2}) == {"module.a": 1, "b": 2}  # a mixed dict is left alone
+
+
+def test_a_failed_ray_train_run_becomes_a_clear_training_error(tmp_path):
+    """Train V2 raises TrainingFailedError from fit(): the launcher names the worker and the last checkpoint."""
+    from ray.train import WorkerGroupError
+
+    from soundtrack.distributed.train import TRAINING_ERROR_FILE, failure_error
+    from soundtrack.errors import WorkerFailedError
+    from soundtrack.solvers.common import save_trainer_state
+
+    ck = tmp_path / "ray" / "checkpoint_000001"
+    ck.mkdir(parents=True)
+    (ck / "model.safetensors").write_bytes(b"")
+    save_trainer_state(ck, step=4)
+    exc = WorkerGroupError("rank 1 died", {1: RuntimeError("The actor died unexpectedly\nActorDiedError: SIGKILL")})
+    err = failure_error(exc, tmp_path, tmp_path, "contrastive")
+    assert isinstance(err, WorkerFailedError) and isinstance(err, TrainingError)
+    assert "failed worker rank(s) 1" in str(err) and "ActorDiedError: SIGKILL" in str(err)
+    assert "last checkpoint is step 4" in str(err) and "--resume" in str(err)
+    (tmp_path / TRAINING_ERROR_FILE).write_text(json.dumps({"rank": 0, "error": "train[unet]: the loss is nan at step 3"}))
+    err = failure_error(exc, tmp_path, tmp_path, "diffusion")
+    assert type(err) is TrainingError and "worker 0 stopped: train[unet]: the loss is nan at step 3" in str(err)
+    assert "last checkpoint is step 4" in str(err)

@@ -209,7 +209,8 @@ def bench(config: str | os.PathLike, overrides: Overrides = (), storage: str | o
 def eval_folder(gen_dir: str | os.PathLike, ref: str | os.PathLike | None = None,
                 videos: str | os.PathLike | None = None, out: str | os.PathLike | None = None,
                 evaluator: str | os.PathLike | None = None, window_s: float = 10.24, n_boot: int = 1000,
-                max_files: int | None = None, command: str | None = None) -> Path:
+                max_files: int | None = None, command: str | None = None, embedder: str | None = None,
+                transcriber: str = "chroma", beat_tracker: str = "librosa", key_estimator: str = "krumhansl") -> Path:
     """``soundtrack eval``: score a folder of generated audio from any system; returns the output folder.
 
     Files are paired with ``ref`` and ``videos`` by name without the extension; every file
@@ -226,16 +227,23 @@ def eval_folder(gen_dir: str | os.PathLike, ref: str | os.PathLike | None = None
         n_boot: bootstrap resamples.
         max_files: only the first N generated files by name.
         command: the command line for the report.
+        embedder: a standard backbone spec for FAD / KID (``vggish:PATH`` ...; no evaluator needed).
+        transcriber / beat_tracker / key_estimator: the analysers (``basic_pitch``, ``madmom``:
+            the ``analysis`` extra; madmom's models are CC BY-NC-SA).
 
     Raises:
         FolderError: a missing or empty folder, no audio files, no name in common, bad settings
             (a :class:`~soundtrack.errors.SoundtrackError`); unreadable files are recorded per file.
     """
-    cfg = FolderEvalConfig(window_s=float(window_s), n_boot=int(n_boot), max_files=max_files)
+    cfg = FolderEvalConfig(window_s=float(window_s), n_boot=int(n_boot), max_files=max_files, embedder=embedder,
+                           transcriber=transcriber, beat_tracker=beat_tracker, key_estimator=key_estimator)
     if command is None:  # the equivalent command line, for the report
         opts = [("--ref", ref), ("--videos", videos), ("--evaluator", evaluator), ("--out", out),
                 ("--window-s", None if window_s == 10.24 else window_s),
-                ("--n-boot", None if n_boot == 1000 else n_boot), ("--max-files", max_files)]
+                ("--n-boot", None if n_boot == 1000 else n_boot), ("--max-files", max_files),
+                ("--embedder", embedder), ("--transcriber", None if transcriber == "chroma" else transcriber),
+                ("--beat-tracker", None if beat_tracker == "librosa" else beat_tracker),
+                ("--key-estimator", None if key_estimator == "krumhansl" else key_estimator)]
         command = "soundtrack eval " + " ".join(shlex.quote(str(a)) for a in [gen_dir, *sum(
             ([k, v] for k, v in opts if v is not None), [])])
     return evaluate_folder(gen_dir, ref, videos, out, evaluator, cfg, command=command)

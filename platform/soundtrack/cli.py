@@ -160,6 +160,14 @@ def build_parser() -> argparse.ArgumentParser:
                     help="score in windows of this many seconds (default 10.24; 0: each file whole)")
     ev.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples of the intervals (default 1000)")
     ev.add_argument("--max-files", type=int, help="score only the first N generated files by name")
+    ev.add_argument("--embedder", metavar="SPEC", help="FAD / KID on a standard backbone from local weights: "
+                    "vggish:PATH[,pca=PATH] | panns:PATH | clap:PATH[,text=DIR,tokenizer=DIR] (no evaluator needed)")
+    ev.add_argument("--transcriber", default="chroma", choices=("chroma", "basic_pitch"),
+                    help="PCHE / GPS from the chroma (default) or from basic-pitch notes (the 'analysis' extra)")
+    ev.add_argument("--beat-tracker", default="librosa", choices=("librosa", "madmom"),
+                    help="beats by librosa (default) or madmom RNN+DBN (the 'analysis' extra; CC BY-NC-SA models)")
+    ev.add_argument("--key-estimator", default="krumhansl", choices=("krumhansl", "madmom"),
+                    help="mode by Krumhansl-Kessler profiles (default) or madmom's key CNN (CC BY-NC-SA models)")
     ev.set_defaults(fn="cmd_eval")
 
     d = sub.add_parser("demo", help="run the stages that exist on the embedded default")

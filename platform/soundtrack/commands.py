@@ -106,7 +106,9 @@ def cmd_bench(args) -> int:
 def cmd_eval(args) -> int:
     """Score a folder of generated audio (``soundtrack.eval.folder``); prints the outputs and the summary."""
     out = api.eval_folder(args.gen_dir, ref=args.ref, videos=args.videos, out=args.out, evaluator=args.evaluator,
-                          window_s=args.window_s, n_boot=args.n_boot, max_files=args.max_files)
+                          window_s=args.window_s, n_boot=args.n_boot, max_files=args.max_files,
+                          embedder=args.embedder, transcriber=args.transcriber, beat_tracker=args.beat_tracker,
+                          key_estimator=args.key_estimator)
     print(f"eval: {out}")
     for f in ("summary.md", "summary.json", "results.parquet", "windows.parquet", "set_metrics.csv", "eval.png"):
         print(f"  {out / f}")

@@ -40,8 +40,12 @@ C = TypeVar("C")
 INFRA: dict[str, Any] = {"infra": True}
 
 #: Field metadata of a per-worker batch size: the identity holds the *global* batch
-#: (``value x max(num_workers, 1)``), what the optimiser sees, instead.
+#: (``value x max(num_workers, 1) x grad_accum_steps``), what the optimiser sees, instead.
 PER_WORKER: dict[str, Any] = {"per_worker": True}
+
+#: Training precisions (autocast dtype of the solvers; ``fp16`` needs CUDA and adds a
+#: gradient scaler, ``bf16`` also runs on CPU). See :mod:`soundtrack.solvers.base`.
+Precision = Literal["fp32", "bf16", "fp16"]
 
 
 @dataclass(frozen=True)
@@ -161,6 +165,14 @@ class PretrainSection:
         min_lr_ratio: floor of the cosine decay (fraction of ``lr``).
         num_workers: Ray Train workers (0: the same solver in this process, no Ray Train).
         cpus_per_worker: CPUs per worker (0.5 lets 2 workers share 2 cores with Ray Data).
+        gpus_per_worker: GPUs per worker (0: CPU training; > 0: ``use_gpu`` and CUDA, the
+            device each worker gets from Ray Train; with ``num_workers: 0`` the process's
+            first GPU).
+        precision: autocast precision of the training step: ``fp32``, ``bf16`` or ``fp16``
+            (CUDA only, with a gradient scaler).
+        grad_accum_steps: micro-batches of ``batch_size`` per optimiser step (the global
+            batch is ``batch_size x workers x grad_accum_steps``; infrastructure, like the
+            worker count, so the identity holds the global batch).
         torch_threads: torch threads per worker (``None``: Ray's default, CPUs per worker).
         prep_workers: Ray Data actors that build training batches (crops, negatives, mels)
             beside the trainer.
@@ -187,6 +199,9 @@ class PretrainSection:
     min_lr_ratio: float = 0.0
     num_workers: int = field(default=1, metadata=INFRA)
     cpus_per_worker: float = field(default=1.0, metadata=INFRA)
+    gpus_per_worker: float = field(default=0.0, metadata=INFRA)
+    precision: Precision = "fp32"
+    grad_accum_steps: int = field(default=1, metadata=INFRA)
     torch_threads: int | None = field(default=None, metadata=INFRA)
     prep_workers: int = field(default=1, metadata=INFRA)
     prep_cpus: float = field(default=1.0, metadata=INFRA)
@@ -233,6 +248,14 @@ class TrainSection:
         p_drop_each: otherwise, probability that each condition is dropped on its own.
         num_workers: Ray Train workers (0: the same solver in this process, no Ray Train).
         cpus_per_worker: CPUs per worker.
+        gpus_per_worker: GPUs per worker (0: CPU; > 0: ``use_gpu``, CUDA), VAE and UNet phases.
+        precision: autocast precision of both phases' steps: ``fp32``, ``bf16`` or ``fp16``
+            (CUDA only, with a gradient scaler).
+        grad_accum_steps: micro-batches per optimiser step in both phases (the global batch
+            is ``batch size x workers x grad_accum_steps``; infrastructure, like the workers).
+        cache_workers: Ray Data actors encoding the latent cache.
+        cache_cpus: CPUs per latent-cache actor.
+        cache_gpus: GPUs per latent-cache actor (> 0: the frozen VAE and encoders run on CUDA).
         torch_threads: torch threads per worker (``None``: Ray's default).
         checkpoint_every: steps between checkpoints.
         log_every: steps between metric lines.
@@ -284,6 +307,12 @@ class TrainSection:
     p_drop_each: float = 0.10
     num_workers: int = field(default=1, metadata=INFRA)
     cpus_per_worker: float = field(default=1.0, metadata=INFRA)
+    gpus_per_worker: float = field(default=0.0, metadata=INFRA)
+    precision: Precision = "fp32"
+    grad_accum_steps: int = field(default=1, metadata=INFRA)
+    cache_workers: int = field(default=1, metadata=INFRA)
+    cache_cpus: float = field(default=1.0, metadata=INFRA)
+    cache_gpus: float = field(default=0.0, metadata=INFRA)
     torch_threads: int | None = field(default=1, metadata=INFRA)
     checkpoint_every: int = field(default=100, metadata=INFRA)
     log_every: int = field(default=20, metadata=INFRA)
@@ -581,7 +610,8 @@ def _identity_form(cfg: Any) -> dict[str, Any]:
         if f.metadata.get("infra"):
             d.pop(f.name, None)
         elif f.metadata.get("per_worker"):
-            d[f.name] = value * max(int(getattr(cfg, "num_workers", 1) or 0), 1)
+            d[f.name] = (value * max(int(getattr(cfg, "num_workers", 1) or 0), 1)
+                         * max(int(getattr(cfg, "grad_accum_steps", 1) or 1), 1))
         elif dataclasses.is_dataclass(value):
             d[f.name] = _identity_form(value)
     return d

@@ -92,6 +92,12 @@ class TrainingError(SoundtrackError, RuntimeError):
     message names the step and the last good checkpoint, which is kept."""
 
 
+class WorkerFailedError(TrainingError):
+    """A distributed training run whose workers kept failing (a worker died or raised)
+    after the configured restarts: the message names the failed worker ranks, the last
+    error line and the last checkpoint, which is kept (``--resume`` continues from it)."""
+
+
 class CodecError(SoundtrackError, ValueError):
     """An array column the shard codec has no storage dtype for (the message names it and
     where the table is: :data:`soundtrack.data.shards.ARRAY_DTYPES`)."""
@@ -113,3 +119,10 @@ class BackboneError(SoundtrackError, ValueError):
     """A pretrained backbone directory (diffusers AudioLDM / MusicLDM) that cannot be used:
     a missing part, an unsupported pipeline or a UNet of another kind (the message names
     what is missing or different and what to do)."""
+
+
+class AnalyserUnavailable(SoundtrackError, ImportError):
+    """An optional analysis model (``soundtrack.metrics.analysis``) whose package is not
+    installed or whose packaged weights are missing (the message names the package and the
+    exact install command). Also an ``ImportError``: a caller that falls back to the default
+    analyser on a missing optional package catches that."""

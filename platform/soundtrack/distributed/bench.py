@@ -16,7 +16,8 @@ log = logging.getLogger(__name__)
 
 
 def run_chunks(tasks: Sequence[tuple[str, list[dict], str | None, Mapping[str, Any], str]], rows: Mapping[str, dict],
-               cpus_per_task: float = 1.0, progress: bool = True, what: str = "") -> dict[str, list[dict]]:
+               cpus_per_task: float = 1.0, progress: bool = True, what: str = "",
+               scoring: Mapping[str, Any] | None = None, gpus_per_task: float = 0.0) -> dict[str, list[dict]]:
     """Run :func:`soundtrack.eval.bench.run_chunk` for every task as Ray tasks.
 
     Args:
@@ -25,6 +26,8 @@ def run_chunks(tasks: Sequence[tuple[str, list[dict], str | None, Mapping[str, A
         cpus_per_task: CPUs each task reserves.
         progress: log a line per finished task.
         what: a description of the grid for the first progress line.
+        scoring: the bench's analysers (``BenchConfig.scoring``), for every task.
+        gpus_per_task: GPUs each task reserves (> 0: its generator runs on CUDA).
 
     Returns:
         The per-job records of every task, by method key.
@@ -32,10 +35,12 @@ def run_chunks(tasks: Sequence[tuple[str, list[dict], str | None, Mapping[str, A
     t0 = time.time()
     init_ray()
     rows_ref = ray.put(dict(rows))
-    remote = ray.remote(num_cpus=cpus_per_task)(run_chunk)
+    remote = ray.remote(num_cpus=cpus_per_task, num_gpus=gpus_per_task)(run_chunk)
+    device = "cuda" if gpus_per_task > 0 else "cpu"
     pending = {}
     for key, jobs, model_dir, sampler, cache in tasks:
-        pending[remote.remote(jobs, model_dir, sampler, cache, rows_ref)] = (key, len(jobs))
+        pending[remote.remote(jobs, model_dir, sampler, cache, rows_ref, scoring=dict(scoring or {}),
+                              device=device)] = (key, len(jobs))
     n_jobs = sum(n for _, n in pending.values())
     if progress:
         log.info("bench: %d (method, clip, seed) samples in %d Ray tasks (%s)", n_jobs, len(pending), what)

@@ -25,21 +25,34 @@ class CacheEncoder:
 
     The arrays (:data:`soundtrack.data.shards.CACHE_ARRAYS`) are stored with the shard
     codec (:func:`soundtrack.data.shards.pack_column`, dtypes from ``ARRAY_DTYPES``).
+    The actor's resources are ``train.cache_workers`` / ``cache_cpus`` / ``cache_gpus``
+    (``build_cache``); with a GPU the frozen models run on ``device="cuda"`` (the GPU Ray
+    assigned the actor: it sets ``CUDA_VISIBLE_DEVICES``).
+
+    Args:
+        vae_dir: the final VAE.
+        encoders_dir: the pretrained encoders.
+        target: ``mix`` or ``music`` (the stored mel column).
+        use_text: encode captions too.
+        threads: torch threads.
+        device: ``cpu`` or ``cuda``.
     """
 
-    def __init__(self, vae_dir: str, encoders_dir: str, target: str, use_text: bool, threads: int | None):
+    def __init__(self, vae_dir: str, encoders_dir: str, target: str, use_text: bool, threads: int | None,
+                 device: str = "cpu"):
         torch_threads(threads)
-        self.vae = load_vae(vae_dir).eval()
-        self.encoders = ContrastiveModel.load(encoders_dir).eval()
+        self.device = torch.device(device)
+        self.vae = load_vae(vae_dir).eval().to(self.device)
+        self.encoders = ContrastiveModel.load(encoders_dir).eval().to(self.device)
         self.key = f"mel_{target}"
         self.use_text = use_text
 
     @torch.no_grad()
     def __call__(self, batch) -> dict[str, np.ndarray]:
         rows = [decode_row(r, keys=("frames", self.key)) for r in batch.to_dict("records")]
-        lat = encode_latents(self.vae, self.mels(rows))  # mean of the posterior, scaled
+        lat = encode_latents(self.vae, self.mels(rows).to(self.device))  # mean of the posterior, scaled
         frames = np.stack([r["frames"] for r in rows])
-        conds = video_conditions(self.encoders, frames, [r.get("caption") or "" for r in rows], self.use_text)
+        conds = video_conditions(self.encoders, torch.from_numpy(frames).to(self.device), [r.get("caption") or "" for r in rows], self.use_text)
         out: dict[str, Any] = {"clip_id": np.asarray([r["clip_id"] for r in rows]),
                                "shots": np.asarray([json.dumps([float(x) for x in s]) for s in conds.shots])}
         arrays = {"latents": lat, "video": conds.video, "music": conds.music, "sfx": conds.sfx, "text": conds.text}

@@ -147,11 +147,12 @@ class BackboneCacheEncoder(CacheEncoder):
         use_text: add text tokens (False for backbones).
         threads: torch threads.
         backbone: the pipeline directory (its vocoder defines the mel).
+        device: ``cpu`` or ``cuda`` (``train.cache_gpus``).
     """
 
     def __init__(self, vae_dir: str, encoders_dir: str, target: str, use_text: bool, threads: int | None,
-                 backbone: str):
-        super().__init__(vae_dir, encoders_dir, target, use_text, threads)
+                 backbone: str, device: str = "cpu"):
+        super().__init__(vae_dir, encoders_dir, target, use_text, threads, device=device)
         self.fmt = backbone_mel_format(Path(backbone) / "vocoder")
         self.key = f"wav_{target}"
 

@@ -40,7 +40,7 @@ from soundtrack.config import ConfigError, TrainSection, build, to_dict
 from soundtrack.data.shards import shard_files
 from soundtrack.distributed.cluster import init_ray
 from soundtrack.distributed.latent_cache import CacheEncoder
-from soundtrack.distributed.train import launch, repeat_stream
+from soundtrack.distributed.train import check_precision, launch, local_device, repeat_stream
 from soundtrack.distributed.train_backbone import BackboneCacheEncoder, prepare_backbone_run
 from soundtrack.eval.reconstruction import HeldOutClips, check_floor, reconstruction_quality
 from soundtrack.models.backbones import load_denoiser
@@ -132,8 +132,10 @@ def build_cache(features_dir: Path, vae_dir: Path, encoders_dir: Path, out: Path
     ds = ds.map_batches(
         encoder, batch_size=16, batch_format="pandas",
         fn_constructor_kwargs={"vae_dir": str(vae_dir), "encoders_dir": str(encoders_dir), "target": sec.target,
-                               "use_text": sec.use_text, "threads": sec.torch_threads, **extra},
-        compute=ray.data.ActorPoolStrategy(size=1), num_cpus=1.0,
+                               "use_text": sec.use_text, "threads": sec.torch_threads,
+                               "device": "cuda" if sec.cache_gpus > 0 else "cpu", **extra},
+        compute=ray.data.ActorPoolStrategy(size=sec.cache_workers), num_cpus=sec.cache_cpus,
+        **({"num_gpus": sec.cache_gpus} if sec.cache_gpus > 0 else {}),
     )
     ds.write_parquet(str(out))
     n = ray.data.read_parquet(str(out), columns=["clip_id"]).count()
@@ -180,14 +182,13 @@ def _run_phase(solver: str, config: dict, sec: TrainSection, run_dir: Path, phas
         frame = local_frame()
         columns = {c: frame[c].to_numpy() for c in frame.columns}
         s = cls(config, run_dir)
-        reporter = LocalReporter(run_dir / phase / "checkpoints")
+        reporter = LocalReporter(run_dir / phase / "checkpoints", device=local_device(sec.gpus_per_worker))
         result = s.fit(numpy_batches(columns, s.batch_size, seed=s.seed), reporter)
         log.info("%s: %d steps in process %d", s.name, result["step"] - result["start_step"], result["pid"])
         return _export_checkpoint(reporter.latest(), sub, tmp_out)
     res = launch(solver, config, run_dir / phase, log_dir=run_dir, datasets={"train": ray_dataset()},
-                 num_workers=sec.num_workers, cpus_per_worker=sec.cpus_per_worker, max_failures=sec.max_failures)
-    if res.error is not None:
-        raise RuntimeError(f"training failed: {res.error}")
+                 num_workers=sec.num_workers, cpus_per_worker=sec.cpus_per_worker,
+                 gpus_per_worker=sec.gpus_per_worker, max_failures=sec.max_failures)
     with res.checkpoint.as_directory() as d:
         return _export_checkpoint(d, sub, tmp_out)
 
@@ -283,6 +284,7 @@ def run_train(profile: str, sec: TrainSection, features_dir: Path, encoders_dir:
     dcfg = denoiser_config(profile, sec.denoiser, enc_cfg, sec.use_text, vae_kwargs=vae_kw)
     scfg = sampler_config(sec.sampler)
     noise_schedule(sec.noise_schedule)  # checked before Ray starts; the solver and the export read it
+    check_precision(sec.precision, sec.gpus_per_worker)
     init_ray()
     timings: dict[str, float] = {}
     # what each phase did on this launch: "trained", "done before" (its final output was
@@ -311,7 +313,8 @@ def run_train(profile: str, sec: TrainSection, features_dir: Path, encoders_dir:
         if n < sec.vae_batch_size:
             raise ConfigError(f"train.vae_batch_size={sec.vae_batch_size} exceeds the {n} training clips.")
         tmp = _run_phase("vae", {"section": to_dict(sec), "profile": profile, "vae": sec.vae}, sec, run_dir, "vae",
-                         lambda: repeat_stream(ds, sec.vae_steps * sec.vae_batch_size * max(sec.num_workers, 1), n),
+                         lambda: repeat_stream(ds, sec.vae_steps * sec.vae_batch_size * max(sec.num_workers, 1)
+                                                 * sec.grad_accum_steps, n),
                          lambda: ds.to_pandas())
         # Latent scale: unit variance over training latents (as Stable Diffusion / AudioLDM do).
         vae = load_vae(tmp)
@@ -343,7 +346,8 @@ def run_train(profile: str, sec: TrainSection, features_dir: Path, encoders_dir:
         phases["unet"] = "trained"
         tmp = _run_phase("diffusion", {"section": to_dict(sec), "denoiser": dataclasses.asdict(dcfg)}, sec, run_dir,
                          "unet", lambda: repeat_stream(ray.data.read_parquet(str(cache_dir)).materialize(),
-                                                       sec.unet_steps * sec.batch_size * max(sec.num_workers, 1),
+                                                       sec.unet_steps * sec.batch_size * max(sec.num_workers, 1)
+                                                       * sec.grad_accum_steps,
                                                        n_cache),
                          lambda: pq.read_table(str(cache_dir)).to_pandas())
         shutil.rmtree(unet_final, ignore_errors=True)

@@ -41,7 +41,7 @@ from soundtrack.data.augment import objective_config
 from soundtrack.data.shards import load_split, read_shards, shard_files
 from soundtrack.distributed.batches import BatchPrep
 from soundtrack.distributed.cluster import init_ray
-from soundtrack.distributed.train import launch, repeat_stream
+from soundtrack.distributed.train import check_precision, launch, local_device, repeat_stream
 from soundtrack.errors import TooFewClips
 from soundtrack.eval.retrieval import RetrievalConfig, evaluate_retrieval
 from soundtrack.models.encoders import (
@@ -76,7 +76,8 @@ def prepared_dataset(raw, sec: PretrainSection, n_rows: int):
     """All epochs as one stream (:func:`repeat_stream`), batches built in Ray Data workers
     (:class:`BatchPrep`)."""
 
-    stream = repeat_stream(raw, sec.steps * sec.batch_size * max(sec.num_workers, 1), n_rows, seed=sec.seed)
+    rows = sec.steps * sec.batch_size * max(sec.num_workers, 1) * sec.grad_accum_steps
+    stream = repeat_stream(raw, rows, n_rows, seed=sec.seed)
     return stream.map_batches(
         BatchPrep,
         batch_size=sec.batch_size,
@@ -110,6 +111,7 @@ def run_pretrain(profile: str, sec: PretrainSection, features_dir: str | os.Path
         progress: print progress.
     """
     mcfg = model_config(profile, sec.model)
+    check_precision(sec.precision, sec.gpus_per_worker)
     objective_config(sec.objective)  # validate before paying for Ray
     retrieval_config(sec.evaluation)
     run_dir = Path(run_dir).resolve()
@@ -131,15 +133,13 @@ def run_pretrain(profile: str, sec: PretrainSection, features_dir: str | os.Path
         columns = {c: frame[c].to_numpy() for c in frame.columns}
         prep = BatchPrep(sec.objective, sec.seed)
         rows = numpy_batches(columns, sec.batch_size, seed=sec.seed)
-        reporter = LocalReporter(run_dir / "checkpoints")
+        reporter = LocalReporter(run_dir / "checkpoints", device=local_device(sec.gpus_per_worker))
         ContrastiveSolver(solver_config, run_dir).fit(lambda: (prep(pd.DataFrame(b)) for b in rows()), reporter)
         model_dir = export_final(reporter.latest(), run_dir / "model")
     else:
         result = launch("contrastive", solver_config, run_dir, datasets={"train": prepared_dataset(raw, sec, n_train)},
                         num_workers=sec.num_workers, cpus_per_worker=sec.cpus_per_worker,
-                        max_failures=sec.max_failures)
-        if result.error is not None:
-            raise RuntimeError(f"pretraining failed: {result.error}")
+                        gpus_per_worker=sec.gpus_per_worker, max_failures=sec.max_failures)
         with result.checkpoint.as_directory() as d:
             model_dir = export_final(d, run_dir / "model")
     train_s = time.time() - t0

@@ -45,6 +45,11 @@ def _setup(ctx: dict) -> tuple[Path, str]:
     return out, trial_id
 
 
+def _device(ctx: dict) -> str:
+    """``cuda`` for a trial given GPUs (``search.gpus_per_trial > 0``; Ray sets its visible device), else ``cpu``."""
+    return "cuda" if float(ctx.get("gpus_per_trial", 0) or 0) > 0 and torch.cuda.is_available() else "cpu"
+
+
 def _load_evaluator(ctx: dict):
     return Evaluator.load(ctx["evaluator"]) if ctx.get("evaluator") else None
 
@@ -78,7 +83,7 @@ def sampling_trial(config: dict[str, Any], ctx: dict) -> None:
     """
     t0 = time.time()
     out, trial_id = _setup(ctx)
-    gen = SoundtrackGenerator.load(ctx["model_dir"])
+    gen = SoundtrackGenerator.load(ctx["model_dir"], device=_device(ctx))
     overrides = sampling_overrides(config, tuple(gen.conditions))
     gen.sampler_config(**overrides)  # a bad setting fails here, before any work
     (out / "config.json").write_text(json.dumps({"trial_id": trial_id, "params": config, "overrides": overrides,
@@ -109,12 +114,14 @@ def training_trial(config: dict[str, Any], ctx: dict) -> None:
     den = {**sec.denoiser, **changes.pop("denoiser", {})}
     sec = dataclasses.replace(sec, **changes, denoiser=den, reuse_vae_from=ctx["base_run"], features=None,
                               pretrain=None, torch_threads=int(ctx["torch_threads"]))
+    if sec.num_workers == 0 and _device(ctx) == "cuda" and not sec.gpus_per_worker:
+        sec = dataclasses.replace(sec, gpus_per_worker=1.0)  # the in-process solver trains on the trial's GPU
     (out / "config.json").write_text(json.dumps({"trial_id": trial_id, "params": config,
                                                  "train": dataclasses.asdict(sec)}, indent=2, default=str))
     t = time.time()
     summary = run_train(ctx["profile"], sec, Path(ctx["features"]), Path(ctx["encoders_dir"]), out / "train")
     train_s = time.time() - t
     state = json.loads((Path(summary["model"]).parent / "unet" / "final" / "trainer_state.json").read_text())
-    gen = SoundtrackGenerator.load(summary["model"])
+    gen = SoundtrackGenerator.load(summary["model"], device=_device(ctx))
     _score(gen, {}, ctx, out, t0, extra={"train_s": round(train_s, 1), "trial_pid": os.getpid(),
                                          "train_pid": int(state.get("pid", -1))})

@@ -99,6 +99,8 @@ def _concurrency(cfg: TuneConfig) -> int:
         return int(cfg.search.max_concurrent)
     cpus = float(ray.cluster_resources().get("CPU", 1))
     n = max(1, int(cpus // cfg.search.cpus_per_trial))
+    if cfg.search.gpus_per_trial > 0:  # GPU trials: as many at once as the GPUs hold
+        n = min(n, max(1, int(float(ray.cluster_resources().get("GPU", 0)) // cfg.search.gpus_per_trial)))
     if cfg.search.space == "training" and int(cfg.train.get("num_workers", 0)) >= 1:
         # each trial launches a Ray Train worker group: leave a CPU for its workers
         n = max(1, int((cpus - 1) // cfg.search.cpus_per_trial))
@@ -120,7 +122,9 @@ def run_search(cfg: TuneConfig, ctx: dict, space: dict, run_dir: Path, resume: b
     """
 
     fn = T.sampling_trial if cfg.search.space == "sampling" else T.training_trial
-    trainable = tune.with_resources(tune.with_parameters(fn, ctx=ctx), {"cpu": cfg.search.cpus_per_trial})
+    gpus = float(cfg.search.gpus_per_trial)
+    resources = {"cpu": cfg.search.cpus_per_trial, **({"gpu": gpus} if gpus > 0 else {})}
+    trainable = tune.with_resources(tune.with_parameters(fn, ctx={**ctx, "gpus_per_trial": gpus}), resources)
     exp = run_dir.resolve() / EXPERIMENT
     conc = _concurrency(cfg)
     if resume and tune.Tuner.can_restore(str(exp)):

@@ -97,10 +97,16 @@ from soundtrack.eval.scoring import (
     FLOOR_METRICS,
     SET_METRICS,
     Evaluator,
+    ScoringConfig,
+    analysis_description,
+    clip_metrics,
     set_metrics,
 )
 from soundtrack.metrics import bootstrap_ci, paired_bootstrap_ci, saturated, subsample_indices, subsample_interval
-from soundtrack.pipelines.generator import apply_overrides
+from soundtrack.metrics import modes as paper_modes
+from soundtrack.metrics.structure import structure_indicator
+from soundtrack.models.audio_embedders import AudioEmbedder, load_embedder
+from soundtrack.pipelines.generator import SoundtrackGenerator, apply_overrides
 from soundtrack.pipelines.sampler import SamplerConfig, window_joins
 from soundtrack.storage import atomic_write
 
@@ -111,7 +117,7 @@ BENCH_COLUMNS = ROW_COLUMNS
 #: Shard columns read where the data set has them (``label_event_times``: the sync and beat
 #: metrics, ``label_mode``: ``mode_match``, nan without them, as for ingested real videos;
 #: ``source_id`` / ``start_s``: which clips follow each other in a source, for long videos).
-BENCH_OPTIONAL_COLUMNS = (*OPTIONAL_ROW_COLUMNS, "source_id", "start_s")
+BENCH_OPTIONAL_COLUMNS = (*OPTIONAL_ROW_COLUMNS, "source_id", "start_s", "caption")
 #: Two clips of a source follow each other when the second starts within this much (s) of
 #: the first's end (shard times are rounded to the audio sample; 50 ms is half a frame).
 CONSECUTIVE_TOL_S = 0.05
@@ -161,12 +167,30 @@ class BenchConfig:
         pairs: ...and for these extra ``[a, b]`` pairs (``a - b``).
         clips_per_task: clips per Ray task (a task loads its model once).
         cpus_per_task: CPUs per Ray task (torch runs 1 thread per task).
+        gpus_per_task: GPUs per Ray task (0: CPU; > 0: the task's generator runs on CUDA, and
+            the autoscaler sees the GPU demand). Infrastructure: not part of any cache key.
         n_boot: bootstrap resamples of the intervals.
         long_videos: long videos to build from the bench's clips and score at their window
             joins (0: none; module docstring).
         long_clips: clips per long video (>= 2; 3 clips = 30.7 s = 4 windows, 3 joins).
         long_from: ``source`` (consecutive clips of one source video) or ``montage``
             (consecutive clips in clip-id order, any source).
+        modes: comparison modes to add (:data:`MODES`: ``loris``, ``muvi``, ``diffbgm``):
+            each method's set scored the way that paper's code or text computes it, against
+            the real music of the same clips, for numbers next to the paper's table
+            (:func:`mode_scores`; definitions in :mod:`soundtrack.metrics.modes`).
+        embedder: a standard audio backbone from local weights for FAD / KID (and, for a
+            CLAP with a text branch, the per-clip ``clap`` score against the clip's caption):
+            ``vggish:PATH[,pca=PATH]``, ``panns:PATH``, ``clap:PATH,text=DIR,tokenizer=DIR``
+            (:func:`soundtrack.models.audio_embedders.load_embedder`). None: FAD on the
+            evaluator's own encoders. The tables print the backbone's identity (its weight
+            file's sha256).
+        scoring: the per-clip analysers (:data:`SCORING_KEYS`): ``transcriber``
+            (``chroma`` | ``basic_pitch``: note-level PCHE / GPS), ``beat_tracker``
+            (``librosa`` | ``madmom``), ``key_estimator`` (``krumhansl`` | ``madmom``); the
+            optional ``analysis`` extra provides basic-pitch and madmom
+            (:mod:`soundtrack.metrics.analysis`; madmom's models are CC BY-NC-SA, printed with
+            every table that uses them). Default: the librosa / chroma front end.
     """
 
     name: str = "bench"
@@ -181,10 +205,14 @@ class BenchConfig:
     pairs: tuple[tuple[str, str], ...] = ()
     clips_per_task: int = 4
     cpus_per_task: float = 1.0
+    gpus_per_task: float = 0.0
     n_boot: int = 1000
     long_videos: int = 0
     long_clips: int = 3
     long_from: Literal["source", "montage"] = "source"
+    modes: tuple[str, ...] = ()
+    embedder: str | None = None
+    scoring: dict[str, Any] = field(default_factory=dict)
 
 
 def load_bench_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> tuple[BenchConfig, dict[str, MethodSpec]]:
@@ -220,6 +248,10 @@ def load_bench_config(path: str | os.PathLike, overrides: Sequence[str] = ()) ->
             raise ConfigError(f"{src}: '{m}' (baseline/pairs) is not a method; methods: {', '.join(methods)}")
     if cfg.clips < 2:
         raise ConfigError(f"{src}: clips={cfg.clips}; at least 2 clips are needed (retrieval and intervals)")
+    scoring_config(cfg.scoring)  # unknown keys or analysers now, not in the first task
+    bad = [m for m in cfg.modes if m not in MODES]
+    if bad:
+        raise ConfigError(f"{src}: modes {bad} unknown; choose from {list(MODES)} (soundtrack.metrics.modes)")
     if cfg.long_videos < 0 or cfg.long_clips < 2:
         raise ConfigError(f"{src}: long_videos={cfg.long_videos}, long_clips={cfg.long_clips}; long_videos must be "
                           ">= 0 and a long video needs long_clips >= 2 clips (one join at least)")
@@ -337,12 +369,16 @@ def long_video_jobs(groups: Sequence[Sequence[str]], rows: Mapping[str, Mapping[
 
 
 def run_chunk(jobs: Sequence[dict], model_dir: str | None, overrides: Mapping[str, Any], cache_dir: str,
-              clip_rows: Mapping[str, dict], threads: int = 1) -> list[dict]:
+              clip_rows: Mapping[str, dict], threads: int = 1, scoring: Mapping[str, Any] | None = None,
+              device: str = "cpu") -> list[dict]:
     """Generate (or read from the cache) and score one chunk of (clip, seed) jobs: the
     engine's :func:`~soundtrack.eval.engine.run_jobs` with this method's cache.
 
     Each job: ``clip_id`` (scored against this clip), ``source`` (the clip whose video
     conditions the generator or whose real audio is used), ``seed``, ``kind``.
+
+    ``scoring``: the bench's analysers (:attr:`BenchConfig.scoring`, ScoringConfig fields);
+    ``device``: where the generator runs (``cuda`` in a task that reserved a GPU).
 
     Returns:
         One dict per job: ``clip_id``, ``seed``, per-clip metrics, ``gen_s`` (compute
@@ -350,10 +386,103 @@ def run_chunk(jobs: Sequence[dict], model_dir: str | None, overrides: Mapping[st
     """
 
     torch.set_num_threads(threads)
-    return [rec.to_dict() for rec in run_jobs(jobs, clip_rows, model_dir, overrides, cache_dir=cache_dir)]
+    model = SoundtrackGenerator.load(model_dir, device=device) if model_dir and device != "cpu" else model_dir
+    return [rec.to_dict() for rec in run_jobs(jobs, clip_rows, model, overrides, cache_dir=cache_dir,
+                                              scoring=scoring_config(scoring))]
+
+
+#: The :class:`~soundtrack.eval.scoring.ScoringConfig` fields a bench's ``scoring`` may set.
+SCORING_KEYS = ("transcriber", "beat_tracker", "key_estimator")
+
+
+def scoring_config(scoring: Mapping[str, Any] | None) -> ScoringConfig:
+    """The ScoringConfig of a bench's ``scoring`` section (analysers only; the rest stays default).
+
+    Raises:
+        ConfigError: a key other than :data:`SCORING_KEYS`, or an unknown analyser.
+    """
+    scoring = dict(scoring or {})
+    bad = sorted(set(scoring) - set(SCORING_KEYS))
+    if bad:
+        raise ConfigError(f"bench scoring: {bad} cannot be set; the keys are {list(SCORING_KEYS)}")
+    return ScoringConfig(**scoring)
 
 
 # ----------------------------------------------------------------------------- the bench
+
+
+#: Comparison modes (:attr:`BenchConfig.modes`), each a paper's own computation.
+MODES = ("loris", "muvi", "diffbgm")
+#: What each mode's table says defines it (printed above its columns).
+MODE_DEFINITIONS = {
+    "loris": ("LORIS (Yu et al. 2023), beats_scores.py: librosa onsets of the real and the generated music at "
+              "22050 Hz binned into 1 s bins; BCS = mean cover, BHS = mean hit, F1 of the means, CSD/HSD = ddof=1 "
+              "stds across clips (fractions). Random onsets score high here (1 s bins): compare with its ground truth."),
+    "muvi": ("MuVi (Li et al. 2024) sec. 4.1 / App. E: dynamic-programming beats (Ellis 2007, 8 s tempo window, "
+             "30-240 BPM) of the real and the generated music; BCS = generated / real beats, BHS = matched / real "
+             "beats (exclusive, < 100 ms), in percent, mean of per-clip ratios (pooled ratios in summary.json)."),
+    "diffbgm": ("Diff-BGM (Li et al. 2024) test.ipynb: P@K of each generated clip's music embedding (evaluation "
+                "encoders, mean over time) among the real music of a pool of min(60, N) clips, fixed seed 0; PCHE, "
+                "GPS, SI of the method and |method - real| (closer to the real music is better)."),
+}
+
+
+def mode_scores(modes: Sequence[str], gen_wavs: Sequence[np.ndarray], ref_wavs: Sequence[np.ndarray],
+                gen_emb: np.ndarray | None = None, ref_emb: np.ndarray | None = None,
+                gen_values: Mapping[str, Sequence[float]] | None = None,
+                ref_values: Mapping[str, Sequence[float]] | None = None, sr: int = SR) -> dict[str, dict[str, float]]:
+    """One method's set scored in each comparison mode (:data:`MODE_DEFINITIONS`).
+
+    Args:
+        modes: names from :data:`MODES`.
+        gen_wavs: the method's waveforms at ``sr``, one per clip.
+        ref_wavs: the same clips' real music (the mix), same order.
+        gen_emb / ref_emb: (N, T, E) or (N, E) evaluation-encoder music embeddings of both
+            (``diffbgm``'s P@K; None: no P@K).
+        gen_values / ref_values: per-clip ``pche``, ``gps``, ``si`` of both (``diffbgm``;
+            :func:`diffbgm_values` makes them).
+        sr: sample rate (Hz).
+
+    Returns:
+        ``{mode: {metric: value}}``, plus ``n_clips`` per mode.
+    """
+    out: dict[str, dict[str, float]] = {}
+    n = len(gen_wavs)
+    for mode in modes:
+        if mode == "loris":
+            r = paper_modes.loris_scores(ref_wavs, gen_wavs, sr=sr)
+            out[mode] = {k: float(r[k]) for k in ("bcs", "bhs", "f1", "csd", "hsd")}
+        elif mode == "muvi":
+            r = paper_modes.muvi_scores([paper_modes.muvi_beats(w, sr) for w in ref_wavs],
+                                        [paper_modes.muvi_beats(w, sr) for w in gen_wavs])
+            out[mode] = {k: float(r[k]) for k in ("bcs", "bhs", "bcs_pooled", "bhs_pooled")}
+        elif mode == "diffbgm":
+            ge = None if gen_emb is None else np.asarray(gen_emb, float)
+            re_ = None if ref_emb is None else np.asarray(ref_emb, float)
+            if ge is not None and ge.ndim == 3:
+                ge, re_ = ge.mean(axis=1), re_.mean(axis=1)
+            ks = tuple(k for k in (1, 5, 10, 20) if k < min(60, n))
+            r = paper_modes.diffbgm_scores(ge if n >= 2 else None, re_ if n >= 2 else None, gen_values=gen_values or {},
+                                           real_values=ref_values or {}, ks=ks, seed=0)
+            out[mode] = {k: float(v) for k, v in r.items()}
+        else:
+            raise ConfigError(f"unknown comparison mode {mode!r}; choose from {list(MODES)}")
+        out[mode]["n_clips"] = float(n)
+    return out
+
+
+def diffbgm_values(wav: np.ndarray, record: Mapping[str, Any], sr: int = SR) -> dict[str, float]:
+    """The per-clip values of the ``diffbgm`` mode: ``pche`` and ``gps`` as the bench scored
+    them (note-level when the scoring's transcriber is ``basic_pitch``, otherwise from
+    chroma and onsets: the table says which) and ``si`` (:func:`structure_indicator`, 3-8 s).
+
+    Args:
+        wav: the waveform at ``sr``.
+        record: its per-clip metrics (``pche``, ``gps``).
+        sr: sample rate (Hz).
+    """
+    return {"pche": float(record.get("pche", math.nan)), "gps": float(record.get("gps", math.nan)),
+            "si": float(structure_indicator(wav, sr))}
 
 
 def score_sets(results: Mapping[str, list[dict]], methods: Mapping[str, MethodSpec], rows: Sequence[dict],
@@ -378,10 +507,14 @@ def score_sets(results: Mapping[str, list[dict]], methods: Mapping[str, MethodSp
 
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
     ev = Evaluator.load(ev_dir)
+    embedder = load_embedder(cfg.embedder) if cfg.embedder else None
+    ref_windows: dict[str, np.ndarray] = {}  # per clip: the backbone's windows of the real mix (computed once)
     by_id = {r["clip_id"]: r for r in rows}
     ids = [r["clip_id"] for r in rows]
     records, set_rows, long_rows = [], [], []
     set_reps: dict[tuple[str, int], dict] = {}  # per (method, seed): the set metrics on each shared subset
+    mode_reps: dict[tuple[str, int], dict] = {}  # per (method, seed): the comparison modes' scores
+    ref_values: dict[str, dict[str, float]] = {}  # per clip: the real music's diffbgm values (computed once)
     for key, recs in results.items():
         spec = methods[key]
         for r in recs:
@@ -398,6 +531,8 @@ def score_sets(results: Mapping[str, list[dict]], methods: Mapping[str, MethodSp
             if rs:
                 wavs = [sf.read(str(Path(caches[key]) / f"{r['clip_id']}_s{seed}.wav"), dtype="float32")[0] for r in rs]
                 em = evaluate_audio(ev, wavs, [by_id[r["clip_id"]] for r in rs])
+                if embedder is not None:
+                    em.update(backbone_metrics(embedder, wavs, [by_id[r["clip_id"]] for r in rs], ref_windows))
             i = 0
             for r in every:  # clip order; a failed clip: its error, no metrics (nan in the table)
                 if r.get("failed"):
@@ -407,15 +542,22 @@ def score_sets(results: Mapping[str, list[dict]], methods: Mapping[str, MethodSp
                     continue
                 records.append({"method": key, "label": spec.label or key, **{k: v for k, v in r.items() if k != "cached"},
                                 "sim": float(em["sim"][i]), "kl": float(em["kl"][i]),
+                                "mood_acc": float(em["mood_acc"][i]),
+                                "clap": float(em["clap"][i]) if "clap" in em else math.nan,
                                 "p_at_1": float(em["p_at_1"][i]), "p_at_5": float(em["p_at_5"][i]),
                                 "failed": False, "error": None})
                 i += 1
             if not rs:
                 continue
+            if cfg.modes:
+                mode_reps[(key, seed)] = _mode_rep(cfg.modes, wavs, rs, by_id, em, ref_values,
+                                                   scoring_config(cfg.scoring))
             dyn_gen = [dynamics_db(w, DEFAULT_CONFIG) for w in wavs]  # only the curve, not the full descriptors
             dyn_ref = [np.asarray(by_id[r["clip_id"]]["dynamics_db"], float) for r in rs]
             cols = {"bcs": [r["bcs"] for r in rs], "bhs": [r["bhs"] for r in rs]}
-            point = set_metrics(cols, em["audio"], None, em["ref_audio"], em["probs"], dyn_ref, dyn_gen, floors=True)
+            fad_g, fad_r = em.get("fad_audio"), em.get("fad_ref")
+            point = set_metrics(cols, em["audio"], None, em["ref_audio"], em["probs"], dyn_ref, dyn_gen, floors=True,
+                                fad_audio=fad_g, fad_ref=fad_r)
             # subsampling over clips (half the clips without replacement; seed 0: the same
             # subsets for every method): a set metric such as FAD is biased upward by a term
             # that grows as the set shrinks, so a percentile bootstrap's resamples (~63 %
@@ -429,7 +571,9 @@ def score_sets(results: Mapping[str, list[dict]], methods: Mapping[str, MethodSp
                 for idx in subsample_indices(n_set, max(50, cfg.n_boot // 5), m_sub, 0):
                     reps.append(set_metrics({k: [v[i] for i in idx] for k, v in cols.items()}, em["audio"][idx], None,
                                             em["ref_audio"][idx], em["probs"][idx], [dyn_ref[i] for i in idx],
-                                            [dyn_gen[i] for i in idx]))
+                                            [dyn_gen[i] for i in idx],
+                                            fad_audio=None if fad_g is None else fad_g[idx],
+                                            fad_ref=None if fad_r is None else fad_r[idx]))
             for m in (*SET_METRICS, *FLOOR_METRICS):
                 v = np.asarray([b[m] for b in reps if m in b], float)
                 v = v[np.isfinite(v)]
@@ -441,10 +585,110 @@ def score_sets(results: Mapping[str, list[dict]], methods: Mapping[str, MethodSp
     table = pd.DataFrame.from_records(records)
     set_table = pd.DataFrame.from_records(set_rows)
     summary = summarize(table, set_table, methods, cfg, set_reps=set_reps)
-    summary["evaluator_card"] = ev.card
+    summary["evaluator_card"] = {**ev.card, "heads": {k: h.card for k, h in ev.heads.items()}}
+    summary["evaluator_classes"] = list(ev.classes)
+    summary["analysis"] = analysis_description(scoring_config(cfg.scoring))
+    summary["fad_encoder"] = embedder.identity if embedder is not None else f"evaluator encoders {ev.card.get('encoders')}"
     if long_rows or cfg.long_videos:
         summary["long_videos"] = long_video_summary(long_rows, methods, cfg)
+    if cfg.modes:
+        summary["modes"] = modes_summary(mode_reps, methods, cfg)
     return table, set_table, summary
+
+
+def backbone_metrics(embedder: AudioEmbedder, wavs: Sequence[np.ndarray], rows: Sequence[Mapping[str, Any]],
+                     ref_windows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """A standard backbone's window embeddings for FAD (and the CLAP score) of one set.
+
+    Args:
+        embedder: the backbone (:func:`soundtrack.models.audio_embedders.load_embedder`).
+        wavs: the set's waveforms at :data:`SR`.
+        rows: their clips' rows (``wav_mix``: the reference; ``caption``: the CLAP score's text).
+        ref_windows: per-clip cache of the real mixes' windows (filled here).
+
+    Returns:
+        ``fad_audio`` / ``fad_ref`` (N, W, D) (W: the fewest windows of any clip, so that
+        every clip weighs the same) and, for a CLAP with a text branch and captions,
+        ``clap`` (N,): the cosine of each clip's caption and generated audio.
+    """
+    gen = embedder.embed(wavs, SR)
+    for r in rows:
+        if r["clip_id"] not in ref_windows:
+            ref_windows[r["clip_id"]] = embedder.embed([np.asarray(r["wav_mix"], np.float32)], SR)[0]
+    ref = [ref_windows[r["clip_id"]] for r in rows]
+    w = min(min(len(x) for x in gen), min(len(x) for x in ref))
+    out = {"fad_audio": np.stack([x[:w] for x in gen]), "fad_ref": np.stack([x[:w] for x in ref])}
+    captions = [r.get("caption") for r in rows]
+    if getattr(embedder, "text_branch", None) is not None and all(isinstance(c, str) and c for c in captions):
+        out["clap"] = np.asarray(embedder.clap_similarities(captions, wavs, SR), float)
+    return out
+
+
+def _mode_rep(modes: Sequence[str], wavs: Sequence[np.ndarray], recs: Sequence[Mapping[str, Any]],
+              by_id: Mapping[str, Mapping[str, Any]], em: Mapping[str, np.ndarray],
+              ref_values: dict[str, dict[str, float]], scoring: ScoringConfig = ScoringConfig()
+              ) -> dict[str, dict[str, float]]:
+    """:func:`mode_scores` of one method and seed (``ref_values``: a per-clip cache of the real music's values)."""
+    refs = [np.asarray(by_id[r["clip_id"]]["wav_mix"], np.float32) for r in recs]
+    gen_v = ref_v = None
+    if "diffbgm" in modes:
+        for r, ref in zip(recs, refs):
+            if r["clip_id"] not in ref_values:  # the real mix scored once, with the bench's own scoring
+                ref_values[r["clip_id"]] = diffbgm_values(ref, clip_metrics(ref, by_id[r["clip_id"]], scoring))
+        rows_g = [diffbgm_values(w, r) for w, r in zip(wavs, recs)]
+        rows_r = [ref_values[r["clip_id"]] for r in recs]
+        gen_v = {k: [d[k] for d in rows_g] for k in ("pche", "gps", "si")}
+        ref_v = {k: [d[k] for d in rows_r] for k in ("pche", "gps", "si")}
+    return mode_scores(modes, wavs, refs, em["audio"], em["ref_audio"], gen_v, ref_v)
+
+
+def modes_summary(mode_reps: Mapping[tuple[str, int], Mapping[str, Mapping[str, float]]],
+                  methods: Mapping[str, MethodSpec], cfg: BenchConfig) -> dict:
+    """Each mode's scores per method, the mean over seeds (the papers report points; so do we).
+
+    Returns:
+        ``{"definitions": {mode: text}, mode: {method: {metric: value, "seeds": k}}}``.
+    """
+    out: dict[str, Any] = {"definitions": {m: MODE_DEFINITIONS[m] for m in cfg.modes}}
+    for mode in cfg.modes:
+        out[mode] = {}
+        for key in methods:
+            reps = [mode_reps[(key, sd)][mode] for sd in cfg.seeds if (key, sd) in mode_reps]
+            if not reps:
+                continue
+            names = sorted({k for r in reps for k in r})
+            out[mode][key] = {k: float(np.nanmean([r.get(k, math.nan) for r in reps])) for k in names}
+            out[mode][key]["seeds"] = len(reps)
+    return out
+
+
+#: Columns of each mode's Markdown table (all values are in summary.json).
+MODE_COLUMNS = {"loris": ("bcs", "bhs", "f1", "csd", "hsd"), "muvi": ("bcs", "bhs"),
+                "diffbgm": ("p_at_1", "p_at_5", "p_at_10", "p_at_20", "pche", "pche_abs_diff", "gps", "gps_abs_diff",
+                            "si", "si_abs_diff")}
+
+
+def _mode_lines(modes: Mapping[str, Any], labels: Mapping[str, str]) -> list[str]:
+    """The Markdown "Comparison modes" section."""
+    lines = ["## Comparison modes (the papers' own computations, against the real music of the same clips)", ""]
+    for mode, text in modes.get("definitions", {}).items():
+        per = modes.get(mode, {})
+        cols = [c for c in MODE_COLUMNS[mode] if any(c in d for d in per.values())]
+        n = next((int(d.get("n_clips", 0)) for d in per.values()), 0)
+        pool = next((int(d["pool_size"]) for d in per.values() if "pool_size" in d), None)
+        lines += [f"**{mode}**: {text} N = {n} clips per seed" + (f", pool {pool}" if pool else "") + ".", ""]
+        lines.append("| method | " + " | ".join(cols) + " |")
+        lines.append("|---|" + "---|" * len(cols))
+        for key, d in per.items():
+            cells = []
+            for c in cols:
+                v = d.get(c, math.nan)
+                cell = "–" if not np.isfinite(v) else (f"{v:.1f}" if mode == "muvi" else f"{v:.3f}")
+                bound = {"loris": f"loris_{c}", "muvi": f"muvi_{c}"}.get(mode, c)
+                cells.append(cell + (" ⚑" if cell != "–" and saturated(bound, float(v)) else ""))
+            lines.append(f"| {labels.get(key, key)} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return lines
 
 
 #: Seam columns of the long-video summary (:func:`soundtrack.metrics.seam_metrics`).
@@ -681,9 +925,11 @@ def _fmt(d: Mapping[str, Any], digits: int = 3) -> str:
 
 #: Metrics shown in the Markdown tables (all are in the CSV / parquet).
 MAIN_TABLE = ("f1", "precision", "hit_rate", "onset_rate", "beat_f1", "sim", "p_at_1", "fad", "kl", "is")
-SECOND_TABLE = ("bcs", "bhs", "csd", "hsd", "melody_acc", "dyn_r", "dyn_macro", "pche", "gps", "adv", "mode_match")
+SECOND_TABLE = ("bcs", "bhs", "csd", "hsd", "melody_acc", "dyn_r", "dyn_macro", "pche", "gps", "adv", "mode_match",
+                "mood_acc", "clap")
 #: Columns of the paired-differences table.
-PAIRED_TABLE = ("f1", "precision", "onset_rate", "beat_f1", "melody_acc", "mode_match", "sim", "kl", "fad")
+PAIRED_TABLE = ("f1", "precision", "onset_rate", "beat_f1", "melody_acc", "mode_match", "mood_acc", "sim", "p_at_1", "kl",
+                "fad")
 
 
 def _tonality_lines(ton: Mapping[str, Any], per: Mapping[str, Any], labels: Mapping[str, str],
@@ -763,6 +1009,16 @@ def _long_lines(long: Mapping[str, Any], labels: Mapping[str, str]) -> list[str]
     return lines
 
 
+def _heads_sentence(heads: Mapping[str, Mapping[str, Any]]) -> str:
+    """" <label> classifier held-out accuracy ..." for each further classifier of the evaluator."""
+    out = ""
+    for lab, c in heads.items():
+        out += (f" {lab.capitalize()} classifier ({', '.join(c.get('classes') or [])}) held-out accuracy "
+                f"{c.get('val_accuracy', math.nan):.2f} (majority class {c.get('majority_baseline', math.nan):.2f}, "
+                f"{c.get('val_clips')} clips): about the most {lab}_acc can reach (real mixes score near it).")
+    return out if heads else " No mood classifier (an evaluator built before it): mood_acc is nan."
+
+
 def markdown(summary: Mapping[str, Any], methods: Mapping[str, MethodSpec], command: str = "") -> str:
     """The Markdown report: two metric tables (mean [95 % CI]), the paired differences and
     the tonality check."""
@@ -782,10 +1038,18 @@ def markdown(summary: Mapping[str, Any], methods: Mapping[str, MethodSpec], comm
               "halves of the clips, centred on the point); FAD's real-vs-real floor (fad_floor: two halves of "
               "the real set) and the generated set's FAD at that size (fad_half) and KID are in summary.json. "
               "CSD/HSD are the spread of BCS/BHS across clips, not a generation's stability. "
-              "⚑ marks a value within 0.05 of its metric's bound (saturated: it cannot separate methods there).",
+              "⚑ marks a value within 0.05 of its metric's bound (saturated: it cannot separate methods there). "
+              f"FAD / KID encoder: {summary.get('fad_encoder', 'the evaluator encoders')}. "
+              + ("clap: cosine of the clip's caption and the audio in that CLAP's space. "
+                 if str(summary.get("fad_encoder", "")).startswith("clap") else "")
+              + (summary.get("analysis") or ""),
               ""]
     per = summary["methods"]
     for cols in (MAIN_TABLE, SECOND_TABLE):
+        # a column no method has a value for (clap without a CLAP embedder, mood_acc without
+        # labels) is left out of the table; summary.json has every metric
+        cols = tuple(c for c in cols if c in MAIN_TABLE or any(np.isfinite(per[k].get(c, {}).get("mean", math.nan))
+                                                                for k in methods if k in per))
         lines.append("| method | " + " | ".join(f"{c}{arrow[DIRECTION.get(c, 0)]}" for c in cols) + " |")
         lines.append("|---|" + "---|" * len(cols))
         for key in methods:
@@ -805,11 +1069,16 @@ def markdown(summary: Mapping[str, Any], methods: Mapping[str, MethodSpec], comm
     lines += _failed_lines(summary.get("failed") or {}, summary["labels"])
     if summary.get("long_videos"):
         lines += _long_lines(summary["long_videos"], summary["labels"])
+    if summary.get("modes"):
+        lines += _mode_lines(summary["modes"], summary["labels"])
     ev = summary.get("evaluator_card", {})
     if ev:
-        lines += [f"Evaluator: encoders {ev.get('encoders')}; {ev.get('label')} classifier held-out accuracy "
+        classes = summary.get("evaluator_classes") or []
+        lines += [f"Evaluator: encoders {ev.get('encoders')}; {ev.get('label')} classifier "
+                  + (f"({', '.join(classes)}) " if classes else "") + "held-out accuracy "
                   f"{ev.get('val_accuracy', math.nan):.2f} (majority class {ev.get('majority_baseline', math.nan):.2f}, "
-                  f"{ev.get('val_clips')} clips): KL and IS are only as informative as that.", ""]
+                  f"{ev.get('val_clips')} clips): KL and IS are only as informative as that."
+                  + _heads_sentence(ev.get("heads") or {}), ""]
     return "\n".join(lines)
 
 

@@ -65,7 +65,13 @@ from soundtrack.eval.scoring import (
     evaluator_metrics,
     set_metrics,
 )
-from soundtrack.metrics import SEAM_METRICS, bootstrap_replicates, paired_bootstrap_ci, seam_metrics
+from soundtrack.metrics import (
+    SEAM_METRICS,
+    paired_bootstrap_ci,
+    seam_metrics,
+    subsample_indices,
+    subsample_interval,
+)
 from soundtrack.pipelines.generator import SoundtrackGenerator
 from soundtrack.storage import atomic_write
 
@@ -76,15 +82,15 @@ SR = ScoringConfig().sr
 #: Shard columns a scored clip needs.
 ROW_COLUMNS = ("clip_id", "frames", "wav_mix", "melody", "dynamics_db")
 #: Shard columns a scored clip uses when the data set has them (``load_split(optional=...)``):
-#: ``label_event_times`` for the sync and beat metrics and ``label_mode`` for ``mode_match``
-#: (nan without them: ingested real videos have neither).
-OPTIONAL_ROW_COLUMNS = ("label_event_times", "label_mode")
+#: ``label_event_times`` for the sync and beat metrics, ``label_mode`` for ``mode_match`` and
+#: ``label_mood`` for ``mood_acc`` (nan without them: ingested real videos have none).
+OPTIONAL_ROW_COLUMNS = ("label_event_times", "label_mode", "label_mood")
 #: Job kinds: a generator's output, the clip's real mix, or another clip's real mix.
 KINDS = ("generator", "ground_truth", "retrieval")
 #: Metrics :class:`ClipScores` computes on the whole set of clips, not per clip.
 POOLED_METRICS = (*SET_METRICS, "p_at_1", "p_at_5")
 #: Metrics that need the evaluator (its encoders or its classifier).
-EVALUATOR_METRICS = ("sim", "kl", "fad", "is", "p_at_1", "p_at_5")
+EVALUATOR_METRICS = ("sim", "kl", "mood_acc", "fad", "is", "p_at_1", "p_at_5")
 #: Set metrics :meth:`ClipScores.set_metrics` computes when no names are given.
 DEFAULT_SET_METRICS = ("fad", "is", "p_at_1", "p_at_5", "csd", "hsd", "dyn_macro")
 
@@ -201,16 +207,26 @@ def _check_finite(wav: np.ndarray, kind: str, cid: str, seed: int, src: str) -> 
 
 
 def _score_job(wav: np.ndarray, rows: Mapping[str, Mapping[str, Any]], cid: str, joins: list[list[float]] | None,
-               desc: Mapping[str, np.ndarray] | None = None) -> dict[str, float]:
+               desc: Mapping[str, np.ndarray] | None = None, scoring: ScoringConfig = ScoringConfig()) -> dict[str, float]:
     """A clip's metrics against its row; a long video's (``joins`` given) seam metrics at its joins."""
     if joins is not None:
         return seam_metrics(wav, SR, [tuple(j) for j in joins])
-    return clip_metrics(wav, rows[cid], desc=desc)
+    return clip_metrics(wav, rows[cid], scoring, desc=desc)
+
+
+def scoring_suffix(scoring: ScoringConfig) -> str:
+    """The cache file suffix of a scoring's records: ``""`` for the default analysers, else
+    ``.<transcriber>-<beat tracker>-<key estimator>`` (the waveforms are shared; each
+    analyser set keeps its own metrics file beside them)."""
+    tag = (scoring.transcriber, scoring.beat_tracker, scoring.key_estimator)
+    default = ScoringConfig()
+    return "" if tag == (default.transcriber, default.beat_tracker, default.key_estimator) else "." + "-".join(tag)
 
 
 def run_jobs(jobs: Sequence[Mapping[str, Any]], rows: Mapping[str, Mapping[str, Any]],
              model: SoundtrackGenerator | str | os.PathLike | None, overrides: Mapping[str, Any] | None = None,
-             cache_dir: str | os.PathLike | None = None, keep_audio: bool = False) -> Iterator[ClipRecord]:
+             cache_dir: str | os.PathLike | None = None, keep_audio: bool = False,
+             scoring: ScoringConfig = ScoringConfig()) -> Iterator[ClipRecord]:
     """Generate (or take from the cache) and score each job's audio, one record per job.
 
     Args:
@@ -233,6 +249,10 @@ def run_jobs(jobs: Sequence[Mapping[str, Any]], rows: Mapping[str, Mapping[str, 
             (written before that metric existed) is rescored from its cached waveform and
             rewritten, keeping its ``gen_s``; the waveform is not regenerated.
         keep_audio: put the waveform and its dynamics curve on each record.
+        scoring: the per-clip scoring (its analysers: transcriber, beat tracker, key
+            estimator). Records scored with other analysers than the defaults are cached in
+            ``<clip>_s<seed><suffix>.json`` (:func:`scoring_suffix`) beside the shared
+            waveform, so switching analysers rescores cached audio without regenerating it.
 
     Yields:
         :class:`ClipRecord` per job, in job order. A generator job whose generation raises
@@ -263,7 +283,7 @@ def run_jobs(jobs: Sequence[Mapping[str, Any]], rows: Mapping[str, Mapping[str, 
             raise ValueError(f"long video {cid}: kind 'retrieval' has no long form (generator or ground_truth)")
         wanted = SEAM_METRICS if sources is not None else AUDIO_METRICS
         wav_path = cache / f"{cid}_s{seed}.wav" if cache is not None else None
-        met_path = cache / f"{cid}_s{seed}.json" if cache is not None else None
+        met_path = cache / f"{cid}_s{seed}{scoring_suffix(scoring)}.json" if cache is not None else None
         if met_path is not None and met_path.is_file() and wav_path.is_file():
             rec = ClipRecord.from_dict(json.loads(met_path.read_text()), cached=True)
             missing = [m for m in wanted if m not in rec.metrics]
@@ -271,7 +291,7 @@ def run_jobs(jobs: Sequence[Mapping[str, Any]], rows: Mapping[str, Mapping[str, 
             if missing:  # an older cache: score what it lacks from the cached audio, keep gen_s
                 log.info("cached clip %s (seed %d) lacks %s; rescoring its cached audio", cid, seed, ", ".join(missing))
                 _check_finite(wav, kind, cid, seed, src)
-                rec.metrics = _score_job(wav, rows, cid, joins)
+                rec.metrics = _score_job(wav, rows, cid, joins, scoring=scoring)
                 atomic_write(met_path, lambda p: p.write_text(json.dumps(rec.to_dict(cached=False))))
             if keep_audio:
                 rec.wav, rec.dynamics = wav, dynamics_db(wav, DEFAULT_CONFIG)
@@ -303,8 +323,8 @@ def run_jobs(jobs: Sequence[Mapping[str, Any]], rows: Mapping[str, Mapping[str, 
         _check_finite(wav, kind, cid, seed, src)
         if wav_path is not None and not wav_path.is_file():
             atomic_write(wav_path, lambda p: sf.write(str(p), wav, SR, subtype="FLOAT", format="WAV"))
-        desc = audio_descriptors(wav, SR) if sources is None or keep_audio else None
-        rec = ClipRecord(cid, seed, src, _score_job(wav, rows, cid, joins, desc), gen_s, len(wav) / SR,
+        desc = audio_descriptors(wav, SR, scoring=scoring) if sources is None or keep_audio else None
+        rec = ClipRecord(cid, seed, src, _score_job(wav, rows, cid, joins, desc, scoring), gen_s, len(wav) / SR,
                          sources=sources, joins=joins)
         if met_path is not None:
             atomic_write(met_path, lambda p: p.write_text(json.dumps(rec.to_dict(cached=False))))
@@ -314,15 +334,17 @@ def run_jobs(jobs: Sequence[Mapping[str, Any]], rows: Mapping[str, Mapping[str, 
 
 
 def evaluate_audio(evaluator: Evaluator, wavs: Sequence[np.ndarray], rows: Sequence[Mapping[str, Any]]) -> dict[str, np.ndarray]:
-    """The evaluator step on one batch: per-clip ``sim``, ``kl``, ``p_at_1`` / ``p_at_5`` hits
-    (pool: this batch) and the embeddings (``audio``, ``ref_audio``, ``video``, ``probs``).
+    """The evaluator step on one batch: per-clip ``sim``, ``kl``, ``mood_acc``, ``p_at_1`` /
+    ``p_at_5`` hits (pool: this batch) and the embeddings (``audio``, ``ref_audio``, ``video``, ``probs``).
 
     Args:
         evaluator: the evaluator.
         wavs: the batch's waveforms.
-        rows: their clips' decoded rows (``wav_mix``: KL's and FAD's reference; ``frames``: SIM's video).
+        rows: their clips' decoded rows (``wav_mix``: KL's and FAD's reference; ``frames``: SIM's
+            video; ``label_mood`` when present: ``mood_acc``'s target).
     """
-    return evaluator_metrics(evaluator, wavs, [r["wav_mix"] for r in rows], [r["frames"] for r in rows])
+    return evaluator_metrics(evaluator, wavs, [r["wav_mix"] for r in rows], [r["frames"] for r in rows],
+                             moods=[r.get("label_mood") for r in rows])
 
 
 # ----------------------------------------------------------------------------- scores
@@ -383,8 +405,9 @@ class ClipScores:
 
     def add_evaluated(self, ev: Mapping[str, np.ndarray]) -> None:
         """Append the evaluator step (:func:`evaluate_audio`) of the clips added last."""
-        for k in ("sim", "kl"):
-            self.per_clip.setdefault(k, []).extend(float(x) for x in ev[k])
+        for k in ("sim", "kl", "mood_acc"):
+            if k in ev:
+                self.per_clip.setdefault(k, []).extend(float(x) for x in ev[k])
         self.audio.extend(ev["audio"].astype(np.float32))
         self.ref_audio.extend(ev["ref_audio"].astype(np.float32))
         self.video.extend(ev["video"].astype(np.float32))
@@ -577,13 +600,16 @@ def per_clip_objective(scores: ClipScores, objective: Mapping[str, float]) -> np
 
 def paired_objective_ci(a: ClipScores, b: ClipScores, objective: Mapping[str, float], n_boot: int = 1000,
                         seed: int = 0, alpha: float = 0.05) -> dict[str, Any]:
-    """Paired bootstrap interval of objective(a) - objective(b) over shared clips.
+    """Paired interval of objective(a) - objective(b) over shared clips.
 
     With only per-clip metrics this is :func:`soundtrack.metrics.paired_bootstrap_ci`
-    of the per-clip objectives; with set metrics the clips are resampled together
-    (:func:`soundtrack.metrics.bootstrap_replicates`) and the objective (set metrics
-    included) recomputed on each resample (at most 200: FAD costs a matrix square root
-    each); a resample on which it is undefined is left out.
+    of the per-clip objectives. With set metrics (FAD, IS, ...) the objective is
+    recomputed on shared random halves of the clips, drawn without replacement (the same
+    subsets for ``a`` and ``b``; at most 200: FAD costs a matrix square root each), and
+    the interval is :func:`soundtrack.metrics.subsample_interval` around the point
+    difference: a percentile bootstrap of a set metric can miss its own point (FAD's
+    small-set bias; see that function). A subset on which the objective is undefined is
+    left out.
 
     Args:
         a: method A's scores (same clip order as ``b``).
@@ -594,7 +620,8 @@ def paired_objective_ci(a: ClipScores, b: ClipScores, objective: Mapping[str, fl
         alpha: 1 - confidence level.
 
     Returns:
-        ``{"diff": point, "ci95": [lo, hi], "n": clips, "n_boot": resamples used}``.
+        ``{"diff": point, "ci95": [lo, hi], "n": clips, "n_boot": resamples used,
+        "interval": "paired bootstrap" | "subsampling"}``.
 
     Raises:
         ObjectiveError: the objective is undefined on ``a`` or ``b``.
@@ -604,19 +631,20 @@ def paired_objective_ci(a: ClipScores, b: ClipScores, objective: Mapping[str, fl
     pa, pb = per_clip_objective(a, objective), per_clip_objective(b, objective)
     if pa is not None:
         d, lo, hi = paired_bootstrap_ci(pa, pb, n_boot=n_boot, alpha=alpha, seed=seed)
-        return {"diff": d, "ci95": [lo, hi], "n": len(a), "n_boot": n_boot}
+        return {"diff": d, "ci95": [lo, hi], "n": len(a), "n_boot": n_boot, "interval": "paired bootstrap"}
     diff = objective_value(a, objective) - objective_value(b, objective)
-
-    def replicate(idx: np.ndarray) -> float:
-        try:
-            return objective_value(a.subset(idx), objective) - objective_value(b.subset(idx), objective)
-        except ObjectiveError:
-            return math.nan
-
-    reps = np.asarray(bootstrap_replicates(len(a), min(n_boot, 200), seed, replicate), float)
-    reps = reps[np.isfinite(reps)]
-    lo, hi = np.quantile(reps, [alpha / 2, 1 - alpha / 2]) if len(reps) else (math.nan, math.nan)
-    return {"diff": diff, "ci95": [float(lo), float(hi)], "n": len(a), "n_boot": int(len(reps))}
+    n, m = len(a), len(a) // 2
+    reps = []
+    if m >= 2:
+        for idx in subsample_indices(n, min(n_boot, 200), m, seed):
+            try:
+                reps.append(objective_value(a.subset(idx), objective) - objective_value(b.subset(idx), objective))
+            except ObjectiveError:
+                continue
+    v = np.asarray(reps, float)
+    v = v[np.isfinite(v)]
+    lo, hi = subsample_interval(diff, v, m, n, alpha=alpha) if len(v) else (math.nan, math.nan)
+    return {"diff": diff, "ci95": [float(lo), float(hi)], "n": n, "n_boot": int(len(v)), "interval": "subsampling"}
 
 
 # ----------------------------------------------------------------------------- tune trials and arms

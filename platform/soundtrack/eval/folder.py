@@ -106,7 +106,7 @@ import soundfile as sf
 import soundtrack.metrics as M
 from soundtrack.data.features import motion_energy, shot_boundaries
 from soundtrack.data.media import VIDEO_EXTENSIONS, decode_audio, load_wav, probe, read_frames
-from soundtrack.errors import MediaError, MetricError, SoundtrackError
+from soundtrack.errors import ConfigError, MediaError, MetricError, SoundtrackError
 from soundtrack.eval.bench import BenchConfig, MethodSpec, summarize
 from soundtrack.eval.scoring import (
     DIRECTION,
@@ -114,12 +114,14 @@ from soundtrack.eval.scoring import (
     SET_METRICS,
     Evaluator,
     ScoringConfig,
+    analysis_description,
     audio_descriptors,
     clip_metrics,
     key_chroma,
     pair_similarity,
     set_metrics,
 )
+from soundtrack.models.audio_embedders import AudioEmbedder, load_embedder
 from soundtrack.storage import atomic_write
 
 log = logging.getLogger(__name__)
@@ -155,6 +157,19 @@ METRIC_INPUTS: dict[str, tuple[str, ...]] = {
     "fad_excess": ("evaluator", "ref"), "kid": ("evaluator", "ref"),
     "sim": ("evaluator", "videos"), "p_at_1": ("evaluator", "videos"), "p_at_5": ("evaluator", "videos"),
 }
+#: Metrics a standard backbone (``--embedder``) can score instead of the evaluator.
+BACKBONE_METRICS = ("fad", "fad_floor", "fad_excess", "kid")
+
+
+def metric_inputs(m: str, given: set[str]) -> tuple[str, ...]:
+    """The inputs metric ``m`` needs (:data:`METRIC_INPUTS`), given what there is: with an
+    ``--embedder``, FAD and KID need it instead of the evaluator."""
+    need = METRIC_INPUTS[m]
+    if m in BACKBONE_METRICS and "embedder" in given:
+        need = tuple("embedder" if x == "evaluator" else x for x in need)
+    return need
+
+
 #: Metrics of the reference method that compare it with itself (left nan: 1.0 or 0 by construction).
 SELF_METRICS = ("melody_acc", "dyn_r", "mode_match", "dyn_macro", "kl", "fad", "fad_floor", "fad_excess", "kid")
 #: The tables of ``summary.md``: a title and its metrics (only those the inputs allow are shown).
@@ -163,12 +178,12 @@ TABLES = (
     ("Against the reference (--ref)", ("melody_acc", "dyn_r", "mode_match", "dyn_macro")),
     ("Against the video's visual events (--videos)", ("f1", "precision", "hit_rate", "bcs", "bhs", "beat_f1",
                                                       "csd", "hsd")),
-    ("With the evaluator (--evaluator)", ("kl", "fad", "fad_floor", "fad_excess", "kid", "is", "sim", "p_at_1",
-                                          "p_at_5")),
+    ("With the evaluator (--evaluator) or a backbone (--embedder: FAD, KID)", ("kl", "fad", "fad_floor", "fad_excess",
+                                                                               "kid", "is", "sim", "p_at_1", "p_at_5")),
 )
 #: Metrics the plot shows first, when scored.
 PLOT_METRICS = ("f1", "beat_f1", "melody_acc", "dyn_r", "onset_rate", "chroma_conc", "flatness", "sim", "kl", "pche")
-_FLAG = {"ref": "--ref", "videos": "--videos", "evaluator": "--evaluator"}
+_FLAG = {"ref": "--ref", "videos": "--videos", "evaluator": "--evaluator", "embedder": "--embedder"}
 
 
 class FolderError(SoundtrackError, ValueError):
@@ -187,6 +202,13 @@ class FolderEvalConfig:
         frame_size: frames are resized to this square size (the featurizer's default).
         pool_size: retrieval pool of P@K; None: the bench's, ``min(60, windows)``.
         max_files: score only the first N generated files by key (None: all).
+        transcriber / beat_tracker / key_estimator: the per-window analysers
+            (:class:`~soundtrack.eval.scoring.ScoringConfig`; ``basic_pitch`` and ``madmom``
+            come with the ``analysis`` extra, madmom's models are CC BY-NC-SA).
+        embedder: a standard audio backbone from local weights for FAD / KID
+            (:func:`soundtrack.models.audio_embedders.load_embedder` spec, e.g.
+            ``vggish:/path/vggish.pth``); with it FAD needs no evaluator. None: FAD on the
+            evaluator's encoders.
     """
 
     window_s: float = DEFAULT_WINDOW_S
@@ -195,6 +217,16 @@ class FolderEvalConfig:
     frame_size: int = 112
     pool_size: int | None = None
     max_files: int | None = None
+    transcriber: str = "chroma"
+    beat_tracker: str = "librosa"
+    key_estimator: str = "krumhansl"
+    embedder: str | None = None
+
+    @property
+    def scoring(self) -> ScoringConfig:
+        """The per-window scoring settings (its analysers)."""
+        return ScoringConfig(transcriber=self.transcriber, beat_tracker=self.beat_tracker,
+                             key_estimator=self.key_estimator)
 
     def check(self) -> None:
         """Raise :class:`FolderError` for settings that cannot work.
@@ -211,6 +243,10 @@ class FolderEvalConfig:
             raise FolderError(f"fps={self.fps}, frame_size={self.frame_size}: need fps > 0 and frame_size >= 8")
         if self.max_files is not None and self.max_files < 1:
             raise FolderError(f"max_files={self.max_files} (--max-files): give at least 1 (or none for all files)")
+        try:
+            self.scoring
+        except ConfigError as exc:
+            raise FolderError(f"{exc} (--transcriber / --beat-tracker / --key-estimator)") from None
 
 
 # ----------------------------------------------------------------------------- pairing
@@ -633,7 +669,7 @@ def _read_inputs(pair: Pair, cfg: FolderEvalConfig, res: PairScores) -> tuple[Au
 
 
 def score_pair(pair: Pair, cfg: FolderEvalConfig = FolderEvalConfig(),
-               evaluator: Evaluator | None = None) -> PairScores:
+               evaluator: Evaluator | None = None, embedder: AudioEmbedder | None = None) -> PairScores:
     """Read one pair and score its common span window by window (module docstring).
 
     The reference is scored first, each window's melody, dynamics and mode becoming the
@@ -644,6 +680,8 @@ def score_pair(pair: Pair, cfg: FolderEvalConfig = FolderEvalConfig(),
         pair: the generated file, its reference and video (either may be None).
         cfg: settings.
         evaluator: the evaluator (None: no evaluator arrays).
+        embedder: the standard backbone of ``--embedder`` (None: none); its window
+            embeddings go to ``emb["bb_audio"]`` / ``emb["bb_ref"]``.
 
     Returns:
         the :class:`PairScores`; a file that cannot be read or scored has its ``error``
@@ -684,8 +722,8 @@ def score_pair(pair: Pair, cfg: FolderEvalConfig = FolderEvalConfig(),
         try:
             for (a, b), row, grow in zip(spans, rows, gen_rows):
                 r = ref.wav[a:b]
-                desc = audio_descriptors(r, SR)
-                res.ref.append({"start_s": a / SR, "end_s": b / SR, **clip_metrics(r, row, desc=desc),
+                desc = audio_descriptors(r, SR, scoring=cfg.scoring)
+                res.ref.append({"start_s": a / SR, "end_s": b / SR, **clip_metrics(r, row, cfg.scoring, desc=desc),
                                 "level_db": _level_db(r)})
                 grow.update(_reference_row(desc, r))
                 dyn.append(desc["dynamics"])
@@ -700,8 +738,8 @@ def score_pair(pair: Pair, cfg: FolderEvalConfig = FolderEvalConfig(),
         try:
             for (a, b), grow in zip(spans, gen_rows):
                 g = gen.wav[a:b]
-                desc = audio_descriptors(g, SR)
-                res.gen.append({"start_s": a / SR, "end_s": b / SR, **clip_metrics(g, grow, desc=desc),
+                desc = audio_descriptors(g, SR, scoring=cfg.scoring)
+                res.gen.append({"start_s": a / SR, "end_s": b / SR, **clip_metrics(g, grow, cfg.scoring, desc=desc),
                                 "level_db": _level_db(g)})
                 dyn.append(desc["dynamics"])
             res.dyn_gen = np.concatenate(dyn)
@@ -710,6 +748,11 @@ def score_pair(pair: Pair, cfg: FolderEvalConfig = FolderEvalConfig(),
             res.gen, res.dyn_gen = [], None
     if evaluator is not None and (res.gen or res.ref):
         res.emb = _embed(evaluator, spans, gen if res.gen else None, ref if res.ref else None, frames, cfg)
+    if embedder is not None and (res.gen or res.ref):
+        n_win = int(round((cfg.window_s or DEFAULT_WINDOW_S) * SR))
+        for name, audio in (("bb_audio", gen if res.gen else None), ("bb_ref", ref if res.ref else None)):
+            if audio is not None:  # every window fitted to one length: the same number of backbone windows each
+                res.emb[name] = np.stack(embedder.embed([fit_length(audio.wav[a:b], n_win) for a, b in spans], SR))
     return res
 
 
@@ -804,26 +847,31 @@ def _set_rows(method: str, label: str, files: Sequence[PairScores], per_file: pd
     """
     gen = method == "generated"
     akey, pkey = ("audio", "probs") if gen else ("ref_audio", "ref_probs")
-    wanted = [m for m in SET_METRICS if set(METRIC_INPUTS[m]) <= given and not (not gen and m in SELF_METRICS)]
+    wanted = [m for m in SET_METRICS if set(metric_inputs(m, given)) <= given and not (not gen and m in SELF_METRICS)]
     if not files or not wanted:
         return [], {}
     cols = {k: per_file[k].to_numpy(float) for k in ("bcs", "bhs") if "videos" in given and k in per_file.columns}
     dyn = gen and "ref" in given
     emb = "evaluator" in given and all(pkey in f.emb for f in files)
-    fad = emb and gen and "fad" in wanted
+    backbone = "embedder" in given
+    fad = (emb or backbone) and gen and "fad" in wanted
+    rkey = "bb_ref" if backbone else "ref_audio"  # the windows FAD compares (backbone's or evaluator's)
 
     def compute(idx: np.ndarray, floors: bool = False) -> dict[str, float]:
         c = {k: v[idx][np.isfinite(v[idx])] for k, v in cols.items()}
         c = c if len(c) == 2 and all(len(v) for v in c.values()) else {}
         chosen = [files[i] for i in idx]
         with_dyn = [f for f in chosen if f.dyn_gen is not None and f.dyn_ref is not None] if dyn else []
-        paired = [f for f in chosen if "ref_audio" in f.emb] if fad else []  # FAD on the files with a reference
+        paired = [f for f in chosen if rkey in f.emb] if fad else []  # FAD on the files with a reference
+        bb = backbone and bool(paired)
         try:
-            return set_metrics(c, np.concatenate([f.emb[akey] for f in paired]) if paired else None, None,
-                               np.concatenate([f.emb["ref_audio"] for f in paired]) if paired else None,
+            return set_metrics(c, np.concatenate([f.emb[akey] for f in paired]) if paired and not bb else None, None,
+                               np.concatenate([f.emb["ref_audio"] for f in paired]) if paired and not bb else None,
                                np.concatenate([f.emb[pkey] for f in chosen]) if emb else None,
                                [f.dyn_ref for f in with_dyn] if with_dyn else None,
-                               [f.dyn_gen for f in with_dyn] if with_dyn else None, floors=floors)
+                               [f.dyn_gen for f in with_dyn] if with_dyn else None, floors=floors,
+                               fad_audio=np.concatenate([f.emb["bb_audio"] for f in paired]) if bb else None,
+                               fad_ref=np.concatenate([f.emb["bb_ref"] for f in paired]) if bb else None)
         except (MetricError, ValueError) as exc:  # e.g. FAD's covariance on too few windows
             return {**{m: math.nan for m in (*SET_METRICS, *FLOOR_METRICS)}, "_why": str(exc)}
 
@@ -913,12 +961,14 @@ def evaluate_folder(gen_dir: str | os.PathLike, ref_dir: str | os.PathLike | Non
     cfg.check()
     out = Path(out) if out is not None else default_out(gen_dir)
     ev = Evaluator.load(evaluator) if evaluator is not None else None  # before any scoring: fail fast
+    embedder = load_embedder(cfg.embedder) if cfg.embedder else None
     pairing = pair_folders(gen_dir, ref_dir, video_dir, exclude=out)
     pairs = pairing.pairs[:cfg.max_files] if cfg.max_files else pairing.pairs
-    given = {k for k, v in (("ref", ref_dir), ("videos", video_dir), ("evaluator", ev)) if v is not None}
+    given = {k for k, v in (("ref", ref_dir), ("videos", video_dir), ("evaluator", ev), ("embedder", embedder))
+             if v is not None}
     scored: list[tuple[str, PairScores]] = []
     for i, pair in enumerate(pairs):
-        s = score_pair(pair, cfg, ev)
+        s = score_pair(pair, cfg, ev, embedder)
         scored.append((pair.key, s))
         state = f"failed: {s.error}" if s.error else f"{s.info.get('windows', 0)} window(s), {s.info['scored_s']:.1f} s"
         log.info("eval %d/%d %s: %s", i + 1, len(pairs), pair.key, state)
@@ -935,17 +985,22 @@ def evaluate_folder(gen_dir: str | os.PathLike, ref_dir: str | os.PathLike | Non
     bench_cfg = BenchConfig(name=f"eval-{gen_name}", n_boot=cfg.n_boot,
                             baseline="reference" if "reference" in methods else None)
     summary = summarize(table, set_table, methods, bench_cfg)
-    scored_metrics = [m for m in METRIC_INPUTS if set(METRIC_INPUTS[m]) <= given]
+    scored_metrics = [m for m in METRIC_INPUTS if set(metric_inputs(m, given)) <= given]
     gen_rows = table[(table["method"] == "generated") & ~table["failed"].astype(bool)]
     summary.update({
         "eval": bench_cfg.name, "command": command, "wall_s": round(time.time() - t_start, 1),
         "inputs": {name: str(Path(p).resolve()) if p is not None else None for name, p in
                    (("generated", gen_dir), ("reference", ref_dir), ("videos", video_dir), ("evaluator", evaluator))},
         "settings": {"window_s": cfg.window_s, "n_boot": cfg.n_boot, "sr": SR, "fps": cfg.fps,
-                     "frame_size": cfg.frame_size, "min_seconds": MIN_SECONDS, "max_files": cfg.max_files},
+                     "frame_size": cfg.frame_size, "min_seconds": MIN_SECONDS, "max_files": cfg.max_files,
+                     "transcriber": cfg.transcriber, "beat_tracker": cfg.beat_tracker,
+                     "key_estimator": cfg.key_estimator, "embedder": cfg.embedder},
+        "analysis": analysis_description(cfg.scoring),
+        "fad_encoder": (embedder.identity if embedder is not None
+                        else f"evaluator encoders {ev.card.get('encoders')}" if ev is not None else None),
         "files": len(scored), "scored": int(len(gen_rows)), "windows": int(sum(len(s.gen) for _, s in scored)),
         "pairing": pairing.to_dict(), "scored_metrics": scored_metrics,
-        "skipped_metrics": {m: "needs " + " and ".join(_FLAG[x] for x in METRIC_INPUTS[m])
+        "skipped_metrics": {m: "needs " + " and ".join(_FLAG[x] for x in metric_inputs(m, given))
                             for m in METRIC_INPUTS if m not in scored_metrics},
         "undefined_set_metrics": why,
         "silent": sorted(gen_rows.loc[gen_rows["level_db"] < SILENT_DB, "clip_id"].astype(str)),
@@ -1011,7 +1066,9 @@ def markdown(summary: Mapping[str, Any], table: pd.DataFrame, methods: Mapping[s
               "detected visual events (shot cuts and motion onsets, 0.1 s tolerance), never the reference "
               "audio. csd, hsd, dyn_macro, fad and is are set-level (interval: the bench's subsampling interval, "
               "recomputed on halves of the files; none below 4 files); fad_floor (FAD between two halves of the "
-              "references), fad_excess and kid are point values.", ""]
+              "references), fad_excess and kid are point values."
+              + (f" FAD / KID encoder: {summary['fad_encoder']}." if summary.get("fad_encoder") else "")
+              + (f" {summary['analysis']}" if summary.get("analysis") else ""), ""]
     per = summary["methods"]
     scored = set(summary["scored_metrics"])
     for title, cols in TABLES:

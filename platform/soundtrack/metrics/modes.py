@@ -483,9 +483,9 @@ BOUNDS: dict[str, tuple[float | None, float | None]] = {
     # structure: PCHE in bits up to log2(12), GPS, ADV (in [0, 1)), SI
     "pche": (0.0, PCHE_MAX_BITS), "gps": (0.0, 1.0), "adv": (0.0, 1.0), "si": (0.0, 1.0),
     # tonality
-    "chroma_conc": (0.0, 1.0), "flatness": (0.0, 1.0), "mode_match": (0.0, 1.0),
+    "chroma_conc": (0.0, 1.0), "flatness": (0.0, 1.0), "mode_match": (0.0, 1.0), "mood_acc": (0.0, 1.0),
     # embeddings and retrieval (cosines; P@K fractions)
-    "sim": (-1.0, 1.0), "p_at_1": (0.0, 1.0), "p_at_5": (0.0, 1.0), "p_at_10": (0.0, 1.0), "p_at_20": (0.0, 1.0),
+    "sim": (-1.0, 1.0), "clap": (-1.0, 1.0), "p_at_1": (0.0, 1.0), "p_at_5": (0.0, 1.0), "p_at_10": (0.0, 1.0), "p_at_20": (0.0, 1.0),
     # distributions: bounded below only
     "fad": (0.0, None), "kl": (0.0, None), "is": (1.0, None),
 }

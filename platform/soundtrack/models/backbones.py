@@ -102,6 +102,7 @@ from soundtrack.models.unet import (
     _FusionContext,
 )
 from soundtrack.models.vocoder import MEL_SIDECAR, HiFiGANVocoder, VocoderMel
+from soundtrack.modules.state import strip_module_prefix
 from soundtrack.storage import read_json_object
 
 log = logging.getLogger(__name__)
@@ -659,7 +660,7 @@ class BackboneDenoiser(SoundtrackDenoiser):
         unet = UNet2DConditionModel.from_config(doc["unet_config"])
         model = cls(cfg, unet, BackboneOptions.from_dict(doc.get("options")), kind=doc.get("kind", "audioldm"),
                     source=doc.get("source", ""))
-        model.load_state_dict(load_file(str(path / WEIGHTS_FILE), device=str(device)))
+        model.load_state_dict(strip_module_prefix(load_file(str(path / WEIGHTS_FILE), device=str(device))))
         return model.to(device)
 
 

@@ -25,6 +25,13 @@ and restored around the import and :mod:`soundtrack.env`'s defaults (``HF_HUB_OF
 among them) are applied again (both are belt and braces, since our import path does not
 reach the code that needs them).
 
+Besides the fixed HTSAT sizes of :func:`create_htsat`, :func:`create_htsat_from_state` builds
+an HTSAT sized by a checkpoint's tensor shapes (so tiny test models load too), and
+:func:`create_roberta_text_branch` / :func:`load_text_tokenizer` build LAION-CLAP's RoBERTa
+text side from local directories with ``transformers`` directly (laion_clap's own ``CLAP``
+class cannot be built offline: it calls ``RobertaModel.from_pretrained('roberta-base')``);
+:mod:`soundtrack.models.audio_embedders` uses them for its CLAP embedder and CLAP score.
+
 Limits found while writing this:
 
 * HTSAT cannot be built on the ``meta`` device: torchlibrosa assigns ``.data`` of its
@@ -347,13 +354,18 @@ def htsat_window_embeddings(model: torch.nn.Module, wav48: torch.Tensor) -> torc
         to 1024 by bicubic interpolation with aligned corners). Its true resolution is 32
         tokens per window (0.31 s): each token is repeated 32 times.
     """
+    return _htsat_features(model, wav48)["fine_grained_embedding"]
+
+
+def _htsat_features(model: torch.nn.Module, wav48: torch.Tensor) -> dict[str, torch.Tensor]:
+    """HTSAT's front end plus ``forward_features`` on (W, 480000) windows at 48 kHz (no augmentation)."""
     x = model.spectrogram_extractor(wav48)  # (W, 1, 1001, 513)
     x = model.logmel_extractor(x)  # (W, 1, 1001, 64)
     x = x.transpose(1, 3)
     x = model.bn0(x)
     x = x.transpose(1, 3)
     x = model.reshape_wav2img(x)
-    return model.forward_features(x)["fine_grained_embedding"]
+    return model.forward_features(x)
 
 
 def htsat_sequence(
@@ -418,3 +430,192 @@ def htsat_sequence(
     c = emb[:, idx_d, lo_d + 1]
     frac = frac.to(emb.device)[None, :, None]
     return a * (1 - frac) + c * frac
+
+
+def htsat_clip_embeddings(model: torch.nn.Module, wav48: torch.Tensor) -> torch.Tensor:
+    """HTSAT's pooled ``"embedding"`` output of exactly-10-s windows at 48 kHz.
+
+    This is the audio-branch output that LAION-CLAP feeds to ``audio_projection``
+    (``CLAP.get_audio_embedding``), computed without SpecAugment or mix-up.
+
+    Args:
+        model: HTSAT module (eval mode).
+        wav48: (W, 480000) windows at 48 kHz.
+
+    Returns:
+        (W, C) embeddings (C = 768 for HTSAT-tiny: the last stage's width).
+    """
+    return _htsat_features(model, wav48)["embedding"]
+
+
+# ----------------------------------------------------------------------------- sizes from weights
+
+
+def select_prefix(state: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """The entries of a (possibly DDP-prefixed) LAION-CLAP state dict under ``prefix``, prefix removed.
+
+    Args:
+        state: name -> tensor mapping (``module.`` prefixes allowed).
+        prefix: e.g. ``"audio_projection."`` or ``"text_branch."``.
+
+    Returns:
+        The selected entries (empty when there are none).
+    """
+    out = {}
+    for key, value in state.items():
+        name = key[len("module.") :] if key.startswith("module.") else key
+        if name.startswith(prefix):
+            out[name[len(prefix) :]] = value
+    return out
+
+
+def htsat_kwargs_from_state(state: Mapping[str, torch.Tensor]) -> dict:
+    """The ``HTSAT_Swin_Transformer`` sizes that produce the shapes of an HTSAT state dict.
+
+    Read from the shapes: ``embed_dim`` (``patch_embed.proj.weight`` rows), ``patch_size``
+    (its kernel), ``depths`` (blocks per ``layers.i``), ``num_heads`` (columns of each
+    stage's ``relative_position_bias_table``), ``window_size`` (its (2w-1)^2 rows),
+    ``mlp_ratio`` (``mlp.fc1`` rows / width) and ``num_classes`` (``head.weight``). The
+    patch stride is taken equal to the patch size and the spectrogram "image" is 256 x
+    256, as in every LAION-CLAP HTSAT config (tiny / base / large differ only in the
+    sizes above). A tiny test model built with other sizes is therefore loadable too.
+
+    Args:
+        state: bare HTSAT state dict (see :func:`strip_audio_branch`).
+
+    Returns:
+        Keyword arguments for ``HTSAT_Swin_Transformer``.
+
+    Raises:
+        KeyError: a key every HTSAT has is missing (the message names it).
+    """
+    for key in ("patch_embed.proj.weight", "head.weight", "layers.0.blocks.0.attn.relative_position_bias_table"):
+        if key not in state:
+            raise KeyError(f"HTSAT weights lack {key!r}")
+    proj = state["patch_embed.proj.weight"]  # (embed_dim, 1, patch, patch)
+    depths, heads = [], []
+    i = 0
+    while f"layers.{i}.blocks.0.attn.relative_position_bias_table" in state:
+        j = 0
+        while f"layers.{i}.blocks.{j}.norm1.weight" in state:
+            j += 1
+        depths.append(j)
+        heads.append(int(state[f"layers.{i}.blocks.0.attn.relative_position_bias_table"].shape[1]))
+        i += 1
+    table_rows = int(state["layers.0.blocks.0.attn.relative_position_bias_table"].shape[0])
+    window = (round(math.sqrt(table_rows)) + 1) // 2
+    fc1 = state["layers.0.blocks.0.mlp.fc1.weight"]
+    patch = int(proj.shape[-1])
+    return {
+        "spec_size": 256,
+        "patch_size": patch,
+        "patch_stride": (patch, patch),
+        "num_classes": int(state["head.weight"].shape[0]),
+        "embed_dim": int(proj.shape[0]),
+        "depths": depths,
+        "num_heads": heads,
+        "window_size": window,
+        "mlp_ratio": float(fc1.shape[0]) / float(fc1.shape[1]),
+    }
+
+
+def create_htsat_from_state(state: Mapping[str, torch.Tensor]) -> torch.nn.Module:
+    """Builds an HTSAT sized by a state dict's shapes and loads it strictly (eval mode, CPU).
+
+    Args:
+        state: bare HTSAT state dict (``audio_branch.`` / ``module.`` removed).
+
+    Returns:
+        The loaded ``HTSAT_Swin_Transformer``.
+
+    Raises:
+        KeyError: a key every HTSAT has is missing.
+        ValueError: the keys do not match the inferred architecture (lists the first ones).
+    """
+    kwargs = htsat_kwargs_from_state(state)
+    htsat = import_htsat()
+    mel_bins = int(state["logmel_extractor.melW"].shape[1]) if "logmel_extractor.melW" in state else 64
+    cfg = HTSATAudioCfg(class_num=kwargs["num_classes"], mel_bins=mel_bins)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.meshgrid", category=UserWarning)
+        model = htsat.HTSAT_Swin_Transformer(config=cfg, enable_fusion=False, fusion_type="None", **kwargs)
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(state) if tuple(expected[k].shape) != tuple(state[k].shape))
+    if missing or unexpected or wrong:
+        raise ValueError(
+            f"HTSAT keys do not match the architecture inferred from their shapes ({kwargs}): "
+            f"missing {missing[:5]}, unexpected {unexpected[:5]}, wrong shape {wrong[:5]} "
+            "(a fusion checkpoint, or a PANN audio branch, is not supported)"
+        )
+    model.load_state_dict(dict(state), strict=True)
+    return model.eval()
+
+
+# ----------------------------------------------------------------------------- text branch
+#
+# LAION-CLAP's text side cannot be built through laion_clap offline: ``CLAP.__init__``
+# (clap_module/model.py) calls ``RobertaModel.from_pretrained('roberta-base')`` (a Hub
+# download, refused under HF_HUB_OFFLINE=1), and importing model.py pulls timm_model /
+# open_clip-era helpers besides. Its text branch *is* a plain ``transformers.RobertaModel``
+# whose state-dict names LAION-CLAP stores under ``text_branch.``, followed by
+# ``text_projection`` = Sequential(Linear(768, 512), ReLU, Linear(512, 512)); so we build
+# that RobertaModel from a local config directory and load the checkpoint's own
+# ``text_branch.*`` weights into it (the CLAP fine-tuned ones, not roberta-base's).
+
+
+def create_roberta_text_branch(config_dir: str | os.PathLike, state: Mapping[str, torch.Tensor]) -> torch.nn.Module:
+    """LAION-CLAP's RoBERTa text branch from a local config and a checkpoint's weights (strict).
+
+    Args:
+        config_dir: local directory with the RoBERTa ``config.json`` (e.g. a roberta-base
+            snapshot); only its architecture is used, never its weights.
+        state: the checkpoint's ``text_branch.`` entries with the prefix removed. The
+            ``embeddings.position_ids`` buffer that transformers 4.x saved is ignored
+            (LAION-CLAP's own loader drops it too).
+
+    Returns:
+        A ``transformers.RobertaModel`` with a pooler, in eval mode.
+
+    Raises:
+        ValueError: the config is not a RoBERTa one, or the weights do not fit it.
+    """
+    from transformers import AutoConfig, RobertaModel
+
+    apply_env_defaults()
+    config = AutoConfig.from_pretrained(str(config_dir), local_files_only=True)
+    if config.model_type != "roberta":
+        raise ValueError(
+            f"{config_dir}: model_type {config.model_type!r}; LAION-CLAP's released checkpoints use a "
+            "'roberta' text branch (bert / bart variants are not supported)"
+        )
+    model = RobertaModel(config, add_pooling_layer=True)
+    state = {k: v for k, v in state.items() if k != "embeddings.position_ids"}
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(state) if tuple(expected[k].shape) != tuple(state[k].shape))
+    if missing or unexpected or wrong:
+        raise ValueError(
+            f"text_branch weights do not fit the RoBERTa of {config_dir}: missing {missing[:5]}, "
+            f"unexpected {unexpected[:5]}, wrong shape {wrong[:5]}; is config.json the one this "
+            "checkpoint was trained with (roberta-base for LAION-CLAP)?"
+        )
+    model.load_state_dict(state, strict=True)
+    return model.eval()
+
+
+def load_text_tokenizer(tokenizer_dir: str | os.PathLike):
+    """A tokenizer from a local directory (``AutoTokenizer``, local files only).
+
+    Args:
+        tokenizer_dir: directory written by ``save_pretrained`` (roberta-base's for LAION-CLAP).
+
+    Returns:
+        The tokenizer.
+    """
+    from transformers import AutoTokenizer
+
+    apply_env_defaults()
+    return AutoTokenizer.from_pretrained(str(tokenizer_dir), local_files_only=True)

@@ -48,6 +48,7 @@ from safetensors.torch import load_file, save_file
 
 from soundtrack.env import apply_env_defaults
 from soundtrack.models import clap_adapter
+from soundtrack.modules.state import strip_module_prefix
 from soundtrack.profiles import model_preset
 
 Adaptor = Literal["softmax_gated", "sigmoid_gated", "attention_pool", "mean"]
@@ -959,7 +960,7 @@ class ContrastiveModel(nn.Module):
             raise ValueError(f"{src / CONFIG_FILE}: not a {CONFIG_FORMAT} model (format={doc.get('format')!r})")
         cfg = ContrastiveConfig.from_dict(doc["config"])
         model = cls(cfg, load_pretrained=False)
-        model.load_state_dict(load_file(str(src / WEIGHTS_FILE), device=str(map_location)), strict=True)
+        model.load_state_dict(strip_module_prefix(load_file(str(src / WEIGHTS_FILE), device=str(map_location))), strict=True)
         return model.to(map_location)
 
 

@@ -71,6 +71,7 @@ from soundtrack.modules.attention import (
     column_times,
     feature_selector_keep,
 )
+from soundtrack.modules.state import strip_module_prefix
 from soundtrack.profiles import model_preset
 
 #: Condition names, in the column order of every drop mask.
@@ -694,7 +695,7 @@ class SoundtrackDenoiser(nn.Module):
         path = Path(directory)
         cfg = DenoiserConfig.from_dict(json.loads((path / CONFIG_FILE).read_text()))
         model = cls(cfg)
-        model.load_state_dict(load_file(str(path / WEIGHTS_FILE), device=str(device)))
+        model.load_state_dict(strip_module_prefix(load_file(str(path / WEIGHTS_FILE), device=str(device))))
         return model.to(device)
 
 

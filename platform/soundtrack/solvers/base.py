@@ -1,11 +1,20 @@
 """The one training loop: a :class:`Solver` owns the steps, each model family writes three methods.
 
-audiocraft's idea, without Ray: :meth:`Solver.fit` restores the last checkpoint, keeps
-every worker's weights equal, sets the learning rate of each step (linear warm-up then
-cosine decay), runs the family's :meth:`Solver.run_step`, averages gradients across
-workers, clips them, steps the optimiser, logs metrics, checkpoints, injects a fault when
-a test asks for one, and stops with :class:`~soundtrack.errors.TrainingError` on a
-non-finite loss (the last good checkpoint stays). A family (``SOLVERS`` in
+audiocraft's idea, without Ray: :meth:`Solver.fit` restores the last checkpoint, moves
+the model to the reporter's device, lets the reporter wrap it for data parallelism
+(``DistributedDataParallel`` through Ray Train's ``prepare_model`` in the Ray path: it
+broadcasts rank 0's weights and averages gradients during ``backward``), sets the
+learning rate of each step (linear warm-up then cosine decay), runs the family's
+:meth:`Solver.run_step` over ``grad_accum_steps`` micro-batches under the configured
+autocast precision (``fp32``, ``bf16``, ``fp16`` with a gradient scaler on CUDA), clips
+the gradients, steps the optimiser, logs metrics, checkpoints, injects a fault when a
+test asks for one, and stops with :class:`~soundtrack.errors.TrainingError` on a
+non-finite loss (the last good checkpoint stays).
+
+Every (re)start appends one line per worker to ``<run_dir>/starts.jsonl`` (rank, world,
+pid, the step it starts at, the checkpoint it restored, device, precision): what a
+worker *saw* after a restart, so a test tells a resume from checkpoint k from a restart
+at step 0 (the metrics log alone cannot: it drops the steps after the restored one). A family (``SOLVERS`` in
 :mod:`soundtrack.solvers`) writes :meth:`Solver.build_model`, :meth:`Solver.build_optimizer`
 and :meth:`Solver.run_step`, plus where its model lives in a checkpoint.
 
@@ -18,10 +27,12 @@ solver on N workers.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 import os
 import shutil
+import signal
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -31,16 +42,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from soundtrack.errors import TrainingError
+from soundtrack.errors import ConfigError, TrainingError
 from soundtrack.solvers.common import (
     MetricsWriter,
-    average_gradients,
-    broadcast_parameters,
+    autocast_dtype,
     load_optimizer,
     load_trainer_state,
     save_optimizer,
     save_trainer_state,
     torch_threads,
+    unwrap_model,
     warmup_cosine,
 )
 
@@ -50,6 +61,10 @@ log = logging.getLogger(__name__)
 OPTIMIZER_FILE = "optimizer.safetensors"
 #: Marker written before an injected fault: the restarted worker does not fail again.
 FAULT_MARKER = ".fault_injected"
+#: One JSON line per worker per (re)start: what each worker resumed from.
+STARTS_FILE = "starts.jsonl"
+#: The autocast precisions a solver trains in (``precision`` of the pretrain / train sections).
+PRECISIONS = ("fp32", "bf16", "fp16")
 
 
 class Reporter:
@@ -58,10 +73,22 @@ class Reporter:
     Attributes:
         rank: this worker's rank (0 writes metrics and checkpoints).
         world: number of workers.
+        device: where the model and the batches go (the launcher's choice: Ray Train's
+            ``get_device()`` in a worker, CPU or a given device in this process).
     """
 
     rank: int = 0
     world: int = 1
+    device: torch.device = torch.device("cpu")
+
+    def prepare(self, module: torch.nn.Module) -> torch.nn.Module:
+        """The module to run steps through: moved to :attr:`device` (a launcher wraps it for
+        data parallelism, e.g. ``DistributedDataParallel``; checkpoints always save the
+        unwrapped model)."""
+        return module.to(self.device)
+
+    def wait_for_checkpoints(self) -> None:
+        """Block until every reported checkpoint is registered (before an injected fault)."""
 
     def restore(self) -> contextlib.AbstractContextManager[str | None]:
         """A context giving the directory of the checkpoint to resume from (None: fresh start)."""
@@ -81,12 +108,14 @@ class LocalReporter(Reporter):
     Args:
         directory: the phase's checkpoint folder (created).
         keep: checkpoints kept (older ones are deleted).
+        device: where the solver trains (``None``: CPU).
     """
 
-    def __init__(self, directory: str | os.PathLike, keep: int = 2):
+    def __init__(self, directory: str | os.PathLike, keep: int = 2, device: str | torch.device | None = None):
         self.dir = Path(directory)
         self.keep = int(keep)
         self.reports: list[dict] = []
+        self.device = torch.device(device or "cpu")
 
     def _checkpoints(self) -> list[Path]:
         found = []
@@ -158,12 +187,19 @@ class Solver:
     threads: int | None = None
     fail_at_step: int | None = None
     local_shuffle_buffer: int | None = None
+    precision: str = "fp32"
+    grad_accum_steps: int = 1
 
     def __init__(self, config: Mapping[str, Any], run_dir: str | os.PathLike):
         self.config = dict(config)
         self.run_dir = Path(run_dir)
         self.rank, self.world = 0, 1
+        self.device = torch.device("cpu")
         self.setup(self.config)
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"{self.name}: precision {self.precision!r}; allowed: {', '.join(PRECISIONS)}")
+        if int(self.grad_accum_steps) < 1:
+            raise ConfigError(f"{self.name}: grad_accum_steps must be >= 1, got {self.grad_accum_steps}")
 
     # -- what a family writes ---------------------------------------------------------
     def setup(self, config: dict) -> None:
@@ -179,8 +215,16 @@ class Solver:
         raise NotImplementedError
 
     def run_step(self, model: torch.nn.Module, batch: Mapping[str, Any], step: int) -> tuple[torch.Tensor, dict]:
-        """One batch -> ``(scalar loss, {name: float} logs)``; the base does backward and step."""
+        """One (micro-)batch -> ``(scalar loss, {name: float} logs)``; the base does backward and step.
+
+        Tensors built from the batch go to :attr:`device` (the model is already there);
+        the base runs this under autocast and, with DDP, inside the wrapper's ``forward``.
+        """
         raise NotImplementedError
+
+    def to_device(self, x: torch.Tensor) -> torch.Tensor:
+        """A batch tensor on the training device (non-blocking from pinned memory)."""
+        return x.to(self.device, non_blocking=True)
 
     def start(self, step: int) -> None:
         """Called once before the first step of a (re)start, with the step it starts at (RNGs)."""
@@ -200,32 +244,62 @@ class Solver:
         """Learning rate of ``step``: ``lr`` x linear warm-up then cosine to ``min_lr_ratio``."""
         return self.lr * warmup_cosine(step, self.total_steps, self.warmup_steps, self.min_lr_ratio)
 
-    def _restore(self, reporter: Reporter) -> tuple[torch.nn.Module, torch.optim.Optimizer, int]:
+    def _restore(self, reporter: Reporter) -> tuple[torch.nn.Module, torch.optim.Optimizer, int, dict]:
+        """Model (on the device), optimiser, start step and trainer state of the checkpoint to resume."""
         with reporter.restore() as d:
             if d is not None:
-                model = self.load_model(d)
+                model = self.load_model(d).to(self.device)
                 opt = self.build_optimizer(model)
-                load_optimizer(opt, os.path.join(d, OPTIMIZER_FILE))
-                return model, opt, int(load_trainer_state(d)["step"])
-        model = self.build_model()
-        return model, self.build_optimizer(model), 0
+                load_optimizer(opt, os.path.join(d, OPTIMIZER_FILE))  # state follows the params' device
+                state = load_trainer_state(d)
+                return model, opt, int(state["step"]), state
+        model = self.build_model().to(self.device)
+        return model, self.build_optimizer(model), 0, {}
 
-    def _checkpoint(self, model, opt, step: int, loss: float, reporter: Reporter) -> None:
+    def _checkpoint(self, model, opt, step: int, loss: float, reporter: Reporter, scaler=None) -> None:
         with tempfile.TemporaryDirectory() as d:
             if self.rank == 0:
-                self.save_model(model, d)
+                self.save_model(unwrap_model(model), d)
                 save_optimizer(opt, os.path.join(d, OPTIMIZER_FILE))
+                extra = {"grad_scaler": scaler.state_dict()} if scaler is not None else {}
                 save_trainer_state(d, step=step, seed=self.seed, pid=os.getpid(), saved_at=time.time(),
-                                   **self.trainer_state(step))
+                                   precision=self.precision, grad_accum_steps=int(self.grad_accum_steps),
+                                   **extra, **self.trainer_state(step))
             reporter.report({"step": step, "loss": loss}, d if self.rank == 0 else None)
+
+    def _record_start(self, step: int, restored: dict) -> None:
+        """Append this worker's (re)start to :data:`STARTS_FILE` (one short line: atomic in append mode)."""
+        rec = {"rank": self.rank, "world": self.world, "pid": os.getpid(), "start_step": step,
+               "restored_step": restored.get("step"), "restored_pid": restored.get("pid"),
+               "device": str(self.device), "precision": self.precision, "time": round(time.time(), 3)}
+        with open(self.run_dir / STARTS_FILE, "a") as f:
+            f.write(json.dumps(rec) + "\n")
+
+    def _inject_fault(self, step: int, reporter: Reporter) -> None:
+        """Kill this worker with SIGKILL at ``fail_at_step`` (the highest rank; once per run directory).
+
+        Before dying it waits until every reported checkpoint is registered, so the
+        restarted group resumes from the last checkpoint written, not an older one.
+        """
+        marker = self.run_dir / FAULT_MARKER
+        if self.fail_at_step is None or step != self.fail_at_step or self.rank != self.world - 1 or marker.exists():
+            return
+        reporter.wait_for_checkpoints()
+        marker.write_text(str(step))
+        log.info("%s: fault injection: worker %d is SIGKILLed at step %d", self.name, self.rank, step)
+        os.kill(os.getpid(), signal.SIGKILL)
 
     def fit(self, batches: Callable[[], Iterable[Mapping[str, Any]]], reporter: Reporter) -> dict:
         """Train to :attr:`total_steps` (resuming from the reporter's checkpoint).
 
+        A step is one optimiser step over ``grad_accum_steps`` micro-batches (each of
+        :attr:`batch_size` rows; with DDP, gradients are all-reduced on the last one only).
+
         Args:
             batches: returns a fresh iterable of batches (numpy dicts) each time it is
                 called; called again when one runs out before the last step.
-            reporter: checkpoints in and out (:class:`LocalReporter` or Ray Train's).
+            reporter: checkpoints in and out (:class:`LocalReporter` or Ray Train's), the
+                device and the data-parallel wrapper.
 
         Returns:
             ``{"step", "start_step", "loss", "pid"}`` of this process's run.
@@ -233,65 +307,113 @@ class Solver:
         Raises:
             TrainingError: a non-finite loss (the message names the step and the last
                 checkpoint, which is kept), or batches that run dry.
+            ConfigError: ``fp16`` on a device without CUDA (use ``bf16`` there).
         """
         self.rank, self.world = reporter.rank, reporter.world
+        self.device = torch.device(reporter.device)
+        dtype = autocast_dtype(self.precision, self.device)  # raises for fp16 without CUDA
         torch_threads(self.threads)
         torch.manual_seed(self.seed)  # the same initial weights on every worker
-        model, opt, step = self._restore(reporter)
+        model, opt, step, restored = self._restore(reporter)
+        scaler = torch.amp.GradScaler("cuda") if self.precision == "fp16" else None
+        if scaler is not None and restored.get("grad_scaler"):
+            scaler.load_state_dict(restored["grad_scaler"])
         start_step = step
-        broadcast_parameters(model)  # every worker starts from rank 0's weights
+        stepper = reporter.prepare(_Step(self, model))  # DDP: rank 0's weights broadcast here
         model.train()
         self.start(step)
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._record_start(step, restored)
         writer = MetricsWriter(self.run_dir, resume_step=step, enabled=self.rank == 0, name=self.metrics_file)
         if self.rank == 0:
-            log.info("%s: worker 0/%d starting at step %d of %d", self.name, self.world, step, self.total_steps)
-        marker = self.run_dir / FAULT_MARKER
+            log.info("%s: worker 0/%d starting at step %d of %d on %s (%s, %d micro-batch(es) a step)", self.name,
+                     self.world, step, self.total_steps, self.device, self.precision, self.grad_accum_steps)
+        accum = int(self.grad_accum_steps)
+        no_sync = getattr(stepper, "no_sync", None)  # DDP: skip the all-reduce on all but the last micro-batch
+        stream = _stream(batches, lambda: step, self.name, self.total_steps)
+        params = [p for p in model.parameters() if p.requires_grad]
         t_last, n_since, loss_value, last_ckpt = time.time(), 0, math.nan, step
         while step < self.total_steps:
-            n_batches = 0
-            for batch in batches():
-                if step >= self.total_steps:
-                    break
-                n_batches += 1
-                if self.fail_at_step is not None and step == self.fail_at_step and not marker.exists():
-                    marker.write_text(str(step))
-                    log.info("%s: fault injection: worker %d exits hard at step %d", self.name, self.rank, step)
-                    os._exit(1)
-                lr = self.lr_at(step)
-                for g in opt.param_groups:
-                    g["lr"] = lr
-                loss, logs = self.run_step(model, batch, step)
-                if not torch.isfinite(loss.detach()).all():
-                    raise TrainingError(
-                        f"{self.name}: the loss is {float(loss.detach())} at step {step + 1}; stopped. The last good "
-                        f"checkpoint (step {last_ckpt}) is kept: lower the learning rate ({lr:.3g} here) or check the "
-                        "inputs, then resume.")
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                average_gradients(model)
-                if self.grad_clip:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), self.grad_clip)
+            self._inject_fault(step, reporter)
+            lr = self.lr_at(step)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            opt.zero_grad(set_to_none=True)
+            losses, logs = [], {}
+            for i in range(accum):
+                batch = next(stream)
+                sync = contextlib.nullcontext() if (no_sync is None or i == accum - 1) else no_sync()
+                with sync:
+                    with torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None):
+                        loss, logs = stepper(batch, step)
+                    if not torch.isfinite(loss.detach()).all():
+                        raise TrainingError(
+                            f"{self.name}: the loss is {float(loss.detach())} at step {step + 1}; stopped. The last "
+                            f"good checkpoint (step {last_ckpt}) is kept: lower the learning rate ({lr:.3g} here), "
+                            "use precision fp32 or check the inputs, then resume.")
+                    scaled = loss / accum
+                    (scaler.scale(scaled) if scaler is not None else scaled).backward()
+                losses.append(float(loss.detach()))
+            if scaler is not None:
+                scaler.unscale_(opt)
+            if self.grad_clip:
+                torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
+            if scaler is not None:
+                scaler.step(opt)  # skipped when fp16 gradients overflowed (the scale shrinks)
+                scaler.update()
+            else:
                 opt.step()
-                step += 1
-                n_since += 1
-                loss_value = loss.item()
-                if step % self.log_every == 0 or step == self.total_steps:
-                    el = time.time() - t_last
-                    p = self.metric_prefix
-                    writer.log(step, **{f"{p}loss": loss_value, "lr": lr,
-                                        "steps_per_s": round(n_since / el, 4) if el > 0 else None,
-                                        **{f"{p}{k}": float(v) for k, v in logs.items()}})
-                    t_last, n_since = time.time(), 0
-                    if self.rank == 0:
-                        log.info("%s: step %d/%d loss %.4f lr %.2e", self.name, step, self.total_steps, loss_value, lr)
-                if step % self.checkpoint_every == 0 or step == self.total_steps:
-                    self._checkpoint(model, opt, step, loss_value, reporter)
-                    last_ckpt = step
-            if n_batches == 0:
-                raise TrainingError(f"{self.name}: the batches ran out at step {step} of {self.total_steps}; "
-                                    "the data stream is empty")
+            step += 1
+            n_since += 1
+            loss_value = sum(losses) / len(losses)
+            if step % self.log_every == 0 or step == self.total_steps:
+                el = time.time() - t_last
+                p = self.metric_prefix
+                writer.log(step, **{f"{p}loss": loss_value, "lr": lr,
+                                    "steps_per_s": round(n_since / el, 4) if el > 0 else None,
+                                    **{f"{p}{k}": float(v) for k, v in logs.items()}})
+                t_last, n_since = time.time(), 0
+                if self.rank == 0:
+                    log.info("%s: step %d/%d loss %.4f lr %.2e", self.name, step, self.total_steps, loss_value, lr)
+            if step % self.checkpoint_every == 0 or step == self.total_steps:
+                self._checkpoint(model, opt, step, loss_value, reporter, scaler)
+                last_ckpt = step
         return {"step": step, "start_step": start_step, "loss": loss_value, "pid": os.getpid()}
+
+
+class _Step(torch.nn.Module):
+    """The model and its family's step as one module, so that a ``DistributedDataParallel``
+    wrapper's ``forward`` is the whole step: the losses call the models' own methods
+    (``encode_video``, ...), which DDP would not see if only the model were wrapped.
+
+    Args:
+        solver: the solver whose :meth:`Solver.run_step` is the forward.
+        model: the model (its parameters are this module's).
+    """
+
+    def __init__(self, solver: Solver, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+        self.run_step = solver.run_step  # a bound method, not a submodule
+
+    def forward(self, batch: Mapping[str, Any], step: int) -> tuple[torch.Tensor, dict]:
+        return self.run_step(self.model, batch, step)
+
+
+def _stream(batches: Callable[[], Iterable[Mapping[str, Any]]], step: Callable[[], int], name: str,
+            total: int) -> Iterator[Mapping[str, Any]]:
+    """Micro-batches without end: a new pass of ``batches()`` whenever one runs out.
+
+    Raises:
+        TrainingError: a pass that yields no batch (the data stream is empty).
+    """
+    while True:
+        n = 0
+        for batch in batches():
+            n += 1
+            yield batch
+        if n == 0:
+            raise TrainingError(f"{name}: the batches ran out at step {step()} of {total}; the data stream is empty")
 
 
 def numpy_batches(columns: Mapping[str, np.ndarray | list], batch_size: int, seed: int,

@@ -3,10 +3,11 @@
 Checkpoints are directories with ``model.safetensors`` + ``config.json`` (the model's
 own ``save``), ``optimizer.safetensors`` (every tensor of the optimizer state; the rest
 of the state as JSON in its metadata) and ``trainer_state.json`` (step, epoch, seed).
-Nothing is pickled: loading never runs code from a file. Data parallelism across
-workers (:func:`broadcast_parameters`, :func:`average_gradients`) uses
-``torch.distributed`` directly; Ray only starts the process group
-(:mod:`soundtrack.distributed.train`).
+Nothing is pickled: loading never runs code from a file. Data parallelism is
+``DistributedDataParallel``, applied by the launcher (:mod:`soundtrack.distributed.train`
+through Ray Train's ``prepare_model``); checkpoints hold the unwrapped model
+(:func:`unwrap_model`), and :func:`soundtrack.modules.state.strip_module_prefix` makes a
+state dict saved from a wrapper load into a bare model. Precision: :func:`autocast_dtype`.
 """
 
 from __future__ import annotations
@@ -19,9 +20,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from safetensors import safe_open
 from safetensors.torch import save_file
+
+from soundtrack.errors import ConfigError
 
 
 def save_optimizer(opt: torch.optim.Optimizer, path: str | os.PathLike) -> None:
@@ -132,34 +134,38 @@ def torch_threads(n: int | None) -> None:
         torch.set_num_threads(max(1, int(n)))
 
 
-def broadcast_parameters(model: torch.nn.Module) -> None:
-    """Copy rank 0's parameters and buffers to every worker (no-op without a process group)."""
+def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The bare model inside ``DistributedDataParallel`` (and inside the solver's step module).
 
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        for t in list(model.parameters()) + list(model.buffers()):
-            dist.broadcast(t.data, src=0)
-
-
-def average_gradients(model: torch.nn.Module) -> None:
-    """All-reduce and average gradients across workers (data parallelism).
-
-    Used instead of wrapping in ``DistributedDataParallel`` because the losses call the
-    models' own methods (``encode_video``, ...), which DDP's ``forward`` hook would not see.
-    One flattened all-reduce per step keeps the gloo traffic to a single message.
+    Args:
+        model: a model, a DDP wrapper, or a module holding the model as ``.model``.
     """
+    while isinstance(model, torch.nn.parallel.DistributedDataParallel):
+        model = model.module
+    return model
 
-    if not (dist.is_available() and dist.is_initialized()):
-        return
-    world = dist.get_world_size()
-    if world == 1:
-        return
-    params = [p for p in model.parameters() if p.requires_grad]
-    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-    flat = torch.cat([g.reshape(-1) for g in grads])
-    dist.all_reduce(flat)
-    flat /= world
-    off = 0
-    for p, g in zip(params, grads):
-        n = g.numel()
-        p.grad = flat[off : off + n].view_as(p).clone()
-        off += n
+
+def autocast_dtype(precision: str, device: torch.device | str) -> torch.dtype | None:
+    """The autocast dtype of a training precision on a device (``None``: no autocast).
+
+    ``bf16`` autocasts on CPU and CUDA; ``fp16`` needs CUDA (with a gradient scaler, which
+    the solver adds): on CPU it raises instead of silently training in another precision.
+
+    Args:
+        precision: ``fp32``, ``bf16`` or ``fp16``.
+        device: the training device.
+
+    Raises:
+        ConfigError: ``fp16`` without CUDA, or an unknown precision.
+    """
+    device = torch.device(device)
+    if precision == "fp32":
+        return None
+    if precision == "bf16":
+        return torch.bfloat16
+    if precision == "fp16":
+        if device.type != "cuda":
+            raise ConfigError(f"precision fp16 needs a CUDA device (this worker trains on {device}); use bf16 on CPU "
+                              "or give the stage GPUs (gpus_per_worker > 0)")
+        return torch.float16
+    raise ConfigError(f"precision {precision!r}; allowed: fp32, bf16, fp16")

@@ -21,15 +21,21 @@ from soundtrack.models.encoders import ContrastiveConfig, ContrastiveModel, buil
 from soundtrack.solvers.base import Solver
 
 
-def to_torch_batch(nb: Mapping[str, Any]) -> dict[str, Any]:
-    """A numpy batch (strings as numpy string arrays) -> tensors and lists of str."""
+def to_torch_batch(nb: Mapping[str, Any], device: torch.device | str | None = None) -> dict[str, Any]:
+    """A numpy batch (strings as numpy string arrays) -> tensors (on ``device``) and lists of str.
+
+    Args:
+        nb: the numpy batch.
+        device: where the tensors go (``None``: CPU, where numpy is).
+    """
     out: dict[str, Any] = {}
     for k, v in nb.items():
         if k in STR_KEYS or (isinstance(v, np.ndarray) and v.dtype.kind in "USO"):
             out[k] = [str(x) for x in v]
         else:
             # Ray hands batches over in read-only memory: copy only those (torch needs writable)
-            out[k] = torch.from_numpy(np.require(v, requirements=["C", "W"]))
+            t = torch.from_numpy(np.require(v, requirements=["C", "W"]))
+            out[k] = t.to(device, non_blocking=True) if device is not None else t
     return out
 
 
@@ -49,6 +55,7 @@ class ContrastiveSolver(Solver):
         self.warmup_steps, self.min_lr_ratio = sec.warmup_steps, sec.min_lr_ratio
         self.log_every, self.checkpoint_every = sec.log_every, sec.checkpoint_every
         self.seed, self.threads, self.fail_at_step = sec.seed, sec.torch_threads, sec.fail_at_step
+        self.precision, self.grad_accum_steps = sec.precision, sec.grad_accum_steps
 
     def build_model(self) -> torch.nn.Module:
         return build_contrastive(ContrastiveConfig.from_dict(self.config["model"]))
@@ -61,11 +68,14 @@ class ContrastiveSolver(Solver):
         return torch.optim.Adam(params, lr=self.sec.lr, betas=tuple(self.sec.betas), weight_decay=self.sec.weight_decay)
 
     def run_step(self, model, batch, step):
-        loss, logs = contrastive_loss(model, to_torch_batch(batch), self.ocfg)
-        epoch = step * self.batch_size * self.world // max(self.n_train, 1)
+        loss, logs = contrastive_loss(model, to_torch_batch(batch, self.device), self.ocfg)
+        epoch = self._epoch(step)
         return loss, {"epoch": epoch, **{k: float(v) for k, v in logs.items() if isinstance(v, (int, float))}}
 
+    def _epoch(self, step: int) -> int:
+        return step * self.batch_size * self.world * self.grad_accum_steps // max(self.n_train, 1)
+
     def trainer_state(self, step: int) -> dict:
-        return {"epoch": step * self.batch_size * self.world // max(self.n_train, 1)}
+        return {"epoch": self._epoch(step)}
 
 

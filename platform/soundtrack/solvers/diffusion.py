@@ -50,6 +50,7 @@ class DiffusionSolver(Solver):
         self.warmup_steps, self.min_lr_ratio, self.grad_clip = sec.warmup_steps, sec.min_lr_ratio, sec.grad_clip
         self.log_every, self.checkpoint_every = sec.log_every, sec.checkpoint_every
         self.seed, self.threads, self.fail_at_step = sec.seed, sec.torch_threads, sec.fail_at_step
+        self.precision, self.grad_accum_steps = sec.precision, sec.grad_accum_steps
         self.local_shuffle_buffer = 4 * sec.batch_size
         self.schedule = NoiseSchedule.from_dict(sec.noise_schedule)
         if sec.backbone:  # hook: a pretrained UNet keeps the schedule it was trained on (models/backbones.py)
@@ -83,8 +84,10 @@ class DiffusionSolver(Solver):
                            sfx=cached_array(batch, "sfx"), text=cached_array(batch, "text") if sec.use_text else None,
                            shots=[json.loads(s) for s in batch["shots"]])
         latents = cached_array(batch, "latents")
+        # the dropout draw and the noise (CPU generators) do not depend on the device
         drop = condition_dropout_mask(latents.shape[0], conds, self.rng, p_all=sec.p_drop_all, p_one=sec.p_keep_one,
                                       p_each=sec.p_drop_each)
+        conds, latents = conds.to(self.device), self.to_device(latents)
         return diffusion_loss(model, self.sched, latents, conds, generator=self.gen, drop_mask=drop), {}
 
     def trainer_state(self, step: int) -> dict:

@@ -43,6 +43,7 @@ class VAESolver(Solver):
         self.warmup_steps, self.min_lr_ratio = max(sec.vae_steps // 20, 1), 0.1
         self.log_every, self.checkpoint_every = sec.log_every, sec.checkpoint_every
         self.seed, self.threads = sec.seed, sec.torch_threads
+        self.precision, self.grad_accum_steps = sec.precision, sec.grad_accum_steps
 
     def build_model(self) -> torch.nn.Module:
         return build_vae(self.config["profile"], **self.config.get("vae", {}))
@@ -61,8 +62,8 @@ class VAESolver(Solver):
 
     def run_step(self, model, batch, step):
         assert isinstance(model, MelVAE)
-        return vae_loss(model, mels_from_batch(batch, self.key, model.mel), kl_weight=self.sec.kl_weight,
-                        generator=self.gen)
+        return vae_loss(model, self.to_device(mels_from_batch(batch, self.key, model.mel)),
+                        kl_weight=self.sec.kl_weight, generator=self.gen)
 
     def trainer_state(self, step: int) -> dict:
         return {"phase": "vae"}

@@ -12,6 +12,7 @@ import dataclasses
 import json
 import logging
 import os
+import shutil
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -62,17 +63,30 @@ def ensure_evaluator(evaluator: str = "experiments/eval_encoders.yaml", storage:
     """
     p = Path(evaluator)
     if p.is_dir() and (p / "evaluator.json").is_file():
+        if "heads" not in json.loads((p / "evaluator.json").read_text()):
+            log.warning("evaluator %s predates the mood classifier: mood_acc will be nan (rebuild it with "
+                        "soundtrack.eval.scoring.build_evaluator, or give the experiment YAML)", p)
         return p
 
     cfg = dataclasses.replace(load_config(evaluator), storage=storage)
     pre = stage_pretrain(cfg, resume=True)
     out = Path(storage) / "eval" / pre.name
-    if not (out / "evaluator.json").is_file():
+    stale = (out / "evaluator.json").is_file() and "heads" not in json.loads((out / "evaluator.json").read_text())
+    if not (out / "evaluator.json").is_file() or stale:
         features = Path(read_card(pre)["upstream"]["features"]["path"])
-        log.info("bench: fitting the evaluation classifier on %s ...", features)
+        log.info("bench: fitting the evaluation classifiers on %s%s ...", features,
+                 " (the evaluator there predates the mood classifier)" if stale else "")
         tmp = out.with_name(out.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
         build_evaluator(pre / "model", features, tmp)
-        os.replace(tmp, out)
+        if stale:  # the classifiers are refitted from the same encoders: same style classifier, plus mood
+            old = out.with_name(out.name + ".old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(out, old)
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
     return out
 
 
@@ -195,7 +209,8 @@ def run_bench(cfg: BenchConfig, methods: Mapping[str, MethodSpec], storage: str 
         step = max(1, cfg.clips_per_task)
         tasks += [(key, jobs[j:j + step], models[key], spec.sampler, str(cache)) for j in range(0, len(jobs), step)]
     long_n = sum(len(v) for v in extra.values())
-    results = run_chunks(tasks, by_id, cpus_per_task=cfg.cpus_per_task, progress=progress,
+    results = run_chunks(tasks, by_id, cpus_per_task=cfg.cpus_per_task, progress=progress, scoring=cfg.scoring,
+                         gpus_per_task=cfg.gpus_per_task,
                          what=f"{len(methods)} methods x {len(ids)} clips x {len(cfg.seeds)} seeds"
                               + (f" + {long_n} long-video samples" if long_n else ""))
     results = {k: results.get(k, []) for k in methods}

@@ -91,6 +91,8 @@ class SearchSection:
         max_concurrent: trials at once (``None``: the cluster's CPUs / ``cpus_per_trial``).
         cpus_per_trial: CPUs reserved per trial (each trial runs torch on
             ``torch_threads`` threads).
+        gpus_per_trial: GPUs reserved per trial (0: CPU trials; > 0: the trial's generator
+            samples on CUDA and a training trial's in-process solver trains there).
         torch_threads: torch threads per trial.
         seed: seed of the TPE sampler.
         n_startup_trials: TPE's random trials before it models the history (defaults
@@ -108,6 +110,7 @@ class SearchSection:
     reduction_factor: int = 2
     max_concurrent: int | None = field(default=None, metadata=INFRA)
     cpus_per_trial: float = field(default=1.0, metadata=INFRA)
+    gpus_per_trial: float = field(default=0.0, metadata=INFRA)
     torch_threads: int = field(default=1, metadata=INFRA)
     seed: int = 0
     n_startup_trials: int = 8
@@ -309,6 +312,8 @@ def load_tune_config(path: str | Path | None, overrides: typing.Sequence[str] = 
             raise ConfigError(f"{src}: key '{key}' is {v}; it must be >= {lo}.")
     if cfg.search.cpus_per_trial <= 0:
         raise ConfigError(f"{src}: key 'search.cpus_per_trial' must be > 0, got {cfg.search.cpus_per_trial}.")
+    if cfg.search.gpus_per_trial < 0:
+        raise ConfigError(f"{src}: key 'search.gpus_per_trial' must be >= 0, got {cfg.search.gpus_per_trial}.")
     check_objective(cfg.objective, src)
     resolve_space(cfg, src)
 
