@@ -38,3 +38,40 @@ def synth_small(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("synth")
     return stage_synth(SynthSection(n=8, seed=0, difficulty="medium"), out=root / "data", storage=root, progress=False)
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """A moto S3 server on 127.0.0.1 for the session, the ``AWS_*`` variables pointing at it."""
+    pytest.importorskip("moto.server", reason="moto[server] (the test extra) runs the S3 tests")
+    from s3_server import S3Server
+
+    server = S3Server(tmp_path_factory.mktemp("aws"))
+    yield server
+    server.stop()
+
+
+def _snapshot(folder: Path) -> set[str]:
+    return {p.name for p in folder.iterdir()} if folder.is_dir() else set()
+
+
+@pytest.fixture
+def s3_root(s3_server, tmp_path, monkeypatch):
+    """``s3://<fresh bucket>/runs`` on the test server: the storage root of the S3 stage tests.
+
+    Asserts afterwards that nothing landed on local disk outside temp dirs: the working
+    directory and ``HOME`` (a temp dir for the test) get no new entries (but the per-user
+    caches ``.cache``, ``.config`` of numba and matplotlib), and no ``s3:`` folder appears
+    (what ``Path("s3://...")`` would write).
+    """
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    cwd = Path.cwd()
+    before = _snapshot(cwd)
+    bucket = s3_server.new_bucket()
+    yield f"s3://{bucket}/runs"
+    assert _snapshot(cwd) - before == set(), "files written to the working directory"
+    assert not (cwd / "s3:").exists()
+    # per-user caches (numba's compiled code, matplotlib's font list) are not run data
+    assert sorted(p.name for p in home.iterdir() if p.name not in (".cache", ".config")) == [], "files written to HOME"

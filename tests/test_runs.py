@@ -78,3 +78,48 @@ def test_demo_spectrogram_figure_has_both_panels(tmp_path):
     # the tone's panel (top) and the noise's (bottom) differ: one band vs broadband
     top, bottom = img[: img.shape[0] // 2, :, :3], img[img.shape[0] // 2:, :, :3]
     assert abs(float(top.mean()) - float(bottom.mean())) > 0.02
+
+
+def test_second_launch_of_a_live_run_is_refused_and_resume_takes_over_a_dead_one(tmp_path, caplog):
+    """Two real processes: a live owner refuses a second launch naming it; once it is
+    SIGKILLed, a relaunch takes its lease over at once (same host, its pid is gone)."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    import pytest
+
+    from soundtrack.errors import LeaseHeldError
+    from soundtrack.stages.base import prepare_run_dir
+
+    storage = tmp_path / "runs"
+    code = ("import time\nfrom soundtrack.stages.runs import Run\n"
+            f"with Run({str(storage)!r}, 'train', 'exp-abc', config={{'a': 1}}, command='soundtrack train exp.yaml'):\n"
+            "    print('started', flush=True)\n    time.sleep(120)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "started"
+        run_dir = storage / "train" / "exp-abc"
+        owner = f"{socket.gethostname()} pid {proc.pid}"
+        with pytest.raises(LeaseHeldError, match=f"leased by {owner}.*running `soundtrack train exp.yaml`"):
+            prepare_run_dir(run_dir, "train", force=False, resume=True)
+        with pytest.raises(LeaseHeldError, match=f"leased by {owner}"):
+            prepare_run_dir(run_dir, "train", force=True, resume=False)  # --force never deletes a live run
+        with pytest.raises(LeaseHeldError, match=f"leased by {owner}"):
+            Run(storage, "train", "exp-abc", config={"a": 1}).start()
+        assert read_card(run_dir)["status"] == "running"
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    t = time.time()
+    assert prepare_run_dir(run_dir, "train", force=False, resume=True) is False
+    with Run(storage, "train", "exp-abc", config={"a": 1}) as run:
+        assert run.lease.previous["owner"]["pid"] == proc.pid
+    assert time.time() - t < 5  # no waiting for the heartbeat timeout
+    assert f"took over the lease of {owner}" in caplog.text
+    card = read_card(run_dir)
+    assert card["status"] == "finished" and card["attempts"] == 2
+    assert not (run_dir / "_LEASE.json").exists()

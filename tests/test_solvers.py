@@ -268,6 +268,7 @@ def test_ddp_averages_gradients_like_one_process_on_the_global_batch(tmp_path):
 
 
 def test_a_state_dict_saved_from_a_ddp_wrapper_loads_into_the_bare_model(tmp_path):
+    from soundtrack.data.integrity import write_manifest
     from soundtrack.models.unet import SoundtrackDenoiser
 
     den = SoundtrackDenoiser(DenoiserConfig.tiny(latent_hw=(8, 32), latent_channels=4, video_dim=16, music_dim=32,
@@ -276,6 +277,7 @@ def test_a_state_dict_saved_from_a_ddp_wrapper_loads_into_the_bare_model(tmp_pat
     weights = tmp_path / "d" / "denoiser.safetensors"
     sd = load_file(str(weights))
     save_file({"module." + k: v for k, v in sd.items()}, str(weights))  # what DDP's state_dict() names them
+    write_manifest(weights.parent)  # as a save of those weights records them (else the load refuses the file)
     back = SoundtrackDenoiser.load(tmp_path / "d")
     assert all(torch.equal(back.state_dict()[k], v) for k, v in sd.items())
     assert strip_module_prefix({"module.a": 1, "b": 2}) == {"module.a": 1, "b": 2}  # a mixed dict is left alone

@@ -286,7 +286,11 @@ def test_registry_entry_loads_and_generates_with_tuned_settings(inputs):
     assert card["search"]["trial_id"] == summary["best"]["trial_id"]
     assert card["search"]["run_dir"] == str(run_dir)
     assert card["metrics"]["test"]["clips"] == 2 and card["created_at"]
-    assert list((storage / "registry" / "tuned" / "model" / "denoiser").glob("*.safetensors"))
+    from soundtrack.stages.models import resolve_model_uri
+
+    entry = resolve_model_uri("registry:tuned", storage)  # the published version CURRENT names
+    assert entry.parent.parent.name == "versions" and (entry.parent / "_COMPLETE").is_file()
+    assert list((entry / "denoiser").glob("*.safetensors"))
     gen = load_generator("registry:tuned", storage=storage)
     settings = card["config"]["settings"]
     assert gen.sampler.guidance_scale == pytest.approx(settings["guidance_scale"])

@@ -28,6 +28,7 @@ from soundtrack.config import ExperimentConfig, SynthSection, build, load_config
 from soundtrack.data.importers import import_layout
 from soundtrack.data.media import probe
 from soundtrack.demo import stage_demo
+from soundtrack.distributed.cluster import configure
 from soundtrack.errors import ConfigError, MediaError
 from soundtrack.eval.bench import load_bench_config
 from soundtrack.eval.folder import FolderEvalConfig, evaluate_folder
@@ -263,6 +264,20 @@ def serve(model: str | None = None, storage: str | os.PathLike | None = None, ho
         raise
     except ValueError as exc:  # pydantic / Serve validation of the config: one message
         raise ConfigError(str(exc)) from None
+
+
+def use_cluster(address: str | None = None) -> None:
+    """Where every later stage of this process starts or joins Ray (the commands' ``--address``).
+
+    Args:
+        address: ``None`` (the default: ``RAY_ADDRESS`` when set, else a private local Ray on
+            127.0.0.1), ``"auto"`` or ``host:port`` (join that running cluster with its token
+            authentication), ``"local"`` (a private local Ray even with ``RAY_ADDRESS`` set).
+
+    Raises:
+        ClusterError: a Ray Client address (``ray://``): submit the stage with ``ray job submit``.
+    """
+    configure(address)
 
 
 def demo(config: str | os.PathLike | None = None, overrides: Overrides = (),

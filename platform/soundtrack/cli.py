@@ -13,6 +13,11 @@
     soundtrack runs ls [--storage DIR] [--stage STAGE]
     soundtrack runs rm NAME... [--yes] [--force]
 
+Every sub-command whose stage runs on Ray (data ingest / featurize, pretrain, train, tune,
+serve, bench, demo) takes ``--address auto|HOST:PORT|local`` to join a running cluster
+(default: ``RAY_ADDRESS``, else a private local Ray); synth (local processes), generate
+and eval do not use Ray.
+
 Every command prints where its outputs went. Errors in configs or inputs end the
 command with exit status 2 and one message naming the problem and the fix.
 """
@@ -40,6 +45,16 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set featurize.size=64 (repeatable)")
     p.add_argument("--storage", help="storage root for runs (default: the config's, ./runs)")
+
+
+#: ``--address``'s help: every sub-command whose stage runs on Ray takes it.
+ADDRESS_HELP = ("join this running Ray cluster: auto (the one `ray start` runs on this machine) or HOST:PORT of its "
+                "GCS; local: a private local Ray even if RAY_ADDRESS is set (default: RAY_ADDRESS, else a private "
+                "local Ray on 127.0.0.1). Ray Client (ray://) is refused: submit the stage with `ray job submit`")
+
+
+def _add_address(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--address", help=ADDRESS_HELP)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -76,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--no-ray", action="store_true", help="check files one by one in this process")
     g.add_argument("--concurrency", type=int, help="Ray probe tasks in flight (default: four per CPU)")
     g.add_argument("--force", action="store_true")
+    _add_address(g)
     g.set_defaults(fn="cmd_ingest")
 
     f = dsub.add_parser("featurize", help="Ray Data: decode clips and write feature shards")
@@ -85,6 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--force", action="store_true", help="start over")
     f.add_argument("--no-ray", action="store_true", help="plain sequential loop (debugging, baseline)")
     f.add_argument("--limit", type=int, help="only the first N clips")
+    _add_address(f)
     f.set_defaults(fn="cmd_featurize")
 
     pt = sub.add_parser("pretrain", help="contrastive video-sound-music pretraining (Ray Train)")
@@ -93,6 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     pt.add_argument("--storage")
     pt.add_argument("--resume", action="store_true", help="continue an interrupted run from its last checkpoint")
     pt.add_argument("--force", action="store_true", help="start over")
+    _add_address(pt)
     pt.set_defaults(fn="cmd_pretrain")
 
     ge = sub.add_parser("generate", help="generate a soundtrack for a video with a saved generator")
@@ -115,6 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--storage")
     tr.add_argument("--resume", action="store_true", help="continue an interrupted run from its last checkpoints")
     tr.add_argument("--force", action="store_true", help="start over")
+    _add_address(tr)
     tr.set_defaults(fn="cmd_train")
 
     tu = sub.add_parser("tune", help="Ray Tune search over sampling or training settings; registers the best")
@@ -125,6 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     tu.add_argument("--resume", action="store_true", help="continue an interrupted search (finished trials and "
                     "the searcher's history are kept)")
     tu.add_argument("--force", action="store_true", help="start over")
+    _add_address(tu)
     tu.set_defaults(fn="cmd_tune")
 
     sv = sub.add_parser("serve", help="serve a generator over HTTP with Ray Serve (autoscaled; Ctrl-C stops)")
@@ -134,13 +154,14 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--storage", help="storage root the model URI is resolved against (config default ./runs)")
     sv.add_argument("--host", help="HTTP bind address (default 127.0.0.1)")
     sv.add_argument("--port", type=int, help="HTTP port (default 8000)")
-    sv.add_argument("--address", help="join this Ray cluster (e.g. auto) instead of starting a local Ray")
+    _add_address(sv)
     sv.set_defaults(fn="cmd_serve")
 
     be = sub.add_parser("bench", help="compare methods x seeds x test clips with the papers' metrics (Ray tasks)")
     be.add_argument("config", help="bench YAML, e.g. experiments/bench_demo.yaml")
     be.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     be.add_argument("--storage", help="runs root (default ./runs)")
+    _add_address(be)
     be.set_defaults(fn="cmd_bench")
 
     ev = sub.add_parser("eval", help="score a folder of generated audio from any system (paired by file name)",
@@ -172,6 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="run the stages that exist on the embedded default")
     _add_config_args(d)
+    _add_address(d)
     d.set_defaults(fn="cmd_demo")
 
     ru = sub.add_parser("runs", help="list or remove the runs under a storage root")

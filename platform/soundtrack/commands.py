@@ -24,6 +24,7 @@ def cmd_synth(args) -> int:
 
 
 def cmd_ingest(args) -> int:
+    api.use_cluster(args.address)
     out = api.ingest(args.src, args.out, clip_s=args.clip_s, pad_short=args.pad_short, metadata=args.metadata,
                      seed=args.seed, force=args.force, use_ray=not args.no_ray, concurrency=args.concurrency,
                      split_by=args.split_by, segments=args.segments, layout=args.layout)
@@ -32,6 +33,7 @@ def cmd_ingest(args) -> int:
 
 
 def cmd_featurize(args) -> int:
+    api.use_cluster(args.address)
     out = api.featurize(args.data, config=args.config, overrides=args.overrides, storage=args.storage, out=args.out,
                         limit=args.limit, use_ray=not args.no_ray, force=args.force)
     print(f"features: {out}\n  shards: {out / 'shards'}\n  card:   {out / 'run.json'}")
@@ -39,6 +41,7 @@ def cmd_featurize(args) -> int:
 
 
 def cmd_pretrain(args) -> int:
+    api.use_cluster(args.address)
     out = api.pretrain(args.config, args.overrides, args.storage, resume=args.resume, force=args.force)
     print(f"pretrain: {out}\n  encoders:   {out / 'model'}\n  evaluation: {out / 'eval.json'}\n"
           f"  losses:     {out / 'losses.png'}")
@@ -58,6 +61,7 @@ def cmd_generate(args) -> int:
 
 
 def cmd_train(args) -> int:
+    api.use_cluster(args.address)
     out = api.train(args.config, args.overrides, args.storage, resume=args.resume, force=args.force)
     print(f"train: {out}\n  generator: {out / 'model'}  (model URI: train:{out.name})\n"
           f"  losses:    {out / 'losses.png'}, {out / 'vae_losses.png'}")
@@ -66,6 +70,7 @@ def cmd_train(args) -> int:
 
 def cmd_tune(args) -> int:
     """Ray Tune search (Optuna TPE + ASHA), report, best-vs-defaults evaluation, registry entry."""
+    api.use_cluster(args.address)
     out = api.tune(args.config, args.overrides, args.storage, resume=args.resume, force=args.force)
     s = tune_summary(out)
     best = s.get("best", {})
@@ -83,6 +88,7 @@ def cmd_serve(args) -> int:
 
 
 def cmd_demo(args) -> int:
+    api.use_cluster(args.address)
     t = time.time()
     arts = api.demo(args.config, args.overrides, args.storage)
     print(f"\ndemo finished in {time.time() - t:.0f} s. Artifacts:")
@@ -93,6 +99,7 @@ def cmd_demo(args) -> int:
 
 
 def cmd_bench(args) -> int:
+    api.use_cluster(args.address)
     command = "soundtrack bench " + " ".join(shlex.quote(a) for a in sys.argv[2:])
     t = time.time()
     out = api.bench(args.config, args.overrides, storage=args.storage or "runs", command=command)

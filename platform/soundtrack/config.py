@@ -122,7 +122,10 @@ class FeaturizeSection:
         clip_s: clip length (s); 10.24 s gives exactly 1024 mel frames at hop 160.
         rows_per_shard: clips per parquet shard (a shard is the unit of resume).
         num_cpus: CPUs per featurize task (fractional values let decode overlap I/O).
-        concurrency: featurize tasks at once (``None``: one per available CPU).
+        concurrency: featurize actors (``None``: one per ``num_cpus`` of the free CPUs of a
+            private local Ray; on a joined cluster a pool Ray Data grows from 1 to one per
+            shard). Set it on an autoscaling cluster: actors it cannot place yet are the
+            demand it adds nodes for.
         features_from: which waveform the musical features (chroma, melody, dynamics,
             onsets, beats) are computed from: the music stem or the mix.
         splits: featurize only these splits (``None``: all), e.g. ``["test"]`` for an

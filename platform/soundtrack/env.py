@@ -25,8 +25,17 @@ from pathlib import Path
 ENV_DEFAULTS: dict[str, str] = {
     # Ray: a local Ray on 127.0.0.1, quiet and offline (see MACHINE-NOTES).
     "RAY_USAGE_STATS_ENABLED": "0",            # flag: no usage-stats prompt or upload
-    "RAY_AUTH_MODE": "disabled",               # no token-auth prompt for the loopback-only local Ray
-    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",  # flag (Ray's default, explicit): no multi-node Ray on macOS/Windows
+    # No token for the private local Ray: every one of its sockets is on 127.0.0.1 (with the
+    # next flag; tests/test_cluster_join.py lists them), it lives as long as the driver, and
+    # Ray would otherwise write a token into ~/.ray and make `ray status` need it. A driver
+    # that joins a running cluster drops this default (LOCAL_RAY_ONLY): it never forces a
+    # cluster's token authentication off. On a machine shared by several users loopback
+    # does not keep the others out: set RAY_AUTH_MODE=token yourself there (yours wins).
+    "RAY_AUTH_MODE": "disabled",
+    # flag: Ray's Linux default is 1. 0 makes Ray take 127.0.0.1 as this node's address (a
+    # local Ray then binds loopback only, and "localhost" in an address stays 127.0.0.1);
+    # it also refuses `ray start --address` (worker nodes), which soundtrack never runs.
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
     "RAY_DEDUP_LOGS": "1",                     # flag (Ray's default, explicit): repeated worker lines printed once
     "RAY_TRAIN_V2_ENABLED": "1",               # flag: the Ray Train v2 API distributed.train uses
     # Serve's proxy must answer its first ready check within 5 s and its health checks
@@ -54,9 +63,16 @@ ENV_DEFAULTS: dict[str, str] = {
 #: each task or actor).
 PASS_THROUGH = ("OMP_NUM_THREADS",)
 
+#: Defaults that only suit the private local Ray. A driver that joins a running cluster drops
+#: them (:func:`use_cluster_auth`): it takes the cluster's authentication mode and token.
+LOCAL_RAY_ONLY = ("RAY_AUTH_MODE",)
+
 #: The :data:`ENV_DEFAULTS` values :func:`apply_env_defaults` itself put into ``os.environ``
 #: (so that a later ``extra`` may replace them, while any other value is never replaced).
 _SET_HERE: dict[str, str] = {}
+
+#: :data:`LOCAL_RAY_ONLY` keys no longer applied in this process (it joined a cluster).
+_RELEASED: set[str] = set()
 
 
 def apply_env_defaults(extra: Mapping[str, object] | None = None) -> None:
@@ -73,6 +89,8 @@ def apply_env_defaults(extra: Mapping[str, object] | None = None) -> None:
     """
     extra = {k: str(v) for k, v in (extra or {}).items()}
     for key, value in {**ENV_DEFAULTS, **extra}.items():
+        if key in _RELEASED:  # joined a cluster: its own value (or Ray's default), never ours
+            continue
         current = os.environ.get(key)
         if current is None or (key in _SET_HERE and current == _SET_HERE[key]):
             os.environ[key] = value
@@ -82,13 +100,50 @@ def apply_env_defaults(extra: Mapping[str, object] | None = None) -> None:
                 _SET_HERE[key] = value
 
 
+def use_cluster_auth(token_available: bool) -> str | None:
+    """The authentication settings of a driver that joins a running cluster.
+
+    Drops the :data:`LOCAL_RAY_ONLY` defaults this module set (never a value of the user's or
+    of the cluster's image) and stops applying them in this process; then, where no
+    ``RAY_AUTH_MODE`` is set and a token is available (``RAY_AUTH_TOKEN``,
+    ``RAY_AUTH_TOKEN_PATH`` or ``~/.ray/auth_token``), sets ``RAY_AUTH_MODE=token``: Ray
+    2.60 infers that itself only for ``address="auto"``, not for an explicit address. The
+    caller must refresh Ray's cached config afterwards (:mod:`soundtrack.distributed.cluster`).
+
+    Args:
+        token_available: whether Ray's token loader finds a token (the caller asks Ray).
+
+    Returns:
+        the ``RAY_AUTH_MODE`` now in effect (``None``: unset, Ray's default, no token sent).
+    """
+    for key in LOCAL_RAY_ONLY:
+        _RELEASED.add(key)
+        if key in _SET_HERE and os.environ.get(key) == _SET_HERE[key]:
+            del os.environ[key]
+        _SET_HERE.pop(key, None)
+    if "RAY_AUTH_MODE" not in os.environ and token_available:
+        os.environ["RAY_AUTH_MODE"] = "token"
+        _SET_HERE["RAY_AUTH_MODE"] = "token"  # ours: use_local_ray_defaults() puts "disabled" back
+    return os.environ.get("RAY_AUTH_MODE")
+
+
+def use_local_ray_defaults() -> None:
+    """Apply the :data:`LOCAL_RAY_ONLY` defaults again: a private local Ray after a joined cluster
+    in the same process. A value the user set meanwhile stays; the ``token`` that
+    :func:`use_cluster_auth` set becomes ``disabled`` again."""
+    _RELEASED.clear()
+    apply_env_defaults()
+
+
 def worker_env() -> dict[str, str]:
     """Environment variables every Ray worker process gets (its ``runtime_env``).
 
     Returns:
         the current values of :data:`ENV_DEFAULTS`' variables (after
-        :func:`apply_env_defaults`) and of :data:`PASS_THROUGH` where set.
+        :func:`apply_env_defaults`) and of :data:`PASS_THROUGH` where set; after
+        :func:`use_cluster_auth` without :data:`LOCAL_RAY_ONLY`: workers on a joined cluster
+        keep their raylet's (the cluster's) authentication mode.
     """
     apply_env_defaults()
-    keys = [*ENV_DEFAULTS, *PASS_THROUGH]
+    keys = [k for k in (*ENV_DEFAULTS, *PASS_THROUGH) if k not in _RELEASED]
     return {k: os.environ[k] for k in keys if k in os.environ}

@@ -126,3 +126,45 @@ class AnalyserUnavailable(SoundtrackError, ImportError):
     installed or whose packaged weights are missing (the message names the package and the
     exact install command). Also an ``ImportError``: a caller that falls back to the default
     analyser on a missing optional package catches that."""
+
+
+class StorageError(SoundtrackError, OSError):
+    """A storage root, object or name that cannot be used: a malformed URI, an unsafe name
+    (``/``, ``..``, a NUL), an object store a stage does not support yet, a failed read or
+    write (the message names the location and what to do). Also an ``OSError``."""
+
+
+class NotPublishedError(StorageError):
+    """A directory read as published that has no completion marker (``_COMPLETE``), or whose
+    files do not match the marker's manifest: its writer was killed or is still writing."""
+
+
+class LeaseHeldError(StorageError):
+    """A run directory whose lease (``_LEASE.json``) is held by a live owner: the message
+    names the owner's host, pid, start time and last heartbeat."""
+
+
+class IntegrityError(SoundtrackError, ValueError):
+    """A file the platform wrote that fails its check on read: missing, truncated, of another
+    sha256 than its manifest records (``weights.sha256.json``), not decodable (a garbled
+    shard or checkpoint), or a path in a model card that leaves its directory. The message
+    names the file, what was expected and found (hash prefixes, sizes) and what to do
+    (re-export, re-train or re-download; delete the run or use ``--force``; resume from the
+    previous checkpoint)."""
+
+
+class WriteError(SoundtrackError, OSError):
+    """A write of a shard, a checkpoint or a model directory that failed (the message names
+    the file, the cause and the previous good state, which is kept: nothing half-written is
+    left under a final name)."""
+
+
+class DiskFullError(WriteError):
+    """A :class:`WriteError` for lack of space: the disk or quota is full (``ENOSPC``,
+    ``EDQUOT``) or the file exceeds the process's file-size limit (``EFBIG``)."""
+
+
+class ClusterError(SoundtrackError, ConnectionError):
+    """A Ray cluster a stage cannot start on or join: an address it does not support (Ray
+    Client's ``ray://``), a cluster that refuses the driver (token authentication without a
+    token) or that cannot be reached. The message names the address and what to do."""

@@ -16,6 +16,12 @@ readers trust only shards with a marker. Shape of a run::
 * A re-run skips shards whose marker exists, so a run killed at any point resumes with
   every clip written exactly once. A clip that fails to decode is recorded in the marker
   and in ``errors.jsonl``; it never stops the run.
+* Integrity: a shard is written with a CRC in every page header (:data:`PARQUET_WRITE`),
+  which :func:`read_shards` verifies, and its marker records its ``bytes`` and ``sha256``
+  (:func:`completed_shards` redoes a shard whose file is missing or of another size). A
+  truncated or garbled shard is an :class:`~soundtrack.errors.IntegrityError` naming it;
+  a full disk while writing one a :class:`~soundtrack.errors.DiskFullError`, with neither
+  the shard nor its marker left (the finished shards stay).
 
 **The array codec** (one for every parquet table of arrays: feature shards and the
 latent cache of :mod:`soundtrack.distributed.train_generator`): an array column is stored
@@ -48,8 +54,9 @@ import pyarrow.parquet as pq
 from soundtrack.config import FeaturizeSection, config_hash, identity
 from soundtrack.data import media
 from soundtrack.data.features import FeatureConfig, featurize_clip
+from soundtrack.data.integrity import file_record, write_file
 from soundtrack.data.manifest import clean, records
-from soundtrack.errors import CodecError, TooFewClips
+from soundtrack.errors import CodecError, IntegrityError, TooFewClips
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +92,12 @@ ARRAY_DTYPES: dict[str, str] = {
 }
 #: Suffix of an array column's shape column.
 SHAPE = "__shape"
+#: Parquet writer options of a shard: a CRC in every page header, which :func:`read_shards`
+#: verifies, so a garbled page is an error rather than wrong numbers.
+PARQUET_WRITE = {"write_page_checksum": True}
+#: What to do with a shard that fails its check.
+SHARD_HINT = ("delete it and its marker done/{name}.json, then run `soundtrack data featurize` again (finished shards "
+              "are kept), or featurize again with --force")
 ID_COLUMNS = ("clip_id", "source_id", "split", "caption", "start_s", "duration_s", "pad_s", "stems_source")
 
 
@@ -323,11 +336,12 @@ def write_shard(out_dir: str | os.PathLike, spec: dict, section: FeaturizeSectio
             reason = getattr(exc, "reason", type(exc).__name__)
             errors.append({"clip_id": r["clip_id"], "video_path": r["video_path"], "reason": reason, "message": str(exc)})
     pq_path, done_path = shard_paths(out_dir, int(spec["shard"]))
+    kept = "the shards already finished are kept; this one is redone by the next run"
+    record: dict[str, Any] = {}
     if rows:
         table = pa.Table.from_pylist(rows)
-        tmp = pq_path.with_name(pq_path.name + f".tmp{os.getpid()}")
-        pq.write_table(table, tmp)
-        os.replace(tmp, pq_path)
+        write_file(pq_path, lambda tmp: pq.write_table(table, tmp, **PARQUET_WRITE), f"shard {int(spec['shard'])}", kept)
+        record = file_record(pq_path)
     summary = {
         "shard": int(spec["shard"]),
         "n_in": len(spec["clip_ids"]),
@@ -339,10 +353,11 @@ def write_shard(out_dir: str | os.PathLike, spec: dict, section: FeaturizeSectio
         "host": os.uname().nodename,
         "node_id": node_id,
         "pid": os.getpid(),
+        **({"bytes": record["size"], "sha256": record["sha256"]} if record else {}),
     }
-    tmp = done_path.with_name(done_path.name + f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(summary))
-    os.replace(tmp, done_path)  # the marker goes last: its presence means the shard is complete
+    text = json.dumps(summary)
+    # The marker goes last: its presence means the shard is complete.
+    write_file(done_path, lambda tmp: tmp.write_text(text), f"the marker of shard {int(spec['shard'])}", kept)
     return summary
 
 
@@ -357,15 +372,28 @@ def warm_up(fcfg=None) -> float:
 
 
 def completed_shards(out_dir: str | os.PathLike) -> dict[int, dict]:
-    """Summaries of the shards whose ``done`` marker exists."""
+    """Summaries of the shards whose ``done`` marker exists and whose file is whole.
+
+    A torn marker, or a marker whose shard file is missing or of another size than the
+    marker records (``bytes``; markers written before it are trusted), counts as not done
+    (logged): the next run writes that shard again.
+    """
     out = {}
-    d = Path(out_dir) / "done"
+    root = Path(out_dir)
+    d = root / "done"
     if d.exists():
         for p in sorted(d.glob("shard-*.json")):
             try:
                 s = json.loads(p.read_text())
-            except json.JSONDecodeError:  # a torn marker counts as not done
+            except (json.JSONDecodeError, UnicodeDecodeError):  # a torn marker counts as not done
                 continue
+            shard_file = shard_paths(root, int(s["shard"]))[0]
+            if s.get("n_out") and "bytes" in s:
+                size = shard_file.stat().st_size if shard_file.is_file() else None
+                if size != s["bytes"]:
+                    log.warning("%s: its marker records %s bytes, the file has %s; the shard is written again",
+                                shard_file, s["bytes"], "none (missing)" if size is None else size)
+                    continue
             out[int(s["shard"])] = s
     return out
 
@@ -406,13 +434,17 @@ def read_shards(run_dir: str | os.PathLike, split: str | None = None, columns: l
         return list(names) + [c + SHAPE for c in names if c in ARRAY_DTYPES]
 
     def table(f: Path) -> pd.DataFrame:
-        if columns is None:
-            return pq.read_table(f).to_pandas()
-        cols = list(dict.fromkeys(["clip_id", "split", *wanted(columns)]))
-        if optional:
-            have = set(pq.read_schema(f).names)
+        have = set(read_shard_schema(f).names)
+        cols = None
+        if columns is not None:
+            cols = list(dict.fromkeys(["clip_id", "split", *wanted(columns)]))
             cols += [c for c in wanted(optional) if c in have and c not in cols]
-        return pq.read_table(f, columns=cols).to_pandas()
+        try:
+            return pq.read_table(f, columns=cols, page_checksum_verification=True).to_pandas()
+        except (pa.ArrowException, OSError, ValueError) as exc:
+            if cols is not None and not set(cols) <= have:
+                raise  # a column the shard lacks: pyarrow names it
+            raise _corrupt(f, exc) from exc
 
     df = pd.concat([table(f) for f in files], ignore_index=True)
     if split is not None:
@@ -462,5 +494,37 @@ def load_split(run_dir: str | os.PathLike, split: str, columns: Sequence[str] | 
 
 
 def shard_files(run_dir: str | os.PathLike) -> list[str]:
-    """Paths of a featurize run's shard files (for ``ray.data.read_parquet``)."""
-    return [str(p) for p in sorted((Path(run_dir) / "shards").glob("shard-*.parquet"))]
+    """Paths of a featurize run's shard files (for ``ray.data.read_parquet``), each footer read
+    first, so a truncated shard is a clear error here rather than a failed Ray Data task.
+
+    Raises:
+        IntegrityError: a shard whose footer is not readable (names it and what to do).
+    """
+    files = sorted((Path(run_dir) / "shards").glob("shard-*.parquet"))
+    for f in files:
+        read_shard_schema(f)
+    return [str(p) for p in files]
+
+
+def _corrupt(path: Path, exc: BaseException) -> IntegrityError:
+    """The error of a shard that cannot be read (for ``raise ... from exc``)."""
+    name = path.name.removesuffix(".parquet")
+    return IntegrityError(f"{path} (a feature shard, {path.stat().st_size if path.exists() else 0} bytes) is not "
+                          f"readable ({type(exc).__name__}: {exc}); it is truncated or garbled: "
+                          + SHARD_HINT.format(name=name))
+
+
+def read_shard_schema(path: str | os.PathLike) -> pa.Schema:
+    """The schema of a shard file, read from its footer (cheap).
+
+    Args:
+        path: the ``.parquet`` file.
+
+    Raises:
+        IntegrityError: the footer is not readable (a truncated or garbled shard).
+    """
+    p = Path(path)
+    try:
+        return pq.read_schema(p)
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        raise _corrupt(p, exc) from exc

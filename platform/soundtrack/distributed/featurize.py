@@ -25,7 +25,7 @@ from soundtrack.data.shards import (
     warm_up,
     write_shard,
 )
-from soundtrack.distributed.cluster import init_ray
+from soundtrack.distributed.cluster import init_ray, joined_cluster
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +47,33 @@ class ShardWriter:
     def __call__(self, spec: dict) -> dict:
         s = write_shard(self.out_dir, spec, self.section, self.fcfg, node_id=_node_id())
         return {k: (json.dumps(v) if isinstance(v, list) else v) for k, v in s.items()}
+
+
+def pool_size(section: FeaturizeSection, shards: int, cpus_free: float, joined: bool) -> tuple[int, int]:
+    """The featurize actor pool: ``(min_size, max_size)``, never more actors than shards.
+
+    ``featurize.concurrency`` from the config wins: that many actors are asked for whatever
+    the cluster holds now, so those it cannot place yet are pending demand that an
+    autoscaler adds nodes for. Without it, a private local Ray is what it is (one actor per
+    ``num_cpus`` of its free CPUs), while on a joined cluster the pool starts at one actor
+    and Ray Data grows it up to one per shard, asking the cluster's autoscaler for the
+    resources (sizing it to the CPUs present at start-up would leave a ``min_workers: 0``
+    cluster on its head node alone).
+
+    Args:
+        section: the featurize settings (``concurrency``, ``num_cpus``).
+        shards: shards to write.
+        cpus_free: CPUs free in the cluster now.
+        joined: whether this process joined a running cluster (:func:`joined_cluster`).
+    """
+    shards = max(1, int(shards))
+    if section.concurrency:
+        n = min(int(section.concurrency), shards)
+        return n, n
+    if joined:
+        return 1, shards
+    n = min(max(1, int(cpus_free // section.num_cpus)), shards)
+    return n, n
 
 
 def run_featurize(
@@ -79,8 +106,9 @@ def run_featurize(
         manifest = manifest.sort_values("clip_id").head(limit)
     for sub in ("shards", "done"):
         (out_dir / sub).mkdir(parents=True, exist_ok=True)
-    for tmp in (out_dir / "shards").glob("*.tmp*"):  # leftovers of a killed run
-        tmp.unlink(missing_ok=True)
+    for sub in ("shards", "done"):  # leftovers of a killed run (a failed write removes its own)
+        for tmp in (out_dir / sub).glob("*.tmp*"):
+            tmp.unlink(missing_ok=True)
     specs = plan_shards(manifest, section.rows_per_shard)
     done = completed_shards(out_dir)
     todo = [s for s in specs if s["shard"] not in done]
@@ -107,14 +135,15 @@ def run_featurize(
             _report(write_shard(out_dir, spec, section, fcfg))
     elif todo:
         init_ray()
-        cpus = float(ray.available_resources().get("CPU", 1.0))
-        size = section.concurrency or max(1, int(cpus // section.num_cpus))
-        size = min(size, len(todo))
+        lo, hi = pool_size(section, len(todo), float(ray.available_resources().get("CPU", 1.0)),
+                           joined=joined_cluster() is not None)
+        _say(progress, f"featurize: a pool of {lo if lo == hi else f'{lo} to {hi}'} actors of "
+                       f"{section.num_cpus:g} CPU each")
         ds = ray.data.from_items(todo, override_num_blocks=len(todo))
         ds = ds.map(
             ShardWriter,
             fn_constructor_kwargs={"out_dir": str(out_dir), "section": dataclasses.asdict(section)},
-            compute=ray.data.ActorPoolStrategy(size=size),
+            compute=ray.data.ActorPoolStrategy(min_size=lo, max_size=hi),
             num_cpus=section.num_cpus,
         )
         for s in ds.iter_rows():

@@ -41,7 +41,7 @@ from soundtrack.errors import ConfigError, TrainingError, WorkerFailedError
 from soundtrack.logs import quiet_ray_worker
 from soundtrack.solvers import solver_class
 from soundtrack.solvers.base import Reporter
-from soundtrack.solvers.common import latest_checkpoint_dir, load_trainer_state
+from soundtrack.solvers.common import latest_checkpoint_dir, load_trainer_state, older_checkpoints
 
 #: Written by a worker whose solver stopped with a TrainingError (its message): the driver
 #: raises that error instead of a generic worker failure (Ray's own wrapper is private).
@@ -70,6 +70,15 @@ class RayTrainReporter(Reporter):
 
     def wait_for_checkpoints(self) -> None:
         ray.train.get_all_reported_checkpoints(timeout_s=120)
+
+    def fallbacks(self, checkpoint: str) -> list[str]:
+        """The older checkpoints beside the restored one, newest first (Ray Train keeps
+        ``keep_checkpoints`` side by side in the run's storage; a downloaded one has none).
+
+        Args:
+            checkpoint: the directory :meth:`restore` gave.
+        """
+        return older_checkpoints(checkpoint)
 
     @contextlib.contextmanager
     def restore(self) -> Iterator[str | None]:

@@ -38,6 +38,7 @@ from ray.data.expressions import col
 
 from soundtrack.config import ConfigError, PretrainSection, build, to_dict
 from soundtrack.data.augment import objective_config
+from soundtrack.data.integrity import MANIFEST_FILE
 from soundtrack.data.shards import load_split, read_shards, shard_files
 from soundtrack.distributed.batches import BatchPrep
 from soundtrack.distributed.cluster import init_ray
@@ -152,9 +153,9 @@ def run_pretrain(profile: str, sec: PretrainSection, features_dir: str | os.Path
 
 
 def export_final(checkpoint_dir: str | os.PathLike, out: Path) -> Path:
-    """Copy the final checkpoint's weights and config to ``out`` (what later stages load)."""
+    """Copy the final checkpoint's weights, config and the weights' manifest to ``out`` (what later stages load)."""
     out.mkdir(parents=True, exist_ok=True)
-    for name in ("model.safetensors", "config.json", "trainer_state.json"):
+    for name in ("model.safetensors", "config.json", "trainer_state.json", MANIFEST_FILE):
         if os.path.exists(os.path.join(checkpoint_dir, name)):
             shutil.copy2(os.path.join(checkpoint_dir, name), out / name)
     return out

@@ -23,6 +23,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from soundtrack.distributed import trainables as T
+from soundtrack.distributed.cluster import joined_cluster
 from soundtrack.eval.engine import evaluate_arm
 from soundtrack.tuning.config import TuneConfig
 from soundtrack.tuning.space import defaults_point, optuna_space
@@ -94,16 +95,32 @@ class _Progress:
         self.poll()
 
 
-def _concurrency(cfg: TuneConfig) -> int:
+def concurrency(cfg: TuneConfig, cpus: float, gpus: float, joined: bool) -> int:
+    """Trials at once (Tune's ``max_concurrent_trials``).
+
+    ``search.max_concurrent`` from the config wins: Tune then keeps that many trials asking
+    for their resources, and those the cluster cannot place yet are pending demand that an
+    autoscaler adds nodes for. Without it: the CPUs (and GPUs) present over the trial's
+    share; on a joined cluster at least TPE's independent start-up trials
+    (``min(num_samples, n_startup_trials)``), since what is present at start-up says nothing
+    about what the autoscaler can add (a ``min_workers: 0`` GPU group has no GPU yet).
+
+    Args:
+        cfg: the search config.
+        cpus: CPUs in the cluster now.
+        gpus: GPUs in the cluster now.
+        joined: whether this process joined a running cluster.
+    """
     if cfg.search.max_concurrent:
         return int(cfg.search.max_concurrent)
-    cpus = float(ray.cluster_resources().get("CPU", 1))
     n = max(1, int(cpus // cfg.search.cpus_per_trial))
     if cfg.search.gpus_per_trial > 0:  # GPU trials: as many at once as the GPUs hold
-        n = min(n, max(1, int(float(ray.cluster_resources().get("GPU", 0)) // cfg.search.gpus_per_trial)))
+        n = min(n, max(1, int(gpus // cfg.search.gpus_per_trial)))
     if cfg.search.space == "training" and int(cfg.train.get("num_workers", 0)) >= 1:
         # each trial launches a Ray Train worker group: leave a CPU for its workers
         n = max(1, int((cpus - 1) // cfg.search.cpus_per_trial))
+    if joined:
+        n = max(n, min(int(cfg.search.num_samples), int(cfg.search.n_startup_trials)))
     return n
 
 
@@ -126,7 +143,8 @@ def run_search(cfg: TuneConfig, ctx: dict, space: dict, run_dir: Path, resume: b
     resources = {"cpu": cfg.search.cpus_per_trial, **({"gpu": gpus} if gpus > 0 else {})}
     trainable = tune.with_resources(tune.with_parameters(fn, ctx={**ctx, "gpus_per_trial": gpus}), resources)
     exp = run_dir.resolve() / EXPERIMENT
-    conc = _concurrency(cfg)
+    total = ray.cluster_resources()
+    conc = concurrency(cfg, float(total.get("CPU", 1)), float(total.get("GPU", 0)), joined=joined_cluster() is not None)
     if resume and tune.Tuner.can_restore(str(exp)):
         _log(f"resuming {exp} (finished trials kept; unfinished and errored ones run again)")
         tuner = tune.Tuner.restore(str(exp), trainable, resume_unfinished=True, resume_errored=True)

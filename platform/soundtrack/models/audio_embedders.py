@@ -76,6 +76,7 @@ from scipy.signal import resample_poly
 
 from soundtrack.errors import BackboneError, ConfigError, MetricError
 from soundtrack.models import clap_adapter
+from soundtrack.modules.state import load_state_strict
 
 log = logging.getLogger(__name__)
 
@@ -530,17 +531,7 @@ def load_vggish(path: str | os.PathLike, pca: str | os.PathLike | None = None, d
 
 def _load_strict(module: nn.Module, state: Mapping[str, torch.Tensor], path: Path, what: str) -> None:
     """Strict load with a BackboneError naming missing / unexpected / wrong-shape keys."""
-    expected = module.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    wrong = sorted(k for k in set(expected) & set(state) if tuple(expected[k].shape) != tuple(state[k].shape))
-    if missing or unexpected or wrong:
-        raise BackboneError(
-            f"{path}: {what} weights do not fit the architecture read from their shapes: missing "
-            f"{missing[:5]}, unexpected {unexpected[:5]}, wrong shape "
-            f"{[(k, tuple(state[k].shape), tuple(expected[k].shape)) for k in wrong[:3]]}"
-        )
-    module.load_state_dict(dict(state), strict=True)
+    load_state_strict(module, state, BackboneError, f"{path}: {what} weights (architecture read from their shapes)")
 
 
 # ----------------------------------------------------------------------------- PANNs CNN14

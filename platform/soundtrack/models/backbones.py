@@ -86,20 +86,20 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, UNet2DConditionModel
-from safetensors.torch import load_file
 
 from soundtrack.config import from_mapping
 from soundtrack.data.features import FeatureConfig, log_mel
+from soundtrack.data.integrity import write_file
 from soundtrack.errors import BackboneError, ConfigError
 from soundtrack.models.mel import MelFormat
 from soundtrack.models.unet import (
     CONDITIONS,
-    CONFIG_FILE,
-    WEIGHTS_FILE,
     Conditions,
     DenoiserConfig,
     SoundtrackDenoiser,
     _FusionContext,
+    read_denoiser_config,
+    read_denoiser_weights,
 )
 from soundtrack.models.vocoder import MEL_SIDECAR, HiFiGANVocoder, VocoderMel
 from soundtrack.modules.state import strip_module_prefix
@@ -638,7 +638,8 @@ class BackboneDenoiser(SoundtrackDenoiser):
         unet_cfg = {k: v for k, v in dict(self.unet.config).items() if not k.startswith("_")}
         doc = {"format": BACKBONE_FORMAT, "kind": self.kind, "source": self.source,
                "options": self.options.to_dict(), "unet_config": unet_cfg}
-        (path / BACKBONE_FILE).write_text(json.dumps(doc, indent=2, default=list))
+        text = json.dumps(doc, indent=2, default=list)
+        write_file(path / BACKBONE_FILE, lambda tmp: tmp.write_text(text), "the backbone denoiser's description")
         return path
 
     @classmethod
@@ -656,11 +657,11 @@ class BackboneDenoiser(SoundtrackDenoiser):
         doc = _read_json(path / BACKBONE_FILE, "the backbone denoiser description")
         if doc.get("format") != BACKBONE_FORMAT:
             raise BackboneError(f"{path / BACKBONE_FILE} has format {doc.get('format')!r}, expected {BACKBONE_FORMAT!r}")
-        cfg = DenoiserConfig.from_dict(json.loads((path / CONFIG_FILE).read_text()))
+        cfg = DenoiserConfig.from_dict(read_denoiser_config(path))  # the weights are checked first
         unet = UNet2DConditionModel.from_config(doc["unet_config"])
         model = cls(cfg, unet, BackboneOptions.from_dict(doc.get("options")), kind=doc.get("kind", "audioldm"),
                     source=doc.get("source", ""))
-        model.load_state_dict(strip_module_prefix(load_file(str(path / WEIGHTS_FILE), device=str(device))))
+        model.load_state_dict(strip_module_prefix(read_denoiser_weights(path, device)))
         return model.to(device)
 
 

@@ -70,6 +70,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from soundtrack.env import apply_env_defaults
+from soundtrack.modules.state import load_state_strict
 
 #: Name under which the ``laion_clap/clap_module`` directory is imported (private, so the
 #: real ``laion_clap`` package, if someone imports it elsewhere, is not shadowed).
@@ -539,17 +540,8 @@ def create_htsat_from_state(state: Mapping[str, torch.Tensor]) -> torch.nn.Modul
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="torch.meshgrid", category=UserWarning)
         model = htsat.HTSAT_Swin_Transformer(config=cfg, enable_fusion=False, fusion_type="None", **kwargs)
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    wrong = sorted(k for k in set(expected) & set(state) if tuple(expected[k].shape) != tuple(state[k].shape))
-    if missing or unexpected or wrong:
-        raise ValueError(
-            f"HTSAT keys do not match the architecture inferred from their shapes ({kwargs}): "
-            f"missing {missing[:5]}, unexpected {unexpected[:5]}, wrong shape {wrong[:5]} "
-            "(a fusion checkpoint, or a PANN audio branch, is not supported)"
-        )
-    model.load_state_dict(dict(state), strict=True)
+    load_state_strict(model, state, ValueError, f"HTSAT keys (architecture inferred from their shapes: {kwargs})",
+                      "a fusion checkpoint, or a PANN audio branch, is not supported")
     return model.eval()
 
 
@@ -592,17 +584,8 @@ def create_roberta_text_branch(config_dir: str | os.PathLike, state: Mapping[str
         )
     model = RobertaModel(config, add_pooling_layer=True)
     state = {k: v for k, v in state.items() if k != "embeddings.position_ids"}
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    wrong = sorted(k for k in set(expected) & set(state) if tuple(expected[k].shape) != tuple(state[k].shape))
-    if missing or unexpected or wrong:
-        raise ValueError(
-            f"text_branch weights do not fit the RoBERTa of {config_dir}: missing {missing[:5]}, "
-            f"unexpected {unexpected[:5]}, wrong shape {wrong[:5]}; is config.json the one this "
-            "checkpoint was trained with (roberta-base for LAION-CLAP)?"
-        )
-    model.load_state_dict(state, strict=True)
+    load_state_strict(model, state, ValueError, f"text_branch weights (the RoBERTa of {config_dir})",
+                      "is config.json the one this checkpoint was trained with (roberta-base for LAION-CLAP)?")
     return model.eval()
 
 

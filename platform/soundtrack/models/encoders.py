@@ -44,12 +44,20 @@ from typing import Any, Literal, Sequence
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 
+from soundtrack.data.integrity import (
+    load_safetensors,
+    save_safetensors,
+    verify_directory,
+    write_file,
+    write_manifest,
+)
 from soundtrack.env import apply_env_defaults
+from soundtrack.errors import IntegrityError
 from soundtrack.models import clap_adapter
 from soundtrack.modules.state import strip_module_prefix
 from soundtrack.profiles import model_preset
+from soundtrack.storage import read_json_object
 
 Adaptor = Literal["softmax_gated", "sigmoid_gated", "attention_pool", "mean"]
 Temporal = Literal["conv", "transformer", "none"]
@@ -58,6 +66,8 @@ Backbone = Literal["conv", "htsat"]
 CONFIG_FORMAT = "soundtrack.contrastive/1"
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
+#: What to do with an encoders folder that fails its check.
+LOAD_HINT = "save the encoders again (re-run pretraining with --force, or copy the run again)"
 
 
 # ----------------------------------------------------------------------------- config
@@ -929,38 +939,53 @@ class ContrastiveModel(nn.Module):
     # -- persistence -------------------------------------------------------------
 
     def save(self, directory: str | os.PathLike) -> Path:
-        """Writes ``config.json`` and ``model.safetensors`` (the frozen sentence model is
-        not saved; it is the packaged one or ``cfg.text_model``).
+        """Writes ``model.safetensors``, ``config.json`` and the weights' manifest
+        (:data:`soundtrack.data.integrity.MANIFEST_FILE`, last), each through a temporary
+        name and a rename (the frozen sentence model is not saved; it is the packaged one or
+        ``cfg.text_model``).
 
         Args:
             directory: output directory (created).
 
         Returns:
             The directory.
+
+        Raises:
+            soundtrack.errors.DiskFullError: no space (the files of an earlier save stay whole).
         """
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        save_file(state, str(out / WEIGHTS_FILE), metadata={"format": CONFIG_FORMAT})
-        doc = {"format": CONFIG_FORMAT, "config": self.cfg.to_dict()}
-        (out / CONFIG_FILE).write_text(json.dumps(doc, indent=2, sort_keys=True))
+        save_safetensors(state, out / WEIGHTS_FILE, metadata={"format": CONFIG_FORMAT}, what="the encoders' weights")
+        text = json.dumps({"format": CONFIG_FORMAT, "config": self.cfg.to_dict()}, indent=2, sort_keys=True)
+        write_file(out / CONFIG_FILE, lambda tmp: tmp.write_text(text), "the encoders' config")
+        write_manifest(out)
         return out
 
     @classmethod
     def load(cls, directory: str | os.PathLike, map_location: str | torch.device = "cpu") -> "ContrastiveModel":
-        """Rebuilds a model saved by :meth:`save` (strict: every weight must match).
+        """Rebuilds a model saved by :meth:`save` (strict: every weight must match), after
+        checking the weights against the folder's manifest (a folder saved before manifests
+        existed loads unverified, logged once).
 
         Args:
             directory: directory written by :meth:`save`.
             map_location: device for the weights.
+
+        Raises:
+            soundtrack.errors.IntegrityError: a missing, truncated or garbled file (named,
+                with the expected and found sha256 prefixes).
+            ValueError: a config of another format.
         """
         src = Path(directory)
-        doc = json.loads((src / CONFIG_FILE).read_text())
+        verify_directory(src, required=(WEIGHTS_FILE,), what="contrastive encoders", hint=LOAD_HINT)
+        doc = read_json_object(src / CONFIG_FILE, IntegrityError, "the encoders' config", LOAD_HINT)
         if doc.get("format") != CONFIG_FORMAT:
             raise ValueError(f"{src / CONFIG_FILE}: not a {CONFIG_FORMAT} model (format={doc.get('format')!r})")
         cfg = ContrastiveConfig.from_dict(doc["config"])
         model = cls(cfg, load_pretrained=False)
-        model.load_state_dict(strip_module_prefix(load_file(str(src / WEIGHTS_FILE), device=str(map_location))), strict=True)
+        state = load_safetensors(src / WEIGHTS_FILE, map_location, "the encoders' weights", LOAD_HINT)
+        model.load_state_dict(strip_module_prefix(state), strict=True)
         return model.to(map_location)
 
 

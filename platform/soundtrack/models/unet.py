@@ -58,8 +58,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 from diffusers import UNet2DConditionModel
 from diffusers.models.resnet import ResnetBlock2D
-from safetensors.torch import load_file, save_file
 
+from soundtrack.data.integrity import (
+    load_safetensors,
+    save_safetensors,
+    verify_directory,
+    write_file,
+    write_manifest,
+)
+from soundtrack.errors import IntegrityError
 from soundtrack.modules.attention import (
     KIND_MUSIC,
     KIND_NULL,
@@ -73,6 +80,7 @@ from soundtrack.modules.attention import (
 )
 from soundtrack.modules.state import strip_module_prefix
 from soundtrack.profiles import model_preset
+from soundtrack.storage import read_json_object
 
 #: Condition names, in the column order of every drop mask.
 CONDITIONS: tuple[str, ...] = ("video", "music", "sfx", "text")
@@ -82,6 +90,8 @@ FUSION_MODES = ("none", "add", "concat")
 
 CONFIG_FILE = "denoiser_config.json"
 WEIGHTS_FILE = "denoiser.safetensors"
+#: What to do with a denoiser folder that fails its check.
+LOAD_HINT = "save the denoiser again (re-export the model, resume its training run, or copy it again)"
 
 
 # ----------------------------------------------------------------------------- conditions
@@ -668,35 +678,71 @@ class SoundtrackDenoiser(nn.Module):
     # -- persistence ------------------------------------------------------------------
 
     def save(self, directory: str | os.PathLike) -> Path:
-        """Writes ``denoiser_config.json`` and ``denoiser.safetensors``.
+        """Writes ``denoiser_config.json``, ``denoiser.safetensors`` and the weights' manifest
+        (last), each through a temporary name and a rename.
 
         Args:
             directory: output folder (created).
 
         Returns:
             the folder.
+
+        Raises:
+            soundtrack.errors.DiskFullError: no space (the files of an earlier save stay whole).
         """
         path = Path(directory)
         path.mkdir(parents=True, exist_ok=True)
-        (path / CONFIG_FILE).write_text(json.dumps(self.config.to_dict(), indent=2))
+        text = json.dumps(self.config.to_dict(), indent=2)
+        write_file(path / CONFIG_FILE, lambda tmp: tmp.write_text(text), "the denoiser's config")
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        save_file(state, str(path / WEIGHTS_FILE))
+        save_safetensors(state, path / WEIGHTS_FILE, what="the denoiser's weights")
+        write_manifest(path)
         return path
 
     @classmethod
     def load(cls, directory: str | os.PathLike, device: str | torch.device = "cpu") -> "SoundtrackDenoiser":
         """Inverse of :meth:`save` (a folder of either kind, ours or a fine-tuned backbone:
-        :func:`soundtrack.models.backbones.load_denoiser`).
+        :func:`soundtrack.models.backbones.load_denoiser`), the weights checked first.
 
         Args:
             directory: folder written by :meth:`save`.
             device: where to put the weights.
+
+        Raises:
+            soundtrack.errors.IntegrityError: a missing, truncated or garbled file (named).
         """
         path = Path(directory)
-        cfg = DenoiserConfig.from_dict(json.loads((path / CONFIG_FILE).read_text()))
+        cfg = DenoiserConfig.from_dict(read_denoiser_config(path))
         model = cls(cfg)
-        model.load_state_dict(strip_module_prefix(load_file(str(path / WEIGHTS_FILE), device=str(device))))
+        model.load_state_dict(strip_module_prefix(read_denoiser_weights(path, device)))
         return model.to(device)
+
+
+def read_denoiser_config(directory: str | os.PathLike) -> dict[str, Any]:
+    """The ``denoiser_config.json`` of a saved denoiser folder, after the folder's weights are checked.
+
+    Args:
+        directory: the folder.
+
+    Raises:
+        soundtrack.errors.IntegrityError: a file that fails the manifest, or an unreadable config.
+    """
+    path = Path(directory)
+    verify_directory(path, required=(WEIGHTS_FILE,), what="denoiser", hint=LOAD_HINT)
+    return read_json_object(path / CONFIG_FILE, IntegrityError, "the denoiser's config", LOAD_HINT)
+
+
+def read_denoiser_weights(directory: str | os.PathLike, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """The ``denoiser.safetensors`` tensors of a saved denoiser folder (a corrupt file as a clear error).
+
+    Args:
+        directory: the folder (checked by :func:`read_denoiser_config` first).
+        device: where the tensors go.
+
+    Raises:
+        soundtrack.errors.IntegrityError: a missing or unreadable weights file.
+    """
+    return load_safetensors(Path(directory) / WEIGHTS_FILE, device, "the denoiser's weights", LOAD_HINT)
 
 
 def count_parameters(module: nn.Module) -> int:

@@ -44,12 +44,17 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
 from diffusers import AutoencoderKL
 from diffusers.configuration_utils import register_to_config
+from safetensors import SafetensorError
 
+from soundtrack.data.integrity import convert_write_errors, verify_directory, write_manifest
+from soundtrack.errors import IntegrityError, SoundtrackError
 from soundtrack.models.mel import MelFormat
 from soundtrack.profiles import model_preset
 
@@ -176,29 +181,65 @@ def build_vae(profile: Profile | str = "tiny", **overrides: Any) -> MelVAE:
     return MelVAE(**vae_config(profile, **overrides))
 
 
+#: The weights file ``save_pretrained`` writes (and the manifest must list).
+VAE_WEIGHTS = "diffusion_pytorch_model.safetensors"
+#: What to do with a VAE folder that fails its check.
+LOAD_HINT = "save the VAE again (re-export the model, resume its training run, copy it again or re-download it)"
+
+
 def load_vae(directory: str | os.PathLike) -> AutoencoderKL:
-    """Loads a VAE saved with ``save_pretrained`` (ours, or an AudioLDM/MusicLDM ``vae/``).
+    """Loads a VAE saved with ``save_pretrained`` (ours, or an AudioLDM/MusicLDM ``vae/``),
+    after checking its weights against the folder's manifest (a folder without one, e.g. a
+    downloaded ``vae/``, loads unverified, logged once).
 
     Args:
         directory: local folder with ``config.json`` and ``diffusion_pytorch_model.safetensors``.
 
     Returns:
         a :class:`MelVAE` when the folder holds one, else a plain ``AutoencoderKL``.
+
+    Raises:
+        soundtrack.errors.IntegrityError: a missing, truncated or garbled file (named).
     """
-    with open(os.path.join(directory, "config.json")) as fh:
-        cls_name = json.load(fh).get("_class_name")
-    cls = MelVAE if cls_name == "MelVAE" else AutoencoderKL
-    return cls.from_pretrained(directory)
+    verify_directory(directory, required=(VAE_WEIGHTS,), what="VAE", hint=LOAD_HINT)
+    config = os.path.join(directory, "config.json")
+    try:
+        with open(config) as fh:
+            cls_name = json.load(fh).get("_class_name")
+        cls = MelVAE if cls_name == "MelVAE" else AutoencoderKL
+        return cls.from_pretrained(directory)
+    except SoundtrackError:
+        raise
+    except (OSError, ValueError, AttributeError, SafetensorError) as exc:  # missing / torn / garbled files
+        raise IntegrityError(f"{directory}: the VAE does not load ({type(exc).__name__}: {exc}); {LOAD_HINT}") from exc
 
 
 def save_vae(vae: AutoencoderKL, directory: str | os.PathLike) -> None:
-    """Saves config and weights (safetensors) with diffusers' ``save_pretrained``.
+    """Saves config and weights (safetensors) with diffusers' ``save_pretrained``, then the
+    weights' manifest.
+
+    ``save_pretrained`` writes into a hidden staging folder inside ``directory``; each file
+    is then renamed into place, so an earlier save's files stay whole when a write fails.
 
     Args:
         vae: the model.
         directory: output folder (created).
+
+    Raises:
+        soundtrack.errors.DiskFullError: no space (the staging folder is removed).
     """
-    vae.save_pretrained(directory, safe_serialization=True)
+    out = Path(directory)
+    stage = out / f".staging{os.getpid()}"
+    try:
+        with convert_write_errors(out, "the VAE"):
+            out.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(stage, ignore_errors=True)
+            vae.save_pretrained(stage, safe_serialization=True)
+            for f in sorted(stage.iterdir(), key=lambda p: p.name == "config.json"):  # the weights first
+                os.replace(f, out / f.name)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    write_manifest(out)
 
 
 # ----------------------------------------------------------------------------- helpers

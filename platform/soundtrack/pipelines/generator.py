@@ -47,6 +47,15 @@ Model directory (written by :meth:`~SoundtrackGenerator.save`, read by
 
 ``generator.json`` is written last: a directory without it is an unfinished save.
 Nothing is pickled; loading never runs code from the directory.
+
+Integrity (:mod:`soundtrack.data.integrity`): every weights folder (``encoders/``, ``vae/``,
+``denoiser/``, ``vocoder/``) holds ``weights.sha256.json``, the sha256 and size of each of
+its weight files, written after them; :meth:`~SoundtrackGenerator.load` checks each file
+against it (a directory saved before manifests existed loads unverified, logged once).
+Every path the directory names (the parts, ``generator.json``'s ``vocoder``) must stay
+inside it: an absolute path, a ``..`` or a symlink leading out is refused. A save builds
+a new directory beside the old one and swaps it in, so a full disk leaves the previous
+model as it was.
 """
 
 from __future__ import annotations
@@ -69,7 +78,17 @@ import torch.nn.functional as F
 from soundtrack.data import media
 from soundtrack.data.features import DEFAULT_CONFIG as FEATURES
 from soundtrack.data.features import shot_boundaries
-from soundtrack.errors import GeneratorError
+from soundtrack.data.integrity import (
+    MANIFEST_FILE,
+    contained,
+    convert_write_errors,
+    read_manifest,
+    staged_directory,
+    verify_directory,
+    write_file,
+    write_manifest,
+)
+from soundtrack.errors import GeneratorError, IntegrityError
 from soundtrack.metrics import real_time_factor
 from soundtrack.models.backbones import load_denoiser
 from soundtrack.models.conditioning import video_conditions
@@ -111,6 +130,9 @@ PART_FILES: dict[str, tuple[str, ...]] = {
 }
 #: The folder of the noise schedule (optional: older model directories lack it).
 SCHEDULE_DIR = "scheduler"
+#: What to do with a model directory whose files fail their check.
+_REPAIR_HINT = ("copy it again from where it came from (the registry entry, the training run), re-export it from "
+                "its training run's checkpoints, or re-train it")
 REQUIRED_KEYS = ("format", "profile", "fps", "sr", "clip_s", "frame_size", "mel_format", "sampler", "vocoder",
                  "conditions")
 
@@ -170,17 +192,41 @@ def check_model_dir(path: str | os.PathLike) -> dict[str, Any]:
     if missing:
         raise GeneratorError(f"{doc_path} lacks the keys {missing}; re-save the model with SoundtrackGenerator.save.")
     for part, files in PART_FILES.items():
-        folder = root / part
+        folder = contained(root, part, f"the {part}/ part", GeneratorError)
         if not folder.is_dir():
             raise GeneratorError(f"{root}: the {part}/ part is missing; {_layout_hint()}.")
+        for f in (*files, MANIFEST_FILE):
+            contained(root, f"{part}/{f}", f"the file {part}/{f}", GeneratorError)
         absent = [f for f in files if not (folder / f).is_file()]
         if absent:
             raise GeneratorError(f"{root}: the {part}/ part lacks {absent}; the save was interrupted or the "
                                  "copy is incomplete: copy or save the model again.")
-    if (root / SCHEDULE_DIR).is_dir() and not (root / SCHEDULE_DIR / SCHEDULE_FILE).is_file():
+    schedule = contained(root, SCHEDULE_DIR, f"the {SCHEDULE_DIR}/ part", GeneratorError)
+    if schedule.is_dir() and not contained(root, f"{SCHEDULE_DIR}/{SCHEDULE_FILE}", f"the file {SCHEDULE_DIR}/"
+                                           f"{SCHEDULE_FILE}", GeneratorError).is_file():
         raise GeneratorError(f"{root}: the {SCHEDULE_DIR}/ part lacks {SCHEDULE_FILE}; the copy is incomplete: "
                              "copy or save the model again.")
+    vocoder = str(doc["vocoder"])
+    if not _is_griffinlim(vocoder):
+        folder = contained(root, vocoder, f"{GENERATOR_FILE}'s vocoder", GeneratorError)
+        if not folder.is_dir():
+            raise GeneratorError(f"{root}: the vocoder folder {vocoder}/ named in {GENERATOR_FILE} is missing; copy "
+                                 "it with the model (or save the model again).")
     return doc
+
+
+def _is_griffinlim(vocoder: str) -> bool:
+    return vocoder.lower() in ("griffinlim", "griffin-lim", "gl")
+
+
+def _staged_save_is_safe(root: Path) -> bool:
+    """Whether :meth:`SoundtrackGenerator.save` may build ``root`` beside it and swap it in:
+    ``root`` is absent or holds nothing but a model directory's own entries."""
+    if not root.exists():
+        return True
+    own = {GENERATOR_FILE, *PART_FILES, SCHEDULE_DIR, "vocoder"}
+    return root.is_dir() and not root.is_symlink() and all(
+        p.name in own or p.name.startswith(GENERATOR_FILE + ".tmp") for p in root.iterdir())
 
 
 def _sampler_from_dict(d: Mapping[str, Any]) -> SamplerConfig:
@@ -726,36 +772,60 @@ class SoundtrackGenerator:
         """Writes the model directory (layout in the module docstring); ``generator.json`` last.
 
         A HiFi-GAN vocoder folder is copied into ``vocoder/`` so the directory is
-        self-contained (the registry copies it elsewhere).
+        self-contained (the registry copies it elsewhere). Every weights folder gets its
+        manifest (``weights.sha256.json``: the sha256 and size of each weight file, checked
+        by :meth:`load`). A new directory, or one that holds only a model directory's own
+        entries, is built under a hidden temporary name beside it and swapped in when
+        complete: a failed save (a full disk) leaves the previous directory as it was. Any
+        other existing directory is written in place, its ``generator.json`` removed first,
+        so a failed save reads as unfinished.
 
         Args:
             directory: output directory (created; existing parts are overwritten).
 
         Returns:
             the directory.
+
+        Raises:
+            soundtrack.errors.DiskFullError: no space (nothing half-written is published).
+            soundtrack.errors.WriteError: another failed write.
+            soundtrack.errors.IntegrityError: the HiFi-GAN vocoder folder to copy fails its manifest.
         """
         root = Path(directory)
+        if _staged_save_is_safe(root):
+            with staged_directory(root, "the model directory", "the previous model directory is unchanged") as tmp:
+                self._write(tmp)
+            return root
         root.mkdir(parents=True, exist_ok=True)
         done = root / GENERATOR_FILE
         if done.exists():
             done.unlink()  # the directory is incomplete until the new document is written
+        with convert_write_errors(root, "the model directory",
+                                  f"it has no {GENERATOR_FILE}, so it reads as an unfinished save"):
+            self._write(root)
+        return root
+
+    def _write(self, root: Path) -> None:
+        """The parts, the vocoder copy and ``generator.json`` (last) into ``root``."""
         self.encoders.save(root / "encoders")
         save_vae(self.vae, root / "vae")
         self.denoiser.save(root / "denoiser")
         save_schedule(self.schedule, self.denoiser.config.prediction_type, root / SCHEDULE_DIR)
         doc = self.to_dict()
-        if self.vocoder_spec.lower() not in ("griffinlim", "griffin-lim", "gl"):
-            src = Path(self.vocoder_spec).resolve()
+        if not _is_griffinlim(self.vocoder_spec):
+            # A loaded model's spec is relative to its directory; the vocoder knows its folder.
+            src = Path(getattr(self.vocoder, "directory", self.vocoder_spec)).resolve()
             dst = (root / "vocoder").resolve()
             if src != dst:
+                verify_directory(src, what="the HiFi-GAN vocoder", hint="copy or download the vocoder again")
                 if dst.exists():
                     shutil.rmtree(dst)
-                shutil.copytree(src, dst)
+                shutil.copytree(src, dst)  # links are followed: the copy is self-contained
+            if read_manifest(dst) is None:
+                write_manifest(dst)
             doc["vocoder"] = "vocoder"
-        tmp = root / (GENERATOR_FILE + ".tmp")
-        tmp.write_text(json.dumps(doc, indent=2))
-        os.replace(tmp, done)
-        return root
+        text = json.dumps(doc, indent=2)
+        write_file(root / GENERATOR_FILE, lambda tmp: tmp.write_text(text), GENERATOR_FILE)
 
     @classmethod
     def load(cls, directory: str | os.PathLike, device: str | torch.device = "cpu") -> "SoundtrackGenerator":
@@ -782,16 +852,21 @@ class SoundtrackGenerator:
                              ("denoiser", lambda p: load_denoiser(p, device=device))):
             try:
                 parts[part] = loader(root / part)
-            except Exception as exc:  # corrupt weights, mismatched shapes, bad configs
+            except IntegrityError as exc:  # a file that fails its manifest, a torn or garbled file
+                raise GeneratorError(f"{root}: the {part}/ part fails its integrity check: {exc} (for the whole "
+                                     f"model: {_REPAIR_HINT})") from exc
+            except Exception as exc:  # mismatched shapes, bad configs
                 raise GeneratorError(f"{root}: the {part}/ part does not load ({type(exc).__name__}: {exc}); "
                                      "save or copy the model again.") from exc
         schedule = cls._load_schedule(root, parts["denoiser"].config.prediction_type)
         vocoder = str(doc["vocoder"])
-        if vocoder.lower() not in ("griffinlim", "griffin-lim", "gl"):
-            vpath = Path(vocoder)
-            vocoder = str(vpath if vpath.is_absolute() else root / vpath)
-            if not Path(vocoder).is_dir():
-                raise GeneratorError(f"{root}: the vocoder folder {vocoder} is missing; copy it with the model.")
+        if not _is_griffinlim(vocoder):
+            folder = contained(root, vocoder, f"{GENERATOR_FILE}'s vocoder", GeneratorError)  # checked before, too
+            try:
+                verify_directory(folder, what="the generator's vocoder", hint=_REPAIR_HINT)
+            except IntegrityError as exc:
+                raise GeneratorError(f"{root}: the {vocoder}/ part fails its integrity check: {exc}") from exc
+            vocoder = str(folder)
         gen = cls(parts["encoders"], parts["vae"], parts["denoiser"], vocoder, profile=doc["profile"],
                   frame_size=int(doc["frame_size"]), sampler=sampler, mel_format=mel_format,
                   conditions=doc["conditions"], card=doc.get("card") or {},

@@ -31,6 +31,7 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
 import signal
 import tempfile
@@ -41,18 +42,22 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 
-from soundtrack.errors import ConfigError, TrainingError
+from soundtrack.data.integrity import convert_write_errors
+from soundtrack.errors import ConfigError, IntegrityError, TrainingError
 from soundtrack.solvers.common import (
+    TRAINER_STATE_FILE,
     MetricsWriter,
     autocast_dtype,
     load_optimizer,
-    load_trainer_state,
     save_optimizer,
     save_trainer_state,
     torch_threads,
     unwrap_model,
+    verify_checkpoint,
     warmup_cosine,
+    write_checkpoint_manifest,
 )
 
 log = logging.getLogger(__name__)
@@ -65,6 +70,10 @@ FAULT_MARKER = ".fault_injected"
 STARTS_FILE = "starts.jsonl"
 #: The autocast precisions a solver trains in (``precision`` of the pretrain / train sections).
 PRECISIONS = ("fp32", "bf16", "fp16")
+#: A checkpoint's own files beside its model (listed in its manifest, ``checkpoint.sha256.json``).
+CHECKPOINT_FILES = (OPTIMIZER_FILE, TRAINER_STATE_FILE)
+#: The name of a complete checkpoint of :class:`LocalReporter` (temporary copies have a suffix).
+_CHECKPOINT_NAME = re.compile(r"checkpoint_(\d+)")
 
 
 class Reporter:
@@ -94,6 +103,15 @@ class Reporter:
         """A context giving the directory of the checkpoint to resume from (None: fresh start)."""
         raise NotImplementedError
 
+    def fallbacks(self, checkpoint: str) -> list[str]:
+        """Older checkpoints to resume from, newest first, when ``checkpoint`` (what
+        :meth:`restore` gave) fails its check (none by default).
+
+        Args:
+            checkpoint: the directory :meth:`restore` gave.
+        """
+        return []
+
     def report(self, metrics: Mapping[str, Any], checkpoint_dir: str | None) -> None:
         """Publish metrics and (rank 0) a complete checkpoint directory; called at every checkpoint."""
         raise NotImplementedError
@@ -102,8 +120,10 @@ class Reporter:
 class LocalReporter(Reporter):
     """Checkpoints in this process: ``<directory>/checkpoint_<step>``, the newest ``keep`` kept.
 
-    A checkpoint is copied under a temporary name and renamed when complete, so a kill
-    never leaves half of one where :meth:`restore` looks.
+    A checkpoint is copied under a temporary name and renamed when complete, so a kill or a
+    full disk never leaves half of one where :meth:`restore` looks (a failed copy is
+    removed and the earlier checkpoints stay). When the newest fails its check on resume,
+    :meth:`fallbacks` gives the older ones (with ``keep >= 2`` the previous good state is kept).
 
     Args:
         directory: the phase's checkpoint folder (created).
@@ -118,17 +138,25 @@ class LocalReporter(Reporter):
         self.device = torch.device(device or "cpu")
 
     def _checkpoints(self) -> list[Path]:
+        """Complete checkpoints, oldest first, by the step in their name (their files are
+        checked when one is restored)."""
         found = []
         for p in self.dir.glob("checkpoint_*"):
-            state = load_trainer_state(p) if p.is_dir() else {}
-            if state and "step" in state:
-                found.append((int(state["step"]), p))
+            m = _CHECKPOINT_NAME.fullmatch(p.name)
+            if m and p.is_dir():
+                found.append((int(m.group(1)), p))
         return [p for _, p in sorted(found)]
 
     @contextlib.contextmanager
     def restore(self) -> Iterator[str | None]:
         ckpts = self._checkpoints()
         yield str(ckpts[-1]) if ckpts else None
+
+    def fallbacks(self, checkpoint: str) -> list[str]:
+        ckpts = self._checkpoints()
+        names = [p.name for p in ckpts]
+        older = ckpts[:names.index(Path(checkpoint).name)] if Path(checkpoint).name in names else ckpts
+        return [str(p) for p in reversed(older) if p.name != Path(checkpoint).name]
 
     def report(self, metrics: Mapping[str, Any], checkpoint_dir: str | None) -> None:
         self.reports.append(dict(metrics))
@@ -138,9 +166,15 @@ class LocalReporter(Reporter):
         final = self.dir / f"checkpoint_{int(metrics['step']):08d}"
         tmp = final.with_name(final.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(checkpoint_dir, tmp)
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
+        previous = self.latest()
+        kept = f"the previous checkpoint {previous.name} is kept" if previous else "no earlier checkpoint exists"
+        try:
+            with convert_write_errors(final, f"the checkpoint of step {int(metrics['step'])}", kept):
+                shutil.copytree(checkpoint_dir, tmp)
+                shutil.rmtree(final, ignore_errors=True)
+                os.replace(tmp, final)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
         for old in self._checkpoints()[:-self.keep]:
             shutil.rmtree(old, ignore_errors=True)
 
@@ -245,27 +279,75 @@ class Solver:
         return self.lr * warmup_cosine(step, self.total_steps, self.warmup_steps, self.min_lr_ratio)
 
     def _restore(self, reporter: Reporter) -> tuple[torch.nn.Module, torch.optim.Optimizer, int, dict]:
-        """Model (on the device), optimiser, start step and trainer state of the checkpoint to resume."""
-        with reporter.restore() as d:
-            if d is not None:
-                model = self.load_model(d).to(self.device)
-                opt = self.build_optimizer(model)
-                load_optimizer(opt, os.path.join(d, OPTIMIZER_FILE))  # state follows the params' device
-                state = load_trainer_state(d)
-                return model, opt, int(state["step"]), state
-        model = self.build_model().to(self.device)
-        return model, self.build_optimizer(model), 0, {}
+        """Model (on the device), optimiser, start step and trainer state of the checkpoint to resume.
 
-    def _checkpoint(self, model, opt, step: int, loss: float, reporter: Reporter, scaler=None) -> None:
-        with tempfile.TemporaryDirectory() as d:
-            if self.rank == 0:
-                self.save_model(unwrap_model(model), d)
-                save_optimizer(opt, os.path.join(d, OPTIMIZER_FILE))
-                extra = {"grad_scaler": scaler.state_dict()} if scaler is not None else {}
-                save_trainer_state(d, step=step, seed=self.seed, pid=os.getpid(), saved_at=time.time(),
-                                   precision=self.precision, grad_accum_steps=int(self.grad_accum_steps),
-                                   **extra, **self.trainer_state(step))
-            reporter.report({"step": step, "loss": loss}, d if self.rank == 0 else None)
+        A checkpoint that fails its check (a file of another sha256 than its manifest, a
+        torn ``trainer_state.json`` or safetensors file) is skipped for the previous one the
+        reporter keeps (:meth:`Reporter.fallbacks`), with a log line naming both.
+
+        Raises:
+            TrainingError: no checkpoint the reporter offers passes its check (the message
+                names each and what to do).
+        """
+        with reporter.restore() as d:
+            if d is None:
+                model = self.build_model().to(self.device)
+                return model, self.build_optimizer(model), 0, {}
+            try:
+                return self._load_checkpoint(d)
+            except IntegrityError as exc:
+                failures = [(d, exc)]
+        for older in reporter.fallbacks(d):
+            try:
+                got = self._load_checkpoint(older)
+            except IntegrityError as exc:
+                failures.append((older, exc))
+                continue
+            log.warning("%s: the checkpoint %s fails its check (%s); resuming from the previous good one, %s "
+                        "(step %d)", self.name, d, failures[0][1], older, got[2])
+            return got
+        bad = "; ".join(f"{path}: {exc}" for path, exc in failures)
+        raise TrainingError(f"{self.name}: cannot resume: no checkpoint passes its check ({bad}). Delete the corrupt "
+                            "checkpoint directories to resume from an earlier one, or start the run again with "
+                            "--force.") from failures[0][1]
+
+    def _load_checkpoint(self, d: str) -> tuple[torch.nn.Module, torch.optim.Optimizer, int, dict]:
+        """One checkpoint directory, checked (:func:`~soundtrack.solvers.common.verify_checkpoint`) and loaded.
+
+        Raises:
+            IntegrityError: a file that is missing, torn or garbled.
+        """
+        state = verify_checkpoint(d, CHECKPOINT_FILES)
+        model = self.load_model(d).to(self.device)
+        opt = self.build_optimizer(model)
+        load_optimizer(opt, os.path.join(d, OPTIMIZER_FILE))  # state follows the params' device
+        return model, opt, int(state["step"]), state
+
+    def _checkpoint(self, model, opt, step: int, loss: float, reporter: Reporter, scaler=None,
+                    last_ckpt: int | None = None) -> None:
+        """Write a checkpoint and hand it to the reporter (each file through a temporary name;
+        the checkpoint's manifest last).
+
+        Raises:
+            TrainingError: the checkpoint could not be written (a full disk): the message
+                names the step and the last good checkpoint, which is kept.
+        """
+        try:
+            with tempfile.TemporaryDirectory() as d:
+                if self.rank == 0:
+                    with convert_write_errors(d, f"the checkpoint of step {step}"):
+                        self.save_model(unwrap_model(model), d)
+                        save_optimizer(opt, os.path.join(d, OPTIMIZER_FILE))
+                        extra = {"grad_scaler": scaler.state_dict()} if scaler is not None else {}
+                        save_trainer_state(d, step=step, seed=self.seed, pid=os.getpid(), saved_at=time.time(),
+                                           precision=self.precision, grad_accum_steps=int(self.grad_accum_steps),
+                                           **extra, **self.trainer_state(step))
+                        write_checkpoint_manifest(d, CHECKPOINT_FILES)
+                reporter.report({"step": step, "loss": loss}, d if self.rank == 0 else None)
+        except (OSError, SafetensorError) as exc:
+            last = f"the last good checkpoint (step {last_ckpt}) is kept" if last_ckpt else "no checkpoint was kept"
+            raise TrainingError(f"{self.name}: writing the checkpoint of step {step} failed ({exc}); stopped. {last}"
+                                ": free disk space, then resume (--resume).") from exc
 
     def _record_start(self, step: int, restored: dict) -> None:
         """Append this worker's (re)start to :data:`STARTS_FILE` (one short line: atomic in append mode)."""
@@ -376,7 +458,7 @@ class Solver:
                 if self.rank == 0:
                     log.info("%s: step %d/%d loss %.4f lr %.2e", self.name, step, self.total_steps, loss_value, lr)
             if step % self.checkpoint_every == 0 or step == self.total_steps:
-                self._checkpoint(model, opt, step, loss_value, reporter, scaler)
+                self._checkpoint(model, opt, step, loss_value, reporter, scaler, last_ckpt)
                 last_ckpt = step
         return {"step": step, "start_step": start_step, "loss": loss_value, "pid": os.getpid()}
 

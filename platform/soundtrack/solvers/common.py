@@ -20,10 +20,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors import SafetensorError, safe_open
 
-from soundtrack.errors import ConfigError
+from soundtrack.data.integrity import save_safetensors, verify_directory, write_file, write_manifest
+from soundtrack.errors import ConfigError, IntegrityError
+
+#: The trainer state of a checkpoint directory (step, seed, ...).
+TRAINER_STATE_FILE = "trainer_state.json"
+#: A checkpoint's own manifest (its optimiser state and trainer state; the model's files are
+#: in the model's manifest, ``weights.sha256.json``, which an exported model keeps).
+CHECKPOINT_MANIFEST = "checkpoint.sha256.json"
+#: What to do with a checkpoint that fails its check.
+CHECKPOINT_HINT = ("delete that checkpoint directory to resume from the previous one, or start the run again with "
+                   "--force")
 
 
 def save_optimizer(opt: torch.optim.Optimizer, path: str | os.PathLike) -> None:
@@ -43,29 +52,101 @@ def save_optimizer(opt: torch.optim.Optimizer, path: str | os.PathLike) -> None:
             else:
                 scalars.setdefault(str(idx), {})[k] = v
     meta = {"param_groups": json.dumps(sd["param_groups"]), "scalars": json.dumps(scalars)}
-    save_file(tensors, str(path), metadata=meta)
+    save_safetensors(tensors, path, metadata=meta, what="the optimiser state")
 
 
 def load_optimizer(opt: torch.optim.Optimizer, path: str | os.PathLike) -> None:
-    """Restore an optimiser's state written by :func:`save_optimizer`."""
+    """Restore an optimiser's state written by :func:`save_optimizer`.
+
+    Args:
+        opt: the optimiser (built over the restored model's parameters).
+        path: the ``.safetensors`` file.
+
+    Raises:
+        IntegrityError: a missing, truncated or garbled file (named, with what to do).
+    """
     state: dict[int, dict[str, Any]] = {}
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata()
-        for key in f.keys():
-            _, idx, name = key.split(".", 2)
-            state.setdefault(int(idx), {})[name] = f.get_tensor(key)
-    for idx, d in json.loads(meta["scalars"]).items():
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata()
+            for key in f.keys():
+                _, idx, name = key.split(".", 2)
+                state.setdefault(int(idx), {})[name] = f.get_tensor(key)
+        scalars, groups = json.loads(meta["scalars"]), json.loads(meta["param_groups"])
+    except (SafetensorError, OSError, ValueError, KeyError, TypeError) as exc:
+        raise IntegrityError(f"{path} (the optimiser state) is not readable ({type(exc).__name__}: {exc}); it is "
+                             f"missing, truncated or garbled: {CHECKPOINT_HINT}") from exc
+    for idx, d in scalars.items():
         state.setdefault(int(idx), {}).update(d)
-    opt.load_state_dict({"state": state, "param_groups": json.loads(meta["param_groups"])})
+    opt.load_state_dict({"state": state, "param_groups": groups})
 
 
 def save_trainer_state(directory: str | os.PathLike, **state: Any) -> None:
-    Path(directory, "trainer_state.json").write_text(json.dumps(state, indent=2))
+    """Write ``trainer_state.json`` (through a temporary name and a rename).
+
+    Args:
+        directory: the checkpoint directory.
+        **state: JSON-able fields (step, seed, ...).
+    """
+    text = json.dumps(state, indent=2)
+    write_file(Path(directory, TRAINER_STATE_FILE), lambda tmp: tmp.write_text(text), "the trainer state")
 
 
 def load_trainer_state(directory: str | os.PathLike) -> dict:
-    p = Path(directory, "trainer_state.json")
-    return json.loads(p.read_text()) if p.exists() else {}
+    """The ``trainer_state.json`` of a checkpoint directory (``{}`` when it has none).
+
+    Args:
+        directory: the checkpoint directory.
+
+    Raises:
+        IntegrityError: a file that is not readable JSON or not an object (a torn or garbled
+            checkpoint: the message names it and what to do).
+    """
+    p = Path(directory, TRAINER_STATE_FILE)
+    if not p.exists():
+        return {}
+    try:
+        doc = json.loads(p.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise IntegrityError(f"{p} (the trainer state) is not readable JSON ({exc}); the checkpoint is torn or "
+                             f"garbled: {CHECKPOINT_HINT}") from exc
+    if not isinstance(doc, dict):
+        raise IntegrityError(f"{p} (the trainer state) must hold a JSON object, got {type(doc).__name__}: "
+                             f"{CHECKPOINT_HINT}")
+    return doc
+
+
+def write_checkpoint_manifest(directory: str | os.PathLike, files: tuple[str, ...]) -> None:
+    """Record the sha256 and size of a checkpoint's own files (:data:`CHECKPOINT_MANIFEST`), after them.
+
+    Args:
+        directory: the checkpoint directory.
+        files: its files beside the model's (the optimiser state, the trainer state).
+    """
+    root = Path(directory)
+    write_manifest(root, [f for f in files if (root / f).is_file()], name=CHECKPOINT_MANIFEST)
+
+
+def verify_checkpoint(directory: str | os.PathLike, files: tuple[str, ...]) -> dict:
+    """Check a checkpoint's own files against its manifest and read its trainer state.
+
+    Args:
+        directory: the checkpoint directory.
+        files: the files the manifest must list (a checkpoint written before manifests is
+            read unverified, logged once).
+
+    Returns:
+        its trainer state.
+
+    Raises:
+        IntegrityError: a file that is missing, torn or garbled, or no trainer state.
+    """
+    verify_directory(directory, required=files, what="training checkpoint", hint=CHECKPOINT_HINT,
+                     name=CHECKPOINT_MANIFEST)
+    state = load_trainer_state(directory)
+    if "step" not in state:
+        raise IntegrityError(f"{directory}: the checkpoint has no {TRAINER_STATE_FILE} with a step: {CHECKPOINT_HINT}")
+    return state
 
 
 def warmup_cosine(step: int, total: int, warmup: int, min_ratio: float = 0.0) -> float:
@@ -118,11 +199,45 @@ class MetricsWriter:
             f.write(json.dumps(rec, default=float) + "\n")
 
 
+def older_checkpoints(checkpoint: str | os.PathLike) -> list[str]:
+    """The checkpoint directories beside ``checkpoint`` with an earlier step, newest first
+    (what a resume falls back to when ``checkpoint`` fails its check; Ray Train keeps its
+    checkpoints side by side as ``checkpoint_*`` in a local run's storage).
+
+    Args:
+        checkpoint: a checkpoint directory (its ``trainer_state.json`` gives its step; when
+            that is unreadable, every readable sibling counts as older).
+
+    Returns:
+        the siblings' paths, by descending step (a sibling whose trainer state is unreadable
+        or has no step is left out).
+    """
+    here = Path(checkpoint)
+    try:
+        step = load_trainer_state(here).get("step")
+    except IntegrityError:
+        step = None
+    found = []
+    for p in here.parent.glob("checkpoint_*"):
+        if p == here or not p.is_dir() or ".tmp" in p.name:  # a temporary copy is never a checkpoint
+            continue
+        try:
+            s = load_trainer_state(p).get("step")
+        except IntegrityError:
+            continue
+        if isinstance(s, int) and (step is None or s < step):
+            found.append((s, str(p)))
+    return [p for _, p in sorted(found, reverse=True)]
+
+
 def latest_checkpoint_dir(run_dir: str | os.PathLike) -> Path | None:
     """The newest complete checkpoint directory under ``run_dir/ray`` (by its step)."""
     best, best_step = None, -1
     for p in Path(run_dir).glob("ray/checkpoint_*"):
-        st = load_trainer_state(p)
+        try:
+            st = load_trainer_state(p)
+        except IntegrityError:  # a torn checkpoint is not the newest complete one
+            continue
         if st and (p / "model.safetensors").exists() and st.get("step", -1) > best_step:
             best, best_step = p, st["step"]
     return best

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from soundtrack.stages.runs import UpstreamError
-from soundtrack.storage import read_card
+from soundtrack.storage import check_not_leased, read_card
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,11 @@ def prepare_run_dir(out: Path, stage: str, force: bool, resume: bool, needs_resu
 
     Raises:
         UpstreamError: an unfinished run without ``resume`` (the message names both flags).
+        soundtrack.errors.LeaseHeldError: another live launch holds the run (a second
+            launch of one config is refused, whatever the flags; a finished run is still reused).
     """
+    if force or read_card(out).get("status") != "finished":
+        check_not_leased(out, what=f"{stage} run")
     if force and out.exists():
         shutil.rmtree(out)
     card = read_card(out)

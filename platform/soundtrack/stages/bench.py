@@ -45,7 +45,7 @@ from soundtrack.stages.models import resolve_model_uri
 from soundtrack.stages.pretrain import stage_pretrain
 from soundtrack.stages.runs import require_finished
 from soundtrack.stages.train import experiment_run, stage_train
-from soundtrack.storage import read_card
+from soundtrack.storage import check_name, local_root, read_card
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ def ensure_evaluator(evaluator: str = "experiments/eval_encoders.yaml", storage:
 
     cfg = dataclasses.replace(load_config(evaluator), storage=storage)
     pre = stage_pretrain(cfg, resume=True)
-    out = Path(storage) / "eval" / pre.name
+    out = local_root(storage, "the evaluator (bench)") / "eval" / pre.name
     stale = (out / "evaluator.json").is_file() and "heads" not in json.loads((out / "evaluator.json").read_text())
     if not (out / "evaluator.json").is_file() or stale:
         features = Path(read_card(pre)["upstream"]["features"]["path"])
@@ -185,7 +185,7 @@ def run_bench(cfg: BenchConfig, methods: Mapping[str, MethodSpec], storage: str 
     """
 
     t0 = time.time()
-    out = Path(storage) / "bench" / cfg.name
+    out = local_root(storage, "the bench stage") / "bench" / check_name(cfg.name, "bench name")
     out.mkdir(parents=True, exist_ok=True)
     ev_dir = ensure_evaluator(cfg.evaluator, storage)
     models, features = resolve_models(cfg, methods, storage)

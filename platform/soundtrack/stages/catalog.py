@@ -14,8 +14,10 @@ import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from soundtrack.errors import UpstreamError
-from soundtrack.storage import read_card
+from soundtrack.errors import RegistryError, UpstreamError
+from soundtrack.stages.registry import POINTER
+from soundtrack.stages.registry import read_card as registry_card
+from soundtrack.storage import check_not_leased, local_root, read_card
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +54,12 @@ def _size(path: Path) -> int:
 
 def _info(stage: str, d: Path) -> RunInfo:
     card = read_card(d)
-    if not card and (d / "card.json").is_file():  # a registry entry
+    if not card and stage == "registry" and (d / POINTER).is_file():  # a versioned registry entry
+        try:
+            card = {"status": "registered", **registry_card(d.name, d.parent.parent)}
+        except RegistryError as exc:
+            card = {"status": f"unreadable ({exc})"}
+    if not card and (d / "card.json").is_file():  # a registry entry of the older layout
         try:
             card = {"status": "registered", **json.loads((d / "card.json").read_text())}
         except (OSError, ValueError):
@@ -76,7 +83,7 @@ def list_runs(storage: str | Path = "runs", stage: str | None = None) -> list[Ru
     """
     if stage is not None and stage not in STAGE_DIRS:
         raise UpstreamError(f"unknown stage {stage!r}; stages are {', '.join(STAGE_DIRS)}")
-    root = Path(storage)
+    root = local_root(storage, "runs ls / rm")
     out = []
     for s in STAGE_DIRS if stage is None else (stage,):
         d = root / s
@@ -129,6 +136,7 @@ def remove_run(name: str, storage: str | Path = "runs", stage: str | None = None
     if deps and not force:
         raise UpstreamError(f"{run.stage}/{run.name} is the upstream of {', '.join(f'{d.stage}/{d.name}' for d in deps)}; "
                             "remove those first, or pass --force")
+    check_not_leased(run.path, what=f"{run.stage} run")  # never delete a run a live launch is writing
     shutil.rmtree(run.path)
     log.info("runs: removed %s/%s (%.1f MB)%s", run.stage, run.name, run.size_mb,
              f"; it was the upstream of {len(deps)} run(s)" if deps else "")

@@ -27,14 +27,14 @@ from soundtrack.distributed.ingest import RayMapper
 from soundtrack.errors import TooFewClips
 from soundtrack.stages.base import command_line, prepare_run_dir
 from soundtrack.stages.runs import Run, require_finished
-from soundtrack.storage import read_card
+from soundtrack.storage import local_root, read_card
 
 log = logging.getLogger(__name__)
 
 
 def synth_run_dir(storage: str | Path, synth: SynthSection) -> Path:
     """Default directory of a synthetic data set: named by its config, never the clock."""
-    return Path(storage) / "data" / f"synth-{synth.difficulty}-n{synth.n}-s{synth.seed}-{run_name('d', synth)[2:]}"
+    return local_root(storage, "the synth stage") / "data" / f"synth-{synth.difficulty}-n{synth.n}-s{synth.seed}-{run_name('d', synth)[2:]}"
 
 
 def stage_synth(synth: SynthSection, out: str | Path | None = None, storage: str | Path = "runs",
@@ -99,7 +99,7 @@ def ingest_run_dir(storage: str | Path, data: DataSection) -> Path:
     section's identity and the folder's listing (:func:`soundtrack.data.ingest.folder_fingerprint`)."""
     src = Path(str(data.source)).expanduser().absolute()
     slug = source_id_for(src.name).rsplit("-", 1)[0][:24]
-    return Path(storage) / "data" / f"ingest-{slug}-{run_name('d', data, str(src), folder_fingerprint(src))[2:]}"
+    return local_root(storage, "the ingest stage") / "data" / f"ingest-{slug}-{run_name('d', data, str(src), folder_fingerprint(src))[2:]}"
 
 
 def stage_ingest_source(data: DataSection, storage: str | Path = "runs", force: bool = False) -> Path:
@@ -179,7 +179,7 @@ def featurize_run_dir(storage: str | Path, data_dir: str | Path, section: Featur
                       limit: int | None = None) -> Path:
     """Directory of a featurize run: ``<storage>/features/<data name>-<manifest+config hash>[-l<limit>]``."""
     data_dir = Path(data_dir)
-    return Path(storage) / "features" / f"{data_dir.name}-{featurize_id(data_dir / 'manifest.parquet', section, limit)}"
+    return local_root(storage, "the featurize stage") / "features" / f"{data_dir.name}-{featurize_id(data_dir / 'manifest.parquet', section, limit)}"
 
 
 def stage_featurize(data_dir: str | Path, section: FeaturizeSection = FeaturizeSection(), out: str | Path | None = None,

@@ -2,8 +2,10 @@
 
     train:<run name>      <storage>/train/<run name>/model      (a unique prefix of the name works;
                                                                the run must have status ``finished``)
-    registry:<name>       <storage>/registry/<name>/model       (or <storage>/registry/<name> itself
-                                                               when it holds generator.json)
+    registry:<name>       the published version CURRENT names (stages.registry; downloaded into a
+                                                               local cache from an object-store root), or
+                                                               <storage>/registry/<name>/model of the older
+                                                               layout (or that folder itself with generator.json)
     file:<path>           a model directory anywhere
     <path>                the same, for an existing directory
 
@@ -27,7 +29,10 @@ from soundtrack.pipelines.generator import (
     SoundtrackGenerator,
     check_model_dir,
 )
+from soundtrack.stages.registry import entries as registry_entries
+from soundtrack.stages.registry import resolve_entry
 from soundtrack.stages.runs import require_finished
+from soundtrack.storage import StorageRoot, local_root
 
 SCHEMES = ("train", "registry", "file")
 MODEL_SUBDIR = "model"
@@ -116,11 +121,12 @@ def resolve_model_uri(uri: str | os.PathLike, storage: str | os.PathLike = "runs
     """
     text = os.fspath(uri).strip()
     scheme, rest = split_uri(text)
-    root = Path(storage)
+    sroot = StorageRoot.parse(storage)
     if scheme in ("train", "registry") and (Path(rest).name != rest or rest in (".", "..")):
         raise ModelURIError(f"{scheme}:{rest} is not a {scheme} name: names are single folder names under "
-                            f"{root / scheme} (use file:<path> for a directory elsewhere)")
+                            f"{sroot.child(scheme).uri} (use file:<path> for a directory elsewhere)")
     if scheme == "train":
+        root = local_root(storage, "train: model URIs")
         run = _train_run(root, rest)
         require_finished(run, what="training run")
         model = run / MODEL_SUBDIR
@@ -129,10 +135,13 @@ def resolve_model_uri(uri: str | os.PathLike, storage: str | os.PathLike = "runs
                                 "is missing); re-run the training stage to write it")
         return _check_model_dir(model, text)
     if scheme == "registry":
-        entry = root / "registry" / rest
-        if not entry.is_dir():
-            raise ModelURIError(f"no registry entry {rest!r} under {root / 'registry'}; "
-                                f"{_listing(root / 'registry', 'registry entries')}")
+        where = sroot.child("registry").uri
+        entry = resolve_entry(rest, storage)
+        if entry is None:
+            have = registry_entries(storage)
+            listing = (f"available in {where}: {', '.join(have)}" if have else
+                       f"{where} holds no registry entries")
+            raise ModelURIError(f"no registry entry {rest!r} under {where}; {listing}")
         for cand in (entry / MODEL_SUBDIR, entry):
             if (cand / _GENERATOR_FILE).is_file():
                 return _check_model_dir(cand, text)

@@ -16,6 +16,7 @@ from soundtrack.distributed.train_pretrain import run_pretrain
 from soundtrack.stages.base import command_line, prepare_run_dir
 from soundtrack.stages.data import features_for
 from soundtrack.stages.runs import Run, plot_losses
+from soundtrack.storage import local_root
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +26,7 @@ def pretrain_run_dir(cfg: ExperimentConfig, features: Path) -> Path:
     (not the experiment's name), so every experiment with the same settings shares the encoders."""
     # the data enters the hash through its resolved run name, not through how it was given
     sec = dataclasses.replace(cfg.pretrain, features=None)
-    return Path(cfg.storage) / "pretrain" / run_name(cfg.profile, cfg.profile, sec, Path(features).name)
+    return local_root(cfg.storage, "the pretrain stage") / "pretrain" / run_name(cfg.profile, cfg.profile, sec, Path(features).name)
 
 
 def stage_pretrain(cfg: ExperimentConfig, resume: bool = False, force: bool = False) -> Path:

@@ -31,7 +31,18 @@ import matplotlib.pyplot as plt
 
 from soundtrack.errors import UpstreamError
 from soundtrack.logs import RAY_LOG_ENV, route_ray_logs
-from soundtrack.storage import METRICS, RUN_CARD, read_card, write_json_atomic
+from soundtrack.storage import (
+    LEASE_HEARTBEAT_S,
+    LEASE_TIMEOUT_S,
+    METRICS,
+    RUN_CARD,
+    Lease,
+    StorageRoot,
+    Store,
+    check_name,
+    read_card,
+    write_json_atomic,
+)
 
 log = logging.getLogger(__name__)
 
@@ -97,8 +108,12 @@ def _changed_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
 class Run:
     """A run directory with its card; use as a context manager around the stage's work.
 
-    Entering sets the status to ``running`` (counting attempts, so a resumed run shows
-    how often it was launched); leaving sets ``finished``, or ``failed`` with the error.
+    Entering takes the run directory's lease (:class:`soundtrack.storage.Lease`: a second
+    launch of a live run is refused naming its owner; a dead owner's lease is taken over,
+    which the log says: the stages apply the ``--resume`` policy before, in
+    :func:`soundtrack.stages.base.prepare_run_dir`), then sets the status to ``running``
+    (counting attempts, so a resumed run shows how often it was launched); leaving sets
+    ``finished``, or ``failed`` with the error, and releases the lease.
 
     Args:
         root: storage root.
@@ -125,9 +140,16 @@ class Run:
         command: str | None = None,
         run_dir: str | os.PathLike | None = None,
         identity: dict | None = None,
+        lease_heartbeat_s: float = LEASE_HEARTBEAT_S,
+        lease_timeout_s: float = LEASE_TIMEOUT_S,
     ):
+        check_name(stage, "stage name")
+        check_name(name, "run name")
         self.identity = identity
-        self.dir = Path(run_dir) if run_dir is not None else Path(root) / stage / name
+        what = f"the {stage} stage's run directory"
+        self.dir = (StorageRoot.parse(run_dir).local_path(what) if run_dir is not None
+                    else StorageRoot.parse(root).child(stage, name).local_path(what))
+        self.lease = Lease(Store(self.dir), heartbeat_s=lease_heartbeat_s, timeout_s=lease_timeout_s, command=command)
         self.stage = stage
         self.name = name
         self.config = config or {}
@@ -157,13 +179,26 @@ class Run:
         return card
 
     def start(self) -> "Run":
-        """Create the directory, check upstream runs, and mark the run ``running``."""
+        """Check upstream runs, create the directory, take its lease and mark the run ``running``.
+
+        Raises:
+            UpstreamError: an upstream run that did not finish, or a run here with another identity.
+            soundtrack.errors.LeaseHeldError: another live launch holds the run directory.
+        """
         ups = {}
         for role, path in self.upstream.items():
             up = require_finished(path, what=f"{role} run")
             ups[role] = {"path": str(path), "name": up.get("name"), "stage": up.get("stage"), "status": up.get("status"),
                          "commit": up.get("commit")}
         self.dir.mkdir(parents=True, exist_ok=True)
+        self.lease.acquire(take_over=True)
+        try:
+            return self._start(ups)
+        except BaseException:
+            self.lease.release()
+            raise
+
+    def _start(self, ups: dict) -> "Run":
         old = self.card
         if self.identity is not None and old.get("identity") is not None:
             if old["identity"] != self.identity:
@@ -232,10 +267,13 @@ class Run:
         return self.start()
 
     def __exit__(self, et, ev, tb) -> bool:
-        if ev is not None:
-            self.fail(ev)
-        elif self.status == "running":
-            self.finish()
+        try:
+            if ev is not None:
+                self.fail(ev)
+            elif self.status == "running":
+                self.finish()
+        finally:
+            self.lease.release()
         return False
 
     # -- metrics ----------------------------------------------------------------------

@@ -18,7 +18,7 @@ from soundtrack.stages.base import command_line, prepare_run_dir
 from soundtrack.stages.data import features_for
 from soundtrack.stages.pretrain import stage_pretrain
 from soundtrack.stages.runs import Run, plot_losses, require_finished
-from soundtrack.storage import read_card
+from soundtrack.storage import check_name, local_root, read_card
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 def train_run_dir(cfg: ExperimentConfig, features: Path, pretrain: Path) -> Path:
     """``<storage>/train/<name>-<hash>``: the hash covers profile, section, data and encoders."""
     sec = dataclasses.replace(cfg.train, features=None, pretrain=None)
-    return Path(cfg.storage) / "train" / run_name(cfg.name, cfg.profile, sec, Path(features).name, Path(pretrain).name)
+    return local_root(cfg.storage, "the train stage") / "train" / run_name(check_name(cfg.name, "experiment name"), cfg.profile, sec, Path(features).name, Path(pretrain).name)
 
 
 def stage_train(cfg: ExperimentConfig, resume: bool = False, force: bool = False) -> Path:

@@ -7,7 +7,8 @@ Steps (:func:`stage_tune`):
 2. search (:func:`run_search`): ``ray.tune.Tuner`` with ``OptunaSearch`` (a seeded
    ``TPESampler``; the paper defaults enqueued as trial 0 through ``points_to_evaluate``)
    and ``ASHAScheduler`` (``time_attr="clips"``: validation clips evaluated) or FIFO;
-   concurrency = the cluster's CPUs / CPUs per trial. The experiment lives in
+   concurrency = ``search.max_concurrent``, else the cluster's CPUs / CPUs per trial
+   (:func:`soundtrack.distributed.tune.concurrency`). The experiment lives in
    ``<run>/tune`` (Tune saves the searcher, with its Optuna study, and the scheduler
    there), so ``--resume`` continues it with ``Tuner.restore``: finished trials are kept,
    unfinished ones run again, and TPE goes on from its history;
@@ -45,7 +46,7 @@ from soundtrack.pipelines.generator import check_model_dir
 from soundtrack.stages.base import command_line, prepare_run_dir
 from soundtrack.stages.bench import ensure_evaluator
 from soundtrack.stages.models import resolve_model_uri
-from soundtrack.stages.registry import register
+from soundtrack.stages.registry import has_entry, register
 from soundtrack.stages.runs import Run
 from soundtrack.stages.train import experiment_run
 from soundtrack.storage import RUN_CARD, read_card, write_json_atomic
@@ -289,8 +290,7 @@ def _publish_finished(cfg: TuneConfig, run_dir: Path) -> None:
     card = read_card(run_dir)
     summary = card.get("summary") or {}
     published = summary.get("published") or ([summary["registry"]] if summary.get("registry") else [])
-    entry = Path(cfg.storage) / "registry" / cfg.registry_name
-    if any(p.get("name") == cfg.registry_name for p in published) and (entry / "card.json").is_file():
+    if any(p.get("name") == cfg.registry_name for p in published) and has_entry(cfg.registry_name, cfg.storage):
         return
     rec = publish(cfg, run_dir, summary)
     summary["published"] = [p for p in published if p.get("name") != cfg.registry_name] + [rec]

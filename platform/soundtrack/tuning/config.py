@@ -39,6 +39,7 @@ from soundtrack.config import (
 from soundtrack.errors import GeneratorError
 from soundtrack.eval.scoring import CLIP_METRICS, DIRECTION, SET_METRICS
 from soundtrack.pipelines.knobs import CONDITIONS, KNOBS, check_knob
+from soundtrack.storage import check_name, local_root
 from soundtrack.tuning.space import sampling_overrides, training_changes
 
 #: Parameter specs: ``float`` (low, high, log), ``int`` (low, high, step), ``categorical`` (choices).
@@ -88,7 +89,9 @@ class SearchSection:
             ``fifo`` (no early stopping).
         grace_clips: ASHA grace period (clips evaluated before a trial can be stopped).
         reduction_factor: ASHA reduction factor (keeps the top 1/rf at each rung).
-        max_concurrent: trials at once (``None``: the cluster's CPUs / ``cpus_per_trial``).
+        max_concurrent: trials at once (``None``: the cluster's CPUs / ``cpus_per_trial``, on
+            a joined cluster at least ``min(num_samples, n_startup_trials)``); set it on an
+            autoscaling cluster: the trials it cannot place yet are the demand it scales for.
         cpus_per_trial: CPUs reserved per trial (each trial runs torch on
             ``torch_threads`` threads).
         gpus_per_trial: GPUs reserved per trial (0: CPU trials; > 0: the trial's generator
@@ -336,7 +339,7 @@ def tune_identity(cfg: TuneConfig) -> dict[str, Any]:
 
 def tune_run_dir(cfg: TuneConfig) -> Path:
     """``<storage>/tune/<name>-<hash of tune_identity>``."""
-    return Path(cfg.storage) / "tune" / f"{cfg.name}-{config_hash(tune_identity(cfg))}"
+    return local_root(cfg.storage, "the tune stage") / "tune" / f"{check_name(cfg.name, 'tune name')}-{config_hash(tune_identity(cfg))}"
 
 
 def replace(cfg: TuneConfig, **kw: Any) -> TuneConfig:
