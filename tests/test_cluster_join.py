@@ -165,7 +165,7 @@ def head():
 def joined(head):
     """This test process as a driver of the head, through init_ray: soundtrack's own
     RAY_AUTH_MODE=disabled is in the environment, the token only in RAY_AUTH_TOKEN_PATH."""
-    from ray._raylet import Config
+    from ray._raylet import AuthenticationTokenLoader, Config
 
     from soundtrack.distributed import cluster
 
@@ -188,6 +188,9 @@ def joined(head):
         env._RELEASED.clear()
         env._RELEASED.update(saved_state[1])
         Config.initialize("")  # Ray's cached config back to this process's (disabled) mode
+        # and no cached token: a later Ray of this process (ray.cluster_utils.Cluster in
+        # test_multinode) would otherwise fail its Ray Data actors
+        AuthenticationTokenLoader.instance().reset_cache()
 
 
 @pytest.mark.integration

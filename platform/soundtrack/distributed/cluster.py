@@ -179,6 +179,9 @@ def init_ray(address: str | None = None, num_cpus: float | None = None, quiet: b
             _join(target)
         else:
             use_local_ray_defaults()
+            # a cluster joined earlier in this process leaves its token in Ray's loader cache; a
+            # local Ray started after it then fails its Ray Data actors (seen in the suite)
+            AuthenticationTokenLoader.instance().reset_cache()
             Config.initialize("")  # Ray caches its config (the auth mode): re-read the environment
             # "local": always a fresh local Ray. Without it ray.init() joins whatever
             # cluster `ray start` (or a test's ray.cluster_utils.Cluster) left in
