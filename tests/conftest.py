@@ -6,6 +6,7 @@ own: no display here (the platform's plots pick Agg themselves).
 """
 
 import os
+import shutil
 from pathlib import Path
 
 import soundtrack  # noqa: F401  (applies soundtrack.env.ENV_DEFAULTS)
@@ -75,3 +76,16 @@ def s3_root(s3_server, tmp_path, monkeypatch):
     assert not (cwd / "s3:").exists()
     # per-user caches (numba's compiled code, matplotlib's font list) are not run data
     assert sorted(p.name for p in home.iterdir() if p.name not in (".cache", ".config")) == [], "files written to HOME"
+    # the stages' staging copies of this bucket's runs live under the temp dir: drop them
+    from soundtrack.storage import run_location
+
+    shutil.rmtree(run_location(f"s3://{bucket}/runs", "x", "x").parents[1], ignore_errors=True)
+
+
+@pytest.fixture
+def stage_storage(s3_root):
+    """The storage root of the stage tests: ``s3://<fresh bucket>/runs`` on the loopback S3
+    server (:func:`s3_root`, which asserts that nothing lands on local disk outside temp
+    dirs). One fixture for every stage test that takes a storage root, so each runs once,
+    against the object store (a local root is the same code without the staging step)."""
+    return s3_root

@@ -7,6 +7,7 @@ on real decoded clips, scores them, then re-runs and must take every sample from
 
 import json
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -69,7 +70,10 @@ def test_spec_hash_changes_with_settings_not_label(tmp_path):
 
 
 @pytest.mark.integration
-def test_bench_on_local_ray_scores_and_caches(synth_small, tmp_path):
+def test_bench_on_local_ray_scores_and_caches(synth_small, tmp_path, stage_storage):
+    """The bench on the storage root of the stage tests (an ``s3://`` root): it reads a
+    published featurize run and a registry model from the store, works in a staging copy
+    and publishes its outputs (samples cache included, what the re-run reuses)."""
     import ray
     import soundfile as sf
     import torch
@@ -81,13 +85,19 @@ def test_bench_on_local_ray_scores_and_caches(synth_small, tmp_path):
     from soundtrack.models.encoders import ContrastiveConfig, build_contrastive
     from soundtrack.pipelines.generator import build_tiny_generator
     from soundtrack.stages.bench import run_bench
+    from soundtrack.stages.registry import register
     from soundtrack.stages.runs import Run
+    from soundtrack.storage import StorageRoot, Store, staged
 
-    feats = tmp_path / "features"
-    with Run(tmp_path, "features", "f", run_dir=feats, config={"featurize": {"size": 32}}) as run:
+    with Run(stage_storage, "features", "f", config={"featurize": {"size": 32}}) as run:
+        feats = run.dir
         run_featurize(synth_small, feats, FeaturizeSection(size=32, rows_per_shard=4), use_ray=False, progress=False)
         run.finish()
+    remote = not StorageRoot.parse(stage_storage).is_local
+    if remote:  # only the store has the features now: the bench fetches the published run
+        shutil.rmtree(feats)
     build_tiny_generator(tmp_path / "gen", num_steps=2, gl_iterations=4)
+    register("gen", tmp_path / "gen", {}, {"purpose": "bench test"}, storage=stage_storage)
     enc = build_contrastive(ContrastiveConfig.tiny(video_input_size=32, video_channels=(8, 16), video_dim=16,
                                                    audio_channels=16, audio_dim=16, embed_dim=32, use_text=False))
     torch.manual_seed(0)
@@ -101,15 +111,22 @@ def test_bench_on_local_ray_scores_and_caches(synth_small, tmp_path):
     torch.save(vgg.state_dict(), tmp_path / "vggish.pth")
     cfg_path = _write(tmp_path, {
         "modes": ["loris", "muvi", "diffbgm"], "embedder": f"vggish:{tmp_path / 'vggish.pth'}",
-        "name": "t", "model": f"file:{tmp_path / 'gen'}", "evaluator": str(tmp_path / "ev"), "data": str(feats),
+        "name": "t", "model": "registry:gen", "evaluator": str(tmp_path / "ev"),
+        "data": f"{stage_storage}/features/f" if remote else str(feats),
         "split": "train", "clips": 3, "seeds": [0, 1], "clips_per_task": 2, "cpus_per_task": 0.5, "n_boot": 100,
         "baseline": "gen", "pairs": [["ground_truth", "random_retrieval"]],
         "methods": {"ground_truth": {"kind": "ground_truth"}, "random_retrieval": {"kind": "retrieval"},
                     "gen": {"sampler": {"guidance_scale": 2.0}}, "gen_other": {"video": "other"}}})
     cfg, methods = load_bench_config(cfg_path)
     try:
-        out = run_bench(cfg, methods, storage=str(tmp_path / "runs"), progress=False)
+        out = run_bench(cfg, methods, storage=stage_storage, progress=False)
         import pandas as pd
+
+        if remote:  # the outputs are published in the store, the samples cache with them
+            staging = staged(out)
+            assert staging is not None and Store(stage_storage).is_published("bench/t")
+            keys = staging.store.list(staging.rel, recursive=True)
+            assert "results.parquet" in keys and any(k.startswith("cache/gen-") for k in keys)
 
         table = pd.read_parquet(out / "results.parquet")
         assert len(table) == 4 * 3 * 2  # methods x clips x seeds, each once
@@ -146,7 +163,7 @@ def test_bench_on_local_ray_scores_and_caches(synth_small, tmp_path):
         assert (out / "bench.png").stat().st_size > 10_000
         # a re-run takes every sample from the cache and gives the same table
         mtimes = {p: p.stat().st_mtime_ns for p in cache.glob("*.wav")}
-        out2 = run_bench(cfg, methods, storage=str(tmp_path / "runs"), progress=False)
+        out2 = run_bench(cfg, methods, storage=stage_storage, progress=False)
         t2 = pd.read_parquet(out2 / "results.parquet")
         assert {p: p.stat().st_mtime_ns for p in cache.glob("*.wav")} == mtimes
         pd.testing.assert_frame_equal(table.sort_values(["method", "clip_id", "seed"]).reset_index(drop=True),

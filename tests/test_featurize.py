@@ -103,15 +103,26 @@ def test_stage_refuses_unfinished_data_run(synth_small, tmp_path):
         stage_featurize(data, SECTION, storage=tmp_path, use_ray=False, progress=False)
 
 
-def test_stage_card_records_upstream_and_reuses(synth_small, tmp_path):
+def test_stage_card_records_upstream_and_reuses(synth_small, stage_storage):
+    """The stage through its stage function on the storage root of the stage tests (an
+    ``s3://`` root: it works in a temp staging copy and publishes the run to the store)."""
     from soundtrack.stages.data import stage_featurize
+    from soundtrack.storage import MARKER, staged
 
-    out = stage_featurize(synth_small, SECTION, storage=tmp_path, use_ray=False, progress=False, limit=3)
+    out = stage_featurize(synth_small, SECTION, storage=stage_storage, use_ray=False, progress=False, limit=3)
     card = read_card(out)
     assert card["status"] == "finished" and card["upstream"]["data"]["status"] == "finished"
     assert card["summary"]["clips_out"] == 3
-    again = stage_featurize(synth_small, SECTION, storage=tmp_path, use_ray=False, progress=False, limit=3)
+    staging = staged(out)
+    if staging is not None:  # an object-store root: the run is in the store, published (marker last)
+        assert staging.store.is_published(staging.rel) and read_card(staging.uri)["status"] == "finished"
+        keys = staging.store.list(staging.rel, recursive=True)
+        assert "run.json" in keys and MARKER in keys and any(k.startswith("shards/") for k in keys)
+        assert "_LEASE.json" not in keys  # released
+        shutil.rmtree(out)  # the local copy is gone: the reuse comes from the store
+    again = stage_featurize(synth_small, SECTION, storage=stage_storage, use_ray=False, progress=False, limit=3)
     assert again == out and read_card(out)["attempts"] == 1  # reused, not re-run
+    assert len(pipeline.read_shards(out, columns=["clip_id"])) == 3
 
 
 def test_limit_is_part_of_the_run_name(synth_small, tmp_path):

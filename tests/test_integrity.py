@@ -300,6 +300,58 @@ def test_shards_read_back_and_a_missing_column_is_still_named_by_pyarrow(shard_r
         shards.read_shards(out, columns=["nope"])
 
 
+def _split_rows(n: int, nbytes: int = 20000) -> list[dict]:
+    """Clips alternating train / val (interleaved clip ids), each with frames and wav_mix."""
+    rows = _rows(n, nbytes=nbytes)
+    rng = np.random.default_rng(7)
+    for i, r in enumerate(rows):
+        r["split"] = "train" if i % 2 == 0 else "val"
+        r.update(shards.pack_array("wav_mix", rng.uniform(-1, 1, nbytes // 2)))
+    return rows
+
+
+def _garble_chunk(path: Path, row_group: int, column: str) -> None:
+    """Garble the middle byte of one column chunk of one row group (its pages' CRC no longer holds)."""
+    md = pq.ParquetFile(path).metadata
+    names = [md.schema.column(j).name for j in range(md.num_columns)]
+    chunk = md.row_group(row_group).column(names.index(column))
+    start = chunk.dictionary_page_offset if chunk.has_dictionary_page else chunk.data_page_offset
+    data = bytearray(path.read_bytes())
+    data[start + chunk.total_compressed_size // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def _row_group_splits(path: Path) -> list[set[str]]:
+    f = pq.ParquetFile(path)
+    return [set(f.read_row_group(i, columns=["split"])["split"].to_pylist()) for i in range(f.num_row_groups)]
+
+
+def test_a_shard_holds_one_row_group_per_split_and_a_reader_never_decodes_another_split(shard_run):
+    out, write = shard_run
+    write(0, _split_rows(8))
+    f = out / "shards" / "shard-00000.parquet"
+    assert _row_group_splits(f) == [{"train"}, {"val"}]  # sorted splits, one row group each
+    _garble_chunk(f, 1, "frames")  # the val rows' frames are undecodable now
+    train = shards.read_shards(out, split="train", columns=["frames"])
+    assert train["clip_id"].tolist() == ["c000", "c002", "c004", "c006"] and set(train["split"]) == {"train"}
+    rows = shards.load_split(out, "train", ["frames"])  # decodes every row it returns: none is val
+    assert [r["clip_id"] for r in rows] == ["c000", "c002", "c004", "c006"] and rows[0]["frames"].dtype == np.uint8
+    with pytest.raises(IntegrityError, match="shard-00000.parquet"):  # the damage is real: reading val finds it
+        shards.read_shards(out, split="val", columns=["frames"])
+
+
+def test_a_reader_never_decodes_a_column_it_was_not_asked_for(shard_run):
+    out, write = shard_run
+    write(0, _split_rows(8))
+    f = out / "shards" / "shard-00000.parquet"
+    _garble_chunk(f, 0, "wav_mix")  # the train rows' mix is undecodable now
+    rows = shards.load_split(out, "train", ["frames"])
+    assert len(rows) == 4 and "wav_mix" not in rows[0] and "frames" in rows[0]
+    with pytest.raises(IntegrityError, match="shard-00000.parquet"):
+        shards.load_split(out, "train", ["wav_mix"])
+    assert len(shards.load_split(out, "val", ["wav_mix"])) == 4  # the val rows' mix is intact
+
+
 # ----------------------------------------------------------------------------- checkpoints
 
 

@@ -54,6 +54,8 @@ def test_two_workers_recover_from_a_dead_worker(features, tmp_path):
     assert len(starts) == 4 and [s["rank"] for s in first] == [s["rank"] for s in again] == [0, 1]
     assert [s["start_step"] for s in first] == [0, 0] and [s["restored_step"] for s in first] == [None, None]
     assert [s["start_step"] for s in again] == [2, 2] and [s["restored_step"] for s in again] == [2, 2]
+    # the restarted workers start the epoch of step 2 again (its shuffle drawn from its seed)
+    assert [s["epoch"] for s in again] == [2 * 2 * 2 // summary["train_clips"]] * 2
     assert not {s["pid"] for s in first} & {s["pid"] for s in again}
     steps = [m["step"] for m in read_metrics(tmp_path / "run")]
     assert steps == [1, 2, 3, 4, 5, 6]  # every step logged once
@@ -63,7 +65,12 @@ def test_two_workers_recover_from_a_dead_worker(features, tmp_path):
     assert ev["summary"]["music"]["retrieval"]["p_at_1"]["n"] == summary["eval"]["n_clips"] > 0
 
 
-def test_hard_killed_driver_resumes_with_step_counter_continuing(features, tmp_path):
+def test_hard_killed_driver_resumes_with_step_counter_continuing(features, tmp_path, stage_storage):
+    """On the storage root of the stage tests (an ``s3://`` root): the run works in its local
+    staging directory (Ray Train's storage_path), its card and lease are in the store, and
+    the resumed run is published there."""
+    from soundtrack.storage import Store, run_location, staged
+
     cfg = tmp_path / "exp.yaml"
     cfg.write_text(
         "name: killtest\nprofile: tiny\n"
@@ -72,13 +79,14 @@ def test_hard_killed_driver_resumes_with_step_counter_continuing(features, tmp_p
         "  evaluation: {n_boot: 50}\n  eval_split: train\n"
     )
     env = dict(os.environ, RAY_TMPDIR=tempfile.mkdtemp(prefix="rp", dir="/tmp"))
-    cmd = [sys.executable, "-m", "soundtrack.cli", "pretrain", str(cfg), "--storage", str(tmp_path / "runs")]
+    cmd = [sys.executable, "-m", "soundtrack.cli", "pretrain", str(cfg), "--storage", stage_storage]
+    stage_dir = run_location(stage_storage, "pretrain", "x").parent  # where the runs of the stage are worked on
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     run_dir = None
     deadline = time.time() + 300
     while time.time() < deadline:
         assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
-        dirs = list((tmp_path / "runs" / "pretrain").glob("*"))
+        dirs = list(stage_dir.glob("*"))
         # Kill only once Ray Train has *registered* a checkpoint (its manager snapshot names
         # one): a checkpoint folder on disk is not yet one a restore can find (seen under load).
         snap = dirs[0] / "ray" / "checkpoint_manager_snapshot.json" if dirs else None
@@ -93,6 +101,8 @@ def test_hard_killed_driver_resumes_with_step_counter_continuing(features, tmp_p
     killed_at = max(m["step"] for m in read_metrics(run_dir))
     assert 4 <= killed_at < 200
     assert json.loads((run_dir / "run.json").read_text())["status"] == "running"
+    if staged(run_dir) is not None:  # the store's card says so too: what --resume elsewhere would see
+        assert json.loads(Store(stage_storage).read_bytes(f"pretrain/{run_dir.name}/run.json"))["status"] == "running"
 
     again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     assert again.returncode == 2 and "--resume" in again.stderr  # refuses to silently restart
@@ -102,7 +112,7 @@ def test_hard_killed_driver_resumes_with_step_counter_continuing(features, tmp_p
     scaled = ["--set", "pretrain.num_workers=2", "--set", "pretrain.batch_size=1", "--set", "pretrain.cpus_per_worker=0.5"]
     res = subprocess.run(cmd + ["--resume", *scaled], env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-4000:]
-    assert list((tmp_path / "runs" / "pretrain").iterdir()) == [run_dir]  # the same run directory, no second one
+    assert list(stage_dir.iterdir()) == [run_dir]  # the same run directory, no second one
     card = json.loads((run_dir / "run.json").read_text())
     assert card["status"] == "finished" and card["attempts"] == 2
     assert card["config"]["pretrain"]["num_workers"] == 2 and card["config"]["pretrain"]["batch_size"] == 1
@@ -118,3 +128,10 @@ def test_hard_killed_driver_resumes_with_step_counter_continuing(features, tmp_p
     assert 4 <= start <= killed_at and start % 4 == 0  # resumed from a checkpoint, not from 0
     assert resumed[0]["start_step"] == resumed[0]["restored_step"] == start
     assert json.loads((run_dir / "model" / "trainer_state.json").read_text())["step"] == 200
+    staging = staged(run_dir)
+    if staging is not None:  # published in the store: card, model and checkpoints, marker last
+        store = Store(stage_storage)
+        assert store.is_published(staging.rel) and not store.is_file(f"{staging.rel}/_LEASE.json")
+        remote = json.loads(store.read_bytes(f"{staging.rel}/run.json"))
+        assert remote["status"] == "finished" and remote["attempts"] == 2
+        assert store.is_file(f"{staging.rel}/model/trainer_state.json")

@@ -15,7 +15,19 @@ from pathlib import Path
 import pytest
 
 from soundtrack.errors import LeaseHeldError, NotPublishedError, RegistryError, StorageError
-from soundtrack.storage import LEASE, MARKER, StorageRoot, Store, check_name, fetch_published, join, local_root
+from soundtrack.storage import (
+    LEASE,
+    MARKER,
+    StorageRoot,
+    Store,
+    check_name,
+    fetch_published,
+    fetch_run,
+    join,
+    local_root,
+    run_location,
+    staged,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -283,16 +295,143 @@ def test_registry_publication_sigkilled_in_a_subprocess(tmp_path, tiny_model):
 def test_a_stage_refuses_an_object_store_root_before_writing(s3_root):
     """The issue's bug: ``--storage s3://...`` wrote to a local folder ``s3:``. Stages not yet
     on the storage layer refuse it with a clear error; nothing lands locally (the fixture asserts)."""
-    from soundtrack.config import SynthSection
-    from soundtrack.stages.data import stage_synth
+    from soundtrack.config import ExperimentConfig
+    from soundtrack.stages.catalog import remove_run
     from soundtrack.stages.runs import Run
+    from soundtrack.stages.train import train_run_dir
 
-    with pytest.raises(StorageError, match="the synth stage does not support an object-store storage root"):
-        stage_synth(SynthSection(n=1), storage=s3_root, progress=False)
-    with pytest.raises(StorageError, match="does not support an object-store"):
-        Run(s3_root, "train", "exp-1")
+    with pytest.raises(StorageError, match="the train stage does not support an object-store storage root"):
+        train_run_dir(ExperimentConfig(storage=s3_root), Path("features"), Path("pretrain"))
+    with pytest.raises(StorageError, match="runs rm does not support an object-store"):
+        remove_run("x", s3_root)
     with pytest.raises(StorageError, match="lost a slash"):
         Run("runs", "train", "x", run_dir=Path(s3_root) / "train" / "x")
+
+
+# ----------------------------------------------------------------------------- staging (stages on an object store)
+
+
+def test_staging_pulls_pushes_and_publishes(s3_root):
+    """A stage on an object-store root works in a temp staging copy: an empty store drops a
+    stale copy, an unfinished run is pulled back (what --resume continues from), a published
+    one is downloaded verified, and only published runs are fetched as upstreams."""
+    import tempfile
+
+    local = run_location(s3_root, "features", "r1")
+    assert local.is_relative_to(Path(tempfile.gettempdir()) / "soundtrack-stage") and local.name == "r1"
+    st = staged(local)
+    assert st is not None and st.rel == "features/r1" and st.uri == f"{s3_root}/features/r1"
+    assert staged(Path(tempfile.gettempdir()) / "elsewhere" / "x" / "y") is None
+    assert run_location("runs", "features", "r1") == Path("runs/features/r1")  # a local root: the run itself
+
+    (local / "shards").mkdir(parents=True)
+    (local / "stale.txt").write_text("from another run")
+    assert st.pull() == "empty" and not local.exists()  # not in the store: the stale copy goes
+
+    (local / "shards").mkdir(parents=True)
+    (local / "run.json").write_text(json.dumps({"status": "running", "attempts": 1}))
+    (local / "shards" / "shard-00000.parquet").write_bytes(b"shard zero")
+    st.push()
+    assert not st.store.is_published(st.rel)
+    with pytest.raises(NotPublishedError, match="not published"):
+        fetch_run(st.uri)  # an unfinished upstream is never trusted
+
+    # --resume on a host that has only part of it (another host, or a lost temp dir)
+    (local / "shards" / "shard-00000.parquet").unlink()
+    (local / "run.json").write_text(json.dumps({"status": "stale"}))
+    (local / "shards" / "shard-00001.parquet").write_bytes(b"made here after the last upload")
+    assert st.pull() == "partial"
+    assert (local / "shards" / "shard-00000.parquet").read_bytes() == b"shard zero"
+    assert (local / "shards" / "shard-00001.parquet").exists()  # local progress is kept
+    assert json.loads((local / "run.json").read_text())["status"] == "running"  # the store's card wins
+
+    doc = st.publish()
+    assert set(doc["files"]) == {"run.json", "shards/shard-00000.parquet", "shards/shard-00001.parquet"}
+    assert st.store.is_published(st.rel) and (local / MARKER).is_file()
+    assert fetch_run(st.uri) == local and st.pull() == "published"  # the marker matches: nothing downloaded
+    import shutil
+
+    shutil.rmtree(local)
+    assert fetch_run(st.uri) == local and (local / "shards" / "shard-00000.parquet").read_bytes() == b"shard zero"
+    # a file changed in the store behind its marker is refused (sha256 from the manifest)
+    st.store.write_bytes("features/r1/shards/shard-00000.parquet", b"shard ZERO")
+    shutil.rmtree(local)
+    with pytest.raises(NotPublishedError, match="sha256"):
+        fetch_run(st.uri)
+    with pytest.raises(StorageError, match="<stage>/<run name>"):
+        fetch_run(s3_root.split("/runs")[0] + "/r1")
+    st.delete()
+    assert not st.store.exists(st.rel) and not local.exists()
+
+
+def test_run_on_an_object_store_root_leases_and_publishes_there(s3_root):
+    """A :class:`Run` on an ``s3://`` root: its lease and card are in the store while it runs,
+    a failed launch uploads what it made (no marker), a finished one is published (marker
+    last); --resume after the local copy is lost starts from the store; ``runs ls`` lists it."""
+    import shutil
+
+    from soundtrack.stages.base import prepare_run_dir
+    from soundtrack.stages.catalog import list_runs
+    from soundtrack.stages.runs import Run, UpstreamError
+
+    store = Store(s3_root)
+    run = Run(s3_root, "data", "x", config={"a": 1}, command="soundtrack data synth")
+    assert run.staging is not None and run.dir == run_location(s3_root, "data", "x")
+    with pytest.raises(RuntimeError, match="boom"):
+        with run:
+            assert store.is_file(f"data/x/{LEASE}") and not (run.dir / LEASE).exists()
+            assert json.loads(store.read_bytes("data/x/run.json"))["status"] == "running"
+            (run.dir / "part.bin").write_bytes(b"half of it")
+            raise RuntimeError("boom")
+    assert json.loads(store.read_bytes("data/x/run.json"))["status"] == "failed"
+    assert store.read_bytes("data/x/part.bin") == b"half of it"
+    assert not store.is_published("data/x") and not store.is_file(f"data/x/{LEASE}")
+    assert [(r.stage, r.name, r.status) for r in list_runs(s3_root)] == [("data", "x", "failed")]
+
+    shutil.rmtree(run.dir)  # the relaunch runs elsewhere: the store has what it needs
+    with pytest.raises(UpstreamError, match="--resume"):
+        prepare_run_dir(run.dir, "data", force=False, resume=False)
+    assert (run.dir / "part.bin").read_bytes() == b"half of it"  # pulled before the policy looked
+    assert prepare_run_dir(run.dir, "data", force=False, resume=True) is False
+    with Run(s3_root, "data", "x", config={"a": 1}) as again:
+        (again.dir / "rest.bin").write_bytes(b"the rest")
+        again.log(step=1, loss=0.5)
+        again.finish(clips=2)
+    assert store.is_published("data/x") and not store.is_file(f"data/x/{LEASE}")
+    card = json.loads(store.read_bytes("data/x/run.json"))
+    assert card["status"] == "finished" and card["attempts"] == 2
+    assert {"run.json", "part.bin", "rest.bin", "metrics.jsonl"} <= set(store.read_manifest("data/x")["files"])
+    [info] = list_runs(s3_root, "data")
+    assert info.status == "finished" and info.path == f"{s3_root}/data/x" and info.size_mb >= 0
+    shutil.rmtree(run.dir)
+    assert prepare_run_dir(run.dir, "data", force=False, resume=False) is True  # reused from the store
+    assert (run.dir / "rest.bin").read_bytes() == b"the rest"
+    assert prepare_run_dir(run.dir, "data", force=True, resume=False) is False
+    assert not store.exists("data/x")  # --force removed it in the store too
+
+
+def test_synth_then_featurize_by_uri_on_an_object_store(s3_root):
+    """Data synth and featurize on an ``s3://`` root (below Ray): synth publishes its run,
+    featurize takes the data run by its URI (downloaded, verified) and publishes the features."""
+    import shutil
+
+    from soundtrack.config import FeaturizeSection, SynthSection
+    from soundtrack.data import shards as pipeline
+    from soundtrack.stages.data import stage_featurize, stage_synth
+    from soundtrack.storage import read_card
+
+    data = stage_synth(SynthSection(n=2, seed=1), storage=s3_root,
+                       workers=1, progress=False)
+    store = Store(s3_root)
+    assert store.is_published(f"data/{data.name}") and read_card(f"{s3_root}/data/{data.name}")["status"] == "finished"
+    shutil.rmtree(data)  # only the store has it now
+    feats = stage_featurize(f"{s3_root}/data/{data.name}", FeaturizeSection(size=32, rows_per_shard=2),
+                            storage=s3_root, use_ray=False, progress=False, limit=2)
+    assert (data / "manifest.parquet").is_file()  # the upstream was fetched to its staging copy
+    card = read_card(f"{s3_root}/features/{feats.name}")
+    assert card["status"] == "finished" and card["upstream"]["data"]["path"] == f"{s3_root}/data/{data.name}"
+    assert store.is_published(f"features/{feats.name}")
+    assert len(pipeline.read_shards(feats, columns=["clip_id"])) == 2
 
 
 def test_catalog_lists_versioned_entries_and_never_removes_a_leased_run(tmp_path, tiny_model):

@@ -13,6 +13,7 @@ from pathlib import Path
 from soundtrack import api
 from soundtrack.stages.catalog import dependents, find_run
 from soundtrack.stages.tune import tune_summary
+from soundtrack.storage import is_uri
 
 
 def cmd_synth(args) -> int:
@@ -133,7 +134,8 @@ def cmd_runs_ls(args) -> int:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
-    print(f"{len(runs)} runs, {sum(r.size_mb for r in runs):.1f} MB under {Path(args.storage).resolve()}")
+    where = args.storage if is_uri(args.storage) else Path(args.storage).resolve()
+    print(f"{len(runs)} runs, {sum(r.size_mb for r in runs):.1f} MB under {where}")
     return 0
 
 

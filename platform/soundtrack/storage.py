@@ -31,6 +31,18 @@ Three protocols make the layer safe to share between processes, hosts and kills:
   two launches within the same fraction of a second could both believe they hold it; the
   log says so once.
 
+**Staging: stages on an object store.** A stage whose storage root is an object store works
+in a local temp staging directory (:func:`run_location`:
+``<tmp>/soundtrack-stage/<root key>/<stage>/<run name>``) with its code unchanged (Ray
+Train / Tune keep their ``storage_path`` there too), while the store stays the authority:
+:class:`Staging` (found from the directory by :func:`staged`) pulls the run from the store
+before the ``--force`` / ``--resume`` policy looks at it (a published run verified against
+its manifest; an unfinished one: the files the copy lacks and the store's ``run.json``, so
+``--resume`` continues from what the store has), the run's lease and card live in the
+store, a failed launch uploads what it made without a marker, and a finished one is
+published (files first, the marker last). Upstream runs named by URI come through
+:func:`fetch_run`: published runs only, verified, under their run name.
+
 The older helpers (:func:`atomic_write`, :func:`write_json_atomic`, :func:`read_json_object`,
 :func:`read_card`) keep their behaviour for local paths; :func:`read_card` also reads a
 run card under an object-store URI.
@@ -204,7 +216,8 @@ class StorageRoot:
         """The local directory, or :class:`StorageError` naming ``what`` for an object store."""
         if not self.is_local:
             raise StorageError(f"{what} does not support an object-store storage root ({self.uri}) yet; use a local "
-                               "or shared directory for it (the registry and featurize do work on object stores)")
+                               "or shared directory for it (the registry, data synth, featurize, pretrain and bench "
+                               "work on object stores)")
         return Path(self.path)
 
     def __str__(self) -> str:
@@ -1099,3 +1112,184 @@ def check_not_leased(run_dir: str | os.PathLike, what: str = "run") -> None:
     if not dead:
         raise LeaseHeldError(f"{what} {root.uri} is in use: leased by {describe_owner(doc)} ({why}); a second launch "
                              "of the same run is refused (wait for it to end or stop it)")
+
+
+# ----------------------------------------------------------------------------- staging
+
+
+#: Folder under the system temp directory where a stage with an object-store root works.
+STAGE_DIR = "soundtrack-stage"
+#: The file of a staging folder that names the storage root it mirrors.
+_ORIGIN = "_ORIGIN.json"
+
+
+def _stage_base() -> Path:
+    return Path(tempfile.gettempdir(), STAGE_DIR)
+
+
+def run_location(root: "str | os.PathLike | StorageRoot", stage: str, name: str) -> Path:
+    """The local directory a stage works in for the run ``<root>/<stage>/<name>``.
+
+    On a local root that is the run directory itself. On an object store it is the run's
+    staging directory ``<tmp>/soundtrack-stage/<root key>/<stage>/<name>`` (``<root key>``
+    hashes the root's URI, whose ``_ORIGIN.json`` names it): the stage works there and
+    :class:`Staging` keeps it in step with the store.
+
+    Args:
+        root: the storage root.
+        stage: the stage folder (``data``, ``features``, ...).
+        name: the run name.
+    """
+    r = StorageRoot.parse(root)
+    check_name(stage, "stage name")
+    check_name(name, "run name")
+    if r.is_local:
+        return Path(r.path, stage, name)
+    base = _stage_base() / hashlib.sha256(r.uri.encode()).hexdigest()[:16]
+    origin = base / _ORIGIN
+    if not origin.is_file():
+        base.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(origin, {"root": r.uri})
+    return base / stage / name
+
+
+@dataclass(frozen=True)
+class Staging:
+    """A staging directory and the run in the object store it mirrors.
+
+    Attributes:
+        local: the local staging directory (where the stage reads and writes).
+        store: the store of the storage root.
+        rel: ``<stage>/<name>`` under it.
+    """
+
+    local: Path
+    store: Store
+    rel: str
+
+    @property
+    def uri(self) -> str:
+        """The run's location in the store (``s3://bucket/prefix/<stage>/<name>``)."""
+        return self.store.uri(self.rel)
+
+    def run_store(self) -> Store:
+        """The store rooted at the run (its lease lives there)."""
+        return self.store.sub(self.rel)
+
+    def pull(self, published_only: bool = False) -> str:
+        """Bring the local copy in step with the store before a stage looks at it.
+
+        - nothing in the store: a stale local copy (of a run the store does not have) is
+          removed; ``"empty"``;
+        - published: the verified copy of its manifest (:meth:`Store.download_published`;
+          kept when the local marker already matches); ``"published"``;
+        - unfinished (a killed or failed launch, here or on another host): the files the
+          local copy lacks, and the store's ``run.json`` (the authority on status and
+          attempts), so ``--resume`` continues from what the store has; ``"partial"``.
+
+        Args:
+            published_only: refuse anything but a published run (upstream runs).
+
+        Raises:
+            NotPublishedError: ``published_only`` and the run has no completion marker.
+        """
+        have = {n for n, s in self.store.list(self.rel, recursive=True).items()
+                if s >= 0 and PurePosixPath(n).name not in _NOT_CONTENT}
+        if self.store.is_published(self.rel):
+            doc = self.store.read_manifest(self.rel)
+            cached = self.local / MARKER
+            with contextlib.suppress(OSError, ValueError):
+                if cached.is_file() and json.loads(cached.read_text()).get("files") == doc["files"]:
+                    return "published"
+            if self.local.exists():
+                shutil.rmtree(self.local)
+            self.store.download_published(self.rel, self.local)
+            log.info("storage: downloaded the published run %s to %s", self.uri, self.local)
+            return "published"
+        if published_only:
+            self.store.read_manifest(self.rel)  # raises NotPublishedError naming the run
+        if not have:
+            if self.local.exists():
+                log.info("storage: %s is not in the store; removing the stale staging copy %s", self.uri, self.local)
+                shutil.rmtree(self.local)
+            return "empty"
+        (self.local / MARKER).unlink(missing_ok=True)
+        got = 0
+        for name in sorted(have):
+            dst = self.local.joinpath(*_rel_parts(name))
+            if name == RUN_CARD or not dst.exists():
+                self.store._b.get_file(_join_rel(self.rel, name), dst)
+                got += 1
+        log.info("storage: %s is unfinished in the store; %d file(s) downloaded to %s", self.uri, got, self.local)
+        return "partial"
+
+    def push_file(self, name: str) -> None:
+        """Upload one file of the staging directory (e.g. ``run.json``, a checkpoint)."""
+        self.store._b.put_file(self.local.joinpath(*_rel_parts(name)), _join_rel(self.rel, name))
+
+    def push(self) -> dict[str, dict]:
+        """Upload every file of the staging directory, without a marker (an unfinished run)."""
+        return self.store.upload_dir(self.local, self.rel)
+
+    def publish(self) -> dict:
+        """Upload the staging directory and write its completion marker last (kept locally too)."""
+        doc = self.store.publish(self.rel, self.local)
+        (self.local / MARKER).write_text(json.dumps(doc, indent=2))
+        return doc
+
+    def unpublish(self) -> None:
+        """Remove the run's marker in the store (before it changes)."""
+        self.store.unpublish(self.rel)
+
+    def delete(self) -> None:
+        """Delete the run in the store and its staging copy (``--force``)."""
+        self.store.delete(self.rel)
+        if self.local.exists():
+            shutil.rmtree(self.local)
+
+
+def staged(local: str | os.PathLike) -> Staging | None:
+    """The :class:`Staging` of a staging directory made by :func:`run_location`; ``None``
+    for any other path (a local run directory)."""
+    base = _stage_base().absolute()
+    try:
+        rel = Path(local).absolute().relative_to(base)
+    except ValueError:
+        return None
+    if len(rel.parts) != 3:
+        return None
+    key, stage, name = rel.parts
+    try:
+        root = json.loads((base / key / _ORIGIN).read_text())["root"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return Staging(base / key / stage / name, Store(root), f"{stage}/{name}")
+
+
+def fetch_run(run: str | os.PathLike, what: str = "upstream run") -> Path:
+    """A local directory of an upstream run given as a path or a URI.
+
+    A local path is returned as it is. A URI ``<root>/<stage>/<name>`` of an object store
+    must be published (only published runs are trusted): its verified copy is downloaded
+    into its staging directory (:func:`run_location`), named like the run, and reused while
+    the store's marker is the same.
+
+    Args:
+        run: the run directory or URI.
+        what: what the run is, for messages.
+
+    Raises:
+        NotPublishedError: the run in the store has no completion marker.
+        StorageError: a URI without ``<stage>/<name>`` under a bucket.
+    """
+    if not is_uri(run):
+        return Path(run)
+    r = StorageRoot.parse(run)
+    parts = r.path.split("/")
+    if len(parts) < 3:
+        raise StorageError(f"{what} {r.uri} must be <root>/<stage>/<run name> (e.g. s3://bucket/runs/data/synth-...)")
+    local = run_location(StorageRoot(r.scheme, "/".join(parts[:-2])), parts[-2], parts[-1])
+    staging = staged(local)
+    assert staging is not None
+    staging.pull(published_only=True)
+    return local

@@ -16,6 +16,12 @@ readers trust only shards with a marker. Shape of a run::
 * A re-run skips shards whose marker exists, so a run killed at any point resumes with
   every clip written exactly once. A clip that fails to decode is recorded in the marker
   and in ``errors.jsonl``; it never stops the run.
+* Layout: a shard holds one row group per split (splits in sorted order, clip-id order
+  inside each; :func:`write_table_by_split`), so a reader of one split skips
+  the other splits' row groups from their statistics without decoding a byte of them.
+  :func:`read_shards` / :func:`load_split` read through a pyarrow dataset scan with the
+  ``split`` filter and the requested columns only (older shards of one mixed row group
+  are read too: their other splits' rows are dropped per batch, never concatenated).
 * Integrity: a shard is written with a CRC in every page header (:data:`PARQUET_WRITE`),
   which :func:`read_shards` verifies, and its marker records its ``bytes`` and ``sha256``
   (:func:`completed_shards` redoes a shard whose file is missing or of another size). A
@@ -49,6 +55,8 @@ from typing import Any, Iterable, Literal, Mapping, Sequence
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from soundtrack.config import FeaturizeSection, config_hash, identity
@@ -340,7 +348,7 @@ def write_shard(out_dir: str | os.PathLike, spec: dict, section: FeaturizeSectio
     record: dict[str, Any] = {}
     if rows:
         table = pa.Table.from_pylist(rows)
-        write_file(pq_path, lambda tmp: pq.write_table(table, tmp, **PARQUET_WRITE), f"shard {int(spec['shard'])}", kept)
+        write_file(pq_path, lambda tmp: write_table_by_split(table, tmp), f"shard {int(spec['shard'])}", kept)
         record = file_record(pq_path)
     summary = {
         "shard": int(spec["shard"]),
@@ -359,6 +367,29 @@ def write_shard(out_dir: str | os.PathLike, spec: dict, section: FeaturizeSectio
     # The marker goes last: its presence means the shard is complete.
     write_file(done_path, lambda tmp: tmp.write_text(text), f"the marker of shard {int(spec['shard'])}", kept)
     return summary
+
+
+def write_table_by_split(table: pa.Table, path: str | os.PathLike) -> None:
+    """Write a shard table with one row group per split (splits in sorted order, rows in
+    their order inside each), page checksums on (:data:`PARQUET_WRITE`).
+
+    A reader of one split then prunes the others' row groups by their ``split``
+    statistics (min = max = that split) and never decodes them.
+
+    Args:
+        table: the shard's rows (a ``split`` column).
+        path: the file to write.
+    """
+    if "split" not in table.column_names:
+        pq.write_table(table, str(path), **PARQUET_WRITE)
+        return
+    splits = sorted(str(s) for s in pc.unique(table["split"]).to_pylist() if s is not None)
+    with pq.ParquetWriter(str(path), table.schema, **PARQUET_WRITE) as writer:
+        for name in splits:
+            writer.write_table(table.filter(pc.equal(table["split"], name)))
+        rest = table.filter(pc.is_null(table["split"]))
+        if rest.num_rows:
+            writer.write_table(rest)
 
 
 def warm_up(fcfg=None) -> float:
@@ -412,9 +443,43 @@ def featurize_id(manifest_path: Path, section: FeaturizeSection, limit: int | No
     return f"{h}-{config_hash(identity(section))}" + (f"-l{int(limit)}" if limit is not None else "")
 
 
+#: How :func:`read_shards` scans a shard: the page CRCs verified (a garbled page is an error).
+_SCAN_FORMAT = pads.ParquetFileFormat(
+    default_fragment_scan_options=pads.ParquetFragmentScanOptions(page_checksum_verification=True))
+
+
+def scan_shard(path: str | os.PathLike, columns: Sequence[str] | None = None, split: str | None = None) -> pa.Table:
+    """One shard's rows of ``split``, only ``columns``: a pyarrow dataset scan with the split
+    filter, so row groups of other splits are pruned by their statistics (never read) and
+    unrequested columns never leave the file; page CRCs are verified.
+
+    Args:
+        path: the ``.parquet`` file.
+        columns: columns to read (``None``: all).
+        split: keep only this split (``None``: all rows).
+
+    Raises:
+        IntegrityError: the shard is truncated or garbled (a failed page CRC included).
+        pyarrow.ArrowInvalid: a requested column the shard lacks (pyarrow names it).
+    """
+    p = Path(path)
+    have = set(read_shard_schema(p).names)
+    try:
+        dataset = pads.dataset(str(p), format=_SCAN_FORMAT)
+        return dataset.to_table(columns=None if columns is None else list(columns),
+                                filter=None if split is None else pc.field("split") == split)
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        if columns is not None and not set(columns) <= have:
+            raise  # a column the shard lacks: pyarrow names it
+        raise _corrupt(p, exc) from exc
+
+
 def read_shards(run_dir: str | os.PathLike, split: str | None = None, columns: list[str] | None = None,
                 optional: Sequence[str] = ()) -> pd.DataFrame:
     """Read a featurize run's shards into pandas (small runs, tests, evaluation).
+
+    Only what is asked is read (:func:`scan_shard`): the rows of ``split`` (other splits'
+    row groups are skipped by their statistics) and the requested columns.
 
     Args:
         run_dir: featurize run directory.
@@ -425,6 +490,10 @@ def read_shards(run_dir: str | os.PathLike, split: str | None = None, columns: l
             given): a shard without one gives missing values (None / nan) in it, and a
             column no shard has is absent from the frame (e.g. a label only some data
             sets carry).
+
+    Raises:
+        FileNotFoundError: the run has no shards.
+        IntegrityError: a truncated or garbled shard (named).
     """
     files = sorted((Path(run_dir) / "shards").glob("shard-*.parquet"))
     if not files:
@@ -434,22 +503,16 @@ def read_shards(run_dir: str | os.PathLike, split: str | None = None, columns: l
         return list(names) + [c + SHAPE for c in names if c in ARRAY_DTYPES]
 
     def table(f: Path) -> pd.DataFrame:
-        have = set(read_shard_schema(f).names)
         cols = None
         if columns is not None:
+            have = set(read_shard_schema(f).names)
             cols = list(dict.fromkeys(["clip_id", "split", *wanted(columns)]))
             cols += [c for c in wanted(optional) if c in have and c not in cols]
-        try:
-            return pq.read_table(f, columns=cols, page_checksum_verification=True).to_pandas()
-        except (pa.ArrowException, OSError, ValueError) as exc:
-            if cols is not None and not set(cols) <= have:
-                raise  # a column the shard lacks: pyarrow names it
-            raise _corrupt(f, exc) from exc
+        return scan_shard(f, cols, split)
 
-    df = pd.concat([table(f) for f in files], ignore_index=True)
-    if split is not None:
-        df = df[df["split"] == split].reset_index(drop=True)
-    return df
+    tables = [table(f) for f in files]
+    kept = [t for t in tables if t.num_rows] or tables[:1]  # shards without a row of the split add nothing
+    return pd.concat([t.to_pandas() for t in kept], ignore_index=True)
 
 
 def load_split(run_dir: str | os.PathLike, split: str, columns: Sequence[str] | None = None, n: int | None = None,

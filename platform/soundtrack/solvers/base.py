@@ -12,7 +12,8 @@ test asks for one, and stops with :class:`~soundtrack.errors.TrainingError` on a
 non-finite loss (the last good checkpoint stays).
 
 Every (re)start appends one line per worker to ``<run_dir>/starts.jsonl`` (rank, world,
-pid, the step it starts at, the checkpoint it restored, device, precision): what a
+pid, the step it starts at, the checkpoint it restored, the epoch that step falls in, device,
+precision): what a
 worker *saw* after a restart, so a test tells a resume from checkpoint k from a restart
 at step 0 (the metrics log alone cannot: it drops the steps after the restored one). A family (``SOLVERS`` in
 :mod:`soundtrack.solvers`) writes :meth:`Solver.build_model`, :meth:`Solver.build_optimizer`
@@ -223,6 +224,9 @@ class Solver:
     local_shuffle_buffer: int | None = None
     precision: str = "fp32"
     grad_accum_steps: int = 1
+    n_train: int | None = None
+    #: The step this (re)start began at (set by :meth:`fit` once the checkpoint is restored).
+    start_step: int = 0
 
     def __init__(self, config: Mapping[str, Any], run_dir: str | os.PathLike):
         self.config = dict(config)
@@ -272,6 +276,17 @@ class Solver:
     def trainer_state(self, step: int) -> dict:
         """Extra fields of ``trainer_state.json`` (step and seed are always written)."""
         return {}
+
+    def epoch_at(self, step: int) -> int:
+        """The epoch ``step`` falls in: the rows consumed before it (steps x batch x workers x
+        micro-batches) over :attr:`n_train` (0 when the family does not set it).
+
+        Args:
+            step: an optimiser step.
+        """
+        if not self.n_train:
+            return 0
+        return step * self.batch_size * self.world * int(self.grad_accum_steps) // max(int(self.n_train), 1)
 
     # -- the loop ---------------------------------------------------------------------
     def lr_at(self, step: int) -> float:
@@ -352,7 +367,7 @@ class Solver:
     def _record_start(self, step: int, restored: dict) -> None:
         """Append this worker's (re)start to :data:`STARTS_FILE` (one short line: atomic in append mode)."""
         rec = {"rank": self.rank, "world": self.world, "pid": os.getpid(), "start_step": step,
-               "restored_step": restored.get("step"), "restored_pid": restored.get("pid"),
+               "restored_step": restored.get("step"), "restored_pid": restored.get("pid"), "epoch": self.epoch_at(step),
                "device": str(self.device), "precision": self.precision, "time": round(time.time(), 3)}
         with open(self.run_dir / STARTS_FILE, "a") as f:
             f.write(json.dumps(rec) + "\n")
@@ -400,7 +415,7 @@ class Solver:
         scaler = torch.amp.GradScaler("cuda") if self.precision == "fp16" else None
         if scaler is not None and restored.get("grad_scaler"):
             scaler.load_state_dict(restored["grad_scaler"])
-        start_step = step
+        start_step = self.start_step = step
         stepper = reporter.prepare(_Step(self, model))  # DDP: rank 0's weights broadcast here
         model.train()
         self.start(step)

@@ -73,7 +73,7 @@ class ContrastiveSolver(Solver):
         return loss, {"epoch": epoch, **{k: float(v) for k, v in logs.items() if isinstance(v, (int, float))}}
 
     def _epoch(self, step: int) -> int:
-        return step * self.batch_size * self.world * self.grad_accum_steps // max(self.n_train, 1)
+        return self.epoch_at(step)
 
     def trainer_state(self, step: int) -> dict:
         return {"epoch": self._epoch(step)}

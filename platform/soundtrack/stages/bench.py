@@ -45,7 +45,7 @@ from soundtrack.stages.models import resolve_model_uri
 from soundtrack.stages.pretrain import stage_pretrain
 from soundtrack.stages.runs import require_finished
 from soundtrack.stages.train import experiment_run, stage_train
-from soundtrack.storage import check_name, local_root, read_card
+from soundtrack.storage import check_name, fetch_run, is_uri, local_root, read_card, run_location, staged
 
 log = logging.getLogger(__name__)
 
@@ -68,9 +68,10 @@ def ensure_evaluator(evaluator: str = "experiments/eval_encoders.yaml", storage:
                         "soundtrack.eval.scoring.build_evaluator, or give the experiment YAML)", p)
         return p
 
+    root = local_root(storage, "the evaluator (bench)")  # refused before its pretrain run starts
     cfg = dataclasses.replace(load_config(evaluator), storage=storage)
     pre = stage_pretrain(cfg, resume=True)
-    out = local_root(storage, "the evaluator (bench)") / "eval" / pre.name
+    out = root / "eval" / pre.name
     stale = (out / "evaluator.json").is_file() and "heads" not in json.loads((out / "evaluator.json").read_text())
     if not (out / "evaluator.json").is_file() or stale:
         features = Path(read_card(pre)["upstream"]["features"]["path"])
@@ -101,7 +102,10 @@ def resolve_models(cfg: BenchConfig, methods: Mapping[str, MethodSpec], storage:
         default_model = str(resolve_model_uri(cfg.model, storage))
         card = json.loads((Path(default_model) / "generator.json").read_text()).get("card", {})
         features = Path(card["features"]) if card.get("features") else None
-    if cfg.data and Path(cfg.data).is_dir():
+    if cfg.data and is_uri(cfg.data):  # a published featurize run in an object store
+        features = fetch_run(cfg.data, what="featurize run")
+        require_finished(features, what="featurize run")
+    elif cfg.data and Path(cfg.data).is_dir():
         require_finished(cfg.data, what="featurize run")
         features = Path(cfg.data)
     elif cfg.data:
@@ -181,11 +185,16 @@ def run_bench(cfg: BenchConfig, methods: Mapping[str, MethodSpec], storage: str 
         command: the command line, recorded in the report.
 
     Returns:
-        The bench directory.
+        The bench directory (on an object-store root: its local staging copy, published to
+        ``<storage>/bench/<name>`` with its samples cache when the bench is complete).
     """
 
     t0 = time.time()
-    out = local_root(storage, "the bench stage") / "bench" / check_name(cfg.name, "bench name")
+    out = run_location(storage, "bench", check_name(cfg.name, "bench name"))
+    staging = staged(out)
+    if staging is not None:  # an object-store root: work in the staging copy (its cache included)
+        staging.pull()
+        staging.unpublish()
     out.mkdir(parents=True, exist_ok=True)
     ev_dir = ensure_evaluator(cfg.evaluator, storage)
     models, features = resolve_models(cfg, methods, storage)
@@ -223,4 +232,7 @@ def run_bench(cfg: BenchConfig, methods: Mapping[str, MethodSpec], storage: str 
                    models={k: v for k, v in models.items()}, evaluator=str(ev_dir), features=str(features),
                    cache={k: f"cache/{k}-{hashes[k]}" for k in methods})
     write_outputs(out, table, set_table, summary, methods, cfg)
+    if staging is not None:
+        staging.publish()
+        log.info("bench: published %s", staging.uri)
     return out

@@ -17,7 +17,7 @@ from pathlib import Path
 from soundtrack.errors import RegistryError, UpstreamError
 from soundtrack.stages.registry import POINTER
 from soundtrack.stages.registry import read_card as registry_card
-from soundtrack.storage import check_not_leased, local_root, read_card
+from soundtrack.storage import MARKER, StorageRoot, Store, check_not_leased, local_root, read_card
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +71,31 @@ def _info(stage: str, d: Path) -> RunInfo:
                    upstream=paths)
 
 
+def _store_info(store: Store, stage: str, name: str) -> RunInfo:
+    """:func:`_info` of a run in an object store (its card read there; sizes from the listing).
+
+    A run whose card says ``finished`` but that has no completion marker (its upload was
+    cut short) is listed as ``finished (unpublished)``: later stages do not trust it.
+    """
+    rel = f"{stage}/{name}"
+    card = read_card(store.uri(rel))
+    if not card and stage == "registry":
+        try:
+            card = {"status": "registered", **registry_card(name, store.root.uri)}
+        except RegistryError as exc:
+            card = {"status": f"unreadable ({exc})"}
+    sizes = store.list(rel, recursive=True)
+    status = str(card.get("status", "-"))
+    if status == "finished" and MARKER not in sizes:
+        status = "finished (unpublished)"
+    ups = card.get("upstream") or {}
+    paths = tuple(str(u.get("path") if isinstance(u, dict) else u) for u in ups.values() if u)
+    return RunInfo(stage=stage, name=name, status=status, path=store.uri(rel),
+                   size_mb=round(sum(v for v in sizes.values() if v > 0) / 2**20, 2),
+                   updated=str(card.get("finished_at") or card.get("started_at") or card.get("created_at") or "-"),
+                   upstream=paths)
+
+
 def list_runs(storage: str | Path = "runs", stage: str | None = None) -> list[RunInfo]:
     """Every run directory under ``storage`` (one stage's with ``stage``), in pipeline order.
 
@@ -83,6 +108,10 @@ def list_runs(storage: str | Path = "runs", stage: str | None = None) -> list[Ru
     """
     if stage is not None and stage not in STAGE_DIRS:
         raise UpstreamError(f"unknown stage {stage!r}; stages are {', '.join(STAGE_DIRS)}")
+    sroot = StorageRoot.parse(storage)
+    if not sroot.is_local:  # an object store: list it there (nothing is downloaded)
+        store = Store(sroot)
+        return [_store_info(store, s, n) for s in (STAGE_DIRS if stage is None else (stage,)) for n in store.listdir(s)]
     root = local_root(storage, "runs ls / rm")
     out = []
     for s in STAGE_DIRS if stage is None else (stage,):
@@ -131,6 +160,7 @@ def remove_run(name: str, storage: str | Path = "runs", stage: str | None = None
     Raises:
         UpstreamError: no unique match, or other runs depend on it and ``force`` is off.
     """
+    local_root(storage, "runs rm")  # not on an object store yet: refused before anything is touched
     run = find_run(name, storage, stage)
     deps = dependents(run, storage)
     if deps and not force:

@@ -27,14 +27,15 @@ from soundtrack.distributed.ingest import RayMapper
 from soundtrack.errors import TooFewClips
 from soundtrack.stages.base import command_line, prepare_run_dir
 from soundtrack.stages.runs import Run, require_finished
-from soundtrack.storage import local_root, read_card
+from soundtrack.storage import fetch_run, local_root, read_card, run_location
 
 log = logging.getLogger(__name__)
 
 
 def synth_run_dir(storage: str | Path, synth: SynthSection) -> Path:
-    """Default directory of a synthetic data set: named by its config, never the clock."""
-    return local_root(storage, "the synth stage") / "data" / f"synth-{synth.difficulty}-n{synth.n}-s{synth.seed}-{run_name('d', synth)[2:]}"
+    """Default directory of a synthetic data set: named by its config, never the clock (on an
+    object-store root: its staging directory, see :func:`soundtrack.storage.run_location`)."""
+    return run_location(storage, "data", f"synth-{synth.difficulty}-n{synth.n}-s{synth.seed}-{run_name('d', synth)[2:]}")
 
 
 def stage_synth(synth: SynthSection, out: str | Path | None = None, storage: str | Path = "runs",
@@ -177,9 +178,10 @@ def _as_summary(res) -> dict:
 
 def featurize_run_dir(storage: str | Path, data_dir: str | Path, section: FeaturizeSection,
                       limit: int | None = None) -> Path:
-    """Directory of a featurize run: ``<storage>/features/<data name>-<manifest+config hash>[-l<limit>]``."""
+    """Directory of a featurize run: ``<storage>/features/<data name>-<manifest+config hash>[-l<limit>]``
+    (on an object-store root: its staging directory). ``data_dir`` is a local directory."""
     data_dir = Path(data_dir)
-    return local_root(storage, "the featurize stage") / "features" / f"{data_dir.name}-{featurize_id(data_dir / 'manifest.parquet', section, limit)}"
+    return run_location(storage, "features", f"{data_dir.name}-{featurize_id(data_dir / 'manifest.parquet', section, limit)}")
 
 
 def stage_featurize(data_dir: str | Path, section: FeaturizeSection = FeaturizeSection(), out: str | Path | None = None,
@@ -188,7 +190,8 @@ def stage_featurize(data_dir: str | Path, section: FeaturizeSection = FeaturizeS
     """Featurize a finished data run with Ray Data (resumes: finished shards are skipped).
 
     Args:
-        data_dir: a finished ``synth`` or ``ingest`` output directory.
+        data_dir: a finished ``synth`` or ``ingest`` output directory, or the URI of a
+            published one in an object store (downloaded, verified, into its staging directory).
         section: featurize settings.
         out: run directory (default: named by the manifest and config under ``<storage>/features``).
         storage: storage root.
@@ -197,7 +200,7 @@ def stage_featurize(data_dir: str | Path, section: FeaturizeSection = FeaturizeS
         use_ray: ``False`` runs the same code in a plain loop (baseline, debugging).
         limit: featurize only the first ``limit`` clips.
     """
-    data_dir = Path(data_dir)
+    data_dir = fetch_run(data_dir, what="data run")
     require_finished(data_dir, what="data run")
     out = Path(out) if out is not None else featurize_run_dir(storage, data_dir, section, limit)
     if prepare_run_dir(out, "featurize", force, resume=True, needs_resume_flag=False):
@@ -217,8 +220,9 @@ def features_for(cfg: ExperimentConfig, features: str | None) -> Path:
     """A finished featurize run: the given one, or the experiment's own data -> featurize chain
     (the folder of ``data.source`` ingested, or the synthetic set of ``synth``)."""
     if features:
-        require_finished(features, what="featurize run")
-        return Path(features)
+        local = fetch_run(features, what="featurize run")
+        require_finished(local, what="featurize run")
+        return local
     if cfg.data.source:
         data = stage_ingest_source(cfg.data, storage=cfg.storage)
     else:

@@ -16,17 +16,21 @@ from soundtrack.distributed.train_pretrain import run_pretrain
 from soundtrack.stages.base import command_line, prepare_run_dir
 from soundtrack.stages.data import features_for
 from soundtrack.stages.runs import Run, plot_losses
-from soundtrack.storage import local_root
+from soundtrack.storage import run_location
 
 log = logging.getLogger(__name__)
 
 
 def pretrain_run_dir(cfg: ExperimentConfig, features: Path) -> Path:
     """``<storage>/pretrain/<profile>-<hash>``: named by the profile, the section and the data only
-    (not the experiment's name), so every experiment with the same settings shares the encoders."""
+    (not the experiment's name), so every experiment with the same settings shares the encoders.
+
+    On an object-store root this is the run's local staging directory
+    (:func:`soundtrack.storage.run_location`): Ray Train's ``storage_path`` stays there, and the
+    finished run (model, checkpoints, cards) is published to ``<storage>/pretrain/<name>``."""
     # the data enters the hash through its resolved run name, not through how it was given
     sec = dataclasses.replace(cfg.pretrain, features=None)
-    return local_root(cfg.storage, "the pretrain stage") / "pretrain" / run_name(cfg.profile, cfg.profile, sec, Path(features).name)
+    return run_location(cfg.storage, "pretrain", run_name(cfg.profile, cfg.profile, sec, Path(features).name))
 
 
 def stage_pretrain(cfg: ExperimentConfig, resume: bool = False, force: bool = False) -> Path:

@@ -10,6 +10,11 @@ Every stage writes under ``<storage>/<stage>/<run name>/``:
 
 A later stage calls :func:`require_finished` on its inputs and refuses, with a clear
 message, a run that did not finish.
+
+On an object-store root (``s3://``) the run directory is a local staging copy
+(:func:`soundtrack.storage.run_location`): :class:`Run` takes its lease in the store, pushes
+``run.json`` there on every change, uploads what a failed launch made and publishes a
+finished run (files, then the ``_COMPLETE`` marker).
 """
 
 from __future__ import annotations
@@ -41,6 +46,8 @@ from soundtrack.storage import (
     Store,
     check_name,
     read_card,
+    run_location,
+    staged,
     write_json_atomic,
 )
 
@@ -148,8 +155,11 @@ class Run:
         self.identity = identity
         what = f"the {stage} stage's run directory"
         self.dir = (StorageRoot.parse(run_dir).local_path(what) if run_dir is not None
-                    else StorageRoot.parse(root).child(stage, name).local_path(what))
-        self.lease = Lease(Store(self.dir), heartbeat_s=lease_heartbeat_s, timeout_s=lease_timeout_s, command=command)
+                    else run_location(root, stage, name))
+        #: the object-store run this staging directory mirrors (None: a local run directory)
+        self.staging = staged(self.dir)
+        lease_store = self.staging.run_store() if self.staging is not None else Store(self.dir)
+        self.lease = Lease(lease_store, heartbeat_s=lease_heartbeat_s, timeout_s=lease_timeout_s, command=command)
         self.stage = stage
         self.name = name
         self.config = config or {}
@@ -176,6 +186,10 @@ class Run:
         card = self.card
         card.update(kw)
         write_json_atomic(self.card_path, card)
+        # a staged run's card goes to the store at once, but 'finished' only with the
+        # published files (:meth:`__exit__`): a reader never sees it finished without them
+        if self.staging is not None and kw.get("status") != "finished":
+            self.staging.push_file(RUN_CARD)
         return card
 
     def start(self) -> "Run":
@@ -188,11 +202,15 @@ class Run:
         ups = {}
         for role, path in self.upstream.items():
             up = require_finished(path, what=f"{role} run")
-            ups[role] = {"path": str(path), "name": up.get("name"), "stage": up.get("stage"), "status": up.get("status"),
-                         "commit": up.get("commit")}
+            origin = staged(path)
+            # a staged upstream is recorded by its location in the store, not the temp copy
+            ups[role] = {"path": origin.uri if origin is not None else str(path), "name": up.get("name"),
+                         "stage": up.get("stage"), "status": up.get("status"), "commit": up.get("commit")}
         self.dir.mkdir(parents=True, exist_ok=True)
         self.lease.acquire(take_over=True)
         try:
+            if self.staging is not None:
+                self.staging.unpublish()
             return self._start(ups)
         except BaseException:
             self.lease.release()
@@ -270,8 +288,17 @@ class Run:
         try:
             if ev is not None:
                 self.fail(ev)
-            elif self.status == "running":
-                self.finish()
+                if self.staging is not None:
+                    try:  # what the failed attempt made, for --resume elsewhere (no marker)
+                        self.staging.push()
+                    except Exception as exc:  # never hide the stage's own error
+                        log.warning("%s: could not upload the failed run to %s: %s", self.name, self.staging.uri, exc)
+            else:
+                if self.status == "running":
+                    self.finish()
+                if self.staging is not None:
+                    self.staging.publish()
+                    log.info("%s: published to %s", self.name, self.staging.uri)
         finally:
             self.lease.release()
         return False

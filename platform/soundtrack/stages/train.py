@@ -37,7 +37,7 @@ def stage_train(cfg: ExperimentConfig, resume: bool = False, force: bool = False
         resume: continue an interrupted run (each phase resumes from its last checkpoint).
         force: delete the run and start over.
     """
-
+    local_root(cfg.storage, "the train stage")  # refused before any upstream stage runs
     features = features_for(cfg, cfg.train.features)
     if cfg.train.pretrain:
         pretrain = Path(cfg.train.pretrain)
