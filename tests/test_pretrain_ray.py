@@ -65,10 +65,21 @@ def test_two_workers_recover_from_a_dead_worker(features, tmp_path):
     assert ev["summary"]["music"]["retrieval"]["p_at_1"]["n"] == summary["eval"]["n_clips"] > 0
 
 
+def _read_or_empty(store, rel: str) -> str:
+    try:
+        return store.read_bytes(rel).decode()
+    except FileNotFoundError:
+        return ""
+
+
 def test_hard_killed_driver_resumes_with_step_counter_continuing(features, tmp_path, stage_storage):
     """On the storage root of the stage tests (an ``s3://`` root): the run works in its local
     staging directory (Ray Train's storage_path), its card and lease are in the store, and
-    the resumed run is published there."""
+    its checkpoints reach the store while it runs (:class:`soundtrack.storage.StagingSync`,
+    every second here). After the kill the local copy is deleted: the resume finds only what
+    the store has, as on another host, and the resumed run is published there."""
+    import shutil
+
     from soundtrack.storage import Store, run_location, staged
 
     cfg = tmp_path / "exp.yaml"
@@ -78,7 +89,7 @@ def test_hard_killed_driver_resumes_with_step_counter_continuing(features, tmp_p
         f"  checkpoint_every: 4\n  log_every: 1\n  model: {json.dumps(TINY_MODEL)}\n"
         "  evaluation: {n_boot: 50}\n  eval_split: train\n"
     )
-    env = dict(os.environ, RAY_TMPDIR=tempfile.mkdtemp(prefix="rp", dir="/tmp"))
+    env = dict(os.environ, RAY_TMPDIR=tempfile.mkdtemp(prefix="rp", dir="/tmp"), SOUNDTRACK_STAGE_SYNC_S="1")
     cmd = [sys.executable, "-m", "soundtrack.cli", "pretrain", str(cfg), "--storage", stage_storage]
     stage_dir = run_location(stage_storage, "pretrain", "x").parent  # where the runs of the stage are worked on
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
@@ -91,8 +102,11 @@ def test_hard_killed_driver_resumes_with_step_counter_continuing(features, tmp_p
         # one): a checkpoint folder on disk is not yet one a restore can find (seen under load).
         snap = dirs[0] / "ray" / "checkpoint_manager_snapshot.json" if dirs else None
         if snap is not None and snap.exists() and "checkpoint_" in snap.read_text():
-            run_dir = dirs[0]
-            break
+            origin = staged(dirs[0])
+            # on a store: the store's copy of the snapshot names one too (the files it names came first)
+            if origin is None or "checkpoint_" in _read_or_empty(origin.store, f"{origin.rel}/ray/checkpoint_manager_snapshot.json"):
+                run_dir = dirs[0]
+                break
         time.sleep(0.3)
     assert run_dir is not None, "no checkpoint appeared"
     time.sleep(1.0)
@@ -103,6 +117,7 @@ def test_hard_killed_driver_resumes_with_step_counter_continuing(features, tmp_p
     assert json.loads((run_dir / "run.json").read_text())["status"] == "running"
     if staged(run_dir) is not None:  # the store's card says so too: what --resume elsewhere would see
         assert json.loads(Store(stage_storage).read_bytes(f"pretrain/{run_dir.name}/run.json"))["status"] == "running"
+        shutil.rmtree(run_dir)  # another host: nothing but the store
 
     again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     assert again.returncode == 2 and "--resume" in again.stderr  # refuses to silently restart

@@ -304,3 +304,70 @@ def test_a_failed_ray_train_run_becomes_a_clear_training_error(tmp_path):
     err = failure_error(exc, tmp_path, tmp_path, "diffusion")
     assert type(err) is TrainingError and "worker 0 stopped: train[unet]: the loss is nan at step 3" in str(err)
     assert "last checkpoint is step 4" in str(err)
+
+
+# ----------------------------------------------------------------------------- tracking (TensorBoard, MLflow)
+
+
+def _tb_scalars(logdir: Path) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar of the TensorBoard event files in ``logdir``: TFRecord frames (8-byte
+    length, 4-byte CRC, the ``Event`` proto, 4-byte CRC) read with tensorboardX's own proto."""
+    import struct
+
+    from tensorboardX.proto import event_pb2
+
+    out: dict[str, list[tuple[int, float]]] = {}
+    for f in sorted(logdir.glob("events.out.tfevents.*")):
+        data, i = f.read_bytes(), 0
+        while i + 12 <= len(data):
+            (n,) = struct.unpack("<Q", data[i:i + 8])
+            ev = event_pb2.Event.FromString(data[i + 12:i + 12 + n])
+            i += 12 + n + 4
+            for v in ev.summary.value:
+                out.setdefault(v.tag, []).append((ev.step, v.simple_value))
+    return out
+
+
+class _Tracked(_Linear):
+    def setup(self, config: dict) -> None:
+        super().setup(config)
+        self.tracking = config.get("tracking")
+
+
+def test_tracking_logs_every_metrics_line_to_tensorboard_and_mlflow_and_a_resume_continues_the_run(
+        tmp_path, monkeypatch):
+    """``tracking: {tensorboard: true, mlflow_uri: file:...}`` sends each ``metrics.jsonl`` line
+    to TensorBoard event files and to one MLflow run (a local file store), which a resume
+    continues; off by default (no folder, no MLflow state)."""
+    pytest.importorskip("mlflow", reason="the 'tracking' extra (mlflow-skinny) tests the MLflow path")
+    from mlflow.tracking import MlflowClient
+
+    from soundtrack.solvers.tracking import tracking_config
+
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow 3: the file store is opt-in
+    uri = (tmp_path / "mlruns").as_uri()
+    tracking = {"tensorboard": True, "mlflow_uri": uri, "mlflow_experiment": "t"}
+    data, reporter = _xy(), LocalReporter(tmp_path / "ckpt")
+    run = tmp_path / "run"
+    _Tracked({"steps": 2, "batch": 2, "checkpoint_every": 2, "tracking": tracking}, run).fit(
+        numpy_batches(data, 2, seed=0), reporter)
+    state = json.loads((run / "metrics.mlflow.json").read_text())
+    _Tracked({"steps": 4, "batch": 2, "checkpoint_every": 2, "tracking": tracking}, run).fit(
+        numpy_batches(data, 2, seed=0), reporter)  # resumes from step 2
+    assert json.loads((run / "metrics.mlflow.json").read_text())["run_id"] == state["run_id"]  # the same MLflow run
+    logged = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in logged] == [1, 2, 3, 4]
+    tb = sorted(_tb_scalars(run / "tensorboard" / "metrics")["loss"])  # two files: one per (re)start
+    assert [s for s, _ in tb] == [1, 2, 3, 4]
+    assert [v for _, v in tb] == pytest.approx([m["loss"] for m in logged], rel=1e-6)
+    client = MlflowClient(tracking_uri=uri)
+    hist = sorted((m.step, m.value) for m in client.get_metric_history(state["run_id"], "loss"))
+    assert hist == [(m["step"], pytest.approx(m["loss"], rel=1e-6)) for m in logged]
+    assert client.get_run(state["run_id"]).info.status == "FINISHED"
+    assert client.get_experiment_by_name("t") is not None
+    # off by default, and a wrong key is named
+    off = tmp_path / "off"
+    _Linear({"steps": 1, "batch": 2}, off).fit(numpy_batches(data, 2, seed=0), LocalReporter(tmp_path / "c2"))
+    assert not (off / "tensorboard").exists() and not list(off.glob("*.mlflow.json"))
+    with pytest.raises(ConfigError, match="unknown key.*tensorbord.*allowed: tensorboard"):
+        tracking_config({"tensorbord": True}, "pretrain.tracking")

@@ -2,6 +2,7 @@
 leases and registry publication, each against a local temp dir AND a real S3 server
 (moto in server mode on loopback, ``tests/s3_server.py``)."""
 
+import dataclasses
 import json
 import os
 import signal
@@ -295,13 +296,12 @@ def test_registry_publication_sigkilled_in_a_subprocess(tmp_path, tiny_model):
 def test_a_stage_refuses_an_object_store_root_before_writing(s3_root):
     """The issue's bug: ``--storage s3://...`` wrote to a local folder ``s3:``. Stages not yet
     on the storage layer refuse it with a clear error; nothing lands locally (the fixture asserts)."""
-    from soundtrack.config import ExperimentConfig
+    from soundtrack.stages.bench import ensure_evaluator
     from soundtrack.stages.catalog import remove_run
     from soundtrack.stages.runs import Run
-    from soundtrack.stages.train import train_run_dir
 
-    with pytest.raises(StorageError, match="the train stage does not support an object-store storage root"):
-        train_run_dir(ExperimentConfig(storage=s3_root), Path("features"), Path("pretrain"))
+    with pytest.raises(StorageError, match=r"the evaluator \(bench\) does not support an object-store storage root"):
+        ensure_evaluator("experiments/eval_encoders.yaml", s3_root)  # before its pretrain run starts
     with pytest.raises(StorageError, match="runs rm does not support an object-store"):
         remove_run("x", s3_root)
     with pytest.raises(StorageError, match="lost a slash"):
@@ -362,6 +362,47 @@ def test_staging_pulls_pushes_and_publishes(s3_root):
         fetch_run(s3_root.split("/runs")[0] + "/r1")
     st.delete()
     assert not st.store.exists(st.rel) and not local.exists()
+
+
+def test_staging_sync_uploads_changes_pointers_last_and_never_the_card(s3_root):
+    """What a running staged run uploads between publications (:class:`StagingSync`): new
+    and changed files once each, Ray's snapshot files after the files of the same pass, never
+    ``run.json`` (its 'finished' must not reach the store before the files), nothing published."""
+    from soundtrack.storage import StagingSync
+
+    local = run_location(s3_root, "pretrain", "r")
+    st = staged(local)
+    (local / "ray" / "checkpoint_000001").mkdir(parents=True)
+    (local / "ray" / "checkpoint_000001" / "model.safetensors").write_bytes(b"w" * 10)
+    (local / "ray" / "checkpoint_manager_snapshot.json").write_text('{"checkpoint_000001": 1}')
+    (local / "metrics.jsonl").write_text('{"step": 1}\n')
+    (local / "run.json").write_text('{"status": "finished"}')
+    order = []
+
+    class Recording(type(st)):
+        def push_file(self, name):
+            order.append(name)
+            super().push_file(name)
+
+    sync = StagingSync(Recording(st.local, st.store, st.rel), interval_s=0)
+    assert sync.sync() == 3
+    assert order[-1] == "ray/checkpoint_manager_snapshot.json" and "run.json" not in order
+    store = Store(s3_root)
+    assert store.read_bytes("pretrain/r/ray/checkpoint_000001/model.safetensors") == b"w" * 10
+    assert not store.is_file("pretrain/r/run.json") and not store.is_published("pretrain/r")
+    assert sync.sync() == 0  # nothing changed: nothing sent again
+    (local / "metrics.jsonl").write_text('{"step": 1}\n{"step": 2}\n')
+    assert sync.sync() == 1 and store.read_bytes("pretrain/r/metrics.jsonl").count(b"step") == 2
+    # the thread: a file written while it runs reaches the store within a few passes
+    sync = StagingSync(st, interval_s=0.05).start()
+    try:
+        (local / "late.txt").write_text("x")
+        deadline = time.time() + 10
+        while not store.is_file("pretrain/r/late.txt") and time.time() < deadline:
+            time.sleep(0.05)
+    finally:
+        sync.stop()
+    assert store.is_file("pretrain/r/late.txt") and sync.passes >= 1
 
 
 def test_run_on_an_object_store_root_leases_and_publishes_there(s3_root):
@@ -432,6 +473,29 @@ def test_synth_then_featurize_by_uri_on_an_object_store(s3_root):
     assert card["status"] == "finished" and card["upstream"]["data"]["path"] == f"{s3_root}/data/{data.name}"
     assert store.is_published(f"features/{feats.name}")
     assert len(pipeline.read_shards(feats, columns=["clip_id"])) == 2
+
+    # What a featurize actor on another node does (its node has neither the data nor the
+    # run): it downloads the data run from the store, writes its shard into its own staging
+    # copy and uploads it at once, the marker after the file.
+    from soundtrack.data.manifest import read_manifest
+    from soundtrack.distributed.featurize import ShardWriter
+    from soundtrack.storage import staged
+
+    section = FeaturizeSection(size=32, rows_per_shard=1)
+    specs = pipeline.plan_shards(read_manifest(data), 1)
+    shutil.rmtree(data)
+    other = feats.with_name("other-node-run")
+    run_uri = f"{s3_root}/features/{other.name}"
+    writer = ShardWriter(str(other), dataclasses.asdict(section), run_uri=run_uri,
+                         data_uri=f"{s3_root}/data/{data.name}")
+    assert (data / "manifest.parquet").is_file() and staged(other).uri == run_uri
+    out = writer(specs[0])
+    assert out["n_out"] == 1
+    names = sorted(store.list(f"features/{other.name}", recursive=True))
+    assert names == ["done", "done/shard-00000.json", "shards", "shards/shard-00000.parquet"] or names == [
+        "done/shard-00000.json", "shards/shard-00000.parquet"]
+    shutil.rmtree(other)  # the driver's node: it pulls what the actors uploaded
+    assert staged(other).pull() == "partial" and pipeline.completed_shards(other).keys() == {0}
 
 
 def test_catalog_lists_versioned_entries_and_never_removes_a_leased_run(tmp_path, tiny_model):

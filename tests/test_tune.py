@@ -183,16 +183,19 @@ def _soundtrack(*args) -> list[str]:
 
 @pytest.mark.integration
 @pytest.mark.slow
-def test_search_killed_and_resumed_keeps_every_trial_once_and_tpe_history(inputs):
+def test_search_killed_and_resumed_keeps_every_trial_once_and_tpe_history(inputs, module_stage_storage):
+    """On the stage tests' storage root (an ``s3://`` root): Tune's experiment lives in the
+    run's staging directory, the run's card and lease in the store; the resumed search is
+    published there."""
     from optuna.samplers import TPESampler
 
     from soundtrack.distributed.tune import load_searcher
-    from soundtrack.storage import read_card
+    from soundtrack.storage import Store, read_card, staged
     from soundtrack.tuning.config import load_tune_config, tune_run_dir
 
     root = inputs
     cfg_path = _cfg(root)
-    storage = root / "runs"
+    storage = module_stage_storage
     run_dir = tune_run_dir(load_tune_config(cfg_path, [f"storage={storage}"]))
     log = open(root / "first.log", "w")
     proc = subprocess.Popen(_soundtrack("tune", cfg_path, "--storage", storage), cwd=REPO, env=_env(root),
@@ -218,6 +221,9 @@ def test_search_killed_and_resumed_keeps_every_trial_once_and_tpe_history(inputs
             pass
         proc.wait()
     assert read_card(run_dir)["status"] == "running"
+    staging = staged(run_dir)
+    if staging is not None:  # what a --resume on another host would read first
+        assert read_card(staging.uri)["status"] == "running" and not Store(storage).is_published(staging.rel)
     before = load_searcher(run_dir)
     hist_before = {tid: t.params for tid, t in before._ot_trials.items()}
     finished_before = {p.parent.name for p in (run_dir / "trials").glob("*/done.json")}
@@ -263,18 +269,22 @@ def test_search_killed_and_resumed_keeps_every_trial_once_and_tpe_history(inputs
     card = read_card(run_dir)
     assert card["status"] == "finished" and card["attempts"] == 2
     assert card["summary"]["trials"] == 5
+    if staging is not None:  # published: trials, report and card, the marker last
+        store = Store(storage)
+        assert store.is_published(staging.rel) and read_card(staging.uri)["attempts"] == 2
+        assert store.is_file(f"{staging.rel}/trials.csv") and store.is_file(f"{staging.rel}/comparison.json")
 
 
 @pytest.mark.integration
 @pytest.mark.slow
-def test_registry_entry_loads_and_generates_with_tuned_settings(inputs):
+def test_registry_entry_loads_and_generates_with_tuned_settings(inputs, module_stage_storage):
     from soundtrack.stages.models import load_generator
     from soundtrack.stages.registry import read_card as registry_card
-    from soundtrack.storage import read_card
+    from soundtrack.storage import Store, is_uri, read_card, run_uri
     from soundtrack.tuning.config import load_tune_config, tune_run_dir
 
     root = inputs
-    storage = root / "runs"
+    storage = module_stage_storage
     run_dir = tune_run_dir(load_tune_config(_cfg(root), [f"storage={storage}"]))
     if read_card(run_dir).get("status") != "finished":  # run alone: the resume test has not searched yet
         res = subprocess.run(_soundtrack("tune", str(_cfg(root)), "--storage", str(storage), "--resume"),
@@ -284,12 +294,17 @@ def test_registry_entry_loads_and_generates_with_tuned_settings(inputs):
     card = registry_card("tuned", storage)
     summary = read_card(run_dir)["summary"]
     assert card["search"]["trial_id"] == summary["best"]["trial_id"]
-    assert card["search"]["run_dir"] == str(run_dir)
+    assert card["search"]["run_dir"] == run_uri(run_dir)  # the run's URI in the store, not its temp copy
     assert card["metrics"]["test"]["clips"] == 2 and card["created_at"]
     from soundtrack.stages.models import resolve_model_uri
 
     entry = resolve_model_uri("registry:tuned", storage)  # the published version CURRENT names
-    assert entry.parent.parent.name == "versions" and (entry.parent / "_COMPLETE").is_file()
+    if is_uri(storage):  # downloaded from the store, verified against that version's marker
+        store = Store(storage)
+        version = json.loads(store.read_bytes("registry/tuned/CURRENT"))["version"]
+        assert store.is_published(f"registry/tuned/versions/{version}") and (entry.parent / "_COMPLETE").is_file()
+    else:
+        assert entry.parent.parent.name == "versions" and (entry.parent / "_COMPLETE").is_file()
     assert list((entry / "denoiser").glob("*.safetensors"))
     gen = load_generator("registry:tuned", storage=storage)
     settings = card["config"]["settings"]
@@ -307,7 +322,7 @@ def test_registry_entry_loads_and_generates_with_tuned_settings(inputs):
                          cwd=REPO, env=_env(root), capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     again = registry_card("tuned_again", storage)
-    assert again["search"]["trial_id"] == card["search"]["trial_id"] and again["search"]["run_dir"] == str(run_dir)
+    assert again["search"]["trial_id"] == card["search"]["trial_id"] and again["search"]["run_dir"] == run_uri(run_dir)
     assert read_card(run_dir)["attempts"] == attempts  # reused, not searched again
     assert {p["name"] for p in read_card(run_dir)["summary"]["published"]} == {"tuned", "tuned_again"}
 
@@ -357,21 +372,29 @@ def base_run(inputs):
 
 @pytest.mark.integration
 @pytest.mark.slow
-def test_training_space_trial_runs_its_solver_in_the_trial_process(inputs, base_run):
+def test_training_space_trial_runs_its_solver_in_the_trial_process(inputs, base_run, monkeypatch):
     import pandas as pd
 
+    pytest.importorskip("mlflow", reason="the 'tracking' extra (mlflow-skinny) tests the MLflow path")
+    from mlflow.tracking import MlflowClient
+
     root = inputs
+    mlruns = root / "mlruns"
     cfg = root / "tune_train.yaml"
     cfg.write_text(yaml.safe_dump({
         "name": "tt", "model": f"train:{base_run.name}", "evaluator": str(root / "evaluator"),
         "features": str(root / "features"),  # its val clips (the base trained on a copy labelled train)
         "val_clips": 2, "batch_clips": 2, "final_eval": False, "registry": "",
-        "train": {"unet_steps": 2, "num_workers": 0, "log_every": 1, "checkpoint_every": 2},
+        "train": {"unet_steps": 2, "num_workers": 0, "log_every": 1, "checkpoint_every": 2,
+                  "tracking": {"tensorboard": True}},  # the trial's own solver logs to TensorBoard
+        "tracking": {"tensorboard": True, "mlflow_uri": mlruns.as_uri(), "mlflow_experiment": "tt"},  # Ray's callbacks
         "search": {"space": "training", "num_samples": 1, "scheduler": "fifo",
                    "params": {"lr": {"low": 1e-4, "high": 1e-3, "default": 5e-4}, "p_drop_all": None,
                               "p_drop_each": None, "p_keep_one": None, "train_window_k": None}}}))
     storage = base_run.parents[1]
-    r = subprocess.run(_soundtrack("tune", cfg, "--storage", storage), cwd=REPO, env=_env(root), capture_output=True,
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow 3: a local file store is opt-in
+    env = _env(root)
+    r = subprocess.run(_soundtrack("tune", cfg, "--storage", storage), cwd=REPO, env=env, capture_output=True,
                        text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-4000:]
     (run_dir,) = (storage / "tune").iterdir()
@@ -383,3 +406,10 @@ def test_training_space_trial_runs_its_solver_in_the_trial_process(inputs, base_
     state = json.loads((trial / "train" / "unet" / "final" / "trainer_state.json").read_text())
     assert state["pid"] == int(df["trial_pid"].iloc[0]) and state["step"] == 2
     assert not (trial / "train" / "unet" / "ray").exists() and (trial / "train" / "unet" / "checkpoints").is_dir()
+    # tracking: the trial's UNet steps in TensorBoard (the solver), the trial's reports through
+    # Ray Tune's TBXLoggerCallback (its folder under <run>/tune) and MLflowLoggerCallback (one run)
+    assert list((trial / "train").glob("tensorboard/metrics/events.out.tfevents.*"))
+    assert list((run_dir / "tune").glob("*/events.out.tfevents.*"))
+    client = MlflowClient(tracking_uri=mlruns.as_uri())
+    (mlrun,) = client.search_runs([client.get_experiment_by_name("tt").experiment_id])
+    assert "score" in mlrun.data.metrics and "lr" in mlrun.data.params

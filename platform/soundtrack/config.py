@@ -176,6 +176,9 @@ class PretrainSection:
         grad_accum_steps: micro-batches of ``batch_size`` per optimiser step (the global
             batch is ``batch_size x workers x grad_accum_steps``; infrastructure, like the
             worker count, so the identity holds the global batch).
+        tracking: optional metric tracking, off when empty: ``{tensorboard: true}``
+            (``<run>/tensorboard``), ``{mlflow_uri: ..., mlflow_experiment: ...}``
+            (:mod:`soundtrack.solvers.tracking`; infrastructure).
         torch_threads: torch threads per worker (``None``: Ray's default, CPUs per worker).
         prep_workers: Ray Data actors that build training batches (crops, negatives, mels)
             beside the trainer.
@@ -205,6 +208,7 @@ class PretrainSection:
     gpus_per_worker: float = field(default=0.0, metadata=INFRA)
     precision: Precision = "fp32"
     grad_accum_steps: int = field(default=1, metadata=INFRA)
+    tracking: dict = field(default_factory=dict, metadata=INFRA)
     torch_threads: int | None = field(default=None, metadata=INFRA)
     prep_workers: int = field(default=1, metadata=INFRA)
     prep_cpus: float = field(default=1.0, metadata=INFRA)
@@ -256,6 +260,7 @@ class TrainSection:
             (CUDA only, with a gradient scaler).
         grad_accum_steps: micro-batches per optimiser step in both phases (the global batch
             is ``batch size x workers x grad_accum_steps``; infrastructure, like the workers).
+        tracking: optional metric tracking of both phases, as in ``pretrain.tracking``.
         cache_workers: Ray Data actors encoding the latent cache.
         cache_cpus: CPUs per latent-cache actor.
         cache_gpus: GPUs per latent-cache actor (> 0: the frozen VAE and encoders run on CUDA).
@@ -313,6 +318,7 @@ class TrainSection:
     gpus_per_worker: float = field(default=0.0, metadata=INFRA)
     precision: Precision = "fp32"
     grad_accum_steps: int = field(default=1, metadata=INFRA)
+    tracking: dict = field(default_factory=dict, metadata=INFRA)
     cache_workers: int = field(default=1, metadata=INFRA)
     cache_cpus: float = field(default=1.0, metadata=INFRA)
     cache_gpus: float = field(default=0.0, metadata=INFRA)

@@ -1248,6 +1248,92 @@ class Staging:
             shutil.rmtree(self.local)
 
 
+#: Seconds between two uploads of a running staged run's new files (``SOUNDTRACK_STAGE_SYNC_S``
+#: overrides; 0 turns the uploads off): what a ``--resume`` on another host finds after a kill.
+STAGE_SYNC_S = 30.0
+
+
+def _is_pointer_file(name: str) -> bool:
+    """Files that point at others (Ray's checkpoint-manager and experiment snapshots): uploaded after the files of the same pass, so the store never holds a pointer
+    to a checkpoint whose files it lacks."""
+    base = PurePosixPath(name).name
+    return base.endswith(".json") and ("snapshot" in base or base.startswith("experiment_state"))
+
+
+class StagingSync:
+    """Uploads a running staged run's new and changed files to the store, in a thread.
+
+    Each pass lists the staging directory, uploads the files whose size or mtime changed
+    since they were last uploaded (checkpoints, logs, Ray's state), the pointer files of that
+    pass last (:func:`_is_pointer_file`). A file that vanishes during a pass (a temp file
+    renamed) is skipped; a failed pass is logged and retried at the next one. The run is
+    never published by this: readers still trust only the marker written at the end.
+
+    Args:
+        staging: the run.
+        interval_s: seconds between passes (<= 0: no thread; :meth:`sync` still works).
+    """
+
+    def __init__(self, staging: Staging, interval_s: float | None = None):
+        if interval_s is None:
+            interval_s = float(os.environ.get("SOUNDTRACK_STAGE_SYNC_S", STAGE_SYNC_S))
+        self.staging, self.interval_s = staging, float(interval_s)
+        self._seen: dict[str, tuple[int, int]] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self.passes = 0
+
+    def sync(self) -> int:
+        """One pass; returns how many files were uploaded."""
+        with self._lock:
+            todo = []
+            for name, p in _local_files(self.staging.local).items():
+                if name == RUN_CARD:  # the run's own: pushed on each change, 'finished' only with the files
+                    continue
+                try:
+                    st = p.stat()
+                except FileNotFoundError:
+                    continue
+                key = (st.st_size, st.st_mtime_ns)
+                if self._seen.get(name) != key:
+                    todo.append((_is_pointer_file(name), name, key))
+            sent = 0
+            for _, name, key in sorted(todo):  # content first, pointers last
+                try:
+                    self.staging.push_file(name)
+                except FileNotFoundError:
+                    continue
+                self._seen[name] = key
+                sent += 1
+            self.passes += 1
+            return sent
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                n = self.sync()
+                if n:
+                    log.debug("storage: %d file(s) of %s uploaded", n, self.staging.uri)
+            except Exception as exc:  # the store is down for a moment: the next pass retries
+                log.warning("storage: uploading %s failed (%s); retrying in %.0f s", self.staging.uri, exc,
+                            self.interval_s)
+
+    def start(self) -> "StagingSync":
+        """Start the thread (no-op when ``interval_s <= 0``)."""
+        if self.interval_s > 0 and self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name=f"stage-sync:{self.staging.rel}", daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop the thread (a pass in progress finishes first)."""
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=60)
+        self._thread = None
+
+
 def staged(local: str | os.PathLike) -> Staging | None:
     """The :class:`Staging` of a staging directory made by :func:`run_location`; ``None``
     for any other path (a local run directory)."""
@@ -1264,6 +1350,27 @@ def staged(local: str | os.PathLike) -> Staging | None:
     except (OSError, ValueError, KeyError, TypeError):
         return None
     return Staging(base / key / stage / name, Store(root), f"{stage}/{name}")
+
+
+def run_uri(run_dir: str | os.PathLike) -> str:
+    """How a run is named in records (cards, registry entries): the store URI of a staging
+    directory, else the local path as given."""
+    staging = staged(run_dir)
+    return staging.uri if staging is not None else str(run_dir)
+
+
+def fetch_location(uri: str) -> Path:
+    """The staging directory of the run at ``uri`` (``<root>/<stage>/<name>`` in an object
+    store), made known on this node (its root's ``_ORIGIN.json``) without downloading anything.
+
+    Raises:
+        StorageError: a URI without ``<stage>/<name>`` under a bucket.
+    """
+    r = StorageRoot.parse(uri)
+    parts = r.path.split("/")
+    if len(parts) < 3:
+        raise StorageError(f"run {r.uri} must be <root>/<stage>/<run name> (e.g. s3://bucket/runs/data/synth-...)")
+    return run_location(StorageRoot(r.scheme, "/".join(parts[:-2])), parts[-2], parts[-1])
 
 
 def fetch_run(run: str | os.PathLike, what: str = "upstream run") -> Path:
@@ -1284,11 +1391,10 @@ def fetch_run(run: str | os.PathLike, what: str = "upstream run") -> Path:
     """
     if not is_uri(run):
         return Path(run)
-    r = StorageRoot.parse(run)
-    parts = r.path.split("/")
-    if len(parts) < 3:
-        raise StorageError(f"{what} {r.uri} must be <root>/<stage>/<run name> (e.g. s3://bucket/runs/data/synth-...)")
-    local = run_location(StorageRoot(r.scheme, "/".join(parts[:-2])), parts[-2], parts[-1])
+    try:
+        local = fetch_location(str(run))
+    except StorageError as exc:
+        raise StorageError(f"{what}: {exc}") from None
     staging = staged(local)
     assert staging is not None
     staging.pull(published_only=True)

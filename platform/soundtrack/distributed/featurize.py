@@ -22,10 +22,13 @@ from soundtrack.data.shards import (
     completed_shards,
     feature_config,
     plan_shards,
+    shard_paths,
     warm_up,
     write_shard,
 )
 from soundtrack.distributed.cluster import init_ray, joined_cluster
+from soundtrack.errors import StorageError
+from soundtrack.storage import fetch_location, fetch_run, staged
 
 log = logging.getLogger(__name__)
 
@@ -36,16 +39,48 @@ def _node_id() -> str:
 
 
 class ShardWriter:
-    """Ray Data actor UDF: warms librosa once per process, then writes shards."""
+    """Ray Data actor UDF: warms librosa once per process, then writes shards.
 
-    def __init__(self, out_dir: str, section: dict):
+    On an object-store root the run directory is the driver's staging copy
+    (:func:`soundtrack.storage.run_location`), a path that exists on the driver's node only.
+    So an actor then works on its own node's staging copy of the same run (the same path:
+    the staging path depends only on the root's URI) and uploads each shard to the store as
+    soon as it is written, the parquet first and its marker last (what the driver pulls at
+    the end, and what a ``--resume`` on any host finds); and when the data run is itself
+    in the store, the actor's node downloads it first (verified; once per node, reused
+    while its marker is the same), so the videos the shard specs name exist there.
+
+    Args:
+        out_dir: the run directory (a staging directory on an object-store root).
+        section: the featurize settings (as a dict).
+        run_uri: the run's URI in the store (``None``: a local or shared run directory).
+        data_uri: the data run's URI in the store (``None``: a local or shared data directory).
+    """
+
+    def __init__(self, out_dir: str, section: dict, run_uri: str | None = None, data_uri: str | None = None):
         self.out_dir = out_dir
         self.section = FeaturizeSection(**section)
         self.fcfg = feature_config(self.section)
+        if data_uri is not None:
+            fetch_run(data_uri, what="data run")  # this node's verified copy of the videos
+        self.staging = None
+        if run_uri is not None:
+            local = fetch_location(run_uri)
+            if str(local) != str(out_dir):  # another temp dir on this node: the specs' paths would not match
+                raise StorageError(f"featurize: this node stages {run_uri} at {local}, the driver at {out_dir}; "
+                                   "give every node the same TMPDIR")
+            self.staging = staged(local)
+        for sub in ("shards", "done"):  # the driver made them on its node; this may be another one
+            (Path(out_dir) / sub).mkdir(parents=True, exist_ok=True)
         warm_up(self.fcfg)
 
     def __call__(self, spec: dict) -> dict:
         s = write_shard(self.out_dir, spec, self.section, self.fcfg, node_id=_node_id())
+        if self.staging is not None:
+            pq_path, done_path = shard_paths(Path(self.out_dir), int(spec["shard"]))
+            for p in (pq_path, done_path):  # the marker last: the store never lists a shard without its file
+                if p.exists():
+                    self.staging.push_file(p.relative_to(self.out_dir).as_posix())
         return {k: (json.dumps(v) if isinstance(v, list) else v) for k, v in s.items()}
 
 
@@ -83,6 +118,7 @@ def run_featurize(
     progress: bool = True,
     use_ray: bool = True,
     limit: int | None = None,
+    data_uri: str | None = None,
 ) -> dict:
     """Featurize every clip of a manifest into parquet shards, skipping finished shards.
 
@@ -94,11 +130,14 @@ def run_featurize(
         use_ray: ``False`` runs the same shard function in a plain loop in this process
             (the sequential baseline of ``benchmarks/data_throughput.py``).
         limit: only the first ``limit`` clips (by clip_id), for quick runs.
+        data_uri: the data run's URI when it lives in an object store (each actor's node
+            downloads it; :class:`ShardWriter`).
 
     Returns:
         A summary: clips in / out / failed, shards written now and skipped, seconds, rate.
     """
     out_dir = Path(out_dir)
+    staging = staged(out_dir)  # an object-store run: actors upload their shards, the driver pulls them
     manifest = read_manifest(data_dir)
     if section.splits is not None:
         manifest = manifest[manifest["split"].isin(list(section.splits))]
@@ -142,7 +181,8 @@ def run_featurize(
         ds = ray.data.from_items(todo, override_num_blocks=len(todo))
         ds = ds.map(
             ShardWriter,
-            fn_constructor_kwargs={"out_dir": str(out_dir), "section": dataclasses.asdict(section)},
+            fn_constructor_kwargs={"out_dir": str(out_dir), "section": dataclasses.asdict(section),
+                                   "run_uri": staging.uri if staging is not None else None, "data_uri": data_uri},
             compute=ray.data.ActorPoolStrategy(min_size=lo, max_size=hi),
             num_cpus=section.num_cpus,
         )
@@ -151,6 +191,8 @@ def run_featurize(
             s["errors"] = json.loads(s["errors"]) if isinstance(s["errors"], str) else s["errors"]
             _report(s)
     seconds = time.time() - t0
+    if staging is not None and todo and use_ray:
+        staging.pull()  # the shards actors on other nodes wrote (and uploaded)
     done = completed_shards(out_dir)
     errs = [e for s in done.values() for e in s.get("errors", [])]
     with open(out_dir / "errors.jsonl", "w") as f:

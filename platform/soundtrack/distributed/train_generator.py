@@ -58,6 +58,7 @@ from soundtrack.pipelines.sampler import SamplerConfig
 from soundtrack.pipelines.schedulers import NoiseSchedule
 from soundtrack.solvers import solver_class
 from soundtrack.solvers.base import LocalReporter, numpy_batches
+from soundtrack.solvers.tracking import tracking_config
 from soundtrack.solvers.vae import mels_from_batch
 from soundtrack.storage import atomic_write, read_card
 
@@ -285,6 +286,7 @@ def run_train(profile: str, sec: TrainSection, features_dir: Path, encoders_dir:
     scfg = sampler_config(sec.sampler)
     noise_schedule(sec.noise_schedule)  # checked before Ray starts; the solver and the export read it
     check_precision(sec.precision, sec.gpus_per_worker)
+    tracking_config(sec.tracking, "train.tracking")  # a bad key fails before Ray starts
     init_ray()
     timings: dict[str, float] = {}
     # what each phase did on this launch: "trained", "done before" (its final output was

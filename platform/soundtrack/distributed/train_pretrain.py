@@ -51,6 +51,7 @@ from soundtrack.models.encoders import (
 )
 from soundtrack.solvers.base import LocalReporter, numpy_batches
 from soundtrack.solvers.contrastive import ContrastiveSolver
+from soundtrack.solvers.tracking import tracking_config
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +114,7 @@ def run_pretrain(profile: str, sec: PretrainSection, features_dir: str | os.Path
     """
     mcfg = model_config(profile, sec.model)
     check_precision(sec.precision, sec.gpus_per_worker)
+    tracking_config(sec.tracking, "pretrain.tracking")  # a bad key fails before Ray starts
     objective_config(sec.objective)  # validate before paying for Ray
     retrieval_config(sec.evaluation)
     run_dir = Path(run_dir).resolve()

@@ -19,12 +19,15 @@ import optuna
 import pandas as pd
 import ray
 from ray import tune
+from ray.air.integrations.mlflow import MLflowLoggerCallback
+from ray.tune.logger import TBXLoggerCallback
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from soundtrack.distributed import trainables as T
 from soundtrack.distributed.cluster import joined_cluster
 from soundtrack.eval.engine import evaluate_arm
+from soundtrack.solvers.tracking import tracking_config
 from soundtrack.tuning.config import TuneConfig
 from soundtrack.tuning.space import defaults_point, optuna_space
 
@@ -124,6 +127,30 @@ def concurrency(cfg: TuneConfig, cpus: float, gpus: float, joined: bool) -> int:
     return n
 
 
+def tracking_callbacks(tracking: dict | None) -> list:
+    """Ray Tune's logger callbacks for a search's ``tracking`` (none when it is off).
+
+    ``TBXLoggerCallback`` writes TensorBoard event files in each trial's folder (Ray also
+    adds it by itself when tensorboardX is installed; listing it makes the choice explicit);
+    ``MLflowLoggerCallback`` logs each trial as an MLflow run (params: its config; metrics:
+    every report), artifacts off (the run directory already holds them).
+
+    Args:
+        tracking: the search's ``tracking`` (:func:`soundtrack.solvers.tracking.tracking_config`).
+
+    Raises:
+        ConfigError: a bad ``tracking`` key or value.
+    """
+    t = tracking_config(tracking, "tracking")
+    out: list = []
+    if t.tensorboard:
+        out.append(TBXLoggerCallback())
+    if t.mlflow_uri:
+        out.append(MLflowLoggerCallback(tracking_uri=t.mlflow_uri, experiment_name=t.mlflow_experiment,
+                                        save_artifact=False))
+    return out
+
+
 def run_search(cfg: TuneConfig, ctx: dict, space: dict, run_dir: Path, resume: bool):
     """Build (or restore) the Tuner and run it to the end.
 
@@ -166,7 +193,9 @@ def run_search(cfg: TuneConfig, ctx: dict, space: dict, run_dir: Path, resume: b
             tune_config=tune.TuneConfig(metric="score", mode="max", search_alg=searcher, scheduler=scheduler,
                                         num_samples=cfg.search.num_samples, max_concurrent_trials=conc,
                                         trial_dirname_creator=trial_dirname),
-            run_config=tune.RunConfig(name=EXPERIMENT, storage_path=str(run_dir.resolve()), verbose=0, failure_config=tune.FailureConfig(max_failures=1)),
+            run_config=tune.RunConfig(name=EXPERIMENT, storage_path=str(run_dir.resolve()), verbose=0,
+                                      failure_config=tune.FailureConfig(max_failures=1),
+                                      callbacks=tracking_callbacks(cfg.tracking)),
         )
     _log(f"{cfg.search.num_samples} trials ({cfg.search.space} space, {cfg.search.scheduler}), "
          f"{conc} at a time, {cfg.val_clips} validation clips each, report every {cfg.batch_clips}")

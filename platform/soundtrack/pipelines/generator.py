@@ -107,7 +107,14 @@ from soundtrack.models.unet import (
 from soundtrack.models.vae import build_vae, latent_shape, load_vae, save_vae
 from soundtrack.models.vocoder import load_vocoder
 from soundtrack.pipelines.knobs import KNOBS, check_knob
-from soundtrack.pipelines.sampler import SamplerConfig, generate_video, window_starts
+from soundtrack.pipelines.sampler import (
+    SamplerConfig,
+    VideoRequest,
+    batch_key,
+    generate_video,
+    generate_videos,
+    window_starts,
+)
 from soundtrack.pipelines.schedulers import (
     DEFAULT_SCHEDULE,
     SCHEDULE_FILE,
@@ -284,6 +291,36 @@ def _resize_frames(frames: np.ndarray, size: int) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- container
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One video of :meth:`SoundtrackGenerator.generate_batch` (the arguments of :meth:`~SoundtrackGenerator.generate`).
+
+    Attributes:
+        frames: uint8 (T, H, W, 3) RGB frames at ``fps`` (10) frames per second.
+        seed: run seed.
+        clip_id: the video's id (with the seed, it seeds the noise of each window).
+        caption: a text prompt (models with text conditioning only).
+        overrides: sampler settings for this request (the ``**overrides`` of ``generate``).
+    """
+
+    frames: np.ndarray
+    seed: int = 0
+    clip_id: str = "clip"
+    caption: str | None = None
+    overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _Checked:
+    """A request of :meth:`SoundtrackGenerator.generate_batch` that passed its checks."""
+
+    index: int  # position in the batch
+    cfg: SamplerConfig
+    conds: Conditions  # batch 1, the whole video
+    n_frames: int
+    duration_s: float
 
 
 @dataclass(frozen=True)
@@ -679,6 +716,11 @@ class SoundtrackGenerator:
             duration = self._check_length(n_frames, cfg)
             wav = generate_video(self.denoiser, self.vae, self.vocoder, conds, duration, str(clip_id), int(seed), cfg,
                                  schedule=self.schedule, progress=progress)
+        return self._finish(wav, n_frames, clip_id)
+
+    def _finish(self, wav: np.ndarray, n_frames: int, clip_id: str) -> np.ndarray:
+        """The sampler's waveform as :meth:`generate` returns it: exactly ``n_samples(n_frames)``
+        samples, refused when not finite, clipped to [-1, 1] (in place)."""
         n = self.n_samples(n_frames)
         wav = np.asarray(wav, dtype=np.float32).reshape(-1)[:n]
         if wav.shape[0] < n:  # generate_video already trims to round(duration * sr); defensive
@@ -691,6 +733,99 @@ class SoundtrackGenerator:
         # The platform's audio contract is [-1, 1]; a trained model stays inside, an
         # untrained one (tests) may not. In place: a 10-minute soundtrack is 38 MB.
         return np.clip(wav, -1.0, 1.0, out=wav)
+
+    def generate_batch(self, requests: Sequence[GenerationRequest],
+                       max_rows: int | None = None) -> list[np.ndarray | GeneratorError]:
+        """Soundtracks of several videos, the compatible ones through one denoising loop.
+
+        Steps: (1) each request is checked as :meth:`generate` checks it (options, frames,
+        caption, length) and its conditions are encoded; a request that fails gets its
+        :class:`GeneratorError` and takes no further part. (2) The others are grouped by
+        :func:`~soundtrack.pipelines.sampler.batch_key` (same sampler, steps, guidance,
+        attention and condition shapes: the same denoising loop); durations may differ.
+        (3) A group of two or more is sampled by
+        :func:`~soundtrack.pipelines.sampler.generate_videos` (one loop over all its
+        windows, each request's noise from its own seed and clip id); a group of one by
+        :func:`~soundtrack.pipelines.sampler.generate_video`, the call :meth:`generate`
+        makes. (4) If a group's batched loop raises (a diverged request's NaN guard, out of
+        memory), its requests are rerun one by one, so each gets its own waveform or error.
+
+        Outputs: a request in a group of one (a batch of one, or one whose options no
+        other request shares) is bit-identical to :meth:`generate`; one sampled in a
+        larger group equals it within
+        :data:`~soundtrack.pipelines.sampler.BATCH_TOLERANCE` (the contract of
+        :func:`~soundtrack.pipelines.sampler.generate_videos`). Non-finite output still
+        raises, per request (its error in the list, the message :meth:`generate` gives).
+
+        Args:
+            requests: the videos (frames, seed, clip id, caption and per-request overrides).
+            max_rows: windows denoised per loop (None: ``sampler.window_batch`` per request
+                of the group, see :func:`~soundtrack.pipelines.sampler.generate_videos`).
+
+        Returns:
+            per request, in order: its float32 waveform (as :meth:`generate` returns it) or
+            the :class:`GeneratorError` it raised. Guidance weights that leave no present
+            condition weighted (which :meth:`generate` refuses with a ``ValueError`` from
+            the sampler) are that request's :class:`GeneratorError` here.
+
+        Raises:
+            Exception: anything but a :class:`GeneratorError` raised by a request run alone
+                (in the one-by-one fallback), as :meth:`generate` would raise it.
+        """
+        results: list[np.ndarray | GeneratorError | None] = [None] * len(requests)
+        groups: dict[tuple, list[_Checked]] = {}  # batch_key -> the checked requests sharing it, in order
+        with self._lock, torch.inference_mode():
+            # 1. per-request checks and conditions, in generate's order (the same messages)
+            for i, req in enumerate(requests):
+                try:
+                    cfg = self.sampler_config(**dict(req.overrides))
+                    arr = self._check_frames(req.frames)
+                    self._check_caption(req.caption)
+                    self._check_length(arr.shape[0], cfg)
+                    conds, n_frames = self._chunk_conditions([arr], req.caption, arr.shape[0])
+                    duration = self._check_length(n_frames, cfg)
+                    try:
+                        key = batch_key(cfg, conds)
+                    except ValueError as exc:  # weights only on conditions the model lacks
+                        raise GeneratorError(f"clip {req.clip_id!r}: {exc}") from exc
+                except GeneratorError as exc:
+                    results[i] = exc
+                    continue
+                groups.setdefault(key, []).append(_Checked(i, cfg, conds, n_frames, duration))
+            log.debug("batch of %d requests: %d refused, %d denoising loop(s) of %s requests", len(requests),
+                      sum(isinstance(r, GeneratorError) for r in results), len(groups),
+                      [len(g) for g in groups.values()])
+            # 2. + 3. one loop per group
+            for group in groups.values():
+                wavs: list[np.ndarray | GeneratorError] | None = None
+                if len(group) > 1:
+                    videos = [VideoRequest(c.conds, c.duration_s, str(requests[c.index].clip_id),
+                                           int(requests[c.index].seed)) for c in group]
+                    try:
+                        # the key guarantees that the first request's settings are every one's
+                        wavs = list(generate_videos(self.denoiser, self.vae, self.vocoder, videos, group[0].cfg,
+                                                    schedule=self.schedule, max_rows=max_rows))
+                    except Exception as exc:  # 4. rerun alone: each request gets its own result or error
+                        log.warning("batched sampling of %d requests failed (%s: %s); running them one by one",
+                                    len(group), type(exc).__name__, exc)
+                if wavs is None:
+                    wavs = [self._sample_alone(requests[c.index], c) for c in group]
+                # the finishing checks of generate, per request (a non-finite waveform is its error)
+                for c, wav in zip(group, wavs):
+                    try:
+                        results[c.index] = wav if isinstance(wav, GeneratorError) else self._finish(
+                            wav, c.n_frames, requests[c.index].clip_id)
+                    except GeneratorError as exc:
+                        results[c.index] = exc
+        return results
+
+    def _sample_alone(self, req: GenerationRequest, checked: "_Checked") -> np.ndarray | GeneratorError:
+        """One request of :meth:`generate_batch` through :meth:`generate`'s sampler call (lock held)."""
+        try:
+            return generate_video(self.denoiser, self.vae, self.vocoder, checked.conds, checked.duration_s,
+                                  str(req.clip_id), int(req.seed), checked.cfg, schedule=self.schedule)
+        except GeneratorError as exc:
+            return exc
 
     def generate_file(self, video_path: str | os.PathLike, out_path: str | os.PathLike, seed: int = 0,
                       caption: str | None = None, clip_id: str = "clip",

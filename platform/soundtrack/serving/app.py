@@ -7,10 +7,14 @@ Two deployments:
   model's frame size and frame rate and sends the small frame array to the generator.
 * ``SoundtrackGenerator``: loads one model URI (:func:`soundtrack.stages.models.load_generator`)
   and answers batched requests (``@serve.batch``; ``max_batch_size`` and
-  ``batch_wait_timeout_s`` come from the application's arguments). The sampler denoises
-  each clip on its own (``batch_invariant``), so a clip's soundtrack depends only on
-  (model, clip, options, seed), never on the other requests of its batch; the noise is
-  seeded like :meth:`SoundtrackGenerator.generate_file` (``clip_id="clip"``), so the served
+  ``batch_wait_timeout_s`` come from the application's arguments). The jobs of one batch
+  whose options agree go through ONE denoising loop
+  (:meth:`SoundtrackGenerator.generate_batch`), each with its own noise (seed, clip id):
+  a batched soundtrack equals the request alone within
+  :data:`soundtrack.pipelines.sampler.BATCH_TOLERANCE` (CPU kernels are not
+  batch-invariant), and bit for bit with ``batching: false`` or a batch of one; one bad
+  job gets its own error. The noise is seeded like
+  :meth:`SoundtrackGenerator.generate_file` (``clip_id="clip"``), so an unbatched served
   WAV equals the one ``soundtrack generate`` writes for the same video, seed and options.
 
 HTTP API (``/openapi.json`` documents it; ``/docs`` renders it):
@@ -71,6 +75,7 @@ class BuildArgs(BaseModel):
     limits: dict[str, Any] = Field(default_factory=dict)
     max_batch_size: int = Field(4, ge=1, le=256)
     batch_wait_timeout_s: float = Field(0.05, ge=0, le=60)
+    batching: bool = True
     torch_threads: int = Field(1, ge=1, le=256)
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
     deployment_options: dict[str, dict[str, Any]] = Field(default_factory=dict)
@@ -103,7 +108,9 @@ def build_app(args: dict | None = None):
     Args:
         args: the config's ``args``: ``model_uri`` (default ``registry:best``), ``storage``
             (default ``runs``, made absolute here), ``limits`` (:class:`ServeLimits` fields),
-            ``max_batch_size``, ``batch_wait_timeout_s``, ``torch_threads``, ``device``
+            ``max_batch_size``, ``batch_wait_timeout_s``, ``batching`` (one denoising loop
+            over a batch's jobs, default true; false: one job after another, bit-identical
+            to a request alone), ``torch_threads``, ``device``
             (``auto``: CUDA where the replica has a GPU),
             ``deployment_options`` (``{"SoundtrackIngress" | "SoundtrackGenerator": options}``,
             the keys of a config file's ``deployments`` entries; :func:`run_local` fills it
@@ -140,7 +147,7 @@ def build_app(args: dict | None = None):
                          f"({a.max_batch_size}): batches could never fill; raise it or lower max_batch_size")
     try:
         gen = GeneratorDeployment.options(**gen_opts).bind(uri, storage, a.max_batch_size, a.batch_wait_timeout_s,
-                                                           a.torch_threads, a.device)
+                                                           a.torch_threads, a.device, batching=a.batching)
         return IngressDeployment.options(**ing_opts).bind(gen, uri, limits.to_dict())
     except (TypeError, ValueError) as exc:
         raise ValueError(f"bad deployment options: {exc}") from None

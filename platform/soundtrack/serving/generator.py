@@ -12,7 +12,8 @@ import numpy as np
 import torch
 from ray import serve
 
-from soundtrack.pipelines.generator import GeneratorError
+from soundtrack.pipelines.generator import GenerationRequest, GeneratorError
+from soundtrack.pipelines.sampler import BATCH_TOLERANCE
 from soundtrack.serving.limits import GENERATOR_NAME
 from soundtrack.serving.options import GenerationJob, GenerationOutput
 from soundtrack.stages.models import load_generator, resolve_model_uri
@@ -43,10 +44,16 @@ class GeneratorDeployment:
         batch_wait_timeout_s: how long a batch waits to fill (s).
         torch_threads: torch intra-op threads in this replica.
         device: ``auto`` (CUDA when the replica has a GPU, else CPU), ``cpu`` or ``cuda[:n]``.
+        batching: sample the jobs of a batch together
+            (:meth:`~soundtrack.pipelines.generator.SoundtrackGenerator.generate_batch`: the
+            jobs with the same sampler settings share one denoising loop, each output
+            within :data:`~soundtrack.pipelines.sampler.BATCH_TOLERANCE` of the job run
+            alone); False: one :meth:`~soundtrack.pipelines.generator.SoundtrackGenerator.generate`
+            call per job, each output bit-identical to the job run alone.
     """
 
     def __init__(self, model_uri: str, storage: str, max_batch_size: int = 4, batch_wait_timeout_s: float = 0.05,
-                 torch_threads: int = 1, device: str = "auto"):
+                 torch_threads: int = 1, device: str = "auto", batching: bool = True):
 
         torch.set_num_threads(int(torch_threads))
         if device == "auto":
@@ -59,6 +66,7 @@ class GeneratorDeployment:
         self.generate.set_batch_wait_timeout_s(float(batch_wait_timeout_s))
         self.max_batch_size = int(max_batch_size)
         self.batch_wait_timeout_s = float(batch_wait_timeout_s)
+        self.batching = bool(batching)
 
     def info(self) -> dict[str, Any]:
         """The model card and the facts the ingress needs (frame size and rate, conditions)."""
@@ -78,10 +86,27 @@ class GeneratorDeployment:
             "noise_schedule": g.schedule.to_dict(),
             "card": dict(g.card),
             "entry_card": _entry_card(Path(self.model_dir)),
-            "batching": {"max_batch_size": self.max_batch_size, "batch_wait_timeout_s": self.batch_wait_timeout_s},
+            "batching": {"max_batch_size": self.max_batch_size, "batch_wait_timeout_s": self.batch_wait_timeout_s,
+                         "enabled": self.batching, "tolerance": BATCH_TOLERANCE if self.batching else 0.0},
         }
 
     def _run(self, jobs: list[GenerationJob]) -> list[GenerationOutput]:
+        if not self.batching:
+            return self._run_one_by_one(jobs)
+        t = time.perf_counter()
+        # np.array: writable copies (Ray hands read-only arrays over)
+        results = self.gen.generate_batch([
+            GenerationRequest(np.array(job.frames), seed=job.seed, clip_id=job.clip_id, caption=job.caption,
+                              overrides=job.overrides)
+            for job in jobs])
+        # The jobs shared their model calls, so no job has a time of its own: each is given
+        # the batch's wall time (s) divided evenly among the jobs.
+        seconds = (time.perf_counter() - t) / max(len(jobs), 1)
+        return [GenerationOutput(None, self.gen.sr, str(r), len(jobs), seconds) if isinstance(r, GeneratorError)
+                else GenerationOutput(r, self.gen.sr, None, len(jobs), seconds) for r in results]
+
+    def _run_one_by_one(self, jobs: list[GenerationJob]) -> list[GenerationOutput]:
+        """``batching=False``: one ``generate`` call per job, each timed on its own (s)."""
         outs = []
         for job in jobs:
             t = time.perf_counter()
@@ -96,7 +121,16 @@ class GeneratorDeployment:
 
     @serve.batch(max_batch_size=4, batch_wait_timeout_s=0.05)
     async def generate(self, jobs: list[GenerationJob]) -> list[GenerationOutput]:
-        """Soundtracks for a batch of jobs (each clip sampled on its own: outputs do not depend on the batch).
+        """Soundtracks for a batch of jobs.
+
+        With ``batching`` (the default) the jobs that share their sampler settings go
+        through one denoising loop (every model call takes all their windows), each job's
+        noise drawn from its own seed and clip id: an output depends on the other jobs of
+        the batch only through float rounding, within
+        :data:`~soundtrack.pipelines.sampler.BATCH_TOLERANCE` of the job run alone (a job
+        whose settings no other job shares runs alone: bit-identical). A job refused for
+        its options or frames gets its error; the others run. Without ``batching`` each
+        job runs alone and the outputs do not depend on the batch at all.
 
         The work runs in a thread so that the replica's event loop keeps answering health
         checks and keeps collecting the next batch.

@@ -60,6 +60,7 @@ from soundtrack.solvers.common import (
     warmup_cosine,
     write_checkpoint_manifest,
 )
+from soundtrack.solvers.tracking import build_trackers
 
 log = logging.getLogger(__name__)
 
@@ -225,6 +226,8 @@ class Solver:
     precision: str = "fp32"
     grad_accum_steps: int = 1
     n_train: int | None = None
+    #: The section's ``tracking`` (TensorBoard / MLflow, :mod:`soundtrack.solvers.tracking`; off when empty).
+    tracking: Mapping[str, Any] | None = None
     #: The step this (re)start began at (set by :meth:`fit` once the checkpoint is restored).
     start_step: int = 0
 
@@ -421,7 +424,9 @@ class Solver:
         self.start(step)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._record_start(step, restored)
-        writer = MetricsWriter(self.run_dir, resume_step=step, enabled=self.rank == 0, name=self.metrics_file)
+        trackers = build_trackers(self.tracking, self.run_dir, Path(self.metrics_file).stem) if self.rank == 0 else []
+        writer = MetricsWriter(self.run_dir, resume_step=step, enabled=self.rank == 0, name=self.metrics_file,
+                               trackers=trackers)
         if self.rank == 0:
             log.info("%s: worker 0/%d starting at step %d of %d on %s (%s, %d micro-batch(es) a step)", self.name,
                      self.world, step, self.total_steps, self.device, self.precision, self.grad_accum_steps)
@@ -475,6 +480,7 @@ class Solver:
             if step % self.checkpoint_every == 0 or step == self.total_steps:
                 self._checkpoint(model, opt, step, loss_value, reporter, scaler, last_ckpt)
                 last_ckpt = step
+        writer.close(finished=True)
         return {"step": step, "start_step": start_step, "loss": loss_value, "pid": os.getpid()}
 
 

@@ -13,6 +13,7 @@ state dict saved from a wrapper load into a bare model. Precision: :func:`autoca
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import time
@@ -24,6 +25,8 @@ from safetensors import SafetensorError, safe_open
 
 from soundtrack.data.integrity import save_safetensors, verify_directory, write_file, write_manifest
 from soundtrack.errors import ConfigError, IntegrityError
+
+log = logging.getLogger(__name__)
 
 #: The trainer state of a checkpoint directory (step, seed, ...).
 TRAINER_STATE_FILE = "trainer_state.json"
@@ -172,12 +175,23 @@ class MetricsWriter:
     """Rank 0 writes metric lines to ``<run_dir>/metrics.jsonl``.
 
     On a resumed run, lines for steps after the checkpoint being resumed are dropped
-    first, so the log shows every step once, in order.
+    first, so the log shows every step once, in order. Each line also goes to the
+    ``trackers`` (TensorBoard, MLflow: :mod:`soundtrack.solvers.tracking`); a tracker that
+    fails is dropped with a warning, never stopping the run.
+
+    Args:
+        run_dir: where the log lives.
+        resume_step: the step being resumed from (0: a fresh run).
+        enabled: whether this process writes (rank 0).
+        name: the log's file name.
+        trackers: objects with ``log(step, metrics)`` and ``close()``.
     """
 
-    def __init__(self, run_dir: str | os.PathLike, resume_step: int, enabled: bool = True, name: str = "metrics.jsonl"):
+    def __init__(self, run_dir: str | os.PathLike, resume_step: int, enabled: bool = True, name: str = "metrics.jsonl",
+                 trackers: list | None = None):
         self.path = Path(run_dir) / name
         self.enabled = enabled
+        self.trackers = list(trackers or []) if enabled else []
         if enabled and self.path.exists():
             keep = []
             for line in self.path.read_text().splitlines():
@@ -197,6 +211,24 @@ class MetricsWriter:
         rec = {"step": step, "time": round(time.time(), 3), **metrics}
         with open(self.path, "a") as f:
             f.write(json.dumps(rec, default=float) + "\n")
+        for t in list(self.trackers):
+            try:
+                t.log(step, metrics)
+            except Exception as exc:  # tracking never stops training
+                log.warning("tracking: %s failed (%s); it is off for the rest of this run", type(t).__name__, exc)
+                self.trackers.remove(t)
+
+    def close(self, finished: bool = False) -> None:
+        """Close the trackers (``finished``: the phase reached its last step, so an MLflow
+        run is marked finished)."""
+        for t in self.trackers:
+            try:
+                if finished and hasattr(t, "finish"):
+                    t.finish()
+                t.close()
+            except Exception as exc:  # tracking never stops training
+                log.warning("tracking: closing %s failed: %s", type(t).__name__, exc)
+        self.trackers = []
 
 
 def older_checkpoints(checkpoint: str | os.PathLike) -> list[str]:

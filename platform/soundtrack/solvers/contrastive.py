@@ -56,6 +56,7 @@ class ContrastiveSolver(Solver):
         self.log_every, self.checkpoint_every = sec.log_every, sec.checkpoint_every
         self.seed, self.threads, self.fail_at_step = sec.seed, sec.torch_threads, sec.fail_at_step
         self.precision, self.grad_accum_steps = sec.precision, sec.grad_accum_steps
+        self.tracking = sec.tracking
 
     def build_model(self) -> torch.nn.Module:
         return build_contrastive(ContrastiveConfig.from_dict(self.config["model"]))

@@ -51,6 +51,7 @@ class DiffusionSolver(Solver):
         self.log_every, self.checkpoint_every = sec.log_every, sec.checkpoint_every
         self.seed, self.threads, self.fail_at_step = sec.seed, sec.torch_threads, sec.fail_at_step
         self.precision, self.grad_accum_steps = sec.precision, sec.grad_accum_steps
+        self.tracking = sec.tracking
         self.local_shuffle_buffer = 4 * sec.batch_size
         self.schedule = NoiseSchedule.from_dict(sec.noise_schedule)
         if sec.backbone:  # hook: a pretrained UNet keeps the schedule it was trained on (models/backbones.py)

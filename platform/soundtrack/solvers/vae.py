@@ -44,6 +44,7 @@ class VAESolver(Solver):
         self.log_every, self.checkpoint_every = sec.log_every, sec.checkpoint_every
         self.seed, self.threads = sec.seed, sec.torch_threads
         self.precision, self.grad_accum_steps = sec.precision, sec.grad_accum_steps
+        self.tracking = sec.tracking
 
     def build_model(self) -> torch.nn.Module:
         return build_vae(self.config["profile"], **self.config.get("vae", {}))

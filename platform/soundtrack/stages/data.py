@@ -27,7 +27,7 @@ from soundtrack.distributed.ingest import RayMapper
 from soundtrack.errors import TooFewClips
 from soundtrack.stages.base import command_line, prepare_run_dir
 from soundtrack.stages.runs import Run, require_finished
-from soundtrack.storage import fetch_run, local_root, read_card, run_location
+from soundtrack.storage import fetch_run, read_card, run_location, staged
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,12 @@ def stage_ingest(src: str | Path, out: str | Path, force: bool = False, use_ray:
         **kw: passed to :func:`soundtrack.data.ingest.ingest`.
     """
     out = Path(out)
-    if force and out.exists():
+    staging = staged(out)
+    if staging is not None:  # an object-store run: the store is the authority (kept probes included)
+        if force:
+            staging.delete()
+        staging.pull()
+    elif force and out.exists():
         shutil.rmtree(out)
     cfg = {"src": str(Path(src).resolve()),
            **{k: (str(v) if isinstance(v, Path) else v) for k, v in kw.items() if k != "segments"}}
@@ -100,7 +105,7 @@ def ingest_run_dir(storage: str | Path, data: DataSection) -> Path:
     section's identity and the folder's listing (:func:`soundtrack.data.ingest.folder_fingerprint`)."""
     src = Path(str(data.source)).expanduser().absolute()
     slug = source_id_for(src.name).rsplit("-", 1)[0][:24]
-    return local_root(storage, "the ingest stage") / "data" / f"ingest-{slug}-{run_name('d', data, str(src), folder_fingerprint(src))[2:]}"
+    return run_location(storage, "data", f"ingest-{slug}-{run_name('d', data, str(src), folder_fingerprint(src))[2:]}")
 
 
 def stage_ingest_source(data: DataSection, storage: str | Path = "runs", force: bool = False) -> Path:
@@ -120,6 +125,8 @@ def stage_ingest_source(data: DataSection, storage: str | Path = "runs", force: 
     if not src.exists():
         raise FileNotFoundError(f"data.source {src} does not exist; point it at a folder of videos.")
     out = ingest_run_dir(storage, data)
+    if (staging := staged(out)) is not None:
+        staging.pull()  # the store's state of the run, before deciding to reuse it
     card = read_card(out)
     if force or card.get("status") != "finished" or not (out / "manifest.parquet").exists():
         kw = {"clip_s": data.clip_s, "pad_short": data.pad_short, "min_clip_s": data.min_clip_s,
@@ -210,7 +217,9 @@ def stage_featurize(data_dir: str | Path, section: FeaturizeSection = FeaturizeS
               identity={"featurize": identity(section), "limit": limit, "data": data_dir.name})
     with run:
         with run.timer("featurize"):
-            summary = run_featurize(data_dir, out, section, progress=progress, use_ray=use_ray, limit=limit)
+            origin = staged(data_dir)  # a data run from the store: each actor's node fetches it too
+            summary = run_featurize(data_dir, out, section, progress=progress, use_ray=use_ray, limit=limit,
+                                    data_uri=origin.uri if origin is not None else None)
         run.log(step=None, **{k: v for k, v in summary.items() if isinstance(v, (int, float))})
         run.finish(**summary)
     return out

@@ -32,7 +32,7 @@ from soundtrack.pipelines.generator import (
 from soundtrack.stages.registry import entries as registry_entries
 from soundtrack.stages.registry import resolve_entry
 from soundtrack.stages.runs import require_finished
-from soundtrack.storage import StorageRoot, local_root
+from soundtrack.storage import StorageRoot, Store, fetch_run
 
 SCHEMES = ("train", "registry", "file")
 MODEL_SUBDIR = "model"
@@ -95,6 +95,21 @@ def _train_run(storage: Path, name: str) -> Path:
                         "(train one with `soundtrack train CONFIG`, or pass --storage)")
 
 
+def _stored_train_run(root: StorageRoot, name: str) -> Path:
+    """The local copy of a published training run in an object store, by run name or a
+    unique prefix of one (downloaded and verified on first use, :func:`fetch_run`)."""
+    store = Store(root.child("train").uri)
+    have = sorted(n for n in store.listdir() if store.is_published(n))
+    matches = [n for n in have if n == name] or [n for n in have if n.startswith(name)]
+    if len(matches) > 1:
+        raise ModelURIError(f"train:{name} is ambiguous: it starts {', '.join(matches)}; give more of the run name")
+    if not matches:
+        listing = f"published there: {', '.join(have)}" if have else "no published training runs there"
+        raise ModelURIError(f"no published training run {name!r} under {store.uri()}; {listing} "
+                            "(train one with `soundtrack train CONFIG --storage ...`)")
+    return fetch_run(store.uri(matches[0]), what="training run")
+
+
 def _check_model_dir(path: Path, uri: str) -> Path:
     """Full check of a model directory (parts present, format), with the URI in the message."""
     try:
@@ -126,8 +141,7 @@ def resolve_model_uri(uri: str | os.PathLike, storage: str | os.PathLike = "runs
         raise ModelURIError(f"{scheme}:{rest} is not a {scheme} name: names are single folder names under "
                             f"{sroot.child(scheme).uri} (use file:<path> for a directory elsewhere)")
     if scheme == "train":
-        root = local_root(storage, "train: model URIs")
-        run = _train_run(root, rest)
+        run = _train_run(Path(sroot.path), rest) if sroot.is_local else _stored_train_run(sroot, rest)
         require_finished(run, what="training run")
         model = run / MODEL_SUBDIR
         if not (model / _GENERATOR_FILE).is_file():

@@ -42,6 +42,7 @@ from soundtrack.storage import (
     METRICS,
     RUN_CARD,
     Lease,
+    StagingSync,
     StorageRoot,
     Store,
     check_name,
@@ -158,6 +159,7 @@ class Run:
                     else run_location(root, stage, name))
         #: the object-store run this staging directory mirrors (None: a local run directory)
         self.staging = staged(self.dir)
+        self._sync: StagingSync | None = None
         lease_store = self.staging.run_store() if self.staging is not None else Store(self.dir)
         self.lease = Lease(lease_store, heartbeat_s=lease_heartbeat_s, timeout_s=lease_timeout_s, command=command)
         self.stage = stage
@@ -211,7 +213,10 @@ class Run:
         try:
             if self.staging is not None:
                 self.staging.unpublish()
-            return self._start(ups)
+            started = self._start(ups)
+            if self.staging is not None:  # checkpoints reach the store while the run goes on
+                self._sync = StagingSync(self.staging).start()
+            return started
         except BaseException:
             self.lease.release()
             raise
@@ -285,12 +290,17 @@ class Run:
         return self.start()
 
     def __exit__(self, et, ev, tb) -> bool:
+        if self._sync is not None:
+            self._sync.stop()
         try:
             if ev is not None:
                 self.fail(ev)
                 if self.staging is not None:
                     try:  # what the failed attempt made, for --resume elsewhere (no marker)
-                        self.staging.push()
+                        if self._sync is not None:
+                            self._sync.sync()  # what changed since the last pass
+                        else:
+                            self.staging.push()
                     except Exception as exc:  # never hide the stage's own error
                         log.warning("%s: could not upload the failed run to %s: %s", self.name, self.staging.uri, exc)
             else:

@@ -18,15 +18,19 @@ from soundtrack.stages.base import command_line, prepare_run_dir
 from soundtrack.stages.data import features_for
 from soundtrack.stages.pretrain import stage_pretrain
 from soundtrack.stages.runs import Run, plot_losses, require_finished
-from soundtrack.storage import check_name, local_root, read_card
+from soundtrack.storage import check_name, fetch_run, read_card, run_location
 
 log = logging.getLogger(__name__)
 
 
 def train_run_dir(cfg: ExperimentConfig, features: Path, pretrain: Path) -> Path:
-    """``<storage>/train/<name>-<hash>``: the hash covers profile, section, data and encoders."""
+    """``<storage>/train/<name>-<hash>``: the hash covers profile, section, data and encoders.
+
+    On an object-store root this is the run's local staging directory
+    (:func:`soundtrack.storage.run_location`); the finished run is published to the store."""
     sec = dataclasses.replace(cfg.train, features=None, pretrain=None)
-    return local_root(cfg.storage, "the train stage") / "train" / run_name(check_name(cfg.name, "experiment name"), cfg.profile, sec, Path(features).name, Path(pretrain).name)
+    return run_location(cfg.storage, "train", run_name(check_name(cfg.name, "experiment name"), cfg.profile, sec,
+                                                       Path(features).name, Path(pretrain).name))
 
 
 def stage_train(cfg: ExperimentConfig, resume: bool = False, force: bool = False) -> Path:
@@ -36,19 +40,23 @@ def stage_train(cfg: ExperimentConfig, resume: bool = False, force: bool = False
         cfg: the experiment (``train`` section; ``pretrain`` section when no pretrain run is given).
         resume: continue an interrupted run (each phase resumes from its last checkpoint).
         force: delete the run and start over.
+
+    Returns:
+        The run directory (on an object-store root: its staging copy, published to
+        ``<storage>/train/<name>`` when the run finishes).
     """
-    local_root(cfg.storage, "the train stage")  # refused before any upstream stage runs
     features = features_for(cfg, cfg.train.features)
-    if cfg.train.pretrain:
-        pretrain = Path(cfg.train.pretrain)
+    if cfg.train.pretrain:  # a directory, or the URI of a published run (downloaded, verified)
+        pretrain = fetch_run(cfg.train.pretrain, what="pretrain run")
         require_finished(pretrain, what="pretrain run")
     else:
         pcfg = dataclasses.replace(cfg, pretrain=dataclasses.replace(cfg.pretrain, features=str(features)))
         pretrain = stage_pretrain(pcfg, resume=True)
     upstream = {"features": features, "pretrain": pretrain}
     if cfg.train.reuse_vae_from:
-        require_finished(cfg.train.reuse_vae_from, what="training run whose VAE and cache are reused")
-        upstream["vae_from"] = Path(cfg.train.reuse_vae_from)
+        vae_from = fetch_run(cfg.train.reuse_vae_from, what="training run whose VAE and cache are reused")
+        require_finished(vae_from, what="training run whose VAE and cache are reused")
+        upstream["vae_from"] = vae_from
     out = train_run_dir(cfg, features, pretrain)
     if prepare_run_dir(out, "train", force, resume):
         return out
@@ -59,7 +67,10 @@ def stage_train(cfg: ExperimentConfig, resume: bool = False, force: bool = False
                         "pretrain": pretrain.name})
     with run:
         with run.timer("train"):
-            summary = run_train(cfg.profile, cfg.train, features, pretrain / "model", out)
+            # the reused run by its local copy (a URI in the config names the same run)
+            run_sec = (dataclasses.replace(cfg.train, reuse_vae_from=str(upstream["vae_from"]))
+                       if "vae_from" in upstream else cfg.train)
+            summary = run_train(cfg.profile, run_sec, features, pretrain / "model", out)
 
         plot_losses(out)
         plot_losses(out, keys=["vae_loss", "vae_recon", "vae_kl"], out="vae_losses.png", metrics_name="vae_metrics.jsonl")
@@ -82,4 +93,6 @@ def experiment_run(yaml_path: str | Path, storage: str | Path) -> tuple[Experime
     cfg = dataclasses.replace(load_config(yaml_path), storage=str(storage))
     run = stage_train(cfg, resume=True)
     up = read_card(run)["upstream"]
-    return cfg, Path(up["features"]["path"]), Path(up["pretrain"]["path"]), run
+    # a staged run records its upstreams by their URIs in the store: their local copies
+    return (cfg, fetch_run(up["features"]["path"], what="featurize run"),
+            fetch_run(up["pretrain"]["path"], what="pretrain run"), run)

@@ -49,7 +49,7 @@ from soundtrack.stages.models import resolve_model_uri
 from soundtrack.stages.registry import has_entry, register
 from soundtrack.stages.runs import Run
 from soundtrack.stages.train import experiment_run
-from soundtrack.storage import RUN_CARD, read_card, write_json_atomic
+from soundtrack.storage import RUN_CARD, fetch_run, is_uri, read_card, run_uri, staged, write_json_atomic
 from soundtrack.tuning.config import TuneConfig, resolve_space, tune_identity, tune_run_dir
 from soundtrack.tuning.report import write_report
 from soundtrack.tuning.space import defaults_point, inert_params, optuna_space
@@ -78,6 +78,8 @@ def resolve_inputs(cfg: TuneConfig) -> dict[str, Any]:
     doc = check_model_dir(model_dir)
     card = doc.get("card") or {}
     features = cfg.features or card.get("features")
+    if features and is_uri(features):  # a published featurize run in an object store: its local copy
+        features = str(fetch_run(features, what="featurize run"))
     if not features or not Path(features).is_dir():
         raise ConfigError(f"tune: no features to score on: set 'features:' to a featurize run (the model's card "
                           f"names {card.get('features')!r}).")
@@ -99,7 +101,7 @@ def resolve_inputs(cfg: TuneConfig) -> dict[str, Any]:
                               f"{rc.get('status')!r}.")
         out["base_run"] = str(run.resolve())
         out["base_train"] = rc["config"]["train"]
-        out["encoders_dir"] = str((Path(rc["upstream"]["pretrain"]["path"]) / "model").resolve())
+        out["encoders_dir"] = str((fetch_run(rc["upstream"]["pretrain"]["path"], what="pretrain run") / "model").resolve())
     return out
 
 
@@ -191,7 +193,7 @@ def stage_tune(cfg: TuneConfig, resume: bool = False, force: bool = False, src: 
            "gen_seed": cfg.gen_seed, "objective": dict(cfg.objective), "keep_wavs": cfg.keep_wavs,
            "torch_threads": cfg.search.torch_threads, "train": dict(cfg.train), "report_metrics": _METRIC_COLUMNS}
     upstream = {"features": inputs["features"]}
-    if (Path(inputs["model_dir"]).parent / "run.json").exists():
+    if (Path(inputs["model_dir"]).parent / RUN_CARD).exists():
         upstream["model_run"] = str(Path(inputs["model_dir"]).parent)
     run = Run(cfg.storage, "tune", run_dir.name, config=to_dict(cfg), upstream=upstream, seed=cfg.search.seed,
               command=command_line(), run_dir=run_dir, identity=tune_identity(cfg))
@@ -274,7 +276,7 @@ def publish(cfg: TuneConfig, run_dir: Path, summary: dict[str, Any]) -> dict[str
     entry = register(cfg.registry_name, trial_model, overrides, {
         "config": {"model": cfg.model, "settings": overrides, "params": best["params"]},
         "metrics": {k: summary.get("comparison", {}).get(k) for k in ("val", "test")},
-        "search": {"run_dir": str(run_dir), "config": to_dict(cfg), "trial_id": best["trial_id"],
+        "search": {"run_dir": run_uri(run_dir), "config": to_dict(cfg), "trial_id": best["trial_id"],
                    "objective": dict(cfg.objective), "space": cfg.search.space,
                    "scheduler": cfg.search.scheduler, "trials": summary.get("trials")},
     }, storage=cfg.storage)
@@ -295,7 +297,12 @@ def _publish_finished(cfg: TuneConfig, run_dir: Path) -> None:
     rec = publish(cfg, run_dir, summary)
     summary["published"] = [p for p in published if p.get("name") != cfg.registry_name] + [rec]
     card["summary"] = summary
+    staging = staged(run_dir)
+    if staging is not None:  # the published run changes: its marker goes first, a new one last
+        staging.unpublish()
     write_json_atomic(run_dir / RUN_CARD, card)
+    if staging is not None:
+        staging.publish()
 
 
 def _plain(v: Any) -> Any:

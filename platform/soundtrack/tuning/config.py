@@ -39,7 +39,7 @@ from soundtrack.config import (
 from soundtrack.errors import GeneratorError
 from soundtrack.eval.scoring import CLIP_METRICS, DIRECTION, SET_METRICS
 from soundtrack.pipelines.knobs import CONDITIONS, KNOBS, check_knob
-from soundtrack.storage import check_name, local_root
+from soundtrack.storage import check_name, run_location
 from soundtrack.tuning.space import sampling_overrides, training_changes
 
 #: Parameter specs: ``float`` (low, high, log), ``int`` (low, high, step), ``categorical`` (choices).
@@ -152,6 +152,10 @@ class TuneConfig:
         train: training-space settings: :class:`soundtrack.config.TrainSection` deltas over
             the base run's own (e.g. ``unet_steps: 150``).
         search: the search settings.
+        tracking: optional tracking of every trial's reports through Ray Tune's logger
+            callbacks: ``{tensorboard: true}`` (``TBXLoggerCallback``: event files in each
+            trial's folder under ``<run>/tune``), ``{mlflow_uri: ..., mlflow_experiment: ...}``
+            (``MLflowLoggerCallback``: one MLflow run per trial); off when empty (infrastructure).
     """
 
     name: str = "tune"
@@ -170,6 +174,7 @@ class TuneConfig:
     final_eval: bool = True
     train: dict[str, Any] = field(default_factory=lambda: {"unet_steps": 150, "num_workers": 0})
     search: SearchSection = field(default_factory=SearchSection)
+    tracking: dict[str, Any] = field(default_factory=dict, metadata=INFRA)
 
     @property
     def registry_name(self) -> str:
@@ -338,8 +343,10 @@ def tune_identity(cfg: TuneConfig) -> dict[str, Any]:
 
 
 def tune_run_dir(cfg: TuneConfig) -> Path:
-    """``<storage>/tune/<name>-<hash of tune_identity>``."""
-    return local_root(cfg.storage, "the tune stage") / "tune" / f"{check_name(cfg.name, 'tune name')}-{config_hash(tune_identity(cfg))}"
+    """``<storage>/tune/<name>-<hash of tune_identity>`` (on an object-store root: the run's
+    local staging directory, :func:`soundtrack.storage.run_location`; Tune's experiment
+    lives there and the finished search is published to the store)."""
+    return run_location(cfg.storage, "tune", f"{check_name(cfg.name, 'tune name')}-{config_hash(tune_identity(cfg))}")
 
 
 def replace(cfg: TuneConfig, **kw: Any) -> TuneConfig:
