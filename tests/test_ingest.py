@@ -107,6 +107,7 @@ BAD = {
     "bad/truncated.mkv": "truncated",
     "bad/no audio.mp4": "no_audio",
     "bad/notes.mp4": "not_video",  # a text file
+    "bad/playlist.mp4": "external_reference",  # an HLS playlist naming main.mp4: never followed
     "bad/sound.mp4": "not_video",  # a WAV file
     "bad/audio only.mp4": "no_video_stream",  # real mp4 holding only AAC
     "bad/empty.mp4": "empty",
@@ -144,6 +145,7 @@ def tree(tmp_path_factory) -> Path:
     _cut_in_half(src / "sub/stereo 44k.mkv", src / "bad/truncated.mkv")
     _make_video(src / "bad/no audio.mp4", 11.0, acodec=None)
     (src / "bad/notes.mp4").write_text("this is a shopping list, not a video\n")
+    (src / "bad/playlist.mp4").write_text(f"#EXTM3U\n#EXTINF:25.0,\n{src / 'main.mp4'}\n#EXT-X-ENDLIST\n")
     sf.write(str(src / "bad/sound.mp4"), np.zeros(16000, np.float32), 16000, format="WAV")
     _make_video(src / "bad/audio only.mp4", 3.0, video=False)
     (src / "bad/empty.mp4").write_bytes(b"")

@@ -65,6 +65,34 @@ def test_two_workers_recover_from_a_dead_worker(features, tmp_path):
     assert ev["summary"]["music"]["retrieval"]["p_at_1"]["n"] == summary["eval"]["n_clips"] > 0
 
 
+def test_a_nan_loss_on_ray_train_stops_the_run_and_keeps_the_last_good_checkpoint(features, tmp_path):
+    """A learning rate of 1e30 makes the weights explode after the first step: the worker
+    stops at the first non-finite loss with the solver's error (named, not retried: a
+    restart would only repeat it), and the checkpoint of the last finite step stays."""
+    from soundtrack.distributed.cluster import init_ray
+    from soundtrack.distributed.train_pretrain import run_pretrain
+    from soundtrack.errors import TrainingError
+
+    ray = init_ray(num_cpus=2)
+    try:
+        sec = PretrainSection(model=TINY_MODEL, batch_size=2, steps=6, warmup_steps=0, lr=1e30, checkpoint_every=1,
+                              log_every=1, num_workers=1, cpus_per_worker=0.5, max_failures=2, eval_split="train")
+        with pytest.raises(TrainingError, match=r"the loss is (nan|inf|-inf) at step (\d+).*last good checkpoint "
+                                                r"\(step (\d+)\) is kept") as err:
+            run_pretrain("tiny", sec, features, tmp_path / "run")
+    finally:
+        ray.shutdown()
+    import re
+
+    bad, kept = map(int, re.search(r"at step (\d+).*\(step (\d+)\)", str(err.value)).groups())
+    assert kept == bad - 1 >= 1
+    starts = [json.loads(ln) for ln in (tmp_path / "run" / "starts.jsonl").read_text().splitlines()]
+    assert len(starts) == 1  # stopped, not restarted into the same error (max_failures=2 notwithstanding)
+    states = [json.loads(p.read_text()) for p in (tmp_path / "run" / "ray").glob("checkpoint_*/trainer_state.json")]
+    assert max(s["step"] for s in states) == kept  # the last good checkpoint is there, nothing after it
+    assert json.loads((tmp_path / "run" / "training_error.json").read_text())["rank"] == 0
+
+
 def _read_or_empty(store, rel: str) -> str:
     try:
         return store.read_bytes(rel).decode()

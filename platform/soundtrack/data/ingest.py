@@ -53,6 +53,7 @@ log = logging.getLogger(__name__)
 QUARANTINE_REASONS: dict[str, str] = {
     "empty": "the file has 0 bytes",
     "not_video": "the file is not a video container (text, audio-only format, ...)",
+    "external_reference": "a playlist, concat script or manifest naming other files or URLs (never followed)",
     "no_video_stream": "a media container without a video stream",
     "truncated": "the file ends before its header says it does, or its data cannot be decoded",
     "unreadable": "the file or one of its streams cannot be opened or decoded",
@@ -409,6 +410,17 @@ def _probe(path: Path) -> media.MediaInfo:
     Raises:
         _Reject: the reason and message for the quarantine table.
     """
+    # A playlist or concat script names other files or URLs, which the decoders would
+    # follow (decord reads the mp4 an #EXTM3U file names): refused before libav opens it.
+    try:
+        sniffed = media.sniff(path)
+    except media.MediaError as exc:
+        raise _Reject(exc.reason, exc.message) from exc
+    except OSError as exc:
+        raise _Reject("unreadable", f"{path} could not be read ({exc}); check the file.") from exc
+    if sniffed.category == "references":
+        raise _Reject("external_reference", f"{path} is {sniffed.description}, which names other files or URLs; "
+                                            "give the video files themselves.")
     try:
         return media.probe(path)
     except media.MediaError as exc:

@@ -917,3 +917,417 @@ def _chain(first: np.ndarray, rest: Iterator[np.ndarray]) -> Iterator[np.ndarray
     yield first
     yield from rest
 
+
+
+# ----------------------------------------------------------------------------- untrusted files (no decoding)
+#
+# A file from outside (an HTTP upload) is looked at in three steps that decode nothing:
+# :func:`sniff` names the format from its first bytes (before libavformat sees the file:
+# its probing would follow an HLS playlist or a concat script to other files and URLs),
+# :func:`iso_bmff_scan` lists what an mp4/mov points to outside itself (and the samples
+# its tables declare), and
+# :func:`count_packets` demuxes every packet (no decoding) to learn what the container really
+# holds: streams, codecs, picture sizes, packet counts and timestamps. The caller (the
+# serving ingress) decides on those facts before any frame is decoded.
+
+#: Bytes read by :func:`sniff` (enough for an ``ftyp`` box, two MPEG-TS packets, a text line).
+SNIFF_BYTES = 4096
+
+
+@dataclass(frozen=True)
+class Sniffed:
+    """What a file's first bytes say it is (see :func:`sniff`).
+
+    Attributes:
+        kind: short format name (``mp4``, ``matroska``, ``mpegts``, ``avi``, ``ogg``, ``flv``,
+            ``png``, ``wav``, ``hls``, ``text``, ``empty``, ``unknown``, ...).
+        category: ``video_container`` (a container that may hold video), ``image``,
+            ``audio``, ``references`` (a playlist, concat script, session description or
+            manifest that names other files or URLs), ``text``, ``empty`` or ``unknown``.
+        demuxer: the libavformat demuxer that reads a ``video_container`` (to open it with
+            that demuxer and no other), else ``None``.
+        description: human words for messages (``"an HLS playlist (#EXTM3U)"``).
+    """
+
+    kind: str
+    category: str
+    demuxer: str | None
+    description: str
+
+
+# ISO base media (mp4, mov, 3gp, m4v): the box types a file may start with.
+_ISO_FIRST_BOXES = (b"ftyp", b"moov", b"mdat", b"free", b"skip", b"wide", b"pnot", b"styp", b"sidx")
+# ftyp brands of still-image files in the same box format (HEIF, AVIF).
+_ISO_IMAGE_BRANDS = (b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1", b"avif", b"avis")
+# Formats whose text names other resources; libavformat's probing would open them.
+_REFERENCE_PREFIXES = (
+    (b"#EXTM3U", "hls", "an HLS playlist (#EXTM3U)"),
+    (b"ffconcat", "concat", "an ffconcat script"),
+    (b"v=0", "sdp", "an SDP session description"),
+    (b"[playlist]", "pls", "a PLS playlist"),
+    (b"<?xml", "xml", "an XML document (a DASH manifest or a playlist)"),
+    (b"<MPD", "dash", "a DASH manifest"),
+    (b"<smil", "smil", "a SMIL playlist"),
+    (b"#EXT", "hls", "an extended M3U playlist"),
+)
+# (magic at offset 0, kind, category, demuxer, description); RIFF and ftyp are handled apart.
+_MAGIC = (
+    (b"\x1aE\xdf\xa3", "matroska", "video_container", "matroska", "a Matroska / WebM container"),
+    (b"OggS", "ogg", "video_container", "ogg", "an Ogg container"),
+    (b"FLV\x01", "flv", "video_container", "flv", "a Flash video (FLV) container"),
+    (b"0&\xb2u\x8ef\xcf\x11", "asf", "video_container", "asf", "an ASF / WMV container"),
+    (b"\x00\x00\x01\xba", "mpeg", "video_container", "mpeg", "an MPEG program stream"),
+    (b"\x00\x00\x01\xb3", "mpegvideo", "video_container", "mpegvideo", "a raw MPEG video elementary stream"),
+    (b"\x00\x00\x00\x01", "h264_annexb", "video_container", "h264", "a raw H.264/H.265 elementary stream"),
+    (b"\x89PNG", "png", "image", None, "a PNG image"),
+    (b"\xff\xd8\xff", "jpeg", "image", None, "a JPEG image"),
+    (b"GIF8", "gif", "image", None, "a GIF image"),
+    (b"BM", "bmp", "image", None, "a BMP image"),
+    (b"II*\x00", "tiff", "image", None, "a TIFF image"),
+    (b"MM\x00*", "tiff", "image", None, "a TIFF image"),
+    (b"ID3", "mp3", "audio", None, "an MP3 audio file"),
+    (b"fLaC", "flac", "audio", None, "a FLAC audio file"),
+    (b"caff", "caf", "audio", None, "a Core Audio (CAF) file"),
+    (b"#!AMR", "amr", "audio", None, "an AMR audio file"),
+    (b"MThd", "midi", "audio", None, "a MIDI file"),
+    (b".snd", "au", "audio", None, "an AU audio file"),
+)
+
+
+def _looks_like_text(head: bytes) -> bool:
+    """Whether ``head`` is text (UTF-8 with no control bytes besides tab and line ends).
+
+    Args:
+        head: a file's first bytes.
+    """
+    try:
+        s = head.decode("utf-8")
+    except UnicodeDecodeError:  # maybe cut in a multi-byte character at the end
+        try:
+            s = head[:-3].decode("utf-8")
+        except UnicodeDecodeError:
+            return False
+    return all(c.isprintable() or c in "\t\r\n\f" for c in s)
+
+
+def sniff(path: str | os.PathLike) -> Sniffed:
+    """Names a file's format from its first :data:`SNIFF_BYTES` bytes, without libavformat.
+
+    Args:
+        path: the file.
+
+    Returns:
+        a :class:`Sniffed`.
+
+    Raises:
+        MediaError: ``missing`` when the file does not exist.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise MediaError("missing", f"{p} does not exist; check the path.")
+    with open(p, "rb") as f:
+        head = f.read(SNIFF_BYTES)
+    if not head:
+        return Sniffed("empty", "empty", None, "an empty file (0 bytes)")
+    text = head.lstrip(b"\xef\xbb\xbf \t\r\n")  # a UTF-8 byte-order mark or blank lines before a playlist
+    for prefix, kind, what in _REFERENCE_PREFIXES:
+        if text[: len(prefix)].upper() == prefix.upper():
+            return Sniffed(kind, "references", None, what)
+    if len(head) >= 12 and head[4:8] in _ISO_FIRST_BOXES:
+        brand = head[8:12] if head[4:8] == b"ftyp" else b""
+        if brand in _ISO_IMAGE_BRANDS:
+            return Sniffed("heif", "image", None, f"a HEIF/AVIF image (brand {brand.decode('latin-1')!r})")
+        return Sniffed("mp4", "video_container", "mov", "an MP4 / QuickTime container")
+    if head[:4] == b"RIFF" and len(head) >= 12:
+        sub = head[8:12]
+        if sub == b"AVI ":
+            return Sniffed("avi", "video_container", "avi", "an AVI container")
+        if sub == b"WAVE":
+            return Sniffed("wav", "audio", None, "a WAV audio file")
+        if sub == b"WEBP":
+            return Sniffed("webp", "image", None, "a WebP image")
+        return Sniffed("riff", "unknown", None, f"a RIFF file of type {sub.decode('latin-1')!r}")
+    # MPEG-TS: 188-byte packets starting with the sync byte 0x47; M2TS (Blu-ray): 192-byte
+    # packets (a 4-byte time code before each TS packet)
+    if head[0] == 0x47 and (len(head) <= 188 or head[188] == 0x47):
+        return Sniffed("mpegts", "video_container", "mpegts", "an MPEG transport stream")
+    if len(head) > 196 and head[4] == 0x47 and head[196] == 0x47:
+        return Sniffed("mpegts", "video_container", "mpegts", "an MPEG transport stream (M2TS)")
+    for magic, kind, category, demuxer, what in _MAGIC:
+        if head.startswith(magic):
+            return Sniffed(kind, category, demuxer, what)
+    if head[:2] in (b"\xff\xfb", b"\xff\xf3", b"\xff\xf2", b"\xff\xf1", b"\xff\xf9"):  # MPEG audio / ADTS AAC frame sync
+        return Sniffed("mpeg_audio", "audio", None, "a raw MP3 / AAC audio stream")
+    if _looks_like_text(head):
+        if b"://" in head:  # a list of URLs is a playlist to libavformat's probes
+            return Sniffed("url_list", "references", None, "text naming URLs")
+        return Sniffed("text", "text", None, "a text file")
+    return Sniffed("unknown", "unknown", None, f"unrecognised bytes (starting {head[:8].hex(' ')})")
+
+
+# Boxes of an mp4/mov on the way to the data references (moov > trak > mdia > minf > dinf > dref)
+# and to the sample tables (... > minf > stbl > stsz / stz2; fragments: moof > traf > trun).
+_ISO_CONTAINER_BOXES = (b"moov", b"trak", b"mdia", b"minf", b"dinf", b"stbl", b"moof", b"traf")
+
+
+@dataclass(frozen=True)
+class IsoScan:
+    """What :func:`iso_bmff_scan` read from an mp4 / mov box structure.
+
+    Attributes:
+        references: one description per reference to data outside the file (empty for a
+            self-contained file).
+        declared_samples: samples the sample tables and fragments declare, all tracks
+            (libavformat allocates an index entry for each when it opens the file).
+    """
+
+    references: tuple[str, ...] = ()
+    declared_samples: int = 0
+
+
+def _iso_boxes(buf: bytes, start: int, end: int) -> Iterator[tuple[bytes, int, int]]:
+    """``(type, payload start, box end)`` of the boxes in ``buf[start:end]`` (clamped to ``end``).
+
+    Args:
+        buf: bytes holding the boxes.
+        start: where the first box header starts.
+        end: where the enclosing box (or the buffer) ends.
+    """
+    pos = start
+    while pos + 8 <= end:
+        size = int.from_bytes(buf[pos : pos + 4], "big")
+        typ = bytes(buf[pos + 4 : pos + 8])
+        header = 8
+        if size == 1 and pos + 16 <= end:  # 64-bit size follows the type
+            size, header = int.from_bytes(buf[pos + 8 : pos + 16], "big"), 16
+        elif size == 0:  # the box runs to the end of its parent
+            size = end - pos
+        if size < header:  # malformed: stop (libavformat will say what it makes of it)
+            return
+        yield typ, pos + header, min(pos + size, end)
+        pos += size
+
+
+def _dref_entries(buf: bytes, start: int, end: int) -> Iterator[str]:
+    """The external entries of one ``dref`` box (entries without the self-contained flag).
+
+    Args:
+        buf: bytes holding the box.
+        start: its payload start.
+        end: its end.
+    """
+    for typ, body, stop in _iso_boxes(buf, start + 8, end):  # version/flags (4 B), entry count (4 B)
+        flags = int.from_bytes(buf[body + 1 : body + 4], "big") if body + 4 <= stop else 0
+        if typ in (b"url ", b"urn ") and flags & 1:  # 0x000001: the media data is in this file
+            continue
+        location = bytes(buf[body + 4 : stop]).split(b"\0")[0].decode("utf-8", "replace")[:120]
+        yield f"data reference {typ.decode('latin-1')!r}" + (f" to {location!r}" if location else "")
+
+
+def _u32(buf: bytes, pos: int, end: int) -> int:
+    """The big-endian 32-bit number at ``pos`` (0 past ``end``).
+
+    Args:
+        buf: the bytes.
+        pos: its offset.
+        end: the end of the box it belongs to.
+    """
+    return int.from_bytes(buf[pos : pos + 4], "big") if pos + 4 <= end else 0
+
+
+def _iso_walk(buf: bytes, start: int, end: int, refs: list[str]) -> int:
+    """Collects the references into ``refs`` and returns the declared samples of ``buf[start:end]``.
+
+    Args:
+        buf: bytes holding the boxes.
+        start: where the first box header starts.
+        end: where the enclosing box ends.
+        refs: list the reference descriptions are appended to.
+    """
+    samples = 0
+    for typ, body, stop in _iso_boxes(buf, start, end):
+        if typ == b"rmra":
+            refs.append("a reference movie (rmra) naming other movies")
+        elif typ == b"cmov":
+            refs.append("a compressed movie header (cmov)")
+        elif typ == b"dref":
+            refs.extend(_dref_entries(buf, body, stop))
+        elif typ == b"stsz":  # version/flags, default sample size, sample count
+            samples += _u32(buf, body + 8, stop)
+        elif typ in (b"stz2", b"trun"):  # stz2: version/flags, field size, count; trun: version/flags, count
+            samples += _u32(buf, body + (8 if typ == b"stz2" else 4), stop)
+        elif typ in _ISO_CONTAINER_BOXES:
+            samples += _iso_walk(buf, body, stop, refs)
+    return samples
+
+
+def iso_bmff_scan(path: str | os.PathLike) -> IsoScan:
+    """Reads an mp4 / mov box structure (``moov`` and ``moof`` boxes) without libavformat.
+
+    Finds data references (``dref`` entries without the self-contained flag: a track whose
+    samples live in another file or at a URL), reference movies (``rmra``) and compressed
+    movie headers (``cmov``: their inside cannot be checked without inflating them), and
+    sums the samples the tables declare. libavformat does not follow data references by
+    default (``enable_drefs``), but a file that has them is not a self-contained upload; and
+    it allocates an index entry per declared sample when it opens the file, so a few bytes of
+    ``stsz`` can claim millions of samples: the caller compares the count with its limit first.
+
+    Args:
+        path: the file (any format: a file that is not ISO base media gives an empty scan).
+
+    Returns:
+        an :class:`IsoScan`.
+    """
+    refs: list[str] = []
+    samples = 0
+    size = Path(path).stat().st_size
+    with open(path, "rb") as f:
+        pos = 0
+        while pos + 8 <= size:  # top-level boxes, skipped by seeking (mdat can be most of the file)
+            f.seek(pos)
+            head = f.read(16)
+            if len(head) < 8:
+                break
+            box, typ, header = int.from_bytes(head[:4], "big"), head[4:8], 8
+            if box == 1 and len(head) == 16:
+                box, header = int.from_bytes(head[8:16], "big"), 16
+            elif box == 0:
+                box = size - pos
+            if box < header:
+                break
+            if typ in (b"moov", b"moof"):
+                f.seek(pos)
+                buf = f.read(min(box, size - pos))  # at most the file: the upload limit bounds it
+                samples += _iso_walk(buf, header, len(buf), refs) if typ == b"moov" else \
+                    _iso_walk(buf, 0, len(buf), refs)
+            pos += box
+    return IsoScan(tuple(refs), samples)
+
+
+@dataclass(frozen=True)
+class StreamCount:
+    """One stream of :func:`count_packets`.
+
+    Attributes:
+        index: the stream's index in the container.
+        type: ``video``, ``audio``, ``subtitle``, ``data`` or ``attachment``.
+        codec: the codec name (``h264``, ``aac``; ``none`` when the container names none).
+        width: picture width from the codec parameters (px; 0 for other streams or unknown).
+        height: picture height (px; 0 likewise).
+        packets: non-empty packets demuxed.
+        first_s: earliest packet timestamp (presentation, else decode time; s from 0 in
+            stream time); ``None`` when no packet had one.
+        end_s: latest packet timestamp plus its duration (s from 0); ``None`` likewise.
+    """
+
+    index: int
+    type: str
+    codec: str
+    width: int
+    height: int
+    packets: int
+    first_s: float | None
+    end_s: float | None
+
+
+@dataclass(frozen=True)
+class PacketCount:
+    """What :func:`count_packets` found in a container.
+
+    Attributes:
+        container: libavformat's demuxer name (``mov,mp4,m4a,3gp,3g2,mj2``, ``matroska,webm``).
+        streams: per stream, in container order.
+        packets: non-empty packets demuxed, all streams.
+        complete: False when counting stopped at ``max_packets`` (the file holds more).
+        read_error: the demuxer's error when the file ends in damage (counted up to it).
+    """
+
+    container: str
+    streams: tuple[StreamCount, ...]
+    packets: int
+    complete: bool
+    read_error: str | None = None
+
+
+def _codec_name(stream) -> str:
+    """A stream's codec name (``av1``, ``mp3``: the codec's, not its decoder's ``libdav1d``, ``mp3float``).
+
+    Args:
+        stream: a PyAV stream.
+    """
+    cc = stream.codec_context
+    if cc is None:  # data and attachment streams have no codec context
+        return "none"
+    try:
+        codec = cc.codec
+        name = codec.canonical_name if codec is not None else None
+    except Exception:  # no decoder for the codec id: PyAV raises instead of returning None
+        name = None
+    return str(name or cc.name or "none")
+
+
+def count_packets(path: str | os.PathLike, demuxer: str | None = None, max_packets: int | None = None) -> PacketCount:
+    """Demuxes a container without decoding: its streams, codecs, picture sizes and packets.
+
+    What a container declares (its duration, a frame count) can be anything; this counts
+    what it holds. Nested resources are refused: the file is opened with libavformat's
+    ``protocol_whitelist`` set to ``file`` (no network protocol for anything the demuxer
+    opens) and, for mp4/mov, external data references off (``enable_drefs=0``).
+
+    Args:
+        path: the file.
+        demuxer: the libavformat demuxer to read it with (e.g. ``mov``, ``matroska``, from
+            :func:`sniff`) instead of letting libavformat probe the format.
+        max_packets: stop after this many non-empty packets (``complete`` is then False).
+
+    Returns:
+        a :class:`PacketCount`.
+
+    Raises:
+        MediaError: ``missing``, ``empty``, or ``not_video`` when the demuxer cannot open it.
+    """
+    p = _check_file(path)
+    options = {"protocol_whitelist": "file"}
+    if demuxer == "mov":
+        options["enable_drefs"] = "0"
+    try:
+        c = av.open(p, format=demuxer, options=options)
+    except Exception as exc:  # PyAV raises several InvalidDataError subclasses, ValueError for a bad format
+        raise MediaError("not_video", f"{p} is not a readable {demuxer or 'media'} container "
+                                      f"({type(exc).__name__}: {exc}).") from exc
+    with c:
+        streams = list(c.streams)
+        n = len(streams)
+        counts, firsts, ends = [0] * n, [None] * n, [None] * n
+        tbs = [float(s.time_base) if s.time_base else 0.0 for s in streams]  # s per tick, per stream
+        total, complete, read_error = 0, True, None
+        try:
+            for pkt in c.demux():
+                if not pkt.size:  # the empty packets that end each stream
+                    continue
+                i = pkt.stream.index
+                if i >= n:  # a stream that appeared while demuxing (mpegts can add them): not counted
+                    continue
+                counts[i] += 1
+                total += 1
+                ts = pkt.pts if pkt.pts is not None else pkt.dts
+                if ts is not None and tbs[i]:
+                    t = ts * tbs[i]
+                    end = t + (pkt.duration or 0) * tbs[i]
+                    firsts[i] = t if firsts[i] is None else min(firsts[i], t)
+                    ends[i] = end if ends[i] is None else max(ends[i], end)
+                if max_packets is not None and total >= max_packets:
+                    complete = False
+                    break
+        except av.error.FFmpegError as exc:  # damage: what came before it is counted
+            read_error = f"{type(exc).__name__}: {exc}"
+        out = []
+        for s in streams:
+            cc = s.codec_context
+            is_video = s.type == "video" and cc is not None
+            out.append(StreamCount(
+                index=int(s.index), type=str(s.type), codec=_codec_name(s),
+                width=int(cc.width or 0) if is_video else 0, height=int(cc.height or 0) if is_video else 0,
+                packets=counts[s.index], first_s=firsts[s.index], end_s=ends[s.index]))
+        return PacketCount(container=str(c.format.name), streams=tuple(out), packets=total, complete=complete,
+                           read_error=read_error)

@@ -1,9 +1,22 @@
-"""The HTTP ingress (FastAPI): limits, upload streaming, decoding, encoding; never imports torch."""
+"""The HTTP ingress (FastAPI): limits, upload streaming, decoding, encoding; never imports torch.
+
+Before a request reaches a route, :class:`~soundtrack.serving.guard.RequestGuard` checks its
+``Host`` (421 / 400), the ``Origin`` of a post (403) and, when configured, its API key (401)
+and quota (429). ``POST /v1/soundtrack`` then refuses, before reading the body, a declared
+length over ``max_upload_bytes`` (413), more than ``max_pending`` requests in flight or
+uploads in flight over ``max_inflight_upload_bytes`` (503 + ``Retry-After``); while reading,
+a body over the limit (413) or slower than ``min_upload_bytes_per_s`` after
+``upload_grace_s`` (408); before decoding, a file that is not an allowed container and
+codecs, or refers to other files (415), or whose packets exceed the limits (422, see
+:func:`~soundtrack.serving.guard.inspect_upload`). A file that passes and still fails to
+decode gets 422: no input answers 500.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import io
+import logging
 import math
 import tempfile
 import time
@@ -19,8 +32,15 @@ from ray.serve.exceptions import BackPressureError
 from starlette.requests import ClientDisconnect
 
 from soundtrack.data import media
+from soundtrack.serving.guard import (
+    GuardError,
+    InflightBudget,
+    RequestGuard,
+    inspect_upload,
+    public_model_info,
+    public_uri,
+)
 from soundtrack.serving.limits import (
-    _IMAGE_CONTAINERS,
     INGRESS_NAME,
     VIDEO_FIELD,
     ServeLimits,
@@ -34,33 +54,57 @@ from soundtrack.serving.options import (
 )
 from soundtrack.serving.upload import UploadError, multipart_boundary, read_multipart
 
+log = logging.getLogger(__name__)
+
 
 def _error(status: int, code: str, message: str, field: str | None = None, limit=None,
-           headers: dict | None = None):
-    return JSONResponse({"error": code, "message": message, "field": field, "limit": limit}, status_code=status,
-                        headers=headers)
+           headers: dict | None = None, **extra: Any):
+    """A JSON error answer ``{"error", "message", "field", "limit", **extra}``.
+
+    Args:
+        status: HTTP status code.
+        code: machine-readable error name.
+        message: what is wrong and what to do.
+        field: the form field at fault.
+        limit: the limit exceeded.
+        headers: response headers (``Retry-After``).
+        **extra: more keys of the body (``found``, ``allowed``).
+    """
+    return JSONResponse({"error": code, "message": message, "field": field, "limit": limit, **extra},
+                        status_code=status, headers=headers)
+
+
+def _upload_error(exc: UploadError) -> JSONResponse:
+    """The JSON answer of a refusal (with ``found`` / ``allowed`` for a :class:`GuardError`).
+
+    Args:
+        exc: the refusal.
+    """
+    extra = {"found": exc.found, "allowed": exc.allowed} if isinstance(exc, GuardError) else {}
+    return _error(exc.status, exc.code, exc.message, exc.field, exc.limit, **extra)
 
 
 def _decode(path: Path, info: Mapping[str, Any], limits: ServeLimits, want_mp4: bool) -> np.ndarray:
-    """Probes and decodes an uploaded file at the model's frame size and rate (raises UploadError)."""
-    try:
-        probe = media.probe(path, check_vfr=False)
-    except media.MediaError as exc:
-        what = "an empty file" if exc.reason == "empty" else "not a video container"
-        raise UploadError(415, "not_a_video", f"the upload is {what}; send a video file (mp4, mkv, webm, mov)",
-                          field=VIDEO_FIELD) from None
-    if not probe.has_video:
-        raise UploadError(415, "not_a_video", "the upload has no video stream (an audio-only file?); send a video",
-                          field=VIDEO_FIELD)
-    if probe.container in _IMAGE_CONTAINERS or any(probe.container.startswith(c + ",") for c in _IMAGE_CONTAINERS):
-        raise UploadError(415, "not_a_video", f"the upload is a still image ({probe.container}), not a video",
-                          field=VIDEO_FIELD)
-    if probe.duration_s > limits.max_duration_s:
-        raise UploadError(422, "video_too_long", f"the video lasts {probe.duration_s:.2f} s, longer than the limit "
-                          f"of {limits.max_duration_s:g} s; cut it", field=VIDEO_FIELD, limit=limits.max_duration_s)
+    """Judges an uploaded file without decoding (:func:`inspect_upload`), then decodes it at the
+    model's frame size and rate.
+
+    Args:
+        path: the uploaded file (server side: never named in an answer).
+        info: the generator's description (``fps``, ``frame_size``).
+        limits: the service's limits.
+        want_mp4: the client asked for ``output=mp4`` (the source is decoded again to mux).
+
+    Returns:
+        uint8 ``(T, frame_size, frame_size, 3)`` frames at the model's rate.
+
+    Raises:
+        UploadError: 415 / 422 from :func:`inspect_upload`; 422 when ``output=mp4`` would
+            decode more than ``max_mux_bytes`` or when the frames do not decode.
+    """
+    facts = inspect_upload(path, limits)  # GuardError (an UploadError) before any frame is decoded
     if want_mp4:
-        fps = probe.fps if probe.fps > 0 else float(info["fps"])
-        decoded = math.ceil(probe.duration_s * fps) * probe.width * probe.height * 3
+        # mux_audio decodes every source frame at the source size: frames x width x height x 3 bytes
+        decoded = facts.frames * facts.width * facts.height * 3
         if decoded > limits.max_mux_bytes:
             raise UploadError(422, "video_too_large_to_mux", f"re-encoding this video would decode {decoded} bytes "
                               f"of frames, over the limit of {limits.max_mux_bytes}; ask for output=wav",
@@ -71,10 +115,14 @@ def _decode(path: Path, info: Mapping[str, Any], limits: ServeLimits, want_mp4: 
     except media.MediaError as exc:  # the message names the server's temp file: keep only the reason
         raise UploadError(422, "no_frames", f"the video stream has no decodable frames ({exc.reason}); send a "
                           "video with frames", field=VIDEO_FIELD) from None
+    except Exception as exc:  # any decoder failure on a client's bytes is the client's input, not a server fault
+        log.warning("decoding an upload (%s, %s) failed: %s", facts.container, facts.video_codec, exc, exc_info=True)
+        raise UploadError(422, "undecodable_video", f"the {facts.video_codec} video could not be decoded; re-encode "
+                          "it (e.g. H.264 in mp4)", field=VIDEO_FIELD) from None
     if len(frames) == 0:
         raise UploadError(422, "no_frames", "the video has no frames", field=VIDEO_FIELD)
     seconds = len(frames) / float(info["fps"])
-    if seconds > limits.max_duration_s + 1.0 / float(info["fps"]):
+    if seconds > limits.max_duration_s + 1.0 / float(info["fps"]):  # what the decoder made (a late start adds)
         raise UploadError(422, "video_too_long", f"the video lasts {seconds:.2f} s, longer than the limit of "
                           f"{limits.max_duration_s:g} s; cut it", field=VIDEO_FIELD, limit=limits.max_duration_s)
     return frames
@@ -96,7 +144,7 @@ class SoundtrackService:
 
     Args:
         generator: handle of the generator deployment.
-        model_uri: the model URI served (reported by the health endpoint).
+        model_uri: the model URI served (reported by the health endpoint, without its path).
         limits: the service's limits.
     """
 
@@ -106,87 +154,131 @@ class SoundtrackService:
         self.limits = limits
         self.pending = 0
         self.served = 0
+        self.budget = InflightBudget(limits.max_inflight_upload_bytes)
         self._info: dict | None = None
+        self._public_info: dict | None = None
 
     async def model_info(self) -> dict:
-        """The generator's :meth:`GeneratorDeployment.info`, fetched once."""
+        """The generator's :meth:`GeneratorDeployment.info`, fetched once (server side only: it
+        holds paths; clients get :meth:`public_model_info`)."""
         if self._info is None:
             self._info = await self.generator.info.remote()
         return self._info
+
+    async def public_model_info(self) -> dict:
+        """``GET /v1/model``: :meth:`model_info` without paths, hosts, commands or credentials."""
+        if self._public_info is None:
+            self._public_info = public_model_info(await self.model_info())
+        return self._public_info
+
+    @property
+    def public_model_uri(self) -> str:
+        """The model URI as clients see it (:func:`~soundtrack.serving.guard.public_uri`)."""
+        return public_uri(self.model_uri)
 
     def retry_headers(self, seconds: float | None = None) -> dict[str, str]:
         """A ``Retry-After`` header (whole seconds, rounded up)."""
         return {"Retry-After": str(max(1, math.ceil(seconds if seconds is not None else self.limits.retry_after_s)))}
 
     async def soundtrack(self, request: Request) -> Any:
-        """Handles ``POST /v1/soundtrack`` (see the module docstring for the statuses)."""
+        """Handles ``POST /v1/soundtrack`` (see the module docstring for the statuses).
+
+        Args:
+            request: the HTTP request.
+        """
         lim = self.limits
         try:
             boundary = multipart_boundary(request.headers.get("content-type"))
             declared = request.headers.get("content-length")
+            n = None
             if declared is not None:
                 try:
                     n = int(declared)
                 except ValueError:
                     raise UploadError(400, "bad_content_length", f"Content-Length {declared!r} is not a number") \
                         from None
+                if n < 0:
+                    raise UploadError(400, "bad_content_length", f"Content-Length {declared!r} is negative")
                 if n > lim.max_upload_bytes:  # refused before a byte of the body is read
                     raise UploadError(413, "upload_too_large", f"the upload declares {n} bytes, over the limit of "
                                       f"{lim.max_upload_bytes} bytes; send a shorter or smaller video",
                                       limit=lim.max_upload_bytes)
         except UploadError as exc:
-            return _error(exc.status, exc.code, exc.message, exc.field, exc.limit)
+            return _upload_error(exc)
         if self.pending >= lim.max_pending:
             return _error(503, "busy", f"{self.pending} requests are in progress (limit {lim.max_pending}); retry "
                           "later", limit=lim.max_pending, headers=self.retry_headers())
+        # What this body may write to disk: its declared length, or the most a chunked one may send.
+        reserve = n if n is not None else lim.max_upload_bytes
+        if not self.budget.try_reserve(reserve):
+            return _error(503, "busy", f"uploads in flight hold {self.budget.used} of the {self.budget.limit} bytes "
+                          f"this service buffers; this one needs {reserve}; retry later",
+                          limit=lim.max_inflight_upload_bytes, headers=self.retry_headers())
         self.pending += 1
-        t0 = time.perf_counter()
         try:
-            with tempfile.TemporaryDirectory(prefix="soundtrack-upload-") as tmp:
-                tmpdir = Path(tmp)
-                try:
-                    upload = await read_multipart(
-                        request.stream(), boundary, tmpdir / "upload", max_bytes=lim.max_upload_bytes,
-                        file_field=VIDEO_FIELD, allowed_fields=set(SoundtrackOptions.model_fields),
-                        max_field_bytes=lim.max_field_bytes, max_parts=len(SoundtrackOptions.model_fields) + 1)
-                    if upload.file_path is None:
-                        raise UploadError(422, "missing_field", f"the form has no {VIDEO_FIELD!r} file part",
-                                          field=VIDEO_FIELD)
-                    info = await self.model_info()
-                    opts = parse_options(upload.fields, lim, info)
-                    frames = await asyncio.to_thread(_decode, upload.file_path, info, lim, opts.output == "mp4")
-                    job = GenerationJob(frames=frames, seed=opts.seed, caption=opts.prompt,
-                                        overrides=opts.overrides())
-                    out: GenerationOutput = await self.generator.generate.remote(job)
-                except UploadError as exc:
-                    return _error(exc.status, exc.code, exc.message, exc.field, exc.limit)
-                except ClientDisconnect:
-                    return _error(400, "client_disconnected", "the client closed the connection during the upload")
-                except BackPressureError as exc:  # Serve's max_queued_requests of the generator
-                    return _error(503, "busy", f"the generator's queue is full ({exc}); retry later",
-                                  headers=self.retry_headers(getattr(exc, "retry_after_s", None)))
-                if out.error is not None:
-                    return _error(422, "invalid_option", out.error)
-                headers = {
-                    "X-Soundtrack-Model": self.model_uri.encode("ascii", "backslashreplace").decode(),
-                    "X-Soundtrack-Seed": str(opts.seed),
-                    "X-Soundtrack-Batch-Size": str(out.batch_size),
-                    "X-Soundtrack-Generate-Seconds": f"{out.seconds:.3f}",
-                    "X-Soundtrack-Seconds": f"{time.perf_counter() - t0:.3f}",
-                }
-                stem = Path(upload.filename or "video").stem or "video"
-                stem = "".join(c if (c.isascii() and c.isalnum()) or c in "-_." else "_" for c in stem)[:64]
-                if opts.output == "wav":
-                    body = await asyncio.to_thread(_wav_bytes, out.wav, out.sr)
-                    media_type, name = "audio/wav", f"{stem}.soundtrack.wav"
-                else:
-                    body = await asyncio.to_thread(_mp4_bytes, upload.file_path, out.wav, out.sr, tmpdir / "out.mp4")
-                    media_type, name = "video/mp4", f"{stem}.soundtrack.mp4"
-                headers["Content-Disposition"] = f'attachment; filename="{name}"'
-                self.served += 1
-                return Response(content=body, media_type=media_type, headers=headers)
+            return await self._soundtrack(request, boundary)
         finally:
             self.pending -= 1
+            self.budget.release(reserve)
+
+    async def _soundtrack(self, request: Request, boundary: bytes) -> Any:
+        """The body of :meth:`soundtrack` once the request holds its place (pending, budget).
+
+        Args:
+            request: the HTTP request (its body not read yet).
+            boundary: its multipart boundary.
+        """
+        lim = self.limits
+        t0 = time.perf_counter()
+        with tempfile.TemporaryDirectory(prefix="soundtrack-upload-") as tmp:
+            tmpdir = Path(tmp)
+            try:
+                upload = await read_multipart(
+                    request.stream(), boundary, tmpdir / "upload", max_bytes=lim.max_upload_bytes,
+                    file_field=VIDEO_FIELD, allowed_fields=set(SoundtrackOptions.model_fields),
+                    max_field_bytes=lim.max_field_bytes, max_parts=len(SoundtrackOptions.model_fields) + 1,
+                    min_bytes_per_s=lim.min_upload_bytes_per_s, grace_s=lim.upload_grace_s)
+                if upload.file_path is None:
+                    raise UploadError(422, "missing_field", f"the form has no {VIDEO_FIELD!r} file part",
+                                      field=VIDEO_FIELD)
+                info = await self.model_info()
+                opts = parse_options(upload.fields, lim, info)
+                frames = await asyncio.to_thread(_decode, upload.file_path, info, lim, opts.output == "mp4")
+                job = GenerationJob(frames=frames, seed=opts.seed, caption=opts.prompt,
+                                    overrides=opts.overrides())
+                out: GenerationOutput = await self.generator.generate.remote(job)
+            except UploadError as exc:
+                return _upload_error(exc)
+            except ClientDisconnect:
+                return _error(400, "client_disconnected", "the client closed the connection during the upload")
+            except BackPressureError as exc:  # Serve's max_queued_requests of the generator
+                return _error(503, "busy", f"the generator's queue is full ({exc}); retry later",
+                              headers=self.retry_headers(getattr(exc, "retry_after_s", None)))
+            if out.error is not None:
+                return _error(422, "invalid_option", out.error)
+            headers = {
+                "X-Soundtrack-Model": self.public_model_uri.encode("ascii", "backslashreplace").decode(),
+                "X-Soundtrack-Seed": str(opts.seed),
+                "X-Soundtrack-Batch-Size": str(out.batch_size),
+                "X-Soundtrack-Generate-Seconds": f"{out.seconds:.3f}",
+                "X-Soundtrack-Seconds": f"{time.perf_counter() - t0:.3f}",
+            }
+            stem = Path(upload.filename or "video").stem or "video"
+            stem = "".join(c if (c.isascii() and c.isalnum()) or c in "-_." else "_" for c in stem)[:64]
+            if opts.output == "wav":
+                body = await asyncio.to_thread(_wav_bytes, out.wav, out.sr)
+                media_type, name = "audio/wav", f"{stem}.soundtrack.wav"
+            else:
+                try:
+                    body = await asyncio.to_thread(_mp4_bytes, upload.file_path, out.wav, out.sr, tmpdir / "out.mp4")
+                except Exception as exc:  # re-decoding the client's file failed: its input, not a server fault
+                    log.warning("muxing an upload failed: %s", exc, exc_info=True)
+                    return _error(422, "undecodable_video", "the video could not be re-encoded with its soundtrack; "
+                                  "ask for output=wav", field="output")
+                media_type, name = "video/mp4", f"{stem}.soundtrack.mp4"
+            headers["Content-Disposition"] = f'attachment; filename="{name}"'
+            self.served += 1
+            return Response(content=body, media_type=media_type, headers=headers)
 
 
 _ERROR_SCHEMA = {
@@ -224,19 +316,21 @@ def create_api(service: SoundtrackService):
         title="soundtrack",
         version="1",
         description="Generate a soundtrack for a video: upload the video, get a WAV or the video with the new "
-                    "track. Limits: " + ", ".join(f"{k}={v}" for k, v in lim.to_dict().items()),
+                    "track. Limits: " + ", ".join(f"{k}={v}" for k, v in lim.public_dict().items()),
     )
+    # Host / Origin / API-key checks before any route (and before a body is read)
+    api.add_middleware(RequestGuard, limits=lim)
 
     @api.get("/v1/health", summary="liveness and load of this ingress replica")
     async def health() -> dict:
-        return {"status": "ok", "model_uri": service.model_uri, "pending": service.pending,
+        return {"status": "ok", "model_uri": service.public_model_uri, "pending": service.pending,
                 "max_pending": lim.max_pending, "served": service.served}
 
     @api.get("/v1/model", summary="the model card of the served generator",
              responses={503: _error_response("the generator is overloaded", retry=True)})
     async def model():
         try:
-            return await service.model_info()
+            return await service.public_model_info()
         except BackPressureError:
             return _error(503, "busy", "the generator's queue is full; retry later", headers=service.retry_headers())
 
@@ -251,12 +345,20 @@ def create_api(service: SoundtrackService):
                                  "(output=mp4: H.264 + AAC)",
                   "content": {"audio/wav": {"schema": {"type": "string", "format": "binary"}},
                               "video/mp4": {"schema": {"type": "string", "format": "binary"}}}},
-            400: _error_response("malformed multipart body"),
+            400: _error_response("malformed multipart body or Host header"),
+            401: _error_response("a missing or invalid API key (when the service has api_keys)"),
+            403: _error_response("a post from a web page of another site (Origin)"),
+            408: _error_response(f"the upload was slower than min_upload_bytes_per_s ({lim.min_upload_bytes_per_s:g}) "
+                                 f"after upload_grace_s ({lim.upload_grace_s:g} s)"),
             413: _error_response(f"the upload is over max_upload_bytes ({lim.max_upload_bytes})"),
-            415: _error_response("the body is not multipart/form-data, or the file is not a video"),
+            415: _error_response("the body is not multipart/form-data, or the file is not an accepted video "
+                                 "container and codecs (found and allowed are named), or refers to other files"),
+            421: _error_response("a Host header this service does not answer to (allowed_hosts)"),
             422: _error_response("an unknown or out-of-range option (field names it), a video without frames, "
-                                 f"or one longer than max_duration_s ({lim.max_duration_s:g} s)"),
-            503: _error_response("too many requests in progress or queued", retry=True),
+                                 f"one longer than max_duration_s ({lim.max_duration_s:g} s), or over max_streams, "
+                                 "max_video_pixels, max_video_frames or max_packets"),
+            429: _error_response("the API key's requests per minute are used up", retry=True),
+            503: _error_response("too many requests or upload bytes in progress, or the queue is full", retry=True),
         },
     )
     async def soundtrack(request: Request):

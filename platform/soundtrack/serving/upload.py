@@ -12,9 +12,11 @@ ingress turns them into JSON answers.
 
 from __future__ import annotations
 
+import asyncio
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import AsyncIterator, BinaryIO
+from typing import AsyncIterator, BinaryIO, Callable
 
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
@@ -181,6 +183,35 @@ class _PartState:
                                               "on_headers_finished", "on_part_data", "on_part_end", "on_end")}
 
 
+async def _next_chunk(it, t0: float, total: int, min_bytes_per_s: float, grace_s: float,
+                      clock: Callable[[], float]) -> bytes:
+    """The next body chunk, waiting no longer than the minimum rate allows (see :func:`read_multipart`).
+
+    Args:
+        it: the body's async iterator.
+        t0: when the body started (s, ``clock`` time).
+        total: bytes received so far.
+        min_bytes_per_s: the minimum rate (bytes/s; 0: wait as long as it takes).
+        grace_s: seconds from ``t0`` without a minimum.
+        clock: monotonic time source (s).
+
+    Raises:
+        StopAsyncIteration: the body ended.
+        UploadError: 408 when the body falls below ``min_bytes_per_s`` after ``grace_s``.
+    """
+    if min_bytes_per_s <= 0:
+        return await it.__anext__()
+    # the instant (s) at which the bytes received so far stop meeting the rate
+    deadline = t0 + grace_s + total / min_bytes_per_s
+    try:
+        return await asyncio.wait_for(it.__anext__(), timeout=max(deadline - clock(), 0.0))
+    except asyncio.TimeoutError:
+        elapsed = clock() - t0
+        raise UploadError(408, "upload_too_slow", f"the upload sent {total} bytes in {elapsed:.1f} s, slower than "
+                          f"the minimum of {min_bytes_per_s:g} bytes/s after the first {grace_s:g} s; send it over "
+                          "a faster connection", limit=min_bytes_per_s) from None
+
+
 async def read_multipart(
     chunks: AsyncIterator[bytes],
     boundary: bytes,
@@ -191,6 +222,9 @@ async def read_multipart(
     allowed_fields: frozenset[str] | set[str] = frozenset(),
     max_field_bytes: int = 4096,
     max_parts: int = 32,
+    min_bytes_per_s: float = 0.0,
+    grace_s: float = 0.0,
+    clock: Callable[[], float] = time.monotonic,
 ) -> Upload:
     """Reads a ``multipart/form-data`` body chunk by chunk, with a running byte count.
 
@@ -208,19 +242,33 @@ async def read_multipart(
         allowed_fields: the names of the accepted text fields.
         max_field_bytes: size limit of each text field.
         max_parts: limit on the number of parts.
+        min_bytes_per_s: slowest accepted body (bytes/s, 0: no minimum). After ``grace_s``
+            the body must have delivered ``min_bytes_per_s * (elapsed - grace_s)`` bytes at
+            every instant: the wait for the next chunk ends when that is no longer possible,
+            so a stalled client is refused as surely as one trickling a byte at a time.
+        grace_s: seconds at the start during which no minimum applies (connection set-up,
+            a slow first round trip).
+        clock: monotonic time source (s); tests pass their own.
 
     Returns:
         an :class:`Upload`.
 
     Raises:
-        UploadError: 413 over ``max_bytes``; 422 for an unknown, repeated, overlong or
-            non-UTF-8 field or too many parts; 400 for a malformed or truncated body.
+        UploadError: 413 over ``max_bytes``; 408 slower than ``min_bytes_per_s``; 422 for an
+            unknown, repeated, overlong or non-UTF-8 field or too many parts; 400 for a
+            malformed or truncated body.
     """
     state = _PartState(Path(dest), file_field, frozenset(allowed_fields), int(max_field_bytes), int(max_parts))
     parser = MultipartParser(boundary, state.callbacks())
     total = 0
+    t0 = clock()
+    it = chunks.__aiter__()
     try:
-        async for chunk in chunks:
+        while True:
+            try:
+                chunk = await _next_chunk(it, t0, total, float(min_bytes_per_s), float(grace_s), clock)
+            except StopAsyncIteration:
+                break
             if not chunk:
                 continue
             total += len(chunk)
