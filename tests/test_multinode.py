@@ -187,6 +187,7 @@ def test_two_worker_pretraining_across_nodes(cluster, features, tmp_path):
         run_dir,
         worker=_probed_train_loop(),
         datasets={"train": pretrain.prepared_dataset(raw, sec, n_train)},
+        prep=pretrain.worker_prep(sec),
         num_workers=sec.num_workers,
         cpus_per_worker=sec.cpus_per_worker,
         max_failures=0,  # a failure must fail the test, not be retried away
@@ -224,3 +225,31 @@ def test_two_worker_pretraining_across_nodes(cluster, features, tmp_path):
     ck_flat = np.concatenate([p.detach().reshape(-1).numpy() for p in ck.parameters()])
     assert np.array_equal(ck_flat, p0["final"])
     assert ray.is_initialized() and len(_cpu_nodes()) == 2  # the cluster survived the run
+
+
+def test_worker_built_batches_regroup_the_clips_every_epoch(cluster):
+    """``batch_prep: worker``: the rows of each epoch reach the batches through a seeded
+    shuffle buffer, so a clip's batch mates (its negatives) change from epoch to epoch; the
+    stream's consecutive rows (what ``map_batches`` batches, ``batch_prep: ray_data``) keep
+    each block's clips together every epoch."""
+    import ray
+
+    from soundtrack.distributed.train import prepped_batches, repeat_stream
+
+    n, b, epochs = 16, 4, 3
+    raw = ray.data.from_items([{"clip_id": f"c{i:02d}"} for i in range(n)], override_num_blocks=4).materialize()
+    stream = repeat_stream(raw, n * epochs, n, seed=0)
+
+    def groups(batches) -> list[frozenset]:
+        return [frozenset(x) for x in batches]
+
+    worker = groups(prepped_batches(stream.iterator(), {"seed": 0, "shuffle_buffer": n}, b, rank=0,
+                                    builder=lambda df: list(df["clip_id"])))
+    plain = groups(list(bt["clip_id"]) for bt in stream.iter_batches(batch_size=b, batch_format="pandas"))
+    assert len(worker) >= n * epochs // b - 1
+    # every clip seen about once per epoch, and the groups vary: few repeated batches
+    assert len(set(worker)) >= 0.75 * len(worker), worker
+    assert len(set(plain)) <= n // b, plain  # block order shuffled, batches the same 4 groups
+    again = groups(prepped_batches(stream.iterator(), {"seed": 0, "shuffle_buffer": n}, b, rank=0,
+                                   builder=lambda df: list(df["clip_id"])))
+    assert again == worker  # seeded: the run's seed reproduces it

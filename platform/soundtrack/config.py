@@ -182,7 +182,15 @@ class PretrainSection:
         torch_threads: torch threads per worker (``None``: Ray's default, CPUs per worker).
         prep_workers: Ray Data actors that build training batches (crops, negatives, mels)
             beside the trainer.
-        prep_cpus: CPUs per batch-building actor.
+        prep_cpus: CPUs per batch-building actor (``batch_prep: ray_data``).
+        batch_prep: where training batches are built on Ray Train: ``worker`` (default: each
+            worker draws raw rows at random from a ``shuffle_buffer`` of the stream and builds
+            the crops and negatives in a thread ahead of the step, so every epoch groups the
+            clips differently) or ``ray_data`` (Ray Data actors beside the trainer batch the
+            stream's consecutive rows: a shard's clips meet the same negatives every epoch;
+            kept for comparison).
+        shuffle_buffer: rows in each worker's shuffle buffer (``batch_prep: worker``; at least
+            ``batch_size``; memory: that many decoded rows per worker).
         checkpoint_every: steps between checkpoints (safetensors, with optimiser state).
         log_every: steps between metric lines.
         max_failures: worker-group restarts after a worker dies.
@@ -212,6 +220,8 @@ class PretrainSection:
     torch_threads: int | None = field(default=None, metadata=INFRA)
     prep_workers: int = field(default=1, metadata=INFRA)
     prep_cpus: float = field(default=1.0, metadata=INFRA)
+    batch_prep: Literal["worker", "ray_data"] = "worker"
+    shuffle_buffer: int = 256
     checkpoint_every: int = field(default=50, metadata=INFRA)
     log_every: int = field(default=10, metadata=INFRA)
     max_failures: int = field(default=2, metadata=INFRA)

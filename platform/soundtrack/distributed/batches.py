@@ -5,24 +5,24 @@ building a batch needs (numpy, torch, :mod:`soundtrack.data.augment`, the shard 
 the training stage's models and plots; and no Ray: every function here is plain Python
 over iterables, so the epoch logic is tested without a cluster.
 
-The per-epoch streaming path below is built and tested here but NOT yet wired into
-pretraining (issue 16, part 2 left open: the wired version hung the multi-node test, see
-the issue). Its intended use: each worker iterates its ``ray.train.get_dataset_shard("train")``
-once per epoch (Ray Data streams the shard files in an order reshuffled every execution;
-nothing is materialised), and :class:`EpochBatches` turns that epoch's rows into batches:
+What pretraining uses (``pretrain.batch_prep: worker``, the default): the materialised
+training rows streamed once through all epochs (:func:`soundtrack.distributed.train.repeat_stream`:
+block order reshuffled), each worker drawing its rows at random from Ray Data's local
+shuffle buffer (``pretrain.shuffle_buffer`` rows, seeded by the run's seed and the rank) and
+:class:`BatchPrep` building the crops and negatives in a background thread
+(:func:`prefetched`, :func:`soundtrack.distributed.train.prepped_batches`): every epoch
+groups the clips into other batches, so a clip meets other negatives each epoch. (Before,
+a Ray Data ``map_batches`` batched the stream's consecutive rows, so the clips of one shard
+met each other every epoch; ``batch_prep: ray_data`` keeps that path for comparison.)
 
-* :func:`shuffled_batches` draws rows at random from a shuffle buffer (``buffer_size``
-  rows; the whole worker's epoch when it fits, a full uniform permutation then), seeded
-  by :func:`epoch_seed` (run seed, epoch, rank): every epoch groups the clips into other
-  batches, so a clip meets other negatives each epoch, and each epoch yields each of the
-  worker's clips exactly once (a last partial batch is dropped);
-* :class:`BatchPrep` builds the crops and negatives of each batch in a background thread
-  (:func:`prefetched`), so it overlaps the optimiser step.
-
-Resume: a restarted worker starts at the epoch its checkpoint's step falls in
-(``Solver.epoch_at``) and draws that epoch's order again from its beginning (the epoch's
-batches before the checkpoint are met again, with other crops); the step count continues
-exactly where the checkpoint was.
+Also here, built and tested but NOT wired in: a per-epoch stream, one new iteration of the
+dataset shard per epoch, not materialised (:class:`EpochBatches`, :func:`shuffled_batches`
+seeded by :func:`epoch_seed` of run seed, epoch and rank, each epoch yielding each clip
+exactly once). Ray Data's ``streaming_split`` makes every worker start each epoch together,
+and a version wired in hung the multi-node test (suspected: a prefetch thread asking for
+the next epoch while its peer waited in DDP's all-reduce); the single-stream path above
+has no such barrier. Resume with it would start the epoch of the checkpoint's step again
+(``Solver.epoch_at``).
 """
 
 from __future__ import annotations

@@ -36,6 +36,7 @@ import torch
 from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig, TrainingFailedError
 from ray.train.torch import TorchTrainer
 
+from soundtrack.distributed.batches import BatchPrep, prefetched
 from soundtrack.env import worker_env
 from soundtrack.errors import ConfigError, TrainingError, WorkerFailedError
 from soundtrack.logs import quiet_ray_worker
@@ -105,8 +106,11 @@ def solver_worker(config: dict) -> None:
         raise TrainingError(json.loads(record.read_text())["error"])
     solver = solver_class(config["solver"])(config["config"], config["run_dir"])
     shard = ray.train.get_dataset_shard("train")
+    prep = config.get("prep")
 
     def batches():
+        if prep:  # raw rows, regrouped at random in a shuffle buffer, batches built here (a thread ahead)
+            return prepped_batches(shard, prep, solver.batch_size, solver.rank)
         kw = {"local_shuffle_buffer_size": solver.local_shuffle_buffer} if solver.local_shuffle_buffer else {}
         return shard.iter_batches(batch_size=solver.batch_size, batch_format="numpy", drop_last=True, **kw)
 
@@ -115,6 +119,36 @@ def solver_worker(config: dict) -> None:
     except TrainingError as exc:  # tell the driver what stopped the run (see launch)
         record.write_text(json.dumps({"rank": solver.rank, "error": str(exc), "pid": os.getpid()}))
         raise
+
+
+def prepped_batches(shard, prep: Mapping[str, Any], batch_size: int, rank: int, builder=None) -> Iterator[dict]:
+    """Training batches built in the worker from a stream of raw rows (contrastive pretraining).
+
+    The rows come through Ray Data's local shuffle buffer (``prep["shuffle_buffer"]`` rows,
+    seeded by the run's seed and the worker's rank), so each batch draws its rows at random
+    from the buffer: a clip meets other clips, hence other negatives, each epoch (batching the
+    stream's consecutive rows, as a Ray Data ``map_batches`` does, kept each shard's clips
+    together every epoch). :class:`~soundtrack.distributed.batches.BatchPrep` then builds the
+    crops and negatives in a background thread (:func:`~soundtrack.distributed.batches.prefetched`),
+    ``prep["depth"]`` batches ahead of the optimiser step.
+
+    Args:
+        shard: the worker's ``ray.train.get_dataset_shard("train")``.
+        prep: ``{"objective", "seed", "shuffle_buffer", "depth"}``.
+        batch_size: rows per batch (per worker).
+        rank: this worker's rank.
+        builder: one pandas batch -> the solver's batch (default: ``BatchPrep`` of ``prep``).
+    """
+    builder = builder or BatchPrep(dict(prep.get("objective") or {}), int(prep["seed"]))
+    buffer = max(int(prep.get("shuffle_buffer") or 0), batch_size)
+
+    def make():
+        rows = shard.iter_batches(batch_size=batch_size, batch_format="pandas", drop_last=True,
+                                  local_shuffle_buffer_size=buffer,
+                                  local_shuffle_seed=int(prep["seed"]) * 1009 + int(rank))
+        return (builder(b) for b in rows)
+
+    return prefetched(make, depth=int(prep.get("depth") or 2))
 
 
 def local_device(gpus: float) -> torch.device:
@@ -189,6 +223,7 @@ def launch(
     placement_strategy: str = "PACK",
     log_dir: str | os.PathLike | None = None,
     worker=None,
+    prep: Mapping[str, Any] | None = None,
 ):
     """Run the solver ``solver`` on a Ray Train ``TorchTrainer``, checkpoints in ``run_dir/ray``.
 
@@ -209,6 +244,8 @@ def launch(
         placement_strategy: ``PACK`` or ``SPREAD`` (across nodes).
         log_dir: where the solver writes its metrics log and fault marker (default ``run_dir``).
         worker: the per-worker function (default :func:`solver_worker`; tests wrap it with probes).
+        prep: batches built in the workers from raw rows (:func:`prepped_batches`); ``None``:
+            the dataset's batches are the solver's as they come.
 
     Returns:
         The ``ray.train.Result`` of a run that finished.
@@ -225,7 +262,8 @@ def launch(
     resources = {"CPU": cpus_per_worker, **({"GPU": gpus_per_worker} if gpus_per_worker > 0 else {})}
     trainer = TorchTrainer(
         worker or solver_worker,
-        train_loop_config={"solver": solver, "config": solver_config, "run_dir": str(log_dir)},
+        train_loop_config={"solver": solver, "config": solver_config, "run_dir": str(log_dir),
+                           **({"prep": dict(prep)} if prep else {})},
         scaling_config=ScalingConfig(
             num_workers=num_workers, use_gpu=gpus_per_worker > 0, resources_per_worker=resources,
             placement_strategy=placement_strategy,

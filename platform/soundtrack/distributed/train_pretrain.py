@@ -75,11 +75,14 @@ def retrieval_config(overrides: dict[str, Any]):
 
 
 def prepared_dataset(raw, sec: PretrainSection, n_rows: int):
-    """All epochs as one stream (:func:`repeat_stream`), batches built in Ray Data workers
-    (:class:`BatchPrep`)."""
+    """All epochs as one stream (:func:`repeat_stream`): raw rows for the workers to shuffle
+    and batch (``batch_prep: worker``, :func:`worker_prep`), or batches built in Ray Data
+    actors (``ray_data``, :class:`BatchPrep`)."""
 
     rows = sec.steps * sec.batch_size * max(sec.num_workers, 1) * sec.grad_accum_steps
     stream = repeat_stream(raw, rows, n_rows, seed=sec.seed)
+    if sec.batch_prep == "worker":
+        return stream
     return stream.map_batches(
         BatchPrep,
         batch_size=sec.batch_size,
@@ -88,6 +91,15 @@ def prepared_dataset(raw, sec: PretrainSection, n_rows: int):
         compute=ray.data.ActorPoolStrategy(size=sec.prep_workers),
         num_cpus=sec.prep_cpus,
     )
+
+
+def worker_prep(sec: PretrainSection) -> dict | None:
+    """What :func:`soundtrack.distributed.train.launch` passes the workers to build batches
+    themselves (``batch_prep: worker``; ``None`` for ``ray_data``)."""
+    if sec.batch_prep != "worker":
+        return None
+    return {"objective": dict(sec.objective), "seed": int(sec.seed), "shuffle_buffer": int(sec.shuffle_buffer),
+            "depth": 2}
 
 
 def train_dataset(features_dir: str | os.PathLike, split: str = "train"):
@@ -141,6 +153,7 @@ def run_pretrain(profile: str, sec: PretrainSection, features_dir: str | os.Path
         model_dir = export_final(reporter.latest(), run_dir / "model")
     else:
         result = launch("contrastive", solver_config, run_dir, datasets={"train": prepared_dataset(raw, sec, n_train)},
+                        prep=worker_prep(sec),
                         num_workers=sec.num_workers, cpus_per_worker=sec.cpus_per_worker,
                         gpus_per_worker=sec.gpus_per_worker, max_failures=sec.max_failures)
         with result.checkpoint.as_directory() as d:
