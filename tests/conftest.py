@@ -32,6 +32,18 @@ def click_track(times, sr: int = 16000, dur: float = 10.24):
     return wav
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch intra-op thread for a module (``pytest.mark.usefixtures``): with two on a busy
+    2-core machine the tiny models ran 10-40x slower."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def synth_small(tmp_path_factory):
     """A small synthetic data set (8 clips of 10.24 s, medium), generated once per session."""

@@ -278,3 +278,21 @@ def pitch_track(x: np.ndarray, sr: int, win_s: float = 0.04, hop_s: float = 0.00
     frames = np.stack([x[s : s + win] for s in starts]) * np.hanning(win)
     spec = np.abs(np.fft.rfft(frames, 4 * win, axis=1))
     return (starts + win / 2) / sr, np.argmax(spec, axis=1) * sr / (4 * win)
+
+
+def mpegts_without_video_frames(path: Path) -> Path:
+    """An MPEG-TS whose program declares a video stream that never gets a frame (2 s of
+    silent mp2 audio only): a container that probes as video and holds nothing to decode."""
+    with av.open(str(path), "w", format="mpegts") as c:
+        v = c.add_stream("libx264", rate=10)
+        v.width, v.height, v.pix_fmt = 64, 64, "yuv420p"
+        a = c.add_stream("mp2", rate=16000)
+        a.layout = "mono"
+        for k in range(0, 32000, 1152):  # 1152 samples per mp2 frame
+            f = av.AudioFrame.from_ndarray(np.zeros((1, 1152), np.int16), format="s16", layout="mono")
+            f.sample_rate, f.pts = 16000, k
+            for p in a.encode(f):
+                c.mux(p)
+        for p in a.encode():
+            c.mux(p)
+    return path

@@ -26,20 +26,12 @@ from soundtrack.pipelines.generator import GenerationRequest, build_tiny_generat
 from soundtrack.pipelines.sampler import BATCH_TOLERANCE
 
 # diffusers' DPM-Solver calls np.array on a tensor (numpy 2 deprecation inside diffusers).
-pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
+pytestmark = [pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning"),
+              pytest.mark.usefixtures("one_torch_thread")]
 
 STEPS = 2  # DPM-Solver++ steps of the tiny model here: one denoiser forward per step and loop
 DECODER_GAIN = 0.15  # scale of the decoder's last conv: waveforms peak at 0.06-0.4 (module docstring)
 CUT_FRAME = 15  # the "cut" clip's shot boundary (frame index): marks the rows a diverging model breaks
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One intra-op thread: with two on a busy 2-core machine torch ran 10-40x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _frames(n: int, background: tuple[int, int, int], speed: int, cut: int | None = None) -> np.ndarray:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from media_factory import write_av
+from media_factory import mpegts_without_video_frames, write_av
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -205,25 +205,6 @@ def _many_streams(path: Path, n_audio: int) -> Path:
     return path
 
 
-def _mpegts_without_video_frames(path: Path) -> Path:
-    """An MPEG-TS whose program declares a video stream that never gets a frame (audio only)."""
-    import av
-
-    with av.open(str(path), "w", format="mpegts") as c:
-        v = c.add_stream("libx264", rate=10)
-        v.width, v.height, v.pix_fmt = 64, 64, "yuv420p"
-        a = c.add_stream("mp2", rate=16000)
-        a.layout = "mono"
-        for k in range(0, 32000, 1152):
-            f = av.AudioFrame.from_ndarray(np.zeros((1, 1152), np.int16), format="s16", layout="mono")
-            f.sample_rate, f.pts = 16000, k
-            for p in a.encode(f):
-                c.mux(p)
-        for p in a.encode():
-            c.mux(p)
-    return path
-
-
 @pytest.fixture(scope="module")
 def media_dir(tmp_path_factory):
     """Good files in every accepted container and hostile ones (written once for the module)."""
@@ -252,7 +233,7 @@ def media_dir(tmp_path_factory):
     _many_streams(d / "streams.mkv", 9)  # 10 streams > 8
     write_av(d / "huge.mp4", 0.1, fps=10.0, size=(4096, 4096), acodec=None,
              picture=lambda i: np.zeros((4096, 4096, 3), np.uint8), video_options={"preset": "ultrafast"})
-    _mpegts_without_video_frames(d / "noframes.ts")
+    mpegts_without_video_frames(d / "noframes.ts")
     # formats
     write_av(d / "flv.flv", 1.0, **small, format="flv")
     write_av(d / "mpeg2.mkv", 1.0, **small, vcodec="mpeg2video")
