@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from media_factory import mpegts_without_video_frames
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
@@ -41,24 +42,6 @@ def _moving_square(n: int, size: int = 64) -> np.ndarray:
         x = int((size - 12) * abs(np.sin(i / 6.0)))
         frames[i, 20:32, x : x + 12] = (250, 200, 40)
     return frames
-
-
-def _mpegts_without_video_frames(path: Path) -> None:
-    """An MPEG-TS whose program declares a video stream that never gets a frame (audio only)."""
-    import av
-
-    with av.open(str(path), "w", format="mpegts") as c:
-        v = c.add_stream("libx264", rate=10)
-        v.width, v.height, v.pix_fmt = 64, 64, "yuv420p"
-        a = c.add_stream("mp2", rate=16000)
-        a.layout = "mono"
-        for k in range(0, 32000, 1152):
-            f = av.AudioFrame.from_ndarray(np.zeros((1, 1152), np.int16), format="s16", layout="mono")
-            f.sample_rate, f.pts = 16000, k
-            for p in a.encode(f):
-                c.mux(p)
-        for p in a.encode():
-            c.mux(p)
 
 
 def _serve_processes() -> dict[str, "object"]:
@@ -94,7 +77,7 @@ def media_files(tmp_path_factory):
     d = tmp_path_factory.mktemp("serve_media")
     media.write_mp4(d / "clip.mp4", _moving_square(30), fps=10.0)  # 3.0 s, no audio track
     media.write_mp4(d / "long.mp4", _moving_square(80, 16), fps=10.0)  # 8.0 s > the 6 s limit
-    _mpegts_without_video_frames(d / "noframes.ts")
+    mpegts_without_video_frames(d / "noframes.ts")
     sf.write(d / "tone.wav", 0.1 * np.sin(np.arange(16000) / 5.0).astype(np.float32), 16000)
     (d / "notes.mp4").write_text("these are not video bytes\n" * 50)
     from PIL import Image
@@ -496,6 +479,93 @@ def test_full_queue_gets_503_with_retry_after(served, media_files):
     # Both guards fired: the ingress' in-flight counter and Serve's max_queued_requests.
     assert messages == {"generator", "ingress"}, messages
     assert _post(url, clip, {"num_steps": "2"}).status_code == 200
+
+
+# ----------------------------------------------------------------------------- jobs
+
+
+def _job_poll(job_url: str, until, timeout: float = 60.0) -> list[dict]:
+    """GETs a job every 50 ms until ``until(status)``; returns every status seen."""
+    import requests
+
+    seen, t = [], time.monotonic()
+    while time.monotonic() - t < timeout:
+        seen.append(requests.get(job_url, timeout=10).json())
+        if until(seen[-1]):
+            return seen
+        time.sleep(0.05)
+    raise AssertionError(f"job still {seen[-1]['state']} after {timeout} s: {seen[-1]}")
+
+
+def test_job_for_a_long_video_goes_queued_running_done(served, tmp_path):
+    """A 25 s video (over the 6 s of POST /v1/soundtrack; 3 windows) as a job: 202 + Location,
+    queued -> running -> done, progress to 3/3 windows, and the result is the library's WAV."""
+    import requests
+
+    from soundtrack.data import media
+    from soundtrack.pipelines.generator import SoundtrackGenerator
+
+    url, _, model_dir = served
+    video = tmp_path / "long25.mp4"
+    media.write_mp4(video, _moving_square(250), fps=10.0)
+    r = requests.post(url + "/v1/jobs", files={"video": ("long25.mp4", video.read_bytes())},
+                      data={"seed": "2", "num_steps": "2"}, timeout=60)
+    assert r.status_code == 202, r.text
+    job_url = url + r.headers["location"]
+    seen = [r.json()] + _job_poll(job_url, lambda st: st["state"] not in ("queued", "running"))
+    states = [st["state"] for st in seen]
+    assert states[0] == "queued" and "running" in states and states[-1] == "done", states
+    assert states == sorted(states, key=["queued", "running", "done"].index)  # never back
+    assert seen[-1]["progress"] == {"windows_done": 3, "n_windows": 3, "fraction": 1.0}
+    res = requests.get(url + seen[-1]["links"]["result"], timeout=30)
+    assert res.status_code == 200 and res.headers["content-type"] == "audio/wav"
+    x, sr = _wav(res.content)
+    assert sr == 16000 and len(x) == 25 * 16000  # the video's length
+    local = SoundtrackGenerator.load(model_dir).generate_file(video, tmp_path / "local.wav", seed=2, num_steps=2)
+    want, _ = _wav(local.out_path.read_bytes())
+    assert np.abs(want.astype(int) - x.astype(int)).max() <= 1  # what `soundtrack generate` writes
+
+
+def test_cancelled_job_stops_the_generator_and_the_service_goes_on(served, media_files, tmp_path):
+    """DELETE of a running job: answered at once with state cancelled; the generator's
+    busy_s stops growing within 2 s (the should_stop hook between denoising steps), the
+    result is 409, and a synchronous request right after succeeds."""
+    import requests
+    from ray import serve
+
+    from soundtrack.data import media
+    from soundtrack.serving.limits import GENERATOR_NAME
+
+    url = served[0]
+    gen = serve.get_deployment_handle(GENERATOR_NAME, app_name="soundtrack")
+    video = tmp_path / "long25.mp4"
+    media.write_mp4(video, _moving_square(250), fps=10.0)
+    r = requests.post(url + "/v1/jobs", files={"video": ("long25.mp4", video.read_bytes())},
+                      data={"num_steps": str(MAX_STEPS)}, timeout=60)  # 3 x 50 steps: far longer than the test
+    assert r.status_code == 202, r.text
+    job_url = url + r.headers["location"]
+    _job_poll(job_url, lambda st: st["progress"]["n_windows"] is not None)  # the generator has started it
+    time.sleep(0.5)
+    before = gen.stats.remote().result()
+    assert before["generating"] == 1 and before["busy_s"] > 0
+    t0 = time.monotonic()
+    r = requests.delete(job_url, timeout=10)
+    assert r.status_code == 200 and r.json()["state"] == "cancelled", r.text
+    while gen.stats.remote().result()["generating"]:
+        assert time.monotonic() - t0 < 2.0, "the generator still works 2 s after the DELETE"
+        time.sleep(0.05)
+    latency = time.monotonic() - t0
+    busy = gen.stats.remote().result()["busy_s"]
+    time.sleep(1.0)
+    after = gen.stats.remote().result()
+    print(f"\njob cancel: the generator stopped {latency:.2f} s after the DELETE; busy_s {before['busy_s']:.2f} -> "
+          f"{busy:.2f} s, then {after['busy_s']:.2f} s a second later; jobs ended {after['jobs']}")
+    assert after["busy_s"] == busy and after["jobs"]["cancelled"] >= 1
+    st = _job_poll(job_url, lambda st: st["state"] == "cancelled", timeout=10)[-1]
+    assert st["progress"]["windows_done"] < 3
+    r = requests.get(url + st["links"]["result"], timeout=10)
+    assert r.status_code == 409 and r.json()["state"] == "cancelled"
+    assert _post(url, media_files / "clip.mp4", {"num_steps": "2"}).status_code == 200
 
 
 def test_service_still_answers_and_leaves_no_upload_files(served, media_files):

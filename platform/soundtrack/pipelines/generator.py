@@ -668,7 +668,8 @@ class SoundtrackGenerator:
         return int(round(n_frames / self.fps * self.sr))
 
     def generate(self, frames: np.ndarray, seed: int = 0, clip_id: str = "clip", caption: str | None = None,
-                 progress: Callable[[int, int], None] | None = None, **overrides: Any) -> np.ndarray:
+                 progress: Callable[[int, int], None] | None = None,
+                 should_stop: Callable[[], bool] | None = None, **overrides: Any) -> np.ndarray:
         """A soundtrack for a video of any length up to ``sampler.max_seconds``.
 
         Deterministic: the output depends only on (model, frames, caption, seed, clip_id,
@@ -681,6 +682,11 @@ class SoundtrackGenerator:
             clip_id: the video's id (with the seed, it seeds the noise of each window).
             caption: a text prompt (models with text conditioning only).
             progress: called after each group of windows with (windows done, windows).
+            should_stop: a cancellation hook (``None``: none), asked between windows and
+                between denoising steps (see
+                :func:`~soundtrack.pipelines.sampler.generate_video`); True stops the call
+                with :class:`~soundtrack.pipelines.sampler.GenerationCancelled`. A hook that
+                answers False leaves the output bit-identical.
             **overrides: sampler settings for this call: guidance_scale, weights
                 (per-condition dict), num_steps, scheduler, attention, window_k.
 
@@ -691,11 +697,12 @@ class SoundtrackGenerator:
             GeneratorError: bad frames or options, a video longer than ``max_seconds``, or
                 a diverged model: non-finite latents or audio (the message names the clip,
                 the window and the denoising step).
+            GenerationCancelled: ``should_stop`` answered True.
         """
         cfg = self.sampler_config(**overrides)
         arr = self._check_frames(frames)
         self._check_caption(caption)
-        return self._generate([arr], arr.shape[0], seed, clip_id, caption, cfg, progress)
+        return self._generate([arr], arr.shape[0], seed, clip_id, caption, cfg, progress, should_stop)
 
     def _check_length(self, n_frames: int, cfg: SamplerConfig) -> float:
         """The video's length (s), or :class:`GeneratorError` when it exceeds ``max_seconds``."""
@@ -706,16 +713,18 @@ class SoundtrackGenerator:
         return duration
 
     def _generate(self, chunks: Iterable[np.ndarray], n_frames: int | None, seed: int, clip_id: str,
-                  caption: str | None, cfg: SamplerConfig, progress: Callable[[int, int], None] | None) -> np.ndarray:
+                  caption: str | None, cfg: SamplerConfig, progress: Callable[[int, int], None] | None,
+                  should_stop: Callable[[], bool] | None = None) -> np.ndarray:
         """:meth:`generate` on frames given as consecutive chunks adding up to ``n_frames``
-        (None: known once decoded; the length limit is then checked before sampling)."""
+        (None: known once decoded; the length limit is then checked before sampling);
+        ``should_stop``: the cancellation hook of :meth:`generate`."""
         if n_frames is not None:
             self._check_length(n_frames, cfg)
         with self._lock, torch.inference_mode():
             conds, n_frames = self._chunk_conditions(chunks, caption, n_frames)
             duration = self._check_length(n_frames, cfg)
             wav = generate_video(self.denoiser, self.vae, self.vocoder, conds, duration, str(clip_id), int(seed), cfg,
-                                 schedule=self.schedule, progress=progress)
+                                 schedule=self.schedule, progress=progress, should_stop=should_stop)
         return self._finish(wav, n_frames, clip_id)
 
     def _finish(self, wav: np.ndarray, n_frames: int, clip_id: str) -> np.ndarray:

@@ -48,13 +48,34 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 import torch
 
-from soundtrack.errors import GeneratorError
+from soundtrack.errors import GeneratorError, SoundtrackError
 from soundtrack.models.unet import Conditions
 from soundtrack.models.vae import decode_mel
 from soundtrack.pipelines.guidance import guided_prediction, normalized_weights
 from soundtrack.pipelines.schedulers import DEFAULT_SCHEDULE, DEFAULT_STEPS, NoiseSchedule, make_scheduler
 
 log = logging.getLogger(__name__)
+
+
+class GenerationCancelled(SoundtrackError):
+    """A generation stopped because its ``should_stop`` hook answered True (a cancelled job).
+
+    Not a :class:`~soundtrack.errors.GeneratorError`: nothing is wrong with the input or the
+    model, and callers that turn generator errors into 4xx answers must not catch it as one.
+    """
+
+
+def _check_stop(should_stop: Callable[[], bool] | None, where: str) -> None:
+    """Raise :class:`GenerationCancelled` when ``should_stop`` says so (``None``: never).
+
+    Args:
+        should_stop: the caller's hook (cheap: it is called before every denoising step).
+        where: what was about to run, for the message and the log.
+    """
+    if should_stop is not None and should_stop():
+        log.info("generation cancelled before %s", where)
+        raise GenerationCancelled(f"the generation was cancelled before {where}")
+
 
 # ----------------------------------------------------------------------------- sampling
 
@@ -143,7 +164,8 @@ def window_key(clip_id: str, window: int) -> str:
 
 
 def _denoise(denoiser, scheduler, conds: Conditions, gens: Sequence[torch.Generator],
-             shape: tuple[int, ...], cfg: SamplerConfig, labels: Sequence[str]) -> torch.Tensor:
+             shape: tuple[int, ...], cfg: SamplerConfig, labels: Sequence[str],
+             should_stop: Callable[[], bool] | None = None) -> torch.Tensor:
     """The denoising loop for one group of clips (all rows sampled together).
 
     Args:
@@ -157,10 +179,12 @@ def _denoise(denoiser, scheduler, conds: Conditions, gens: Sequence[torch.Genera
         shape: (C, F_l, T_l) of one latent.
         cfg: sampler settings.
         labels: one name per row for the NaN guard's message.
+        should_stop: called before every step (``None``: never); True stops the loop.
 
     Raises:
         GeneratorError: the latents of a row are not finite after a step (the message
             names the row's label and the step).
+        GenerationCancelled: ``should_stop`` answered True.
     """
     device = next(denoiser.parameters()).device
     dtype = next(denoiser.parameters()).dtype
@@ -174,6 +198,8 @@ def _denoise(denoiser, scheduler, conds: Conditions, gens: Sequence[torch.Genera
     generator = gens[0] if len(gens) == 1 else gens
     n_steps = len(scheduler.timesteps)
     for step, t in enumerate(scheduler.timesteps):
+        if should_stop is not None:  # the cancellation hook: it reads no tensor, so outputs do not change
+            _check_stop(should_stop, f"{labels[0]} denoising step {step + 1}/{n_steps}")
         # 3. scheduler-specific input scaling (identity for DDPM/DDIM/DPM-Solver)
         x_in = scheduler.scale_model_input(x, t)
         # 4. guided model output (unconditional + one pass per condition, one batch)
@@ -207,6 +233,7 @@ def sample_latents(
     scheduler=None,
     schedule: NoiseSchedule | None = None,
     labels: Sequence[str] | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> torch.Tensor:
     """Samples latents for a batch of clips.
 
@@ -221,6 +248,8 @@ def sample_latents(
         schedule: the model's noise schedule (None: the default CCCG schedule); only used
             when ``scheduler`` is None.
         labels: one name per clip for the NaN guard's message (None: ``clip '<key>'``).
+        should_stop: cancellation hook called before every denoising step of every clip
+            (``None``: never); True raises :class:`GenerationCancelled`.
 
     Returns:
         (B, C, F_l, T_l) latents.
@@ -228,6 +257,7 @@ def sample_latents(
     Raises:
         GeneratorError: a clip's latents are not finite after a denoising step (the
             message names the clip's label and the step).
+        GenerationCancelled: ``should_stop`` answered True.
     """
     dcfg = denoiser.config
     if len(keys) != conds.batch_size:
@@ -243,12 +273,12 @@ def sample_latents(
     if cfg.batch_invariant:
         parts = [
             _denoise(denoiser, copy.deepcopy(scheduler), conds.select([i]), [clip_generator(seed, keys[i])], shape,
-                     cfg, [labels[i]])
+                     cfg, [labels[i]], should_stop)
             for i in range(len(keys))
         ]
         return torch.cat(parts)
     return _denoise(denoiser, copy.deepcopy(scheduler), conds, [clip_generator(seed, k) for k in keys], shape, cfg,
-                    labels)
+                    labels, should_stop)
 
 
 @torch.no_grad()
@@ -457,7 +487,8 @@ def window_conditions(conds: Conditions, start_s: float, clip_s: float = 10.24, 
 @torch.no_grad()
 def generate_video(denoiser, vae, vocoder, conds: Conditions, duration_s: float, clip_id: str, seed: int,
                    cfg: SamplerConfig = SamplerConfig(), schedule: NoiseSchedule | None = None,
-                   progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+                   progress: Callable[[int, int], None] | None = None,
+                   should_stop: Callable[[], bool] | None = None) -> np.ndarray:
     """A soundtrack for a whole video of any length up to ``cfg.max_seconds``, in bounded memory.
 
     Steps: (1) window starts every ``clip - crossfade`` seconds; then per group of
@@ -467,6 +498,9 @@ def generate_video(denoiser, vae, vocoder, conds: Conditions, duration_s: float,
     (:func:`add_window`), trimmed to ``duration_s``. Only one group's latents and waveforms
     exist at a time. After each group a log line (``window 7/20``; INFO when the video has
     more than one group, DEBUG otherwise) and ``progress(windows_done, n_windows)``.
+    ``should_stop`` (a cancelled job) is asked before each window is denoised or decoded
+    and before every denoising step; it only reads state of its own, so a hook that never
+    answers True leaves the output bit-identical to no hook.
 
     Args:
         denoiser: the latent denoiser.
@@ -479,6 +513,8 @@ def generate_video(denoiser, vae, vocoder, conds: Conditions, duration_s: float,
         cfg: sampler settings (``window_batch``: windows per group).
         schedule: the model's noise schedule (None: the default).
         progress: called after each group with (windows done, windows in the video).
+        should_stop: cancellation hook (``None``: never asked); called between windows and
+            between denoising steps, True raises :class:`GenerationCancelled`.
 
     Returns:
         float32 waveform of ``round(duration_s * sr)`` samples.
@@ -486,6 +522,7 @@ def generate_video(denoiser, vae, vocoder, conds: Conditions, duration_s: float,
     Raises:
         GeneratorError: non-finite latents after a denoising step or a non-finite decoded
             window (the message names the clip, the window and the step).
+        GenerationCancelled: ``should_stop`` answered True (nothing is returned).
         ValueError: a batch other than 1, a length outside ``(0, max_seconds]`` or a
             ``window_batch`` below 1.
     """
@@ -510,14 +547,16 @@ def generate_video(denoiser, vae, vocoder, conds: Conditions, duration_s: float,
     level = logging.INFO if n > group else logging.DEBUG
     for g0 in range(0, n, group):
         ks = list(range(g0, min(g0 + group, n)))
+        _check_stop(should_stop, f"clip {clip_id!r} window {g0 + 1}/{n}")
         # 2. this group's conditions, batched as examples
         batch = _cat_conditions([window_conditions(conds, starts[k] / sr, dcfg.clip_seconds, dcfg.fps) for k in ks])
         # 3. latents
         labels = [f"clip {clip_id!r} window {k + 1}/{n}" for k in ks]
         latents = sample_latents(denoiser, batch, [window_key(clip_id, k) for k in ks], seed, cfg,
-                                 scheduler=scheduler, labels=labels)
+                                 scheduler=scheduler, labels=labels, should_stop=should_stop)
         # 4. + 5. decode, vocode and join, window by window
         for j, k in enumerate(ks):
+            _check_stop(should_stop, f"decoding {labels[j]}")
             wav = vocoder(decode_mel(vae, latents[j : j + 1]).float())[0]
             _check_waveform(wav, labels[j])
             add_window(out, _fit(wav, clip_n), k, n, clip_n - fade, fades)

@@ -24,6 +24,13 @@ HTTP API (``/openapi.json`` documents it; ``/docs`` renders it):
   ``audio/wav`` (16-bit PCM, 16 kHz, mono) or ``video/mp4`` (the video with the new track).
 * ``GET /v1/health``: liveness plus the ingress' load.
 * ``GET /v1/model``: the model card.
+* Jobs, for long videos (:mod:`soundtrack.serving.jobs`): ``POST /v1/jobs`` (the same form;
+  202 with the job and a ``Location``; up to ``max_job_duration_s``, ``max_jobs`` per ingress
+  replica), ``GET /v1/jobs/{id}`` (state, windows done / total, times), ``GET
+  /v1/jobs/{id}/result`` (the WAV or MP4 once done; 409 before, 410 after ``job_ttl_s``) and
+  ``DELETE /v1/jobs/{id}`` (cancel: the generation stops between windows or denoising steps).
+  Their state lives under ``<storage>/serve_jobs`` (a local root or ``s3://``), so any
+  replica answers for any job; the generator runs them through ``run_job``, not the batch.
 
 Refusals (JSON body ``{"error", "message", "field", "limit"}``; the service stays up):
 413 upload over ``max_upload_bytes`` (a declared ``Content-Length`` is refused before any
@@ -107,7 +114,8 @@ def build_app(args: dict | None = None):
 
     Args:
         args: the config's ``args``: ``model_uri`` (default ``registry:best``), ``storage``
-            (default ``runs``, made absolute here), ``limits`` (:class:`ServeLimits` fields),
+            (default ``runs``, made absolute here; it also holds the jobs of ``POST /v1/jobs``,
+            under ``serve_jobs/``), ``limits`` (:class:`ServeLimits` fields),
             ``max_batch_size``, ``batch_wait_timeout_s``, ``batching`` (one denoising loop
             over a batch's jobs, default true; false: one job after another, bit-identical
             to a request alone), ``torch_threads``, ``device``
@@ -148,7 +156,8 @@ def build_app(args: dict | None = None):
     try:
         gen = GeneratorDeployment.options(**gen_opts).bind(uri, storage, a.max_batch_size, a.batch_wait_timeout_s,
                                                            a.torch_threads, a.device, batching=a.batching)
-        return IngressDeployment.options(**ing_opts).bind(gen, uri, limits.to_dict())
+        # the ingress keeps its jobs under the same storage root (<storage>/serve_jobs)
+        return IngressDeployment.options(**ing_opts).bind(gen, uri, limits.to_dict(), storage)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"bad deployment options: {exc}") from None
 

@@ -1,22 +1,29 @@
-"""The generator deployment: one model behind ``@serve.batch`` (the only serving module that imports torch)."""
+"""The generator deployment: one model behind ``@serve.batch`` (the only serving module that imports torch),
+and ``run_job`` for the jobs of long videos (one at a time, not batched, cancellable)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import logging
+import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
 from ray import serve
 
 from soundtrack.pipelines.generator import GenerationRequest, GeneratorError
-from soundtrack.pipelines.sampler import BATCH_TOLERANCE
+from soundtrack.pipelines.sampler import BATCH_TOLERANCE, GenerationCancelled, window_starts
+from soundtrack.serving.jobs import JobOutcome, JobRequest, JobStore
 from soundtrack.serving.limits import GENERATOR_NAME
 from soundtrack.serving.options import GenerationJob, GenerationOutput
 from soundtrack.stages.models import load_generator, resolve_model_uri
+
+log = logging.getLogger(__name__)
 
 
 def _entry_card(model_dir: Path) -> dict | None:
@@ -67,6 +74,14 @@ class GeneratorDeployment:
         self.max_batch_size = int(max_batch_size)
         self.batch_wait_timeout_s = float(batch_wait_timeout_s)
         self.batching = bool(batching)
+        self.jobs = JobStore(storage)  # progress and cancel markers of the jobs (serving.jobs)
+        # busy time: wall seconds (time.monotonic) during which at least one generation (a
+        # batch or a job) was in progress; a lock because the generations run in threads
+        self._busy_lock = threading.Lock()
+        self._busy_s = 0.0
+        self._busy_since = 0.0
+        self._busy_n = 0
+        self._jobs_ended = {"done": 0, "failed": 0, "cancelled": 0}
 
     def info(self) -> dict[str, Any]:
         """The model card and the facts the ingress needs (frame size and rate, conditions)."""
@@ -89,6 +104,76 @@ class GeneratorDeployment:
             "batching": {"max_batch_size": self.max_batch_size, "batch_wait_timeout_s": self.batch_wait_timeout_s,
                          "enabled": self.batching, "tolerance": BATCH_TOLERANCE if self.batching else 0.0},
         }
+
+    @contextlib.contextmanager
+    def _busy(self) -> Iterator[None]:
+        """Counts the enclosed generation into :meth:`stats`' ``busy_s``."""
+        with self._busy_lock:
+            if self._busy_n == 0:
+                self._busy_since = time.monotonic()
+            self._busy_n += 1
+        try:
+            yield
+        finally:
+            with self._busy_lock:
+                self._busy_n -= 1
+                if self._busy_n == 0:
+                    self._busy_s += time.monotonic() - self._busy_since
+
+    def stats(self) -> dict[str, Any]:
+        """What this replica has been doing: ``busy_s`` (wall seconds with a generation in
+        progress, never decreasing; it stops growing when the work stops, e.g. after a job
+        is cancelled), ``generating`` (generations in progress now) and ``jobs`` (jobs ended,
+        by final state)."""
+        with self._busy_lock:
+            busy = self._busy_s + (time.monotonic() - self._busy_since if self._busy_n else 0.0)
+            return {"busy_s": busy, "generating": self._busy_n, "jobs": dict(self._jobs_ended)}
+
+    async def run_job(self, req: JobRequest) -> JobOutcome:
+        """One job of ``POST /v1/jobs`` (not through ``@serve.batch``: a long video is a batch of
+        its own): :meth:`~soundtrack.pipelines.generator.SoundtrackGenerator.generate` with the
+        job's progress written to the job store after each group of windows and a
+        ``should_stop`` hook that reads the job's cancel marker
+        (:meth:`~soundtrack.serving.jobs.JobStore.stop_check`) before every window and every
+        denoising step. Seeded like ``POST /v1/soundtrack`` unbatched: the same video, seed
+        and options give the same soundtrack.
+
+        Runs in a thread so that the replica keeps answering (health checks, :meth:`stats`,
+        the batched requests that queue for the model meanwhile).
+
+        Args:
+            req: the job.
+        """
+        return await asyncio.to_thread(self._run_job, req)
+
+    def _run_job(self, req: JobRequest) -> JobOutcome:
+        g = self.gen
+        t = time.perf_counter()
+        n = None
+
+        def progress(done: int, total: int) -> None:
+            try:
+                self.jobs.write_progress(req.job_id, req.attempt, done, total)
+            except Exception as exc:  # progress is news, not the job: a failed write must not fail it
+                log.warning("job %s: progress not written (%s)", req.job_id, exc)
+
+        with self._busy():
+            try:
+                frames = np.array(req.frames)  # a writable copy (Ray hands read-only arrays over)
+                cfg = g.sampler_config(**req.overrides)
+                n = len(window_starts(len(frames) / g.fps, g.clip_s, cfg.crossfade_s, g.sr))
+                progress(0, n)
+                wav = g.generate(frames, seed=req.seed, clip_id=req.clip_id, caption=req.caption, progress=progress,
+                                 should_stop=self.jobs.stop_check(req.job_id, req.attempt), **req.overrides)
+                out = JobOutcome("done", wav, g.sr, None, time.perf_counter() - t, n)
+            except GenerationCancelled:
+                out = JobOutcome("cancelled", None, g.sr, None, time.perf_counter() - t, n)
+            except GeneratorError as exc:  # a bad option or input, or a diverged model: the job fails
+                out = JobOutcome("failed", None, g.sr, str(exc), time.perf_counter() - t, n)
+        with self._busy_lock:
+            self._jobs_ended[out.state] += 1
+        log.info("job %s: %s after %.1f s (%s windows)", req.job_id, out.state, out.seconds, n)
+        return out
 
     def _run(self, jobs: list[GenerationJob]) -> list[GenerationOutput]:
         if not self.batching:
@@ -138,4 +223,9 @@ class GeneratorDeployment:
         Args:
             jobs: the batch (``@serve.batch`` collects single calls into this list).
         """
-        return await asyncio.to_thread(self._run, jobs)
+        return await asyncio.to_thread(self._run_busy, jobs)
+
+    def _run_busy(self, jobs: list[GenerationJob]) -> list[GenerationOutput]:
+        """:meth:`_run`, counted into ``busy_s``."""
+        with self._busy():
+            return self._run(jobs)

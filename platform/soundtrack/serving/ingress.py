@@ -10,6 +10,11 @@ a body over the limit (413) or slower than ``min_upload_bytes_per_s`` after
 codecs, or refers to other files (415), or whose packets exceed the limits (422, see
 :func:`~soundtrack.serving.guard.inspect_upload`). A file that passes and still fails to
 decode gets 422: no input answers 500.
+
+``POST /v1/jobs`` takes the same form through the same checks (its duration, frame, packet
+and re-encoding limits those of :meth:`~soundtrack.serving.limits.ServeLimits.for_jobs`),
+stores the upload and answers 202 at once; :mod:`soundtrack.serving.jobs` runs it and
+answers ``GET /v1/jobs/{id}``, ``GET /v1/jobs/{id}/result`` and ``DELETE /v1/jobs/{id}``.
 """
 
 from __future__ import annotations
@@ -36,10 +41,12 @@ from soundtrack.serving.guard import (
     GuardError,
     InflightBudget,
     RequestGuard,
+    UploadFacts,
     inspect_upload,
     public_model_info,
     public_uri,
 )
+from soundtrack.serving.jobs import INPUT_FILE, JOB_STATUS_SCHEMA, JobError, JobManager, JobStore, job_limits
 from soundtrack.serving.limits import (
     INGRESS_NAME,
     VIDEO_FIELD,
@@ -84,8 +91,32 @@ def _upload_error(exc: UploadError) -> JSONResponse:
     return _error(exc.status, exc.code, exc.message, exc.field, exc.limit, **extra)
 
 
+def _inspect(path: Path, limits: ServeLimits, want_mp4: bool) -> UploadFacts:
+    """Judges an uploaded file without decoding (:func:`inspect_upload`), and whether it may be
+    re-encoded for ``output=mp4``.
+
+    Args:
+        path: the uploaded file (server side: never named in an answer).
+        limits: the limits it is judged by.
+        want_mp4: the client asked for ``output=mp4`` (the source is decoded again to mux).
+
+    Raises:
+        UploadError: 415 / 422 from :func:`inspect_upload`; 422 when ``output=mp4`` would
+            decode more than ``max_mux_bytes``.
+    """
+    facts = inspect_upload(path, limits)  # GuardError (an UploadError) before any frame is decoded
+    if want_mp4:
+        # mux_audio decodes every source frame at the source size: frames x width x height x 3 bytes
+        decoded = facts.frames * facts.width * facts.height * 3
+        if decoded > limits.max_mux_bytes:
+            raise UploadError(422, "video_too_large_to_mux", f"re-encoding this video would decode {decoded} bytes "
+                              f"of frames, over the limit of {limits.max_mux_bytes}; ask for output=wav",
+                              field="output", limit=limits.max_mux_bytes)
+    return facts
+
+
 def _decode(path: Path, info: Mapping[str, Any], limits: ServeLimits, want_mp4: bool) -> np.ndarray:
-    """Judges an uploaded file without decoding (:func:`inspect_upload`), then decodes it at the
+    """Judges an uploaded file without decoding (:func:`_inspect`), then decodes it at the
     model's frame size and rate.
 
     Args:
@@ -98,17 +129,9 @@ def _decode(path: Path, info: Mapping[str, Any], limits: ServeLimits, want_mp4: 
         uint8 ``(T, frame_size, frame_size, 3)`` frames at the model's rate.
 
     Raises:
-        UploadError: 415 / 422 from :func:`inspect_upload`; 422 when ``output=mp4`` would
-            decode more than ``max_mux_bytes`` or when the frames do not decode.
+        UploadError: 415 / 422 from :func:`_inspect`; 422 when the frames do not decode.
     """
-    facts = inspect_upload(path, limits)  # GuardError (an UploadError) before any frame is decoded
-    if want_mp4:
-        # mux_audio decodes every source frame at the source size: frames x width x height x 3 bytes
-        decoded = facts.frames * facts.width * facts.height * 3
-        if decoded > limits.max_mux_bytes:
-            raise UploadError(422, "video_too_large_to_mux", f"re-encoding this video would decode {decoded} bytes "
-                              f"of frames, over the limit of {limits.max_mux_bytes}; ask for output=wav",
-                              field="output", limit=limits.max_mux_bytes)
+    facts = _inspect(path, limits, want_mp4)
     size = int(info["frame_size"])
     try:
         frames = media.read_frames(path, fps=float(info["fps"]), size=(size, size))
@@ -139,6 +162,28 @@ def _mp4_bytes(video: Path, wav: np.ndarray, sr: int, out: Path) -> bytes:
     return out.read_bytes()
 
 
+def _encode(kind: str, video: Path, wav: np.ndarray, sr: int, tmp: Path) -> bytes:
+    """A result file's bytes: ``wav`` (16-bit PCM) or ``mp4`` (``video`` with the track, built in ``tmp``)."""
+    return _wav_bytes(wav, sr) if kind == "wav" else _mp4_bytes(video, wav, sr, tmp / "out.mp4")
+
+
+def _safe_stem(filename: str | None) -> str:
+    """The client's file name as the stem of an answer's file name: ASCII letters, digits, ``-_.``."""
+    stem = Path(filename or "video").stem or "video"
+    return "".join(c if (c.isascii() and c.isalnum()) or c in "-_." else "_" for c in stem)[:64]
+
+
+def _job_error(exc: JobError) -> JSONResponse:
+    """The JSON answer of a job route's refusal (404 / 409 / 410; ``state`` when known)."""
+    return _error(exc.status, exc.code, exc.message, state=exc.state)
+
+
+def _job_links(request: Request, job_id: str) -> dict[str, str]:
+    """The job's URLs as paths under the application's route prefix."""
+    base = f"{str(request.scope.get('root_path') or '').rstrip('/')}/v1/jobs/{job_id}"
+    return {"self": base, "result": f"{base}/result", "cancel": base}
+
+
 class SoundtrackService:
     """The ingress' request handling, independent of FastAPI routing.
 
@@ -146,9 +191,11 @@ class SoundtrackService:
         generator: handle of the generator deployment.
         model_uri: the model URI served (reported by the health endpoint, without its path).
         limits: the service's limits.
+        storage: the run storage root that holds the jobs (``<storage>/serve_jobs``; a path
+            or an object-store URI); ``None``: no job routes (they answer 404).
     """
 
-    def __init__(self, generator, model_uri: str, limits: ServeLimits):
+    def __init__(self, generator, model_uri: str, limits: ServeLimits, storage: str | None = None):
         self.generator = generator
         self.model_uri = model_uri
         self.limits = limits
@@ -157,6 +204,8 @@ class SoundtrackService:
         self.budget = InflightBudget(limits.max_inflight_upload_bytes)
         self._info: dict | None = None
         self._public_info: dict | None = None
+        self.jobs = None if storage is None else JobManager(JobStore(storage), generator, limits, self.model_info,
+                                                            _decode, _encode)
 
     async def model_info(self) -> dict:
         """The generator's :meth:`GeneratorDeployment.info`, fetched once (server side only: it
@@ -185,6 +234,16 @@ class SoundtrackService:
 
         Args:
             request: the HTTP request.
+        """
+        return await self._admitted(request, lambda boundary: self._soundtrack(request, boundary))
+
+    async def _admitted(self, request: Request, handle) -> Any:
+        """The checks of an upload before its body is read (Content-Type and -Length,
+        ``max_pending``, the upload budget), then ``handle(boundary)`` holding its place.
+
+        Args:
+            request: the HTTP request.
+            handle: ``async handle(boundary) -> answer``, run once the request is admitted.
         """
         lim = self.limits
         try:
@@ -216,7 +275,7 @@ class SoundtrackService:
                           limit=lim.max_inflight_upload_bytes, headers=self.retry_headers())
         self.pending += 1
         try:
-            return await self._soundtrack(request, boundary)
+            return await handle(boundary)
         finally:
             self.pending -= 1
             self.budget.release(reserve)
@@ -233,27 +292,25 @@ class SoundtrackService:
         with tempfile.TemporaryDirectory(prefix="soundtrack-upload-") as tmp:
             tmpdir = Path(tmp)
             try:
-                upload = await read_multipart(
-                    request.stream(), boundary, tmpdir / "upload", max_bytes=lim.max_upload_bytes,
-                    file_field=VIDEO_FIELD, allowed_fields=set(SoundtrackOptions.model_fields),
-                    max_field_bytes=lim.max_field_bytes, max_parts=len(SoundtrackOptions.model_fields) + 1,
-                    min_bytes_per_s=lim.min_upload_bytes_per_s, grace_s=lim.upload_grace_s)
-                if upload.file_path is None:
-                    raise UploadError(422, "missing_field", f"the form has no {VIDEO_FIELD!r} file part",
-                                      field=VIDEO_FIELD)
+                upload = await self._read_form(request, boundary, tmpdir / "upload")
                 info = await self.model_info()
                 opts = parse_options(upload.fields, lim, info)
                 frames = await asyncio.to_thread(_decode, upload.file_path, info, lim, opts.output == "mp4")
                 job = GenerationJob(frames=frames, seed=opts.seed, caption=opts.prompt,
                                     overrides=opts.overrides())
-                out: GenerationOutput = await self.generator.generate.remote(job)
-            except UploadError as exc:
-                return _upload_error(exc)
-            except ClientDisconnect:
-                return _error(400, "client_disconnected", "the client closed the connection during the upload")
-            except BackPressureError as exc:  # Serve's max_queued_requests of the generator
-                return _error(503, "busy", f"the generator's queue is full ({exc}); retry later",
-                              headers=self.retry_headers(getattr(exc, "retry_after_s", None)))
+                response = self.generator.generate.remote(job)
+                try:
+                    out: GenerationOutput = await response
+                except asyncio.CancelledError:
+                    # The client went away (Serve cancels the request): a job still waiting in
+                    # the generator's @serve.batch queue is dropped there; one whose batch is
+                    # already sampling finishes (the batch's loop has no per-job stop).
+                    cancel = getattr(response, "cancel", None)
+                    if cancel is not None:
+                        cancel()
+                    raise
+            except (UploadError, ClientDisconnect, BackPressureError) as exc:
+                return self._refusal(exc)
             if out.error is not None:
                 return _error(422, "invalid_option", out.error)
             headers = {
@@ -263,8 +320,7 @@ class SoundtrackService:
                 "X-Soundtrack-Generate-Seconds": f"{out.seconds:.3f}",
                 "X-Soundtrack-Seconds": f"{time.perf_counter() - t0:.3f}",
             }
-            stem = Path(upload.filename or "video").stem or "video"
-            stem = "".join(c if (c.isascii() and c.isalnum()) or c in "-_." else "_" for c in stem)[:64]
+            stem = _safe_stem(upload.filename)
             if opts.output == "wav":
                 body = await asyncio.to_thread(_wav_bytes, out.wav, out.sr)
                 media_type, name = "audio/wav", f"{stem}.soundtrack.wav"
@@ -279,6 +335,121 @@ class SoundtrackService:
             headers["Content-Disposition"] = f'attachment; filename="{name}"'
             self.served += 1
             return Response(content=body, media_type=media_type, headers=headers)
+
+    async def _read_form(self, request: Request, boundary: bytes, dest: Path):
+        """Streams the multipart form to ``dest`` (the video) and memory (the fields).
+
+        Args:
+            request: the HTTP request.
+            boundary: its multipart boundary.
+            dest: where the video part is written.
+
+        Returns:
+            the :class:`~soundtrack.serving.upload.Upload`.
+
+        Raises:
+            UploadError: 400 / 408 / 413 / 422 from the reader; 422 without a video part.
+        """
+        lim = self.limits
+        upload = await read_multipart(
+            request.stream(), boundary, dest, max_bytes=lim.max_upload_bytes,
+            file_field=VIDEO_FIELD, allowed_fields=set(SoundtrackOptions.model_fields),
+            max_field_bytes=lim.max_field_bytes, max_parts=len(SoundtrackOptions.model_fields) + 1,
+            min_bytes_per_s=lim.min_upload_bytes_per_s, grace_s=lim.upload_grace_s)
+        if upload.file_path is None:
+            raise UploadError(422, "missing_field", f"the form has no {VIDEO_FIELD!r} file part", field=VIDEO_FIELD)
+        return upload
+
+    def _refusal(self, exc: Exception) -> JSONResponse:
+        """The answer to an upload that ends in a refusal: :class:`UploadError`, a client gone
+        during the upload (400), the generator's full queue (503)."""
+        if isinstance(exc, UploadError):
+            return _upload_error(exc)
+        if isinstance(exc, ClientDisconnect):
+            return _error(400, "client_disconnected", "the client closed the connection during the upload")
+        # BackPressureError: Serve's max_queued_requests of the generator
+        return _error(503, "busy", f"the generator's queue is full ({exc}); retry later",
+                      headers=self.retry_headers(getattr(exc, "retry_after_s", None)))
+
+    # -- jobs -------------------------------------------------------------------------------
+
+    def _no_jobs(self) -> JSONResponse | None:
+        """404 when this service keeps no jobs; else starts the replica's job sweeps (once)."""
+        if self.jobs is None:
+            return _error(404, "jobs_disabled", "this service runs without job storage; use POST /v1/soundtrack")
+        self.jobs.ensure_started()
+        return None
+
+    async def create_job(self, request: Request) -> Any:
+        """Handles ``POST /v1/jobs``: the form of ``POST /v1/soundtrack`` and its checks, the
+        job limits (:func:`~soundtrack.serving.jobs.job_limits`); 503 + ``Retry-After`` when
+        ``max_jobs`` jobs of this replica are queued or running. Answers 202 with the job's
+        status and a ``Location`` header.
+
+        Args:
+            request: the HTTP request.
+        """
+        refused = self._no_jobs()
+        if refused is not None:
+            return refused
+        self.jobs.kick_sweep()  # expired jobs go on every POST (and every job_sweep_s)
+        if not self.jobs.reserve():
+            return _error(503, "busy", f"{self.jobs.active} jobs are queued or running on this replica (limit "
+                          f"{self.limits.max_jobs}); retry later", limit=self.limits.max_jobs,
+                          headers=self.retry_headers())
+        try:
+            return await self._admitted(request, lambda boundary: self._create_job(request, boundary))
+        finally:
+            self.jobs.release()
+
+    async def _create_job(self, request: Request, boundary: bytes) -> Any:
+        lim = self.limits
+        with tempfile.TemporaryDirectory(prefix="soundtrack-upload-") as tmp:
+            indir = Path(tmp) / "in"  # holds the upload alone: it is copied to the store as it is
+            indir.mkdir()
+            try:
+                upload = await self._read_form(request, boundary, indir / INPUT_FILE)
+                info = await self.model_info()
+                opts = parse_options(upload.fields, lim, info)
+                await asyncio.to_thread(_inspect, upload.file_path, job_limits(lim, info), opts.output == "mp4")
+            except (UploadError, ClientDisconnect, BackPressureError) as exc:
+                return self._refusal(exc)
+            try:
+                st = await self.jobs.submit(indir, upload.fields, opts.output, _safe_stem(upload.filename))
+            except OSError:
+                log.exception("storing a job failed")
+                return _error(503, "job_store_unavailable", "the job could not be stored; retry later",
+                              headers=self.retry_headers())
+        links = _job_links(request, st["job_id"])
+        return JSONResponse({**st, "links": links}, status_code=202, headers={"Location": links["self"]})
+
+    async def job_route(self, request: Request, job_id: str, what: str) -> Any:
+        """Handles ``GET /v1/jobs/{job_id}`` (``what="status"``: 200; 404 unknown or bad id;
+        410 expired), ``GET /v1/jobs/{job_id}/result`` (``"result"``: 200 WAV / MP4; 404; 409
+        not done; 410) and ``DELETE /v1/jobs/{job_id}`` (``"cancel"``: 200 cancelled, or
+        deleted when it had ended; 404); 503 when the job store does not answer.
+
+        Args:
+            request: the HTTP request.
+            job_id: the id from the path (checked before any storage access).
+            what: ``status``, ``result`` or ``cancel``.
+        """
+        refused = self._no_jobs()
+        if refused is not None:
+            return refused
+        try:
+            if what == "result":
+                data, media_type, name = await self.jobs.result(job_id)
+                return Response(content=data, media_type=media_type, headers={
+                    "Content-Disposition": f'attachment; filename="{name}"', "X-Soundtrack-Job": job_id})
+            st = await (self.jobs.status(job_id) if what == "status" else self.jobs.cancel(job_id))
+        except JobError as exc:
+            return _job_error(exc)
+        except OSError:  # the store did not answer (StorageError is an OSError)
+            log.exception("job %s: the job store failed", job_id)
+            return _error(503, "job_store_unavailable", "the job store did not answer; retry later",
+                          headers=self.retry_headers())
+        return JSONResponse(st if st["state"] == "deleted" else {**st, "links": _job_links(request, job_id)})
 
 
 _ERROR_SCHEMA = {
@@ -299,6 +470,12 @@ def _error_response(description: str, retry: bool = False) -> dict:
         r["headers"] = {"Retry-After": {"description": "seconds to wait before retrying",
                                         "schema": {"type": "integer"}}}
     return r
+
+
+def _job_response(description: str, status: int = 200) -> dict:
+    return {"description": description, "content": {"application/json": {"schema": JOB_STATUS_SCHEMA}},
+            **({"headers": {"Location": {"description": "the job's URL", "schema": {"type": "string"}}}}
+               if status == 202 else {})}
 
 
 def create_api(service: SoundtrackService):
@@ -324,7 +501,8 @@ def create_api(service: SoundtrackService):
     @api.get("/v1/health", summary="liveness and load of this ingress replica")
     async def health() -> dict:
         return {"status": "ok", "model_uri": service.public_model_uri, "pending": service.pending,
-                "max_pending": lim.max_pending, "served": service.served}
+                "max_pending": lim.max_pending, "served": service.served,
+                "jobs": service.jobs.active if service.jobs is not None else None, "max_jobs": lim.max_jobs}
 
     @api.get("/v1/model", summary="the model card of the served generator",
              responses={503: _error_response("the generator is overloaded", retry=True)})
@@ -364,6 +542,68 @@ def create_api(service: SoundtrackService):
     async def soundtrack(request: Request):
         return await service.soundtrack(request)
 
+    no_job = _error_response("no job has this id (bad ids included), or the service keeps no jobs")
+    gone = _error_response("the job expired (job_ttl_s after it ended); a sweep then removes it (404)")
+
+    @api.post(
+        "/v1/jobs",
+        summary="submit a video as a job (long videos): answered at once, generated in the background",
+        status_code=202,
+        openapi_extra={"requestBody": {"required": True, "content": {
+            "multipart/form-data": {"schema": options_form_schema(lim.for_jobs())}}}},
+        responses={
+            202: _job_response("the job, queued (Location: its URL; poll it)", status=202),
+            400: _error_response("malformed multipart body or Host header"),
+            401: _error_response("a missing or invalid API key (when the service has api_keys)"),
+            403: _error_response("a post from a web page of another site (Origin)"),
+            408: _error_response("the upload was slower than min_upload_bytes_per_s"),
+            413: _error_response(f"the upload is over max_upload_bytes ({lim.max_upload_bytes})"),
+            415: _error_response("not multipart/form-data, or not an accepted video container and codecs"),
+            421: _error_response("a Host header this service does not answer to (allowed_hosts)"),
+            422: _error_response(f"an unknown or out-of-range option, a video without frames, one longer than "
+                                 f"max_job_duration_s ({lim.max_job_duration_s:g} s) or the model's "
+                                 "sampler.max_seconds, or over the job's frame / packet limits"),
+            429: _error_response("the API key's requests per minute are used up", retry=True),
+            503: _error_response(f"max_jobs ({lim.max_jobs}) jobs queued or running on this replica, too many "
+                                 "uploads in progress, or the job store did not answer", retry=True),
+        },
+    )
+    async def create_job(request: Request):
+        return await service.create_job(request)
+
+    @api.get("/v1/jobs/{job_id}", summary="a job's state, progress (windows done / total) and times",
+             responses={200: _job_response("the job"), 404: no_job, 410: gone,
+                        503: _error_response("the job store did not answer", retry=True)})
+    async def job_status(request: Request, job_id: str):
+        return await service.job_route(request, job_id, "status")
+
+    @api.get(
+        "/v1/jobs/{job_id}/result",
+        summary="a done job's soundtrack (WAV) or video with it (MP4)",
+        response_class=Response,
+        responses={
+            200: {"description": "the result of a done job (the output it was submitted with)",
+                  "content": {"audio/wav": {"schema": {"type": "string", "format": "binary"}},
+                              "video/mp4": {"schema": {"type": "string", "format": "binary"}}}},
+            404: no_job, 409: _error_response("the job is not done (queued, running, failed or cancelled: state "
+                                              "names it)"),
+            410: gone, 503: _error_response("the job store did not answer", retry=True),
+        },
+    )
+    async def job_result(request: Request, job_id: str):
+        return await service.job_route(request, job_id, "result")
+
+    @api.delete(
+        "/v1/jobs/{job_id}",
+        summary="cancel a queued or running job (it stops within about one denoising step), or delete a "
+                "finished one",
+        responses={200: {"description": "the cancelled job (state cancelled), or {job_id, state: deleted}",
+                         "content": {"application/json": {"schema": JOB_STATUS_SCHEMA}}},
+                   404: no_job, 503: _error_response("the job store did not answer", retry=True)},
+    )
+    async def cancel_job(request: Request, job_id: str):
+        return await service.job_route(request, job_id, "cancel")
+
     return api
 
 
@@ -376,10 +616,17 @@ class IngressDeployment:
         generator: handle of the generator deployment.
         model_uri: the model URI served.
         limits: :class:`ServeLimits` fields as a dict.
+        storage: the run storage root of the jobs (``None``: no job routes).
     """
 
-    def __init__(self, generator, model_uri: str, limits: dict | None = None):
-        self.service = SoundtrackService(generator, model_uri, ServeLimits.from_dict(limits))
+    def __init__(self, generator, model_uri: str, limits: dict | None = None, storage: str | None = None):
+        self.service = SoundtrackService(generator, model_uri, ServeLimits.from_dict(limits), storage)
 
     def __serve_build_asgi_app__(self):
         return create_api(self.service)
+
+    async def check_health(self):
+        """Serve's periodic health check; also starts this replica's job sweeps (expiry and
+        take-over of jobs whose replica stopped) without waiting for a request."""
+        if self.service.jobs is not None:
+            self.service.jobs.ensure_started()

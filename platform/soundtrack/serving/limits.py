@@ -92,7 +92,7 @@ _MAY_BE_ZERO = ("min_upload_bytes_per_s", "upload_grace_s")
 #: Limits that must be whole numbers.
 _INTEGER_LIMITS = ("max_upload_bytes", "max_steps", "max_pending", "max_prompt_chars", "max_field_bytes",
                    "max_mux_bytes", "max_streams", "max_video_pixels", "max_video_frames", "max_packets",
-                   "max_inflight_upload_bytes")
+                   "max_inflight_upload_bytes", "max_jobs")
 
 
 #: Limits that are not numbers (checked on their own).
@@ -189,6 +189,19 @@ class ServeLimits:
             hold (declared ``Content-Length``, or ``max_upload_bytes`` for a chunked body); a
             request that would go over gets 503 with ``Retry-After`` before its body is read;
             ``None`` (the default): 4 x ``max_upload_bytes``.
+        max_job_duration_s: longest video of a job (``POST /v1/jobs``, 422 over it), judged
+            like ``max_duration_s``; the frame, packet and re-encoding limits of a job grow
+            with it at the same rate per second (:meth:`for_jobs`). A model refuses videos
+            over its ``sampler.max_seconds`` (720 s by default): the smaller of the two applies.
+        max_jobs: jobs queued or running in one ingress replica; one more is refused with 503
+            and ``Retry-After`` before its body is read.
+        job_ttl_s: how long a finished job (its state and result) is kept after it ends (s);
+            after that its answers are 410 until a sweep removes it (then 404).
+        job_sweep_s: seconds between two sweeps of the job store by each ingress replica
+            (expired jobs removed, orphaned ones taken over); every ``POST /v1/jobs`` sweeps too.
+        job_stale_s: a queued or running job whose replica has not renewed its heartbeat for
+            this long (s) is orphaned (its replica stopped): a sweep runs it again from its
+            stored upload, or fails it after :data:`~soundtrack.serving.jobs.MAX_ATTEMPTS` tries.
     """
 
     max_upload_bytes: int = 64 * 2**20
@@ -208,6 +221,11 @@ class ServeLimits:
     min_upload_bytes_per_s: float = 16 * 2**10
     upload_grace_s: float = 5.0
     max_inflight_upload_bytes: int | None = None
+    max_job_duration_s: float = 900.0
+    max_jobs: int = 2
+    job_ttl_s: float = 24 * 3600.0
+    job_sweep_s: float = 30.0
+    job_stale_s: float = 60.0
 
     def __post_init__(self):
         if self.max_inflight_upload_bytes is None:  # room for 4 uploads of the largest size at once
@@ -243,6 +261,25 @@ class ServeLimits:
             ValueError: an unknown key (the message lists the allowed ones) or a bad value.
         """
         return from_mapping(cls, d, "serve limit(s)")
+
+    def for_jobs(self, max_duration_s: float | None = None) -> "ServeLimits":
+        """The limits a job's upload is judged by: ``max_duration_s`` = ``max_job_duration_s``
+        (or the given duration), and ``max_video_frames``, ``max_packets`` and
+        ``max_mux_bytes`` scaled by the same factor, so that what a job may cost per second
+        of video is what a synchronous request may (the defaults: 120 frames/s, ~1667
+        packets/s). The other limits (upload bytes, streams, pixels, steps) are the same.
+
+        Args:
+            max_duration_s: the job duration limit to use (s; ``None``: ``max_job_duration_s``),
+                e.g. the smaller of it and the model's ``sampler.max_seconds``.
+        """
+        seconds = float(self.max_job_duration_s if max_duration_s is None else max_duration_s)
+        factor = seconds / float(self.max_duration_s)
+        return dataclasses.replace(
+            self, max_duration_s=seconds,
+            max_video_frames=max(1, math.ceil(self.max_video_frames * factor)),
+            max_packets=max(1, math.ceil(self.max_packets * factor)),
+            max_mux_bytes=max(1, math.ceil(self.max_mux_bytes * factor)))
 
     def to_dict(self) -> dict[str, Any]:
         """The limits as a plain dict (JSON-ready; it holds the API keys: not for clients)."""
