@@ -389,7 +389,8 @@ def main(argv: list[str] | None = None) -> int:
 
     samples = poller.samples
     RESULTS.mkdir(parents=True, exist_ok=True)
-    png = Path(args.out).with_name("serve_replicas.png")
+    out = Path(args.out)  # serve.json -> serve_replicas.png; serve_batching.json -> serve_batching_replicas.png
+    png = out.with_name("serve_replicas.png" if out.stem == "serve" else f"{out.stem}_replicas.png")
     _plot(samples, spans, png)
     doc = {
         "benchmark": "serve_load",
