@@ -393,22 +393,23 @@ class _Local:
             finally:
                 fcntl.flock(lk, fcntl.LOCK_UN)
 
+    def _holds(self, rel: str, expect: bytes) -> bool:
+        """Whether ``rel`` exists with exactly ``expect`` (call under :meth:`_locked`)."""
+        try:
+            return self.read(rel) == expect
+        except FileNotFoundError:
+            return False
+
     def swap(self, rel: str, data: bytes, expect: bytes) -> bool:
         with self._locked(rel):
-            try:
-                if self.read(rel) != expect:
-                    return False
-            except FileNotFoundError:
+            if not self._holds(rel, expect):
                 return False
             self.write(rel, data)
             return True
 
     def delete_if(self, rel: str, expect: bytes) -> bool:
         with self._locked(rel):
-            try:
-                if self.read(rel) != expect:
-                    return False
-            except FileNotFoundError:
+            if not self._holds(rel, expect):
                 return False
             self._p(rel).unlink()
         self._p(rel).with_name(self._p(rel).name + ".lock").unlink(missing_ok=True)
