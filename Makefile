@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 # tests/test_env.py checks that anything exported here agrees with it).
 export MPLBACKEND := Agg
 
-.PHONY: venv demo lint test test-fast bench clean
+.PHONY: venv demo lint test test-fast bench clean browser
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -32,7 +32,13 @@ lint: $(STAMP)
 	$(BIN)/ruff check platform tests benchmarks
 	$(BIN)/lint-imports
 
-test: $(STAMP) lint
+# The web page's test drives Debian's chromium through chromedriver (selenium); ~20 s the first time.
+browser:
+	@test -x /usr/bin/chromium -a -x /usr/bin/chromedriver || { \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	    chromium chromium-driver >/dev/null; }
+
+test: $(STAMP) lint browser
 	$(BIN)/python -m pytest -q --durations=15 tests
 
 test-fast: $(STAMP)

@@ -138,6 +138,14 @@ def test_bench_on_local_ray_scores_and_caches(synth_small, tmp_path, stage_stora
         gt = table[(table["method"] == "ground_truth") & (table["seed"] == 0)].iloc[0]
         direct = clip_metrics(np.asarray(rows[gt["clip_id"]]["wav_mix"], np.float32), rows[gt["clip_id"]])
         assert gt["f1"] == pytest.approx(direct["f1"]) and gt["onset_rate"] == pytest.approx(direct["onset_rate"])
+        # the web page's runs view reads the bench's table from the store (s3:// here)
+        from soundtrack.serving.overview import bench_run
+
+        view = bench_run(Store(stage_storage), "t")
+        assert view["status"] == "finished" and {r["method"] for r in view["rows"]} == set(table["method"])
+        f1 = {r["method"]: r["values"]["f1"] for r in view["rows"]}
+        assert f1["ground_truth"][0] == pytest.approx(table[table["method"] == "ground_truth"]["f1"].mean())
+        assert "bench.png" in view["plots"]
         # random retrieval uses another clip's real audio, never the clip's own
         rr = table[table["method"] == "random_retrieval"]
         assert (rr["source"] != rr["clip_id"]).all()

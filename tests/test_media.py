@@ -369,3 +369,13 @@ def test_packet_table_positions_are_payloads(tmp_path):
                 if pkt.size and pkt.pos is not None and pkt.pos >= 0:
                     assert data[pkt.pos : pkt.pos + pkt.size] == bytes(pkt), (container, pkt)
         assert packet_table(path)
+
+
+def test_frame_count_ignores_float32_timestamp_noise_of_long_videos():
+    """A 10-minute 10 fps file ends at 600.00006 s in decord's float32 timestamps: 6000
+    frames, not 6001 (benchmarks/serve_load.py --phases long_job got 600.1 s of audio)."""
+    from soundtrack.data.media import _n_out
+
+    assert _n_out(float(np.float32(600.0) + np.float32(6e-5)), 10.0) == 6000
+    assert _n_out(3.0000004, 10.0) == 30 and _n_out(3.05, 10.0) == 31  # a partial last frame counts
+    assert _n_out(7200.0005, 25.0) == 180000 and _n_out(0.1, 10.0) == 1

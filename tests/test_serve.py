@@ -115,7 +115,7 @@ def served(tmp_path_factory, media_files):
 
     if ray.is_initialized():
         ray.shutdown()
-    init_ray(num_cpus=2)
+    init_ray(num_cpus=2, metrics_export_port=_free_port())  # Prometheus: test_prometheus_metrics_...
     port = _free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port, "request_timeout_s": 60})
     app = build_app({
@@ -568,6 +568,183 @@ def test_cancelled_job_stops_the_generator_and_the_service_goes_on(served, media
     assert _post(url, media_files / "clip.mp4", {"num_steps": "2"}).status_code == 200
 
 
+# ----------------------------------------------------------------------------- the web page
+
+
+def _runs_for_the_page(root: Path) -> None:
+    """A search, a bench and a registry entry in the served storage root, in the formats their
+    stages write (the entry by the registry's own register): the
+    search's trials.csv and plots by the tune stage's own report writer, the bench's
+    summary.json as the bench writes it (the numbers are fixed here: test_tune and test_bench
+    read their real runs through the same /v1/runs code, soundtrack.serving.overview)."""
+    import pandas as pd
+    from optuna.distributions import CategoricalDistribution, FloatDistribution
+
+    from soundtrack.stages.registry import register
+    from soundtrack.tuning.report import write_report
+
+    run = root / "tune" / "page-search-1a2b3c4d"
+    run.mkdir(parents=True)
+    df = pd.DataFrame({"order": [1, 2, 3], "trial_id": ["t0", "t1", "t2"], "status": ["done"] * 3,
+                       "param_guidance_scale": [2.5, 4.0, 6.5], "param_window_k": [8, 4, 4],
+                       "score": [0.91, 1.12, 1.05], "clips": [4, 4, 2], "complete": [True, True, False],
+                       "time_s": [10.0, 11.5, 6.0]})
+    write_report(df, run, {"guidance_scale": FloatDistribution(1.0, 10.0),
+                           "window_k": CategoricalDistribution([4, 8])}, "sampling")
+    (run / "run.json").write_text(json.dumps({"stage": "tune", "name": run.name, "status": "finished",
+                                              "started_at": "2026-12-02T10:00:00+0000",
+                                              "finished_at": "2026-12-02T10:05:00+0000", "host": "secret-host",
+                                              "summary": {"best": {"score": 1.12, "trial_id": "t1"}}}))
+    register("page-best", root / "model", {"guidance_scale": 4.0, "num_steps": 20},
+             {"purpose": "the web page's test"}, storage=str(root))
+    bench = root / "bench" / "page-bench"
+    bench.mkdir(parents=True)
+    stat = lambda m, lo, hi: {"mean": m, "ci95": [lo, hi], "n": 4, "clips": 4}  # noqa: E731
+    (bench / "summary.json").write_text(json.dumps({"bench": "page-bench", "clips": 4, "seeds": [0], "methods": {
+        "ground_truth": {"f1": stat(0.65, 0.56, 0.71), "beat_f1": stat(0.95, 0.89, 0.99)},
+        "tuned": {"f1": stat(0.69, 0.61, 0.76), "beat_f1": stat(0.88, 0.78, 0.95)}}}))
+
+
+def test_web_page_generates_plays_cancels_and_browses_runs(served, media_files, tmp_path):
+    """The page in a real headless chromium (selenium): upload a real mp4 through the file
+    input, set the controls built from the OpenAPI description, wait for the job; the page
+    decodes the returned WAV with Web Audio (its length and RMS checked here against the
+    service's own WAV), plays it and the muxed MP4, and draws the mel-spectrogram with the
+    rhythm curve and beats; Cancel on a long job stops the generator within 2 s; the runs view
+    lists a search with its trials and plots and a bench table. Screenshots: test-artifacts/."""
+    import requests
+    from browser import console, have_browser, screenshot, start_browser, wait_for
+    from ray import serve
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    from soundtrack.data import media
+    from soundtrack.serving.limits import GENERATOR_NAME
+
+    if not have_browser():  # `make test` installs them (make browser); a bare pytest may lack them
+        pytest.skip("chromium / chromedriver not installed: run `make browser`")
+    url, _, model_dir = served
+    _runs_for_the_page(model_dir.parent)
+    long_video = tmp_path / "long25.mp4"
+    media.write_mp4(long_video, _moving_square(250), fps=10.0)
+    gen = serve.get_deployment_handle(GENERATOR_NAME, app_name="soundtrack")
+    driver = start_browser(tmp_path / "profile")
+    try:
+        driver.get(url + "/")
+        wait_for(driver, "window.soundtrackPage && window.soundtrackPage.ready", timeout=30)
+        # the page's own files only (CSP): every resource it loaded is from this service
+        loaded = driver.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
+        assert loaded and all(u.startswith(url) for u in loaded), loaded
+        # 1. upload a real mp4, set steps, seed and output, generate
+        driver.find_element(By.ID, "video-file").send_keys(str(media_files / "clip.mp4"))
+        steps = driver.find_element(By.ID, "opt-num_steps")
+        assert steps.get_attribute("max") == str(MAX_STEPS) or int(float(steps.get_attribute("max"))) >= MAX_STEPS
+        steps.send_keys("2")
+        seed = driver.find_element(By.ID, "opt-seed")
+        seed.clear()
+        seed.send_keys("3")
+        Select(driver.find_element(By.ID, "opt-output")).select_by_value("mp4")
+        driver.find_element(By.ID, "generate").click()
+        decoded = wait_for(driver, "window.soundtrackPage.drawn && window.soundtrackPage.decoded", timeout=120)
+        page = driver.execute_script("return window.soundtrackPage")
+        assert page["states"][-1] == "done" and page["error"] is None, page
+        # the service's own WAV of that job, for the length and level the browser decoded
+        res = requests.get(f"{url}/v1/jobs/{page['job']}/result", params={"kind": "wav"}, timeout=30)
+        x, sr = _wav(res.content)
+        rms = float(np.sqrt(np.mean((x / 32768.0) ** 2)))
+        print(f"\nweb page: decoded {decoded['duration']:.3f} s at {decoded['sampleRate']} Hz, RMS "
+              f"{decoded['rms']:.4f} (server WAV {len(x) / sr:.3f} s, RMS {rms:.4f}); drawn {page['drawn']}")
+        assert decoded["sampleRate"] == sr == 16000 and decoded["length"] == len(x) == 3 * 16000
+        assert decoded["rms"] > 1e-3 and abs(decoded["rms"] - rms) < 1e-3 * max(1.0, rms)
+        # the spectrogram is drawn: many colours on the canvas, the curve and the beats on it
+        colours = driver.execute_script("""
+            const c = document.getElementById('spectrogram'), d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+            const seen = new Set(); for (let i = 0; i < d.length; i += 4 * 7) seen.add(d[i] << 16 | d[i + 1] << 8 | d[i + 2]);
+            return seen.size;""")
+        fps = float(requests.get(url + "/v1/model", timeout=10).json()["fps"])
+        assert colours > 50 and page["drawn"]["rows"] == 64, (colours, page["drawn"])
+        assert page["drawn"]["rhythm"] == round(3.0 * fps), (fps, page["drawn"])  # a point a frame
+        # the muxed video plays in the page and both downloads are offered
+        assert driver.execute_script("return !document.getElementById('muxed').hidden")
+        wait_for(driver, "document.getElementById('muxed').readyState >= 1 && "
+                         "document.getElementById('muxed').duration > 2.9", timeout=20)
+        assert driver.execute_script("return document.getElementById('audio').duration") == pytest.approx(3.0, abs=0.05)
+        assert driver.find_element(By.ID, "download-mp4").get_attribute("href").startswith("blob:")
+        screenshot(driver, "serve_page_result")
+        # 2. a long job, cancelled from the page: the generator stops within 2 s
+        driver.find_element(By.ID, "video-file").send_keys(str(long_video))
+        steps.clear()
+        steps.send_keys(str(MAX_STEPS))  # 3 windows x 50 steps: far longer than the test
+        Select(driver.find_element(By.ID, "opt-output")).select_by_value("wav")
+        driver.find_element(By.ID, "generate").click()
+        wait_for(driver, "/windows/.test(document.getElementById('status').textContent)", timeout=60)
+        time.sleep(0.5)
+        before = gen.stats.remote().result()
+        assert before["generating"] == 1, before
+        screenshot(driver, "serve_page_running")
+        t0 = time.monotonic()
+        driver.find_element(By.ID, "cancel").click()
+        while gen.stats.remote().result()["generating"]:
+            assert time.monotonic() - t0 < 2.0, "the generator still works 2 s after Cancel on the page"
+            time.sleep(0.05)
+        latency = time.monotonic() - t0
+        busy = gen.stats.remote().result()["busy_s"]
+        time.sleep(1.0)
+        assert gen.stats.remote().result()["busy_s"] == busy
+        wait_for(driver, "window.soundtrackPage.states.includes('cancelled')", timeout=10)
+        print(f"web page: Cancel stopped the generator {latency:.2f} s after the click")
+        # 3. the runs view: the search (trials and its plots) and the bench table
+        driver.find_element(By.ID, "tab-runs").click()
+        runs = wait_for(driver, "window.soundtrackPage.runs", timeout=30)
+        assert runs["tune"] >= 1 and runs["bench"] >= 1 and runs["registry"] >= 1, runs
+        card = driver.find_element(By.ID, "runs-registry").text
+        assert "page-best" in card and '"guidance_scale": 4' in card and str(model_dir) not in driver.page_source
+        tune = driver.find_element(By.ID, "runs-tune")
+        assert "page-search-1a2b3c4d" in tune.text and "secret-host" not in driver.page_source
+        assert len(tune.find_elements(By.CSS_SELECTOR, "tr")) == 1 + 3  # header + 3 trials
+        wait_for(driver, "Array.from(document.querySelectorAll('#runs-tune img')).length >= 2 && "
+                         "Array.from(document.querySelectorAll('#runs-tune img')).every(i => i.complete && i.naturalWidth > 0)",
+                 timeout=20)
+        bench = driver.find_element(By.ID, "runs-bench")
+        assert "page-bench" in bench.text and "tuned" in bench.text and "0.6900 [0.6100, 0.7600]" in bench.text
+        screenshot(driver, "serve_page_runs")
+        errors = [m for m in console(driver) if m.startswith("SEVERE")]
+        assert not errors, errors  # nothing failed to load, no script error
+    finally:
+        driver.quit()
+
+
+def test_prometheus_metrics_show_serve_and_service_answers(served, media_files):
+    """Ray's metrics port (``soundtrack serve --metrics-port``) exports Serve's request counts
+    and the service's own answers by route, status and error code (a 415 refusal, a 200)."""
+    import requests
+
+    from soundtrack.distributed.cluster import metrics_url
+
+    url = served[0]
+    assert _post(url, media_files / "notes.mp4").status_code == 415
+    assert requests.get(url + "/v1/health", timeout=10).status_code == 200
+    where = metrics_url()
+    assert where is not None and where.startswith("http://127.0.0.1:")
+    want = ('ray_soundtrack_http_answers_total{', 'route="/v1/soundtrack"', 'status="415"', 'route="/v1/health"')
+    deadline, text = time.monotonic() + 60, ""
+    while time.monotonic() < deadline:  # Ray's agent exports what replicas report every few seconds
+        text = requests.get(where, timeout=10).text
+        answers = [ln for ln in text.splitlines() if ln.startswith("ray_soundtrack_http_answers_total{")]
+        if (any('status="415"' in ln and 'route="/v1/soundtrack"' in ln for ln in answers)
+                and any('route="/v1/health"' in ln and 'code="ok"' in ln for ln in answers)
+                and "ray_serve_num_http_requests" in text):
+            break
+        time.sleep(2)
+    else:
+        pytest.fail(f"metrics never showed {want}; soundtrack lines: "
+                    f"{[ln for ln in text.splitlines() if 'soundtrack_' in ln][:10]}")
+    refusal = next(ln for ln in answers if 'status="415"' in ln)
+    assert 'code="not_a_video"' in refusal, refusal  # the error code of the answer's JSON
+    assert float(refusal.rsplit(" ", 1)[1]) >= 1
+    assert "ray_soundtrack_http_answer_seconds_bucket" in text and "ray_soundtrack_uploads_in_flight" in text
+
+
 def test_service_still_answers_and_leaves_no_upload_files(served, media_files):
     import requests
 
@@ -576,3 +753,47 @@ def test_service_still_answers_and_leaves_no_upload_files(served, media_files):
     r = _post(url, media_files / "clip.mp4", {"num_steps": "2", "output": "mp4"})
     assert r.status_code == 200
     assert not list(Path(tempfile.gettempdir()).glob("soundtrack-upload-*"))
+
+
+# ----------------------------------------------------------------------------- fuzz
+
+
+def test_openapi_fuzz_finds_no_5xx_and_every_answer_matches_the_schema(served, tmp_path):
+    """Every operation of /openapi.json, fuzzed from its own description (tests/api_fuzz.py):
+    schema-valid and schema-violating requests on loopback, bounded in count and time, with a
+    fixed seed. No answer is a 5xx (but the declared 503 + Retry-After of a full job queue),
+    each matches its declared status, media type, body and headers, and a schema-violating
+    request is refused. A real 1 s mp4 in some uploads, and the job ids of 202 answers in
+    later paths, take cases past the first refusal (generation, job status, result, delete)."""
+    import requests
+    from api_fuzz import fuzz_api, summary
+
+    from soundtrack.data import media
+
+    url = served[0]
+    media.write_mp4(tmp_path / "short.mp4", _moving_square(10, 32), fps=10.0)  # 1 s: cheap to generate for
+    uploads_dir = Path(tempfile.gettempdir())
+    before = set(uploads_dir.glob("soundtrack-upload-*"))
+    t0 = time.monotonic()
+    report = fuzz_api(url, max_examples=25, max_seconds=30.0, seed=0,
+                      uploads={"video": [(tmp_path / "short.mp4").read_bytes()]}, upload_fields={"num_steps": 2})
+    took = time.monotonic() - t0
+    print("\n" + summary(report))
+    assert not report["schema_errors"], report["schema_errors"]
+    assert not report["failures"], summary(report)
+    expected = {f"{m.upper()} {p}" for p, ops in requests.get(url + "/openapi.json", timeout=10).json()["paths"].items()
+                for m in ops}
+    assert set(report["operations"]) == expected  # every operation the document has was fuzzed
+    starved = [op for op, s in report["operations"].items() if s["cases"] == 0]
+    assert not starved, f"operations that got no case: {starved}"
+    assert report["cases"] >= 2 * len(expected), report["cases"]
+    print(f"fuzz: {report['cases']} cases in {took:.1f} s (budget {30.0:g} s, enforced by the fuzzer)")
+    # The service goes on answering, and none of the uploads left a file behind: a folder that
+    # is new and stays (another process's upload in flight on this shared machine goes in a moment)
+    assert requests.get(url + "/v1/health", timeout=10).json()["pending"] == 0
+    left = set(uploads_dir.glob("soundtrack-upload-*")) - before
+    deadline = time.monotonic() + 5
+    while left and time.monotonic() < deadline:
+        time.sleep(0.2)
+        left &= set(uploads_dir.glob("soundtrack-upload-*"))
+    assert not left, left

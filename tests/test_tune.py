@@ -250,6 +250,13 @@ def test_search_killed_and_resumed_keeps_every_trial_once_and_tpe_history(inputs
     assert first["param_guidance_scale"] == 2.5 and str(first["param_window_k"]) == "8"
     assert first["param_weight_video"] == first["param_weight_music"] == first["param_weight_sfx"] == 1.0
     assert "param_weight_text" not in df  # inert for a model without text: left out, and said so
+    # the web page's runs view reads the finished search from the store (s3:// here)
+    from soundtrack.serving.overview import runs_overview
+
+    seen = {r["name"]: r for r in runs_overview(Store(storage))["tune"]}
+    view = seen[run_dir.name]
+    assert view["status"] == "finished" and view["trials"]["n"] == 5 and "history.png" in view["plots"]
+    assert [row[view["trials"]["columns"].index("trial_id")] for row in view["trials"]["rows"]] == list(df["trial_id"])
     after = load_searcher(run_dir)
     study = after._ot_study
     assert isinstance(study.sampler, TPESampler)  # not a fallback to random search

@@ -251,15 +251,18 @@ def eval_folder(gen_dir: str | os.PathLike, ref: str | os.PathLike | None = None
 
 
 def serve(model: str | None = None, storage: str | os.PathLike | None = None, host: str | None = None,
-          port: int | None = None, config: str | os.PathLike | None = None, address: str | None = None) -> None:
-    """``soundtrack serve``: Ray Serve on 127.0.0.1 (by default) until Ctrl-C.
+          port: int | None = None, config: str | os.PathLike | None = None, address: str | None = None,
+          metrics_port: int | None = None) -> None:
+    """``soundtrack serve``: Ray Serve on 127.0.0.1 (by default) until Ctrl-C; the web page at
+    ``/``, Prometheus metrics on the local Ray's ``metrics_port``.
 
     Raises:
         ConfigError: a bad Serve config, argument or model URI.
     """
     config = config or (DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None)
     try:
-        run_local(model, None if storage is None else str(storage), host, port, config=config, address=address)
+        run_local(model, None if storage is None else str(storage), host, port, config=config, address=address,
+                  metrics_port=metrics_port)
     except ConfigError:
         raise
     except ValueError as exc:  # pydantic / Serve validation of the config: one message

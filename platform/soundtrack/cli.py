@@ -154,6 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--storage", help="storage root the model URI is resolved against (config default ./runs)")
     sv.add_argument("--host", help="HTTP bind address (default 127.0.0.1)")
     sv.add_argument("--port", type=int, help="HTTP port (default 8000)")
+    sv.add_argument("--metrics-port", type=int, help="Prometheus port of a local Ray: Ray's, Serve's and the "
+                    "service's metrics at http://127.0.0.1:PORT/metrics (default: Ray picks one and it is logged)")
     _add_address(sv)
     sv.set_defaults(fn="cmd_serve")
 

@@ -84,7 +84,8 @@ def cmd_tune(args) -> int:
 
 def cmd_serve(args) -> int:
     """Ray Serve: the generator behind an HTTP endpoint, until Ctrl-C (see soundtrack.serving)."""
-    api.serve(args.model, args.storage, args.host, args.port, config=args.config, address=args.address)
+    api.serve(args.model, args.storage, args.host, args.port, config=args.config, address=args.address,
+              metrics_port=args.metrics_port)
     return 0
 
 

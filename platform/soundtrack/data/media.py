@@ -270,7 +270,15 @@ def _rotate(img: np.ndarray, rotation: int) -> np.ndarray:
 
 
 def _n_out(duration_s: float, fps: float) -> int:
-    return int(np.ceil(round(duration_s * fps, 3)))  # decord timestamps are float32: ~1e-6 s error
+    """Frames of ``duration_s`` at ``fps``: a partial last frame counts, float noise does not.
+
+    decord's timestamps are float32 (about 7 significant digits), so the end of a long video
+    is off by up to ~1e-7 of its length: a 600 s file at 10 fps ends at 600.00006 s, 6000.0006
+    frames, which a fixed 1e-3-frame tolerance turned into 6001 frames (and 0.1 s of audio
+    too many). The tolerance grows with the count: 1e-3 frame, or 2e-6 of the count.
+    """
+    x = float(duration_s) * float(fps)
+    return int(np.ceil(x - max(1e-3, 2e-6 * abs(x))))
 
 
 def _decord_frames(p: str, fps: float, start_s: float, duration_s: float | None,

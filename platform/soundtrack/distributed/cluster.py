@@ -153,7 +153,8 @@ def quiet_worker_logs() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
-def init_ray(address: str | None = None, num_cpus: float | None = None, quiet: bool = True):
+def init_ray(address: str | None = None, num_cpus: float | None = None, quiet: bool = True,
+             metrics_export_port: int | None = None):
     """Start a private local Ray (or join a running cluster) unless one is already up in this process.
 
     Args:
@@ -163,6 +164,9 @@ def init_ray(address: str | None = None, num_cpus: float | None = None, quiet: b
             runs on this machine; ``host:port``: that cluster's GCS.
         num_cpus: CPUs of the local Ray (``None``: all cores). Ignored when joining.
         quiet: keep Ray Data's per-operator progress bars off (stages print their own).
+        metrics_export_port: the port of a local Ray's Prometheus metrics (``/metrics``: Ray's,
+            Serve's and the application's); ``None``: Ray picks one. A joined cluster keeps its
+            own (``ray start --metrics-export-port``).
 
     Returns:
         The ``ray`` module.
@@ -186,7 +190,8 @@ def init_ray(address: str | None = None, num_cpus: float | None = None, quiet: b
             # "local": always a fresh local Ray. Without it ray.init() joins whatever
             # cluster `ray start` (or a test's ray.cluster_utils.Cluster) left in
             # /tmp/ray, and this stage dies when that cluster goes away (seen here).
-            ray.init(address="local", num_cpus=num_cpus, **_init_kwargs())
+            extra = {} if metrics_export_port is None else {"_metrics_export_port": int(metrics_export_port)}
+            ray.init(address="local", num_cpus=num_cpus, **_init_kwargs(), **extra)
             _JOINED["cluster"] = None
     route_ray_logs()  # ray.init installs its own handlers: route them again
     if quiet:
@@ -195,6 +200,18 @@ def init_ray(address: str | None = None, num_cpus: float | None = None, quiet: b
         ctx.enable_operator_progress_bars = False
         ctx.verbose_stats_logs = False
     return ray
+
+
+def metrics_url(host: str = "127.0.0.1") -> str | None:
+    """The Prometheus endpoint of this driver's Ray node (``http://host:port/metrics``), or
+    ``None`` when Ray does not say (not initialised, or no metrics agent)."""
+    if not ray.is_initialized():
+        return None
+    me = ray.get_runtime_context().get_node_id()
+    for node in ray.nodes():
+        if node.get("NodeID") == me and node.get("MetricsExportPort"):
+            return f"http://{host}:{node['MetricsExportPort']}/metrics"
+    return None
 
 
 def _init_kwargs() -> dict:

@@ -162,6 +162,36 @@ def build_app(args: dict | None = None):
         raise ValueError(f"bad deployment options: {exc}") from None
 
 
+def check_graceful_shutdown(deployment_options: Mapping[str, Mapping[str, Any]] | None,
+                            request_timeout_s: float) -> dict[str, float]:
+    """Each deployment's graceful shutdown time, checked against the request timeout.
+
+    A replica being removed (scale-down, redeploy) is killed after ``graceful_shutdown_timeout_s``
+    even with requests in flight: shorter than the proxy's ``request_timeout_s``, a scale-down
+    could kill requests the client is still waiting for.
+
+    Args:
+        deployment_options: ``{deployment: options}`` over the code defaults.
+        request_timeout_s: the proxy's request timeout (s).
+
+    Returns:
+        ``{deployment: graceful_shutdown_timeout_s}``.
+
+    Raises:
+        ValueError: a deployment's graceful shutdown is shorter than the request timeout.
+    """
+    out = {}
+    for name, defaults in ((INGRESS_NAME, INGRESS_DEFAULTS), (GENERATOR_NAME, GENERATOR_DEFAULTS)):
+        opts = _merge(defaults, (deployment_options or {}).get(name, {}))
+        grace = float(opts.get("graceful_shutdown_timeout_s", 20.0))  # Serve's default
+        if grace < float(request_timeout_s):
+            raise ValueError(f"{name}.graceful_shutdown_timeout_s ({grace:g} s) is shorter than the request timeout "
+                             f"({float(request_timeout_s):g} s): a scale-down or redeploy could kill requests in "
+                             "flight; raise it to at least the request timeout")
+        out[name] = grace
+    return out
+
+
 def load_serve_config(path: str | os.PathLike) -> dict[str, Any]:
     """Reads a Serve config file and checks it against Serve's own schema.
 

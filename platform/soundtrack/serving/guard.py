@@ -338,6 +338,8 @@ def _json_answer(status: int, body: dict, headers: dict[str, str] | None = None)
     data = json.dumps(body).encode()
     hs = [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]
     hs += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in (headers or {}).items()]
+    if "error" in body:  # the error code for the service's metrics (soundtrack.serving.metrics)
+        hs.append((b"x-soundtrack-error", str(body["error"]).encode("ascii", "replace")))
     return [{"type": "http.response.start", "status": status, "headers": hs},
             {"type": "http.response.body", "body": data}]
 
@@ -565,7 +567,8 @@ def scrub_text(s: str) -> str:
 
 
 def scrub(value: Any) -> Any:
-    """A JSON value with :data:`PRIVATE_KEYS` dropped and every string through :func:`scrub_text`.
+    """A JSON value with :data:`PRIVATE_KEYS` dropped, every string through :func:`scrub_text`
+    and non-finite floats as ``None``.
 
     Args:
         value: a JSON-ready value (dicts, lists, strings, numbers).
@@ -576,6 +579,8 @@ def scrub(value: Any) -> Any:
         return [scrub(v) for v in value]
     if isinstance(value, str):
         return scrub_text(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return None  # JSON has no NaN / inf (a card's metric of a diverged run, a missing score)
     return value
 
 

@@ -20,24 +20,31 @@ answers ``GET /v1/jobs/{id}``, ``GET /v1/jobs/{id}/result`` and ``DELETE /v1/job
 from __future__ import annotations
 
 import asyncio
+import importlib.resources
 import io
 import logging
 import math
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Literal, Mapping
 
 import numpy as np
 import soundfile as sf
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from ray import serve
 from ray.serve.exceptions import BackPressureError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from soundtrack.data import media
+from soundtrack.serving import overview
+from soundtrack.serving.analysis import soundtrack_analysis
 from soundtrack.serving.guard import (
+    KEY_EXEMPT_PATHS,
+    SAFE_METHODS,
     GuardError,
     InflightBudget,
     RequestGuard,
@@ -52,6 +59,7 @@ from soundtrack.serving.limits import (
     VIDEO_FIELD,
     ServeLimits,
 )
+from soundtrack.serving.metrics import AnswerMetrics, ServiceMetrics
 from soundtrack.serving.options import (
     GenerationJob,
     GenerationOutput,
@@ -60,8 +68,26 @@ from soundtrack.serving.options import (
     parse_options,
 )
 from soundtrack.serving.upload import UploadError, multipart_boundary, read_multipart
+from soundtrack.storage import Store
 
 log = logging.getLogger(__name__)
+
+#: The web page's files (``platform/soundtrack/serving/ui``) and their media types: nothing
+#: else is served from there, and the page loads nothing from anywhere else.
+UI_ASSETS = {"index.html": "text/html; charset=utf-8", "app.js": "text/javascript; charset=utf-8",
+             "app.css": "text/css; charset=utf-8"}
+#: The page's Content-Security-Policy: its own scripts, styles and data, media from blobs of
+#: its own answers; no other origin (the page works offline and cannot be made to load more).
+UI_CSP = ("default-src 'self'; img-src 'self' blob: data:; media-src 'self' blob:; connect-src 'self'; "
+          "script-src 'self'; style-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; "
+          "form-action 'self'")
+#: Frame size (pixels) the page's rhythm curve is computed at (a mean over pixels: small is enough).
+RHYTHM_FRAME_SIZE = 64
+
+
+def ui_asset(name: str) -> bytes:
+    """A file of the web page (one of :data:`UI_ASSETS`)."""
+    return importlib.resources.files("soundtrack.serving").joinpath("ui", name).read_bytes()
 
 
 def _error(status: int, code: str, message: str, field: str | None = None, limit=None,
@@ -77,8 +103,9 @@ def _error(status: int, code: str, message: str, field: str | None = None, limit
         headers: response headers (``Retry-After``).
         **extra: more keys of the body (``found``, ``allowed``).
     """
+    # the code also in a header: the service's metrics count answers by it (serving.metrics)
     return JSONResponse({"error": code, "message": message, "field": field, "limit": limit, **extra},
-                        status_code=status, headers=headers)
+                        status_code=status, headers={**(headers or {}), "X-Soundtrack-Error": code})
 
 
 def _upload_error(exc: UploadError) -> JSONResponse:
@@ -206,6 +233,7 @@ class SoundtrackService:
         self._public_info: dict | None = None
         self.jobs = None if storage is None else JobManager(JobStore(storage), generator, limits, self.model_info,
                                                             _decode, _encode)
+        self.store = None if storage is None else Store(storage)  # the runs view and the test clips read it
 
     async def model_info(self) -> dict:
         """The generator's :meth:`GeneratorDeployment.info`, fetched once (server side only: it
@@ -423,7 +451,7 @@ class SoundtrackService:
         links = _job_links(request, st["job_id"])
         return JSONResponse({**st, "links": links}, status_code=202, headers={"Location": links["self"]})
 
-    async def job_route(self, request: Request, job_id: str, what: str) -> Any:
+    async def job_route(self, request: Request, job_id: str, what: str, kind: str | None = None) -> Any:
         """Handles ``GET /v1/jobs/{job_id}`` (``what="status"``: 200; 404 unknown or bad id;
         410 expired), ``GET /v1/jobs/{job_id}/result`` (``"result"``: 200 WAV / MP4; 404; 409
         not done; 410) and ``DELETE /v1/jobs/{job_id}`` (``"cancel"``: 200 cancelled, or
@@ -433,13 +461,14 @@ class SoundtrackService:
             request: the HTTP request.
             job_id: the id from the path (checked before any storage access).
             what: ``status``, ``result`` or ``cancel``.
+            kind: the result's kind (``wav`` / ``mp4``; ``None``: the job's output).
         """
         refused = self._no_jobs()
         if refused is not None:
             return refused
         try:
             if what == "result":
-                data, media_type, name = await self.jobs.result(job_id)
+                data, media_type, name = await self.jobs.result(job_id, kind)
                 return Response(content=data, media_type=media_type, headers={
                     "Content-Disposition": f'attachment; filename="{name}"', "X-Soundtrack-Job": job_id})
             st = await (self.jobs.status(job_id) if what == "status" else self.jobs.cancel(job_id))
@@ -450,6 +479,92 @@ class SoundtrackService:
             return _error(503, "job_store_unavailable", "the job store did not answer; retry later",
                           headers=self.retry_headers())
         return JSONResponse(st if st["state"] == "deleted" else {**st, "links": _job_links(request, job_id)})
+
+    async def job_analysis(self, job_id: str) -> Any:
+        """Handles ``GET /v1/jobs/{job_id}/analysis``: a done job's mel-spectrogram, video
+        rhythm curve and beats (:func:`~soundtrack.serving.analysis.soundtrack_analysis`),
+        made at the first request and kept with the job; 404 / 409 / 410 as the result.
+
+        Args:
+            job_id: the id from the path.
+        """
+        refused = self._no_jobs()
+        if refused is not None:
+            return refused
+        try:
+            await self.jobs.done_status(job_id)
+            found = await asyncio.to_thread(self.jobs.store.read_analysis, job_id)
+            if found is None:
+                info = await self.model_info()
+                wav_bytes, _, _ = await self.jobs.result(job_id, "wav")
+                found = await asyncio.to_thread(self._analyse, job_id, wav_bytes, float(info["fps"]))
+        except JobError as exc:
+            return _job_error(exc)
+        except OSError:
+            log.exception("job %s: the job store failed", job_id)
+            return _error(503, "job_store_unavailable", "the job store did not answer; retry later",
+                          headers=self.retry_headers())
+        return JSONResponse(found)
+
+    def _analyse(self, job_id: str, wav_bytes: bytes, fps: float) -> dict:
+        """Computes and stores a job's analysis (a thread: decoding and librosa)."""
+        wav, sr = sf.read(io.BytesIO(wav_bytes), dtype="float32")
+        frames = None
+        with tempfile.TemporaryDirectory(prefix="soundtrack-analysis-") as tmp:
+            path = self.jobs.store.local_input(job_id, Path(tmp))
+            try:  # the upload was judged and decoded at the job's run; small frames suffice here
+                frames = media.read_frames(path, fps=fps, size=(RHYTHM_FRAME_SIZE, RHYTHM_FRAME_SIZE))
+            except Exception as exc:  # the spectrogram is still worth drawing
+                log.warning("job %s: no rhythm curve (%s)", job_id, exc)
+        found = soundtrack_analysis(wav, sr, frames, fps)
+        self.jobs.store.write_analysis(job_id, found)
+        return found
+
+    # -- the web page's data ----------------------------------------------------------------
+
+    def _no_store(self) -> JSONResponse | None:
+        if self.store is None:
+            return _error(404, "runs_disabled", "this service runs without a storage root")
+        return None
+
+    async def runs(self) -> Any:
+        """Handles ``GET /v1/runs``: :func:`~soundtrack.serving.overview.runs_overview`."""
+        refused = self._no_store()
+        if refused is not None:
+            return refused
+        try:
+            return JSONResponse(await asyncio.to_thread(overview.runs_overview, self.store))
+        except OSError:
+            log.exception("the runs view: the storage failed")
+            return _error(503, "storage_unavailable", "the run storage did not answer; retry later",
+                          headers=self.retry_headers())
+
+    async def stored_file(self, what: str, *parts: str) -> Any:
+        """Handles ``GET /v1/runs/{stage}/{name}/plots/{plot}`` (``what="plot"``: PNG),
+        ``GET /v1/clips`` (``"clips"``: JSON) and ``GET /v1/clips/{run}/{clip}`` (``"clip"``:
+        MP4); 404 for anything not listed.
+
+        Args:
+            what: ``plot``, ``clips`` or ``clip``.
+            *parts: the path's names.
+        """
+        refused = self._no_store()
+        if refused is not None:
+            return refused
+        try:
+            if what == "clips":
+                return JSONResponse({"clips": await asyncio.to_thread(overview.list_clips, self.store)})
+            if what == "plot":
+                data = await asyncio.to_thread(overview.plot_bytes, self.store, *parts)
+                return Response(content=data, media_type="image/png", headers={"Cache-Control": "no-cache"})
+            data = await asyncio.to_thread(overview.clip_bytes, self.store, *parts)
+            return Response(content=data, media_type="video/mp4")
+        except (overview.OverviewError, FileNotFoundError):
+            return _error(404, "not_found", f"no such {what}; GET /v1/runs or /v1/clips lists what exists")
+        except OSError:
+            log.exception("the runs view: the storage failed")
+            return _error(503, "storage_unavailable", "the run storage did not answer; retry later",
+                          headers=self.retry_headers())
 
 
 _ERROR_SCHEMA = {
@@ -470,6 +585,94 @@ def _error_response(description: str, retry: bool = False) -> dict:
         r["headers"] = {"Retry-After": {"description": "seconds to wait before retrying",
                                         "schema": {"type": "integer"}}}
     return r
+
+
+#: The answer of ``DELETE /v1/jobs/{id}`` to a job that had ended: it is gone, no status is left.
+_JOB_DELETED_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {"job_id": {"type": "string", "pattern": "^[0-9a-f]{32}$"}, "state": {"const": "deleted"}},
+    "required": ["job_id", "state"],
+}
+
+#: Starlette's own refusals (no route, a method the path lacks) -> the ``error`` of their answer.
+_HTTP_ERROR_CODES = {404: "not_found", 405: "method_not_allowed"}
+
+
+async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    """Starlette's own refusals in the service's error shape, the one every operation declares
+    (its ``{"detail"}`` matches none): e.g. a job id with a ``/`` in it, which no route matches."""
+    code = _HTTP_ERROR_CODES.get(exc.status_code, "http_error")
+    headers = dict(getattr(exc, "headers", None) or {})
+    where = f"{request.method} {request.url.path[:200]}"  # the path as decoded: a '/' in an id splits it
+    if exc.status_code == 404:
+        message = f"nothing answers {where}; /openapi.json lists the routes"
+    elif exc.status_code == 405:
+        message = f"{where}: the method is not allowed here; allowed: {headers.get('Allow', '?')}"
+    else:
+        message = str(exc.detail)
+    return _error(exc.status_code, code, message, headers=headers or None)
+
+
+async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    """FastAPI's refusal of a query or path parameter (``?kind=flac``) in the service's error
+    shape (a 422 naming the parameter), not FastAPI's ``{"detail": [...]}``."""
+    err = (exc.errors() or [{}])[0]
+    loc = [str(x) for x in err.get("loc", ()) if x not in ("query", "path", "body")]
+    name = loc[0] if loc else None
+    return _error(422, "invalid_parameter", f"parameter {name!r}: {err.get('msg', 'invalid')} (got "
+                  f"{str(err.get('input'))[:100]!r})" if name else str(err.get("msg", "invalid request")), field=name)
+
+
+def _declare_guard_answers(schema: dict[str, Any]) -> None:
+    """Adds :class:`RequestGuard`'s refusals to every operation of an OpenAPI document (those an
+    operation declares itself are kept): 400 / 421 (Host) everywhere, 403 (Origin) on the
+    methods that change something, 401 / 429 (API key, quota) off :data:`KEY_EXEMPT_PATHS`.
+    The guard answers them before any route, so no route's own ``responses`` would say so.
+
+    Args:
+        schema: the OpenAPI document, changed in place.
+    """
+    for path, ops in schema.get("paths", {}).items():
+        for method, op in ops.items():
+            responses = op.setdefault("responses", {})
+            answers = {"400": _error_response("a missing, repeated or malformed Host header"),
+                       "421": _error_response("a Host header this service does not answer to (allowed_hosts)")}
+            if method.upper() not in SAFE_METHODS:
+                answers["403"] = _error_response("a request from a web page of another site (Origin)")
+            if path not in KEY_EXEMPT_PATHS:
+                answers["401"] = _error_response("a missing or invalid API key (when the service has api_keys)")
+                answers["429"] = _error_response("the API key's requests per minute are used up", retry=True)
+            for status, answer in answers.items():
+                responses.setdefault(status, answer)
+
+
+def _ui_response(name: str) -> Response:
+    """A page file with the page's security headers."""
+    return Response(content=ui_asset(name), media_type=UI_ASSETS[name],
+                    headers={"Content-Security-Policy": UI_CSP, "X-Content-Type-Options": "nosniff",
+                             "Referrer-Policy": "no-referrer", "Cache-Control": "no-cache"})
+
+
+#: The JSON schema of ``GET /v1/jobs/{id}/analysis`` (:func:`~soundtrack.serving.analysis.soundtrack_analysis`).
+ANALYSIS_SCHEMA: dict[str, Any] = {
+    "type": "object", "required": ["seconds", "sr", "rms", "mel", "rhythm", "beats"],
+    "properties": {
+        "seconds": {"type": "number"}, "sr": {"type": "integer"}, "rms": {"type": "number"},
+        "mel": {"type": "object", "required": ["n_mels", "columns", "hop_s", "top_db", "levels_b64"],
+                "description": "n_mels x columns uint8 levels (row 0: the lowest band; 0: top_db below the loudest "
+                               "bin, 255: the loudest), base64, row-major; a column every hop_s s"},
+        "rhythm": {"type": ["object", "null"], "description": "the video's motion energy (mean luma change, "
+                                                              "[0, 1]), a value every step_s s"},
+        "beats": {"type": "array", "items": {"type": "number"}, "description": "the music's beats (s)"},
+    },
+}
+
+#: The JSON schema of ``GET /v1/runs`` (:func:`~soundtrack.serving.overview.runs_overview`).
+RUNS_SCHEMA: dict[str, Any] = {
+    "type": "object", "required": ["tune", "bench", "registry"],
+    "properties": {k: {"type": "array", "items": {"type": "object", "required": ["name"]}}
+                   for k in ("tune", "bench", "registry")},
+}
 
 
 def _job_response(description: str, status: int = 200) -> dict:
@@ -497,6 +700,22 @@ def create_api(service: SoundtrackService):
     )
     # Host / Origin / API-key checks before any route (and before a body is read)
     api.add_middleware(RequestGuard, limits=lim)
+    # added last, so outermost: every answer is counted, the guard's refusals too
+    api.add_middleware(AnswerMetrics, metrics=ServiceMetrics({
+        "uploads_in_flight": lambda: service.pending,
+        "jobs_active": lambda: service.jobs.active if service.jobs is not None else 0}))
+    api.add_exception_handler(StarletteHTTPException, _http_error)
+    api.add_exception_handler(RequestValidationError, _validation_error)
+    fastapi_openapi = api.openapi
+
+    def openapi() -> dict[str, Any]:
+        # FastAPI builds the document once and caches it in api.openapi_schema; the guard's
+        # answers are added to that first build
+        if api.openapi_schema is None:
+            _declare_guard_answers(fastapi_openapi())
+        return api.openapi_schema
+
+    api.openapi = openapi
 
     @api.get("/v1/health", summary="liveness and load of this ingress replica")
     async def health() -> dict:
@@ -554,6 +773,7 @@ def create_api(service: SoundtrackService):
         responses={
             202: _job_response("the job, queued (Location: its URL; poll it)", status=202),
             400: _error_response("malformed multipart body or Host header"),
+            404: _error_response("the service keeps no jobs (it runs without job storage)"),
             401: _error_response("a missing or invalid API key (when the service has api_keys)"),
             403: _error_response("a post from a web page of another site (Origin)"),
             408: _error_response("the upload was slower than min_upload_bytes_per_s"),
@@ -587,18 +807,75 @@ def create_api(service: SoundtrackService):
                               "video/mp4": {"schema": {"type": "string", "format": "binary"}}}},
             404: no_job, 409: _error_response("the job is not done (queued, running, failed or cancelled: state "
                                               "names it)"),
+            422: _error_response("kind is not wav or mp4"),
             410: gone, 503: _error_response("the job store did not answer", retry=True),
         },
     )
-    async def job_result(request: Request, job_id: str):
-        return await service.job_route(request, job_id, "result")
+    async def job_result(request: Request, job_id: str,
+                         kind: Literal["wav", "mp4"] | None = Query(None, description="wav or mp4 (default: the "
+                                                                    "job's output; an output=mp4 job keeps both)")):
+        return await service.job_route(request, job_id, "result", kind)
+
+    @api.get("/v1/jobs/{job_id}/analysis",
+             summary="a done job's soundtrack mel-spectrogram (uint8 levels, base64), the video's rhythm curve and "
+                     "the music's beats: what the web page draws",
+             responses={200: {"description": "the analysis", "content": {"application/json": {
+                 "schema": ANALYSIS_SCHEMA}}},
+                 404: no_job, 409: _error_response("the job is not done"), 410: gone,
+                 503: _error_response("the job store did not answer", retry=True)})
+    async def job_analysis(job_id: str):
+        return await service.job_analysis(job_id)
+
+    no_store = _error_response("the service runs without a storage root, or nothing of that name is listed")
+    unavailable = _error_response("the run storage did not answer", retry=True)
+
+    @api.get("/v1/runs", summary="the searches (trials, plots), benches (tables, plots) and registry cards under "
+                                 "the storage root: the web page's runs view",
+             responses={200: {"description": "tune, bench and registry entries", "content": {
+                 "application/json": {"schema": RUNS_SCHEMA}}}, 404: no_store, 503: unavailable})
+    async def runs():
+        return await service.runs()
+
+    @api.get("/v1/runs/{stage}/{name}/plots/{plot}", summary="a plot of a search or a bench (PNG)",
+             response_class=Response,
+             responses={200: {"description": "the plot", "content": {"image/png": {"schema": {
+                 "type": "string", "format": "binary"}}}}, 404: no_store, 503: unavailable})
+    async def run_plot(stage: str, name: str, plot: str):
+        return await service.stored_file("plot", stage, name, plot)
+
+    @api.get("/v1/clips", summary="test clips the web page offers (data/<run>/videos/*.mp4 under the storage root)",
+             responses={200: {"description": "the clips", "content": {"application/json": {"schema": {
+                 "type": "object", "required": ["clips"], "properties": {"clips": {"type": "array", "items": {
+                     "type": "object", "required": ["run", "clip"], "properties": {
+                         "run": {"type": "string"}, "clip": {"type": "string"}}}}}}}}},
+                 404: no_store, 503: unavailable})
+    async def clips():
+        return await service.stored_file("clips")
+
+    @api.get("/v1/clips/{run}/{clip}", summary="a test clip (MP4)", response_class=Response,
+             responses={200: {"description": "the clip", "content": {"video/mp4": {"schema": {
+                 "type": "string", "format": "binary"}}}}, 404: no_store, 503: unavailable})
+    async def clip(run: str, clip: str):
+        return await service.stored_file("clip", run, clip)
+
+    # The web page: its three files, from the package (no CDN: it works offline).
+    @api.get("/", include_in_schema=False)
+    async def page():
+        return _ui_response("index.html")
+
+    @api.get("/ui/{asset}", include_in_schema=False)
+    async def ui(asset: str):
+        if asset not in UI_ASSETS or asset == "index.html":
+            return _error(404, "not_found", f"no page asset {asset!r}")
+        return _ui_response(asset)
 
     @api.delete(
         "/v1/jobs/{job_id}",
         summary="cancel a queued or running job (it stops within about one denoising step), or delete a "
                 "finished one",
         responses={200: {"description": "the cancelled job (state cancelled), or {job_id, state: deleted}",
-                         "content": {"application/json": {"schema": JOB_STATUS_SCHEMA}}},
+                         "content": {"application/json": {"schema": {
+                             "anyOf": [JOB_STATUS_SCHEMA, _JOB_DELETED_SCHEMA]}}}},
                    404: no_job, 503: _error_response("the job store did not answer", retry=True)},
     )
     async def cancel_job(request: Request, job_id: str):

@@ -12,6 +12,7 @@ any job and a job outlives the replica that took it::
       progress.json  windows done / windows, written by the generator replica as groups finish
       cancel.json    the cancel marker (DELETE, from any replica)
       result.wav     16-bit PCM; result.mp4 too when output=mp4
+      analysis.json  the web page's spectrogram, rhythm and beats, made at its first GET
 
 Every file is written whole (temp + fsync + rename locally, one PUT on an object store), so a
 reader sees the old or the new content. ``job.json`` is written last at creation: a folder
@@ -73,6 +74,7 @@ PROGRESS_FILE = "progress.json"
 CANCEL_FILE = "cancel.json"
 INPUT_FILE = "input"
 RESULT_FILES = {"wav": "result.wav", "mp4": "result.mp4"}
+ANALYSIS_FILE = "analysis.json"
 MEDIA_TYPES = {"wav": "audio/wav", "mp4": "video/mp4"}
 JOB_FORMAT = "soundtrack-job/1"
 
@@ -408,8 +410,19 @@ class JobStore:
 
     def delete_results(self, job_id: str) -> None:
         """Removes the results (a job cancelled as it finished keeps none)."""
-        for name in RESULT_FILES.values():
+        for name in (*RESULT_FILES.values(), ANALYSIS_FILE):
             self.store.delete(self._rel(job_id, name))
+
+    def read_analysis(self, job_id: str) -> dict | None:
+        """The stored analysis of a done job's result (``None`` before it is made)."""
+        try:
+            return self.store.read_json(self._rel(job_id, ANALYSIS_FILE))
+        except FileNotFoundError:
+            return None
+
+    def write_analysis(self, job_id: str, analysis: Mapping[str, Any]) -> None:
+        """Stores the analysis (written whole: a reader sees none or all of it)."""
+        self.store.write_json(self._rel(job_id, ANALYSIS_FILE), dict(analysis))
 
     def delete(self, job_id: str) -> None:
         """Removes the job's folder."""
@@ -669,8 +682,30 @@ class JobManager:
         check_job_id(job_id)
         return await asyncio.to_thread(self.store.status, job_id)
 
-    async def result(self, job_id: str) -> tuple[bytes, str, str]:
+    async def result(self, job_id: str, kind: str | None = None) -> tuple[bytes, str, str]:
         """``GET /v1/jobs/{id}/result``: ``(bytes, media type, file name)``.
+
+        Args:
+            job_id: the job.
+            kind: ``wav`` or ``mp4``; ``None``: the output the job was submitted with (an
+                ``output=mp4`` job keeps its WAV too).
+
+        Raises:
+            JobError: 404 (also: ``mp4`` of an ``output=wav`` job), 409 (not done: the state
+                is named), 410 (expired).
+        """
+        await self.done_status(job_id)
+        doc = await asyncio.to_thread(self.store.read, job_id)
+        stored = ("wav", "mp4") if doc["output"] == "mp4" else ("wav",)
+        kind = doc["output"] if kind is None else kind
+        if kind not in stored:
+            raise JobError(404, "no_such_result", f"this job has no {kind!r} result (it was submitted with "
+                           f"output={doc['output']}; it has: {', '.join(stored)})", state="done")
+        data = await asyncio.to_thread(self.store.read_result, job_id, kind)
+        return data, MEDIA_TYPES[kind], f"{doc['name']}.soundtrack.{kind}"
+
+    async def done_status(self, job_id: str) -> dict:
+        """The status of a job that must be done.
 
         Raises:
             JobError: 404, 409 (not done: the state is named), 410 (expired).
@@ -682,10 +717,7 @@ class JobManager:
             raise JobError(409, "job_not_done", f"the job {what}: there is no result"
                            + ("; poll the job until its state is done" if st["state"] in ACTIVE else ""),
                            state=st["state"])
-        doc = await asyncio.to_thread(self.store.read, job_id)
-        kind = doc["output"]
-        data = await asyncio.to_thread(self.store.read_result, job_id, kind)
-        return data, MEDIA_TYPES[kind], f"{doc['name']}.soundtrack.{kind}"
+        return st
 
     async def cancel(self, job_id: str) -> dict:
         """``DELETE /v1/jobs/{id}``: cancels a queued or running job (the marker; the job's

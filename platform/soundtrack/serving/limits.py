@@ -36,6 +36,14 @@ DEFAULT_PORT = 8000
 DEFAULT_REQUEST_TIMEOUT_S = 120.0
 
 
+#: How long (s) a replica that is being removed (a scale-down, a redeploy, ``serve shutdown``)
+#: waits for the requests it is working on: at least the proxy's request timeout, so no request
+#: that could still be answered is killed (Serve's default is 20 s). Jobs that outlast it
+#: (``max_job_duration_s``) are not lost: their state is in the run storage and another
+#: replica takes them over (soundtrack.serving.jobs).
+GRACEFUL_SHUTDOWN_S = DEFAULT_REQUEST_TIMEOUT_S + 10.0
+
+
 #: Form field -> generator condition of the per-condition guidance weights (``weight_<condition>``).
 WEIGHT_FIELDS = {weight_field(c): c for c in KNOBS["weights"].choices}
 
@@ -56,6 +64,8 @@ INGRESS_DEFAULTS: dict[str, Any] = {
     "max_queued_requests": 64,
     "backpressure_config": {"status_code": 503, "retry_after_s": 2},
     "ray_actor_options": {"num_cpus": 0.1},
+    "graceful_shutdown_timeout_s": GRACEFUL_SHUTDOWN_S,
+    "graceful_shutdown_wait_loop_s": 1.0,
 }
 
 
@@ -73,6 +83,8 @@ GENERATOR_DEFAULTS: dict[str, Any] = {
     },
     "ray_actor_options": {"num_cpus": 0.5},
     "health_check_timeout_s": 60,
+    "graceful_shutdown_timeout_s": GRACEFUL_SHUTDOWN_S,
+    "graceful_shutdown_wait_loop_s": 1.0,
 }
 
 

@@ -14,9 +14,9 @@ from typing import Any, Mapping
 import ray
 from ray import serve
 
-from soundtrack.distributed.cluster import init_ray
+from soundtrack.distributed.cluster import init_ray, metrics_url
 from soundtrack.env import apply_env_defaults
-from soundtrack.serving.app import _merge, build_app, load_serve_config
+from soundtrack.serving.app import _merge, build_app, check_graceful_shutdown, load_serve_config
 from soundtrack.serving.client import request_soundtrack
 from soundtrack.serving.limits import (
     APP_NAME,
@@ -43,6 +43,7 @@ def run_local(
     limits: Mapping[str, Any] | None = None,
     address: str | None = None,
     block: bool = True,
+    metrics_port: int | None = None,
     **args: Any,
 ) -> str:
     """Starts (or joins) Ray, starts Serve's HTTP proxy and runs the application.
@@ -61,6 +62,8 @@ def run_local(
         limits: :class:`ServeLimits` fields (over the config's).
         address: a Ray cluster to join (``auto``) instead of a new local Ray.
         block: wait until Ctrl-C, then shut Serve down; ``False`` returns at once.
+        metrics_port: the Prometheus port of a local Ray (``/metrics``: Ray's, Serve's and
+            the service's metrics, soundtrack.serving.metrics); ``None``: Ray picks one (logged).
         **args: more :func:`build_app` arguments (max_batch_size, deployment_options, ...).
 
     Returns:
@@ -87,6 +90,7 @@ def run_local(
     http["host"] = host or http.get("host") or DEFAULT_HOST
     http["port"] = int(port or http.get("port") or DEFAULT_PORT)
     http["request_timeout_s"] = request_timeout_s or http.get("request_timeout_s") or DEFAULT_REQUEST_TIMEOUT_S
+    check_graceful_shutdown(build.get("deployment_options"), http["request_timeout_s"])  # before Ray starts
     # The body limit also runs inside the HTTP proxy, which otherwise buffers whole uploads
     # before the ingress sees them (soundtrack.serving.proxy). Serve reads the proxy's
     # middlewares from its environment: a local Ray started below inherits these; a cluster
@@ -99,13 +103,14 @@ def run_local(
     os.environ[MAX_UPLOAD_ENV] = str(ServeLimits.from_dict(build.get("limits")).max_upload_bytes)
 
 
-    init_ray(address=address)
+    init_ray(address=address, metrics_export_port=metrics_port)
     serve.start(http_options=http, proxy_location=cfg.get("proxy_location"))
     serve.run(app, name=cfg["name"], route_prefix=cfg["route_prefix"])
     url = f"http://{http['host']}:{http['port']}{cfg['route_prefix'].rstrip('/')}"
     log.info(f"soundtrack serve: {url}/v1/soundtrack  (model {build.get('model_uri', DEFAULT_MODEL_URI)})\n"
           f"  health: {url}/v1/health   model card: {url}/v1/model   API: {url}/docs\n"
-          f"  try:    curl -F video=@clip.mp4 -F output=wav -o soundtrack.wav {url}/v1/soundtrack")
+          f"  try:    curl -F video=@clip.mp4 -F output=wav -o soundtrack.wav {url}/v1/soundtrack\n"
+          f"  page:   {url}/   metrics (Prometheus): {metrics_url() or 'the metrics port of each Ray node'}")
     if not block:
         return url
 
