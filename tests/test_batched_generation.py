@@ -118,6 +118,27 @@ def test_batch_equals_each_clip_alone_in_one_denoising_loop(gen, solo):
     assert _max_diff(out[0][:40000], out[1]) > 10 * BATCH_TOLERANCE
 
 
+def test_a_batch_stops_when_all_its_callers_are_gone_and_not_before(gen, solo):
+    """should_stop per request (a client that went away): a loop stops at its next step only
+    once every request of it asks to; a request still wanted keeps its batch mate running and
+    both outputs stay those of the batch; a request alone stops alone."""
+    import dataclasses
+
+    from soundtrack.pipelines.sampler import GenerationCancelled
+
+    gone, wanted = (lambda: True), (lambda: False)
+    a, b = (dataclasses.replace(REQUESTS[k], should_stop=gone) for k in ("a", "b"))
+    with counting(gen) as calls:
+        out = gen.generate_batch([a, b])
+    assert all(isinstance(r, GenerationCancelled) for r in out) and calls == []  # stopped before step 1
+    keep = dataclasses.replace(REQUESTS["b"], should_stop=wanted)
+    out = gen.generate_batch([a, keep])
+    assert not any(isinstance(r, GenerationCancelled) for r in out)
+    assert _max_diff(out[0], solo["a"]) <= BATCH_TOLERANCE and _max_diff(out[1], solo["b"]) <= BATCH_TOLERANCE
+    alone = gen.generate_batch([a])  # a group of one: its own hook
+    assert isinstance(alone[0], GenerationCancelled)
+
+
 def test_batch_of_one_and_max_rows_1_are_bit_identical(gen, solo):
     for k in ("a", "long"):  # one window; two windows (generate denoises them one by one)
         assert np.array_equal(gen.generate_batch([REQUESTS[k]])[0], solo[k]), k

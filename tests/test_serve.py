@@ -745,6 +745,46 @@ def test_prometheus_metrics_show_serve_and_service_answers(served, media_files):
     assert "ray_soundtrack_http_answer_seconds_bucket" in text and "ray_soundtrack_uploads_in_flight" in text
 
 
+def test_a_client_that_goes_away_stops_its_generation(served, media_files, tmp_path):
+    """POST /v1/soundtrack, then the client closes its socket while the generator samples: the
+    proxy cancels the request, the ingress marks its token, and the generation stops at its
+    next denoising step (requests_cancelled counts it: it did not run to its end) within 2 s;
+    the service then answers the next request."""
+    import requests
+    from ray import serve
+
+    from soundtrack.data import media
+    from soundtrack.serving.limits import GENERATOR_NAME
+
+    url, port, _ = served
+    gen = serve.get_deployment_handle(GENERATOR_NAME, app_name="soundtrack")
+    video = tmp_path / "near_limit.mp4"
+    media.write_mp4(video, _moving_square(55), fps=10.0)  # 5.5 s, under the 6 s limit; 50 steps: seconds
+    req = requests.Request("POST", url + "/v1/soundtrack", files={"video": ("near_limit.mp4", video.read_bytes())},
+                           data={"num_steps": str(MAX_STEPS), "seed": "1"}).prepare()
+    head = "".join(f"{k}: {v}\r\n" for k, v in req.headers.items())
+    before = gen.stats.remote().result()
+    sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+    try:
+        sock.sendall(f"POST /v1/soundtrack HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{head}\r\n".encode() + req.body)
+        deadline = time.monotonic() + 60
+        while not gen.stats.remote().result()["generating"]:
+            assert time.monotonic() < deadline, "the generation never started"
+            time.sleep(0.05)
+        time.sleep(0.3)
+    finally:
+        sock.close()  # the client goes away mid-generation
+    t0 = time.monotonic()
+    while gen.stats.remote().result()["generating"]:
+        assert time.monotonic() - t0 < 2.0, "the generator still works 2 s after the client went away"
+        time.sleep(0.05)
+    latency = time.monotonic() - t0
+    after = gen.stats.remote().result()
+    print(f"\nclient gone: the generator stopped {latency:.2f} s after the socket closed")
+    assert after["requests_cancelled"] == before["requests_cancelled"] + 1  # stopped, not finished
+    assert _post(url, media_files / "clip.mp4", {"num_steps": "2"}).status_code == 200
+
+
 def test_service_still_answers_and_leaves_no_upload_files(served, media_files):
     import requests
 

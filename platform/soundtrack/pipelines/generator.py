@@ -108,6 +108,7 @@ from soundtrack.models.vae import build_vae, latent_shape, load_vae, save_vae
 from soundtrack.models.vocoder import load_vocoder
 from soundtrack.pipelines.knobs import KNOBS, check_knob
 from soundtrack.pipelines.sampler import (
+    GenerationCancelled,
     SamplerConfig,
     VideoRequest,
     batch_key,
@@ -303,6 +304,8 @@ class GenerationRequest:
         clip_id: the video's id (with the seed, it seeds the noise of each window).
         caption: a text prompt (models with text conditioning only).
         overrides: sampler settings for this request (the ``**overrides`` of ``generate``).
+        should_stop: this request's cancellation hook (``None``: none; see
+            :meth:`SoundtrackGenerator.generate_batch`).
     """
 
     frames: np.ndarray
@@ -310,6 +313,7 @@ class GenerationRequest:
     clip_id: str = "clip"
     caption: str | None = None
     overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    should_stop: Callable[[], bool] | None = dataclasses.field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -766,14 +770,19 @@ class SoundtrackGenerator:
         :func:`~soundtrack.pipelines.sampler.generate_videos`). Non-finite output still
         raises, per request (its error in the list, the message :meth:`generate` gives).
 
+        Cancellation: a request's ``should_stop`` (a client that went away) stops its own
+        loop when it runs alone, and a group's loop once every request of the group asks
+        to stop (a request still wanted keeps its batch mates running); a stopped request's
+        entry is the :class:`~soundtrack.pipelines.sampler.GenerationCancelled` raised.
+
         Args:
             requests: the videos (frames, seed, clip id, caption and per-request overrides).
             max_rows: windows denoised per loop (None: ``sampler.window_batch`` per request
                 of the group, see :func:`~soundtrack.pipelines.sampler.generate_videos`).
 
         Returns:
-            per request, in order: its float32 waveform (as :meth:`generate` returns it) or
-            the :class:`GeneratorError` it raised. Guidance weights that leave no present
+            per request, in order: its float32 waveform (as :meth:`generate` returns it),
+            the :class:`GeneratorError` it raised, or :class:`GenerationCancelled`. Guidance weights that leave no present
             condition weighted (which :meth:`generate` refuses with a ``ValueError`` from
             the sampler) are that request's :class:`GeneratorError` here.
 
@@ -781,7 +790,7 @@ class SoundtrackGenerator:
             Exception: anything but a :class:`GeneratorError` raised by a request run alone
                 (in the one-by-one fallback), as :meth:`generate` would raise it.
         """
-        results: list[np.ndarray | GeneratorError | None] = [None] * len(requests)
+        results: list[np.ndarray | GeneratorError | GenerationCancelled | None] = [None] * len(requests)
         groups: dict[tuple, list[_Checked]] = {}  # batch_key -> the checked requests sharing it, in order
         with self._lock, torch.inference_mode():
             # 1. per-request checks and conditions, in generate's order (the same messages)
@@ -810,10 +819,15 @@ class SoundtrackGenerator:
                 if len(group) > 1:
                     videos = [VideoRequest(c.conds, c.duration_s, str(requests[c.index].clip_id),
                                            int(requests[c.index].seed)) for c in group]
+                    stops = [requests[c.index].should_stop for c in group]
+                    group_stop = (lambda s=stops: all(f() for f in s)) if all(stops) else None
                     try:
                         # the key guarantees that the first request's settings are every one's
                         wavs = list(generate_videos(self.denoiser, self.vae, self.vocoder, videos, group[0].cfg,
-                                                    schedule=self.schedule, max_rows=max_rows))
+                                                    schedule=self.schedule, max_rows=max_rows,
+                                                    should_stop=group_stop))
+                    except GenerationCancelled as exc:  # every request of the group went away
+                        wavs = [exc] * len(group)
                     except Exception as exc:  # 4. rerun alone: each request gets its own result or error
                         log.warning("batched sampling of %d requests failed (%s: %s); running them one by one",
                                     len(group), type(exc).__name__, exc)
@@ -822,18 +836,20 @@ class SoundtrackGenerator:
                 # the finishing checks of generate, per request (a non-finite waveform is its error)
                 for c, wav in zip(group, wavs):
                     try:
-                        results[c.index] = wav if isinstance(wav, GeneratorError) else self._finish(
+                        results[c.index] = wav if isinstance(wav, (GeneratorError, GenerationCancelled)) else self._finish(
                             wav, c.n_frames, requests[c.index].clip_id)
                     except GeneratorError as exc:
                         results[c.index] = exc
         return results
 
-    def _sample_alone(self, req: GenerationRequest, checked: "_Checked") -> np.ndarray | GeneratorError:
+    def _sample_alone(self, req: GenerationRequest, checked: "_Checked") -> np.ndarray | GeneratorError | \
+            GenerationCancelled:
         """One request of :meth:`generate_batch` through :meth:`generate`'s sampler call (lock held)."""
         try:
             return generate_video(self.denoiser, self.vae, self.vocoder, checked.conds, checked.duration_s,
-                                  str(req.clip_id), int(req.seed), checked.cfg, schedule=self.schedule)
-        except GeneratorError as exc:
+                                  str(req.clip_id), int(req.seed), checked.cfg, schedule=self.schedule,
+                                  should_stop=req.should_stop)
+        except (GeneratorError, GenerationCancelled) as exc:
             return exc
 
     def generate_file(self, video_path: str | os.PathLike, out_path: str | os.PathLike, seed: int = 0,

@@ -629,7 +629,8 @@ def batch_key(cfg: SamplerConfig, conds: Conditions) -> tuple:
 
 @torch.no_grad()
 def generate_videos(denoiser, vae, vocoder, requests: Sequence[VideoRequest], cfg: SamplerConfig = SamplerConfig(),
-                    schedule: NoiseSchedule | None = None, max_rows: int | None = None) -> list[np.ndarray]:
+                    schedule: NoiseSchedule | None = None, max_rows: int | None = None,
+                    should_stop: Callable[[], bool] | None = None) -> list[np.ndarray]:
     """Soundtracks of several videos through one denoising loop: :func:`generate_video` batched.
 
     Every window of every video (video by video, windows in order) is one row; the rows
@@ -675,6 +676,9 @@ def generate_videos(denoiser, vae, vocoder, requests: Sequence[VideoRequest], cf
         schedule: the model's noise schedule (None: the default).
         max_rows: windows denoised per loop (None: ``cfg.window_batch`` per video, so the
             batch holds no more latents at a time than its videos sampled side by side).
+        should_stop: cancellation hook called before every denoising step (``None``:
+            never): True stops the whole batch (the caller asks it only when every request
+            of the batch is cancelled). It reads no tensor, so outputs do not change.
 
     Returns:
         one float32 waveform of ``round(duration_s * sr)`` samples per request, in order.
@@ -686,6 +690,7 @@ def generate_videos(denoiser, vae, vocoder, requests: Sequence[VideoRequest], cf
         ValueError: no requests, a request whose conditions are not batch 1, a length
             outside ``(0, max_seconds]``, requests of different :func:`batch_key`, or a
             ``max_rows`` below 1.
+        GenerationCancelled: ``should_stop`` answered True.
     """
     if not requests:
         raise ValueError("generate_videos needs at least one request")
@@ -718,7 +723,7 @@ def generate_videos(denoiser, vae, vocoder, requests: Sequence[VideoRequest], cf
                                  for v, k in group])
         gens = [clip_generator(requests[v].seed, window_key(requests[v].clip_id, k)) for v, k in group]
         labels = [f"clip {requests[v].clip_id!r} window {k + 1}/{len(starts[v])}" for v, k in group]
-        latents = _denoise(denoiser, copy.deepcopy(scheduler), batch, gens, shape, cfg, labels)
+        latents = _denoise(denoiser, copy.deepcopy(scheduler), batch, gens, shape, cfg, labels, should_stop)
         # decode + vocode window by window, as generate_video (the decoders see batch 1)
         for j, (v, k) in enumerate(group):
             wav = vocoder(decode_mel(vae, latents[j : j + 1]).float())[0]

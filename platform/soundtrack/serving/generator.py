@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -24,6 +26,10 @@ from soundtrack.serving.options import GenerationJob, GenerationOutput
 from soundtrack.stages.models import load_generator, resolve_model_uri
 
 log = logging.getLogger(__name__)
+
+#: Seconds a cancel token is kept when no batch of its request ran yet (a request dropped
+#: from Serve's queue never runs): long enough for any queued batch, short enough not to pile up.
+CANCELLED_TTL_S = 600.0
 
 
 def _entry_card(model_dir: Path) -> dict | None:
@@ -69,8 +75,8 @@ class GeneratorDeployment:
         self.model_uri = model_uri
         self.model_dir = resolve_model_uri(model_uri, storage)
         self.gen = load_generator(model_uri, storage, device=device)
-        self.generate.set_max_batch_size(int(max_batch_size))
-        self.generate.set_batch_wait_timeout_s(float(batch_wait_timeout_s))
+        self._batched.set_max_batch_size(int(max_batch_size))
+        self._batched.set_batch_wait_timeout_s(float(batch_wait_timeout_s))
         self.max_batch_size = int(max_batch_size)
         self.batch_wait_timeout_s = float(batch_wait_timeout_s)
         self.batching = bool(batching)
@@ -82,6 +88,10 @@ class GeneratorDeployment:
         self._busy_since = 0.0
         self._busy_n = 0
         self._jobs_ended = {"done": 0, "failed": 0, "cancelled": 0}
+        # tokens of synchronous requests whose caller went away (Serve cancelled the call of
+        # generate); a token is dropped once its batch ends, or after CANCELLED_TTL_S
+        self._cancelled: dict[str, float] = {}
+        self.requests_cancelled = 0
 
     def info(self) -> dict[str, Any]:
         """The model card and the facts the ingress needs (frame size and rate, conditions)."""
@@ -127,7 +137,26 @@ class GeneratorDeployment:
         by final state)."""
         with self._busy_lock:
             busy = self._busy_s + (time.monotonic() - self._busy_since if self._busy_n else 0.0)
-            return {"busy_s": busy, "generating": self._busy_n, "jobs": dict(self._jobs_ended)}
+            return {"busy_s": busy, "generating": self._busy_n, "jobs": dict(self._jobs_ended),
+                    "requests_cancelled": self.requests_cancelled}
+
+    def _mark_cancelled(self, token: str) -> None:
+        """Marks a synchronous request as gone: a request still queued in ``@serve.batch`` is
+        dropped by Serve itself; one whose batch is sampling stops at the next denoising step
+        when it runs alone, and its batch stops once every request of the batch is cancelled
+        (see ``SoundtrackGenerator.generate_batch``)."""
+        now = time.monotonic()
+        with self._busy_lock:
+            self._cancelled[token] = now
+            for t, at in list(self._cancelled.items()):  # tokens of batches that never ran do not pile up
+                if now - at > CANCELLED_TTL_S:
+                    del self._cancelled[t]
+
+    def _stop_hook(self, token: str | None):
+        """``should_stop`` of a request: its token was cancelled (``None``: no hook)."""
+        if token is None:
+            return None
+        return lambda: token in self._cancelled
 
     async def run_job(self, req: JobRequest) -> JobOutcome:
         """One job of ``POST /v1/jobs`` (not through ``@serve.batch``: a long video is a batch of
@@ -180,32 +209,72 @@ class GeneratorDeployment:
             return self._run_one_by_one(jobs)
         t = time.perf_counter()
         # np.array: writable copies (Ray hands read-only arrays over)
-        results = self.gen.generate_batch([
-            GenerationRequest(np.array(job.frames), seed=job.seed, clip_id=job.clip_id, caption=job.caption,
-                              overrides=job.overrides)
-            for job in jobs])
+        try:
+            results = self.gen.generate_batch([
+                GenerationRequest(np.array(job.frames), seed=job.seed, clip_id=job.clip_id, caption=job.caption,
+                                  overrides=job.overrides, should_stop=self._stop_hook(job.token))
+                for job in jobs])
+        finally:
+            self._forget(jobs)
         # The jobs shared their model calls, so no job has a time of its own: each is given
         # the batch's wall time (s) divided evenly among the jobs.
         seconds = (time.perf_counter() - t) / max(len(jobs), 1)
-        return [GenerationOutput(None, self.gen.sr, str(r), len(jobs), seconds) if isinstance(r, GeneratorError)
-                else GenerationOutput(r, self.gen.sr, None, len(jobs), seconds) for r in results]
+        return [self._output(r, len(jobs), seconds) for r in results]
+
+    def _output(self, r: Any, batch_size: int, seconds: float) -> GenerationOutput:
+        """A job's answer from its waveform, :class:`GeneratorError` or :class:`GenerationCancelled`."""
+        if isinstance(r, GenerationCancelled):
+            with self._busy_lock:
+                self.requests_cancelled += 1
+            return GenerationOutput(None, self.gen.sr, "the request was cancelled", batch_size, seconds, cancelled=True)
+        if isinstance(r, GeneratorError):
+            return GenerationOutput(None, self.gen.sr, str(r), batch_size, seconds)
+        return GenerationOutput(r, self.gen.sr, None, batch_size, seconds)
+
+    def _forget(self, jobs: list[GenerationJob]) -> None:
+        with self._busy_lock:
+            for job in jobs:
+                if job.token is not None:
+                    self._cancelled.pop(job.token, None)
 
     def _run_one_by_one(self, jobs: list[GenerationJob]) -> list[GenerationOutput]:
         """``batching=False``: one ``generate`` call per job, each timed on its own (s)."""
         outs = []
-        for job in jobs:
-            t = time.perf_counter()
-            try:
-                frames = np.array(job.frames)  # a writable copy (Ray hands read-only arrays over)
-                wav = self.gen.generate(frames, seed=job.seed, clip_id=job.clip_id, caption=job.caption,
-                                        **job.overrides)
-                outs.append(GenerationOutput(wav, self.gen.sr, None, len(jobs), time.perf_counter() - t))
-            except GeneratorError as exc:  # a bad option or input: the caller answers 422
-                outs.append(GenerationOutput(None, self.gen.sr, str(exc), len(jobs), time.perf_counter() - t))
+        try:
+            for job in jobs:
+                t = time.perf_counter()
+                try:
+                    frames = np.array(job.frames)  # a writable copy (Ray hands read-only arrays over)
+                    r = self.gen.generate(frames, seed=job.seed, clip_id=job.clip_id, caption=job.caption,
+                                          should_stop=self._stop_hook(job.token), **job.overrides)
+                except (GeneratorError, GenerationCancelled) as exc:  # a bad option or input: 422; or gone
+                    r = exc
+                outs.append(self._output(r, len(jobs), time.perf_counter() - t))
+        finally:
+            self._forget(jobs)
         return outs
 
+    async def generate(self, job: GenerationJob) -> GenerationOutput:
+        """The soundtrack of one job of ``POST /v1/soundtrack``, batched with others (:meth:`_batched`).
+
+        When the caller goes away (the client closed its connection: Serve's proxy cancels the
+        request and Serve cancels this call), the job's token is marked, so its generation
+        stops at the next denoising step instead of running to its end unanswered.
+
+        Args:
+            job: the job (its ``token`` is made here when the ingress gave none).
+        """
+        if job.token is None:
+            job = dataclasses.replace(job, token=uuid.uuid4().hex)
+        try:
+            return await self._batched(job)
+        except asyncio.CancelledError:
+            self._mark_cancelled(job.token)
+            log.info("a caller went away: its generation is cancelled")
+            raise
+
     @serve.batch(max_batch_size=4, batch_wait_timeout_s=0.05)
-    async def generate(self, jobs: list[GenerationJob]) -> list[GenerationOutput]:
+    async def _batched(self, jobs: list[GenerationJob]) -> list[GenerationOutput]:
         """Soundtracks for a batch of jobs.
 
         With ``batching`` (the default) the jobs that share their sampler settings go

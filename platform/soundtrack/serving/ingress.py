@@ -26,6 +26,7 @@ import logging
 import math
 import tempfile
 import time
+import uuid
 from pathlib import Path
 from typing import Any, Literal, Mapping
 
@@ -325,20 +326,24 @@ class SoundtrackService:
                 opts = parse_options(upload.fields, lim, info)
                 frames = await asyncio.to_thread(_decode, upload.file_path, info, lim, opts.output == "mp4")
                 job = GenerationJob(frames=frames, seed=opts.seed, caption=opts.prompt,
-                                    overrides=opts.overrides())
+                                    overrides=opts.overrides(), token=uuid.uuid4().hex)
                 response = self.generator.generate.remote(job)
                 try:
                     out: GenerationOutput = await response
                 except asyncio.CancelledError:
                     # The client went away (Serve cancels the request): a job still waiting in
                     # the generator's @serve.batch queue is dropped there; one whose batch is
-                    # already sampling finishes (the batch's loop has no per-job stop).
+                    # already sampling stops at its next denoising step (alone in its loop, or
+                    # once every job of its loop is gone): GeneratorDeployment.generate marks
+                    # its token when this cancel reaches it.
                     cancel = getattr(response, "cancel", None)
                     if cancel is not None:
                         cancel()
                     raise
             except (UploadError, ClientDisconnect, BackPressureError) as exc:
                 return self._refusal(exc)
+            if out.cancelled:  # its client went away (only then is a token cancelled)
+                return _error(400, "client_disconnected", "the client closed the connection; nothing was generated")
             if out.error is not None:
                 return _error(422, "invalid_option", out.error)
             headers = {

@@ -170,6 +170,8 @@ class GenerationJob:
         caption: text prompt or ``None``.
         overrides: sampler overrides (guidance_scale, weights, num_steps).
         clip_id: seeds the noise with ``seed`` (the default equals ``generate_file``'s).
+        token: the request's id, by which the generator stops it when its caller goes away
+            (``None``: the generator makes one).
     """
 
     frames: np.ndarray
@@ -177,6 +179,7 @@ class GenerationJob:
     caption: str | None = None
     overrides: dict = dataclasses.field(default_factory=dict)
     clip_id: str = "clip"
+    token: str | None = None
 
 
 @dataclass(frozen=True)
@@ -189,6 +192,7 @@ class GenerationOutput:
         error: the generator's message when the job's options or frames were refused.
         batch_size: how many jobs ran in the same ``@serve.batch`` call.
         seconds: generation time of this job (s).
+        cancelled: the job was stopped because its caller went away (nothing was generated).
     """
 
     wav: np.ndarray | None
@@ -196,3 +200,4 @@ class GenerationOutput:
     error: str | None = None
     batch_size: int = 1
     seconds: float = 0.0
+    cancelled: bool = False
