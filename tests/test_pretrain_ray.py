@@ -113,7 +113,7 @@ def test_hard_killed_driver_resumes_with_step_counter_continuing(features, tmp_p
     cfg = tmp_path / "exp.yaml"
     cfg.write_text(
         "name: killtest\nprofile: tiny\n"
-        f"pretrain:\n  features: {features}\n  batch_size: 2\n  steps: 200\n  warmup_steps: 2\n"
+        f"pretrain:\n  features: {features}\n  batch_size: 2\n  steps: 100\n  warmup_steps: 2\n"
         f"  checkpoint_every: 4\n  log_every: 1\n  model: {json.dumps(TINY_MODEL)}\n"
         "  evaluation: {n_boot: 50}\n  eval_split: train\n"
     )
@@ -141,7 +141,8 @@ def test_hard_killed_driver_resumes_with_step_counter_continuing(features, tmp_p
     os.killpg(proc.pid, signal.SIGKILL)  # driver, Ray and workers: nothing gets to clean up
     proc.wait(timeout=30)
     killed_at = max(m["step"] for m in read_metrics(run_dir))
-    assert 4 <= killed_at < 200
+    print(f"\nhard kill: the driver was killed at step {killed_at} of 100")  # the margin left (killed before the end)
+    assert 4 <= killed_at < 100
     assert json.loads((run_dir / "run.json").read_text())["status"] == "running"
     if staged(run_dir) is not None:  # the store's card says so too: what --resume elsewhere would see
         assert json.loads(Store(stage_storage).read_bytes(f"pretrain/{run_dir.name}/run.json"))["status"] == "running"
@@ -165,12 +166,12 @@ def test_hard_killed_driver_resumes_with_step_counter_continuing(features, tmp_p
     resumed = [s for s in starts if s["world"] == 2]
     assert sorted(s["rank"] for s in resumed) == [0, 1] and len({s["start_step"] for s in resumed}) == 1
     steps = [m["step"] for m in read_metrics(run_dir)]
-    assert steps == list(range(1, 201))  # continued from the checkpoint: no step lost, none twice
+    assert steps == list(range(1, 101))  # continued from the checkpoint: no step lost, none twice
     log = res.stdout + res.stderr
     start = int(log.split("starting at step ")[1].split()[0])
     assert 4 <= start <= killed_at and start % 4 == 0  # resumed from a checkpoint, not from 0
     assert resumed[0]["start_step"] == resumed[0]["restored_step"] == start
-    assert json.loads((run_dir / "model" / "trainer_state.json").read_text())["step"] == 200
+    assert json.loads((run_dir / "model" / "trainer_state.json").read_text())["step"] == 100
     staging = staged(run_dir)
     if staging is not None:  # published in the store: card, model and checkpoints, marker last
         store = Store(stage_storage)

@@ -115,7 +115,9 @@ def served(tmp_path_factory, media_files):
 
     if ray.is_initialized():
         ray.shutdown()
-    init_ray(num_cpus=2, metrics_export_port=_free_port())  # Prometheus: test_prometheus_metrics_...
+    # Prometheus (test_prometheus_metrics_...): replicas report every second, not every 10 s
+    os.environ["RAY_metrics_report_interval_ms"] = "1000"
+    init_ray(num_cpus=2, metrics_export_port=_free_port())
     port = _free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port, "request_timeout_s": 60})
     app = build_app({
@@ -135,7 +137,7 @@ def served(tmp_path_factory, media_files):
     finally:
         serve.shutdown()
         ray.shutdown()
-        for k in (proxy.PROXY_CALLBACK_ENV, proxy.MAX_UPLOAD_ENV):
+        for k in (proxy.PROXY_CALLBACK_ENV, proxy.MAX_UPLOAD_ENV, "RAY_metrics_report_interval_ms"):
             os.environ.pop(k, None)
 
 
