@@ -173,6 +173,11 @@ def run_featurize(
         for spec in todo:
             _report(write_shard(out_dir, spec, section, fcfg))
     elif todo:
+        # Compile the feature code here first: numba writes its on-disk cache (NUMBA_CACHE_DIR,
+        # shared by every process) once, complete, before the actors load it. Actors that all
+        # compiled at once on an empty cache raced on its files, and a torn cache entry made
+        # every later process segfault in librosa's beat tracker (seen in `make demo`).
+        warm_up(feature_config(section))
         init_ray()
         lo, hi = pool_size(section, len(todo), float(ray.available_resources().get("CPU", 1.0)),
                            joined=joined_cluster() is not None)
