@@ -1072,6 +1072,18 @@ def _run_classic(args, argv, phases, levels, url, video, uri, storage, cfg, auto
     log.info("wrote %s and %s", args.out, png)
 
 
+def _provenance(phase: str, argv, load_at_start: float, model_desc: str, git_commit) -> dict:
+    """The head of a phase's JSON: what ran, from which commit (and uncommitted files), where
+    (``git_commit``: soundtrack.stages.runs.git_commit, imported once the package is set up)."""
+    return {"benchmark": f"serve_load --phases {phase}", "command": _command(argv), "commit": git_commit(),
+            "uncommitted_changes": _uncommitted(), "machine": _machine(load_at_start), "model": model_desc}
+
+
+def _write_phase(out: Path, png: Path, full: dict) -> None:
+    out.write_text(json.dumps(full, indent=2))
+    log.info("wrote %s and %s", out, png)
+
+
 def _machine(load_at_start: float) -> dict:
     return {"cores": os.cpu_count(), "python": platform.python_version(), "processor": platform.machine(),
             "load_avg_1m_at_start": load_at_start, "load_avg_1m_at_end": round(os.getloadavg()[0], 2)}
@@ -1218,12 +1230,7 @@ def main(argv: list[str] | None = None) -> int:
         out.parent.mkdir(parents=True, exist_ok=True)
         _plot_long_job(doc, png)
         full = {
-            "benchmark": "serve_load --phases long_job",
-            "command": _command(argv),
-            "commit": git_commit(),
-            "uncommitted_changes": _uncommitted(),
-            "machine": _machine(load0),
-            "model": model_desc,
+            **_provenance("long_job", argv, load0, model_desc, git_commit),
             "serve": {**_serve_doc(args, cfg, auto_cfg), "generator_replicas": "pinned at one (min = max = 1): the "
                       "RSS is one process's; a job is one ongoing request (= target_ongoing_requests), so the "
                       "autoscaler would not add a replica for it either"},
@@ -1239,8 +1246,7 @@ def main(argv: list[str] | None = None) -> int:
                      "mappings among them). The tiny model is untrained (noise): the figures measure the serving "
                      "path, not the audio.",
         }
-        out.write_text(json.dumps(full, indent=2))
-        log.info("wrote %s and %s", out, png)
+        _write_phase(out, png, full)
 
     if "load_step" in wanted:
         _deploy(cfg, uri, storage, cfg["deployment_options"])  # the config's autoscaling (min 1, max 2)
@@ -1255,12 +1261,7 @@ def main(argv: list[str] | None = None) -> int:
         _plot_load_step(doc, png)
         sm = doc["summary"]
         full = {
-            "benchmark": "serve_load --phases load_step",
-            "command": _command(argv),
-            "commit": git_commit(),
-            "uncommitted_changes": _uncommitted(),
-            "machine": _machine(load0),
-            "model": model_desc,
+            **_provenance("load_step", argv, load0, model_desc, git_commit),
             "input": {"video": f"{args.clip_s:g} s, 64x64, 10 fps, H.264, no audio track", "output": "wav",
                       "steps": args.steps, "bytes": len(video), "route": "POST /v1/soundtrack"},
             "serve": _serve_doc(args, cfg, auto_cfg),
@@ -1274,8 +1275,7 @@ def main(argv: list[str] | None = None) -> int:
                      "states from serve.status() every 0.5 s. One run (N = 1 step): the times follow the machine's "
                      "other work (see cpu).",
         }
-        out.write_text(json.dumps(full, indent=2))
-        log.info("wrote %s and %s", out, png)
+        _write_phase(out, png, full)
 
     serve.shutdown()
     import shutil
